@@ -1,0 +1,203 @@
+// Package agent wires the sampler, the pod-resources poller and the
+// exporter into the running agent. cmd/agent only parses and calls Main.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/exporter-toolkit/web"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/gpu-telemetry/agent/pkg/exporter"
+	"github.com/gpu-telemetry/agent/pkg/nvml"
+	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
+	"github.com/gpu-telemetry/agent/pkg/podresources"
+	"github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
+	"github.com/gpu-telemetry/agent/pkg/telemetry"
+)
+
+// Set at build time with -ldflags "-X ...".
+var (
+	Version  = "dev"
+	Revision = "unknown"
+)
+
+// ShutdownTimeout bounds the drain after SIGTERM.
+const ShutdownTimeout = 4 * time.Second
+
+// Main runs the agent until ctx is done and returns the process exit code.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cfg, err := ParseFlags(args, os.Getenv, stderr)
+	if err != nil {
+		return 2 // flag has printed the error and usage
+	}
+	if cfg.ShowVersion {
+		fmt.Fprintf(stdout, "gpu-agent %s (revision %s)\n", Version, Revision)
+		return 0
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(stderr, "invalid configuration:\n%v\n", err)
+		return 2
+	}
+	log := cfg.NewLogger(stderr)
+	if err := Run(ctx, cfg, log); err != nil {
+		log.Error("agent failed", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// Run runs the agent with a validated config until ctx is done.
+func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
+	log.Info("starting gpu-agent", "version", Version, "revision", Revision)
+
+	tickDuration := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: exporter.Namespace,
+		Name:      "sample_duration_seconds",
+		Help:      "Time one sampling tick of every GPU took.",
+		Buckets:   []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25},
+	})
+	var lib nvml.Library
+	var simLib *sim.Library
+	if cfg.Simulate > 0 {
+		simLib = sim.New(sim.Options{Devices: cfg.Simulate, Seed: cfg.SimulateSeed, Static: cfg.SimulateStatic})
+		lib = simLib
+		log.Info("using simulated GPUs", "gpus", cfg.Simulate, "seed", cfg.SimulateSeed, "static", cfg.SimulateStatic)
+	} else {
+		lib = nvml.NewLibrary(cfg.NVMLLibraryPath)
+	}
+	sampler, err := nvml.Open(lib, nvml.Config{
+		Interval:     cfg.Interval,
+		Window:       cfg.Window,
+		Logger:       log.With("component", "nvml"),
+		TickObserver: tickDuration,
+	})
+	if errors.Is(err, nvml.ErrLibraryNotFound) {
+		return fmt.Errorf("%w: install the NVIDIA driver (or mount libnvidia-ml.so.1 into the container, or pass --nvml.library-path); "+
+			"to run without a GPU, use --simulate N", err)
+	}
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := sampler.Close(); err != nil {
+			log.Warn("closing NVML", "err", err)
+		}
+	}()
+
+	socket := cfg.PodResourcesSocket
+	if simLib != nil && !exists(socket) {
+		kubelet, path, err := startSimulatedKubelet(simLib)
+		if err != nil {
+			return err
+		}
+		defer kubelet.Stop()
+		defer os.RemoveAll(filepath.Dir(path))
+		log.Info("no kubelet socket: simulating the pods that hold the simulated GPUs", "socket", socket)
+		socket = path
+	}
+	pods, err := podresources.NewClient(socket, podresources.NewResolver(resolverGPUs(sampler.Devices())), podresources.Options{
+		Period: cfg.KubeletPeriod,
+		Logger: log.With("component", "podresources"),
+	})
+	if err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		tickDuration,
+		exporter.NewCollector(sampler, exporter.Options{
+			Hostname: cfg.NodeName,
+			Interval: cfg.Interval,
+			Pods:     pods,
+			Build:    exporter.BuildInfo{Version: Version, Revision: Revision},
+		}),
+	)
+	handler, err := exporter.NewHandler(reg, sampler, exporter.HandlerOptions{
+		Interval: cfg.Interval, Logger: log.With("component", "http"), Version: Version,
+	})
+	if err != nil {
+		return err
+	}
+	// Listen before anything runs, so a taken port fails the start.
+	ln, err := net.Listen("tcp", cfg.ListenAddress)
+	if err != nil {
+		return fmt.Errorf("--web.listen-address=%s: %w", cfg.ListenAddress, err)
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	webFlags := &web.FlagConfig{
+		WebListenAddresses: &[]string{cfg.ListenAddress},
+		WebSystemdSocket:   new(bool),
+		WebConfigFile:      &cfg.WebConfigFile,
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return sampler.Run(gctx) })
+	g.Go(func() error { return pods.Run(gctx) })
+	g.Go(func() error {
+		log.Info("serving metrics", "address", ln.Addr().String())
+		if err := web.Serve(ln, srv, webFlags, log.With("component", "http")); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serving HTTP: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		// The parent context is cancelled: drain with a fresh one.
+		sctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
+	err = g.Wait()
+	log.Info("stopped")
+	return err
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+func resolverGPUs(devs []telemetry.Device) []podresources.GPU {
+	gpus := make([]podresources.GPU, len(devs))
+	for i, d := range devs {
+		gpus[i] = podresources.GPU{UUID: d.UUID, Minor: d.Minor}
+		for _, m := range d.MIG {
+			gpus[i].MIG = append(gpus[i].MIG, podresources.MIGDevice{UUID: m.UUID, GI: m.GI, CI: m.CI})
+		}
+	}
+	return gpus
+}
+
+// startSimulatedKubelet serves the pods of a simulated node on a private
+// socket, so the real pod-resources client runs unchanged: GPU i is held
+// by pod inference-i, except that with two or more GPUs the last one is
+// time-sliced between two WebRTC media-server pods.
+func startSimulatedKubelet(l *sim.Library) (*fakekubelet.Server, string, error) {
+	dir, err := os.MkdirTemp("", "gpu-agent-sim")
+	if err != nil {
+		return nil, "", fmt.Errorf("creating simulated kubelet socket: %w", err)
+	}
+	path := filepath.Join(dir, "kubelet.sock")
+	srv, err := fakekubelet.Start(path)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, "", fmt.Errorf("starting simulated kubelet: %w", err)
+	}
+	srv.SetPods(SimulatedPods(l))
+	return srv, path, nil
+}

@@ -1,0 +1,131 @@
+package agent
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/gpu-telemetry/agent/pkg/nvml"
+)
+
+// DefaultPodResourcesSocket is where the kubelet serves the pod-resources API.
+const DefaultPodResourcesSocket = "/var/lib/kubelet/pod-resources/kubelet.sock"
+
+// MaxSimulatedGPUs bounds --simulate; no node has more.
+const MaxSimulatedGPUs = 64
+
+// Config is every setting of the agent, filled from flags and validated
+// in one place.
+type Config struct {
+	ListenAddress string
+	WebConfigFile string
+
+	Interval time.Duration
+	Window   time.Duration
+
+	PodResourcesSocket string
+	KubeletPeriod      time.Duration
+	NodeName           string
+
+	NVMLLibraryPath string
+	Simulate        int
+	SimulateSeed    int64
+	SimulateStatic  bool
+
+	LogLevel  string
+	LogFormat string
+
+	ShowVersion bool
+}
+
+// ParseFlags parses args (without the program name) into a Config.
+// getenv supplies $NODE_NAME, the Downward API's way to name the node.
+func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (*Config, error) {
+	c := &Config{}
+	fs := flag.NewFlagSet("gpu-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.ListenAddress, "web.listen-address", ":9400", "Address to serve /metrics, /healthz and /readyz on.")
+	fs.StringVar(&c.WebConfigFile, "web.config.file", "", "Path to an exporter-toolkit web config file (TLS, basic auth).")
+	fs.DurationVar(&c.Interval, "interval", 250*time.Millisecond, "Time between two samples of every GPU; at least 100ms.")
+	fs.DurationVar(&c.Window, "utilization.window", 15*time.Second, "Span of the utilization window metrics (max and mean of the driver's samples); set it to your scrape interval.")
+	fs.StringVar(&c.PodResourcesSocket, "kubelet.pod-resources-socket", DefaultPodResourcesSocket, "Kubelet pod-resources gRPC socket, for pod labels.")
+	fs.DurationVar(&c.KubeletPeriod, "kubelet.poll-interval", time.Second, "Time between two pod-resources List calls; the kubelet rate-limits this API.")
+	fs.StringVar(&c.NodeName, "node-name", getenv("NODE_NAME"), "Value of the Hostname label; defaults to $NODE_NAME, else the host name.")
+	fs.StringVar(&c.NVMLLibraryPath, "nvml.library-path", "", "Path to libnvidia-ml.so.1; empty uses the dynamic loader's search path.")
+	fs.IntVar(&c.Simulate, "simulate", 0, "Simulate N T4-like GPUs instead of using NVML (and their pods, when no kubelet socket exists).")
+	fs.Int64Var(&c.SimulateSeed, "simulate.seed", 1, "Seed of the simulated GPUs' UUIDs and load curves.")
+	fs.BoolVar(&c.SimulateStatic, "simulate.static", false, "Hold every simulated load at its seeded mean.")
+	fs.StringVar(&c.LogLevel, "log.level", "info", "Log level: debug, info, warn or error.")
+	fs.StringVar(&c.LogFormat, "log.format", "logfmt", "Log format: logfmt or json.")
+	fs.BoolVar(&c.ShowVersion, "version", false, "Print the version and exit.")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q: the agent takes flags only", fs.Arg(0))
+	}
+	if c.NodeName == "" {
+		c.NodeName, _ = os.Hostname()
+	}
+	return c, nil
+}
+
+// Validate reports every bad setting at once, each naming its flag.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(flag string, value any, why string) {
+		errs = append(errs, fmt.Errorf("--%s=%v: %s", flag, value, why))
+	}
+	if c.ListenAddress == "" {
+		bad("web.listen-address", `""`, "must not be empty")
+	}
+	if c.Interval < nvml.MinInterval {
+		bad("interval", c.Interval, fmt.Sprintf("must be at least %s (NVML refreshes utilization every 1/6 s at best)", nvml.MinInterval))
+	}
+	if c.Window < c.Interval {
+		bad("utilization.window", c.Window, fmt.Sprintf("must be at least the sampling interval (%s)", c.Interval))
+	}
+	if c.Window > time.Hour {
+		bad("utilization.window", c.Window, "must be at most 1h")
+	}
+	if c.KubeletPeriod < 100*time.Millisecond {
+		bad("kubelet.poll-interval", c.KubeletPeriod, "must be at least 100ms (the kubelet rate-limits pod-resources)")
+	}
+	if c.PodResourcesSocket != "" && len(c.PodResourcesSocket) > 107 {
+		bad("kubelet.pod-resources-socket", c.PodResourcesSocket, "unix socket paths are limited to 107 bytes")
+	}
+	if c.Simulate < 0 || c.Simulate > MaxSimulatedGPUs {
+		bad("simulate", c.Simulate, fmt.Sprintf("must be between 0 and %d", MaxSimulatedGPUs))
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		bad("log.level", c.LogLevel, err.Error())
+	}
+	if c.LogFormat != "logfmt" && c.LogFormat != "json" {
+		bad("log.format", c.LogFormat, "must be logfmt or json")
+	}
+	return errors.Join(errs...)
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	switch strings.ToLower(s) {
+	case "debug", "info", "warn", "error":
+		return l, l.UnmarshalText([]byte(s))
+	}
+	return l, errors.New("must be debug, info, warn or error")
+}
+
+// NewLogger builds the agent's logger. Validate first.
+func (c *Config) NewLogger(w io.Writer) *slog.Logger {
+	level, _ := parseLevel(c.LogLevel)
+	opts := &slog.HandlerOptions{Level: level}
+	if c.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

@@ -1,0 +1,274 @@
+// Package exporter serves the latest telemetry snapshot as Prometheus
+// metrics, drop-in compatible with dcgm-exporter's names and labels, plus
+// the agent's own metrics. A scrape reads the snapshot the sampler already
+// published and the pod map the kubelet poller already built: it never
+// calls NVML or the kubelet.
+package exporter
+
+import (
+	"runtime"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gpu-telemetry/agent/pkg/podresources"
+	"github.com/gpu-telemetry/agent/pkg/telemetry"
+)
+
+// Namespace prefixes every metric the agent adds beyond dcgm-exporter's.
+const Namespace = "gpu_agent"
+
+// Snapshots gives the latest snapshot; the sampler implements it.
+type Snapshots interface {
+	Latest() *telemetry.Snapshot
+}
+
+// Pods gives the latest device-to-pod map and the kubelet's state; the
+// pod-resources client implements it.
+type Pods interface {
+	Assignments() *podresources.Assignments
+	Status() podresources.Status
+}
+
+// BuildInfo describes the running binary.
+type BuildInfo struct {
+	Version, Revision string
+}
+
+// Options configures a Collector.
+type Options struct {
+	Hostname string // the Hostname label: the node's name
+	Interval time.Duration
+	Pods     Pods // nil when pod attribution is off
+	Build    BuildInfo
+}
+
+// Collector is a prometheus.Collector over the latest snapshot.
+type Collector struct {
+	src  Snapshots
+	opts Options
+
+	dcgm []family
+	xid  family
+
+	encSessions, encFPS, encLatency family
+	samplingPeriod                  family
+	windowMax, windowMean, windowN  family
+
+	deviceUp, fieldSupported, readErrors, xidTotal *prometheus.Desc
+	window, interval, ticks, missed, lastSample    *prometheus.Desc
+	kubeletUp, kubeletStale, kubeletLast           *prometheus.Desc
+	kubeletRefreshes, kubeletFailures, unresolved  *prometheus.Desc
+	buildInfo                                      *prometheus.Desc
+}
+
+// NewCollector returns a collector over src.
+func NewCollector(src Snapshots, opts Options) *Collector {
+	name := func(n string) string { return prometheus.BuildFQName(Namespace, "", n) }
+	idLabels := []string{"gpu", "UUID"}
+	c := &Collector{
+		src:  src,
+		opts: opts,
+		xid:  newFamily(dcgmXIDName, dcgmXIDHelp, prometheus.GaugeValue),
+
+		encSessions: newFamily(name("encoder_sessions"), "Active NVENC encoder sessions.", prometheus.GaugeValue),
+		encFPS:      newFamily(name("encoder_fps"), "Average frames per second over the active encoder sessions.", prometheus.GaugeValue),
+		encLatency:  newFamily(name("encoder_latency_seconds"), "Average encode latency over the active encoder sessions.", prometheus.GaugeValue),
+		samplingPeriod: newFamily(name("utilization_sampling_period_seconds"),
+			"Period over which the driver computed the engine's utilization.", prometheus.GaugeValue, "engine"),
+		windowMax: newFamily(name("utilization_window_max_ratio"),
+			"Highest hardware utilization sample of the engine within the window (gpu_agent_utilization_window_seconds).", prometheus.GaugeValue, "engine"),
+		windowMean: newFamily(name("utilization_window_mean_ratio"),
+			"Mean of the engine's hardware utilization samples within the window.", prometheus.GaugeValue, "engine"),
+		windowN: newFamily(name("utilization_window_samples"),
+			"Hardware utilization samples of the engine within the window.", prometheus.GaugeValue, "engine"),
+
+		deviceUp:       prometheus.NewDesc(name("device_up"), "1 while the GPU answers NVML, 0 once NVML reported it lost.", idLabels, nil),
+		fieldSupported: prometheus.NewDesc(name("field_supported"), "1 if the GPU answers the field; unsupported fields are probed once and left out.", append(idLabels, "field"), nil),
+		readErrors:     prometheus.NewDesc(name("read_errors_total"), "Failed NVML reads of the field (unsupported fields excluded).", append(idLabels, "field"), nil),
+		xidTotal:       prometheus.NewDesc(name("xid_errors_total"), "XID critical errors seen since the agent started, by XID.", append(idLabels, "xid"), nil),
+		window:         prometheus.NewDesc(name("utilization_window_seconds"), "Span of the utilization window metrics.", nil, nil),
+		interval:       prometheus.NewDesc(name("sampling_interval_seconds"), "Configured time between two samples.", nil, nil),
+		ticks:          prometheus.NewDesc(name("samples_total"), "Sampling ticks taken.", nil, nil),
+		missed:         prometheus.NewDesc(name("missed_samples_total"), "Sampling ticks skipped because a tick overran its interval.", nil, nil),
+		lastSample:     prometheus.NewDesc(name("last_sample_timestamp_seconds"), "When the latest sample started, as a Unix time.", nil, nil),
+
+		kubeletUp:        prometheus.NewDesc(name("kubelet_up"), "1 if the last pod-resources List call succeeded.", nil, nil),
+		kubeletStale:     prometheus.NewDesc(name("kubelet_pod_map_stale"), "1 if pod labels come from the last good kubelet answer because the latest call failed.", nil, nil),
+		kubeletLast:      prometheus.NewDesc(name("kubelet_last_success_timestamp_seconds"), "When pod-resources List last succeeded, as a Unix time.", nil, nil),
+		kubeletRefreshes: prometheus.NewDesc(name("kubelet_refreshes_total"), "Successful pod-resources List calls.", nil, nil),
+		kubeletFailures:  prometheus.NewDesc(name("kubelet_refresh_failures_total"), "Failed pod-resources List calls.", nil, nil),
+		unresolved:       prometheus.NewDesc(name("kubelet_unresolved_devices"), "NVIDIA device IDs in the kubelet's answer that match no GPU on this node.", nil, nil),
+		buildInfo: prometheus.NewDesc(name("build_info"), "Build of the running agent; always 1.",
+			[]string{"version", "revision", "goversion"}, nil),
+	}
+	for _, m := range dcgmMetrics {
+		c.dcgm = append(c.dcgm, newFamily(m.Name, m.Help, m.Type))
+	}
+	return c
+}
+
+// Describe sends nothing: the device families carry several label sets
+// under one name (as dcgm-exporter's output does), which only an unchecked
+// collector may do. Every metric still carries its own Desc, so a
+// pedantic registry checks each of them.
+func (c *Collector) Describe(chan<- *prometheus.Desc) {}
+
+// target is one set of label values a device's metrics are emitted with:
+// once per pod holding the device, or once without pod labels.
+type target struct {
+	values   []string
+	mig, pod bool
+}
+
+func (f family) desc(t target) *prometheus.Desc {
+	switch {
+	case t.mig && t.pod:
+		return f.migPod
+	case t.mig:
+		return f.mig
+	case t.pod:
+		return f.gpuPod
+	}
+	return f.gpu
+}
+
+func emit(ch chan<- prometheus.Metric, f family, t target, v float64, extra ...string) {
+	lvs := t.values
+	if len(extra) > 0 {
+		lvs = append(lvs[:len(lvs):len(lvs)], extra...)
+	}
+	ch <- prometheus.MustNewConstMetric(f.desc(t), f.typ, v, lvs...)
+}
+
+// targets expands a device's label values into one target per pod that
+// holds it. A GPU shared by several pods (time-slicing, MPS) is
+// attributed to every one of them.
+func targets(base []string, mig bool, pods []podresources.PodRef) []target {
+	if len(pods) == 0 {
+		return []target{{values: base, mig: mig}}
+	}
+	ts := make([]target, len(pods))
+	for i, p := range pods {
+		v := make([]string, len(base), len(base)+len(podLabels))
+		copy(v, base)
+		ts[i] = target{values: append(v, p.Namespace, p.Pod, p.Container), mig: mig, pod: true}
+	}
+	return ts
+}
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(c.buildInfo, prometheus.GaugeValue, 1,
+		c.opts.Build.Version, c.opts.Build.Revision, runtime.Version())
+	ch <- prometheus.MustNewConstMetric(c.interval, prometheus.GaugeValue, c.opts.Interval.Seconds())
+	var assignments *podresources.Assignments
+	if c.opts.Pods != nil {
+		assignments = c.opts.Pods.Assignments()
+		c.collectKubelet(ch, c.opts.Pods.Status(), assignments)
+	}
+	snap := c.src.Latest()
+	if snap == nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.window, prometheus.GaugeValue, snap.Window.Seconds())
+	ch <- prometheus.MustNewConstMetric(c.ticks, prometheus.CounterValue, float64(snap.Ticks))
+	ch <- prometheus.MustNewConstMetric(c.missed, prometheus.CounterValue, float64(snap.MissedTicks))
+	ch <- prometheus.MustNewConstMetric(c.lastSample, prometheus.GaugeValue, float64(snap.Time.UnixNano())/1e9)
+	for i := range snap.Devices {
+		c.collectDevice(ch, &snap.Devices[i], &snap.States[i], assignments)
+	}
+}
+
+func (c *Collector) collectKubelet(ch chan<- prometheus.Metric, st podresources.Status, a *podresources.Assignments) {
+	ch <- prometheus.MustNewConstMetric(c.kubeletUp, prometheus.GaugeValue, boolValue(st.Up))
+	ch <- prometheus.MustNewConstMetric(c.kubeletStale, prometheus.GaugeValue, boolValue(st.Stale))
+	ch <- prometheus.MustNewConstMetric(c.kubeletRefreshes, prometheus.CounterValue, float64(st.Refreshes))
+	ch <- prometheus.MustNewConstMetric(c.kubeletFailures, prometheus.CounterValue, float64(st.Failures))
+	ch <- prometheus.MustNewConstMetric(c.unresolved, prometheus.GaugeValue, float64(a.Unresolved()))
+	if !st.LastSuccess.IsZero() {
+		ch <- prometheus.MustNewConstMetric(c.kubeletLast, prometheus.GaugeValue, float64(st.LastSuccess.UnixNano())/1e9)
+	}
+}
+
+func (c *Collector) collectDevice(ch chan<- prometheus.Metric, d *telemetry.Device, st *telemetry.DeviceState, a *podresources.Assignments) {
+	gpu := strconv.Itoa(d.Index)
+	ch <- prometheus.MustNewConstMetric(c.deviceUp, prometheus.GaugeValue, boolValue(!st.Lost), gpu, d.UUID)
+	for f := telemetry.Field(0); f < telemetry.NumFields; f++ {
+		ch <- prometheus.MustNewConstMetric(c.fieldSupported, prometheus.GaugeValue, boolValue(st.Supported.Has(f)), gpu, d.UUID, f.String())
+		if st.Errors[f] > 0 {
+			ch <- prometheus.MustNewConstMetric(c.readErrors, prometheus.CounterValue, float64(st.Errors[f]), gpu, d.UUID, f.String())
+		}
+	}
+	if st.XID != nil {
+		for xid, n := range st.XID.Counts {
+			ch <- prometheus.MustNewConstMetric(c.xidTotal, prometheus.CounterValue, float64(n), gpu, d.UUID, strconv.FormatUint(xid, 10))
+		}
+	}
+	if st.Lost {
+		return
+	}
+	base := []string{gpu, d.UUID, d.PCIBusID, "nvidia" + strconv.Itoa(d.Minor), d.Name, c.opts.Hostname}
+	for _, t := range targets(base, false, a.Pods(d.UUID)) {
+		c.collectReading(ch, t, &st.Reading)
+		var lastXID float64
+		if st.XID != nil {
+			lastXID = float64(st.XID.Last)
+		}
+		emit(ch, c.xid, t, lastXID)
+		c.collectAgentDevice(ch, t, st)
+	}
+	for j, m := range d.MIG {
+		if j >= len(st.MIG) {
+			break
+		}
+		migBase := append(base[:len(base):len(base)], m.Profile, strconv.Itoa(m.GI))
+		for _, t := range targets(migBase, true, a.Pods(m.UUID)) {
+			c.collectReading(ch, t, &st.MIG[j])
+		}
+	}
+}
+
+func (c *Collector) collectReading(ch chan<- prometheus.Metric, t target, r *telemetry.Reading) {
+	for i, m := range dcgmMetrics {
+		if v, ok := r.Get(m.Field); ok {
+			emit(ch, c.dcgm[i], t, v*m.Scale)
+		}
+	}
+}
+
+// collectAgentDevice emits what dcgm-exporter lacks, in base units.
+func (c *Collector) collectAgentDevice(ch chan<- prometheus.Metric, t target, st *telemetry.DeviceState) {
+	if v, ok := st.Get(telemetry.EncSessions); ok {
+		emit(ch, c.encSessions, t, v)
+	}
+	if v, ok := st.Get(telemetry.EncFPS); ok {
+		emit(ch, c.encFPS, t, v)
+	}
+	if v, ok := st.Get(telemetry.EncLatency); ok {
+		emit(ch, c.encLatency, t, v)
+	}
+	if v, ok := st.Get(telemetry.EncSamplingPeriod); ok {
+		emit(ch, c.samplingPeriod, t, v, telemetry.EngineEncoder.String())
+	}
+	if v, ok := st.Get(telemetry.DecSamplingPeriod); ok {
+		emit(ch, c.samplingPeriod, t, v, telemetry.EngineDecoder.String())
+	}
+	for e := telemetry.Engine(0); e < telemetry.NumEngines; e++ {
+		w := st.Windows[e]
+		if w.Count == 0 {
+			continue
+		}
+		emit(ch, c.windowMax, t, w.Max/100, e.String())
+		emit(ch, c.windowMean, t, w.Mean/100, e.String())
+		emit(ch, c.windowN, t, float64(w.Count), e.String())
+	}
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,96 @@
+package exporter
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gpu-telemetry/agent/pkg/telemetry"
+)
+
+// dcgmMetric maps a snapshot field to the dcgm-exporter metric that means
+// the same thing, in the same unit, so dashboards and KEDA triggers written
+// for dcgm-exporter work unchanged. This table is the one place those
+// names live: the exporter, the README check and the lint exemptions all
+// read it.
+type dcgmMetric struct {
+	Name  string
+	Help  string
+	Field telemetry.Field
+	Scale float64 // multiplies the snapshot value into the metric's unit
+	Type  prometheus.ValueType
+}
+
+const bytesPerMiB = 1 << 20
+
+// dcgmMetrics are dcgm-exporter's names, help texts and units (its
+// default-counters.csv). Two deliberate type differences: dcgm-exporter
+// declares the PCIe throughputs counters, but they are rates that go up and
+// down, so they are gauges here; and the energy counter is untyped, because
+// an OpenMetrics scrape (Prometheus's default) would otherwise rename it
+// with a _total suffix and break queries that use dcgm-exporter's name.
+var dcgmMetrics = []dcgmMetric{
+	{"DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz).", telemetry.SMClock, 1, prometheus.GaugeValue},
+	{"DCGM_FI_DEV_MEM_CLOCK", "Memory clock frequency (in MHz).", telemetry.MemClock, 1, prometheus.GaugeValue},
+	{"DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", telemetry.Temperature, 1, prometheus.GaugeValue},
+	{"DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", telemetry.Power, 1, prometheus.GaugeValue},
+	{"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "Total energy consumption since boot (in mJ).", telemetry.Energy, 1, prometheus.UntypedValue},
+	{"DCGM_FI_DEV_PCIE_TX_THROUGHPUT", "PCIe TX throughput (in KB/s) via NVML.", telemetry.PCIeTX, 1, prometheus.GaugeValue},
+	{"DCGM_FI_DEV_PCIE_RX_THROUGHPUT", "PCIe RX throughput (in KB/s) via NVML.", telemetry.PCIeRX, 1, prometheus.GaugeValue},
+	{"DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", telemetry.GPUUtil, 1, prometheus.GaugeValue},
+	{"DCGM_FI_DEV_MEM_COPY_UTIL", "Memory utilization (in %).", telemetry.MemCopyUtil, 1, prometheus.GaugeValue},
+	{"DCGM_FI_DEV_ENC_UTIL", "Encoder utilization (in %).", telemetry.EncUtil, 1, prometheus.GaugeValue},
+	{"DCGM_FI_DEV_DEC_UTIL", "Decoder utilization (in %).", telemetry.DecUtil, 1, prometheus.GaugeValue},
+	{"DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", telemetry.FBFree, 1.0 / bytesPerMiB, prometheus.GaugeValue},
+	{"DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", telemetry.FBUsed, 1.0 / bytesPerMiB, prometheus.GaugeValue},
+	{"DCGM_FI_DEV_FB_RESERVED", "Framebuffer memory reserved (in MiB).", telemetry.FBReserved, 1.0 / bytesPerMiB, prometheus.GaugeValue},
+}
+
+// dcgmXIDName is dcgm-exporter's last-XID gauge. It is not a field of the
+// reading but of the device's XID history.
+const (
+	dcgmXIDName = "DCGM_FI_DEV_XID_ERRORS"
+	dcgmXIDHelp = "Value of the last XID error encountered."
+)
+
+// DCGMNames lists every dcgm-exporter metric name the agent serves. They
+// break Prometheus naming conventions on purpose (compatibility), so lint
+// checks exempt exactly these.
+func DCGMNames() []string {
+	names := make([]string, 0, len(dcgmMetrics)+1)
+	for _, m := range dcgmMetrics {
+		names = append(names, m.Name)
+	}
+	return append(names, dcgmXIDName)
+}
+
+// The labels dcgm-exporter puts on every device metric, in its order.
+var (
+	deviceLabels = []string{"gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname"}
+	migLabels    = []string{"GPU_I_PROFILE", "GPU_I_ID"}
+	podLabels    = []string{"namespace", "pod", "container"}
+)
+
+// family is one metric in the four label sets it can carry: a whole GPU or
+// a MIG instance, attributed to a pod or not. dcgm-exporter leaves the pod
+// and MIG labels off when they do not apply; so do we, which makes this an
+// unchecked collector (one name, several label sets).
+type family struct {
+	gpu, gpuPod, mig, migPod *prometheus.Desc
+	typ                      prometheus.ValueType
+}
+
+func newFamily(name, help string, typ prometheus.ValueType, extra ...string) family {
+	desc := func(sets ...[]string) *prometheus.Desc {
+		var labels []string
+		for _, s := range sets {
+			labels = append(labels, s...)
+		}
+		return prometheus.NewDesc(name, help, append(labels, extra...), nil)
+	}
+	return family{
+		gpu:    desc(deviceLabels),
+		gpuPod: desc(deviceLabels, podLabels),
+		mig:    desc(deviceLabels, migLabels),
+		migPod: desc(deviceLabels, migLabels, podLabels),
+		typ:    typ,
+	}
+}

@@ -1,0 +1,168 @@
+package sim
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+)
+
+// The nvml.Device methods the agent calls. Everything derives from three
+// curves (GPU, encoder, decoder utilization) so the values agree with one
+// another the way a real card's do.
+
+func (d *Device) GetUUID() (string, nvml.Return) { return d.uuid, d.ret() }
+
+func (d *Device) GetName() (string, nvml.Return) { return ModelName, d.ret() }
+
+func (d *Device) GetMinorNumber() (int, nvml.Return) { return d.index, d.ret() }
+
+func (d *Device) GetPciInfo() (nvml.PciInfo, nvml.Return) {
+	var p nvml.PciInfo
+	for i, c := range fmt.Sprintf("00000000:%02X:00.0", 0x3B+d.index) {
+		p.BusId[i] = int8(c)
+	}
+	p.Bus = uint32(0x3B + d.index)
+	return p, d.ret()
+}
+
+// GetMigMode: a T4 has no MIG.
+func (d *Device) GetMigMode() (int, int, nvml.Return) { return 0, 0, nvml.ERROR_NOT_SUPPORTED }
+
+func (d *Device) GetEncoderCapacity(nvml.EncoderType) (int, nvml.Return) { return 100, d.ret() }
+
+func (d *Device) RegisterEvents(uint64, nvml.EventSet) nvml.Return { return d.ret() }
+
+func (d *Device) GetUtilizationRates() (nvml.Utilization, nvml.Return) {
+	u := d.gpu.at(d.t())
+	return nvml.Utilization{Gpu: uint32(u), Memory: uint32(math.Round(u * 0.6))}, d.ret()
+}
+
+func (d *Device) GetEncoderUtilization() (uint32, uint32, nvml.Return) {
+	return uint32(d.enc.at(d.t())), samplePeriodUs, d.ret()
+}
+
+func (d *Device) GetDecoderUtilization() (uint32, uint32, nvml.Return) {
+	return uint32(d.dec.at(d.t())), samplePeriodUs, d.ret()
+}
+
+// used is framebuffer use: a resident model plus working memory that grows
+// with load, rounded to MiB as the driver allocates.
+func (d *Device) used() uint64 {
+	b := d.mem + d.gpu.smooth(d.t())/100*float64(4<<30)
+	return uint64(b) &^ (1<<20 - 1)
+}
+
+func (d *Device) GetMemoryInfo_v2() (nvml.Memory_v2, nvml.Return) {
+	used := d.used()
+	return nvml.Memory_v2{
+		Version:  nvml.STRUCT_VERSION(nvml.Memory_v2{}, 2),
+		Total:    memoryTotal,
+		Reserved: memoryReserved,
+		Used:     used,
+		Free:     memoryTotal - memoryReserved - used,
+	}, d.ret()
+}
+
+func (d *Device) GetMemoryInfo() (nvml.Memory, nvml.Return) {
+	used := d.used() + memoryReserved
+	return nvml.Memory{Total: memoryTotal, Used: used, Free: memoryTotal - used}, d.ret()
+}
+
+func (d *Device) GetTemperature(nvml.TemperatureSensors) (uint32, nvml.Return) {
+	return uint32(math.Round(38 + d.gpu.smooth(d.t())*0.4)), d.ret()
+}
+
+// Power follows the smooth GPU curve: 20 W idle, 70 W (the T4's limit) at
+// full load. Energy is its exact integral, so the counter never goes back.
+const idleWatts, wattsPerPercent = 20.0, 0.5
+
+func (d *Device) GetPowerUsage() (uint32, nvml.Return) {
+	return uint32(math.Round((idleWatts + wattsPerPercent*d.gpu.smooth(d.t())) * 1000)), d.ret()
+}
+
+func (d *Device) GetTotalEnergyConsumption() (uint64, nvml.Return) {
+	t := d.t()
+	joules := idleWatts*t + wattsPerPercent*d.gpu.integral(t)
+	return uint64(joules * 1000), d.ret()
+}
+
+func (d *Device) GetClockInfo(c nvml.ClockType) (uint32, nvml.Return) {
+	switch c {
+	case nvml.CLOCK_SM, nvml.CLOCK_GRAPHICS:
+		return uint32(585 + math.Round(d.gpu.smooth(d.t())*10)), d.ret()
+	case nvml.CLOCK_MEM:
+		return 5000, d.ret()
+	}
+	return 0, nvml.ERROR_INVALID_ARGUMENT
+}
+
+func (d *Device) GetPcieThroughput(c nvml.PcieUtilCounter) (uint32, nvml.Return) {
+	u := d.gpu.smooth(d.t())
+	if c == nvml.PCIE_UTIL_TX_BYTES {
+		return uint32(math.Round(u * 400)), d.ret()
+	}
+	return uint32(math.Round(u * 1200)), d.ret()
+}
+
+// GetEncoderStats: a WebRTC-like encoder, 16 sessions at full load, frame
+// rate dropping and latency growing with load.
+func (d *Device) GetEncoderStats() (int, uint32, uint32, nvml.Return) {
+	u := d.enc.smooth(d.t())
+	sessions := int(math.Round(u / 100 * 16))
+	if sessions == 0 {
+		return 0, 0, 0, d.ret()
+	}
+	fps := uint32(math.Round(60 - u*0.3))
+	latencyUs := uint32(math.Round(1500 + u*60))
+	return sessions, fps, latencyUs, d.ret()
+}
+
+// GetSamples returns the samples the simulated driver took every 1/6 s
+// after lastSeen, up to its buffer's length, with CPU timestamps in µs
+// as the real driver gives them; NOT_FOUND when none is newer.
+func (d *Device) GetSamples(t nvml.SamplingType, lastSeen uint64) (nvml.ValueType, []nvml.Sample, nvml.Return) {
+	if r := d.ret(); r != nvml.SUCCESS {
+		return 0, nil, r
+	}
+	var c curve
+	scale := 1.0
+	switch t {
+	case nvml.GPU_UTILIZATION_SAMPLES:
+		c = d.gpu
+	case nvml.MEMORY_UTILIZATION_SAMPLES:
+		c, scale = d.gpu, 0.6
+	case nvml.ENC_UTILIZATION_SAMPLES:
+		c = d.enc
+	case nvml.DEC_UTILIZATION_SAMPLES:
+		c = d.dec
+	default:
+		return 0, nil, nvml.ERROR_NOT_SUPPORTED
+	}
+	epochUs := uint64(d.lib.epoch.UnixMicro())
+	nowUs := uint64(d.lib.now().UnixMicro())
+	// Samples sit on slots counted from the epoch; the first is the slot
+	// after lastSeen, and no more than the buffer holds.
+	last := (nowUs - epochUs) / samplePeriodUs
+	first := uint64(0)
+	if lastSeen >= epochUs {
+		first = (lastSeen-epochUs)/samplePeriodUs + 1
+	}
+	if last >= driverBufferLen && first < last-driverBufferLen+1 {
+		first = last - driverBufferLen + 1
+	}
+	if first > last {
+		return nvml.VALUE_TYPE_UNSIGNED_INT, nil, nvml.ERROR_NOT_FOUND
+	}
+	out := make([]nvml.Sample, 0, last-first+1)
+	for k := first; k <= last; k++ {
+		ts := epochUs + k*samplePeriodUs
+		var s nvml.Sample
+		s.TimeStamp = ts
+		v := math.Round(c.at(float64(k*samplePeriodUs)/1e6) * scale)
+		binary.LittleEndian.PutUint32(s.SampleValue[:], uint32(v))
+		out = append(out, s)
+	}
+	return nvml.VALUE_TYPE_UNSIGNED_INT, out, nvml.SUCCESS
+}

@@ -1,0 +1,221 @@
+// Package telemetry is the agent's data model: the immutable snapshot the
+// sampler publishes once per tick and every reader (the Prometheus exporter,
+// stream subscribers) consumes. It knows nothing of NVML or Prometheus, so
+// readers depend on the data, not on how it was gathered.
+package telemetry
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// Field identifies one per-device measurement. Values are kept in the unit
+// NVML reports, converted once here so that readers never guess:
+// percentages for utilization, bytes for memory, watts, millijoules, MHz,
+// KB/s for PCIe and seconds for periods and latencies.
+type Field uint8
+
+// The fields a device reading can carry.
+const (
+	GPUUtil           Field = iota // percent, 0-100
+	MemCopyUtil                    // percent, 0-100
+	EncUtil                        // percent, 0-100
+	DecUtil                        // percent, 0-100
+	EncSamplingPeriod              // seconds
+	DecSamplingPeriod              // seconds
+	FBUsed                         // bytes
+	FBFree                         // bytes
+	FBReserved                     // bytes
+	FBTotal                        // bytes
+	Temperature                    // degrees Celsius
+	Power                          // watts
+	Energy                         // millijoules since driver load
+	SMClock                        // MHz
+	MemClock                       // MHz
+	PCIeTX                         // KB/s
+	PCIeRX                         // KB/s
+	EncSessions                    // count
+	EncFPS                         // frames per second, average over sessions
+	EncLatency                     // seconds, average over sessions
+
+	NumFields
+)
+
+var fieldNames = [NumFields]string{
+	GPUUtil:           "gpu_util",
+	MemCopyUtil:       "mem_copy_util",
+	EncUtil:           "enc_util",
+	DecUtil:           "dec_util",
+	EncSamplingPeriod: "enc_sampling_period",
+	DecSamplingPeriod: "dec_sampling_period",
+	FBUsed:            "fb_used",
+	FBFree:            "fb_free",
+	FBReserved:        "fb_reserved",
+	FBTotal:           "fb_total",
+	Temperature:       "temperature",
+	Power:             "power",
+	Energy:            "energy",
+	SMClock:           "sm_clock",
+	MemClock:          "mem_clock",
+	PCIeTX:            "pcie_tx",
+	PCIeRX:            "pcie_rx",
+	EncSessions:       "enc_sessions",
+	EncFPS:            "enc_fps",
+	EncLatency:        "enc_latency",
+}
+
+// String returns the field's stable snake_case name, used in labels and logs.
+func (f Field) String() string {
+	if f < NumFields {
+		return fieldNames[f]
+	}
+	return "unknown"
+}
+
+// FieldSet is a bit set of fields.
+type FieldSet uint32
+
+// Has reports whether f is in the set.
+func (s FieldSet) Has(f Field) bool { return s&(1<<f) != 0 }
+
+// With returns the set with f added.
+func (s FieldSet) With(f Field) FieldSet { return s | 1<<f }
+
+// Without returns the set with f removed.
+func (s FieldSet) Without(f Field) FieldSet { return s &^ (1 << f) }
+
+// AllFields is the set of every field.
+const AllFields = FieldSet(1<<NumFields - 1)
+
+// Reading is one tick's values of one device. Values[f] is meaningful only
+// when Has.Has(f): a field that is unsupported, or failed this tick, is
+// absent rather than zero.
+type Reading struct {
+	Values [NumFields]float64
+	Has    FieldSet
+}
+
+// Set stores v for f and marks it present.
+func (r *Reading) Set(f Field, v float64) {
+	r.Values[f] = v
+	r.Has = r.Has.With(f)
+}
+
+// Get returns the value of f and whether it is present.
+func (r *Reading) Get(f Field) (float64, bool) {
+	return r.Values[f], r.Has.Has(f)
+}
+
+// Engine names a utilization counter that the driver samples on its own
+// clock and buffers (NVML's GetSamples).
+type Engine uint8
+
+// The engines whose buffered samples are kept.
+const (
+	EngineGPU Engine = iota
+	EngineMemory
+	EngineEncoder
+	EngineDecoder
+
+	NumEngines
+)
+
+var engineNames = [NumEngines]string{"gpu", "memory", "encoder", "decoder"}
+
+func (e Engine) String() string {
+	if e < NumEngines {
+		return engineNames[e]
+	}
+	return "unknown"
+}
+
+// UtilSample is one hardware utilization sample with the driver's own
+// timestamp.
+type UtilSample struct {
+	At    time.Time
+	Value float64 // percent, 0-100
+}
+
+// Window summarises the buffered utilization samples of one engine over the
+// sampler's window, so a spike between two scrapes is not lost.
+type Window struct {
+	Count int     // samples in the window; 0 means no data
+	Max   float64 // percent
+	Mean  float64 // percent
+}
+
+// MIGDevice describes a MIG instance of a GPU.
+type MIGDevice struct {
+	UUID    string // "MIG-..."
+	GI, CI  int    // GPU instance and compute instance ids
+	Profile string // e.g. "1g.5gb"
+}
+
+// Device is the static identity of a GPU, read once at start.
+type Device struct {
+	Index       int
+	UUID        string // "GPU-..."
+	Name        string // model name, e.g. "Tesla T4"
+	PCIBusID    string // "00000000:3B:00.0"
+	Minor       int    // /dev/nvidiaN
+	MemoryTotal uint64 // bytes
+	MIGEnabled  bool
+	MIG         []MIGDevice
+}
+
+// DeviceState is one device's part of a snapshot.
+type DeviceState struct {
+	Reading
+	// MIG holds one reading per Device.MIG entry (framebuffer only: NVML
+	// reports no utilization for MIG instances).
+	MIG []Reading
+	// Supported lists the fields this device answers at all. A field that
+	// answered NOT_SUPPORTED once is left out and never asked again.
+	Supported FieldSet
+	// Windows summarises the driver's buffered samples per engine.
+	Windows [NumEngines]Window
+	// NewSamples holds the buffered samples read this tick, each with its
+	// hardware timestamp; nil when the driver had none newer.
+	NewSamples [NumEngines][]UtilSample
+	// XID is the device's XID error history, shared between snapshots
+	// until a new error arrives. Nil when none was seen.
+	XID *XIDCounts
+	// Errors counts failed reads per field since start (NOT_SUPPORTED
+	// excluded).
+	Errors [NumFields]uint64
+	// Lost is set once NVML reported the GPU lost; it is not sampled again.
+	Lost bool
+}
+
+// XIDCounts is an immutable record of the XID errors seen on one device.
+type XIDCounts struct {
+	Last   uint64            // the last XID seen
+	Counts map[uint64]uint64 // XID -> occurrences since start
+}
+
+// Snapshot is everything one tick measured. It is immutable once published.
+type Snapshot struct {
+	Seq      uint64        // 1 for the first tick
+	Time     time.Time     // when the tick started
+	Duration time.Duration // how long the tick took
+	Devices  []Device      // static inventory, shared by all snapshots
+	States   []DeviceState // States[i] belongs to Devices[i]
+	// Window is the span the engine windows cover.
+	Window time.Duration
+	// Ticks and MissedTicks count since start: a tick that came later
+	// than 1.5 intervals after the previous one counts the intervals it
+	// skipped as missed.
+	Ticks, MissedTicks uint64
+}
+
+// Store holds the latest snapshot. One writer publishes, any number of
+// readers load, and nobody waits for anybody.
+type Store struct {
+	p atomic.Pointer[Snapshot]
+}
+
+// Publish makes s the latest snapshot. s must not be modified afterwards.
+func (st *Store) Publish(s *Snapshot) { st.p.Store(s) }
+
+// Latest returns the latest snapshot, or nil before the first tick.
+func (st *Store) Latest() *Snapshot { return st.p.Load() }
