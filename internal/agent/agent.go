@@ -109,7 +109,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	}
 	pods, err := podresources.NewClient(socket, podresources.NewResolver(resolverGPUs(sampler.Devices())), podresources.Options{
 		Period: cfg.KubeletPeriod,
-		Logger: log.With("component", "podresources"),
+		Logger: log,
 	})
 	if err != nil {
 		return err

@@ -1,6 +1,8 @@
 package exporter
 
 import (
+	"strings"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
@@ -93,4 +95,19 @@ func newFamily(name, help string, typ prometheus.ValueType, extra ...string) fam
 		migPod: desc(deviceLabels, migLabels, podLabels),
 		typ:    typ,
 	}
+}
+
+// LintExempt reports whether a Prometheus lint problem (promlint, or
+// `promtool check metrics`) is one this compatibility layer causes on
+// purpose: dcgm-exporter's metric names, and its camelCase label names
+// (UUID, modelName, Hostname, GPU_I_*) that the agent's own device metrics
+// carry too, so they join with dcgm-exporter's series.
+func LintExempt(metric, problem string) bool {
+	for _, n := range DCGMNames() {
+		if metric == n {
+			return true
+		}
+	}
+	return strings.HasPrefix(metric, Namespace+"_") &&
+		strings.Contains(problem, "label names should be written in 'snake_case' not 'camelCase'")
 }

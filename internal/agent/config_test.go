@@ -1,0 +1,115 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+func parse(t *testing.T, args ...string) *Config {
+	t.Helper()
+	c, err := ParseFlags(args, func(string) string { return "" }, &bytes.Buffer{})
+	if err != nil {
+		t.Fatalf("ParseFlags(%v): %v", args, err)
+	}
+	return c
+}
+
+func TestDefaults(t *testing.T) {
+	c := parse(t)
+	if err := c.Validate(); err != nil {
+		t.Fatalf("defaults invalid: %v", err)
+	}
+	if c.Interval != 250*time.Millisecond || c.ListenAddress != ":9400" || c.PodResourcesSocket != DefaultPodResourcesSocket || c.KubeletPeriod != time.Second {
+		t.Errorf("defaults = %+v", c)
+	}
+	if c.NodeName == "" {
+		t.Error("node name empty: want the host name when $NODE_NAME is unset")
+	}
+}
+
+func TestNodeNameFromEnvironment(t *testing.T) {
+	c, err := ParseFlags(nil, func(k string) string {
+		if k == "NODE_NAME" {
+			return "gpu-node-7"
+		}
+		return ""
+	}, &bytes.Buffer{})
+	if err != nil || c.NodeName != "gpu-node-7" {
+		t.Fatalf("node name = %q, %v", c.NodeName, err)
+	}
+}
+
+func TestValidateNamesTheFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--interval=50ms"}, "--interval=50ms: must be at least 100ms"},
+		{[]string{"--interval=1s", "--utilization.window=500ms"}, "--utilization.window=500ms"},
+		{[]string{"--kubelet.poll-interval=10ms"}, "--kubelet.poll-interval=10ms"},
+		{[]string{"--simulate=-1"}, "--simulate=-1"},
+		{[]string{"--simulate=1000"}, "--simulate=1000"},
+		{[]string{"--log.level=loud"}, "--log.level=loud"},
+		{[]string{"--log.format=xml"}, "--log.format=xml"},
+		{[]string{"--web.listen-address="}, "--web.listen-address"},
+		{[]string{"--kubelet.pod-resources-socket=/" + strings.Repeat("a", 120)}, "limited to 107 bytes"},
+	} {
+		err := parse(t, tc.args...).Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: err = %v, want it to contain %q", tc.args, err, tc.want)
+		}
+	}
+	// Every problem is reported at once.
+	err := parse(t, "--interval=1ms", "--log.format=xml").Validate()
+	if err == nil || !strings.Contains(err.Error(), "--interval") || !strings.Contains(err.Error(), "--log.format") {
+		t.Errorf("two bad flags: %v", err)
+	}
+}
+
+func TestMainExitCodes(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	ctx := context.Background()
+	if code := Main(ctx, []string{"--no-such-flag"}, &stdout, &stderr); code != 2 {
+		t.Errorf("unknown flag: exit %d, want 2", code)
+	}
+	if code := Main(ctx, []string{"--interval=10ms"}, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), "--interval") {
+		t.Errorf("bad interval: exit %d, stderr %q", code, stderr.String())
+	}
+	if code := Main(ctx, []string{"stray"}, &stdout, &stderr); code != 2 {
+		t.Errorf("positional argument: exit %d, want 2", code)
+	}
+	stdout.Reset()
+	if code := Main(ctx, []string{"--version"}, &stdout, &stderr); code != 0 || !strings.Contains(stdout.String(), "gpu-agent") {
+		t.Errorf("--version: exit %d, %q", code, stdout.String())
+	}
+	stderr.Reset()
+	if code := Main(ctx, []string{"--nvml.library-path=/nonexistent/libnvidia-ml.so.1", "--web.listen-address=127.0.0.1:0"}, &stdout, &stderr); code != 1 ||
+		!strings.Contains(stderr.String(), "NVML library") || !strings.Contains(stderr.String(), "--simulate") {
+		t.Errorf("no NVML: exit %d, stderr %q", code, stderr.String())
+	}
+}
+
+// The agent runs on a simulated node and stops cleanly when its context
+// ends, as on SIGTERM.
+func TestRunStopsOnCancel(t *testing.T) {
+	c := parse(t, "--simulate=2", "--web.listen-address=127.0.0.1:0", "--kubelet.pod-resources-socket=/nonexistent/kubelet.sock", "--interval=100ms")
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+	defer cancel()
+	var logs bytes.Buffer
+	start := time.Now()
+	if err := Run(ctx, c, c.NewLogger(&logs)); err != nil {
+		t.Fatalf("Run: %v\n%s", err, logs.String())
+	}
+	if took := time.Since(start); took > 700*time.Millisecond+ShutdownTimeout {
+		t.Errorf("shutdown took %s", took)
+	}
+	if !strings.Contains(logs.String(), "kubelet pod-resources available") {
+		t.Errorf("simulated pods not served:\n%s", logs.String())
+	}
+}

@@ -1,0 +1,315 @@
+package exporter
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/gpu-telemetry/agent/pkg/podresources"
+	"github.com/gpu-telemetry/agent/pkg/telemetry"
+)
+
+type snapshots struct{ snap *telemetry.Snapshot }
+
+func (s snapshots) Latest() *telemetry.Snapshot { return s.snap }
+
+// pods answers from a fixed kubelet List response, through the real
+// assignment builder and resolver.
+type pods struct {
+	a  *podresources.Assignments
+	st podresources.Status
+}
+
+func (p pods) Assignments() *podresources.Assignments { return p.a }
+func (p pods) Status() podresources.Status            { return p.st }
+
+const (
+	uuid0 = "GPU-00000000-0000-0000-0000-000000000000"
+	uuid1 = "GPU-11111111-1111-1111-1111-111111111111"
+	uuid2 = "GPU-22222222-2222-2222-2222-222222222222"
+)
+
+func reading(kv map[telemetry.Field]float64) telemetry.Reading {
+	var r telemetry.Reading
+	for f, v := range kv {
+		r.Set(f, v)
+	}
+	return r
+}
+
+// testSnapshot: GPU 0 whole, GPU 1 time-sliced between two pods, GPU 2
+// MIG-enabled with one instance held by a pod.
+func testSnapshot() *telemetry.Snapshot {
+	devs := []telemetry.Device{
+		{Index: 0, UUID: uuid0, Name: "Tesla T4", PCIBusID: "00000000:3B:00.0", Minor: 0},
+		{Index: 1, UUID: uuid1, Name: "Tesla T4", PCIBusID: "00000000:3C:00.0", Minor: 1},
+		{Index: 2, UUID: uuid2, Name: "NVIDIA A100-SXM4-40GB", PCIBusID: "00000000:3D:00.0", Minor: 2, MIGEnabled: true,
+			MIG: []telemetry.MIGDevice{{UUID: "MIG-aaaa", GI: 7, CI: 0, Profile: "1g.5gb"}}},
+	}
+	full := map[telemetry.Field]float64{
+		telemetry.GPUUtil: 87, telemetry.FBUsed: 3 << 30, telemetry.Power: 42.5, telemetry.Energy: 1000,
+		telemetry.EncSessions: 4, telemetry.EncLatency: 0.0025,
+	}
+	states := []telemetry.DeviceState{
+		{Reading: reading(full), Supported: telemetry.AllFields},
+		{Reading: reading(map[telemetry.Field]float64{telemetry.GPUUtil: 12, telemetry.Power: 30}), Supported: telemetry.AllFields.Without(telemetry.Energy)},
+		{Reading: reading(map[telemetry.Field]float64{telemetry.Power: 90}), MIG: []telemetry.Reading{reading(map[telemetry.Field]float64{telemetry.FBUsed: 1 << 30})}},
+	}
+	states[0].Windows[telemetry.EngineGPU] = telemetry.Window{Count: 90, Max: 100, Mean: 50}
+	states[0].XID = &telemetry.XIDCounts{Last: 79, Counts: map[uint64]uint64{31: 2, 79: 1}}
+	return &telemetry.Snapshot{Seq: 5, Time: time.Now(), Devices: devs, States: states, Window: 15 * time.Second, Ticks: 5}
+}
+
+func testPods(t *testing.T) pods {
+	t.Helper()
+	r := podresources.NewResolver([]podresources.GPU{
+		{UUID: uuid0, Minor: 0}, {UUID: uuid1, Minor: 1},
+		{UUID: uuid2, Minor: 2, MIG: []podresources.MIGDevice{{UUID: "MIG-aaaa", GI: 7, CI: 0}}},
+	})
+	resp := listResponse(
+		pod("ml", "inference-0", "server", "nvidia.com/gpu", uuid0),
+		pod("media", "sfu-0", "sfu", "nvidia.com/gpu.shared", uuid1+"::0"),
+		pod("media", "sfu-1", "sfu", "nvidia.com/gpu.shared", uuid1+"::1"),
+		pod("ml", "small", "worker", "nvidia.com/mig-1g.5gb", "MIG-aaaa"),
+	)
+	return pods{a: podresources.BuildAssignments(resp, r), st: podresources.Status{Up: true, Refreshes: 3, LastSuccess: time.Unix(1700000000, 0)}}
+}
+
+func newTestCollector(t *testing.T, snap *telemetry.Snapshot) *Collector {
+	return NewCollector(snapshots{snap}, Options{Hostname: "node-a", Interval: 250 * time.Millisecond, Pods: testPods(t), Build: BuildInfo{Version: "test", Revision: "abc"}})
+}
+
+func TestDCGMMetricsWithPodLabels(t *testing.T) {
+	c := newTestCollector(t, testSnapshot())
+	const want = `
+# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).
+# TYPE DCGM_FI_DEV_GPU_UTIL gauge
+DCGM_FI_DEV_GPU_UTIL{Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 87
+DCGM_FI_DEV_GPU_UTIL{Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-0"} 12
+DCGM_FI_DEV_GPU_UTIL{Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-1"} 12
+# HELP DCGM_FI_DEV_FB_USED Framebuffer memory used (in MiB).
+# TYPE DCGM_FI_DEV_FB_USED gauge
+DCGM_FI_DEV_FB_USED{GPU_I_ID="7",GPU_I_PROFILE="1g.5gb",Hostname="node-a",UUID="GPU-22222222-2222-2222-2222-222222222222",container="worker",device="nvidia2",gpu="2",modelName="NVIDIA A100-SXM4-40GB",namespace="ml",pci_bus_id="00000000:3D:00.0",pod="small"} 1024
+DCGM_FI_DEV_FB_USED{Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 3072
+# HELP DCGM_FI_DEV_POWER_USAGE Power draw (in W).
+# TYPE DCGM_FI_DEV_POWER_USAGE gauge
+DCGM_FI_DEV_POWER_USAGE{Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 42.5
+DCGM_FI_DEV_POWER_USAGE{Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-0"} 30
+DCGM_FI_DEV_POWER_USAGE{Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-1"} 30
+DCGM_FI_DEV_POWER_USAGE{Hostname="node-a",UUID="GPU-22222222-2222-2222-2222-222222222222",device="nvidia2",gpu="2",modelName="NVIDIA A100-SXM4-40GB",pci_bus_id="00000000:3D:00.0"} 90
+# HELP DCGM_FI_DEV_XID_ERRORS Value of the last XID error encountered.
+# TYPE DCGM_FI_DEV_XID_ERRORS gauge
+DCGM_FI_DEV_XID_ERRORS{Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 79
+DCGM_FI_DEV_XID_ERRORS{Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-0"} 0
+DCGM_FI_DEV_XID_ERRORS{Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-1"} 0
+DCGM_FI_DEV_XID_ERRORS{Hostname="node-a",UUID="GPU-22222222-2222-2222-2222-222222222222",device="nvidia2",gpu="2",modelName="NVIDIA A100-SXM4-40GB",pci_bus_id="00000000:3D:00.0"} 0
+# HELP gpu_agent_xid_errors_total XID critical errors seen since the agent started, by XID.
+# TYPE gpu_agent_xid_errors_total counter
+gpu_agent_xid_errors_total{UUID="GPU-00000000-0000-0000-0000-000000000000",gpu="0",xid="31"} 2
+gpu_agent_xid_errors_total{UUID="GPU-00000000-0000-0000-0000-000000000000",gpu="0",xid="79"} 1
+# HELP gpu_agent_utilization_window_max_ratio Highest hardware utilization sample of the engine within the window (gpu_agent_utilization_window_seconds).
+# TYPE gpu_agent_utilization_window_max_ratio gauge
+gpu_agent_utilization_window_max_ratio{Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",engine="gpu",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 1
+# HELP gpu_agent_encoder_latency_seconds Average encode latency over the active encoder sessions.
+# TYPE gpu_agent_encoder_latency_seconds gauge
+gpu_agent_encoder_latency_seconds{Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 0.0025
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want),
+		"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_XID_ERRORS",
+		"gpu_agent_xid_errors_total", "gpu_agent_utilization_window_max_ratio", "gpu_agent_encoder_latency_seconds"); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestUnsupportedAndLostAreLeftOut(t *testing.T) {
+	snap := testSnapshot()
+	snap.States[0].Lost = true
+	c := newTestCollector(t, snap)
+	const want = `
+# HELP gpu_agent_device_up 1 while the GPU answers NVML, 0 once NVML reported it lost.
+# TYPE gpu_agent_device_up gauge
+gpu_agent_device_up{UUID="GPU-00000000-0000-0000-0000-000000000000",gpu="0"} 0
+gpu_agent_device_up{UUID="GPU-11111111-1111-1111-1111-111111111111",gpu="1"} 1
+gpu_agent_device_up{UUID="GPU-22222222-2222-2222-2222-222222222222",gpu="2"} 1
+# HELP DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION Total energy consumption since boot (in mJ).
+# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION untyped
+`
+	// GPU 0 is lost (its energy reading must not be served as current)
+	// and GPU 1 does not support energy: no energy series at all.
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "gpu_agent_device_up", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestNoPodsMeansNoPodLabels(t *testing.T) {
+	c := NewCollector(snapshots{testSnapshot()}, Options{Hostname: "node-a", Interval: time.Second})
+	const want = `
+# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).
+# TYPE DCGM_FI_DEV_GPU_UTIL gauge
+DCGM_FI_DEV_GPU_UTIL{Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",device="nvidia0",gpu="0",modelName="Tesla T4",pci_bus_id="00000000:3B:00.0"} 87
+DCGM_FI_DEV_GPU_UTIL{Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",device="nvidia1",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0"} 12
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "DCGM_FI_DEV_GPU_UTIL"); err != nil {
+		t.Error(err)
+	}
+	if n := testutil.CollectAndCount(c, "gpu_agent_kubelet_up"); n != 0 {
+		t.Errorf("kubelet metrics without a kubelet: %d", n)
+	}
+}
+
+func TestKubeletStatus(t *testing.T) {
+	p := testPods(t)
+	p.st = podresources.Status{Up: false, Stale: true, Failures: 2, Refreshes: 3, LastSuccess: time.Unix(1700000000, 0)}
+	c := NewCollector(snapshots{testSnapshot()}, Options{Hostname: "n", Interval: time.Second, Pods: p})
+	const want = `
+# HELP gpu_agent_kubelet_up 1 if the last pod-resources List call succeeded.
+# TYPE gpu_agent_kubelet_up gauge
+gpu_agent_kubelet_up 0
+# HELP gpu_agent_kubelet_pod_map_stale 1 if pod labels come from the last good kubelet answer because the latest call failed.
+# TYPE gpu_agent_kubelet_pod_map_stale gauge
+gpu_agent_kubelet_pod_map_stale 1
+# HELP gpu_agent_kubelet_last_success_timestamp_seconds When pod-resources List last succeeded, as a Unix time.
+# TYPE gpu_agent_kubelet_last_success_timestamp_seconds gauge
+gpu_agent_kubelet_last_success_timestamp_seconds 1.7e+09
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want),
+		"gpu_agent_kubelet_up", "gpu_agent_kubelet_pod_map_stale", "gpu_agent_kubelet_last_success_timestamp_seconds"); err != nil {
+		t.Error(err)
+	}
+	// Stale, the last good pod labels are still served.
+	if n := testutil.CollectAndCount(c, "DCGM_FI_DEV_GPU_UTIL"); n != 3 {
+		t.Errorf("%d GPU_UTIL series with a stale pod map, want 3 (one per pod)", n)
+	}
+}
+
+func TestPedanticRegistryAndLint(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(newTestCollector(t, testSnapshot()))
+	if _, err := reg.Gather(); err != nil {
+		t.Fatalf("pedantic gather: %v", err)
+	}
+	problems, err := testutil.GatherAndLint(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		if !LintExempt(p.Metric, p.Text) {
+			t.Errorf("lint: %s: %s", p.Metric, p.Text)
+		}
+	}
+	// The exemption is narrow: a made-up name is still linted.
+	if LintExempt("gpu_agent_fooBar", "metric names should be written in 'snake_case' not 'camelCase'") {
+		t.Error("LintExempt exempts a name it should not")
+	}
+}
+
+func TestBeforeFirstSnapshot(t *testing.T) {
+	c := NewCollector(snapshots{nil}, Options{Hostname: "n", Interval: time.Second})
+	if n := testutil.CollectAndCount(c, "DCGM_FI_DEV_GPU_UTIL"); n != 0 {
+		t.Errorf("%d GPU series before the first snapshot", n)
+	}
+	if n := testutil.CollectAndCount(c, "gpu_agent_build_info"); n != 1 {
+		t.Errorf("build info missing before the first snapshot")
+	}
+}
+
+func TestReadiness(t *testing.T) {
+	now := time.Now()
+	if ok, why := Readiness(snapshots{nil}, time.Second, now); ok || !strings.Contains(why, "no GPU sample") {
+		t.Errorf("no snapshot: ready=%v %q", ok, why)
+	}
+	fresh := &telemetry.Snapshot{Time: now.Add(-2 * time.Second)}
+	if ok, _ := Readiness(snapshots{fresh}, time.Second, now); !ok {
+		t.Error("snapshot 2 intervals old: not ready")
+	}
+	stale := &telemetry.Snapshot{Time: now.Add(-4 * time.Second)}
+	if ok, why := Readiness(snapshots{stale}, time.Second, now); ok || !strings.Contains(why, "stalled") {
+		t.Errorf("snapshot 4 intervals old: ready=%v %q", ok, why)
+	}
+}
+
+func TestHandler(t *testing.T) {
+	src := &snapshots{}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(src, Options{Hostname: "n", Interval: time.Second}))
+	h, err := NewHandler(reg, src, HandlerOptions{Interval: time.Second, Logger: discardLogger(), Version: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(path, accept string) (int, string, string) {
+		req := httptest.NewRequest(http.MethodGet, path, nil)
+		if accept != "" {
+			req.Header.Set("Accept", accept)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec.Code, rec.Header().Get("Content-Type"), rec.Body.String()
+	}
+	if code, _, _ := get("/healthz", ""); code != http.StatusOK {
+		t.Errorf("/healthz = %d", code)
+	}
+	if code, _, body := get("/readyz", ""); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz before the first sample = %d %q", code, body)
+	}
+	src.snap = testSnapshot()
+	if code, _, body := get("/readyz", ""); code != http.StatusOK {
+		t.Errorf("/readyz after a sample = %d %q", code, body)
+	}
+	code, ctype, body := get("/metrics", "application/openmetrics-text;version=1.0.0")
+	if code != http.StatusOK || !strings.HasPrefix(ctype, "application/openmetrics-text") {
+		t.Fatalf("/metrics (OpenMetrics) = %d %s", code, ctype)
+	}
+	// dcgm-exporter's names must survive OpenMetrics, which appends
+	// _total to counters: the energy series keeps its name.
+	if !regexp.MustCompile(`(?m)^DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION\{`).MatchString(body) {
+		t.Errorf("energy series renamed under OpenMetrics:\n%s", grep(body, "ENERGY"))
+	}
+	code, ctype, body = get("/metrics", "text/plain")
+	if code != http.StatusOK || !strings.HasPrefix(ctype, "text/plain") || !strings.Contains(body, "DCGM_FI_DEV_GPU_UTIL{") {
+		t.Errorf("/metrics (text) = %d %s", code, ctype)
+	}
+}
+
+func grep(s, substr string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// Every metric the agent serves is documented in the README.
+func TestEveryMetricIsDocumented(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatalf("reading README: %v", err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(newTestCollector(t, testSnapshot()))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"gpu_agent_sample_duration_seconds"} // registered by the agent, beside the collector
+	for _, mf := range mfs {
+		names = append(names, mf.GetName())
+	}
+	// Families a test snapshot does not produce.
+	names = append(names, DCGMNames()...)
+	names = append(names, "gpu_agent_read_errors_total", "gpu_agent_encoder_fps", "gpu_agent_encoder_sessions",
+		"gpu_agent_utilization_sampling_period_seconds", "gpu_agent_kubelet_refresh_failures_total")
+	for _, n := range names {
+		if !strings.Contains(string(readme), "`"+n+"`") {
+			t.Errorf("metric %s is not documented in README.md (as `%s`)", n, n)
+		}
+	}
+}

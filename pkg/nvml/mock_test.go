@@ -1,0 +1,130 @@
+package nvml
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
+)
+
+// Builders for go-nvml mocks, after k8s-device-plugin's NewFullGPU():
+// a device that answers every field the sampler reads, which a test then
+// breaks in the one way it is about.
+
+type gpuSpec struct {
+	index     int
+	uuid      string
+	util, enc uint32
+	samples   map[nvml.SamplingType][]nvml.Sample // GetSamples' buffer
+}
+
+func newFullGPU(index int) *mock.Device {
+	return newGPU(gpuSpec{index: index, uuid: fmt.Sprintf("GPU-00000000-0000-0000-0000-%012d", index), util: 40, enc: 20})
+}
+
+func newGPU(s gpuSpec) *mock.Device {
+	var mu sync.Mutex
+	return &mock.Device{
+		GetUUIDFunc:        func() (string, nvml.Return) { return s.uuid, nvml.SUCCESS },
+		GetNameFunc:        func() (string, nvml.Return) { return "Tesla T4", nvml.SUCCESS },
+		GetMinorNumberFunc: func() (int, nvml.Return) { return s.index, nvml.SUCCESS },
+		GetPciInfoFunc: func() (nvml.PciInfo, nvml.Return) {
+			var p nvml.PciInfo
+			for i, c := range fmt.Sprintf("00000000:%02X:00.0", s.index+1) {
+				p.BusId[i] = int8(c)
+			}
+			return p, nvml.SUCCESS
+		},
+		GetMemoryInfoFunc: func() (nvml.Memory, nvml.Return) {
+			return nvml.Memory{Total: 16 << 30, Used: 5 << 30, Free: 11 << 30}, nvml.SUCCESS
+		},
+		GetMemoryInfo_v2Func: func() (nvml.Memory_v2, nvml.Return) {
+			return nvml.Memory_v2{Total: 16 << 30, Reserved: 1 << 30, Used: 4 << 30, Free: 11 << 30}, nvml.SUCCESS
+		},
+		GetMigModeFunc:         func() (int, int, nvml.Return) { return 0, 0, nvml.ERROR_NOT_SUPPORTED },
+		GetEncoderCapacityFunc: func(nvml.EncoderType) (int, nvml.Return) { return 100, nvml.SUCCESS },
+		GetUtilizationRatesFunc: func() (nvml.Utilization, nvml.Return) {
+			return nvml.Utilization{Gpu: s.util, Memory: s.util / 2}, nvml.SUCCESS
+		},
+		GetEncoderUtilizationFunc: func() (uint32, uint32, nvml.Return) { return s.enc, 167000, nvml.SUCCESS },
+		GetDecoderUtilizationFunc: func() (uint32, uint32, nvml.Return) { return 10, 167000, nvml.SUCCESS },
+		GetTemperatureFunc:        func(nvml.TemperatureSensors) (uint32, nvml.Return) { return 55, nvml.SUCCESS },
+		GetPowerUsageFunc:         func() (uint32, nvml.Return) { return 42500, nvml.SUCCESS },
+		GetTotalEnergyConsumptionFunc: func() (uint64, nvml.Return) {
+			return 123456, nvml.SUCCESS
+		},
+		GetClockInfoFunc: func(c nvml.ClockType) (uint32, nvml.Return) {
+			if c == nvml.CLOCK_SM {
+				return 1590, nvml.SUCCESS
+			}
+			return 5001, nvml.SUCCESS
+		},
+		GetPcieThroughputFunc: func(c nvml.PcieUtilCounter) (uint32, nvml.Return) {
+			if c == nvml.PCIE_UTIL_TX_BYTES {
+				return 1000, nvml.SUCCESS
+			}
+			return 2000, nvml.SUCCESS
+		},
+		GetEncoderStatsFunc: func() (int, uint32, uint32, nvml.Return) { return 3, 30, 2500, nvml.SUCCESS },
+		GetSamplesFunc: func(t nvml.SamplingType, lastSeen uint64) (nvml.ValueType, []nvml.Sample, nvml.Return) {
+			mu.Lock()
+			defer mu.Unlock()
+			var out []nvml.Sample
+			for _, smp := range s.samples[t] {
+				if smp.TimeStamp > lastSeen {
+					out = append(out, smp)
+				}
+			}
+			if len(out) == 0 {
+				return nvml.VALUE_TYPE_UNSIGNED_INT, nil, nvml.ERROR_NOT_FOUND
+			}
+			return nvml.VALUE_TYPE_UNSIGNED_INT, out, nvml.SUCCESS
+		},
+		RegisterEventsFunc: func(uint64, nvml.EventSet) nvml.Return { return nvml.SUCCESS },
+	}
+}
+
+// utilSamples makes driver samples at the given microsecond timestamps.
+func utilSamples(at time.Time, values ...uint32) []nvml.Sample {
+	out := make([]nvml.Sample, len(values))
+	for i, v := range values {
+		out[i].TimeStamp = uint64(at.Add(time.Duration(i) * time.Second / 6).UnixMicro())
+		binary.LittleEndian.PutUint32(out[i].SampleValue[:], v)
+	}
+	return out
+}
+
+// newLib is a mock NVML over devs, with an event set whose Wait returns
+// the queued events, then times out.
+func newLib(devs ...*mock.Device) (*mock.Interface, chan nvml.EventData) {
+	events := make(chan nvml.EventData, 16)
+	lib := &mock.Interface{
+		InitFunc:                   func() nvml.Return { return nvml.SUCCESS },
+		ShutdownFunc:               func() nvml.Return { return nvml.SUCCESS },
+		SystemGetDriverVersionFunc: func() (string, nvml.Return) { return "550.54.15", nvml.SUCCESS },
+		DeviceGetCountFunc:         func() (int, nvml.Return) { return len(devs), nvml.SUCCESS },
+		DeviceGetHandleByIndexFunc: func(i int) (nvml.Device, nvml.Return) {
+			if i < 0 || i >= len(devs) {
+				return nil, nvml.ERROR_INVALID_ARGUMENT
+			}
+			return devs[i], nvml.SUCCESS
+		},
+		EventSetCreateFunc: func() (nvml.EventSet, nvml.Return) {
+			return &mock.EventSet{
+				WaitFunc: func(ms uint32) (nvml.EventData, nvml.Return) {
+					select {
+					case e := <-events:
+						return e, nvml.SUCCESS
+					case <-time.After(time.Duration(ms) * time.Millisecond):
+						return nvml.EventData{}, nvml.ERROR_TIMEOUT
+					}
+				},
+				FreeFunc: func() nvml.Return { return nvml.SUCCESS },
+			}, nvml.SUCCESS
+		},
+	}
+	return lib, events
+}

@@ -1,0 +1,491 @@
+package nvml
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"math"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
+
+	"github.com/gpu-telemetry/agent/pkg/telemetry"
+)
+
+func open(t *testing.T, lib Library, cfg Config) *Sampler {
+	t.Helper()
+	if cfg.Interval == 0 {
+		cfg.Interval = MinInterval
+	}
+	s, err := Open(lib, cfg)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func tick(s *Sampler) *telemetry.Snapshot {
+	s.Tick()
+	return s.Latest()
+}
+
+func TestOpenReadsInventory(t *testing.T) {
+	lib, _ := newLib(newFullGPU(0), newFullGPU(1))
+	s := open(t, lib, Config{})
+	devs := s.Devices()
+	if len(devs) != 2 {
+		t.Fatalf("got %d devices, want 2", len(devs))
+	}
+	d := devs[1]
+	want := telemetry.Device{Index: 1, UUID: "GPU-00000000-0000-0000-0000-000000000001", Name: "Tesla T4",
+		PCIBusID: "00000000:02:00.0", Minor: 1, MemoryTotal: 16 << 30}
+	if d.Index != want.Index || d.UUID != want.UUID || d.Name != want.Name || d.PCIBusID != want.PCIBusID ||
+		d.Minor != want.Minor || d.MemoryTotal != want.MemoryTotal || d.MIGEnabled {
+		t.Errorf("device 1 = %+v, want %+v", d, want)
+	}
+}
+
+func TestTickConvertsUnits(t *testing.T) {
+	lib, _ := newLib(newFullGPU(0))
+	s := open(t, lib, Config{})
+	st := tick(s).States[0]
+	want := map[telemetry.Field]float64{
+		telemetry.GPUUtil:           40,
+		telemetry.MemCopyUtil:       20,
+		telemetry.EncUtil:           20,
+		telemetry.DecUtil:           10,
+		telemetry.EncSamplingPeriod: 0.167,
+		telemetry.FBUsed:            4 << 30,
+		telemetry.FBReserved:        1 << 30,
+		telemetry.FBFree:            11 << 30,
+		telemetry.FBTotal:           16 << 30,
+		telemetry.Temperature:       55,
+		telemetry.Power:             42.5,
+		telemetry.Energy:            123456,
+		telemetry.SMClock:           1590,
+		telemetry.MemClock:          5001,
+		telemetry.PCIeTX:            1000,
+		telemetry.PCIeRX:            2000,
+		telemetry.EncSessions:       3,
+		telemetry.EncFPS:            30,
+		telemetry.EncLatency:        0.0025,
+	}
+	for f, w := range want {
+		got, ok := st.Get(f)
+		if !ok || math.Abs(got-w) > 1e-9 {
+			t.Errorf("%s = %v (present %v), want %v", f, got, ok, w)
+		}
+	}
+	if st.Supported != telemetry.AllFields {
+		t.Errorf("supported = %b, want all fields", st.Supported)
+	}
+}
+
+func TestUnsupportedFieldIsProbedOnceAndLeftOut(t *testing.T) {
+	dev := newFullGPU(0)
+	dev.GetTotalEnergyConsumptionFunc = func() (uint64, nvml.Return) { return 0, nvml.ERROR_NOT_SUPPORTED }
+	dev.GetPcieThroughputFunc = func(nvml.PcieUtilCounter) (uint32, nvml.Return) { return 0, nvml.ERROR_NOT_SUPPORTED }
+	lib, _ := newLib(dev)
+	s := open(t, lib, Config{})
+	var st telemetry.DeviceState
+	for range 5 {
+		st = tick(s).States[0]
+	}
+	if n := len(dev.GetTotalEnergyConsumptionCalls()); n != 1 {
+		t.Errorf("GetTotalEnergyConsumption called %d times, want 1 (the probe)", n)
+	}
+	if n := len(dev.GetPcieThroughputCalls()); n != 2 { // TX and RX, probed once each
+		t.Errorf("GetPcieThroughput called %d times, want 2", n)
+	}
+	for _, f := range []telemetry.Field{telemetry.Energy, telemetry.PCIeTX, telemetry.PCIeRX} {
+		if st.Has.Has(f) || st.Supported.Has(f) {
+			t.Errorf("%s present or supported after NOT_SUPPORTED", f)
+		}
+		if st.Errors[f] != 0 {
+			t.Errorf("%s counted %d errors; NOT_SUPPORTED is not an error", f, st.Errors[f])
+		}
+	}
+	if !st.Has.Has(telemetry.GPUUtil) {
+		t.Error("supported fields must still be read")
+	}
+}
+
+// An H100 has no NVENC: a zero encoder capacity means the encoder fields
+// are never asked for, not asked and failed every tick.
+func TestNoEncoderIsDetectedOnce(t *testing.T) {
+	for name, capacity := range map[string]func(nvml.EncoderType) (int, nvml.Return){
+		"zero capacity":            func(nvml.EncoderType) (int, nvml.Return) { return 0, nvml.SUCCESS },
+		"capacity NOT_SUPPORTED":   func(nvml.EncoderType) (int, nvml.Return) { return 0, nvml.ERROR_NOT_SUPPORTED },
+		"capacity missing in lib.": func(nvml.EncoderType) (int, nvml.Return) { return 0, nvml.ERROR_FUNCTION_NOT_FOUND },
+	} {
+		t.Run(name, func(t *testing.T) {
+			dev := newFullGPU(0)
+			dev.GetEncoderCapacityFunc = capacity
+			lib, _ := newLib(dev)
+			var logs bytes.Buffer
+			s := open(t, lib, Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			var st telemetry.DeviceState
+			for range 3 {
+				st = tick(s).States[0]
+			}
+			if n := len(dev.GetEncoderUtilizationCalls()) + len(dev.GetEncoderStatsCalls()); n != 0 {
+				t.Errorf("encoder queried %d times on a GPU without NVENC", n)
+			}
+			for _, c := range dev.GetSamplesCalls() {
+				if c.SamplingType == nvml.ENC_UTILIZATION_SAMPLES {
+					t.Fatal("encoder samples asked for on a GPU without NVENC")
+				}
+			}
+			for _, f := range []telemetry.Field{telemetry.EncUtil, telemetry.EncSessions, telemetry.EncFPS, telemetry.EncLatency} {
+				if st.Supported.Has(f) || st.Has.Has(f) {
+					t.Errorf("%s reported on a GPU without NVENC", f)
+				}
+			}
+			if !st.Has.Has(telemetry.DecUtil) {
+				t.Error("decoder must still be read")
+			}
+			if got := strings.Count(logs.String(), "not supported"); got != 1 {
+				t.Errorf("logged %d 'not supported' lines, want 1:\n%s", got, logs.String())
+			}
+		})
+	}
+}
+
+func TestMemoryFallsBackToV1(t *testing.T) {
+	dev := newFullGPU(0)
+	dev.GetMemoryInfo_v2Func = func() (nvml.Memory_v2, nvml.Return) { return nvml.Memory_v2{}, nvml.ERROR_FUNCTION_NOT_FOUND }
+	lib, _ := newLib(dev)
+	s := open(t, lib, Config{})
+	var st telemetry.DeviceState
+	for range 3 {
+		st = tick(s).States[0]
+	}
+	if v, _ := st.Get(telemetry.FBUsed); v != 5<<30 {
+		t.Errorf("FB used = %v, want v1's %v", v, 5<<30)
+	}
+	if st.Has.Has(telemetry.FBReserved) || st.Supported.Has(telemetry.FBReserved) {
+		t.Error("reserved memory reported although only v1 answers")
+	}
+	if n := len(dev.GetMemoryInfo_v2Calls()); n != 1 {
+		t.Errorf("GetMemoryInfo_v2 called %d times, want 1", n)
+	}
+}
+
+func TestBufferedSamplesAreAllKept(t *testing.T) {
+	now := time.Now()
+	dev := newGPU(gpuSpec{index: 0, uuid: "GPU-a", util: 40, samples: map[nvml.SamplingType][]nvml.Sample{
+		nvml.GPU_UTILIZATION_SAMPLES: utilSamples(now.Add(-2*time.Second), 10, 90, 20, 30, 40, 50),
+	}})
+	lib, _ := newLib(dev)
+	s := open(t, lib, Config{Window: 10 * time.Second, Now: func() time.Time { return now }})
+	st := tick(s).States[0]
+	got := st.NewSamples[telemetry.EngineGPU]
+	if len(got) != 6 {
+		t.Fatalf("kept %d samples, want all 6 the driver buffered", len(got))
+	}
+	if got[1].Value != 90 || !got[1].At.Equal(time.UnixMicro(now.Add(-2*time.Second+time.Second/6).UnixMicro())) {
+		t.Errorf("sample 1 = %+v, want 90 at its own timestamp", got[1])
+	}
+	w := st.Windows[telemetry.EngineGPU]
+	if w.Count != 6 || w.Max != 90 || w.Mean != 40 {
+		t.Errorf("window = %+v, want 6 samples, max 90, mean 40", w)
+	}
+	// The next read passes the newest timestamp as lastSeen, gets
+	// NOT_FOUND, and the window still holds the samples.
+	st = tick(s).States[0]
+	if st.NewSamples[telemetry.EngineGPU] != nil {
+		t.Errorf("samples returned twice: %v", st.NewSamples[telemetry.EngineGPU])
+	}
+	calls := dev.GetSamplesCalls()
+	var lastSeen []uint64
+	for _, c := range calls {
+		if c.SamplingType == nvml.GPU_UTILIZATION_SAMPLES {
+			lastSeen = append(lastSeen, c.V)
+		}
+	}
+	wantLast := got[5].At.UnixMicro()
+	if len(lastSeen) != 2 || lastSeen[0] != 0 || lastSeen[1] != uint64(wantLast) {
+		t.Errorf("lastSeen passed = %v, want 0, then the newest sample's timestamp %d", lastSeen, wantLast)
+	}
+	if w := st.Windows[telemetry.EngineGPU]; w.Count != 6 || w.Max != 90 {
+		t.Errorf("window after NOT_FOUND = %+v, want the 6 samples kept", w)
+	}
+	if st.Errors != ([telemetry.NumFields]uint64{}) {
+		t.Errorf("NOT_FOUND counted as an error: %v", st.Errors)
+	}
+}
+
+func TestSamplesLeaveTheWindow(t *testing.T) {
+	now := time.Now()
+	clock := now
+	dev := newGPU(gpuSpec{index: 0, uuid: "GPU-a", samples: map[nvml.SamplingType][]nvml.Sample{
+		nvml.GPU_UTILIZATION_SAMPLES: utilSamples(now, 100),
+	}})
+	lib, _ := newLib(dev)
+	s := open(t, lib, Config{Window: 5 * time.Second, Now: func() time.Time { return clock }})
+	if w := tick(s).States[0].Windows[telemetry.EngineGPU]; w.Count != 1 || w.Max != 100 {
+		t.Fatalf("window = %+v, want the spike", w)
+	}
+	clock = now.Add(4 * time.Second)
+	if w := tick(s).States[0].Windows[telemetry.EngineGPU]; w.Max != 100 {
+		t.Errorf("spike lost within the window: %+v", w)
+	}
+	clock = now.Add(6 * time.Second)
+	if w := tick(s).States[0].Windows[telemetry.EngineGPU]; w.Count != 0 {
+		t.Errorf("window = %+v, want empty once the spike is older than the window", w)
+	}
+}
+
+func TestNoBufferedSamplesIsNotAnError(t *testing.T) {
+	lib, _ := newLib(newFullGPU(0)) // no samples: GetSamples answers NOT_FOUND
+	var logs bytes.Buffer
+	s := open(t, lib, Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	st := tick(s).States[0]
+	for e := range telemetry.NumEngines {
+		if st.Windows[e].Count != 0 || st.NewSamples[e] != nil {
+			t.Errorf("engine %s has data from an empty buffer", e)
+		}
+	}
+	if strings.Contains(logs.String(), "level=WARN") {
+		t.Errorf("NOT_FOUND logged as a problem:\n%s", logs.String())
+	}
+}
+
+func TestLostGPUDoesNotStopTheOthers(t *testing.T) {
+	devs := []*mock.Device{newFullGPU(0), newFullGPU(1), newFullGPU(2)}
+	lib, _ := newLib(devs...)
+	var logs bytes.Buffer
+	s := open(t, lib, Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if snap := tick(s); snap.States[1].Lost {
+		t.Fatal("GPU 1 lost before it was")
+	}
+	lost := func() (uint32, nvml.Return) { return 0, nvml.ERROR_GPU_IS_LOST }
+	devs[1].GetTemperatureFunc = func(nvml.TemperatureSensors) (uint32, nvml.Return) { return lost() }
+	devs[1].GetUtilizationRatesFunc = func() (nvml.Utilization, nvml.Return) { return nvml.Utilization{}, nvml.ERROR_GPU_IS_LOST }
+
+	snap := tick(s)
+	if !snap.States[1].Lost {
+		t.Fatal("GPU 1 not marked lost")
+	}
+	callsAfterLoss := len(devs[1].GetUtilizationRatesCalls())
+	for range 3 {
+		snap = tick(s)
+	}
+	for _, i := range []int{0, 2} {
+		if st := snap.States[i]; st.Lost || !st.Has.Has(telemetry.GPUUtil) || !st.Has.Has(telemetry.Temperature) {
+			t.Errorf("GPU %d stopped reporting after GPU 1 was lost: %+v", i, st.Reading)
+		}
+	}
+	if n := len(devs[1].GetUtilizationRatesCalls()); n != callsAfterLoss {
+		t.Errorf("lost GPU asked %d more times", n-callsAfterLoss)
+	}
+	if got := strings.Count(logs.String(), "GPU lost"); got != 1 {
+		t.Errorf("logged the loss %d times, want once", got)
+	}
+}
+
+func TestTransientErrorIsCountedAndLoggedOnce(t *testing.T) {
+	dev := newFullGPU(0)
+	fail := true
+	dev.GetTemperatureFunc = func(nvml.TemperatureSensors) (uint32, nvml.Return) {
+		if fail {
+			return 0, nvml.ERROR_UNKNOWN
+		}
+		return 60, nvml.SUCCESS
+	}
+	lib, _ := newLib(dev)
+	var logs bytes.Buffer
+	s := open(t, lib, Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	var st telemetry.DeviceState
+	for range 4 {
+		st = tick(s).States[0]
+	}
+	if st.Has.Has(telemetry.Temperature) {
+		t.Error("failed field reported with a value")
+	}
+	if !st.Supported.Has(telemetry.Temperature) {
+		t.Error("a transient error must not mark the field unsupported")
+	}
+	if st.Errors[telemetry.Temperature] != 4 {
+		t.Errorf("errors = %d, want 4", st.Errors[telemetry.Temperature])
+	}
+	fail = false
+	st = tick(s).States[0]
+	if v, ok := st.Get(telemetry.Temperature); !ok || v != 60 {
+		t.Errorf("temperature after recovery = %v, %v", v, ok)
+	}
+	if n := strings.Count(logs.String(), "read failed"); n != 1 {
+		t.Errorf("logged %d failures, want 1 (once per state change):\n%s", n, logs.String())
+	}
+	if n := strings.Count(logs.String(), "read recovered"); n != 1 {
+		t.Errorf("logged %d recoveries, want 1", n)
+	}
+}
+
+func TestMIGDevicesAreInventoried(t *testing.T) {
+	parent := newFullGPU(0)
+	parent.GetMigModeFunc = func() (int, int, nvml.Return) { return nvml.DEVICE_MIG_ENABLE, nvml.DEVICE_MIG_ENABLE, nvml.SUCCESS }
+	parent.GetUtilizationRatesFunc = func() (nvml.Utilization, nvml.Return) { return nvml.Utilization{}, nvml.ERROR_NOT_SUPPORTED }
+	parent.GetMaxMigDeviceCountFunc = func() (int, nvml.Return) { return 7, nvml.SUCCESS }
+	mig := func(uuid string, gi, ci int, used uint64) *mock.Device {
+		return &mock.Device{
+			GetUUIDFunc:              func() (string, nvml.Return) { return uuid, nvml.SUCCESS },
+			GetGpuInstanceIdFunc:     func() (int, nvml.Return) { return gi, nvml.SUCCESS },
+			GetComputeInstanceIdFunc: func() (int, nvml.Return) { return ci, nvml.SUCCESS },
+			GetNameFunc:              func() (string, nvml.Return) { return "NVIDIA A100-SXM4-40GB MIG 1g.5gb", nvml.SUCCESS },
+			GetMemoryInfo_v2Func: func() (nvml.Memory_v2, nvml.Return) {
+				return nvml.Memory_v2{Total: 5 << 30, Used: used, Free: 5<<30 - used}, nvml.SUCCESS
+			},
+		}
+	}
+	migs := map[int]*mock.Device{0: mig("MIG-aaa", 7, 0, 1<<30), 3: mig("MIG-bbb", 8, 0, 2<<30)}
+	parent.GetMigDeviceHandleByIndexFunc = func(i int) (nvml.Device, nvml.Return) {
+		if m, ok := migs[i]; ok {
+			return m, nvml.SUCCESS
+		}
+		return nil, nvml.ERROR_NOT_FOUND
+	}
+	lib, _ := newLib(parent)
+	s := open(t, lib, Config{})
+	d := s.Devices()[0]
+	if !d.MIGEnabled || len(d.MIG) != 2 {
+		t.Fatalf("MIG inventory = %+v", d)
+	}
+	if m := d.MIG[1]; m.UUID != "MIG-bbb" || m.GI != 8 || m.CI != 0 || m.Profile != "1g.5gb" {
+		t.Errorf("MIG 1 = %+v", m)
+	}
+	st := tick(s).States[0]
+	if st.Supported.Has(telemetry.GPUUtil) {
+		t.Error("MIG-enabled GPU reports utilization as supported")
+	}
+	if len(st.MIG) != 2 {
+		t.Fatalf("%d MIG readings, want 2", len(st.MIG))
+	}
+	if v, _ := st.MIG[1].Get(telemetry.FBUsed); v != 2<<30 {
+		t.Errorf("MIG 1 FB used = %v", v)
+	}
+}
+
+func TestXIDErrorsAreCounted(t *testing.T) {
+	devs := []*mock.Device{newFullGPU(0), newFullGPU(1)}
+	lib, events := newLib(devs...)
+	s := open(t, lib, Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- s.Run(ctx) }()
+	events <- nvml.EventData{Device: devs[1], EventType: nvml.EventTypeXidCriticalError, EventData: 31}
+	events <- nvml.EventData{Device: devs[1], EventType: nvml.EventTypeXidCriticalError, EventData: 79}
+	events <- nvml.EventData{Device: devs[1], EventType: nvml.EventTypeXidCriticalError, EventData: 31}
+
+	deadline := time.Now().Add(5 * time.Second)
+	var x *telemetry.XIDCounts
+	for time.Now().Before(deadline) {
+		if snap := s.Latest(); snap != nil {
+			if x = snap.States[1].XID; x != nil && x.Counts[31] == 2 && x.Counts[79] == 1 {
+				break
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if x == nil || x.Counts[31] != 2 || x.Counts[79] != 1 || x.Last != 31 {
+		t.Fatalf("XID record = %+v, want 31 twice, 79 once, last 31", x)
+	}
+	if s.Latest().States[0].XID != nil {
+		t.Error("XID attributed to the wrong GPU")
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	lib, _ := newLib(newFullGPU(0))
+	lib.InitFunc = func() nvml.Return { return nvml.ERROR_LIBRARY_NOT_FOUND }
+	if _, err := Open(lib, Config{Interval: time.Second}); !errors.Is(err, ErrLibraryNotFound) {
+		t.Errorf("no library: err = %v, want ErrLibraryNotFound", err)
+	}
+	lib, _ = newLib(newFullGPU(0))
+	if _, err := Open(lib, Config{Interval: 50 * time.Millisecond}); err == nil || !strings.Contains(err.Error(), "minimum") {
+		t.Errorf("50ms interval: err = %v, want a minimum-interval error", err)
+	}
+	lib, _ = newLib()
+	shutdown := 0
+	lib.ShutdownFunc = func() nvml.Return { shutdown++; return nvml.SUCCESS }
+	if _, err := Open(lib, Config{Interval: time.Second}); !errors.Is(err, ErrNoDevices) || shutdown != 1 {
+		t.Errorf("no GPUs: err = %v, shutdown %d times; want ErrNoDevices and NVML shut down", err, shutdown)
+	}
+}
+
+func TestUnopenableGPUIsSkipped(t *testing.T) {
+	bad := newFullGPU(1)
+	bad.GetUUIDFunc = func() (string, nvml.Return) { return "", nvml.ERROR_GPU_IS_LOST }
+	lib, _ := newLib(newFullGPU(0), bad, newFullGPU(2))
+	s := open(t, lib, Config{})
+	if got := len(s.Devices()); got != 2 {
+		t.Fatalf("%d devices, want the 2 that open", got)
+	}
+	if s.Devices()[1].Index != 2 {
+		t.Errorf("second device has index %d, want NVML's index 2", s.Devices()[1].Index)
+	}
+}
+
+// Readers load snapshots while the sampler ticks: each snapshot they see
+// is whole (run with -race).
+func TestReadersSeeWholeSnapshots(t *testing.T) {
+	lib, _ := newLib(newFullGPU(0), newFullGPU(1))
+	s := open(t, lib, Config{})
+	s.Tick()
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for range 4 {
+		wg.Go(func() {
+			var last uint64
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				snap := s.Latest()
+				if len(snap.States) != len(snap.Devices) || snap.Seq < last {
+					t.Errorf("torn or out-of-order snapshot: seq %d after %d", snap.Seq, last)
+					return
+				}
+				last = snap.Seq
+				for _, st := range snap.States {
+					if !st.Has.Has(telemetry.GPUUtil) {
+						t.Error("half-filled snapshot published")
+						return
+					}
+				}
+			}
+		})
+	}
+	for range 200 {
+		s.Tick()
+	}
+	close(stop)
+	wg.Wait()
+}
+
+func TestMissedTicksAreCounted(t *testing.T) {
+	now := time.Now()
+	clock := now
+	lib, _ := newLib(newFullGPU(0))
+	s := open(t, lib, Config{Interval: 100 * time.Millisecond, Now: func() time.Time { return clock }})
+	s.Tick()
+	clock = clock.Add(100 * time.Millisecond)
+	s.Tick()
+	clock = clock.Add(450 * time.Millisecond) // 3 intervals skipped
+	snap := tick(s)
+	if snap.Ticks != 3 || snap.MissedTicks != 3 {
+		t.Errorf("ticks %d missed %d, want 3 and 3", snap.Ticks, snap.MissedTicks)
+	}
+}

@@ -1,0 +1,364 @@
+package podresources_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
+
+	"github.com/gpu-telemetry/agent/pkg/podresources"
+	"github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
+)
+
+const testPeriod = 20 * time.Millisecond
+
+func newClient(t *testing.T, path string, opts podresources.Options) *podresources.Client {
+	t.Helper()
+	if opts.Period == 0 {
+		opts.Period = testPeriod
+	}
+	c, err := podresources.NewClient(path, podresources.NewResolver(testInventory()), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func startKubelet(t *testing.T, path string, pods []*podresourcesv1.PodResources) *fakekubelet.Server {
+	t.Helper()
+	kl, err := fakekubelet.Start(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(kl.Stop)
+	kl.SetPods(pods)
+	return kl
+}
+
+// run starts c.Run and returns a stop function that cancels it and checks
+// that it returns nil.
+func run(t *testing.T, c *podresources.Client) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- c.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-errc:
+				if err != nil {
+					t.Errorf("Run returned %v after cancel, want nil", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Error("Run did not return after cancel")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func TestNewClientErrors(t *testing.T) {
+	r := podresources.NewResolver(nil)
+	for name, f := range map[string]func() (*podresources.Client, error){
+		"empty path": func() (*podresources.Client, error) { return podresources.NewClient("", r, podresources.Options{}) },
+		"nil resolver": func() (*podresources.Client, error) {
+			return podresources.NewClient("/x.sock", nil, podresources.Options{})
+		},
+		"negative period": func() (*podresources.Client, error) {
+			return podresources.NewClient("/x.sock", r, podresources.Options{Period: -1})
+		},
+		"negative timeout": func() (*podresources.Client, error) {
+			return podresources.NewClient("/x.sock", r, podresources.Options{Timeout: -1})
+		},
+	} {
+		if c, err := f(); err == nil {
+			c.Close()
+			t.Errorf("%s: NewClient succeeded, want error", name)
+		}
+	}
+}
+
+// TestClientKubeletRestart walks a client through a mixed node, a kubelet
+// going down (stale but still serving the last map) and coming back with
+// other pods on a re-created socket.
+func TestClientKubeletRestart(t *testing.T) {
+	path := socketPath(t)
+	kl := startKubelet(t, path, mixedNode())
+	c := newClient(t, path, podresources.Options{})
+	if a := c.Assignments(); a == nil || a.Len() != 0 {
+		t.Fatalf("Assignments() before first poll = %v, want empty non-nil", a)
+	}
+	if st := c.Status(); st.Up || st.Stale || !st.LastSuccess.IsZero() {
+		t.Fatalf("Status() before first poll = %+v, want zero", st)
+	}
+	run(t, c)
+
+	waitFor(t, "first success", func() bool { return c.Status().Up })
+	wantMixed(t, c.Assignments())
+	if st := c.Status(); st.Stale || st.LastError != nil || st.LastSuccess.IsZero() || st.Refreshes == 0 {
+		t.Fatalf("Status() when up = %+v", st)
+	}
+	good := c.Assignments()
+
+	kl.Stop()
+	waitFor(t, "client to notice the kubelet is down", func() bool { return !c.Status().Up })
+	st := c.Status()
+	if !st.Stale || st.LastError == nil || st.Failures == 0 {
+		t.Fatalf("Status() when down = %+v, want stale with an error", st)
+	}
+	if c.Assignments() != good {
+		t.Fatal("Assignments() changed while the kubelet was down, want the last good map")
+	}
+	wantMixed(t, c.Assignments())
+	// Stay down for several polls so that gRPC's reconnect backoff grows.
+	failures := st.Failures
+	waitFor(t, "more failed polls", func() bool { return c.Status().Failures >= failures+5 })
+	if c.Assignments() != good {
+		t.Fatal("Assignments() changed while the kubelet was down, want the last good map")
+	}
+
+	// The kubelet comes back with encoder-b gone and a new pod on gpu2.
+	pods := slices.Delete(mixedNode(), 1, 2)
+	pods = append(pods, fakekubelet.Pod("ml", "new", fakekubelet.Container("c", fakekubelet.Devices("nvidia.com/gpu", gpu2))))
+	kl.SetPods(pods)
+	down := time.Now()
+	if err := kl.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "client to pick up the restarted kubelet", func() bool { return c.Status().Up })
+	// gRPC's default reconnect backoff starts at 1s and grows to 120s; the
+	// client caps it at the period, so recovery takes a few periods.
+	if d := time.Since(down); d > 25*testPeriod {
+		t.Errorf("recovery took %v, want a few %v periods", d, testPeriod)
+	}
+	t.Logf("recovered in %v", time.Since(down))
+	a := c.Assignments()
+	if got := a.Pods(gpu2); len(got) != 1 || got[0].Pod != "new" {
+		t.Errorf("Pods(gpu2) after restart = %v, want ml/new", got)
+	}
+	if got := a.Pods(gpu1); len(got) != 1 || got[0].Pod != "encoder-a" {
+		t.Errorf("Pods(gpu1) after restart = %v, want only encoder-a", got)
+	}
+	if st := c.Status(); st.Stale || st.LastError != nil {
+		t.Errorf("Status() after recovery = %+v", st)
+	}
+}
+
+func TestClientSocketMissingAtStart(t *testing.T) {
+	path := socketPath(t)
+	c := newClient(t, path, podresources.Options{})
+	run(t, c)
+	waitFor(t, "two failed polls", func() bool { return c.Status().Failures >= 2 })
+	if st := c.Status(); st.Up || !st.Stale || st.LastError == nil || !st.LastSuccess.IsZero() {
+		t.Fatalf("Status() with no socket = %+v", st)
+	}
+	if a := c.Assignments(); a == nil || a.Len() != 0 {
+		t.Fatalf("Assignments() never good = %v, want empty non-nil", a)
+	}
+	startKubelet(t, path, mixedNode())
+	waitFor(t, "client to find the new socket", func() bool { return c.Status().Up })
+	wantMixed(t, c.Assignments())
+}
+
+func TestClientSetErrorGoesStale(t *testing.T) {
+	path := socketPath(t)
+	kl := startKubelet(t, path, mixedNode())
+	c := newClient(t, path, podresources.Options{})
+	ctx := context.Background()
+	if err := c.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	kl.SetError(status.Error(codes.Unavailable, "kubelet is busy"))
+	err := c.Refresh(ctx)
+	if status.Code(errors.Unwrap(err)) != codes.Unavailable {
+		t.Fatalf("Refresh() = %v, want a wrapped Unavailable", err)
+	}
+	st := c.Status()
+	if st.Up || !st.Stale || !errors.Is(st.LastError, err) || st.Refreshes != 1 || st.Failures != 1 {
+		t.Fatalf("Status() = %+v", st)
+	}
+	wantMixed(t, c.Assignments())
+
+	kl.SetError(nil)
+	kl.SetPods(nil)
+	if err := c.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if a := c.Assignments(); a.Len() != 0 || !c.Status().Up {
+		t.Fatalf("after recovery with no pods: len %d, status %+v", a.Len(), c.Status())
+	}
+}
+
+func TestClientTimeout(t *testing.T) {
+	path := socketPath(t)
+	kl := startKubelet(t, path, mixedNode())
+	kl.SetDelay(time.Second)
+	c := newClient(t, path, podresources.Options{Timeout: 50 * time.Millisecond})
+	start := time.Now()
+	err := c.Refresh(context.Background())
+	if status.Code(errors.Unwrap(err)) != codes.DeadlineExceeded {
+		t.Fatalf("Refresh() = %v, want DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Errorf("Refresh() took %v with a 50ms timeout", d)
+	}
+	if st := c.Status(); !st.Stale {
+		t.Fatalf("Status() = %+v, want stale", st)
+	}
+}
+
+func TestClientRefreshCancelledIsNotAFailure(t *testing.T) {
+	path := socketPath(t)
+	kl := startKubelet(t, path, mixedNode())
+	kl.SetDelay(time.Second)
+	c := newClient(t, path, podresources.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := c.Refresh(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Refresh() = %v, want the context's error", err)
+	}
+	if st := c.Status(); st.Failures != 0 || st.Stale {
+		t.Fatalf("Status() = %+v: a cancelled call must not count as a kubelet failure", st)
+	}
+}
+
+func TestClientGarbageOverTheWire(t *testing.T) {
+	path := socketPath(t)
+	startKubelet(t, path, []*podresourcesv1.PodResources{
+		nil, // arrives as an empty pod
+		fakekubelet.Pod("ns", "empty"),
+		fakekubelet.Pod("ns", "bad", fakekubelet.Container("c",
+			nil,
+			fakekubelet.Devices("nvidia.com/gpu"),
+			fakekubelet.Devices("nvidia.com/gpu", "GPU-", "nvidiaX", "MIG-GPU-x/1", "GPU-99999999-9999-4999-8999-999999999999"),
+			fakekubelet.Devices("nvidia.com/gpu", gpu0))),
+	})
+	c := newClient(t, path, podresources.Options{})
+	if err := c.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	a := c.Assignments()
+	if a.Unresolved() != 4 || a.Len() != 1 || len(a.Pods(gpu0)) != 1 {
+		t.Fatalf("unresolved %d, len %d, Pods(gpu0) %v; want 4, 1, [ns/bad/c]", a.Unresolved(), a.Len(), a.Pods(gpu0))
+	}
+}
+
+// TestClientLogsOncePerStateChange checks that an unreachable kubelet is
+// one warning, not one per poll, and that coming back is one info line.
+func TestClientLogsOncePerStateChange(t *testing.T) {
+	path := socketPath(t)
+	var buf syncBuffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	c := newClient(t, path, podresources.Options{Logger: log})
+	ctx := context.Background()
+	refresh := func(n int, wantErr bool) {
+		t.Helper()
+		for range n {
+			if err := c.Refresh(ctx); (err != nil) != wantErr {
+				t.Fatalf("Refresh() = %v, want error %v", err, wantErr)
+			}
+		}
+	}
+	const down, up = `level=WARN msg="kubelet pod-resources unavailable`, `level=INFO msg="kubelet pod-resources available"`
+
+	refresh(5, true)
+	if n := buf.count(down); n != 1 {
+		t.Fatalf("5 failed polls logged %d warnings, want 1:\n%s", n, buf.String())
+	}
+	if n := buf.count("level=DEBUG"); n != 4 {
+		t.Errorf("5 failed polls logged %d debug lines, want 4", n)
+	}
+	if n := buf.count("component=podresources", "socket="+path); n != 5 {
+		t.Errorf("want every line tagged with component and socket:\n%s", buf.String())
+	}
+
+	kl := startKubelet(t, path, mixedNode())
+	refresh(3, false)
+	if n := buf.count(up); n != 1 {
+		t.Fatalf("3 good polls logged %d info lines, want 1:\n%s", n, buf.String())
+	}
+
+	kl.Stop()
+	refresh(3, true)
+	if n := buf.count(down); n != 2 {
+		t.Fatalf("after a second outage: %d warnings, want 2:\n%s", n, buf.String())
+	}
+	if n := buf.count("level=WARN"); n != 2 {
+		t.Fatalf("unexpected warnings:\n%s", buf.String())
+	}
+}
+
+func TestClientLogsUnresolvedOnChange(t *testing.T) {
+	path := socketPath(t)
+	var buf syncBuffer
+	c := newClient(t, path, podresources.Options{Logger: slog.New(slog.NewTextHandler(&buf, nil))})
+	bad := []*podresourcesv1.PodResources{fakekubelet.Pod("ns", "p", fakekubelet.Container("c", fakekubelet.Devices("nvidia.com/gpu", "GPU-9")))}
+	kl := startKubelet(t, path, bad)
+	for range 3 {
+		if err := c.Refresh(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := buf.count("level=WARN", "match no gpu", "count=1", "GPU-9"); n != 1 {
+		t.Fatalf("want one warning naming the unresolved id:\n%s", buf.String())
+	}
+	kl.SetPods(mixedNode())
+	if err := c.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := buf.count("level=INFO", "all kubelet device ids match"); n != 1 {
+		t.Fatalf("want one info line when ids resolve again:\n%s", buf.String())
+	}
+}
+
+// TestClientRateLimit checks that neither Run nor extra Refresh calls push
+// the kubelet past one List per Period.
+func TestClientRateLimit(t *testing.T) {
+	const period = 50 * time.Millisecond
+	path := socketPath(t)
+	kl := startKubelet(t, path, mixedNode())
+	c := newClient(t, path, podresources.Options{Period: period})
+	start := time.Now()
+	stop := run(t, c)
+	var wg sync.WaitGroup
+	for range 3 { // impatient callers hammering Refresh
+		wg.Go(func() {
+			for time.Since(start) < 500*time.Millisecond {
+				_ = c.Refresh(context.Background())
+			}
+		})
+	}
+	wg.Wait()
+	stop()
+	elapsed := time.Since(start)
+	calls := kl.ListCalls()
+	if limit := int(elapsed/period) + 1; calls > limit {
+		t.Fatalf("%d List calls in %v, want at most %d (one per %v)", calls, elapsed, limit, period)
+	}
+	if calls < 3 {
+		t.Fatalf("%d List calls in %v: the client stopped polling", calls, elapsed)
+	}
+}
+
+func TestClientRunTwice(t *testing.T) {
+	c := newClient(t, socketPath(t), podresources.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := c.Run(ctx); err != nil {
+		t.Fatalf("Run on a cancelled context = %v, want nil", err)
+	}
+	if err := c.Run(ctx); err == nil {
+		t.Fatal("second Run succeeded, want error")
+	}
+}

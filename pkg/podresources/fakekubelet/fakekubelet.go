@@ -1,0 +1,191 @@
+// Package fakekubelet serves the kubelet's pod-resources v1 API on a unix
+// socket from an in-memory list of pods. Tests, the bench harness and the
+// agent's simulated node use it in place of a kubelet: it speaks real gRPC,
+// so the client under test goes through the same dial, reconnect and
+// decoding paths as against a kubelet, and it can go down and come back the
+// way a restarting kubelet does (socket removed, then re-created).
+package fakekubelet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
+)
+
+// Server is a fake kubelet pod-resources endpoint. Its methods are safe for
+// concurrent use.
+type Server struct {
+	podresourcesv1.UnimplementedPodResourcesListerServer
+
+	path  string
+	calls atomic.Int64
+
+	mu    sync.Mutex
+	pods  []*podresourcesv1.PodResources // never mutated once stored
+	err   error
+	delay time.Duration
+	srv   *grpc.Server
+	done  chan struct{} // closed when the current Serve returns
+}
+
+var _ podresourcesv1.PodResourcesListerServer = (*Server)(nil)
+
+// Start listens on socketPath, removing a stale socket file first as the
+// kubelet does, and serves until Stop.
+func Start(socketPath string) (*Server, error) {
+	s := &Server{path: socketPath}
+	if err := s.serve(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) serve() error {
+	if err := os.Remove(s.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("fakekubelet: remove stale socket: %w", err)
+	}
+	lis, err := net.Listen("unix", s.path)
+	if err != nil {
+		return fmt.Errorf("fakekubelet: listen: %w", err)
+	}
+	srv := grpc.NewServer()
+	podresourcesv1.RegisterPodResourcesListerServer(srv, s)
+	done := make(chan struct{})
+	s.mu.Lock()
+	s.srv, s.done = srv, done
+	s.mu.Unlock()
+	go func() {
+		defer close(done)
+		_ = srv.Serve(lis) // returns when stopped
+	}()
+	return nil
+}
+
+// Path returns the socket path.
+func (s *Server) Path() string { return s.path }
+
+// SetPods sets the answer to List from now on. The pods are deep-copied, so
+// the caller may reuse them.
+func (s *Server) SetPods(pods []*podresourcesv1.PodResources) {
+	cp := make([]*podresourcesv1.PodResources, len(pods))
+	for i, p := range pods {
+		if p != nil {
+			cp[i] = proto.Clone(p).(*podresourcesv1.PodResources)
+		}
+	}
+	s.mu.Lock()
+	s.pods = cp
+	s.mu.Unlock()
+}
+
+// SetError makes List (and Get) fail with err until cleared with nil. A
+// plain error reaches the client as codes.Unknown; use status.Error for
+// another code.
+func (s *Server) SetError(err error) {
+	s.mu.Lock()
+	s.err = err
+	s.mu.Unlock()
+}
+
+// SetDelay makes List wait d before answering (or until the caller gives
+// up), to simulate an overloaded kubelet.
+func (s *Server) SetDelay(d time.Duration) {
+	s.mu.Lock()
+	s.delay = d
+	s.mu.Unlock()
+}
+
+// ListCalls returns the number of List calls received, for rate assertions.
+func (s *Server) ListCalls() int { return int(s.calls.Load()) }
+
+// Stop closes every connection, stops serving and removes the socket, as a
+// kubelet going down does. Stop on a stopped server does nothing.
+func (s *Server) Stop() {
+	s.mu.Lock()
+	srv, done := s.srv, s.done
+	s.srv, s.done = nil, nil
+	s.mu.Unlock()
+	if srv == nil {
+		return
+	}
+	srv.Stop()
+	<-done
+	_ = os.Remove(s.path)
+}
+
+// Restart stops the server and serves again on the same path with the same
+// pods, as a restarted kubelet re-creates its socket.
+func (s *Server) Restart() error {
+	s.Stop()
+	return s.serve()
+}
+
+// List answers the pods set by SetPods.
+func (s *Server) List(ctx context.Context, _ *podresourcesv1.ListPodResourcesRequest) (*podresourcesv1.ListPodResourcesResponse, error) {
+	s.calls.Add(1)
+	s.mu.Lock()
+	pods, err, delay := s.pods, s.err, s.delay
+	s.mu.Unlock()
+	if delay > 0 {
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, status.FromContextError(ctx.Err()).Err()
+		case <-t.C:
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &podresourcesv1.ListPodResourcesResponse{PodResources: pods}, nil
+}
+
+// GetAllocatableResources answers an empty inventory: the agent takes its
+// inventory from NVML, not from the kubelet.
+func (s *Server) GetAllocatableResources(context.Context, *podresourcesv1.AllocatableResourcesRequest) (*podresourcesv1.AllocatableResourcesResponse, error) {
+	return &podresourcesv1.AllocatableResourcesResponse{}, nil
+}
+
+// Get answers one pod by namespace and name, or NotFound.
+func (s *Server) Get(_ context.Context, req *podresourcesv1.GetPodResourcesRequest) (*podresourcesv1.GetPodResourcesResponse, error) {
+	s.mu.Lock()
+	pods, err := s.pods, s.err
+	s.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range pods {
+		if p.GetNamespace() == req.GetPodNamespace() && p.GetName() == req.GetPodName() {
+			return &podresourcesv1.GetPodResourcesResponse{PodResources: p}, nil
+		}
+	}
+	return nil, status.Errorf(codes.NotFound, "pod %s/%s not found", req.GetPodNamespace(), req.GetPodName())
+}
+
+// Pod builds a pod's resources.
+func Pod(namespace, name string, containers ...*podresourcesv1.ContainerResources) *podresourcesv1.PodResources {
+	return &podresourcesv1.PodResources{Namespace: namespace, Name: name, Containers: containers}
+}
+
+// Container builds a container's resources.
+func Container(name string, devices ...*podresourcesv1.ContainerDevices) *podresourcesv1.ContainerResources {
+	return &podresourcesv1.ContainerResources{Name: name, Devices: devices}
+}
+
+// Devices builds the devices of one resource allocated to a container.
+func Devices(resource string, ids ...string) *podresourcesv1.ContainerDevices {
+	return &podresourcesv1.ContainerDevices{ResourceName: resource, DeviceIds: ids}
+}
