@@ -23,11 +23,8 @@ func fields(fs ...telemetry.Field) telemetry.FieldSet {
 	return s
 }
 
-const (
-	mib = 1 << 20
-	// NVML reports periods and latencies in microseconds.
-	microsecond = 1e-6
-)
+// NVML reports periods and latencies in microseconds.
+const microsecond = 1e-6
 
 var readers = []reader{
 	{"GetUtilizationRates", fields(telemetry.GPUUtil, telemetry.MemCopyUtil), readUtilization},
