@@ -1,0 +1,69 @@
+package exporter
+
+import (
+	"fmt"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
+	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
+
+	"github.com/gpu-telemetry/agent/pkg/podresources"
+	"github.com/gpu-telemetry/agent/pkg/telemetry"
+)
+
+// BenchmarkScrape8GPUs64Pods is what one /metrics scrape costs the agent
+// on a node of 8 GPUs time-sliced between 64 pods: collecting from the
+// snapshot, gathering and encoding the text format. Every series is a
+// fresh const metric (the client library's model), hence the allocations
+// scale with the series count.
+func BenchmarkScrape8GPUs64Pods(b *testing.B) {
+	var devs []telemetry.Device
+	var gpus []podresources.GPU
+	resp := &podresourcesv1.ListPodResourcesResponse{}
+	for i := range 8 {
+		uuid := fmt.Sprintf("GPU-%08d-0000-0000-0000-000000000000", i)
+		devs = append(devs, telemetry.Device{Index: i, UUID: uuid, Name: "Tesla T4", PCIBusID: fmt.Sprintf("00000000:%02X:00.0", i), Minor: i})
+		gpus = append(gpus, podresources.GPU{UUID: uuid, Minor: i})
+	}
+	for p := range 64 {
+		resp.PodResources = append(resp.PodResources, pod("media", fmt.Sprintf("sfu-%d", p), "sfu", "nvidia.com/gpu.shared", fmt.Sprintf("%s::%d", devs[p%8].UUID, p/8)))
+	}
+	states := make([]telemetry.DeviceState, 8)
+	for i := range states {
+		for f := telemetry.Field(0); f < telemetry.NumFields; f++ {
+			states[i].Set(f, float64(i+int(f)))
+		}
+		states[i].Supported = telemetry.AllFields
+		for e := range telemetry.NumEngines {
+			states[i].Windows[e] = telemetry.Window{Count: 90, Max: 90, Mean: 45}
+		}
+	}
+	snap := &telemetry.Snapshot{Time: time.Now(), Devices: devs, States: states, Window: 15 * time.Second}
+	p := pods{a: podresources.BuildAssignments(resp, podresources.NewResolver(gpus)), st: podresources.Status{Up: true}}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(snapshots{snap}, Options{Hostname: "node", Interval: 100 * time.Millisecond, Pods: p}))
+
+	scrape := func() int {
+		mfs, err := reg.Gather()
+		if err != nil {
+			b.Fatal(err)
+		}
+		enc := expfmt.NewEncoder(io.Discard, expfmt.NewFormat(expfmt.TypeTextPlain))
+		n := 0
+		for _, mf := range mfs {
+			n += len(mf.Metric)
+			if err := enc.Encode(mf); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return n
+	}
+	b.ReportMetric(float64(scrape()), "series")
+	b.ReportAllocs()
+	for b.Loop() {
+		scrape()
+	}
+}
