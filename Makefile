@@ -1,0 +1,40 @@
+# go-nvml needs cgo; its headers use deprecated declarations, whose
+# warnings are noise.
+export CGO_ENABLED := 1
+export CGO_CFLAGS := -O2 -g -Wno-deprecated-declarations
+
+PKG      := github.com/gpu-telemetry/agent
+VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+REVISION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS  := -X $(PKG)/internal/agent.Version=$(VERSION) -X $(PKG)/internal/agent.Revision=$(REVISION)
+
+.PHONY: build run test lint e2e golden bench
+
+build:
+	go build -ldflags '$(LDFLAGS)' -o bin/gpu-agent ./cmd/agent
+
+run: build
+	bin/gpu-agent --simulate 4
+
+test:
+	go test -race -count=1 ./...
+
+lint:
+	go vet ./...
+	@unformatted="$$(gofmt -l .)"; if [ -n "$$unformatted" ]; then \
+		echo "gofmt -l: these files need gofmt -w:"; echo "$$unformatted"; exit 1; fi
+	@if command -v staticcheck >/dev/null 2>&1; then \
+		echo staticcheck ./...; staticcheck ./...; \
+	else \
+		echo "staticcheck not on PATH: skipped (go install honnef.co/go/tools/cmd/staticcheck@latest)"; \
+	fi
+
+e2e:
+	go test -race -count=1 ./test/...
+
+# Rewrites test/testdata/metrics.golden from the running agent; review the diff.
+golden:
+	go test -count=1 ./test -run Golden -update
+
+bench:
+	go test -run '^$$' -bench . -benchmem ./...

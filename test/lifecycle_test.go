@@ -1,0 +1,173 @@
+package test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
+
+	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
+	fk "github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
+)
+
+func TestBadInput(t *testing.T) {
+	const anyNonZero = -1
+	tests := []struct {
+		name   string
+		args   []string
+		code   int
+		stderr []string // each must appear
+	}{
+		{
+			name:   "interval below the minimum",
+			args:   []string{"--simulate=1", "--interval=50ms"},
+			code:   2,
+			stderr: []string{"--interval"},
+		},
+		{
+			name:   "unknown flag",
+			args:   []string{"--simulate=1", "--no-such-flag"},
+			code:   2,
+			stderr: []string{"no-such-flag"},
+		},
+		{
+			name:   "no NVML and no --simulate",
+			args:   []string{"--nvml.library-path=/nonexistent/libnvidia-ml.so.1"},
+			code:   anyNonZero,
+			stderr: []string{"NVML", "not found", "--simulate"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			// A free port and no kubelet: should the agent wrongly start,
+			// it must not collide with anything, and the timeout catches it.
+			args := append([]string{"--web.listen-address=" + freeAddr(t),
+				"--kubelet.pod-resources-socket=/nonexistent/kubelet.sock"}, tt.args...)
+			code, stderr, timedOut := runAgent(t, 5*time.Second, args...)
+			if timedOut {
+				t.Fatalf("gpu-agent %v still running after 5s, want it to exit; stderr:\n%s", tt.args, stderr)
+			}
+			if tt.code == anyNonZero && code == 0 || tt.code != anyNonZero && code != tt.code {
+				t.Errorf("exit code %d, want %s; stderr:\n%s", code, describeCode(tt.code), stderr)
+			}
+			for _, s := range tt.stderr {
+				if !strings.Contains(stderr, s) {
+					t.Errorf("stderr does not mention %q:\n%s", s, stderr)
+				}
+			}
+		})
+	}
+}
+
+func describeCode(c int) string {
+	if c < 0 {
+		return "non-zero"
+	}
+	return fmt.Sprint(c)
+}
+
+// TestSIGTERMWhileScraped checks the drain: scrapes in flight when SIGTERM
+// arrives complete, and the agent exits 0 within its shutdown budget.
+func TestSIGTERMWhileScraped(t *testing.T) {
+	a := startAgent(t, "--simulate=2", "--kubelet.pod-resources-socket=/nonexistent/kubelet.sock")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var served, truncated atomic.Int64
+	for range 2 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				resp, err := httpClient.Get(a.url("/metrics"))
+				if err != nil {
+					time.Sleep(time.Millisecond) // refused once the listener is closed
+					continue
+				}
+				_, err = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				switch {
+				case resp.StatusCode != http.StatusOK:
+				case err != nil:
+					truncated.Add(1) // the 200 began but its body was cut
+				default:
+					served.Add(1)
+				}
+			}
+		})
+	}
+	defer func() { cancel(); wg.Wait() }()
+
+	deadline := time.Now().Add(10 * time.Second)
+	for served.Load() < 5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d scrapes served in 10s", served.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	sent := time.Now()
+	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-a.done:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("agent still running 5s after SIGTERM")
+	}
+	if code := a.exitCode(); code != 0 {
+		t.Errorf("exit code %d after SIGTERM, want 0", code)
+	}
+	if n := truncated.Load(); n > 0 {
+		t.Errorf("%d scrapes cut short by the shutdown, want every started response completed", n)
+	}
+	t.Logf("exited %s after SIGTERM, %d scrapes served", time.Since(sent).Round(time.Millisecond), served.Load())
+}
+
+// TestKubeletGoesAway checks that pod labels survive a kubelet restart:
+// while the socket is gone the agent says so (kubelet_up 0, pod map
+// stale) and keeps the last pod labels, and it reconnects by itself.
+func TestKubeletGoesAway(t *testing.T) {
+	devs := sim.New(sim.Options{Devices: 2, Seed: 3, Static: true}).Devices()
+	uuid := devs[0].UUID()
+	kubelet := startKubelet(t, []*podresourcesv1.PodResources{
+		fk.Pod("ml", "trainer", fk.Container("main", fk.Devices("nvidia.com/gpu", uuid))),
+	})
+	a := startAgent(t, "--simulate=2", "--simulate.seed=3", "--simulate.static",
+		"--kubelet.pod-resources-socket="+kubelet.Path(), "--kubelet.poll-interval=200ms")
+
+	wantPods := []string{"ml/trainer/main"}
+	state := func(up, stale float64) func(samples) error {
+		return func(s samples) error {
+			if err := s.expect("gpu_agent_kubelet_up", up); err != nil {
+				return err
+			}
+			if err := s.expect("gpu_agent_kubelet_pod_map_stale", stale); err != nil {
+				return err
+			}
+			if pods := s.pods("DCGM_FI_DEV_GPU_UTIL", uuid); !slices.Equal(pods, wantPods) {
+				return fmt.Errorf("GPU 0 attributed to %v, want %v", pods, wantPods)
+			}
+			return nil
+		}
+	}
+	a.waitMetrics(t, 10*time.Second, "pod labels from the kubelet", state(1, 0))
+
+	kubelet.Stop()
+	down := a.waitMetrics(t, 10*time.Second, "the agent to see the kubelet gone, keeping its pod labels", state(0, 1))
+	if n, _ := down.value("gpu_agent_kubelet_refresh_failures_total"); n < 1 {
+		t.Errorf("gpu_agent_kubelet_refresh_failures_total %v while the kubelet is down, want at least 1", n)
+	}
+
+	if err := kubelet.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	a.waitMetrics(t, 10*time.Second, "the agent to reconnect to the restarted kubelet", state(1, 0))
+}
