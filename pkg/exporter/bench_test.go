@@ -3,6 +3,8 @@ package exporter
 import (
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -14,12 +16,10 @@ import (
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
 
-// BenchmarkScrape8GPUs64Pods is what one /metrics scrape costs the agent
-// on a node of 8 GPUs time-sliced between 64 pods: collecting from the
-// snapshot, gathering and encoding the text format. Every series is a
-// fresh const metric (the client library's model), hence the allocations
-// scale with the series count.
-func BenchmarkScrape8GPUs64Pods(b *testing.B) {
+// benchNode is a node of 8 GPUs, every field supported, time-sliced
+// between 64 pods (8 per GPU): the bench harness's node.
+func benchNode(b *testing.B) (*prometheus.Registry, Snapshots) {
+	b.Helper()
 	var devs []telemetry.Device
 	var gpus []podresources.GPU
 	resp := &podresourcesv1.ListPodResourcesResponse{}
@@ -41,11 +41,20 @@ func BenchmarkScrape8GPUs64Pods(b *testing.B) {
 			states[i].Windows[e] = telemetry.Window{Count: 90, Max: 90, Mean: 45}
 		}
 	}
-	snap := &telemetry.Snapshot{Time: time.Now(), Devices: devs, States: states, Window: 15 * time.Second}
+	src := snapshots{&telemetry.Snapshot{Time: time.Now(), Devices: devs, States: states, Window: 15 * time.Second}}
 	p := pods{a: podresources.BuildAssignments(resp, podresources.NewResolver(gpus)), st: podresources.Status{Up: true}}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(NewCollector(snapshots{snap}, Options{Hostname: "node", Interval: 100 * time.Millisecond, Pods: p}))
+	reg.MustRegister(NewCollector(src, Options{Hostname: "node", Interval: 100 * time.Millisecond, Pods: p}))
+	return reg, src
+}
 
+// BenchmarkScrape8GPUs64Pods is what collecting /metrics costs on the
+// bench node: collecting from the snapshot, gathering and encoding the
+// text format. It allocates per series: the client library turns every
+// metric into a dto.Metric (and its value into a dto.Gauge) before
+// encoding it; the label pairs are built once per pod, not per series.
+func BenchmarkScrape8GPUs64Pods(b *testing.B) {
+	reg, _ := benchNode(b)
 	scrape := func() int {
 		mfs, err := reg.Gather()
 		if err != nil {
@@ -65,5 +74,33 @@ func BenchmarkScrape8GPUs64Pods(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		scrape()
+	}
+}
+
+// BenchmarkScrapeHTTP8GPUs64Pods is a whole /metrics request on the bench
+// node, as Prometheus makes it (gzip) and as curl does (identity).
+func BenchmarkScrapeHTTP8GPUs64Pods(b *testing.B) {
+	reg, src := benchNode(b)
+	h, err := NewHandler(reg, src, HandlerOptions{Interval: time.Second, Logger: discardLogger()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, enc := range []string{"identity", "gzip"} {
+		b.Run(enc, func(b *testing.B) {
+			b.ReportAllocs()
+			var size int
+			for b.Loop() {
+				req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+				req.Header.Set("Accept", "text/plain;version=0.0.4")
+				req.Header.Set("Accept-Encoding", enc)
+				rec := httptest.NewRecorder()
+				h.ServeHTTP(rec, req)
+				if rec.Code != http.StatusOK {
+					b.Fatalf("status %d: %s", rec.Code, rec.Body)
+				}
+				size = rec.Body.Len()
+			}
+			b.ReportMetric(float64(size), "bytes/scrape")
+		})
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
@@ -66,7 +67,6 @@ type Collector struct {
 // NewCollector returns a collector over src.
 func NewCollector(src Snapshots, opts Options) *Collector {
 	name := func(n string) string { return prometheus.BuildFQName(Namespace, "", n) }
-	idLabels := []string{"gpu", "UUID"}
 	c := &Collector{
 		src:  src,
 		opts: opts,
@@ -115,10 +115,10 @@ func NewCollector(src Snapshots, opts Options) *Collector {
 // pedantic registry checks each of them.
 func (c *Collector) Describe(chan<- *prometheus.Desc) {}
 
-// target is one set of label values a device's metrics are emitted with:
-// once per pod holding the device, or once without pod labels.
+// target is one set of labels a device's metrics are emitted with: once
+// per pod holding the device, or once without pod labels.
 type target struct {
-	values   []string
+	labels   labelSet
 	mig, pod bool
 }
 
@@ -134,26 +134,25 @@ func (f family) desc(t target) *prometheus.Desc {
 	return f.gpu
 }
 
-func emit(ch chan<- prometheus.Metric, f family, t target, v float64, extra ...string) {
-	lvs := t.values
-	if len(extra) > 0 {
-		lvs = append(lvs[:len(lvs):len(lvs)], extra...)
-	}
-	ch <- prometheus.MustNewConstMetric(f.desc(t), f.typ, v, lvs...)
+// with returns t with one more (static) label pair.
+func (t target) with(p *dto.LabelPair) target {
+	t.labels = t.labels.with(p)
+	return t
 }
 
-// targets expands a device's label values into one target per pod that
-// holds it. A GPU shared by several pods (time-slicing, MPS) is
-// attributed to every one of them.
-func targets(base []string, mig bool, pods []podresources.PodRef) []target {
+// targets expands a device's labels into one target per pod that holds
+// it. A GPU shared by several pods (time-slicing, MPS) is attributed to
+// every one of them.
+func targets(names, values []string, mig bool, pods []podresources.PodRef) []target {
 	if len(pods) == 0 {
-		return []target{{values: base, mig: mig}}
+		return []target{{labels: newLabelSet(names, values), mig: mig}}
 	}
+	names = append(names[:len(names):len(names)], podLabels...)
 	ts := make([]target, len(pods))
 	for i, p := range pods {
-		v := make([]string, len(base), len(base)+len(podLabels))
-		copy(v, base)
-		ts[i] = target{values: append(v, p.Namespace, p.Pod, p.Container), mig: mig, pod: true}
+		v := make([]string, len(values), len(names))
+		copy(v, values)
+		ts[i] = target{labels: newLabelSet(names, append(v, p.Namespace, p.Pod, p.Container)), mig: mig, pod: true}
 	}
 	return ts
 }
@@ -176,8 +175,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.ticks, prometheus.CounterValue, float64(snap.Ticks))
 	ch <- prometheus.MustNewConstMetric(c.missed, prometheus.CounterValue, float64(snap.MissedTicks))
 	ch <- prometheus.MustNewConstMetric(c.lastSample, prometheus.GaugeValue, float64(snap.Time.UnixNano())/1e9)
+	e := &emitter{ch: ch}
 	for i := range snap.Devices {
-		c.collectDevice(ch, &snap.Devices[i], &snap.States[i], assignments)
+		c.collectDevice(e, &snap.Devices[i], &snap.States[i], assignments)
 	}
 }
 
@@ -192,77 +192,80 @@ func (c *Collector) collectKubelet(ch chan<- prometheus.Metric, st podresources.
 	}
 }
 
-func (c *Collector) collectDevice(ch chan<- prometheus.Metric, d *telemetry.Device, st *telemetry.DeviceState, a *podresources.Assignments) {
+func (c *Collector) collectDevice(e *emitter, d *telemetry.Device, st *telemetry.DeviceState, a *podresources.Assignments) {
 	gpu := strconv.Itoa(d.Index)
-	ch <- prometheus.MustNewConstMetric(c.deviceUp, prometheus.GaugeValue, boolValue(!st.Lost), gpu, d.UUID)
+	id := newLabelSet(idLabels, []string{gpu, d.UUID})
+	e.send(c.deviceUp, prometheus.GaugeValue, id, boolValue(!st.Lost))
 	for f := telemetry.Field(0); f < telemetry.NumFields; f++ {
-		ch <- prometheus.MustNewConstMetric(c.fieldSupported, prometheus.GaugeValue, boolValue(st.Supported.Has(f)), gpu, d.UUID, f.String())
+		withField := id.with(fieldPairs[f])
+		e.send(c.fieldSupported, prometheus.GaugeValue, withField, boolValue(st.Supported.Has(f)))
 		if st.Errors[f] > 0 {
-			ch <- prometheus.MustNewConstMetric(c.readErrors, prometheus.CounterValue, float64(st.Errors[f]), gpu, d.UUID, f.String())
+			e.send(c.readErrors, prometheus.CounterValue, withField, float64(st.Errors[f]))
 		}
 	}
 	if st.XID != nil {
 		for xid, n := range st.XID.Counts {
-			ch <- prometheus.MustNewConstMetric(c.xidTotal, prometheus.CounterValue, float64(n), gpu, d.UUID, strconv.FormatUint(xid, 10))
+			e.send(c.xidTotal, prometheus.CounterValue, id.with(&dto.LabelPair{Name: new("xid"), Value: new(strconv.FormatUint(xid, 10))}), float64(n))
 		}
 	}
 	if st.Lost {
 		return
 	}
 	base := []string{gpu, d.UUID, d.PCIBusID, "nvidia" + strconv.Itoa(d.Minor), d.Name, c.opts.Hostname}
-	for _, t := range targets(base, false, a.Pods(d.UUID)) {
-		c.collectReading(ch, t, &st.Reading)
+	for _, t := range targets(deviceLabels, base, false, a.Pods(d.UUID)) {
+		c.collectReading(e, t, &st.Reading)
 		var lastXID float64
 		if st.XID != nil {
 			lastXID = float64(st.XID.Last)
 		}
-		emit(ch, c.xid, t, lastXID)
-		c.collectAgentDevice(ch, t, st)
+		e.emit(c.xid, t, lastXID)
+		c.collectAgentDevice(e, t, st)
 	}
 	for j, m := range d.MIG {
 		if j >= len(st.MIG) {
 			break
 		}
 		migBase := append(base[:len(base):len(base)], m.Profile, strconv.Itoa(m.GI))
-		for _, t := range targets(migBase, true, a.Pods(m.UUID)) {
-			c.collectReading(ch, t, &st.MIG[j])
+		for _, t := range targets(deviceMIGLabels, migBase, true, a.Pods(m.UUID)) {
+			c.collectReading(e, t, &st.MIG[j])
 		}
 	}
 }
 
-func (c *Collector) collectReading(ch chan<- prometheus.Metric, t target, r *telemetry.Reading) {
+func (c *Collector) collectReading(e *emitter, t target, r *telemetry.Reading) {
 	for i, m := range dcgmMetrics {
 		if v, ok := r.Get(m.Field); ok {
-			emit(ch, c.dcgm[i], t, v*m.Scale)
+			e.emit(c.dcgm[i], t, v*m.Scale)
 		}
 	}
 }
 
 // collectAgentDevice emits what dcgm-exporter lacks, in base units.
-func (c *Collector) collectAgentDevice(ch chan<- prometheus.Metric, t target, st *telemetry.DeviceState) {
+func (c *Collector) collectAgentDevice(e *emitter, t target, st *telemetry.DeviceState) {
 	if v, ok := st.Get(telemetry.EncSessions); ok {
-		emit(ch, c.encSessions, t, v)
+		e.emit(c.encSessions, t, v)
 	}
 	if v, ok := st.Get(telemetry.EncFPS); ok {
-		emit(ch, c.encFPS, t, v)
+		e.emit(c.encFPS, t, v)
 	}
 	if v, ok := st.Get(telemetry.EncLatency); ok {
-		emit(ch, c.encLatency, t, v)
+		e.emit(c.encLatency, t, v)
 	}
 	if v, ok := st.Get(telemetry.EncSamplingPeriod); ok {
-		emit(ch, c.samplingPeriod, t, v, telemetry.EngineEncoder.String())
+		e.emit(c.samplingPeriod, t.with(enginePairs[telemetry.EngineEncoder]), v)
 	}
 	if v, ok := st.Get(telemetry.DecSamplingPeriod); ok {
-		emit(ch, c.samplingPeriod, t, v, telemetry.EngineDecoder.String())
+		e.emit(c.samplingPeriod, t.with(enginePairs[telemetry.EngineDecoder]), v)
 	}
-	for e := telemetry.Engine(0); e < telemetry.NumEngines; e++ {
-		w := st.Windows[e]
+	for eng := telemetry.Engine(0); eng < telemetry.NumEngines; eng++ {
+		w := st.Windows[eng]
 		if w.Count == 0 {
 			continue
 		}
-		emit(ch, c.windowMax, t, w.Max/100, e.String())
-		emit(ch, c.windowMean, t, w.Mean/100, e.String())
-		emit(ch, c.windowN, t, float64(w.Count), e.String())
+		te := t.with(enginePairs[eng])
+		e.emit(c.windowMax, te, w.Max/100)
+		e.emit(c.windowMean, te, w.Mean/100)
+		e.emit(c.windowN, te, float64(w.Count))
 	}
 }
 

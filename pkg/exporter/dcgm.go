@@ -66,9 +66,12 @@ func DCGMNames() []string {
 
 // The labels dcgm-exporter puts on every device metric, in its order.
 var (
+	idLabels     = []string{"gpu", "UUID"} // the agent's per-GPU health metrics
 	deviceLabels = []string{"gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname"}
 	migLabels    = []string{"GPU_I_PROFILE", "GPU_I_ID"}
 	podLabels    = []string{"namespace", "pod", "container"}
+
+	deviceMIGLabels = append(deviceLabels[:len(deviceLabels):len(deviceLabels)], migLabels...)
 )
 
 // family is one metric in the four label sets it can carry: a whole GPU or
