@@ -8,7 +8,7 @@ VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 REVISION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -X $(PKG)/internal/agent.Version=$(VERSION) -X $(PKG)/internal/agent.Revision=$(REVISION)
 
-.PHONY: build run test lint e2e golden bench
+.PHONY: build run test lint e2e golden bench bench-go
 
 build:
 	go build -ldflags '$(LDFLAGS)' -o bin/gpu-agent ./cmd/agent
@@ -36,5 +36,10 @@ e2e:
 golden:
 	go test -count=1 ./test -run Golden -update
 
+# The whole-process harness: BENCHMARKS.md's table (about 2.5 minutes).
 bench:
+	go run ./test/bench
+
+# The Go benchmarks of the hot paths.
+bench-go:
 	go test -run '^$$' -bench . -benchmem ./...

@@ -115,19 +115,20 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return err
 	}
 
+	collector := exporter.NewCollector(sampler, exporter.Options{
+		Hostname: cfg.NodeName,
+		Interval: cfg.Interval,
+		Pods:     pods,
+		Build:    exporter.BuildInfo{Version: Version, Revision: Revision},
+	})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		tickDuration,
-		exporter.NewCollector(sampler, exporter.Options{
-			Hostname: cfg.NodeName,
-			Interval: cfg.Interval,
-			Pods:     pods,
-			Build:    exporter.BuildInfo{Version: Version, Revision: Revision},
-		}),
+		collector.Agent(), // the handler writes the device families itself
 	)
-	handler, err := exporter.NewHandler(reg, sampler, exporter.HandlerOptions{
+	handler, err := exporter.NewHandler(reg, collector, exporter.HandlerOptions{
 		Interval: cfg.Interval, Logger: log.With("component", "http"), Version: Version,
 	})
 	if err != nil {

@@ -18,7 +18,7 @@ import (
 
 // benchNode is a node of 8 GPUs, every field supported, time-sliced
 // between 64 pods (8 per GPU): the bench harness's node.
-func benchNode(b *testing.B) (*prometheus.Registry, Snapshots) {
+func benchNode(b *testing.B) *Collector {
 	b.Helper()
 	var devs []telemetry.Device
 	var gpus []podresources.GPU
@@ -43,18 +43,17 @@ func benchNode(b *testing.B) (*prometheus.Registry, Snapshots) {
 	}
 	src := snapshots{&telemetry.Snapshot{Time: time.Now(), Devices: devs, States: states, Window: 15 * time.Second}}
 	p := pods{a: podresources.BuildAssignments(resp, podresources.NewResolver(gpus)), st: podresources.Status{Up: true}}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(NewCollector(src, Options{Hostname: "node", Interval: 100 * time.Millisecond, Pods: p}))
-	return reg, src
+	return NewCollector(src, Options{Hostname: "node", Interval: 100 * time.Millisecond, Pods: p})
 }
 
-// BenchmarkScrape8GPUs64Pods is what collecting /metrics costs on the
-// bench node: collecting from the snapshot, gathering and encoding the
-// text format. It allocates per series: the client library turns every
-// metric into a dto.Metric (and its value into a dto.Gauge) before
-// encoding it; the label pairs are built once per pod, not per series.
-func BenchmarkScrape8GPUs64Pods(b *testing.B) {
-	reg, _ := benchNode(b)
+// BenchmarkCollect8GPUs64Pods is the Collector through a registry and
+// expfmt, the way a library user would serve it (the agent's handler
+// writes the device families itself, see BenchmarkScrapeHTTP). It
+// allocates per series: the registry turns every metric into a dto.Metric
+// and hashes it; the label pairs are built once per pod, not per series.
+func BenchmarkCollect8GPUs64Pods(b *testing.B) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(benchNode(b))
 	scrape := func() int {
 		mfs, err := reg.Gather()
 		if err != nil {
@@ -78,21 +77,28 @@ func BenchmarkScrape8GPUs64Pods(b *testing.B) {
 }
 
 // BenchmarkScrapeHTTP8GPUs64Pods is a whole /metrics request on the bench
-// node, as Prometheus makes it (gzip) and as curl does (identity).
+// node, as Prometheus makes it (OpenMetrics, gzip) and as curl does (text,
+// identity). The allocations left are the registry's, for the agent's own
+// metrics, and the response recorder's.
 func BenchmarkScrapeHTTP8GPUs64Pods(b *testing.B) {
-	reg, src := benchNode(b)
-	h, err := NewHandler(reg, src, HandlerOptions{Interval: time.Second, Logger: discardLogger()})
+	c := benchNode(b)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c.Agent())
+	h, err := NewHandler(reg, c, HandlerOptions{Interval: time.Second, Logger: discardLogger()})
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, enc := range []string{"identity", "gzip"} {
-		b.Run(enc, func(b *testing.B) {
+	for _, tt := range []struct{ name, accept, encoding string }{
+		{"text", "text/plain;version=0.0.4", "identity"},
+		{"openmetrics-gzip", "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5", "gzip"},
+	} {
+		b.Run(tt.name, func(b *testing.B) {
 			b.ReportAllocs()
 			var size int
 			for b.Loop() {
 				req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
-				req.Header.Set("Accept", "text/plain;version=0.0.4")
-				req.Header.Set("Accept-Encoding", enc)
+				req.Header.Set("Accept", tt.accept)
+				req.Header.Set("Accept-Encoding", tt.encoding)
 				rec := httptest.NewRecorder()
 				h.ServeHTTP(rec, req)
 				if rec.Code != http.StatusOK {

@@ -50,12 +50,14 @@ type Collector struct {
 	src  Snapshots
 	opts Options
 
-	dcgm []family
-	xid  family
-
-	encSessions, encFPS, encLatency family
-	samplingPeriod                  family
-	windowMax, windowMean, windowN  family
+	// The device families, emitted once per pod holding the device;
+	// families lists them all, in the order the text writer writes them.
+	dcgm                            []*family
+	xid                             *family
+	encSessions, encFPS, encLatency *family
+	samplingPeriod                  *family
+	windowMax, windowMean, windowN  *family
+	families                        []*family
 
 	deviceUp, fieldSupported, readErrors, xidTotal *prometheus.Desc
 	window, interval, ticks, missed, lastSample    *prometheus.Desc
@@ -106,6 +108,11 @@ func NewCollector(src Snapshots, opts Options) *Collector {
 	for _, m := range dcgmMetrics {
 		c.dcgm = append(c.dcgm, newFamily(m.Name, m.Help, m.Type))
 	}
+	c.families = append(c.families, c.dcgm...)
+	c.families = append(c.families, c.xid, c.encSessions, c.encFPS, c.encLatency, c.samplingPeriod, c.windowMax, c.windowMean, c.windowN)
+	for i, f := range c.families {
+		f.idx = i
+	}
 	return c
 }
 
@@ -122,7 +129,7 @@ type target struct {
 	mig, pod bool
 }
 
-func (f family) desc(t target) *prometheus.Desc {
+func (f *family) desc(t target) *prometheus.Desc {
 	switch {
 	case t.mig && t.pod:
 		return f.migPod
@@ -159,6 +166,27 @@ func targets(names, values []string, mig bool, pods []podresources.PodRef) []tar
 
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	e := &emitter{ch: ch}
+	if snap, a := c.collectAgent(e); snap != nil {
+		c.collectTargets(e, snap, a)
+	}
+}
+
+// Agent returns a collector of everything Collect emits except the device
+// families (those a scrape writes straight from the snapshot, see
+// WriteDevices): the agent's own metrics and per-GPU health.
+func (c *Collector) Agent() prometheus.Collector { return agentCollector{c} }
+
+type agentCollector struct{ c *Collector }
+
+func (a agentCollector) Describe(chan<- *prometheus.Desc) {}
+
+func (a agentCollector) Collect(ch chan<- prometheus.Metric) { a.c.collectAgent(&emitter{ch: ch}) }
+
+// collectAgent emits the agent's own metrics and per-GPU health, and
+// returns the snapshot and pod map it read, for the device families.
+func (c *Collector) collectAgent(e *emitter) (*telemetry.Snapshot, *podresources.Assignments) {
+	ch := e.ch
 	ch <- prometheus.MustNewConstMetric(c.buildInfo, prometheus.GaugeValue, 1,
 		c.opts.Build.Version, c.opts.Build.Revision, runtime.Version())
 	ch <- prometheus.MustNewConstMetric(c.interval, prometheus.GaugeValue, c.opts.Interval.Seconds())
@@ -169,15 +197,25 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	snap := c.src.Latest()
 	if snap == nil {
-		return
+		return nil, nil
 	}
 	ch <- prometheus.MustNewConstMetric(c.window, prometheus.GaugeValue, snap.Window.Seconds())
 	ch <- prometheus.MustNewConstMetric(c.ticks, prometheus.CounterValue, float64(snap.Ticks))
 	ch <- prometheus.MustNewConstMetric(c.missed, prometheus.CounterValue, float64(snap.MissedTicks))
 	ch <- prometheus.MustNewConstMetric(c.lastSample, prometheus.GaugeValue, float64(snap.Time.UnixNano())/1e9)
-	e := &emitter{ch: ch}
 	for i := range snap.Devices {
-		c.collectDevice(e, &snap.Devices[i], &snap.States[i], assignments)
+		c.collectHealth(e, &snap.Devices[i], &snap.States[i])
+	}
+	return snap, assignments
+}
+
+// collectTargets emits the device families of every GPU NVML still
+// answers for.
+func (c *Collector) collectTargets(s sink, snap *telemetry.Snapshot, a *podresources.Assignments) {
+	for i := range snap.Devices {
+		if !snap.States[i].Lost {
+			c.collectDevice(s, &snap.Devices[i], &snap.States[i], a)
+		}
 	}
 }
 
@@ -192,9 +230,10 @@ func (c *Collector) collectKubelet(ch chan<- prometheus.Metric, st podresources.
 	}
 }
 
-func (c *Collector) collectDevice(e *emitter, d *telemetry.Device, st *telemetry.DeviceState, a *podresources.Assignments) {
-	gpu := strconv.Itoa(d.Index)
-	id := newLabelSet(idLabels, []string{gpu, d.UUID})
+// collectHealth emits whether the GPU answers and which fields it
+// supports, by GPU only (never by pod).
+func (c *Collector) collectHealth(e *emitter, d *telemetry.Device, st *telemetry.DeviceState) {
+	id := newLabelSet(idLabels, []string{strconv.Itoa(d.Index), d.UUID})
 	e.send(c.deviceUp, prometheus.GaugeValue, id, boolValue(!st.Lost))
 	for f := telemetry.Field(0); f < telemetry.NumFields; f++ {
 		withField := id.with(fieldPairs[f])
@@ -208,9 +247,12 @@ func (c *Collector) collectDevice(e *emitter, d *telemetry.Device, st *telemetry
 			e.send(c.xidTotal, prometheus.CounterValue, id.with(&dto.LabelPair{Name: new("xid"), Value: new(strconv.FormatUint(xid, 10))}), float64(n))
 		}
 	}
-	if st.Lost {
-		return
-	}
+}
+
+// collectDevice emits the device families of one GPU and its MIG
+// devices, once per pod holding each.
+func (c *Collector) collectDevice(e sink, d *telemetry.Device, st *telemetry.DeviceState, a *podresources.Assignments) {
+	gpu := strconv.Itoa(d.Index)
 	base := []string{gpu, d.UUID, d.PCIBusID, "nvidia" + strconv.Itoa(d.Minor), d.Name, c.opts.Hostname}
 	for _, t := range targets(deviceLabels, base, false, a.Pods(d.UUID)) {
 		c.collectReading(e, t, &st.Reading)
@@ -232,7 +274,7 @@ func (c *Collector) collectDevice(e *emitter, d *telemetry.Device, st *telemetry
 	}
 }
 
-func (c *Collector) collectReading(e *emitter, t target, r *telemetry.Reading) {
+func (c *Collector) collectReading(e sink, t target, r *telemetry.Reading) {
 	for i, m := range dcgmMetrics {
 		if v, ok := r.Get(m.Field); ok {
 			e.emit(c.dcgm[i], t, v*m.Scale)
@@ -241,7 +283,7 @@ func (c *Collector) collectReading(e *emitter, t target, r *telemetry.Reading) {
 }
 
 // collectAgentDevice emits what dcgm-exporter lacks, in base units.
-func (c *Collector) collectAgentDevice(e *emitter, t target, st *telemetry.DeviceState) {
+func (c *Collector) collectAgentDevice(e sink, t target, st *telemetry.DeviceState) {
 	if v, ok := st.Get(telemetry.EncSessions); ok {
 		e.emit(c.encSessions, t, v)
 	}

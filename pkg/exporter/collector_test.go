@@ -237,9 +237,10 @@ func TestReadiness(t *testing.T) {
 
 func TestHandler(t *testing.T) {
 	src := &snapshots{}
+	c := NewCollector(src, Options{Hostname: "n", Interval: time.Second})
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(NewCollector(src, Options{Hostname: "n", Interval: time.Second}))
-	h, err := NewHandler(reg, src, HandlerOptions{Interval: time.Second, Logger: discardLogger(), Version: "test"})
+	reg.MustRegister(c.Agent())
+	h, err := NewHandler(reg, c, HandlerOptions{Interval: time.Second, Logger: discardLogger(), Version: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}

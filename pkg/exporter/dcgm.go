@@ -79,11 +79,13 @@ var (
 // and MIG labels off when they do not apply; so do we, which makes this an
 // unchecked collector (one name, several label sets).
 type family struct {
+	name, help               string
 	gpu, gpuPod, mig, migPod *prometheus.Desc
 	typ                      prometheus.ValueType
+	idx                      int // position in Collector.families, the text writer's order
 }
 
-func newFamily(name, help string, typ prometheus.ValueType, extra ...string) family {
+func newFamily(name, help string, typ prometheus.ValueType, extra ...string) *family {
 	desc := func(sets ...[]string) *prometheus.Desc {
 		var labels []string
 		for _, s := range sets {
@@ -91,7 +93,9 @@ func newFamily(name, help string, typ prometheus.ValueType, extra ...string) fam
 		}
 		return prometheus.NewDesc(name, help, append(labels, extra...), nil)
 	}
-	return family{
+	return &family{
+		name:   name,
+		help:   help,
 		gpu:    desc(deviceLabels),
 		gpuPod: desc(deviceLabels, podLabels),
 		mig:    desc(deviceLabels, migLabels),

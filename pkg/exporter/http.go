@@ -1,13 +1,20 @@
 package exporter
 
 import (
+	"bufio"
+	"compress/gzip"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/exporter-toolkit/web"
 )
 
@@ -37,15 +44,14 @@ type HandlerOptions struct {
 
 // NewHandler serves /metrics (Prometheus text and OpenMetrics), /healthz
 // (the process is alive), /readyz (see Readiness) and a landing page.
-func NewHandler(reg *prometheus.Registry, src Snapshots, opts HandlerOptions) (http.Handler, error) {
+// /metrics serves what reg gathers followed by c's device families
+// (Collector.WriteDevices), so reg must hold c.Agent(), never c itself.
+func NewHandler(reg *prometheus.Registry, c *Collector, opts HandlerOptions) (http.Handler, error) {
+	src := c.src
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.InstrumentMetricHandler(reg, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
-		EnableOpenMetrics: true,
-		ErrorLog:          slog.NewLogLogger(opts.Logger.Handler(), slog.LevelError),
-		// A collector that panics or errs still leaves the rest served.
-		ErrorHandling: promhttp.ContinueOnError,
-		Timeout:       10 * time.Second,
-	})))
+	mux.Handle("/metrics", promhttp.InstrumentMetricHandler(reg, &metricsHandler{
+		reg: reg, c: c, log: opts.Logger,
+	}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
@@ -71,4 +77,83 @@ func NewHandler(reg *prometheus.Registry, src Snapshots, opts HandlerOptions) (h
 	}
 	mux.Handle("/", landing)
 	return mux, nil
+}
+
+// metricsHandler writes a scrape: the registry's families through expfmt,
+// then the device families straight from the snapshot.
+type metricsHandler struct {
+	reg prometheus.Gatherer
+	c   *Collector
+	log *slog.Logger
+}
+
+// textFormats are the formats /metrics offers, by preference: the text
+// ones, since the device families are written as text. Clients that
+// prefer protobuf (Prometheus with native histograms) accept text too.
+var textFormats = []expfmt.Format{expfmt.FmtOpenMetrics_1_0_0, expfmt.FmtOpenMetrics_0_0_1, expfmt.FmtText}
+
+// gzipWriters compress at BestSpeed: /metrics is long and repetitive (a
+// 500 kB scrape compresses to 20 kB at any level), so the default level
+// would only spend more CPU per scrape for a few kB.
+var gzipWriters = sync.Pool{New: func() any {
+	w, _ := gzip.NewWriterLevel(nil, gzip.BestSpeed)
+	return w
+}}
+
+var bufWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
+
+func (h *metricsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	format := expfmt.NegotiateAccept(r.Header, textFormats...)
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		// A failing collector leaves the rest served (promhttp's
+		// ContinueOnError).
+		h.log.Error("gathering metrics", "err", err)
+	}
+
+	w.Header().Set("Content-Type", string(format))
+	var out io.Writer = w
+	if acceptsGzip(r.Header.Get("Accept-Encoding")) {
+		w.Header().Set("Content-Encoding", "gzip")
+		gz := gzipWriters.Get().(*gzip.Writer)
+		gz.Reset(w)
+		defer func() { _ = gz.Close(); gzipWriters.Put(gz) }()
+		out = gz
+	}
+	bw := bufWriters.Get().(*bufio.Writer)
+	bw.Reset(out)
+	defer func() { bw.Reset(nil); bufWriters.Put(bw) }()
+
+	enc := expfmt.NewEncoder(bw, format)
+	for _, mf := range mfs {
+		if err := enc.Encode(mf); err != nil {
+			h.log.Debug("writing metrics", "err", err) // the client went away
+			return
+		}
+	}
+	if err := h.c.WriteDevices(bw, format.FormatType() == expfmt.TypeOpenMetrics); err != nil {
+		h.log.Debug("writing metrics", "err", err)
+		return
+	}
+	if closer, ok := enc.(expfmt.Closer); ok {
+		_ = closer.Close() // OpenMetrics' "# EOF"
+	}
+	_ = bw.Flush()
+}
+
+// acceptsGzip reports whether an Accept-Encoding header allows gzip.
+func acceptsGzip(header string) bool {
+	for part := range strings.SplitSeq(header, ",") {
+		coding, params, _ := strings.Cut(part, ";")
+		if strings.TrimSpace(coding) != "gzip" {
+			continue
+		}
+		q, ok := strings.CutPrefix(strings.ReplaceAll(params, " ", ""), "q=")
+		if !ok {
+			return true
+		}
+		v, err := strconv.ParseFloat(q, 64)
+		return err == nil && v > 0
+	}
+	return false
 }

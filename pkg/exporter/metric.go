@@ -94,8 +94,14 @@ type emitter struct {
 
 const slabSize = 256
 
+// sink takes the samples of the device families: the emitter sends them
+// to a registry, the text writer writes them out.
+type sink interface {
+	emit(f *family, t target, v float64)
+}
+
 // emit sends a device metric of family f for target t.
-func (e *emitter) emit(f family, t target, v float64) {
+func (e *emitter) emit(f *family, t target, v float64) {
 	e.send(f.desc(t), f.typ, t.labels, v)
 }
 
