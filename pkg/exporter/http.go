@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -95,12 +94,12 @@ var textFormats = []expfmt.Format{expfmt.FmtOpenMetrics_1_0_0, expfmt.FmtOpenMet
 // gzipWriters compress at BestSpeed: /metrics is long and repetitive (a
 // 500 kB scrape compresses to 20 kB at any level), so the default level
 // would only spend more CPU per scrape for a few kB.
-var gzipWriters = sync.Pool{New: func() any {
+var gzipWriters = newFreeList(2, func() *gzip.Writer {
 	w, _ := gzip.NewWriterLevel(nil, gzip.BestSpeed)
 	return w
-}}
+})
 
-var bufWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
+var bufWriters = newFreeList(2, func() *bufio.Writer { return bufio.NewWriterSize(nil, 64<<10) })
 
 func (h *metricsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	format := expfmt.NegotiateAccept(r.Header, textFormats...)
@@ -115,14 +114,14 @@ func (h *metricsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var out io.Writer = w
 	if acceptsGzip(r.Header.Get("Accept-Encoding")) {
 		w.Header().Set("Content-Encoding", "gzip")
-		gz := gzipWriters.Get().(*gzip.Writer)
+		gz := gzipWriters.get()
 		gz.Reset(w)
-		defer func() { _ = gz.Close(); gzipWriters.Put(gz) }()
+		defer func() { _ = gz.Close(); gzipWriters.put(gz) }()
 		out = gz
 	}
-	bw := bufWriters.Get().(*bufio.Writer)
+	bw := bufWriters.get()
 	bw.Reset(out)
-	defer func() { bw.Reset(nil); bufWriters.Put(bw) }()
+	defer func() { bw.Reset(nil); bufWriters.put(bw) }()
 
 	enc := expfmt.NewEncoder(bw, format)
 	for _, mf := range mfs {

@@ -92,7 +92,7 @@ type emitter struct {
 	slab []sample
 }
 
-const slabSize = 256
+const slabSize = 64
 
 // sink takes the samples of the device families: the emitter sends them
 // to a registry, the text writer writes them out.

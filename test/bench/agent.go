@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -116,6 +117,7 @@ const promAccept = "application/openmetrics-text;version=1.0.0,application/openm
 // scrapeResult is one timed scrape, made as Prometheus makes it.
 type scrapeResult struct {
 	latency   time.Duration // request sent to body fully read
+	age       time.Duration // how old the snapshot served was when the request was sent
 	wireBytes int           // gzip-compressed body
 	err       error
 }
@@ -145,16 +147,43 @@ func timedScrape(ctx context.Context, client *http.Client, url string) scrapeRes
 		r.err = fmt.Errorf("scrape: %s", resp.Status)
 		return r
 	}
+	plain := body
 	if resp.Header.Get("Content-Encoding") == "gzip" {
 		zr, err := gzip.NewReader(bytes.NewReader(body))
 		if err == nil {
-			_, err = io.Copy(io.Discard, zr)
+			plain, err = io.ReadAll(zr)
 		}
 		if err != nil {
 			r.err = fmt.Errorf("scrape body: %w", err)
+			return r
 		}
 	}
+	ts, err := lastSampleTime(plain)
+	if err != nil {
+		r.err = err
+		return r
+	}
+	r.age = start.Sub(ts)
 	return r
+}
+
+// lastSampleTime reads gpu_agent_last_sample_timestamp_seconds from a
+// scrape: when the snapshot served was sampled.
+func lastSampleTime(body []byte) (time.Time, error) {
+	const name = "\ngpu_agent_last_sample_timestamp_seconds "
+	i := bytes.Index(body, []byte(name))
+	if i < 0 {
+		return time.Time{}, fmt.Errorf("scrape without %s", strings.TrimSpace(name))
+	}
+	rest := body[i+len(name):]
+	if j := bytes.IndexByte(rest, '\n'); j >= 0 {
+		rest = rest[:j]
+	}
+	sec, err := strconv.ParseFloat(string(rest), 64)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("gpu_agent_last_sample_timestamp_seconds: %w", err)
+	}
+	return time.Unix(0, int64(sec*1e9)), nil
 }
 
 // textScrape fetches /metrics in the text format, uncompressed: the

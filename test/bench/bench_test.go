@@ -66,3 +66,14 @@ func TestCountSeries(t *testing.T) {
 		t.Errorf("countSeries = %d, want 2", n)
 	}
 }
+
+func TestLastSampleTime(t *testing.T) {
+	body := []byte("# TYPE gpu_agent_last_sample_timestamp_seconds gauge\ngpu_agent_last_sample_timestamp_seconds 1.7e+09\nx 1\n")
+	ts, err := lastSampleTime(body)
+	if err != nil || !ts.Equal(time.Unix(1_700_000_000, 0)) {
+		t.Errorf("lastSampleTime = %v, %v", ts, err)
+	}
+	if _, err := lastSampleTime([]byte("x 1\n")); err == nil {
+		t.Error("lastSampleTime without the series succeeded")
+	}
+}

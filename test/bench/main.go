@@ -231,7 +231,7 @@ func measure(cfg config, bin, socket string, n int) (result, error) {
 		return r, err
 	}
 	cancel()
-	lats, wire, failures := lat.results()
+	lats, ages, wire, failures := lat.results()
 	if len(failures) > 0 {
 		return r, fmt.Errorf("%d scrapes failed, the first: %v", len(failures), failures[0])
 	}
@@ -247,6 +247,7 @@ func measure(cfg config, bin, socket string, n int) (result, error) {
 	r.ScrapeP50ms = ms(percentile(lats, 50))
 	r.ScrapeP99ms = ms(percentile(lats, 99))
 	r.ScrapeMaxms = ms(percentile(lats, 100))
+	r.AgeP50ms, r.AgeMaxms = ms(percentile(ages, 50)), ms(percentile(ages, 100))
 	r.MetricsBytes = len(body)
 	r.MetricsGzipBytes = wire
 	r.Series = countSeries(body)

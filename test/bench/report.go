@@ -28,6 +28,8 @@ type result struct {
 	ScrapeP50ms      float64 `json:"scrape_p50_ms"`
 	ScrapeP99ms      float64 `json:"scrape_p99_ms"`
 	ScrapeMaxms      float64 `json:"scrape_max_ms"`
+	AgeP50ms         float64 `json:"snapshot_age_at_scrape_p50_ms"`
+	AgeMaxms         float64 `json:"snapshot_age_at_scrape_max_ms"`
 	Ticks            int     `json:"ticks"`
 	ExpectedTicks    int     `json:"ticks_expected"`
 	MissedTicks      int     `json:"ticks_missed"`
@@ -102,6 +104,7 @@ func (r *report) table() string {
 	row("scrape latency p50, ms", "", func(x result) string { return fmt.Sprintf("%.2f", x.ScrapeP50ms) })
 	row("scrape latency p99, ms", fmt.Sprintf("< %d ms", targetP99ms), func(x result) string { return fmt.Sprintf("%.2f", x.ScrapeP99ms) })
 	row("scrape latency max, ms", "", func(x result) string { return fmt.Sprintf("%.2f", x.ScrapeMaxms) })
+	row("age of the snapshot served, p50 / max, ms", "", func(x result) string { return fmt.Sprintf("%.0f / %.0f", x.AgeP50ms, x.AgeMaxms) })
 	row("scrapes timed", "", func(x result) string { return fmt.Sprint(x.Scrapes) })
 	row("ticks taken / expected", "all", func(x result) string { return fmt.Sprintf("%d / %d", x.Ticks, x.ExpectedTicks) })
 	row("ticks missed", "0", func(x result) string { return fmt.Sprint(x.MissedTicks) })

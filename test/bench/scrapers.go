@@ -24,6 +24,7 @@ func newClient(scrapers int) *http.Client {
 type latencies struct {
 	mu       sync.Mutex
 	lats     []time.Duration
+	ages     []time.Duration
 	wire     int
 	failures []error
 }
@@ -36,19 +37,20 @@ func (l *latencies) add(r scrapeResult) {
 		return
 	}
 	l.lats = append(l.lats, r.latency)
+	l.ages = append(l.ages, r.age)
 	l.wire = r.wireBytes
 }
 
 func (l *latencies) reset() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.lats, l.failures = nil, nil
+	l.lats, l.ages, l.failures = nil, nil, nil
 }
 
-func (l *latencies) results() ([]time.Duration, int, []error) {
+func (l *latencies) results() (lats, ages []time.Duration, wire int, failures []error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.lats, l.wire, l.failures
+	return l.lats, l.ages, l.wire, l.failures
 }
 
 // startScrapers starts n scrapers that each scrape every period, all at
