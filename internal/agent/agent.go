@@ -126,7 +126,6 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		tickDuration,
-		collector.Agent(), // the handler writes the device families itself
 	)
 	handler, err := exporter.NewHandler(reg, collector, exporter.HandlerOptions{
 		Interval: cfg.Interval, Logger: log.With("component", "http"), Version: Version,

@@ -81,13 +81,7 @@ func BenchmarkCollect8GPUs64Pods(b *testing.B) {
 // identity). The allocations left are the registry's, for the agent's own
 // metrics, and the response recorder's.
 func BenchmarkScrapeHTTP8GPUs64Pods(b *testing.B) {
-	c := benchNode(b)
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(c.Agent())
-	h, err := NewHandler(reg, c, HandlerOptions{Interval: time.Second, Logger: discardLogger()})
-	if err != nil {
-		b.Fatal(err)
-	}
+	h := newTestHandler(b, benchNode(b), time.Second)
 	for _, tt := range []struct{ name, accept, encoding string }{
 		{"text", "text/plain;version=0.0.4", "identity"},
 		{"openmetrics-gzip", "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5", "gzip"},

@@ -237,13 +237,7 @@ func TestReadiness(t *testing.T) {
 
 func TestHandler(t *testing.T) {
 	src := &snapshots{}
-	c := NewCollector(src, Options{Hostname: "n", Interval: time.Second})
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(c.Agent())
-	h, err := NewHandler(reg, c, HandlerOptions{Interval: time.Second, Logger: discardLogger(), Version: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := newTestHandler(t, NewCollector(src, Options{Hostname: "n", Interval: time.Second}), time.Second)
 	get := func(path, accept string) (int, string, string) {
 		req := httptest.NewRequest(http.MethodGet, path, nil)
 		if accept != "" {

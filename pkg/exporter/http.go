@@ -43,9 +43,13 @@ type HandlerOptions struct {
 
 // NewHandler serves /metrics (Prometheus text and OpenMetrics), /healthz
 // (the process is alive), /readyz (see Readiness) and a landing page.
-// /metrics serves what reg gathers followed by c's device families
-// (Collector.WriteDevices), so reg must hold c.Agent(), never c itself.
+// /metrics serves what reg gathers, to which NewHandler adds c.Agent(),
+// followed by c's device families (Collector.WriteDevices); so reg must not
+// hold c itself.
 func NewHandler(reg *prometheus.Registry, c *Collector, opts HandlerOptions) (http.Handler, error) {
+	if err := reg.Register(c.Agent()); err != nil {
+		return nil, fmt.Errorf("registering the agent's metrics: %w", err)
+	}
 	src := c.src
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.InstrumentMetricHandler(reg, &metricsHandler{

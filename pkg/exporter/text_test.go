@@ -37,12 +37,7 @@ func TestWriteDevicesMatchesCollect(t *testing.T) {
 
 	full := prometheus.NewRegistry()
 	full.MustRegister(c)
-	agent := prometheus.NewRegistry()
-	agent.MustRegister(c.Agent())
-	h, err := NewHandler(agent, c, HandlerOptions{Interval: opts.Interval, Logger: discardLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := newTestHandler(t, c, opts.Interval)
 
 	for _, tt := range []struct {
 		name   string
@@ -161,13 +156,7 @@ func lineSetDiff(want, got []string) string {
 }
 
 func TestMetricsNegotiation(t *testing.T) {
-	c := NewCollector(snapshots{testSnapshot()}, Options{Hostname: "n", Interval: time.Second})
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(c.Agent())
-	h, err := NewHandler(reg, c, HandlerOptions{Interval: time.Second, Logger: discardLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := newTestHandler(t, NewCollector(snapshots{testSnapshot()}, Options{Hostname: "n", Interval: time.Second}), time.Second)
 	for _, tt := range []struct {
 		accept, encoding, wantType string
 		gzipped                    bool
