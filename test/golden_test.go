@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -22,16 +21,10 @@ import (
 const goldenFile = "testdata/metrics.golden"
 
 // startKubelet serves pods on a pod-resources socket in a fresh short
-// directory (unix socket paths are limited to 108 bytes; t.TempDir's
-// paths can be longer).
+// directory.
 func startKubelet(t *testing.T, pods []*podresourcesv1.PodResources) *fk.Server {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "kl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	srv, err := fk.Start(filepath.Join(dir, "kubelet.sock"))
+	srv, err := fk.Start(fk.TempSocketPath(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,15 +20,7 @@ import (
 // than it saves. (The simulated driver advances with the wall clock, so
 // most ticks find no new buffered sample, as at 10 Hz on real hardware.)
 func BenchmarkTick8GPUs(b *testing.B) {
-	s, err := Open(sim.New(sim.Options{Devices: 8, Seed: 1}), Config{Interval: 100 * time.Millisecond})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
-	b.ReportAllocs()
-	for b.Loop() {
-		s.Tick()
-	}
+	benchTicks(b, sim.New(sim.Options{Devices: 8, Seed: 1}))
 }
 
 // BenchmarkTick8MockGPUs is the same tick over go-nvml's moq mocks. Its
@@ -39,6 +31,11 @@ func BenchmarkTick8MockGPUs(b *testing.B) {
 		devs[i] = newFullGPU(i)
 	}
 	lib, _ := newLib(devs...)
+	benchTicks(b, lib)
+}
+
+// benchTicks times Tick over lib at 10 Hz settings.
+func benchTicks(b *testing.B, lib Library) {
 	s, err := Open(lib, Config{Interval: 100 * time.Millisecond})
 	if err != nil {
 		b.Fatal(err)

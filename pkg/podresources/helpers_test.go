@@ -2,14 +2,13 @@ package podresources_test
 
 import (
 	"bytes"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/gpu-telemetry/agent/pkg/podresources"
+	"github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
 )
 
 // Fixed UUIDs: fixtures must be deterministic.
@@ -36,17 +35,7 @@ func testInventory() []podresources.GPU {
 	}
 }
 
-// socketPath returns a short socket path in a fresh directory: unix socket
-// paths are limited to 108 bytes and t.TempDir() paths can exceed that.
-func socketPath(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "kl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return filepath.Join(dir, "kubelet.sock")
-}
+var socketPath = fakekubelet.TempSocketPath
 
 // waitFor polls cond until it holds or the deadline passes, so tests wait
 // only as long as needed instead of sleeping a fixed time.

@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -188,4 +189,25 @@ func Container(name string, devices ...*podresourcesv1.ContainerDevices) *podres
 // Devices builds the devices of one resource allocated to a container.
 func Devices(resource string, ids ...string) *podresourcesv1.ContainerDevices {
 	return &podresourcesv1.ContainerDevices{ResourceName: resource, DeviceIds: ids}
+}
+
+// TB is the part of testing.TB that TempSocketPath needs; this package is
+// linked into the agent (its simulated node), so it does not import testing.
+type TB interface {
+	Helper()
+	Fatal(args ...any)
+	Cleanup(func())
+}
+
+// TempSocketPath returns a socket path in a fresh directory that is removed
+// when the test ends. The directory is short on purpose: unix socket paths
+// are limited to 108 bytes, and t.TempDir() paths can exceed that.
+func TempSocketPath(tb TB) string {
+	tb.Helper()
+	dir, err := os.MkdirTemp("", "kl")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(dir) })
+	return filepath.Join(dir, "kubelet.sock")
 }

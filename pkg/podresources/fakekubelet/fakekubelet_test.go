@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -18,15 +17,7 @@ import (
 	"github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
 )
 
-func socketPath(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "kl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return filepath.Join(dir, "kubelet.sock")
-}
+var socketPath = fakekubelet.TempSocketPath
 
 func dial(t *testing.T, path string) podresourcesv1.PodResourcesListerClient {
 	t.Helper()
