@@ -8,7 +8,7 @@ VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 REVISION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -X $(PKG)/internal/agent.Version=$(VERSION) -X $(PKG)/internal/agent.Revision=$(REVISION)
 
-.PHONY: build run test lint e2e golden bench bench-go
+.PHONY: build run test lint e2e golden bench bench-go generate
 
 build:
 	go build -ldflags '$(LDFLAGS)' -o bin/gpu-agent ./cmd/agent
@@ -43,3 +43,15 @@ bench:
 # The Go benchmarks of the hot paths.
 bench-go:
 	go test -run '^$$' -bench . -benchmem ./...
+
+# Regenerates the gRPC API's Go code with Debian's protoc (protobuf-compiler,
+# libprotobuf-dev for the well-known types) and the plugins pinned in
+# go.mod's tool block. api/telemetry/v1's test fails when the committed
+# code differs from what this produces.
+generate:
+	protoc -I api -I /usr/include \
+		--plugin=protoc-gen-go="$$(go tool -n protoc-gen-go)" \
+		--plugin=protoc-gen-go-grpc="$$(go tool -n protoc-gen-go-grpc)" \
+		--go_out=api --go_opt=paths=source_relative \
+		--go-grpc_out=api --go-grpc_opt=paths=source_relative \
+		telemetry/v1/telemetry.proto
