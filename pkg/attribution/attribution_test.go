@@ -89,7 +89,9 @@ func TestAttribute(t *testing.T) {
 		reading *telemetry.Reading
 		current bool
 	}
-	ref := func(ns, p, c string) podresources.PodRef { return podresources.PodRef{Namespace: ns, Pod: p, Container: c} }
+	ref := func(ns, p, c string) podresources.PodRef {
+		return podresources.PodRef{Namespace: ns, Pod: p, Container: c}
+	}
 	wants := []want{
 		{uuidWhole, 0, false, []podresources.PodRef{ref("ml", "inference-0", "server")}, &snap.States[0].Reading, true},
 		{uuidShared, 1, false, []podresources.PodRef{ref("media", "sfu-0", "sfu"), ref("media", "sfu-1", "sfu")}, &snap.States[1].Reading, true},
