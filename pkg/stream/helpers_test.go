@@ -112,7 +112,9 @@ func newHarness(t *testing.T, opts Options) *harness {
 	if opts.Start.IsZero() {
 		opts.Start = epoch
 	}
-	h := &harness{store: telemetry.NewStore(testInterval, time.Second), lis: bufconn.Listen(1 << 20)}
+	// A history of 100 snapshots: more than any test publishes, so that
+	// a subscriber descheduled on a loaded machine still finds every one.
+	h := &harness{store: telemetry.NewStore(testInterval, 10*time.Second), lis: bufconn.Listen(1 << 20)}
 	h.srv = New(h.store, opts)
 	h.grpc = grpc.NewServer()
 	h.srv.Register(h.grpc)

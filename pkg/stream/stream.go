@@ -199,11 +199,15 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		seq = snap.Seq
 		s.mu.Lock()
-		if len(s.subs) > 0 {
-			it := s.newItem(snap)
-			for sub := range s.subs {
-				s.offer(sub, it)
-			}
+		n := len(s.subs)
+		s.mu.Unlock()
+		if n == 0 {
+			continue // nobody to join it for
+		}
+		it := s.newItem(snap) // outside the lock: Watch calls subscribe meanwhile
+		s.mu.Lock()
+		for sub := range s.subs {
+			s.offer(sub, it)
 		}
 		s.mu.Unlock()
 	}

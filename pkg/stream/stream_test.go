@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -184,7 +185,7 @@ func TestSkippedSnapshotsKeepTheirSamples(t *testing.T) {
 	h.store.Publish(snapshot(1))
 	w := h.watch(t, &telemetryv1.WatchRequest{PodPattern: "inference-0"})
 	got := gpuSamples(recv(t, w).GetDevices()[0])
-	const last = 9 // within the history (1 s at 100 ms)
+	const last = 9 // within the history
 	for seq := uint64(2); seq <= last; seq++ {
 		h.store.Publish(snapshot(seq))
 	}
@@ -340,5 +341,58 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("waited 10s for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Many subscribers reading at once share each snapshot's device messages
+// (built once, encoded by every stream concurrently): each still gets
+// every sample, once, in order. Under -race this also checks the sharing.
+func TestManySubscribersShareMessages(t *testing.T) {
+	h := newHarness(t, Options{Pods: newTestPods()})
+	h.store.Publish(snapshot(1))
+	const subs, last = 8, 60
+	results := make(chan []float64, subs)
+	var seen [subs]atomic.Uint64
+	for i := range subs {
+		w := h.watch(t, &telemetryv1.WatchRequest{PodPattern: "inference-0"})
+		go func() {
+			var got []float64
+			defer func() { results <- got }()
+			for {
+				m, err := w.Recv()
+				if err != nil {
+					t.Errorf("Recv: %v", err)
+					return
+				}
+				got = append(got, gpuSamples(m.GetDevices()[0])...)
+				seen[i].Store(m.GetSequence())
+				if m.GetSequence() == last {
+					return
+				}
+			}
+		}()
+	}
+	waitFor(t, "every subscriber", func() bool { return testutil.ToFloat64(h.srv.subscribers) == subs })
+	for seq := uint64(2); seq <= last; seq++ {
+		h.store.Publish(snapshot(seq))
+		// Every subscriber gets this snapshot from the same item; the next
+		// comes once all have it, so the history never runs out.
+		waitFor(t, "every subscriber to get the snapshot", func() bool {
+			for i := range seen {
+				if seen[i].Load() < seq {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	var want []float64
+	for seq := 1; seq <= last; seq++ {
+		want = append(want, float64(seq))
+	}
+	for range subs {
+		if got := <-results; !slices.Equal(got, want) {
+			t.Errorf("a subscriber's samples %v, want %v", got, want)
+		}
 	}
 }
