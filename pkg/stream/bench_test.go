@@ -74,3 +74,53 @@ func BenchmarkFanOut8GPUs64Pods(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkFanOutGRPC8GPUs64Pods is one snapshot reaching N subscribers
+// over real gRPC streams (in-memory connections): publish, then wait
+// until every subscriber has received and decoded it. Client and server
+// share the benchmark's CPUs, so this is the whole cost of a push on one
+// machine, both ends.
+func BenchmarkFanOutGRPC8GPUs64Pods(b *testing.B) {
+	snap, pods := benchNode()
+	for _, n := range []int{1, 10, 100} {
+		b.Run(fmt.Sprintf("subscribers=%d", n), func(b *testing.B) {
+			h := newHarness(b, Options{Node: "node", Interval: 250 * time.Millisecond, Pods: pods})
+			seq := uint64(1)
+			h.store.Publish(at(snap, seq))
+			got := make(chan uint64, n)
+			for range n {
+				w := h.watch(b, &telemetryv1.WatchRequest{})
+				go func() {
+					for {
+						m, err := w.Recv()
+						if err != nil {
+							return
+						}
+						got <- m.GetSequence()
+					}
+				}()
+			}
+			for range n {
+				<-got // the first message, the latest snapshot
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				seq++
+				h.store.Publish(at(snap, seq))
+				for range n {
+					if s := <-got; s != seq {
+						b.Fatalf("received %d, want %d", s, seq)
+					}
+				}
+			}
+		})
+	}
+}
+
+// at is snap as tick seq.
+func at(snap *telemetry.Snapshot, seq uint64) *telemetry.Snapshot {
+	s := *snap
+	s.Seq = seq
+	s.Time = snap.Time.Add(time.Duration(seq) * 250 * time.Millisecond)
+	return &s
+}

@@ -101,7 +101,7 @@ type harness struct {
 	cancel context.CancelFunc
 }
 
-func newHarness(t *testing.T, opts Options) *harness {
+func newHarness(t testing.TB, opts Options) *harness {
 	t.Helper()
 	if opts.Node == "" {
 		opts.Node = "node-a"
@@ -137,7 +137,7 @@ func newHarness(t *testing.T, opts Options) *harness {
 // dial opens a client connection of its own (a stalled client must not
 // share a connection's flow control with a fast one). extra options go
 // last.
-func (h *harness) dial(t *testing.T, extra ...grpc.DialOption) (*grpc.ClientConn, telemetryv1.TelemetryClient) {
+func (h *harness) dial(t testing.TB, extra ...grpc.DialOption) (*grpc.ClientConn, telemetryv1.TelemetryClient) {
 	t.Helper()
 	opts := append([]grpc.DialOption{
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return h.lis.DialContext(ctx) }),
@@ -151,7 +151,7 @@ func (h *harness) dial(t *testing.T, extra ...grpc.DialOption) (*grpc.ClientConn
 	return conn, telemetryv1.NewTelemetryClient(conn)
 }
 
-func (h *harness) watch(t *testing.T, req *telemetryv1.WatchRequest) telemetryv1.Telemetry_WatchClient {
+func (h *harness) watch(t testing.TB, req *telemetryv1.WatchRequest) telemetryv1.Telemetry_WatchClient {
 	t.Helper()
 	_, c := h.dial(t)
 	ctx, cancel := context.WithCancel(context.Background())
