@@ -41,10 +41,19 @@ func TestPushStream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
+	// Health turns SERVING with the first snapshot, as /readyz turns 200;
+	// its goroutine may be a moment behind.
 	for _, svc := range []string{"", "gputelemetry.telemetry.v1.Telemetry"} {
-		resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: svc})
-		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-			t.Errorf("health of %q: %v, %v; want SERVING once ready", svc, resp.GetStatus(), err)
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: svc})
+			if err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("health of %q: %v, %v; want SERVING once ready", svc, resp.GetStatus(), err)
+			}
+			time.Sleep(pollEvery)
 		}
 	}
 

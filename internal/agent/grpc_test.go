@@ -10,10 +10,12 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"log/slog"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +24,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
 
 // pki is a throwaway CA with a server and a client certificate, as PEM
@@ -181,5 +185,42 @@ func TestGRPCPortTakenFailsTheStart(t *testing.T) {
 	}
 	if ctx.Err() != nil {
 		t.Error("Run waited for its context instead of failing the start")
+	}
+}
+
+// gRPC health is NOT_SERVING until the first snapshot, then SERVING, for
+// the server and the Telemetry service.
+func TestHealthServingWithTheFirstSnapshot(t *testing.T) {
+	c := parse(t, "--grpc.listen-address=127.0.0.1:0")
+	store := telemetry.NewStore(c.Interval, c.Window)
+	p, err := newPushServer(c, store, nil, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func() []healthpb.HealthCheckResponse_ServingStatus {
+		var out []healthpb.HealthCheckResponse_ServingStatus
+		for _, svc := range healthServices {
+			resp, err := p.health.Check(context.Background(), &healthpb.HealthCheckRequest{Service: svc})
+			if err != nil {
+				t.Fatalf("health of %q: %v", svc, err)
+			}
+			out = append(out, resp.GetStatus())
+		}
+		return out
+	}
+	notServing := []healthpb.HealthCheckResponse_ServingStatus{healthpb.HealthCheckResponse_NOT_SERVING, healthpb.HealthCheckResponse_NOT_SERVING}
+	if got := check(); !slices.Equal(got, notServing) {
+		t.Errorf("before the first snapshot: %v, want NOT_SERVING", got)
+	}
+	done := make(chan struct{})
+	go func() { serveHealthOnce(context.Background(), p.health, store); close(done) }()
+	time.Sleep(20 * time.Millisecond)
+	if got := check(); !slices.Equal(got, notServing) {
+		t.Errorf("still no snapshot: %v, want NOT_SERVING", got)
+	}
+	store.Publish(&telemetry.Snapshot{Seq: 1})
+	<-done
+	if got := check(); !slices.Equal(got, []healthpb.HealthCheckResponse_ServingStatus{healthpb.HealthCheckResponse_SERVING, healthpb.HealthCheckResponse_SERVING}) {
+		t.Errorf("after the first snapshot: %v, want SERVING", got)
 	}
 }
