@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
@@ -280,7 +281,7 @@ func (f *filter) match(d *attribution.Device) bool {
 }
 
 // Watch implements telemetryv1.TelemetryServer.
-func (s *Server) Watch(req *telemetryv1.WatchRequest, stream grpc.ServerStreamingServer[telemetryv1.NodeSnapshot]) error {
+func (s *Server) Watch(req *telemetryv1.WatchRequest, stream grpc.ServerStreamingServer[telemetryv1.NodeSnapshot]) (err error) {
 	f, err := newFilter(req)
 	if err != nil {
 		return err
@@ -293,8 +294,17 @@ func (s *Server) Watch(req *telemetryv1.WatchRequest, stream grpc.ServerStreamin
 	// Subscribe before reading the latest, so that nothing published in
 	// between is missed; what both give is sent once (by sequence).
 	sub := s.subscribe()
-	defer s.unsubscribe(sub)
 	ctx := stream.Context()
+	log := s.log.With("namespace", f.namespace, "pod_pattern", req.GetPodPattern(), "min_period", f.minPeriod)
+	if p, ok := peer.FromContext(ctx); ok {
+		log = log.With("peer", p.Addr.String())
+	}
+	log.Debug("subscriber connected")
+	var sent uint64
+	defer func() {
+		s.unsubscribe(sub)
+		log.Debug("subscriber gone", "messages", sent, "err", err)
+	}()
 
 	var last *telemetry.Snapshot
 	var scratch []*telemetry.Snapshot
@@ -305,6 +315,7 @@ func (s *Server) Watch(req *telemetryv1.WatchRequest, stream grpc.ServerStreamin
 			return err
 		}
 		s.sent.Inc()
+		sent++
 		last = it.view.Snapshot
 		return nil
 	}
