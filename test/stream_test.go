@@ -139,3 +139,70 @@ func TestPushStream(t *testing.T) {
 	}
 	t.Logf("stream ended and agent exited %s after SIGTERM", time.Since(sent).Round(time.Millisecond))
 }
+
+// A subscriber that never reads, next to one that reads every message, on
+// the real binary: the reader gets every snapshot in order, none skipped,
+// while the stalled one's messages pile up and are dropped; when the
+// stalled client goes, the agent releases its stream.
+func TestStalledSubscriberOnTheBinary(t *testing.T) {
+	grpcAddr := freeAddr(t)
+	a := startAgent(t, "--simulate=32", "--interval=100ms", "--kubelet.pod-resources-socket=/nonexistent/kubelet.sock",
+		"--grpc.listen-address="+grpcAddr)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	// Small fixed windows, so the stalled stream's fill after 64 KiB.
+	stalledConn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalledConn.Close()
+	// Every device of 32 GPUs, with their samples: ~10 kB a message at
+	// 10 Hz, so the windows fill within seconds.
+	req := &telemetryv1.WatchRequest{IncludeUnattributed: true}
+	if _, err := telemetryv1.NewTelemetryClient(stalledConn).Watch(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+
+	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	w, err := telemetryv1.NewTelemetryClient(conn).Watch(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subscribers := func(want float64) func(samples) error {
+		return func(s samples) error { return s.expect("gpu_agent_stream_subscribers", want) }
+	}
+	a.waitMetrics(t, 10*time.Second, "both subscribers", subscribers(2))
+
+	first, err := w.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	prev := first.GetSequence()
+	for range 30 { // 3 s at 10 Hz
+		m, err := w.Recv()
+		if err != nil {
+			t.Fatalf("Recv: %v", err)
+		}
+		if m.GetSequence() != prev+1 || m.GetSkipped() != 0 {
+			t.Errorf("the reading subscriber got %d (skipped %d) after %d, want every snapshot", m.GetSequence(), m.GetSkipped(), prev)
+		}
+		prev = m.GetSequence()
+	}
+	stalled := a.waitMetrics(t, 10*time.Second, "the stalled subscriber's drops", func(s samples) error {
+		if n, _ := s.value("gpu_agent_stream_dropped_snapshots_total"); n == 0 {
+			return errors.New("no snapshot dropped yet")
+		}
+		return nil
+	})
+	dropped, _ := stalled.value("gpu_agent_stream_dropped_snapshots_total")
+	t.Logf("the stalled subscriber has lost %v snapshots", dropped)
+
+	stalledConn.Close()
+	a.waitMetrics(t, 10*time.Second, "the stalled subscriber to be released", subscribers(1))
+}
