@@ -220,13 +220,14 @@ type agent struct {
 }
 
 // startAgent runs the agent with args on a free loopback port, as node
-// golden-node, and waits until /readyz is 200.
+// golden-node, and waits until /readyz is 200. The gRPC server is off
+// unless args set --grpc.listen-address (the last one given wins).
 func startAgent(t *testing.T, args ...string) *agent {
 	t.Helper()
 	for attempt := 1; ; attempt++ {
 		addr := freeAddr(t)
 		a := &agent{addr: addr, proc: startProc(t, "gpu-agent", agentBin,
-			append([]string{"--web.listen-address=" + addr, "--node-name=golden-node"}, args...)...)}
+			append([]string{"--web.listen-address=" + addr, "--grpc.listen-address=", "--node-name=golden-node"}, args...)...)}
 		err := a.waitReady()
 		if err == nil {
 			return a

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -70,18 +71,27 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	})
 	var lib nvml.Library
 	var simLib *sim.Library
+	var simControl *sim.Control
 	if cfg.Simulate > 0 {
 		simLib = sim.New(sim.Options{Devices: cfg.Simulate, Seed: cfg.SimulateSeed, Static: cfg.SimulateStatic})
 		lib = simLib
-		log.Info("using simulated GPUs", "gpus", cfg.Simulate, "seed", cfg.SimulateSeed, "static", cfg.SimulateStatic)
+		if cfg.SimulateLoad != "" {
+			simControl = sim.NewControl(simLib)
+			lib = simControl
+		}
+		log.Info("using simulated GPUs", "gpus", cfg.Simulate, "seed", cfg.SimulateSeed, "static", cfg.SimulateStatic, "load_file", cfg.SimulateLoad)
 	} else {
 		lib = nvml.NewLibrary(cfg.NVMLLibraryPath)
 	}
+	// Every reader downstream of the sampler (exporter, stream, health)
+	// reads store, which the sampler's snapshots are republished into.
+	store := telemetry.NewStore(cfg.Interval, cfg.Window)
+	tickObserver := &republisher{hist: tickDuration, store: store}
 	sampler, err := nvml.Open(lib, nvml.Config{
 		Interval:     cfg.Interval,
 		Window:       cfg.Window,
 		Logger:       log.With("component", "nvml"),
-		TickObserver: tickDuration,
+		TickObserver: tickObserver,
 	})
 	if errors.Is(err, nvml.ErrLibraryNotFound) {
 		return fmt.Errorf("%w: install the NVIDIA driver (or mount libnvidia-ml.so.1 into the container, or pass --nvml.library-path); "+
@@ -90,6 +100,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	tickObserver.src.Store(sampler)
 	defer func() {
 		if err := sampler.Close(); err != nil {
 			log.Warn("closing NVML", "err", err)
@@ -115,7 +126,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return err
 	}
 
-	collector := exporter.NewCollector(sampler, exporter.Options{
+	collector := exporter.NewCollector(store, exporter.Options{
 		Hostname: cfg.NodeName,
 		Interval: cfg.Interval,
 		Pods:     pods,
@@ -127,6 +138,13 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		tickDuration,
 	)
+	var push *pushServer
+	if cfg.GRPCListenAddress != "" {
+		if push, err = newPushServer(cfg, store, pods, log.With("component", "grpc")); err != nil {
+			return err
+		}
+		reg.MustRegister(push.stream)
+	}
 	handler, err := exporter.NewHandler(reg, collector, exporter.HandlerOptions{
 		Interval: cfg.Interval, Logger: log.With("component", "http"), Version: Version,
 	})
@@ -138,6 +156,12 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("--web.listen-address=%s: %w", cfg.ListenAddress, err)
 	}
+	if push != nil {
+		if err := push.listen(cfg.GRPCListenAddress); err != nil {
+			ln.Close()
+			return err
+		}
+	}
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	webFlags := &web.FlagConfig{
 		WebListenAddresses: &[]string{cfg.ListenAddress},
@@ -148,6 +172,14 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return sampler.Run(gctx) })
 	g.Go(func() error { return pods.Run(gctx) })
+	if push != nil {
+		push.run(gctx, g)
+	}
+	if simControl != nil {
+		g.Go(func() error {
+			return watchLoadFile(gctx, cfg.SimulateLoad, simControl, log.With("component", "simulate"))
+		})
+	}
 	g.Go(func() error {
 		log.Info("serving metrics", "address", ln.Addr().String())
 		if err := web.Serve(ln, srv, webFlags, log.With("component", "http")); !errors.Is(err, http.ErrServerClosed) {
@@ -165,6 +197,29 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	err = g.Wait()
 	log.Info("stopped")
 	return err
+}
+
+// republisher is the sampler's tick observer: it records the tick's
+// duration and republishes the snapshot the sampler has just published
+// into the agent's store, which subscribers can wait on. The sampler
+// calls it right after its own Publish, on its own goroutine; Publish
+// never blocks, so neither does the tick.
+//
+// It exists because pkg/nvml keeps its store private; once the sampler
+// publishes into a store it is given (or exposes its own), this goes.
+type republisher struct {
+	hist  prometheus.Observer
+	store *telemetry.Store
+	src   atomic.Pointer[nvml.Sampler]
+}
+
+func (r *republisher) Observe(seconds float64) {
+	r.hist.Observe(seconds)
+	if s := r.src.Load(); s != nil {
+		if snap := s.Latest(); snap != nil && (r.store.Latest() == nil || snap.Seq > r.store.Latest().Seq) {
+			r.store.Publish(snap)
+		}
+	}
 }
 
 func exists(path string) bool {

@@ -25,6 +25,11 @@ type Config struct {
 	ListenAddress string
 	WebConfigFile string
 
+	GRPCListenAddress   string // empty: no gRPC server
+	GRPCTLSCertFile     string
+	GRPCTLSKeyFile      string
+	GRPCTLSClientCAFile string // set: mutual TLS, clients must present a certificate it signed
+
 	Interval time.Duration
 	Window   time.Duration
 
@@ -36,6 +41,7 @@ type Config struct {
 	Simulate        int
 	SimulateSeed    int64
 	SimulateStatic  bool
+	SimulateLoad    string // the load-step file, polled
 
 	LogLevel  string
 	LogFormat string
@@ -51,6 +57,10 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (*C
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.ListenAddress, "web.listen-address", ":9400", "Address to serve /metrics, /healthz and /readyz on.")
 	fs.StringVar(&c.WebConfigFile, "web.config.file", "", "Path to an exporter-toolkit web config file (TLS, basic auth).")
+	fs.StringVar(&c.GRPCListenAddress, "grpc.listen-address", ":9401", "Address of the gRPC push API (Watch) and gRPC health; empty disables it.")
+	fs.StringVar(&c.GRPCTLSCertFile, "grpc.tls-cert-file", "", "Serve gRPC over TLS with this certificate (PEM); needs --grpc.tls-key-file.")
+	fs.StringVar(&c.GRPCTLSKeyFile, "grpc.tls-key-file", "", "Private key (PEM) of --grpc.tls-cert-file.")
+	fs.StringVar(&c.GRPCTLSClientCAFile, "grpc.tls-client-ca-file", "", "Require gRPC clients to present a certificate signed by these CAs (PEM): mutual TLS.")
 	fs.DurationVar(&c.Interval, "interval", 250*time.Millisecond, "Time between two samples of every GPU; at least 100ms.")
 	fs.DurationVar(&c.Window, "utilization.window", 15*time.Second, "Span of the utilization window metrics (max and mean of the driver's samples); set it to your scrape interval.")
 	fs.StringVar(&c.PodResourcesSocket, "kubelet.pod-resources-socket", DefaultPodResourcesSocket, "Kubelet pod-resources gRPC socket, for pod labels.")
@@ -60,6 +70,7 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (*C
 	fs.IntVar(&c.Simulate, "simulate", 0, "Simulate N T4-like GPUs instead of using NVML (and their pods, when no kubelet socket exists).")
 	fs.Int64Var(&c.SimulateSeed, "simulate.seed", 1, "Seed of the simulated GPUs' UUIDs and load curves.")
 	fs.BoolVar(&c.SimulateStatic, "simulate.static", false, "Hold every simulated load at its seeded mean.")
+	fs.StringVar(&c.SimulateLoad, "simulate.load-file", "", `With --simulate: poll this JSON or YAML file (every 50ms) and step the simulated load to it, e.g. {"gpu_util": 90, "enc_util": 80, "gpus": {"1": {"gpu_util": 10}}}.`)
 	fs.StringVar(&c.LogLevel, "log.level", "info", "Log level: debug, info, warn or error.")
 	fs.StringVar(&c.LogFormat, "log.format", "logfmt", "Log format: logfmt or json.")
 	fs.BoolVar(&c.ShowVersion, "version", false, "Print the version and exit.")
@@ -83,6 +94,13 @@ func (c *Config) Validate() error {
 	}
 	if c.ListenAddress == "" {
 		bad("web.listen-address", `""`, "must not be empty")
+	}
+	if c.GRPCListenAddress != "" && c.GRPCListenAddress == c.ListenAddress && !strings.HasSuffix(c.ListenAddress, ":0") {
+		bad("grpc.listen-address", c.GRPCListenAddress, "must differ from --web.listen-address")
+	}
+	errs = append(errs, c.validateGRPCTLS()...)
+	if c.SimulateLoad != "" && c.Simulate == 0 {
+		bad("simulate.load-file", c.SimulateLoad, "needs --simulate")
 	}
 	if c.Interval < nvml.MinInterval {
 		bad("interval", c.Interval, fmt.Sprintf("must be at least %s (NVML refreshes utilization every 1/6 s at best)", nvml.MinInterval))
@@ -109,6 +127,25 @@ func (c *Config) Validate() error {
 		bad("log.format", c.LogFormat, "must be logfmt or json")
 	}
 	return errors.Join(errs...)
+}
+
+// validateGRPCTLS checks the TLS flags go together and their files load.
+func (c *Config) validateGRPCTLS() []error {
+	if c.GRPCTLSCertFile == "" && c.GRPCTLSKeyFile == "" && c.GRPCTLSClientCAFile == "" {
+		return nil
+	}
+	var errs []error
+	switch {
+	case c.GRPCListenAddress == "":
+		errs = append(errs, errors.New(`--grpc.listen-address="": the gRPC TLS flags need the gRPC server enabled`))
+	case c.GRPCTLSCertFile == "" || c.GRPCTLSKeyFile == "":
+		errs = append(errs, fmt.Errorf("--grpc.tls-cert-file=%q, --grpc.tls-key-file=%q: set both, or neither", c.GRPCTLSCertFile, c.GRPCTLSKeyFile))
+	default:
+		if _, err := c.GRPCTLSConfig(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
 }
 
 func parseLevel(s string) (slog.Level, error) {

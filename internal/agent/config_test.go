@@ -95,7 +95,7 @@ func TestMainExitCodes(t *testing.T) {
 // The agent runs on a simulated node and stops cleanly when its context
 // ends, as on SIGTERM.
 func TestRunStopsOnCancel(t *testing.T) {
-	c := parse(t, "--simulate=2", "--web.listen-address=127.0.0.1:0", "--kubelet.pod-resources-socket=/nonexistent/kubelet.sock", "--interval=100ms")
+	c := parse(t, "--simulate=2", "--web.listen-address=127.0.0.1:0", "--grpc.listen-address=127.0.0.1:0", "--kubelet.pod-resources-socket=/nonexistent/kubelet.sock", "--interval=100ms")
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}

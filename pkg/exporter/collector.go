@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/gpu-telemetry/agent/pkg/attribution"
 	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
@@ -47,8 +48,9 @@ type Options struct {
 
 // Collector is a prometheus.Collector over the latest snapshot.
 type Collector struct {
-	src  Snapshots
-	opts Options
+	src   Snapshots
+	views *attribution.Attributor // the snapshot joined with the pod map
+	opts  Options
 
 	// The device families, emitted once per pod holding the device;
 	// families lists them all, in the order the text writer writes them.
@@ -69,10 +71,15 @@ type Collector struct {
 // NewCollector returns a collector over src.
 func NewCollector(src Snapshots, opts Options) *Collector {
 	name := func(n string) string { return prometheus.BuildFQName(Namespace, "", n) }
+	var pods attribution.Assignments
+	if opts.Pods != nil {
+		pods = opts.Pods
+	}
 	c := &Collector{
-		src:  src,
-		opts: opts,
-		xid:  newFamily(dcgmXIDName, dcgmXIDHelp, prometheus.GaugeValue),
+		src:   src,
+		views: attribution.NewAttributor(src, pods),
+		opts:  opts,
+		xid:   newFamily(dcgmXIDName, dcgmXIDHelp, prometheus.GaugeValue),
 
 		encSessions: newFamily(name("encoder_sessions"), "Active NVENC encoder sessions.", prometheus.GaugeValue),
 		encFPS:      newFamily(name("encoder_fps"), "Average frames per second over the active encoder sessions.", prometheus.GaugeValue),
@@ -167,8 +174,8 @@ func targets(names, values []string, mig bool, pods []podresources.PodRef) []tar
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	e := &emitter{ch: ch}
-	if snap, a := c.collectAgent(e); snap != nil {
-		c.collectTargets(e, snap, a)
+	if view := c.collectAgent(e); view != nil {
+		c.collectTargets(e, view)
 	}
 }
 
@@ -184,21 +191,20 @@ func (a agentCollector) Describe(chan<- *prometheus.Desc) {}
 func (a agentCollector) Collect(ch chan<- prometheus.Metric) { a.c.collectAgent(&emitter{ch: ch}) }
 
 // collectAgent emits the agent's own metrics and per-GPU health, and
-// returns the snapshot and pod map it read, for the device families.
-func (c *Collector) collectAgent(e *emitter) (*telemetry.Snapshot, *podresources.Assignments) {
+// returns the attributed snapshot it read, for the device families.
+func (c *Collector) collectAgent(e *emitter) *attribution.View {
 	ch := e.ch
 	ch <- prometheus.MustNewConstMetric(c.buildInfo, prometheus.GaugeValue, 1,
 		c.opts.Build.Version, c.opts.Build.Revision, runtime.Version())
 	ch <- prometheus.MustNewConstMetric(c.interval, prometheus.GaugeValue, c.opts.Interval.Seconds())
-	var assignments *podresources.Assignments
 	if c.opts.Pods != nil {
-		assignments = c.opts.Pods.Assignments()
-		c.collectKubelet(ch, c.opts.Pods.Status(), assignments)
+		c.collectKubelet(ch, c.opts.Pods.Status(), c.opts.Pods.Assignments())
 	}
-	snap := c.src.Latest()
-	if snap == nil {
-		return nil, nil
+	view := c.views.Latest()
+	if view == nil {
+		return nil
 	}
+	snap := view.Snapshot
 	ch <- prometheus.MustNewConstMetric(c.window, prometheus.GaugeValue, snap.Window.Seconds())
 	ch <- prometheus.MustNewConstMetric(c.ticks, prometheus.CounterValue, float64(snap.Ticks))
 	ch <- prometheus.MustNewConstMetric(c.missed, prometheus.CounterValue, float64(snap.MissedTicks))
@@ -206,15 +212,15 @@ func (c *Collector) collectAgent(e *emitter) (*telemetry.Snapshot, *podresources
 	for i := range snap.Devices {
 		c.collectHealth(e, &snap.Devices[i], &snap.States[i])
 	}
-	return snap, assignments
+	return view
 }
 
-// collectTargets emits the device families of every GPU NVML still
-// answers for.
-func (c *Collector) collectTargets(s sink, snap *telemetry.Snapshot, a *podresources.Assignments) {
-	for i := range snap.Devices {
-		if !snap.States[i].Lost {
-			c.collectDevice(s, &snap.Devices[i], &snap.States[i], a)
+// collectTargets emits the device families of every device whose reading
+// is current (attribution.Device.Current decides which).
+func (c *Collector) collectTargets(s sink, view *attribution.View) {
+	for i := range view.Devices {
+		if d := &view.Devices[i]; d.Current() {
+			c.collectDevice(s, d)
 		}
 	}
 }
@@ -249,28 +255,27 @@ func (c *Collector) collectHealth(e *emitter, d *telemetry.Device, st *telemetry
 	}
 }
 
-// collectDevice emits the device families of one GPU and its MIG
-// devices, once per pod holding each.
-func (c *Collector) collectDevice(e sink, d *telemetry.Device, st *telemetry.DeviceState, a *podresources.Assignments) {
-	gpu := strconv.Itoa(d.Index)
-	base := []string{gpu, d.UUID, d.PCIBusID, "nvidia" + strconv.Itoa(d.Minor), d.Name, c.opts.Hostname}
-	for _, t := range targets(deviceLabels, base, false, a.Pods(d.UUID)) {
-		c.collectReading(e, t, &st.Reading)
+// collectDevice emits the device families of one GPU or MIG instance,
+// once per pod holding it.
+func (c *Collector) collectDevice(e sink, d *attribution.Device) {
+	g := d.GPU
+	base := []string{strconv.Itoa(g.Index), g.UUID, g.PCIBusID, "nvidia" + strconv.Itoa(g.Minor), g.Name, c.opts.Hostname}
+	if d.MIG != nil {
+		migBase := append(base, d.MIG.Profile, strconv.Itoa(d.MIG.GI))
+		for _, t := range targets(deviceMIGLabels, migBase, true, d.Pods) {
+			c.collectReading(e, t, d.Reading)
+		}
+		return
+	}
+	st := d.State
+	for _, t := range targets(deviceLabels, base, false, d.Pods) {
+		c.collectReading(e, t, d.Reading)
 		var lastXID float64
 		if st.XID != nil {
 			lastXID = float64(st.XID.Last)
 		}
 		e.emit(c.xid, t, lastXID)
 		c.collectAgentDevice(e, t, st)
-	}
-	for j, m := range d.MIG {
-		if j >= len(st.MIG) {
-			break
-		}
-		migBase := append(base[:len(base):len(base)], m.Profile, strconv.Itoa(m.GI))
-		for _, t := range targets(deviceMIGLabels, migBase, true, a.Pods(m.UUID)) {
-			c.collectReading(e, t, &st.MIG[j])
-		}
 	}
 }
 

@@ -9,8 +9,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-
-	"github.com/gpu-telemetry/agent/pkg/podresources"
 )
 
 // The device families are most of a scrape: one series per family, GPU
@@ -110,13 +108,9 @@ func (s *textSink) reset() {
 // the closing "# EOF"). Together with Agent() gathered by a registry, it
 // is what Collect emits.
 func (c *Collector) WriteDevices(w io.Writer, openMetrics bool) error {
-	snap := c.src.Latest()
-	if snap == nil {
+	view := c.views.Latest()
+	if view == nil {
 		return nil
-	}
-	var a *podresources.Assignments
-	if c.opts.Pods != nil {
-		a = c.opts.Pods.Assignments()
 	}
 	s := textSinks.get()
 	defer func() { s.reset(); textSinks.put(s) }()
@@ -124,7 +118,7 @@ func (c *Collector) WriteDevices(w io.Writer, openMetrics bool) error {
 	if len(s.lines) < len(c.families) {
 		s.lines = append(s.lines, make([][]byte, len(c.families)-len(s.lines))...)
 	}
-	c.collectTargets(s, snap, a)
+	c.collectTargets(s, view)
 
 	var head []byte
 	for _, f := range c.families {

@@ -5,6 +5,7 @@
 package telemetry
 
 import (
+	"context"
 	"sync/atomic"
 	"time"
 )
@@ -208,14 +209,116 @@ type Snapshot struct {
 	Ticks, MissedTicks uint64
 }
 
-// Store holds the latest snapshot. One writer publishes, any number of
-// readers load, and nobody waits for anybody.
+// Store holds the latest snapshot and a bounded history of the recent
+// ones. One writer publishes; any number of readers load the latest, wait
+// for the next, or read the history; nobody waits for anybody: Publish
+// takes no lock and allocates nothing, whatever the readers do.
+//
+// The zero Store keeps no history (only the latest); NewStore sizes one
+// by the window, so that a reader that skipped ticks still finds their
+// snapshots, and the sub-second samples in them, for that long.
 type Store struct {
 	p atomic.Pointer[Snapshot]
+	// ring holds the recent snapshots at Seq % len(ring). A slot is
+	// overwritten by a newer snapshot, which readers tell by its Seq.
+	ring []atomic.Pointer[Snapshot]
+	// next is closed by the Publish after it was made, waking its
+	// waiters. Waiters make it, so a Publish nobody waits for costs one
+	// atomic swap.
+	next atomic.Pointer[chan struct{}]
 }
 
-// Publish makes s the latest snapshot. s must not be modified afterwards.
-func (st *Store) Publish(s *Snapshot) { st.p.Store(s) }
+// MaxHistory bounds NewStore's history, whatever the window: a window of
+// an hour at 100 ms would otherwise hold 36,000 snapshots. A reader
+// further behind loses the oldest samples, and says so.
+const MaxHistory = 1024
+
+// NewStore returns a store whose history spans window at one snapshot
+// per interval (plus one, for a tick that comes early), at most
+// MaxHistory snapshots.
+func NewStore(interval, window time.Duration) *Store {
+	n := 1
+	if interval > 0 && window > 0 {
+		n = int((window+interval-1)/interval) + 1
+	}
+	return &Store{ring: make([]atomic.Pointer[Snapshot], min(max(n, 1), MaxHistory))}
+}
+
+// Publish makes s the latest snapshot and wakes every waiter. s must not
+// be modified afterwards, and its Seq must be greater than the previous
+// one's.
+func (st *Store) Publish(s *Snapshot) {
+	if len(st.ring) > 0 {
+		// Before the latest: a reader that sees s as the latest finds it
+		// in the history too.
+		st.ring[s.Seq%uint64(len(st.ring))].Store(s)
+	}
+	st.p.Store(s)
+	if ch := st.next.Swap(nil); ch != nil {
+		close(*ch)
+	}
+}
 
 // Latest returns the latest snapshot, or nil before the first tick.
 func (st *Store) Latest() *Snapshot { return st.p.Load() }
+
+// Next returns a channel that the next Publish closes. To wait for a
+// snapshot newer than one already seen, take the channel first, then
+// check Latest, then wait: a Publish in between has closed the channel.
+func (st *Store) Next() <-chan struct{} {
+	for {
+		if ch := st.next.Load(); ch != nil {
+			return *ch
+		}
+		ch := make(chan struct{})
+		if st.next.CompareAndSwap(nil, &ch) {
+			return ch
+		}
+	}
+}
+
+// Wait returns the latest snapshot once its Seq is greater than seq:
+// at once if it already is, else after the next Publish. It returns
+// ctx's error if ctx ends first.
+func (st *Store) Wait(ctx context.Context, seq uint64) (*Snapshot, error) {
+	for {
+		next := st.Next()
+		if s := st.Latest(); s != nil && s.Seq > seq {
+			return s, nil
+		}
+		select {
+		case <-next:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// Since appends to dst the snapshots published after seq up to and
+// including upTo's, oldest first, that the history still holds, and
+// returns how many of them it no longer holds (overwritten by newer
+// ones, or never kept by a store without history). upTo is usually the
+// snapshot the reader is about to use, so that a Publish racing with the
+// call cannot stretch the range.
+func (st *Store) Since(dst []*Snapshot, seq uint64, upTo *Snapshot) (out []*Snapshot, lost uint64) {
+	if upTo == nil || upTo.Seq <= seq {
+		return dst, 0
+	}
+	n := uint64(len(st.ring))
+	first := seq + 1
+	if n == 0 {
+		return append(dst, upTo), upTo.Seq - first
+	}
+	if upTo.Seq-first >= n {
+		lost = upTo.Seq - first + 1 - n
+		first = upTo.Seq - n + 1
+	}
+	for q := first; q < upTo.Seq; q++ {
+		if s := st.ring[q%n].Load(); s != nil && s.Seq == q {
+			dst = append(dst, s)
+		} else {
+			lost++ // overwritten since, or a Seq the writer skipped
+		}
+	}
+	return append(dst, upTo), lost
+}

@@ -61,7 +61,9 @@ func startAgent(bin string, args ...string) (*agentProc, error) {
 		return nil, err
 	}
 	a := &agentProc{addr: addr, out: &lockedBuffer{}, done: make(chan struct{})}
-	a.cmd = exec.Command(bin, append([]string{"--web.listen-address=" + addr}, args...)...)
+	// The gRPC server runs, idle, as on a node, on a port of its own so
+	// that no other agent on the machine collides with it.
+	a.cmd = exec.Command(bin, append([]string{"--web.listen-address=" + addr, "--grpc.listen-address=127.0.0.1:0"}, args...)...)
 	a.cmd.Stdout, a.cmd.Stderr = a.out, a.out
 	if err := a.cmd.Start(); err != nil {
 		return nil, err

@@ -1,0 +1,102 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"os"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+
+	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
+	"github.com/gpu-telemetry/agent/pkg/telemetry"
+)
+
+// GRPCStopTimeout bounds GracefulStop on shutdown; then the remaining
+// connections are closed. Watch streams end at once (stream.Server.Close),
+// so only a stuck client or a long health Watch waits this long.
+const GRPCStopTimeout = 2 * time.Second
+
+// Keepalive: the server pings an idle connection after grpcKeepaliveTime
+// and drops it if the ping is not answered within grpcKeepaliveTimeout,
+// so a vanished subscriber (node gone, network cut) frees its stream.
+// Clients may ping as often as every grpcMinClientPing (a scaler that
+// wants to notice a dead agent quickly), not more, even without streams.
+const (
+	grpcKeepaliveTime    = 30 * time.Second
+	grpcKeepaliveTimeout = 10 * time.Second
+	grpcMinClientPing    = 5 * time.Second
+)
+
+// GRPCTLSConfig builds the gRPC server's TLS configuration from the flags,
+// nil when TLS is off. Errors name the flag.
+func (c *Config) GRPCTLSConfig() (*tls.Config, error) {
+	if c.GRPCTLSCertFile == "" && c.GRPCTLSKeyFile == "" {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(c.GRPCTLSCertFile, c.GRPCTLSKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--grpc.tls-cert-file=%s, --grpc.tls-key-file=%s: %w", c.GRPCTLSCertFile, c.GRPCTLSKeyFile, err)
+	}
+	conf := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if c.GRPCTLSClientCAFile != "" {
+		pem, err := os.ReadFile(c.GRPCTLSClientCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("--grpc.tls-client-ca-file=%s: %w", c.GRPCTLSClientCAFile, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--grpc.tls-client-ca-file=%s: no PEM certificate in it", c.GRPCTLSClientCAFile)
+		}
+		conf.ClientCAs = pool
+		conf.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return conf, nil
+}
+
+// newGRPCServer returns the gRPC server with keepalive and, if tlsConf is
+// set, TLS.
+func newGRPCServer(tlsConf *tls.Config) *grpc.Server {
+	opts := []grpc.ServerOption{
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: grpcKeepaliveTime, Timeout: grpcKeepaliveTimeout}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: grpcMinClientPing, PermitWithoutStream: true}),
+	}
+	if tlsConf != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsConf)))
+	}
+	return grpc.NewServer(opts...)
+}
+
+// healthServices are the names gRPC health answers for: the server as a
+// whole ("") and the Telemetry service.
+var healthServices = []string{"", telemetryv1.Telemetry_ServiceDesc.ServiceName}
+
+// serveHealthOnce marks healthServices SERVING once the first snapshot
+// exists (they start NOT_SERVING), as /readyz does.
+func serveHealthOnce(ctx context.Context, hs *health.Server, store *telemetry.Store) {
+	if _, err := store.Wait(ctx, 0); err != nil {
+		return
+	}
+	for _, svc := range healthServices {
+		hs.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
+	}
+}
+
+// stopGRPC ends the server: open Watch streams have been closed already;
+// GracefulStop lets in-flight calls finish, bounded by GRPCStopTimeout.
+func stopGRPC(gs *grpc.Server) {
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(GRPCStopTimeout):
+		gs.Stop()
+		<-stopped
+	}
+}

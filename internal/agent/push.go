@@ -1,0 +1,90 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/gpu-telemetry/agent/pkg/stream"
+	"github.com/gpu-telemetry/agent/pkg/telemetry"
+)
+
+// pushServer is the gRPC side of the agent: the Watch stream and gRPC
+// health on --grpc.listen-address.
+type pushServer struct {
+	grpc   *grpc.Server
+	health *health.Server
+	stream *stream.Server
+	store  *telemetry.Store
+	ln     net.Listener
+	log    *slog.Logger
+}
+
+func newPushServer(cfg *Config, store *telemetry.Store, pods stream.Pods, log *slog.Logger) (*pushServer, error) {
+	tlsConf, err := cfg.GRPCTLSConfig()
+	if err != nil {
+		return nil, err
+	}
+	p := &pushServer{
+		grpc:   newGRPCServer(tlsConf),
+		health: health.NewServer(),
+		store:  store,
+		log:    log,
+		stream: stream.New(store, stream.Options{
+			Node:     cfg.NodeName,
+			Interval: cfg.Interval,
+			Start:    time.Now(),
+			Pods:     pods,
+			Logger:   log,
+		}),
+	}
+	p.stream.Register(p.grpc)
+	healthpb.RegisterHealthServer(p.grpc, p.health)
+	for _, svc := range healthServices {
+		p.health.SetServingStatus(svc, healthpb.HealthCheckResponse_NOT_SERVING)
+	}
+	return p, nil
+}
+
+// listen binds the address before anything runs, so a taken port fails
+// the start.
+func (p *pushServer) listen(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("--grpc.listen-address=%s: %w", addr, err)
+	}
+	p.ln = ln
+	return nil
+}
+
+// run serves until ctx ends, then closes every Watch stream (clients read
+// EOF) and stops the server within GRPCStopTimeout.
+func (p *pushServer) run(ctx context.Context, g *errgroup.Group) {
+	g.Go(func() error { return p.stream.Run(ctx) })
+	g.Go(func() error {
+		serveHealthOnce(ctx, p.health, p.store)
+		return nil
+	})
+	g.Go(func() error {
+		p.log.Info("serving the push API", "address", p.ln.Addr().String())
+		if err := p.grpc.Serve(p.ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("serving gRPC: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		p.stream.Close()
+		p.health.Shutdown()
+		stopGRPC(p.grpc)
+		return nil
+	})
+}

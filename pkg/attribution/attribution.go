@@ -1,0 +1,145 @@
+// Package attribution joins a telemetry snapshot with the kubelet's pod map:
+// which pods hold each GPU and each MIG instance. It is its own stage
+// because two readers need the same join, the Prometheus exporter and the
+// push stream, and they must never disagree about which pod a device
+// belongs to.
+//
+// The join knows the device plugins' conventions only through
+// podresources.Assignments (GPU or MIG UUID, replicas of a time-sliced or
+// MPS-shared GPU collapsed to the device they replicate, pods sorted and
+// deduplicated); it adds the device identity, the reading that belongs to
+// each device, and the one rule of which devices have a current reading.
+package attribution
+
+import (
+	"sync/atomic"
+
+	"github.com/gpu-telemetry/agent/pkg/podresources"
+	"github.com/gpu-telemetry/agent/pkg/telemetry"
+)
+
+// View is one snapshot joined with one pod map. Like the snapshot it is
+// immutable once built, so any number of readers may share it.
+type View struct {
+	Snapshot *telemetry.Snapshot
+	// Devices are every GPU of the snapshot, each followed by its MIG
+	// instances, in the snapshot's order.
+	Devices []Device
+}
+
+// Device is a whole GPU or one MIG instance of a GPU, with its pods.
+type Device struct {
+	// GPU is the whole GPU, or the parent GPU of a MIG instance.
+	GPU *telemetry.Device
+	// MIG is the instance, nil for a whole GPU.
+	MIG *telemetry.MIGDevice
+	// State is the GPU's part of the snapshot (of the parent GPU for a MIG
+	// instance): health, windows, the driver's new samples, XIDs.
+	State *telemetry.DeviceState
+	// Reading is the device's own values: the GPU's, or the MIG
+	// instance's (framebuffer only, NVML reports nothing else for MIG).
+	Reading *telemetry.Reading
+	// Pods hold the device, sorted by namespace, pod and container; nil
+	// when no pod does. A time-sliced or MPS-shared device lists every
+	// pod sharing it.
+	Pods []podresources.PodRef
+	// PerPod is each pod's own share of the device's values, parallel to
+	// Pods, where per-process attribution provides it (NVML's per-PID
+	// utilization mapped to pods). Nil until then: every pod then sees
+	// the device-level Reading, and summing it over pods double-counts.
+	PerPod []telemetry.Reading
+}
+
+// UUID is the device's UUID: "GPU-..." or, for a MIG instance, "MIG-...".
+func (d *Device) UUID() string {
+	if d.MIG != nil {
+		return d.MIG.UUID
+	}
+	return d.GPU.UUID
+}
+
+// Lost reports whether NVML reported the GPU (or the MIG instance's GPU)
+// lost.
+func (d *Device) Lost() bool { return d.State.Lost }
+
+// Current reports whether the device's reading is current. This is the
+// one place that decides which devices have values to serve: a lost GPU
+// keeps its last reading in the snapshot, which must not be served as a
+// current value. Readers leave a device that is not current out (the
+// exporter) or send it flagged, without values (the stream).
+func (d *Device) Current() bool { return !d.State.Lost }
+
+// Assignments gives the latest device-to-pod map; the pod-resources client
+// implements it.
+type Assignments interface {
+	Assignments() *podresources.Assignments
+}
+
+// Attribute joins snap with the pod map a (nil: no pod holds anything).
+// Every GPU is listed, followed by the MIG instances the snapshot has a
+// reading for.
+func Attribute(snap *telemetry.Snapshot, a *podresources.Assignments) *View {
+	n := len(snap.Devices)
+	for i := range snap.Devices {
+		n += min(len(snap.Devices[i].MIG), len(snap.States[i].MIG))
+	}
+	v := &View{Snapshot: snap, Devices: make([]Device, 0, n)}
+	for i := range snap.Devices {
+		gpu, st := &snap.Devices[i], &snap.States[i]
+		v.Devices = append(v.Devices, Device{GPU: gpu, State: st, Reading: &st.Reading, Pods: a.Pods(gpu.UUID)})
+		for j := range gpu.MIG {
+			if j >= len(st.MIG) {
+				break
+			}
+			mig := &gpu.MIG[j]
+			v.Devices = append(v.Devices, Device{GPU: gpu, MIG: mig, State: st, Reading: &st.MIG[j], Pods: a.Pods(mig.UUID)})
+		}
+	}
+	return v
+}
+
+// Snapshots gives the latest snapshot; the sampler and telemetry.Store
+// implement it.
+type Snapshots interface {
+	Latest() *telemetry.Snapshot
+}
+
+// Attributor serves the view of the latest snapshot and pod map, built
+// once per pair and shared by every reader until either changes: a
+// scrape every second of a node sampled ten times a second joins only
+// the snapshots it serves.
+type Attributor struct {
+	src  Snapshots
+	pods Assignments // nil: no pod attribution
+	last atomic.Pointer[cached]
+}
+
+type cached struct {
+	view *View
+	a    *podresources.Assignments
+}
+
+// NewAttributor returns an Attributor over src and pods (nil when pod
+// attribution is off).
+func NewAttributor(src Snapshots, pods Assignments) *Attributor {
+	return &Attributor{src: src, pods: pods}
+}
+
+// Latest returns the view of the latest snapshot, or nil before the first.
+// Concurrent callers may each build it once; they get equal views.
+func (at *Attributor) Latest() *View {
+	snap := at.src.Latest()
+	if snap == nil {
+		return nil
+	}
+	var a *podresources.Assignments
+	if at.pods != nil {
+		a = at.pods.Assignments()
+	}
+	if c := at.last.Load(); c != nil && c.view.Snapshot == snap && c.a == a {
+		return c.view
+	}
+	v := Attribute(snap, a)
+	at.last.Store(&cached{view: v, a: a})
+	return v
+}

@@ -1,0 +1,154 @@
+package stream
+
+import (
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
+	"github.com/gpu-telemetry/agent/pkg/attribution"
+	"github.com/gpu-telemetry/agent/pkg/telemetry"
+)
+
+// message builds the NodeSnapshot of it for a subscriber whose previous
+// message was last (nil for the first): the devices its filter passes,
+// with the samples of every snapshot since last that the history still
+// holds. scratch is reused across calls and returned.
+func (s *Server) message(it *item, last *telemetry.Snapshot, f *filter, scratch []*telemetry.Snapshot) (*telemetryv1.NodeSnapshot, []*telemetry.Snapshot) {
+	snap := it.view.Snapshot
+	msg := &telemetryv1.NodeSnapshot{
+		Node:       s.opts.Node,
+		Sequence:   snap.Seq,
+		SampleTime: timestamppb.New(snap.Time),
+		Interval:   durationpb.New(s.opts.Interval),
+		AgentStart: timestamppb.New(s.opts.Start),
+		PodsStale:  it.podsStale,
+	}
+	// Skipped snapshots: their samples come from the history. The first
+	// message has only its own: "since the previous message" has no
+	// start yet.
+	var devices []*telemetryv1.Device
+	if last != nil && snap.Seq > last.Seq+1 {
+		msg.Skipped = snap.Seq - last.Seq - 1
+		scratch, _ = s.store.Since(scratch, last.Seq, snap)
+	} else {
+		devices = it.ownDevices()
+	}
+	for i := range it.view.Devices {
+		d := &it.view.Devices[i]
+		if !f.match(d) {
+			continue
+		}
+		if devices != nil {
+			msg.Devices = append(msg.Devices, devices[i])
+		} else {
+			msg.Devices = append(msg.Devices, deviceMessage(d, scratch))
+		}
+	}
+	return msg, scratch
+}
+
+// deviceMessage is d's message with the samples of snaps (oldest first,
+// the last being d's own snapshot). Values keep the snapshot's units,
+// which are the proto's: percent, bytes, seconds. A field the reading
+// lacks stays absent.
+func deviceMessage(d *attribution.Device, snaps []*telemetry.Snapshot) *telemetryv1.Device {
+	g := d.GPU
+	m := &telemetryv1.Device{
+		Uuid:      d.UUID(),
+		GpuIndex:  uint32(g.Index),
+		ModelName: g.Name,
+		PciBusId:  g.PCIBusID,
+		Lost:      d.Lost(),
+	}
+	if d.MIG != nil {
+		m.ParentUuid = g.UUID
+		m.MigProfile = d.MIG.Profile
+		m.GpuInstanceId = uint32(d.MIG.GI)
+	}
+	if len(d.Pods) > 0 {
+		m.Pods = make([]*telemetryv1.Pod, len(d.Pods))
+		for i, p := range d.Pods {
+			m.Pods[i] = &telemetryv1.Pod{Namespace: p.Namespace, Name: p.Pod, Container: p.Container}
+		}
+	}
+	if !d.Current() {
+		return m // flagged, without values that are not current
+	}
+	r := d.Reading
+	m.GpuUtil = value(r, telemetry.GPUUtil)
+	m.MemCopyUtil = value(r, telemetry.MemCopyUtil)
+	m.EncUtil = value(r, telemetry.EncUtil)
+	m.DecUtil = value(r, telemetry.DecUtil)
+	m.FbUsedBytes = integer[uint64](r, telemetry.FBUsed)
+	m.FbFreeBytes = integer[uint64](r, telemetry.FBFree)
+	m.FbTotalBytes = integer[uint64](r, telemetry.FBTotal)
+	m.EncoderSessions = integer[uint32](r, telemetry.EncSessions)
+	m.EncoderFps = value(r, telemetry.EncFPS)
+	m.EncoderLatencySeconds = value(r, telemetry.EncLatency)
+	if d.MIG == nil {
+		m.Samples = samples(d, snaps)
+	}
+	return m
+}
+
+func value(r *telemetry.Reading, f telemetry.Field) *float64 {
+	if v, ok := r.Get(f); ok {
+		return &v
+	}
+	return nil
+}
+
+func integer[T uint32 | uint64](r *telemetry.Reading, f telemetry.Field) *T {
+	if v, ok := r.Get(f); ok && v >= 0 {
+		n := T(v)
+		return &n
+	}
+	return nil
+}
+
+// engines maps the snapshot's engines to the proto's.
+var engines = [telemetry.NumEngines]telemetryv1.Engine{
+	telemetry.EngineGPU:     telemetryv1.Engine_ENGINE_GPU,
+	telemetry.EngineMemory:  telemetryv1.Engine_ENGINE_MEMORY,
+	telemetry.EngineEncoder: telemetryv1.Engine_ENGINE_ENCODER,
+	telemetry.EngineDecoder: telemetryv1.Engine_ENGINE_DECODER,
+}
+
+// samples gathers the GPU's new samples of each snapshot, per engine,
+// oldest first. A snapshot's States are in its Devices' order; the GPU is
+// found there by UUID, so an inventory that changed between snapshots
+// cannot lend one GPU's samples to another.
+func samples(d *attribution.Device, snaps []*telemetry.Snapshot) []*telemetryv1.EngineSamples {
+	var out []*telemetryv1.EngineSamples
+	for e := range telemetry.NumEngines {
+		var es *telemetryv1.EngineSamples
+		for _, snap := range snaps {
+			st := stateOf(snap, d.GPU)
+			if st == nil || len(st.NewSamples[e]) == 0 {
+				continue
+			}
+			if es == nil {
+				es = &telemetryv1.EngineSamples{Engine: engines[e]}
+			}
+			for _, smp := range st.NewSamples[e] {
+				es.Samples = append(es.Samples, &telemetryv1.Sample{TimeUnixMicro: smp.At.UnixMicro(), Value: smp.Value})
+			}
+		}
+		if es != nil {
+			out = append(out, es)
+		}
+	}
+	return out
+}
+
+func stateOf(snap *telemetry.Snapshot, gpu *telemetry.Device) *telemetry.DeviceState {
+	if i := gpu.Index; i < len(snap.Devices) && i < len(snap.States) && snap.Devices[i].UUID == gpu.UUID {
+		return &snap.States[i]
+	}
+	for i := range snap.Devices {
+		if snap.Devices[i].UUID == gpu.UUID && i < len(snap.States) {
+			return &snap.States[i]
+		}
+	}
+	return nil
+}
