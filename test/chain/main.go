@@ -90,6 +90,9 @@ type report struct {
 	// Prometheus path (chain mode): publish -> the first polled query
 	// result past the threshold.
 	Prometheus durations `json:"prometheus,omitempty"`
+	// Flaps counts StreamIsActive messages that arrived between steps:
+	// transitions no step caused (a node going stale, say).
+	Flaps int `json:"flaps"`
 }
 
 // durations keeps every observation, in milliseconds.
@@ -128,6 +131,7 @@ func (r *report) table() string {
 	row("scaler `StreamIsActive` message at KEDA's client", r.Stream)
 	row("scaler `GetMetrics` answers the new value", r.GetMetrics)
 	row(fmt.Sprintf("Prometheus (scrape %s) query polled every %s crosses", r.Config.ScrapeInterval, r.Config.QueryInterval), r.Prometheus)
+	fmt.Fprintf(&b, "\nStreamIsActive messages between steps (transitions no step caused): %d\n", r.Flaps)
 	if len(r.Prometheus) > 0 && len(r.Stream) > 0 {
 		fmt.Fprintf(&b, "\nPrometheus path / push path, p50: %.0fx; p99: %.0fx\n",
 			r.Prometheus.quantile(.5)/r.Stream.quantile(.5), r.Prometheus.quantile(.99)/r.Stream.quantile(.99))

@@ -116,6 +116,7 @@ func run(ctx context.Context, cfg config, agentBin, scalerBin string) (*report, 
 	if err := waitSettled(ctx, k, cfg.Low); err != nil {
 		return nil, fmt.Errorf("before the first step: %w", err)
 	}
+	drain(k.active) // StreamIsActive's first message: the state before any step
 	rep := &report{Config: cfg}
 	log.Printf("timing %d steps", cfg.Steps)
 	for s := range cfg.Steps {
@@ -124,6 +125,9 @@ func run(ctx context.Context, cfg config, agentBin, scalerBin string) (*report, 
 		if high {
 			level = cfg.High
 		}
+		// A transition the scaler sent between steps is not one the harness
+		// caused: count it, and never time a step by it.
+		rep.Flaps += drain(k.active)
 		if err := writeLoad(nodes[0].load, level); err != nil {
 			return rep, err
 		}
@@ -310,6 +314,17 @@ func waitSettled(ctx context.Context, k *keda, level float64) error {
 	return last
 }
 
+// drain empties ch without blocking and says how many values it held.
+func drain(ch <-chan timedValue) int {
+	for n := 0; ; n++ {
+		select {
+		case <-ch:
+		default:
+			return n
+		}
+	}
+}
+
 // timeStep waits for one step on every path and records the delays.
 func timeStep(ctx context.Context, cfg config, k *keda, published, promSeen <-chan timedValue, high bool, level float64, rep *report) error {
 	ctx, cancel := context.WithTimeout(ctx, stepTimeout)
@@ -387,6 +402,9 @@ func timeStep(ctx context.Context, cfg config, k *keda, published, promSeen <-ch
 	wg.Wait()
 	if err := errors.Join(gmErr, promErr); err != nil {
 		return err
+	}
+	if os.Getenv("CHAIN_DEBUG") != "" {
+		log.Printf("high=%v pub=%s stream=%s gm=%s", high, pub.Format("15:04:05.000"), streamAt.Format("15:04:05.000"), gmAt.Format("15:04:05.000"))
 	}
 	rep.Stream.add(streamAt.Sub(pub))
 	rep.GetMetrics.add(gmAt.Sub(pub))
