@@ -163,13 +163,14 @@ func reduce(a Aggregation, p *partial) float64 {
 func (s *Store) Evaluate(q *Query) (Result, error) {
 	nodes := *s.nodes.Load()
 	now := s.now()
+	var p partial // one, reused: combine reads each part before the next
 	res, err := combine(q, func(yield func(*partial) bool) {
 		for _, n := range nodes {
 			v := n.view.Load()
 			if v == nil {
 				continue
 			}
-			p := s.partial(q, v)
+			p = s.partial(q, v)
 			if !yield(&p) {
 				return
 			}

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -110,11 +111,31 @@ type Query struct {
 
 	pod  *regexp.Regexp
 	name string
+
+	// Pod names repeat in every snapshot of every node: remembering the
+	// answer per name costs a map lookup where the regexp costs a few
+	// hundred ns, for each of thousands of pods on every evaluation.
+	matched  sync.Map // pod name -> bool
+	nMatched atomic.Int64
 }
+
+// maxMatchCache bounds the names a query remembers; past it, the regexp
+// answers (pods churn: names of deleted pods are not worth keeping).
+const maxMatchCache = 1 << 16
 
 // Matches reports whether a pod is one of the query's.
 func (q *Query) Matches(namespace, name string) bool {
-	return namespace == q.Namespace && q.pod.MatchString(name)
+	if namespace != q.Namespace {
+		return false
+	}
+	if m, ok := q.matched.Load(name); ok {
+		return m.(bool)
+	}
+	m := q.pod.MatchString(name)
+	if q.nMatched.Add(1) <= maxMatchCache {
+		q.matched.Store(name, m)
+	}
+	return m
 }
 
 // MetricName is stable and unique per trigger: readable parts for humans

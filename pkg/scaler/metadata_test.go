@@ -24,7 +24,7 @@ func TestParseMetadata(t *testing.T) {
 	want := Query{Metric: EncUtil, Namespace: "media", PodPattern: "webrtc-.*", Aggregation: P95, Target: 60, ActivationTarget: 20.5, Window: 5 * time.Second}
 	if q.Metric != want.Metric || q.Namespace != want.Namespace || q.PodPattern != want.PodPattern || q.Aggregation != want.Aggregation ||
 		q.Target != want.Target || q.ActivationTarget != want.ActivationTarget || q.Window != want.Window {
-		t.Errorf("got %+v, want %+v", *q, want)
+		t.Errorf("got %+v, want %+v", q, &want)
 	}
 	if !q.Matches("media", "webrtc-sfu-0") || q.Matches("media", "x-webrtc-sfu-0") || q.Matches("default", "webrtc-sfu-0") {
 		t.Error("podPattern must match the whole name, in the namespace only")
@@ -36,7 +36,7 @@ func TestParseMetadata(t *testing.T) {
 		t.Fatal(err)
 	}
 	if q.Namespace != "apps" || q.PodPattern != ".*" || q.Aggregation != Avg || q.Window != 0 || q.ActivationTarget != 0 {
-		t.Errorf("defaults: %+v", *q)
+		t.Errorf("defaults: %+v", q)
 	}
 	// Every metric by name, and windows as durations.
 	for m := range numMetrics {
@@ -171,7 +171,7 @@ func FuzzParseMetadata(f *testing.F) {
 			return
 		}
 		if q.MetricName() == "" || q.pod == nil || q.Target <= 0 || q.Window < 0 || q.Window > time.Minute {
-			t.Fatalf("accepted a bad query %+v", *q)
+			t.Fatalf("accepted a bad query %+v", q)
 		}
 	})
 }

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -214,20 +215,17 @@ func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention i
 		devices:    make([]device, len(snap.GetDevices())),
 	}
 	horizon := v.sampleTime - retention/int64(time.Microsecond)
-	podIdx := make(map[[2]string]int)
-	seen := make(map[string]bool, len(snap.GetDevices()))
 	for i, d := range snap.GetDevices() {
 		dv := &v.devices[i]
 		dv.uuid = d.GetUuid()
-		seen[dv.uuid] = true
 		readDevice(dv, d)
 		for _, p := range d.GetPods() {
-			k := [2]string{p.GetNamespace(), p.GetName()}
-			j, ok := podIdx[k]
-			if !ok {
+			// A node has a few pods per device: a linear search allocates
+			// nothing, where a map would on every snapshot.
+			j := slices.IndexFunc(v.pods, func(q pod) bool { return q.name == p.GetName() && q.namespace == p.GetNamespace() })
+			if j < 0 {
 				j = len(v.pods)
-				podIdx[k] = j
-				v.pods = append(v.pods, pod{namespace: k[0], name: k[1]})
+				v.pods = append(v.pods, pod{namespace: p.GetNamespace(), name: p.GetName()})
 			}
 			// Several containers of one pod on one device count once.
 			if ds := v.pods[j].devices; len(ds) == 0 || ds[len(ds)-1] != int32(i) {
@@ -261,9 +259,11 @@ func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention i
 			dv.series[m] = h.series[m]
 		}
 	}
-	for uuid := range n.hist {
-		if !seen[uuid] {
-			delete(n.hist, uuid) // a device no longer reported (or filtered)
+	if len(n.hist) > len(v.devices) {
+		for uuid := range n.hist {
+			if !slices.ContainsFunc(v.devices, func(d device) bool { return d.uuid == uuid }) {
+				delete(n.hist, uuid) // a device no longer reported
+			}
 		}
 	}
 	n.view.Store(v)

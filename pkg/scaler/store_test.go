@@ -3,6 +3,8 @@ package scaler
 import (
 	"errors"
 	"math"
+	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -335,5 +337,49 @@ func TestTrimKeepsWindowMemoryBounded(t *testing.T) {
 	}
 	if res, _ := s.Evaluate(q); math.Abs(res.Value-94) > 1e-9 { // mean of 89..99 (i%100 of the last 11, the horizon inclusive)
 		t.Errorf("window avg = %v", res)
+	}
+}
+
+// The watchers' running totals (the push path's fast path) agree with a
+// full evaluation after every snapshot of a random walk, for every
+// aggregation, with nodes joining, pods moving and values rising and
+// falling across the activation target.
+func TestWatcherAgreesWithEvaluate(t *testing.T) {
+	s, c := newTestStore(t)
+	rng := rand.New(rand.NewPCG(1, 2))
+	var qs []*Query
+	var chans []<-chan bool
+	state := map[*Query]bool{}
+	for _, agg := range []string{"avg", "max", "sum", "p95"} {
+		q := mustQuery(t, "metric", "gpu_util", "podPattern", "w-.*", "target", "50", "activationTarget", "60", "aggregation", agg)
+		a, ch, cancel := s.Watch(q)
+		defer cancel()
+		qs, chans, state[q] = append(qs, q), append(chans, ch), a
+	}
+	for i := range 3000 {
+		node := "n" + strconv.Itoa(rng.IntN(6))
+		var devs []*telemetryv1.Device
+		for g := range rng.IntN(3) {
+			pod := "default/w-" + strconv.Itoa(rng.IntN(8))
+			if rng.IntN(4) == 0 {
+				pod = "default/other"
+			}
+			devs = append(devs, dev(node+"-"+strconv.Itoa(g), float64(rng.IntN(101)), pod))
+		}
+		ingest(t, s, snap(node, uint64(i+1), epoch, devs...))
+		if i%500 == 499 {
+			c.Add(300 * time.Millisecond)
+		}
+		for j, q := range qs {
+			select {
+			case a := <-chans[j]:
+				state[q] = a
+			default:
+			}
+			res, err := s.Evaluate(q)
+			if want := err == nil && q.Active(res.Value); state[q] != want {
+				t.Fatalf("step %d, %s: watcher active %v, evaluation %v (%v)", i, q.Aggregation, state[q], want, res)
+			}
+		}
 	}
 }

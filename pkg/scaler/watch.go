@@ -18,8 +18,13 @@ type watcher struct {
 	q   *Query
 	key string
 
-	mu     sync.Mutex
-	parts  map[*node]partial // nodes with matching pods
+	mu    sync.Mutex
+	parts map[*node]partial // fresh nodes with matching pods
+	// total is the parts' running sum, count and max, updated by the
+	// difference on every ingest: combining a thousand nodes' parts on
+	// every snapshot would cost more than the rest of the ingest. The
+	// sweep recomputes it from scratch (float drift, stale nodes).
+	total  partial
 	active bool
 	subs   map[chan bool]struct{}
 }
@@ -87,12 +92,14 @@ func (ws *watcherSet) onIngest(s *Store, n *node) {
 			w.mu.Unlock()
 			continue
 		}
+		old := w.parts[n]
 		if p.matched == 0 {
 			delete(w.parts, n)
 		} else {
 			w.parts[n] = p
 		}
-		w.evaluate(s)
+		w.update(&old, &p)
+		w.evaluate()
 		w.mu.Unlock()
 	}
 }
@@ -107,32 +114,62 @@ func (ws *watcherSet) sweep(s *Store) {
 	}
 }
 
-// rebuild recomputes the parts from the store's nodes; w.mu held (or w
-// not yet shared).
+// rebuild recomputes the parts of the fresh nodes and their total; w.mu
+// held (or w not yet shared).
 func (w *watcher) rebuild(s *Store) {
 	clear(w.parts)
+	now := s.now()
 	for _, n := range *s.nodes.Load() {
-		if v := n.view.Load(); v != nil {
+		if v := n.view.Load(); v != nil && now.Sub(v.received) <= s.staleAfter(v) {
 			if p := s.partial(w.q, v); p.matched > 0 {
 				w.parts[n] = p
 			}
 		}
 	}
-	w.evaluate(s)
+	w.recompute()
+	w.evaluate()
 }
 
-// evaluate combines the parts and tells the subscribers of a transition;
-// w.mu held. No data behind the answer is inactive: KEDA acts only on
-// true, and scale-in goes through GetMetrics, which reports the error.
-func (w *watcher) evaluate(s *Store) {
-	res, err := combine(w.q, func(yield func(*partial) bool) {
-		for _, p := range w.parts {
-			if !yield(&p) {
-				return
-			}
+func (w *watcher) recompute() {
+	w.total = partial{}
+	for _, p := range w.parts {
+		w.total.withValue += p.withValue
+		w.total.sum += p.sum
+		if p.n > 0 && (w.total.n == 0 || p.max > w.total.max) {
+			w.total.max = p.max
 		}
-	}, s.now(), false)
-	active := err == nil && w.q.Active(res.Value)
+		w.total.n += p.n
+		w.total.vals = append(w.total.vals, p.vals...)
+	}
+}
+
+// update replaces one node's part old by p in the total.
+func (w *watcher) update(old, p *partial) {
+	switch {
+	case w.q.Aggregation == P95,
+		// The node held the max and its max fell: another node may hold it.
+		w.q.Aggregation == Max && old.n > 0 && old.max >= w.total.max && (p.n == 0 || p.max < old.max):
+		w.recompute()
+		return
+	}
+	w.total.withValue += p.withValue - old.withValue
+	w.total.sum += p.sum - old.sum
+	if p.n > 0 && (w.total.n-old.n == 0 || p.max > w.total.max) {
+		w.total.max = p.max
+	}
+	w.total.n += p.n - old.n
+}
+
+// evaluate tells the subscribers of a transition; w.mu held. No data
+// behind the answer is inactive: KEDA acts only on true, and scale-in goes
+// through GetMetrics, which reports the error.
+func (w *watcher) evaluate() {
+	active := false
+	if w.total.withValue > 0 && w.total.n > 0 {
+		t := w.total
+		t.vals = append([]float64(nil), w.total.vals...) // reduce sorts
+		active = w.q.Active(reduce(w.q.Aggregation, &t))
+	}
 	if active == w.active {
 		return
 	}
