@@ -31,7 +31,7 @@ type harness struct {
 	stop    func() error
 }
 
-func startScaler(t *testing.T, resolver *fakeResolver, args ...string) *harness {
+func startScaler(t testing.TB, resolver *fakeResolver, args ...string) *harness {
 	t.Helper()
 	cfg, err := ParseFlags(append([]string{"--stale-after=600ms", "--agents.backoff-max=1s", "--agents.dns-refresh=1s", "--log.level=debug"}, args...), io.Discard)
 	if err != nil {
@@ -75,7 +75,7 @@ func startScaler(t *testing.T, resolver *fakeResolver, args ...string) *harness 
 	return h
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))

@@ -88,18 +88,22 @@ func MeasurePushLatency(ctx context.Context, client externalscaler.ExternalScale
 		}
 	}
 	req := &externalscaler.GetMetricsRequest{ScaledObjectRef: ref}
+	// pollMetrics calls GetMetrics back to back until it returns want; an
+	// error (Unavailable before the agents are connected) is retried.
 	pollMetrics := func(want float64) (time.Time, error) {
 		deadline := time.Now().Add(5 * time.Second)
-		for time.Now().Before(deadline) {
+		var last error
+		for time.Now().Before(deadline) && ctx.Err() == nil {
 			r, err := client.GetMetrics(ctx, req)
 			if err != nil {
-				return time.Time{}, fmt.Errorf("GetMetrics: %w", err)
+				last = err
+				continue
 			}
 			if v := r.GetMetricValues(); len(v) == 1 && math.Abs(v[0].GetMetricValueFloat()-want) < 1e-9 {
 				return time.Now(), nil
 			}
 		}
-		return time.Time{}, fmt.Errorf("GetMetrics did not return %g within 5s", want)
+		return time.Time{}, fmt.Errorf("GetMetrics did not return %g within 5s (last error: %v)", want, last)
 	}
 
 	// Start low: the stream's first message is the current state.
