@@ -101,6 +101,25 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// recorder keeps the server-side GetMetrics durations.
+type recorder struct {
+	mu sync.Mutex
+	d  []time.Duration
+}
+
+func (r *recorder) Observe(s float64) {
+	r.mu.Lock()
+	r.d = append(r.d, time.Duration(s*float64(time.Second)))
+	r.mu.Unlock()
+}
+
+// since returns the durations after the first skip (the warm-up calls).
+func (r *recorder) since(skip int) []time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]time.Duration(nil), r.d[min(skip, len(r.d)):]...)
+}
+
 // procCPU is a process's user+system CPU time, from /proc/<pid>/stat.
 func procCPU(pid int) time.Duration {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
@@ -189,7 +208,8 @@ func fanIn(b *testing.B, nAgents int, span time.Duration) {
 		}
 	}()
 	gs := grpc.NewServer()
-	ks := keda.New(store, queries, keda.Options{})
+	serverSide := &recorder{}
+	ks := keda.New(store, queries, keda.Options{GetMetricsDuration: serverSide})
 	ks.Register(gs)
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	go gs.Serve(ln)
@@ -264,6 +284,9 @@ func fanIn(b *testing.B, nAgents int, span time.Duration) {
 	b.ReportMetric(float64(scalertest.Percentile(lat, 50).Microseconds())/1000, "getmetrics-p50-ms")
 	b.ReportMetric(float64(scalertest.Percentile(lat, 99).Microseconds())/1000, "getmetrics-p99-ms")
 	b.ReportMetric(fleetCPU.Seconds()/wall.Seconds(), "fleet-cpu-cores")
+	srv := serverSide.since(len(refs))
+	b.ReportMetric(float64(scalertest.Percentile(srv, 99).Microseconds())/1000, "getmetrics-server-p99-ms")
+	b.Logf("GetMetrics inside the server (evaluation alone): p50 %s p99 %s", scalertest.Percentile(srv, 50), scalertest.Percentile(srv, 99))
 	b.Logf("%d agents x 8 GPUs: %.0f snapshots/s (%.0f asked) over %s, scaler CPU %.2f cores (fleet %.2f), RSS %.0f MiB (peak %.0f), GetMetrics p50 %s p99 %s max %s (%d calls)",
 		nAgents, float64(snaps)/wall.Seconds(), float64(nAgents*envInt("FANIN_HZ", 4)), wall.Round(time.Millisecond), cpu.Seconds()/wall.Seconds(), fleetCPU.Seconds()/wall.Seconds(), rss, hwm,
 		scalertest.Percentile(lat, 50), scalertest.Percentile(lat, 99), scalertest.Percentile(lat, 100), len(lat))
