@@ -255,8 +255,9 @@ func (p *Pool) subscribe(ctx context.Context, addr string) {
 func (p *Pool) watch(ctx context.Context, client telemetryv1.TelemetryClient, log *slog.Logger) (int, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	idle := time.AfterFunc(p.opts.IdleTimeout, func() {
-		cancel(fmt.Errorf("no snapshot for %s", p.opts.IdleTimeout))
+	timeout := p.opts.IdleTimeout
+	idle := time.AfterFunc(timeout, func() {
+		cancel(errors.New("no snapshot within the idle timeout (--agents.idle-timeout, or three of the agent's intervals)"))
 	})
 	defer idle.Stop()
 	stream, err := client.Watch(ctx, &telemetryv1.WatchRequest{})
@@ -277,7 +278,12 @@ func (p *Pool) watch(ctx context.Context, client telemetryv1.TelemetryClient, lo
 			}
 			return n, err
 		}
-		idle.Reset(p.opts.IdleTimeout)
+		if n == 0 {
+			// An agent sampling slower than the timeout is not idle: give
+			// it three of its intervals.
+			timeout = max(p.opts.IdleTimeout, 3*snap.GetInterval().AsDuration())
+		}
+		idle.Reset(timeout)
 		if n == 0 {
 			p.connected.Add(1)
 			log.Info("agent connected", "node", snap.GetNode())

@@ -39,12 +39,13 @@ type Agent struct {
 
 // StartAgent serves a fake agent of node on addr ("127.0.0.1:0" for any
 // port; an old agent's Addr() to restart it where the scaler looks).
-func StartAgent(node, addr string) (*Agent, error) {
+// opts are the gRPC server's (grpc.Creds for TLS).
+func StartAgent(node, addr string, opts ...grpc.ServerOption) (*Agent, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("fake agent %s: %w", node, err)
 	}
-	a := &Agent{Node: node, Interval: 250 * time.Millisecond, ln: ln, srv: grpc.NewServer(),
+	a := &Agent{Node: node, Interval: 250 * time.Millisecond, ln: ln, srv: grpc.NewServer(opts...),
 		start: time.Now(), subs: make(map[chan *telemetryv1.NodeSnapshot]struct{})}
 	telemetryv1.RegisterTelemetryServer(a.srv, a)
 	go a.srv.Serve(ln)
