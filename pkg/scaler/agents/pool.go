@@ -282,12 +282,10 @@ func (p *Pool) watch(ctx context.Context, client telemetryv1.TelemetryClient, lo
 			// An agent sampling slower than the timeout is not idle: give
 			// it three of its intervals.
 			timeout = max(p.opts.IdleTimeout, 3*snap.GetInterval().AsDuration())
-		}
-		idle.Reset(timeout)
-		if n == 0 {
 			p.connected.Add(1)
 			log.Info("agent connected", "node", snap.GetNode())
 		}
+		idle.Reset(timeout)
 		n++
 		p.snapshots.Add(1)
 		if err := p.store.Ingest(snap); err != nil {
