@@ -1,0 +1,59 @@
+package scaler
+
+import (
+	"os"
+	"regexp"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+
+	pkgscaler "github.com/gpu-telemetry/agent/pkg/scaler"
+	"github.com/gpu-telemetry/agent/pkg/scaler/agents"
+)
+
+// Every metric the scaler serves is documented in the README, and every
+// documented scaler metric exists; the names pass promlint.
+func TestMetricsDocumented(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := map[string]bool{}
+	for _, m := range regexp.MustCompile("`(gpu_scaler_[a-z_]+)`").FindAllStringSubmatch(string(readme), -1) {
+		documented[m[1]] = true
+	}
+	// Gather the real collector, on a pedantic registry, and lint it.
+	store := pkgscaler.NewStore(pkgscaler.Options{})
+	pool, err := agents.New(store, agents.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(newCollector(store, pool, pkgscaler.NewQueryCache(0, 1, nil)),
+		prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: Namespace, Name: "get_metrics_duration_seconds", Help: "h"}))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if problems, err := promlint.NewWithMetricFamilies(mfs).Lint(); err != nil || len(problems) > 0 {
+		t.Errorf("promlint: %v %v", problems, err)
+	}
+	served := map[string]bool{}
+	for _, mf := range mfs {
+		served[mf.GetName()] = true
+	}
+	if len(served) != len(collectorDescs)+1 {
+		t.Errorf("gathered %d families, want %d", len(served), len(collectorDescs)+1)
+	}
+	for m := range served {
+		if !documented[m] {
+			t.Errorf("%s is served but not in the README", m)
+		}
+	}
+	for m := range documented {
+		if !served[m] {
+			t.Errorf("the README documents %s, which the scaler does not serve", m)
+		}
+	}
+}

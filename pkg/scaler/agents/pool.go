@@ -1,0 +1,310 @@
+// Package agents subscribes to every agent's Watch stream and feeds the
+// snapshots to the scaler's store: a static list of addresses and/or the
+// records of a headless Service, re-resolved periodically; one stream per
+// address, reconnected with capped, jittered exponential backoff.
+package agents
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+
+	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
+)
+
+// Ingester receives the snapshots (scaler.Store).
+type Ingester interface {
+	Ingest(*telemetryv1.NodeSnapshot) error
+}
+
+// Resolver is the part of net.Resolver discovery needs; tests pass a fake,
+// so nothing process-wide is touched.
+type Resolver interface {
+	LookupHost(ctx context.Context, host string) ([]string, error)
+}
+
+// Options configure a Pool.
+type Options struct {
+	// Static addresses, host:port.
+	Static []string
+	// DNS is a headless Service's NAME:PORT; every A/AAAA record is an
+	// agent. Empty: static addresses only.
+	DNS        string
+	DNSRefresh time.Duration
+	Resolver   Resolver // nil: net.DefaultResolver
+
+	// DialOptions carry the transport credentials (TLS or insecure).
+	DialOptions []grpc.DialOption
+	// IdleTimeout ends a stream that has sent nothing for this long: a
+	// node that vanished without closing its connection is otherwise
+	// never noticed by a stream that only reads.
+	IdleTimeout time.Duration
+	// BackoffBase and BackoffMax bound the reconnection delay.
+	BackoffBase, BackoffMax time.Duration
+
+	Logger *slog.Logger
+}
+
+// Pool is the set of agent subscriptions.
+type Pool struct {
+	opts  Options
+	store Ingester
+	log   *slog.Logger
+
+	mu   sync.Mutex
+	subs map[string]context.CancelFunc
+	wg   sync.WaitGroup
+
+	connected atomic.Int64
+	targets   atomic.Int64
+	snapshots atomic.Uint64
+	failures  atomic.Uint64
+}
+
+// Stats are the pool's counters, for the scaler's /metrics.
+type Stats struct {
+	Targets   int    // addresses subscribed to
+	Connected int    // streams that delivered a snapshot and are open
+	Snapshots uint64 // snapshots received
+	Failures  uint64 // streams that failed or ended
+}
+
+// New returns a pool; Run starts it.
+func New(store Ingester, o Options) (*Pool, error) {
+	if o.Resolver == nil {
+		o.Resolver = net.DefaultResolver
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.DNSRefresh <= 0 {
+		o.DNSRefresh = 10 * time.Second
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 10 * time.Second
+	}
+	if o.BackoffBase <= 0 {
+		o.BackoffBase = 250 * time.Millisecond
+	}
+	if o.BackoffMax < o.BackoffBase {
+		o.BackoffMax = 30 * time.Second
+	}
+	if o.DNS != "" {
+		if _, _, err := net.SplitHostPort(o.DNS); err != nil {
+			return nil, fmt.Errorf("agents DNS name %q: %w", o.DNS, err)
+		}
+	}
+	return &Pool{opts: o, store: store, log: o.Logger, subs: make(map[string]context.CancelFunc)}, nil
+}
+
+// Stats returns the counters now.
+func (p *Pool) Stats() Stats {
+	return Stats{
+		Targets:   int(p.targets.Load()),
+		Connected: int(p.connected.Load()),
+		Snapshots: p.snapshots.Load(),
+		Failures:  p.failures.Load(),
+	}
+}
+
+// Run subscribes until ctx is done, then waits for every stream to end.
+func (p *Pool) Run(ctx context.Context) error {
+	defer p.wg.Wait()
+	static := map[string]bool{}
+	for _, a := range p.opts.Static {
+		static[a] = true
+	}
+	if p.opts.DNS == "" {
+		p.reconcile(ctx, static)
+		<-ctx.Done()
+		p.reconcile(ctx, nil)
+		return nil
+	}
+	host, port, _ := net.SplitHostPort(p.opts.DNS)
+	t := time.NewTicker(p.opts.DNSRefresh)
+	defer t.Stop()
+	var lastErr string
+	for {
+		addrs, err := p.resolve(ctx, host, port)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			// Keep the agents we have: a DNS hiccup is not every node gone.
+			if err.Error() != lastErr {
+				p.log.Warn("resolving agents failed; keeping the current set", "name", p.opts.DNS, "err", err)
+				lastErr = err.Error()
+			}
+		case err == nil:
+			if lastErr != "" {
+				p.log.Info("resolving agents works again", "name", p.opts.DNS)
+				lastErr = ""
+			}
+			for a := range static {
+				addrs[a] = true
+			}
+			p.reconcile(ctx, addrs)
+		}
+		select {
+		case <-ctx.Done():
+			p.reconcile(ctx, nil)
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func (p *Pool) resolve(ctx context.Context, host, port string) (map[string]bool, error) {
+	ips, err := p.opts.Resolver.LookupHost(ctx, host)
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
+		// A headless Service with no ready endpoint has no records.
+		ips, err = nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	addrs := make(map[string]bool, len(ips))
+	for _, ip := range ips {
+		addrs[net.JoinHostPort(ip, port)] = true
+	}
+	return addrs, nil
+}
+
+// reconcile subscribes to new addresses and drops vanished ones.
+func (p *Pool) reconcile(ctx context.Context, want map[string]bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var added, dropped []string
+	for a, cancel := range p.subs {
+		if !want[a] {
+			cancel()
+			delete(p.subs, a)
+			dropped = append(dropped, a)
+		}
+	}
+	for a := range want {
+		if _, ok := p.subs[a]; ok {
+			continue
+		}
+		sctx, cancel := context.WithCancel(ctx)
+		p.subs[a] = cancel
+		added = append(added, a)
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			p.subscribe(sctx, a)
+		}()
+	}
+	p.targets.Store(int64(len(p.subs)))
+	if len(added)+len(dropped) > 0 && ctx.Err() == nil {
+		sort.Strings(added)
+		sort.Strings(dropped)
+		p.log.Info("agents changed", "added", added, "dropped", dropped, "total", len(p.subs))
+	}
+}
+
+// subscribe keeps one Watch stream to addr open until ctx is done.
+func (p *Pool) subscribe(ctx context.Context, addr string) {
+	log := p.log.With("agent", addr)
+	conn, err := grpc.NewClient(addr, p.opts.DialOptions...)
+	if err != nil {
+		// Only a malformed target fails here; NewClient connects lazily.
+		log.Error("bad agent address", "err", err)
+		return
+	}
+	defer conn.Close()
+	client := telemetryv1.NewTelemetryClient(conn)
+	attempt := 0
+	for {
+		got, err := p.watch(ctx, client, log)
+		if ctx.Err() != nil {
+			return
+		}
+		p.failures.Add(1)
+		// Log the state change once: a stream that worked and ended, or
+		// the first failed attempt; the retries that follow are debug.
+		switch {
+		case got > 0:
+			attempt = 0
+			log.Warn("agent stream ended; reconnecting", "err", err, "snapshots", got)
+		case attempt == 0:
+			log.Warn("agent unreachable; retrying with backoff", "err", err)
+		default:
+			log.Debug("agent still unreachable", "err", err, "attempt", attempt)
+		}
+		d := backoff(p.opts.BackoffBase, p.opts.BackoffMax, attempt)
+		attempt++
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(d):
+		}
+	}
+}
+
+// watch runs one stream until it fails; it returns how many snapshots it
+// delivered.
+func (p *Pool) watch(ctx context.Context, client telemetryv1.TelemetryClient, log *slog.Logger) (int, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	timeout := p.opts.IdleTimeout
+	idle := time.AfterFunc(timeout, func() {
+		cancel(errors.New("no snapshot within the idle timeout (--agents.idle-timeout, or three of the agent's intervals)"))
+	})
+	defer idle.Stop()
+	stream, err := client.Watch(ctx, &telemetryv1.WatchRequest{})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	defer func() {
+		if n > 0 {
+			p.connected.Add(-1)
+		}
+	}()
+	for {
+		snap, err := stream.Recv()
+		if err != nil {
+			if c := context.Cause(ctx); c != nil && ctx.Err() != nil {
+				err = c
+			}
+			return n, err
+		}
+		if n == 0 {
+			// An agent sampling slower than the timeout is not idle: give
+			// it three of its intervals.
+			timeout = max(p.opts.IdleTimeout, 3*snap.GetInterval().AsDuration())
+			p.connected.Add(1)
+			log.Info("agent connected", "node", snap.GetNode())
+		}
+		idle.Reset(timeout)
+		n++
+		p.snapshots.Add(1)
+		if err := p.store.Ingest(snap); err != nil {
+			return n, fmt.Errorf("ingesting a snapshot: %w", err)
+		}
+	}
+}
+
+// backoff is exponential from base, capped at max, with "equal jitter":
+// half the delay fixed, half random, so that agents restarted together
+// are not reconnected together.
+func backoff(base, max time.Duration, attempt int) time.Duration {
+	d := base
+	for range attempt {
+		d *= 2
+		if d >= max {
+			d = max
+			break
+		}
+	}
+	return d/2 + rand.N(d/2+1)
+}

@@ -1,0 +1,180 @@
+package scaler
+
+import (
+	"math"
+	"slices"
+	"time"
+)
+
+// How a trigger's value is made, documented in the README:
+//
+//   - A pod's latest value is the mean of the latest readings of the
+//     devices it holds (a pod with two GPUs at 40 and 80 is at 60). A
+//     device shared by several pods counts for each of them.
+//   - avg, max and p95 reduce the matching pods' values; sum adds them.
+//   - With a window, avg, max and p95 reduce every sample of the matching
+//     pods' devices within the last window of each node's clock (a 300 ms
+//     spike between two snapshots counts for max), and sum adds each pod's
+//     mean over the window. Utilizations use the driver's hardware samples
+//     when the agent sent them, the snapshots' values otherwise; the
+//     framebuffer and encoder fps and latency use the snapshots' values.
+
+// partial is one node's share of a query: computed from the node's view
+// alone, so a watcher recomputes only the node that changed.
+type partial struct {
+	matched   int // matching pods
+	withValue int // of which with a value
+	sum       float64
+	n         int
+	max       float64
+	vals      []float64 // p95 only
+
+	received   time.Time
+	staleAfter time.Duration
+}
+
+func (p *partial) add(a Aggregation, v float64) {
+	if p.n == 0 || v > p.max {
+		p.max = v
+	}
+	p.sum += v
+	p.n++
+	if a == P95 {
+		p.vals = append(p.vals, v)
+	}
+}
+
+func (s *Store) partial(q *Query, v *view) partial {
+	p := partial{received: v.received, staleAfter: s.staleAfter(v)}
+	horizon := v.sampleTime - int64(q.Window/time.Microsecond)
+	for i := range v.pods {
+		pd := &v.pods[i]
+		if !q.Matches(pd.namespace, pd.name) {
+			continue
+		}
+		p.matched++
+		var sum float64
+		var n int
+		for _, di := range pd.devices {
+			d := &v.devices[di]
+			if q.Window > 0 {
+				if pts := window(d.series[q.Metric], horizon); len(pts) > 0 {
+					for _, pt := range pts {
+						sum += pt.v
+						n++
+						if q.Aggregation != Sum {
+							p.add(q.Aggregation, pt.v)
+						}
+					}
+					continue
+				}
+				// No history yet (the window was just asked for): the
+				// latest reading stands for the window.
+				if d.has&(1<<q.Metric) != 0 && q.Aggregation != Sum {
+					p.add(q.Aggregation, d.values[q.Metric])
+				}
+			}
+			if d.has&(1<<q.Metric) != 0 {
+				sum += d.values[q.Metric]
+				n++
+			}
+		}
+		if n == 0 {
+			continue
+		}
+		p.withValue++
+		if q.Window == 0 || q.Aggregation == Sum {
+			p.add(q.Aggregation, sum/float64(n))
+		}
+	}
+	return p
+}
+
+// window returns the points at or after horizon; series are sorted by
+// time, so a binary search finds the start.
+func window(ps []point, horizon int64) []point {
+	i, _ := slices.BinarySearchFunc(ps, horizon, func(p point, t int64) int {
+		switch {
+		case p.t < t:
+			return -1
+		case p.t > t:
+			return 1
+		}
+		return 0
+	})
+	return ps[i:]
+}
+
+// combine reduces the nodes' partials to the answer, dropping the stale
+// ones. checkAgents makes "no fresh node at all" an error; a watcher,
+// which holds only the nodes with matching pods, does not ask.
+func combine(q *Query, parts func(yield func(*partial) bool), now time.Time, checkAgents bool) (Result, error) {
+	var total partial
+	var fresh, matchedFresh, matchedStale int
+	for p := range parts {
+		if now.Sub(p.received) > p.staleAfter {
+			matchedStale += p.matched
+			continue
+		}
+		fresh++
+		matchedFresh += p.matched
+		if p.n == 0 {
+			continue
+		}
+		total.withValue += p.withValue
+		if total.n == 0 || p.max > total.max {
+			total.max = p.max
+		}
+		total.sum += p.sum
+		total.n += p.n
+		total.vals = append(total.vals, p.vals...)
+	}
+	switch {
+	case checkAgents && fresh == 0:
+		return Result{}, ErrNoAgents
+	case total.withValue > 0:
+		return Result{Value: reduce(q.Aggregation, &total), Pods: total.withValue, Nodes: fresh}, nil
+	case matchedFresh > 0:
+		return Result{}, ErrNoReading
+	case matchedStale > 0:
+		return Result{}, ErrStale
+	}
+	return Result{Nodes: fresh}, nil // no matching pod, healthy agents: a real 0
+}
+
+func reduce(a Aggregation, p *partial) float64 {
+	switch a {
+	case Max:
+		return p.max
+	case Sum:
+		return p.sum
+	case P95:
+		slices.Sort(p.vals)
+		// Nearest rank: the smallest value with at least 95% at or below.
+		return p.vals[int(math.Ceil(0.95*float64(len(p.vals))))-1]
+	}
+	return p.sum / float64(p.n)
+}
+
+// Evaluate answers a query from memory: no I/O, no lock shared with
+// ingest. It fails with ErrNoAgents, ErrStale or ErrNoReading when the
+// data behind the answer is missing; 0 with no error means no pod
+// matches while agents are reporting.
+func (s *Store) Evaluate(q *Query) (Result, error) {
+	nodes := *s.nodes.Load()
+	now := s.now()
+	var p partial // one, reused: combine reads each part before the next
+	res, err := combine(q, func(yield func(*partial) bool) {
+		for _, n := range nodes {
+			v := n.view.Load()
+			if v == nil {
+				continue
+			}
+			p = s.partial(q, v)
+			if !yield(&p) {
+				return
+			}
+		}
+	}, now, true)
+	return res, err
+}

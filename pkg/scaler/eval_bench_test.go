@@ -1,0 +1,78 @@
+package scaler
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
+)
+
+// benchStore is 1,000 nodes of 8 GPUs, one inference pod each, with 5 s of
+// 4 Hz history (1.5 hardware samples per engine per snapshot).
+func benchStore(b *testing.B) *Store {
+	s := NewStore(Options{StaleAfter: time.Hour, MaxWindow: time.Minute})
+	s.Retain(&Query{Window: 5 * time.Second})
+	for tick := range 20 {
+		at := epoch.Add(time.Duration(tick) * 250 * time.Millisecond)
+		for n := range 1000 {
+			devs := make([]*telemetryv1.Device, 8)
+			for g := range devs {
+				d := dev(fmt.Sprintf("GPU-%d-%d", n, g), float64((n+g+tick)%100), fmt.Sprintf("default/inference-%04d-%d", n, g))
+				for e := telemetryv1.Engine_ENGINE_GPU; e <= telemetryv1.Engine_ENGINE_DECODER; e++ {
+					es := &telemetryv1.EngineSamples{Engine: e}
+					for k := range 1 + tick%2 {
+						es.Samples = append(es.Samples, &telemetryv1.Sample{TimeUnixMicro: at.Add(-time.Duration(k) * 166 * time.Millisecond).UnixMicro(), Value: float64(g * 10)})
+					}
+					d.Samples = append(d.Samples, es)
+				}
+				devs[g] = d
+			}
+			if err := s.Ingest(snap(fmt.Sprintf("node-%04d", n), uint64(tick+1), at, devs...)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	return s
+}
+
+// BenchmarkEvaluate is GetMetrics' work without gRPC: 8,000 matching pods.
+func BenchmarkEvaluate(b *testing.B) {
+	s := benchStore(b)
+	for _, kv := range [][]string{
+		{"aggregation", "avg"},
+		{"aggregation", "p95"},
+		{"metric", "enc_util", "aggregation", "max", "window", "5s"},
+		{"podPattern", "inference-0042-.*"},
+	} {
+		q := mustQuery(b, append([]string{"metric", "gpu_util", "podPattern", "inference-.*", "target", "70"}, kv...)...)
+		b.Run(q.MetricName(), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := s.Evaluate(q); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkIngest is one 8-GPU snapshot into a 1,000-node store with one
+// StreamIsActive watcher matching every pod.
+func BenchmarkIngest(b *testing.B) {
+	s := benchStore(b)
+	_, _, cancel := s.Watch(mustQuery(b, "metric", "gpu_util", "podPattern", "inference-.*", "target", "70", "activationTarget", "50"))
+	defer cancel()
+	devs := make([]*telemetryv1.Device, 8)
+	for g := range devs {
+		devs[g] = dev(fmt.Sprintf("GPU-7-%d", g), 50, fmt.Sprintf("default/inference-0007-%d", g))
+	}
+	b.ReportAllocs()
+	seq := uint64(100)
+	for b.Loop() {
+		seq++
+		if err := s.Ingest(snap("node-0007", seq, epoch.Add(time.Duration(seq)*250*time.Millisecond), devs...)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
