@@ -116,6 +116,11 @@ func run(ctx context.Context, cfg config, agentBin, scalerBin string) (*report, 
 	if err := waitSettled(ctx, k, cfg.Low); err != nil {
 		return nil, fmt.Errorf("before the first step: %w", err)
 	}
+	if promSeen != nil {
+		if err := waitPrometheus(ctx, promSeen, cfg.Low); err != nil {
+			return nil, fmt.Errorf("before the first step: %w", err)
+		}
+	}
 	drain(k.active) // StreamIsActive's first message: the state before any step
 	rep := &report{Config: cfg}
 	log.Printf("timing %d steps", cfg.Steps)
@@ -312,6 +317,23 @@ func waitSettled(ctx context.Context, k *keda, level float64) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return last
+}
+
+// waitPrometheus waits until the polled query answers level: every
+// agent scraped, the low state in the TSDB.
+func waitPrometheus(ctx context.Context, seen <-chan timedValue, level float64) error {
+	ctx, cancel := context.WithTimeout(ctx, stepTimeout)
+	defer cancel()
+	for {
+		select {
+		case p := <-seen:
+			if p.value == level {
+				return nil
+			}
+		case <-ctx.Done():
+			return fmt.Errorf("the Prometheus query never answered %g: %w", level, ctx.Err())
+		}
+	}
 }
 
 // drain empties ch without blocking and says how many values it held.
