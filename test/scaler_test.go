@@ -1,0 +1,284 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
+)
+
+var (
+	scalerOnce sync.Once
+	scalerBin  string
+	scalerErr  error
+)
+
+// scalerBinary builds cmd/scaler once for the tests that need it, with
+// cgo off as its image is built, and the race detector when the tests
+// run under it.
+func scalerBinary(t *testing.T) string {
+	t.Helper()
+	scalerOnce.Do(func() {
+		root, err := moduleRoot()
+		if err != nil {
+			scalerErr = err
+			return
+		}
+		scalerBin = filepath.Join(filepath.Dir(agentBin), "gpu-scaler")
+		args := []string{"build", "-o", scalerBin}
+		env := append(os.Environ(), "CGO_ENABLED=0")
+		if raceEnabled {
+			args = append(args, "-race")
+			env = append(os.Environ(), "CGO_ENABLED=1") // the race detector needs cgo
+		}
+		cmd := exec.Command("go", append(args, "./cmd/scaler")...)
+		cmd.Dir, cmd.Env = root, env
+		if out, err := cmd.CombinedOutput(); err != nil {
+			scalerErr = fmt.Errorf("go build ./cmd/scaler: %v\n%s", err, out)
+		}
+	})
+	if scalerErr != nil {
+		t.Fatal(scalerErr)
+	}
+	return scalerBin
+}
+
+// simNode is one simulated node of the push-path test: an agent with its
+// own seed, node name, gRPC port and load file.
+type simNode struct {
+	*agent
+	name, grpc, load string
+	seed             int64
+	args             []string
+}
+
+const simGPUs = 4
+
+func startSimNode(t *testing.T, i int) *simNode {
+	t.Helper()
+	n := &simNode{name: fmt.Sprintf("node-%d", i), grpc: freeAddr(t), seed: int64(10 + i),
+		load: filepath.Join(t.TempDir(), "load.json")}
+	n.args = []string{fmt.Sprintf("--simulate=%d", simGPUs), fmt.Sprintf("--simulate.seed=%d", n.seed), "--simulate.static",
+		"--simulate.load-file=" + n.load, "--node-name=" + n.name, "--interval=100ms",
+		"--kubelet.pod-resources-socket=/nonexistent/kubelet.sock", "--grpc.listen-address=" + n.grpc}
+	n.agent = startAgent(t, n.args...)
+	return n
+}
+
+// inferenceUtil returns the static GPU utilization of the node's
+// inference pods: GPU i is held by default/inference-i, except the last,
+// which WebRTC pods share.
+func (n *simNode) inferenceUtil() []float64 {
+	devs := sim.New(sim.Options{Devices: simGPUs, Seed: n.seed, Static: true}).Devices()
+	var v []float64
+	for _, d := range devs[:simGPUs-1] {
+		v = append(v, d.GPUUtil(time.Now()))
+	}
+	return v
+}
+
+func mean(vs []float64) float64 {
+	var s float64
+	for _, v := range vs {
+		s += v
+	}
+	return s / float64(len(vs))
+}
+
+// kedaClient is KEDA's own generated client, dialled as KEDA's external
+// scaler dials (insecure gRPC to the scaler's Service).
+type kedaClient struct {
+	externalscaler.ExternalScalerClient
+}
+
+func (k kedaClient) value(ctx context.Context, ref *externalscaler.ScaledObjectRef, metric string) (float64, error) {
+	resp, err := k.GetMetrics(ctx, &externalscaler.GetMetricsRequest{ScaledObjectRef: ref, MetricName: metric})
+	if err != nil {
+		return 0, err
+	}
+	if len(resp.GetMetricValues()) != 1 {
+		return 0, fmt.Errorf("%d metric values, want 1", len(resp.GetMetricValues()))
+	}
+	m := resp.GetMetricValues()[0]
+	if m.GetMetricName() != metric {
+		return 0, fmt.Errorf("metric %q, want %q", m.GetMetricName(), metric)
+	}
+	// KEDA reads the float only when it is > 0.
+	if f := m.GetMetricValueFloat(); f > 0 {
+		return f, nil
+	}
+	return float64(m.GetMetricValue()), nil
+}
+
+// waitValue polls GetMetrics until it answers want (to 1e-9) and fails
+// the test after timeout, naming the last answer.
+func (k kedaClient) waitValue(t *testing.T, ref *externalscaler.ScaledObjectRef, metric string, want float64, timeout time.Duration, why string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		got, err := k.value(ctx, ref, metric)
+		cancel()
+		if err == nil && abs(got-want) < 1e-9 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: GetMetrics = %v, %v after %s; want %v", why, got, err, timeout, want)
+		}
+		time.Sleep(pollEvery)
+	}
+}
+
+func abs(x float64) float64 { return max(x, -x) }
+
+// TestPushPathThreeNodes runs three agents on simulated nodes and one
+// scaler, all real binaries, and calls the scaler with KEDA's generated
+// client as KEDA does: the aggregate equals the simulation's values, a
+// load step makes StreamIsActive say true, a killed agent's node drops out
+// of the aggregate and comes back with the agent, and bad metadata is
+// refused naming the key.
+func TestPushPathThreeNodes(t *testing.T) {
+	nodes := []*simNode{startSimNode(t, 0), startSimNode(t, 1), startSimNode(t, 2)}
+	var grpcAddrs []string
+	for _, n := range nodes {
+		grpcAddrs = append(grpcAddrs, n.grpc)
+	}
+	scalerAddr, scalerWeb := freeAddr(t), freeAddr(t)
+	scaler := startProc(t, "gpu-scaler", scalerBinary(t), "--agents="+strings.Join(grpcAddrs, ","),
+		"--grpc.listen-address="+scalerAddr, "--web.listen-address="+scalerWeb, "--stale-after=1s",
+		"--log.level=debug")
+	waitHTTP(t, scaler, "http://"+scalerWeb+"/healthz")
+
+	conn, err := grpc.NewClient(scalerAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	k := kedaClient{externalscaler.NewExternalScalerClient(conn)}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	// The simulation's values: every inference pod of every node.
+	var all []float64
+	for _, n := range nodes {
+		all = append(all, n.inferenceUtil()...)
+	}
+	const step = 97.0
+	if slices.Max(all) >= 90 {
+		t.Fatalf("a simulated inference GPU already runs at %v%%: pick seeds whose load stays under the activation mark", slices.Max(all))
+	}
+
+	avg := &externalscaler.ScaledObjectRef{Name: "inference", Namespace: "default", ScalerMetadata: map[string]string{
+		"metric": "gpu_util", "podPattern": "inference-.*", "aggregation": "avg", "target": "70",
+	}}
+	spec, err := k.GetMetricSpec(ctx, avg)
+	if err != nil {
+		t.Fatalf("GetMetricSpec: %v", err)
+	}
+	if len(spec.GetMetricSpecs()) != 1 || spec.GetMetricSpecs()[0].GetTargetSizeFloat() != 70 || spec.GetMetricSpecs()[0].GetTargetSize() != 70 {
+		t.Fatalf("GetMetricSpec = %v, want one spec with target 70", spec)
+	}
+	metric := spec.GetMetricSpecs()[0].GetMetricName()
+	k.waitValue(t, avg, metric, mean(all), 20*time.Second, "avg over 9 inference pods on 3 nodes")
+
+	// A load step on node-1's GPU 0: StreamIsActive says false first (the
+	// state), then true on the crossing.
+	peak := &externalscaler.ScaledObjectRef{Name: "burst", Namespace: "default", ScalerMetadata: map[string]string{
+		"metric": "gpu_util", "podPattern": "inference-.*", "aggregation": "max", "target": "70", "activationTarget": "90",
+	}}
+	stream, err := k.StreamIsActive(ctx, peak)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := stream.Recv(); err != nil || m.GetResult() {
+		t.Fatalf("StreamIsActive first message %v, %v; want false before the step", m, err)
+	}
+	if active, err := k.IsActive(ctx, peak); err != nil || active.GetResult() {
+		t.Fatalf("IsActive = %v, %v; want false before the step", active, err)
+	}
+	if err := os.WriteFile(nodes[1].load, fmt.Appendf(nil, `{"gpus": {"0": {"gpu_util": %g}}}`, step), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	written := time.Now()
+	if m, err := stream.Recv(); err != nil || !m.GetResult() {
+		t.Fatalf("StreamIsActive after the step: %v, %v; want true", m, err)
+	}
+	t.Logf("StreamIsActive true %s after the load file was written (file poll, sampling, stream, scaler)", time.Since(written).Round(time.Millisecond))
+	if active, err := k.IsActive(ctx, peak); err != nil || !active.GetResult() {
+		t.Fatalf("IsActive = %v, %v; want true after the step", active, err)
+	}
+	stepped := slices.Clone(all)
+	stepped[3] = step // node-1's GPU 0
+	k.waitValue(t, avg, metric, mean(stepped), 5*time.Second, "avg after the step")
+
+	// node-2's agent dies: its pods leave the aggregate once the node is
+	// stale, and return when it restarts.
+	nodes[2].cmd.Process.Kill()
+	<-nodes[2].done
+	k.waitValue(t, avg, metric, mean(stepped[:6]), 10*time.Second, "avg without node-2")
+	nodes[2].agent = startAgent(t, nodes[2].args...)
+	k.waitValue(t, avg, metric, mean(stepped), 20*time.Second, "avg with node-2 back")
+
+	// Bad metadata: InvalidArgument naming the key, on every call.
+	bad := &externalscaler.ScaledObjectRef{Name: "bad", Namespace: "default", ScalerMetadata: map[string]string{
+		"metric": "gpu_util", "podPattern": "inference-.*", "aggregation": "median", "target": "70",
+	}}
+	_, errSpec := k.GetMetricSpec(ctx, bad)
+	_, errMetrics := k.GetMetrics(ctx, &externalscaler.GetMetricsRequest{ScaledObjectRef: bad, MetricName: "x"})
+	_, errActive := k.IsActive(ctx, bad)
+	for name, err := range map[string]error{"GetMetricSpec": errSpec, "GetMetrics": errMetrics, "IsActive": errActive} {
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "aggregation") {
+			t.Errorf("%s with aggregation=median: %v; want InvalidArgument naming aggregation", name, err)
+		}
+	}
+
+	// The scaler's shutdown ends the open stream cleanly: EOF, so KEDA
+	// reopens it in 2 s instead of backing off.
+	scaler.stop(t)
+	for {
+		if _, err := stream.Recv(); err != nil {
+			if !errors.Is(err, io.EOF) {
+				t.Errorf("StreamIsActive ended with %v on the scaler's SIGTERM, want EOF", err)
+			}
+			break
+		}
+	}
+	if code := scaler.exitCode(); code != 0 {
+		t.Errorf("scaler exit code %d after SIGTERM, want 0", code)
+	}
+}
+
+// waitHTTP polls url until it answers 200.
+func waitHTTP(t *testing.T, p *proc, url string) {
+	t.Helper()
+	deadline := time.Now().Add(readyTimeout)
+	for {
+		resp, err := httpClient.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		if p.exited() || time.Now().After(deadline) {
+			t.Fatalf("%s: %s not 200 (exited: %v, last error %v)", p.name, url, p.exited(), err)
+		}
+		time.Sleep(pollEvery)
+	}
+}
