@@ -63,9 +63,9 @@ func BenchmarkDrainSamples8GPUs(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		clock = clock.Add(250 * time.Millisecond)
-		for i, d := range s.devices {
+		for i, w := range s.workers {
 			st[i] = telemetry.DeviceState{}
-			d.drainSamples(clock, s.cfg.Window, &st[i])
+			w.d.drainSamples(clock, clock.Sub(time.Unix(1_800_000_000, 0)), s.cfg.Window, &st[i])
 		}
 	}
 }

@@ -36,8 +36,7 @@ var readers = []reader{
 	{"GetTotalEnergyConsumption", fields(telemetry.Energy), readEnergy},
 	{"GetClockInfo(SM)", fields(telemetry.SMClock), readSMClock},
 	{"GetClockInfo(MEM)", fields(telemetry.MemClock), readMemClock},
-	{"GetPcieThroughput(TX)", fields(telemetry.PCIeTX), readPCIeTX},
-	{"GetPcieThroughput(RX)", fields(telemetry.PCIeRX), readPCIeRX},
+	{"PCIe throughput", fields(telemetry.PCIeTX, telemetry.PCIeRX), readPCIe}, // see pcie.go
 	{"GetEncoderStats", fields(telemetry.EncSessions, telemetry.EncFPS, telemetry.EncLatency), readEncoderStats},
 }
 
@@ -139,22 +138,6 @@ func readClock(d *device, r *telemetry.Reading, c nvml.ClockType, f telemetry.Fi
 	mhz, ret := d.handle.GetClockInfo(c)
 	if ret == nvml.SUCCESS {
 		r.Set(f, float64(mhz))
-	}
-	return ret
-}
-
-func readPCIeTX(d *device, r *telemetry.Reading) nvml.Return {
-	return readPCIe(d, r, nvml.PCIE_UTIL_TX_BYTES, telemetry.PCIeTX)
-}
-
-func readPCIeRX(d *device, r *telemetry.Reading) nvml.Return {
-	return readPCIe(d, r, nvml.PCIE_UTIL_RX_BYTES, telemetry.PCIeRX)
-}
-
-func readPCIe(d *device, r *telemetry.Reading, c nvml.PcieUtilCounter, f telemetry.Field) nvml.Return {
-	kbps, ret := d.handle.GetPcieThroughput(c)
-	if ret == nvml.SUCCESS {
-		r.Set(f, float64(kbps))
 	}
 	return ret
 }
