@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -71,17 +72,25 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	var lib nvml.Library
 	var simLib *sim.Library
 	if cfg.Simulate > 0 {
-		simLib = sim.New(sim.Options{Devices: cfg.Simulate, Seed: cfg.SimulateSeed, Static: cfg.SimulateStatic})
+		simLib = sim.New(sim.Options{Devices: cfg.Simulate, Seed: cfg.SimulateSeed, Static: cfg.SimulateStatic, CallLatency: cfg.SimulateLatency})
 		lib = simLib
-		log.Info("using simulated GPUs", "gpus", cfg.Simulate, "seed", cfg.SimulateSeed, "static", cfg.SimulateStatic)
+		log.Info("using simulated GPUs", "gpus", cfg.Simulate, "seed", cfg.SimulateSeed, "static", cfg.SimulateStatic, "call_latency", cfg.SimulateLatency)
 	} else {
 		lib = nvml.NewLibrary(cfg.NVMLLibraryPath)
 	}
+	// The pod-resources client is made after the sampler (it needs the
+	// inventory); the sampler tells it of MIG changes only once running.
+	var pods atomic.Pointer[podresources.Client]
 	sampler, err := nvml.Open(lib, nvml.Config{
 		Interval:     cfg.Interval,
 		Window:       cfg.Window,
 		Logger:       log.With("component", "nvml"),
 		TickObserver: tickDuration,
+		OnInventoryChange: func(devs []telemetry.Device) {
+			if p := pods.Load(); p != nil {
+				p.SetResolver(podresources.NewResolver(resolverGPUs(devs)))
+			}
+		},
 	})
 	if errors.Is(err, nvml.ErrLibraryNotFound) {
 		return fmt.Errorf("%w: install the NVIDIA driver (or mount libnvidia-ml.so.1 into the container, or pass --nvml.library-path); "+
@@ -107,18 +116,20 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		log.Info("no kubelet socket: simulating the pods that hold the simulated GPUs", "socket", socket)
 		socket = path
 	}
-	pods, err := podresources.NewClient(socket, podresources.NewResolver(resolverGPUs(sampler.Devices())), podresources.Options{
+	client, err := podresources.NewClient(socket, podresources.NewResolver(resolverGPUs(sampler.Devices())), podresources.Options{
 		Period: cfg.KubeletPeriod,
 		Logger: log,
 	})
 	if err != nil {
 		return err
 	}
+	pods.Store(client)
+	client.SetResolver(podresources.NewResolver(resolverGPUs(sampler.Devices()))) // MIG may have changed meanwhile
 
 	collector := exporter.NewCollector(sampler, exporter.Options{
 		Hostname: cfg.NodeName,
 		Interval: cfg.Interval,
-		Pods:     pods,
+		Pods:     client,
 		Build:    exporter.BuildInfo{Version: Version, Revision: Revision},
 	})
 	reg := prometheus.NewRegistry()
@@ -147,7 +158,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return sampler.Run(gctx) })
-	g.Go(func() error { return pods.Run(gctx) })
+	g.Go(func() error { return client.Run(gctx) })
 	g.Go(func() error {
 		log.Info("serving metrics", "address", ln.Addr().String())
 		if err := web.Serve(ln, srv, webFlags, log.With("component", "http")); !errors.Is(err, http.ErrServerClosed) {
@@ -177,7 +188,9 @@ func resolverGPUs(devs []telemetry.Device) []podresources.GPU {
 	for i, d := range devs {
 		gpus[i] = podresources.GPU{UUID: d.UUID, Minor: d.Minor}
 		for _, m := range d.MIG {
-			gpus[i].MIG = append(gpus[i].MIG, podresources.MIGDevice{UUID: m.UUID, GI: m.GI, CI: m.CI})
+			for _, ci := range m.ComputeInstances {
+				gpus[i].MIG = append(gpus[i].MIG, podresources.MIGDevice{UUID: ci.UUID, GI: m.GI, CI: ci.CI})
+			}
 		}
 	}
 	return gpus

@@ -36,6 +36,7 @@ type Config struct {
 	Simulate        int
 	SimulateSeed    int64
 	SimulateStatic  bool
+	SimulateLatency bool
 
 	LogLevel  string
 	LogFormat string
@@ -60,6 +61,7 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (*C
 	fs.IntVar(&c.Simulate, "simulate", 0, "Simulate N T4-like GPUs instead of using NVML (and their pods, when no kubelet socket exists).")
 	fs.Int64Var(&c.SimulateSeed, "simulate.seed", 1, "Seed of the simulated GPUs' UUIDs and load curves.")
 	fs.BoolVar(&c.SimulateStatic, "simulate.static", false, "Hold every simulated load at its seeded mean.")
+	fs.BoolVar(&c.SimulateLatency, "simulate.call-latency", true, "Make each simulated NVML call take as long as on a real GPU (GetPcieThroughput 20ms, ...); false answers at once.")
 	fs.StringVar(&c.LogLevel, "log.level", "info", "Log level: debug, info, warn or error.")
 	fs.StringVar(&c.LogFormat, "log.format", "logfmt", "Log format: logfmt or json.")
 	fs.BoolVar(&c.ShowVersion, "version", false, "Print the version and exit.")

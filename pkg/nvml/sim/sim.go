@@ -28,6 +28,9 @@ type Options struct {
 	// Now is the clock; nil means time.Now. Curves are functions of the
 	// time since New.
 	Now func() time.Time
+	// CallLatency makes each NVML call take as long as it does on a real
+	// GPU (see callCosts), so the tick costs what it would on a node.
+	CallLatency bool
 }
 
 // Model and sizes of the simulated GPU: an NVIDIA T4.
@@ -45,6 +48,7 @@ type Library struct {
 	devices []*Device
 	now     func() time.Time
 	epoch   time.Time
+	latency bool
 }
 
 var _ nvml.Interface = (*Library)(nil)
@@ -55,7 +59,7 @@ func New(opts Options) *Library {
 	if now == nil {
 		now = time.Now
 	}
-	l := &Library{Interface: &mock.Interface{}, now: now, epoch: now()}
+	l := &Library{Interface: &mock.Interface{}, now: now, epoch: now(), latency: opts.CallLatency}
 	for i := 0; i < opts.Devices; i++ {
 		l.devices = append(l.devices, newDevice(l, opts.Seed, i, opts.Static))
 	}
