@@ -122,10 +122,10 @@ func NewClient(socketPath string, r Resolver, opts Options) (*Client, error) {
 		return nil, fmt.Errorf("podresources: client for %q: %w", abs, err)
 	}
 	c := &Client{
-		conn:     conn,
-		lister:   podresourcesv1.NewPodResourcesListerClient(conn),
-		opts:     opts,
-		log:      opts.Logger.With("component", "podresources", "socket", abs),
+		conn:   conn,
+		lister: podresourcesv1.NewPodResourcesListerClient(conn),
+		opts:   opts,
+		log:    opts.Logger.With("component", "podresources", "socket", abs),
 	}
 	c.current.Store(&Assignments{})
 	c.SetResolver(r)
