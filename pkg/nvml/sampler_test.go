@@ -490,3 +490,84 @@ func TestMissedTicksAreCounted(t *testing.T) {
 		t.Errorf("ticks %d missed %d, want 3 and 3", snap.Ticks, snap.MissedTicks)
 	}
 }
+
+// The driver's samples enter the window in time order, each once, however
+// the buffer hands them over.
+func TestOutOfOrderAndDuplicateSamples(t *testing.T) {
+	now := time.Now()
+	s6 := utilSamples(now.Add(-2*time.Second), 10, 20, 30, 40)
+	shuffled := []nvml.Sample{s6[2], s6[0], s6[3], s6[1], s6[2], s6[0]}
+	dev := newGPU(gpuSpec{index: 0, uuid: "GPU-a", samples: map[nvml.SamplingType][]nvml.Sample{
+		nvml.GPU_UTILIZATION_SAMPLES: shuffled,
+	}})
+	lib, _ := newLib(dev)
+	s := open(t, lib, Config{Window: 10 * time.Second, Now: func() time.Time { return now }})
+	got := tick(s).States[0].NewSamples[telemetry.EngineGPU]
+	if len(got) != 4 {
+		t.Fatalf("kept %d samples, want the 4 distinct ones", len(got))
+	}
+	for i, v := range []float64{10, 20, 30, 40} {
+		if got[i].Value != v || (i > 0 && !got[i].At.After(got[i-1].At)) {
+			t.Errorf("sample %d = %+v, want %v in time order", i, got[i], v)
+		}
+	}
+	if w := tick(s).States[0].Windows[telemetry.EngineGPU]; w.Count != 4 || w.Mean != 25 {
+		t.Errorf("window %+v, want the 4 samples once each", w)
+	}
+}
+
+// A step of the wall clock (NTP correcting a badly set clock) neither
+// empties the windows nor stops new samples; it is logged once.
+func TestWallClockStep(t *testing.T) {
+	start := time.Unix(1_800_000_000, 0)
+	wall, mono := start, time.Duration(0)
+	var mu sync.Mutex
+	var samples []nvml.Sample
+	dev := newGPU(gpuSpec{index: 0, uuid: "GPU-a"})
+	dev.GetSamplesFunc = func(typ nvml.SamplingType, lastSeen uint64) (nvml.ValueType, []nvml.Sample, nvml.Return) {
+		mu.Lock()
+		defer mu.Unlock()
+		var out []nvml.Sample
+		for _, smp := range samples {
+			if typ == nvml.GPU_UTILIZATION_SAMPLES && smp.TimeStamp > lastSeen {
+				out = append(out, smp)
+			}
+		}
+		if len(out) == 0 {
+			return 0, nil, nvml.ERROR_NOT_FOUND
+		}
+		return nvml.VALUE_TYPE_UNSIGNED_INT, out, nvml.SUCCESS
+	}
+	lib, _ := newLib(dev)
+	var logs logBuffer
+	s := open(t, lib, Config{Window: 10 * time.Second,
+		Now:       func() time.Time { mu.Lock(); defer mu.Unlock(); return wall },
+		Monotonic: func() time.Duration { mu.Lock(); defer mu.Unlock(); return mono },
+		Logger:    slog.New(slog.NewTextHandler(&logs, nil))})
+	mu.Lock()
+	samples = utilSamples(start.Add(-time.Second), 50, 60, 70)
+	mu.Unlock()
+	if w := tick(s).States[0].Windows[telemetry.EngineGPU]; w.Count != 3 {
+		t.Fatalf("window before the step: %+v", w)
+	}
+	for k, step := range []time.Duration{-time.Hour, 2 * time.Hour} {
+		mu.Lock()
+		wall, mono = wall.Add(step+200*time.Millisecond), mono+200*time.Millisecond
+		samples = append(samples, utilSamples(wall, 80)...) // stamped by the stepped clock
+		mu.Unlock()
+		st := tick(s).States[0]
+		if w := st.Windows[telemetry.EngineGPU]; w.Count != 4+k || w.Max != 80 {
+			t.Errorf("after a %s step: window %+v, want the %d earlier samples and the new one", step, w, 3+k)
+		}
+		mu.Lock()
+		samples = samples[len(samples)-1:]
+		mu.Unlock()
+		tick(s)
+		mu.Lock()
+		samples = nil
+		mu.Unlock()
+	}
+	if n := strings.Count(logs.String(), "wall clock stepped"); n != 2 {
+		t.Errorf("logged %d steps, want 2 (once each):\n%s", n, logs.String())
+	}
+}

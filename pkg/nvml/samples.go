@@ -149,7 +149,7 @@ func (d *device) drainSamples(now time.Time, mono, window time.Duration, st *tel
 		switch {
 		case ret == nvml.SUCCESS:
 			d.recoverEngine(telemetry.Engine(e))
-			st.NewSamples[e] = es.absorb(vt, samples)
+			st.NewSamples[e] = es.absorb(vt, samples, uint64(max(now.Add(clockStepThreshold).UnixMicro(), 0)))
 		case ret == nvml.ERROR_NOT_FOUND:
 			// No sample newer than lastSeen: an idle driver buffer, not an error.
 			d.recoverEngine(telemetry.Engine(e))
@@ -183,13 +183,15 @@ func (d *device) recoverEngine(e telemetry.Engine) {
 // own timestamps, oldest first. The driver returns them oldest first, but
 // nothing here depends on that: they are sorted (go-nvml hands over a slice
 // of its own per call), and a repeated timestamp is kept once, because the
-// ring and its eviction need them in order.
-func (es *engineState) absorb(vt nvml.ValueType, samples []nvml.Sample) []telemetry.UtilSample {
+// ring and its eviction need them in order. A sample stamped after
+// notAfter (µs) is from before a backward step of the wall clock, still in
+// the driver's buffer with its old stamp: it was read then, and is dropped.
+func (es *engineState) absorb(vt nvml.ValueType, samples []nvml.Sample, notAfter uint64) []telemetry.UtilSample {
 	var out []telemetry.UtilSample
 	slices.SortStableFunc(samples, func(a, b nvml.Sample) int { return cmp.Compare(a.TimeStamp, b.TimeStamp) })
 	newest := es.lastSeen
 	for _, s := range samples {
-		if s.TimeStamp <= newest {
+		if s.TimeStamp <= newest || s.TimeStamp > notAfter {
 			continue
 		}
 		v := sampleValue(vt, s.SampleValue)
