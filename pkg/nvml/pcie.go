@@ -2,6 +2,7 @@ package nvml
 
 import (
 	"encoding/binary"
+	"math"
 	"sync/atomic"
 	"time"
 
@@ -141,7 +142,9 @@ func (d *device) readPCIeCounters(r *telemetry.Reading) nvml.Return {
 		dt := float64(ts-p.prevUs) * microsecond
 		for i, f := range [2]telemetry.Field{telemetry.PCIeTX, telemetry.PCIeRX} {
 			delta := counterDelta(p.prev[i], cur[i], p.req[i].ValueType)
-			r.Set(f, float64(delta)/kilobyte/dt)
+			// Whole KB/s, as GetPcieThroughput reports them, so both
+			// sources read alike.
+			r.Set(f, math.Round(float64(delta)/kilobyte/dt))
 		}
 	}
 	if !p.havePrev || ts > p.prevUs {

@@ -127,8 +127,10 @@ func (d *Device) GetFieldValues(values []nvml.FieldValue) nvml.Return {
 	if r := d.ret(); r != nvml.SUCCESS {
 		return r
 	}
-	t := d.t()
+	// One reading of the clock for both the stamp and the counter, as
+	// the driver stamps the value it read.
 	ts := d.lib.now().UnixMicro()
+	t := float64(ts-d.lib.epoch.UnixMicro()) / 1e6
 	for i := range values {
 		v := &values[i]
 		v.Timestamp = ts
@@ -144,7 +146,13 @@ func (d *Device) GetFieldValues(values []nvml.FieldValue) nvml.Return {
 			continue
 		}
 		v.NvmlReturn = uint32(nvml.SUCCESS)
-		binary.LittleEndian.PutUint64(v.Value[:], uint64(kbps*1024*d.gpu.integral(t)))
+		kb := kbps * d.gpu.integral(t)
+		if d.gpu.amp == 0 {
+			// A static load moves its counters at the whole KB/s that
+			// GetPcieThroughput reports, so the derived rate is exact.
+			kb = math.Round(kbps*d.gpu.mean) * t
+		}
+		binary.LittleEndian.PutUint64(v.Value[:], uint64(kb*1024))
 	}
 	return nvml.SUCCESS
 }
