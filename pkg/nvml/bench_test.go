@@ -69,3 +69,11 @@ func BenchmarkDrainSamples8GPUs(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkTick8GPUsCallLatency is the tick over a simulated 8-GPU node
+// whose calls take as long as on real hardware (sim's callCosts): what a
+// tick costs in wall time on a node. The GPUs are read in parallel, one
+// worker each, so it is about one GPU's calls, not eight.
+func BenchmarkTick8GPUsCallLatency(b *testing.B) {
+	benchTicks(b, sim.New(sim.Options{Devices: 8, Seed: 1, CallLatency: true}))
+}

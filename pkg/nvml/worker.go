@@ -36,6 +36,10 @@ type worker struct {
 	migGen  uint64
 
 	stalledLogged bool // touched only by the ticking goroutine
+
+	// scratch is the reading being taken, on the worker's goroutine;
+	// kept here so a reading allocates nothing of its own.
+	scratch telemetry.DeviceState
 }
 
 type request struct {
@@ -115,17 +119,18 @@ func (w *worker) run() {
 // instances are listed again first when due, so the reading and the MIG
 // inventory published with it always match.
 func (w *worker) sample(r request) {
-	var st telemetry.DeviceState
+	st := &w.scratch
+	*st = telemetry.DeviceState{}
 	d := w.d
 	w.begin()
 	migChanged := false
 	if d.migStale || time.Since(d.lastMIGScan) >= w.s.cfg.MIGRescan {
 		migChanged = d.rescanMIG()
 	}
-	d.sample(r.now, r.mono, w.s.cfg.Window, &st)
+	d.sample(r.now, r.mono, w.s.cfg.Window, st)
 	w.end()
 	w.mu.Lock()
-	w.result, w.hasData, w.fresh = st, true, true
+	w.result, w.hasData, w.fresh = *st, true, true
 	if migChanged {
 		w.migs = d.MIG
 		w.migGen++

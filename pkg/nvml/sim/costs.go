@@ -50,9 +50,26 @@ var callCosts = [numCalls]time.Duration{
 	callGetFieldValues: 60 * time.Microsecond,
 }
 
+// minSleep is the shortest wait cost makes: a Go sleep of tens of µs
+// lasts much longer (timer granularity, scheduling), so shorter costs are
+// owed and paid together once they add up to it.
+const minSleep = 500 * time.Microsecond
+
 // cost waits as long as the call takes on real hardware, when asked to.
+// The wait is a sleep, not a spin: it models the call's latency, not the
+// CPU the driver spends on it.
 func (d *Device) cost(c call) {
-	if d.lib.latency {
-		time.Sleep(callCosts[c])
+	if !d.lib.latency {
+		return
+	}
+	d.debtMu.Lock()
+	d.debt += callCosts[c]
+	wait := d.debt
+	if wait >= minSleep {
+		d.debt = 0
+	}
+	d.debtMu.Unlock()
+	if wait >= minSleep {
+		time.Sleep(wait)
 	}
 }

@@ -11,6 +11,7 @@ package sim
 import (
 	"fmt"
 	"math"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -178,6 +179,9 @@ type Device struct {
 
 	gpu, enc, dec curve
 	mem           float64 // framebuffer used at zero load, bytes
+
+	debtMu sync.Mutex
+	debt   time.Duration // call latency owed, see cost
 }
 
 var _ nvml.Device = (*Device)(nil)
