@@ -428,7 +428,11 @@ func TestUnopenableGPUIsSkipped(t *testing.T) {
 	bad := newFullGPU(1)
 	bad.GetUUIDFunc = func() (string, nvml.Return) { return "", nvml.ERROR_GPU_IS_LOST }
 	lib, _ := newLib(newFullGPU(0), bad, newFullGPU(2))
-	s := open(t, lib, Config{})
+	started := time.Now()
+	s := open(t, lib, Config{ProbeTimeout: 10 * time.Second})
+	if d := time.Since(started); d > 5*time.Second {
+		t.Errorf("Open took %s: it waited for the GPU that failed to open", d)
+	}
 	if got := len(s.Devices()); got != 2 {
 		t.Fatalf("%d devices, want the 2 that open", got)
 	}

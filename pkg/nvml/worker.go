@@ -25,7 +25,9 @@ type worker struct {
 	since     atomic.Int64
 	abandoned atomic.Bool
 
-	identified, probed chan struct{} // closed once each phase is done
+	// identified is closed once the GPU's identity is known (or failed),
+	// probed once its start-up is over, probed or not.
+	identified, probed chan struct{}
 	openErr            error         // set before identified is closed
 
 	mu      sync.Mutex
@@ -91,6 +93,7 @@ func (w *worker) run() {
 	w.d, w.openErr = d, err
 	close(w.identified)
 	if err != nil || w.abandoned.Load() {
+		close(w.probed) // nothing more to wait for
 		return
 	}
 	d.worker = w
