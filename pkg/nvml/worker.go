@@ -28,7 +28,7 @@ type worker struct {
 	// identified is closed once the GPU's identity is known (or failed),
 	// probed once its start-up is over, probed or not.
 	identified, probed chan struct{}
-	openErr            error         // set before identified is closed
+	openErr            error // set before identified is closed
 
 	mu      sync.Mutex
 	result  telemetry.DeviceState // the latest completed reading
