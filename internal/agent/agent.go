@@ -72,7 +72,12 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	var lib nvml.Library
 	var simLib *sim.Library
 	if cfg.Simulate > 0 {
-		simLib = sim.New(sim.Options{Devices: cfg.Simulate, Seed: cfg.SimulateSeed, Static: cfg.SimulateStatic, CallLatency: cfg.SimulateLatency})
+		opts := sim.Options{Devices: cfg.Simulate, Seed: cfg.SimulateSeed, Static: cfg.SimulateStatic, CallLatency: cfg.SimulateLatency}
+		if cfg.SimulateHangGPU >= 0 {
+			opts.Hang = &sim.Hang{GPU: cfg.SimulateHangGPU, After: cfg.SimulateHangAt}
+			log.Warn("a simulated GPU will stop answering", "gpu", cfg.SimulateHangGPU, "after", cfg.SimulateHangAt)
+		}
+		simLib = sim.New(opts)
 		lib = simLib
 		log.Info("using simulated GPUs", "gpus", cfg.Simulate, "seed", cfg.SimulateSeed, "static", cfg.SimulateStatic, "call_latency", cfg.SimulateLatency)
 	} else {

@@ -59,6 +59,9 @@ const minSleep = 500 * time.Microsecond
 // The wait is a sleep, not a spin: it models the call's latency, not the
 // CPU the driver spends on it.
 func (d *Device) cost(c call) {
+	if h := d.lib.hang; h != nil && d.index == h.GPU && d.lib.now().Sub(d.lib.epoch) >= h.After {
+		select {} // never returns, as a call to a GPU off the bus may not
+	}
 	if !d.lib.latency {
 		return
 	}

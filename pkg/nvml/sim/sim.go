@@ -32,6 +32,16 @@ type Options struct {
 	// CallLatency makes each NVML call take as long as it does on a real
 	// GPU (see callCosts), so the tick costs what it would on a node.
 	CallLatency bool
+	// Hang, if set, makes one GPU's sampling calls stop returning, as
+	// calls to a GPU that fell off the bus can: to see the agent report
+	// it stalled.
+	Hang *Hang
+}
+
+// Hang says which GPU hangs, and when.
+type Hang struct {
+	GPU   int           // index
+	After time.Duration // since New
 }
 
 // Model and sizes of the simulated GPU: an NVIDIA T4.
@@ -50,6 +60,7 @@ type Library struct {
 	now     func() time.Time
 	epoch   time.Time
 	latency bool
+	hang    *Hang
 }
 
 var _ nvml.Interface = (*Library)(nil)
@@ -60,7 +71,7 @@ func New(opts Options) *Library {
 	if now == nil {
 		now = time.Now
 	}
-	l := &Library{Interface: &mock.Interface{}, now: now, epoch: now(), latency: opts.CallLatency}
+	l := &Library{Interface: &mock.Interface{}, now: now, epoch: now(), latency: opts.CallLatency, hang: opts.Hang}
 	for i := 0; i < opts.Devices; i++ {
 		l.devices = append(l.devices, newDevice(l, opts.Seed, i, opts.Static))
 	}
