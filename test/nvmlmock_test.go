@@ -34,7 +34,9 @@ import (
 // in pkg/nvml instead: call latency (the real GetPcieThroughput blocks
 // 20 ms) and calls that hang; the PCIe byte counters (FI 197/198 answer
 // NOT_SUPPORTED, so the agent falls back to GetPcieThroughput, which the
-// mock answers with 0); GetSamples (NOT_SUPPORTED); MIG devices.
+// mock answers with 0; the energy counter, FI 83, does answer through the
+// same GetFieldValues call, and is checked); GetSamples (NOT_SUPPORTED);
+// MIG devices.
 
 // Where the mock's source is, and what builds it.
 const (
@@ -141,6 +143,7 @@ type mockProfile struct {
 		} `yaml:"memory"`
 		Power struct {
 			CurrentDrawMW uint64 `yaml:"current_draw_mw"`
+			EnergyMJ      uint64 `yaml:"total_energy_consumption_mj"`
 		} `yaml:"power"`
 		Thermal struct {
 			TemperatureGPUC int `yaml:"temperature_gpu_c"`
@@ -287,6 +290,11 @@ func checkNode(t *testing.T, n *mockNode, s samples) {
 	}
 	if got, want := s.get("DCGM_FI_DEV_POWER_USAGE", uuid), float64(dd.Power.CurrentDrawMW)/1000; got != want {
 		t.Errorf("power %v W, want the profile's %v mW in W (%v)", got, dd.Power.CurrentDrawMW, want)
+	}
+	// Energy comes through GetFieldValues (FI_DEV_TOTAL_ENERGY_CONSUMPTION),
+	// which the mock answers from the profile: the cgo path of the batch.
+	if got := s.get("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", uuid); got != float64(dd.Power.EnergyMJ) {
+		t.Errorf("energy %v mJ, want the profile's %d", got, dd.Power.EnergyMJ)
 	}
 	if got := s.get("DCGM_FI_DEV_GPU_TEMP", uuid); got != float64(dd.Thermal.TemperatureGPUC) {
 		t.Errorf("temperature %v, want %d °C", got, dd.Thermal.TemperatureGPUC)

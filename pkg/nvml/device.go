@@ -152,6 +152,7 @@ func (s *Sampler) probe(d *device) {
 	}
 	d.probePCIe(s)
 	var scratch telemetry.Reading
+	d.pcie.fresh = false
 	for _, r := range readers {
 		if d.supported&r.fields == 0 {
 			continue
@@ -187,6 +188,7 @@ func (d *device) sample(now time.Time, mono, window time.Duration, st *telemetry
 	if d.lost {
 		return
 	}
+	d.pcie.fresh = false
 	for _, r := range readers {
 		if d.supported&r.fields == 0 {
 			continue

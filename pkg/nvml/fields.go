@@ -33,10 +33,12 @@ var readers = []reader{
 	{"GetMemoryInfo", fields(telemetry.FBUsed, telemetry.FBFree, telemetry.FBReserved, telemetry.FBTotal), readMemory},
 	{"GetTemperature", fields(telemetry.Temperature), readTemperature},
 	{"GetPowerUsage", fields(telemetry.Power), readPower},
-	{"GetTotalEnergyConsumption", fields(telemetry.Energy), readEnergy},
 	{"GetClockInfo(SM)", fields(telemetry.SMClock), readSMClock},
 	{"GetClockInfo(MEM)", fields(telemetry.MemClock), readMemClock},
-	{"PCIe throughput", fields(telemetry.PCIeTX, telemetry.PCIeRX), readPCIe}, // see pcie.go
+	// One GetFieldValues call for the PCIe counters and energy, before
+	// readEnergy, which may take energy from its answer (see pcie.go).
+	{"GetFieldValues(PCIe, energy)", fields(telemetry.PCIeTX, telemetry.PCIeRX), readFieldValues},
+	{"GetTotalEnergyConsumption", fields(telemetry.Energy), readEnergy},
 	{"GetEncoderStats", fields(telemetry.EncSessions, telemetry.EncFPS, telemetry.EncLatency), readEncoderStats},
 }
 
@@ -119,6 +121,9 @@ func readPower(d *device, r *telemetry.Reading) nvml.Return {
 }
 
 func readEnergy(d *device, r *telemetry.Reading) nvml.Return {
+	if d.pcie.energy {
+		return d.energyFromBatch(r)
+	}
 	mj, ret := d.handle.GetTotalEnergyConsumption()
 	if ret == nvml.SUCCESS {
 		r.Set(telemetry.Energy, float64(mj))

@@ -24,6 +24,11 @@ import (
 // The counters are used wherever the device answers them; only where it
 // does not, GetPcieThroughput is called at a slow cadence on a goroutine of
 // its own, and the tick reads its latest answer.
+//
+// The same GetFieldValues call also reads the energy counter
+// (FI_DEV_TOTAL_ENERGY_CONSUMPTION, mJ, as GetTotalEnergyConsumption) where
+// the device answers it there: one driver call for three fields, as DCGM
+// batches its field reads.
 
 // kilobyte is NVML's KB in GetPcieThroughput's KB/s (and dcgm-exporter's
 // DCGM_FI_DEV_PCIE_*_THROUGHPUT): 1024 bytes.
@@ -34,11 +39,14 @@ const kilobyte = 1024
 const MinPCIeFallbackPeriod = time.Second
 
 type pcieState struct {
-	counters bool                         // the byte counters answer
-	req      [2]nvml.FieldValue           // reused: TX, RX
-	prev     [2]uint64                    // last counter values
-	prevUs   int64                        // their timestamp, µs
-	havePrev bool                         //
+	counters bool               // the byte counters answer
+	energy   bool               // the energy counter answers
+	req      [3]nvml.FieldValue // reused: TX, RX, energy
+	ret      nvml.Return        // of this reading's GetFieldValues call
+	fresh    bool               // req and ret are this reading's
+	prev     [2]uint64          // last counter values
+	prevUs   int64              // their timestamp, µs
+	havePrev bool
 	fallback *atomic.Pointer[pcieReading] // latest GetPcieThroughput answer, when used
 }
 
@@ -48,16 +56,22 @@ type pcieReading struct {
 	ret    nvml.Return
 }
 
-var pcieFieldIDs = [2]uint32{nvml.FI_DEV_PCIE_COUNT_TX_BYTES, nvml.FI_DEV_PCIE_COUNT_RX_BYTES}
+var batchFieldIDs = [3]uint32{nvml.FI_DEV_PCIE_COUNT_TX_BYTES, nvml.FI_DEV_PCIE_COUNT_RX_BYTES, nvml.FI_DEV_TOTAL_ENERGY_CONSUMPTION}
 
-// probePCIe picks the source of the PCIe fields, on the worker's goroutine
-// during the probe.
+// probePCIe picks the source of the PCIe fields and of energy, on the
+// worker's goroutine during the probe.
 func (d *device) probePCIe(s *Sampler) {
-	var scratch telemetry.Reading
-	ret := d.readPCIeCounters(&scratch)
-	if ret == nvml.SUCCESS {
-		d.pcie.counters = true
+	p := &d.pcie
+	if p.ret = d.getFieldValues(); p.ret == nvml.SUCCESS {
+		p.energy = nvml.Return(p.req[2].NvmlReturn) == nvml.SUCCESS
+		p.counters = nvml.Return(p.req[0].NvmlReturn) == nvml.SUCCESS && nvml.Return(p.req[1].NvmlReturn) == nvml.SUCCESS
+	}
+	if p.counters {
 		return
+	}
+	ret := p.ret
+	if ret == nvml.SUCCESS {
+		ret = nvml.Return(p.req[0].NvmlReturn)
 	}
 	d.log.Debug("PCIe byte counters unavailable; falling back to GetPcieThroughput off the tick", "err", ret)
 	// One blocking call (20 ms) at start tells whether the fallback
@@ -101,10 +115,19 @@ func (d *device) pcieFallbackLoop(s *Sampler, period time.Duration) {
 	}
 }
 
-// readPCIe fills the PCIe fields from whichever source the probe chose.
-func readPCIe(d *device, r *telemetry.Reading) nvml.Return {
-	if d.pcie.counters {
-		return d.readPCIeCounters(r)
+// readFieldValues makes this reading's one GetFieldValues call, when the
+// device answers any of its fields, and fills the PCIe fields from
+// whichever source the probe chose. Energy is taken from the same answer
+// by readEnergy, which runs after it.
+func readFieldValues(d *device, r *telemetry.Reading) nvml.Return {
+	p := &d.pcie
+	if p.counters || p.energy {
+		if p.ret = d.getFieldValues(); p.ret != nvml.SUCCESS {
+			return p.ret
+		}
+	}
+	if p.counters {
+		return d.pcieRates(r)
 	}
 	if d.pcie.fallback == nil {
 		return nvml.ERROR_NOT_SUPPORTED
@@ -120,18 +143,42 @@ func readPCIe(d *device, r *telemetry.Reading) nvml.Return {
 	return last.ret
 }
 
-// readPCIeCounters reads both byte counters in one GetFieldValues call and
-// sets the rates since the previous read. The first read only primes them.
-func (d *device) readPCIeCounters(r *telemetry.Reading) nvml.Return {
+// getFieldValues asks for the batch's fields in one call.
+func (d *device) getFieldValues() nvml.Return {
 	p := &d.pcie
 	for i := range p.req {
-		p.req[i] = nvml.FieldValue{FieldId: pcieFieldIDs[i]}
+		p.req[i] = nvml.FieldValue{FieldId: batchFieldIDs[i]}
 	}
-	if ret := d.handle.GetFieldValues(p.req[:]); ret != nvml.SUCCESS {
+	p.fresh = true
+	return d.handle.GetFieldValues(p.req[:])
+}
+
+// energyFromBatch reads the energy counter from this reading's
+// GetFieldValues answer, making the call if readFieldValues did not (its
+// PCIe fields are unsupported).
+func (d *device) energyFromBatch(r *telemetry.Reading) nvml.Return {
+	p := &d.pcie
+	if !p.fresh {
+		p.ret = d.getFieldValues()
+	}
+	if p.ret != nvml.SUCCESS {
+		return p.ret
+	}
+	v := p.req[2]
+	if ret := nvml.Return(v.NvmlReturn); ret != nvml.SUCCESS {
 		return ret
 	}
+	r.Set(telemetry.Energy, float64(counterValue(v)))
+	return nvml.SUCCESS
+}
+
+// pcieRates sets the PCIe rates from the byte counters of this reading's
+// GetFieldValues answer, since the previous answer. The first answer only
+// primes them.
+func (d *device) pcieRates(r *telemetry.Reading) nvml.Return {
+	p := &d.pcie
 	var cur [2]uint64
-	for i, v := range p.req {
+	for i, v := range p.req[:2] {
 		if ret := nvml.Return(v.NvmlReturn); ret != nvml.SUCCESS {
 			return ret
 		}

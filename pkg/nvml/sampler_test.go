@@ -3,6 +3,7 @@ package nvml
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"log/slog"
 	"math"
@@ -573,5 +574,49 @@ func TestWallClockStep(t *testing.T) {
 	}
 	if n := strings.Count(logs.String(), "wall clock stepped"); n != 2 {
 		t.Errorf("logged %d steps, want 2 (once each):\n%s", n, logs.String())
+	}
+}
+
+// Where the device answers the energy counter through GetFieldValues, one
+// call per reading serves the PCIe counters and energy; where it lacks the
+// PCIe counters (and GetPcieThroughput), energy still comes from it.
+func TestFieldValuesBatchPCIeAndEnergy(t *testing.T) {
+	for _, pcie := range []bool{true, false} {
+		dev := newFullGPU(0)
+		counters := dev.GetFieldValuesFunc
+		dev.GetFieldValuesFunc = func(values []nvml.FieldValue) nvml.Return {
+			counters(values)
+			for i := range values {
+				v := &values[i]
+				switch {
+				case v.FieldId == nvml.FI_DEV_TOTAL_ENERGY_CONSUMPTION:
+					v.NvmlReturn = uint32(nvml.SUCCESS)
+					binary.LittleEndian.PutUint64(v.Value[:], 777)
+				case !pcie:
+					v.NvmlReturn = uint32(nvml.ERROR_NOT_SUPPORTED)
+				}
+			}
+			return nvml.SUCCESS
+		}
+		dev.GetPcieThroughputFunc = func(nvml.PcieUtilCounter) (uint32, nvml.Return) { return 0, nvml.ERROR_NOT_SUPPORTED }
+		lib, _ := newLib(dev)
+		s := open(t, lib, Config{})
+		before := len(dev.GetFieldValuesCalls())
+		var st telemetry.DeviceState
+		for range 3 {
+			st = tick(s).States[0]
+		}
+		if n := len(dev.GetFieldValuesCalls()) - before; n != 3 {
+			t.Errorf("PCIe counters %v: %d GetFieldValues calls in 3 ticks, want 3", pcie, n)
+		}
+		if n := len(dev.GetTotalEnergyConsumptionCalls()); n != 0 {
+			t.Errorf("PCIe counters %v: GetTotalEnergyConsumption called %d times; energy comes with the batch", pcie, n)
+		}
+		if v, ok := st.Get(telemetry.Energy); !ok || v != 777 {
+			t.Errorf("PCIe counters %v: energy %v, %v; want 777 mJ from the batch", pcie, v, ok)
+		}
+		if v, ok := st.Get(telemetry.PCIeTX); ok != pcie || (pcie && v != pcieTXKBps) {
+			t.Errorf("PCIe counters %v: PCIe TX %v, present %v", pcie, v, ok)
+		}
 	}
 }

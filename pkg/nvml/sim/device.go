@@ -91,9 +91,13 @@ func (d *Device) GetPowerUsage() (uint32, nvml.Return) {
 
 func (d *Device) GetTotalEnergyConsumption() (uint64, nvml.Return) {
 	d.cost(callGetTotalEnergyConsumption)
-	t := d.t()
+	return d.energyAt(d.t()), d.ret()
+}
+
+// energyAt is the energy counter in mJ, t seconds after start.
+func (d *Device) energyAt(t float64) uint64 {
 	joules := idleWatts*t + wattsPerPercent*d.gpu.integral(t)
-	return uint64(joules * 1000), d.ret()
+	return uint64(joules * 1000)
 }
 
 func (d *Device) GetClockInfo(c nvml.ClockType) (uint32, nvml.Return) {
@@ -121,7 +125,8 @@ func (d *Device) GetPcieThroughput(c nvml.PcieUtilCounter) (uint32, nvml.Return)
 
 // GetFieldValues answers the PCIe byte counters (FI_DEV_PCIE_COUNT_TX/RX_
 // BYTES), cumulative since start: the integral of the throughput curve
-// GetPcieThroughput samples. Other fields are NOT_SUPPORTED.
+// GetPcieThroughput samples; and the energy counter, as
+// GetTotalEnergyConsumption. Other fields are NOT_SUPPORTED.
 func (d *Device) GetFieldValues(values []nvml.FieldValue) nvml.Return {
 	d.cost(callGetFieldValues)
 	if r := d.ret(); r != nvml.SUCCESS {
@@ -137,6 +142,10 @@ func (d *Device) GetFieldValues(values []nvml.FieldValue) nvml.Return {
 		v.ValueType = uint32(nvml.VALUE_TYPE_UNSIGNED_LONG_LONG)
 		var kbps float64
 		switch v.FieldId {
+		case nvml.FI_DEV_TOTAL_ENERGY_CONSUMPTION:
+			v.NvmlReturn = uint32(nvml.SUCCESS)
+			binary.LittleEndian.PutUint64(v.Value[:], d.energyAt(t))
+			continue
 		case nvml.FI_DEV_PCIE_COUNT_TX_BYTES:
 			kbps = pcieTXPerPercent
 		case nvml.FI_DEV_PCIE_COUNT_RX_BYTES:
