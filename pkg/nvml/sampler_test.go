@@ -620,3 +620,44 @@ func TestFieldValuesBatchPCIeAndEnergy(t *testing.T) {
 		}
 	}
 }
+
+// nvml.h: the PCIe byte counters "can be wrapped". A wrap between two
+// reads is one step forward, for 32- and 64-bit counters alike.
+func TestPCIeCounterWrap(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		vt    nvml.ValueType
+		start uint64
+	}{
+		{"32-bit", nvml.VALUE_TYPE_UNSIGNED_INT, 1<<32 - 2500*1024},
+		{"64-bit", nvml.VALUE_TYPE_UNSIGNED_LONG_LONG, math.MaxUint64 - 2500*1024 + 1},
+	} {
+		dev := newFullGPU(0)
+		var n uint64
+		dev.GetFieldValuesFunc = func(values []nvml.FieldValue) nvml.Return {
+			// 1000 KB per 100 ms read: 10,000 KB/s. The probe reads twice,
+			// so the counter wraps between the first and second ticks.
+			value := tc.start + n*1000*1024
+			for i := range values {
+				v := &values[i]
+				v.Timestamp, v.ValueType = int64(n*100_000), uint32(tc.vt)
+				v.NvmlReturn = uint32(nvml.SUCCESS)
+				if tc.vt == nvml.VALUE_TYPE_UNSIGNED_INT {
+					binary.LittleEndian.PutUint32(v.Value[:], uint32(value))
+				} else {
+					binary.LittleEndian.PutUint64(v.Value[:], value)
+				}
+			}
+			n++
+			return nvml.SUCCESS
+		}
+		lib, _ := newLib(dev)
+		s := open(t, lib, Config{})
+		for range 3 {
+			st := tick(s).States[0]
+			if v, ok := st.Get(telemetry.PCIeRX); !ok || v != 10_000 {
+				t.Errorf("%s: PCIe RX %v (present %v) across the wrap, want 10000 KB/s", tc.name, v, ok)
+			}
+		}
+	}
+}
