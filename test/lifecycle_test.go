@@ -235,3 +235,27 @@ func TestHungGPU(t *testing.T) {
 	}
 	t.Logf("exited %s after SIGTERM with GPU 2 hung", time.Since(sent).Round(time.Millisecond))
 }
+
+// TestGPUHungFromStart: a GPU whose calls hang from the first (its
+// inventory: the simulated hang starts with GetMemoryInfo) does not keep
+// the agent from serving: after the start-up bound the other GPUs are
+// served, and the hung one is left out with a warning.
+func TestGPUHungFromStart(t *testing.T) {
+	devs := sim.New(sim.Options{Devices: 3, Seed: 6}).Devices()
+	a := startAgent(t, "--simulate=3", "--simulate.seed=6", "--simulate.hang-gpu=1",
+		"--kubelet.pod-resources-socket=/nonexistent/kubelet.sock")
+	s := parseSamples(t, a.scrape(t))
+	for i, d := range devs {
+		up := s.values("gpu_agent_device_up", d.UUID())
+		served := len(s.values("DCGM_FI_DEV_GPU_UTIL", d.UUID())) > 0
+		switch {
+		case i == 1 && (len(up) != 0 || served):
+			t.Errorf("GPU 1, hung in its inventory: up %v, served %v; want it left out", up, served)
+		case i != 1 && (len(up) != 1 || up[0] != 1 || !served):
+			t.Errorf("GPU %d: up %v, served %v; want it served", i, up, served)
+		}
+	}
+	if !strings.Contains(a.output.String(), "inventory calls did not return") {
+		t.Errorf("the GPU left out is not logged")
+	}
+}
