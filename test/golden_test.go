@@ -130,6 +130,7 @@ var volatile = []string{
 	"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", // integral of power since start
 	"gpu_agent_samples_total",
 	"gpu_agent_missed_samples_total", // non-zero on a loaded machine
+	"gpu_agent_sample_rate_hertz",    // the achieved rate, measured
 	"gpu_agent_kubelet_refreshes_total",
 	"gpu_agent_utilization_window_samples", // grows until the window is full
 }

@@ -171,3 +171,91 @@ func TestKubeletGoesAway(t *testing.T) {
 	}
 	a.waitMetrics(t, 10*time.Second, "the agent to reconnect to the restarted kubelet", state(1, 0))
 }
+
+// TestHungGPU runs a node where one GPU's calls stop returning: the agent
+// keeps the other GPUs sampled at the interval, says which GPU is stalled
+// (its series absent, not stale), stays ready, and still exits 0 within
+// 5 s of SIGTERM with the call in flight, skipping NVML's shutdown.
+func TestHungGPU(t *testing.T) {
+	devs := sim.New(sim.Options{Devices: 4, Seed: 5}).Devices()
+	hung := devs[2].UUID()
+	a := startAgent(t, "--simulate=4", "--simulate.seed=5", "--interval=100ms",
+		"--simulate.hang-gpu=2", "--simulate.hang-after=1s",
+		"--kubelet.pod-resources-socket=/nonexistent/kubelet.sock")
+	s := a.waitMetrics(t, 10*time.Second, "GPU 2 reported stalled", func(s samples) error {
+		for _, x := range s {
+			if x.name == "gpu_agent_device_stalled" && x.labels["UUID"] == hung && x.value == 1 {
+				return nil
+			}
+		}
+		return fmt.Errorf("GPU 2 not stalled yet")
+	})
+	ticks, _ := s.value("gpu_agent_samples_total")
+	missed, _ := s.value("gpu_agent_missed_samples_total")
+	time.Sleep(time.Second)
+	s = parseSamples(t, a.scrape(t))
+	if n, _ := s.value("gpu_agent_samples_total"); n < ticks+8 {
+		t.Errorf("%v ticks in 1s at 100ms while GPU 2 hangs, want about 10", n-ticks)
+	}
+	if m, _ := s.value("gpu_agent_missed_samples_total"); m > missed+2 {
+		t.Errorf("%v ticks missed in 1s while GPU 2 hangs", m-missed)
+	}
+	for i, d := range devs {
+		values := s.values("DCGM_FI_DEV_GPU_UTIL", d.UUID())
+		if i == 2 && len(values) != 0 {
+			t.Errorf("stalled GPU 2 still served: %v", values)
+		}
+		if i != 2 && len(values) == 0 {
+			t.Errorf("GPU %d not served while GPU 2 hangs", i)
+		}
+	}
+	resp, err := httpClient.Get(a.url("/readyz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/readyz %s while the other GPUs are sampled", resp.Status)
+	}
+
+	sent := time.Now()
+	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-a.done:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("agent still running 5s after SIGTERM with a GPU call in flight")
+	}
+	if code := a.exitCode(); code != 0 {
+		t.Errorf("exit code %d after SIGTERM, want 0", code)
+	}
+	if !strings.Contains(a.output.String(), "skipping NVML shutdown") {
+		t.Errorf("the skipped NVML shutdown is not logged")
+	}
+	t.Logf("exited %s after SIGTERM with GPU 2 hung", time.Since(sent).Round(time.Millisecond))
+}
+
+// TestGPUHungFromStart: a GPU whose calls hang from the first (its
+// inventory: the simulated hang starts with GetMemoryInfo) does not keep
+// the agent from serving: after the start-up bound the other GPUs are
+// served, and the hung one is left out with a warning.
+func TestGPUHungFromStart(t *testing.T) {
+	devs := sim.New(sim.Options{Devices: 3, Seed: 6}).Devices()
+	a := startAgent(t, "--simulate=3", "--simulate.seed=6", "--simulate.hang-gpu=1",
+		"--kubelet.pod-resources-socket=/nonexistent/kubelet.sock")
+	s := parseSamples(t, a.scrape(t))
+	for i, d := range devs {
+		up := s.values("gpu_agent_device_up", d.UUID())
+		served := len(s.values("DCGM_FI_DEV_GPU_UTIL", d.UUID())) > 0
+		switch {
+		case i == 1 && (len(up) != 0 || served):
+			t.Errorf("GPU 1, hung in its inventory: up %v, served %v; want it left out", up, served)
+		case i != 1 && (len(up) != 1 || up[0] != 1 || !served):
+			t.Errorf("GPU %d: up %v, served %v; want it served", i, up, served)
+		}
+	}
+	if !strings.Contains(a.output.String(), "inventory calls did not return") {
+		t.Errorf("the GPU left out is not logged")
+	}
+}

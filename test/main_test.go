@@ -155,7 +155,16 @@ type proc struct {
 
 func startProc(t *testing.T, name, bin string, args ...string) *proc {
 	t.Helper()
+	return startProcEnv(t, name, nil, bin, args...)
+}
+
+// startProcEnv is startProc with env added to the test's environment.
+func startProcEnv(t *testing.T, name string, env []string, bin string, args ...string) *proc {
+	t.Helper()
 	p := &proc{name: name, cmd: exec.Command(bin, args...), output: &syncBuffer{}, done: make(chan struct{})}
+	if env != nil {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	p.cmd.Stdout, p.cmd.Stderr = p.output, p.output
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", name, err)
@@ -224,9 +233,15 @@ type agent struct {
 // unless args set --grpc.listen-address (the last one given wins).
 func startAgent(t *testing.T, args ...string) *agent {
 	t.Helper()
+	return startAgentEnv(t, nil, args...)
+}
+
+// startAgentEnv is startAgent with env added to the agent's environment.
+func startAgentEnv(t *testing.T, env []string, args ...string) *agent {
+	t.Helper()
 	for attempt := 1; ; attempt++ {
 		addr := freeAddr(t)
-		a := &agent{addr: addr, proc: startProc(t, "gpu-agent", agentBin,
+		a := &agent{addr: addr, proc: startProcEnv(t, "gpu-agent", env, agentBin,
 			append([]string{"--web.listen-address=" + addr, "--grpc.listen-address=", "--node-name=golden-node"}, args...)...)}
 		err := a.waitReady()
 		if err == nil {

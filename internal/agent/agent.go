@@ -73,25 +73,40 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	var simLib *sim.Library
 	var simControl *sim.Control
 	if cfg.Simulate > 0 {
-		simLib = sim.New(sim.Options{Devices: cfg.Simulate, Seed: cfg.SimulateSeed, Static: cfg.SimulateStatic})
+		opts := sim.Options{Devices: cfg.Simulate, Seed: cfg.SimulateSeed, Static: cfg.SimulateStatic, CallLatency: cfg.SimulateLatency}
+		if cfg.SimulateHangGPU >= 0 {
+			opts.Hang = &sim.Hang{GPU: cfg.SimulateHangGPU, After: cfg.SimulateHangAt}
+			log.Warn("a simulated GPU will stop answering", "gpu", cfg.SimulateHangGPU, "after", cfg.SimulateHangAt)
+		}
+		simLib = sim.New(opts)
 		lib = simLib
 		if cfg.SimulateLoad != "" {
 			simControl = sim.NewControl(simLib)
 			lib = simControl
 		}
-		log.Info("using simulated GPUs", "gpus", cfg.Simulate, "seed", cfg.SimulateSeed, "static", cfg.SimulateStatic, "load_file", cfg.SimulateLoad)
+		log.Info("using simulated GPUs", "gpus", cfg.Simulate, "seed", cfg.SimulateSeed, "static", cfg.SimulateStatic,
+			"call_latency", cfg.SimulateLatency, "load_file", cfg.SimulateLoad)
 	} else {
 		lib = nvml.NewLibrary(cfg.NVMLLibraryPath)
 	}
 	// Every reader downstream of the sampler (exporter, stream, health)
-	// reads store, which the sampler's snapshots are republished into.
+	// reads the store the sampler publishes into; stream subscribers wait
+	// on it and read its history.
 	store := telemetry.NewStore(cfg.Interval, cfg.Window)
-	tickObserver := &republisher{hist: tickDuration, store: store}
+	// The pod-resources client is made after the sampler (it needs the
+	// inventory); the sampler tells it of MIG changes only once running.
+	var pods atomic.Pointer[podresources.Client]
 	sampler, err := nvml.Open(lib, nvml.Config{
 		Interval:     cfg.Interval,
 		Window:       cfg.Window,
 		Logger:       log.With("component", "nvml"),
-		TickObserver: tickObserver,
+		TickObserver: tickDuration,
+		Store:        store,
+		OnInventoryChange: func(devs []telemetry.Device) {
+			if p := pods.Load(); p != nil {
+				p.SetResolver(podresources.NewResolver(resolverGPUs(devs)))
+			}
+		},
 	})
 	if errors.Is(err, nvml.ErrLibraryNotFound) {
 		return fmt.Errorf("%w: install the NVIDIA driver (or mount libnvidia-ml.so.1 into the container, or pass --nvml.library-path); "+
@@ -100,7 +115,6 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	tickObserver.src.Store(sampler)
 	defer func() {
 		if err := sampler.Close(); err != nil {
 			log.Warn("closing NVML", "err", err)
@@ -118,18 +132,20 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		log.Info("no kubelet socket: simulating the pods that hold the simulated GPUs", "socket", socket)
 		socket = path
 	}
-	pods, err := podresources.NewClient(socket, podresources.NewResolver(resolverGPUs(sampler.Devices())), podresources.Options{
+	client, err := podresources.NewClient(socket, podresources.NewResolver(resolverGPUs(sampler.Devices())), podresources.Options{
 		Period: cfg.KubeletPeriod,
 		Logger: log,
 	})
 	if err != nil {
 		return err
 	}
+	pods.Store(client)
+	client.SetResolver(podresources.NewResolver(resolverGPUs(sampler.Devices()))) // MIG may have changed meanwhile
 
 	collector := exporter.NewCollector(store, exporter.Options{
 		Hostname: cfg.NodeName,
 		Interval: cfg.Interval,
-		Pods:     pods,
+		Pods:     client,
 		Build:    exporter.BuildInfo{Version: Version, Revision: Revision},
 	})
 	reg := prometheus.NewRegistry()
@@ -140,7 +156,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	)
 	var push *pushServer
 	if cfg.GRPCListenAddress != "" {
-		if push, err = newPushServer(cfg, store, pods, log.With("component", "grpc")); err != nil {
+		if push, err = newPushServer(cfg, store, client, log.With("component", "grpc")); err != nil {
 			return err
 		}
 		reg.MustRegister(push.stream)
@@ -171,7 +187,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return sampler.Run(gctx) })
-	g.Go(func() error { return pods.Run(gctx) })
+	g.Go(func() error { return client.Run(gctx) })
 	if push != nil {
 		push.run(gctx, g)
 	}
@@ -199,29 +215,6 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	return err
 }
 
-// republisher is the sampler's tick observer: it records the tick's
-// duration and republishes the snapshot the sampler has just published
-// into the agent's store, which subscribers can wait on. The sampler
-// calls it right after its own Publish, on its own goroutine; Publish
-// never blocks, so neither does the tick.
-//
-// It exists because pkg/nvml keeps its store private; once the sampler
-// publishes into a store it is given (or exposes its own), this goes.
-type republisher struct {
-	hist  prometheus.Observer
-	store *telemetry.Store
-	src   atomic.Pointer[nvml.Sampler]
-}
-
-func (r *republisher) Observe(seconds float64) {
-	r.hist.Observe(seconds)
-	if s := r.src.Load(); s != nil {
-		if snap := s.Latest(); snap != nil && (r.store.Latest() == nil || snap.Seq > r.store.Latest().Seq) {
-			r.store.Publish(snap)
-		}
-	}
-}
-
 func exists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
@@ -232,7 +225,9 @@ func resolverGPUs(devs []telemetry.Device) []podresources.GPU {
 	for i, d := range devs {
 		gpus[i] = podresources.GPU{UUID: d.UUID, Minor: d.Minor}
 		for _, m := range d.MIG {
-			gpus[i].MIG = append(gpus[i].MIG, podresources.MIGDevice{UUID: m.UUID, GI: m.GI, CI: m.CI})
+			for _, ci := range m.ComputeInstances {
+				gpus[i].MIG = append(gpus[i].MIG, podresources.MIGDevice{UUID: ci.UUID, GI: m.GI, CI: ci.CI})
+			}
 		}
 	}
 	return gpus

@@ -42,6 +42,9 @@ type Config struct {
 	SimulateSeed    int64
 	SimulateStatic  bool
 	SimulateLoad    string // the load-step file, polled
+	SimulateLatency bool
+	SimulateHangGPU int
+	SimulateHangAt  time.Duration
 
 	LogLevel  string
 	LogFormat string
@@ -71,6 +74,9 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (*C
 	fs.Int64Var(&c.SimulateSeed, "simulate.seed", 1, "Seed of the simulated GPUs' UUIDs and load curves.")
 	fs.BoolVar(&c.SimulateStatic, "simulate.static", false, "Hold every simulated load at its seeded mean.")
 	fs.StringVar(&c.SimulateLoad, "simulate.load-file", "", `With --simulate: poll this JSON or YAML file (every 50ms) and step the simulated load to it, e.g. {"gpu_util": 90, "enc_util": 80, "gpus": {"1": {"gpu_util": 10}}}.`)
+	fs.IntVar(&c.SimulateHangGPU, "simulate.hang-gpu", -1, "Index of a simulated GPU whose NVML calls stop returning (as a GPU off the bus), to see it reported stalled; -1: none.")
+	fs.DurationVar(&c.SimulateHangAt, "simulate.hang-after", 0, "Time after start when --simulate.hang-gpu stops answering.")
+	fs.BoolVar(&c.SimulateLatency, "simulate.call-latency", true, "Make each simulated NVML call take as long as on a real GPU (GetPcieThroughput 20ms, ...); false answers at once.")
 	fs.StringVar(&c.LogLevel, "log.level", "info", "Log level: debug, info, warn or error.")
 	fs.StringVar(&c.LogFormat, "log.format", "logfmt", "Log format: logfmt or json.")
 	fs.BoolVar(&c.ShowVersion, "version", false, "Print the version and exit.")
@@ -119,6 +125,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Simulate < 0 || c.Simulate > MaxSimulatedGPUs {
 		bad("simulate", c.Simulate, fmt.Sprintf("must be between 0 and %d", MaxSimulatedGPUs))
+	}
+	if h := c.SimulateHangGPU; h != -1 && (h < 0 || h >= c.Simulate) {
+		bad("simulate.hang-gpu", c.SimulateHangGPU, fmt.Sprintf("must be -1 or the index of a simulated GPU (0 to %d)", c.Simulate-1))
+	}
+	if c.SimulateHangAt < 0 {
+		bad("simulate.hang-after", c.SimulateHangAt, "must not be negative")
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		bad("log.level", c.LogLevel, err.Error())

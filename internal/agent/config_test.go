@@ -52,6 +52,8 @@ func TestValidateNamesTheFlag(t *testing.T) {
 		{[]string{"--kubelet.poll-interval=10ms"}, "--kubelet.poll-interval=10ms"},
 		{[]string{"--simulate=-1"}, "--simulate=-1"},
 		{[]string{"--simulate=1000"}, "--simulate=1000"},
+		{[]string{"--simulate=2", "--simulate.hang-gpu=2"}, "--simulate.hang-gpu=2"},
+		{[]string{"--simulate.hang-gpu=0"}, "--simulate.hang-gpu=0"},
 		{[]string{"--log.level=loud"}, "--log.level=loud"},
 		{[]string{"--log.format=xml"}, "--log.format=xml"},
 		{[]string{"--web.listen-address="}, "--web.listen-address"},

@@ -12,6 +12,9 @@
 package attribution
 
 import (
+	"cmp"
+	"slices"
+	"strings"
 	"sync/atomic"
 
 	"github.com/gpu-telemetry/agent/pkg/podresources"
@@ -62,12 +65,16 @@ func (d *Device) UUID() string {
 // lost.
 func (d *Device) Lost() bool { return d.State.Lost }
 
+// Stalled reports whether the GPU's NVML calls have not returned for two
+// intervals (the sampler then publishes no reading for it).
+func (d *Device) Stalled() bool { return d.State.Stalled }
+
 // Current reports whether the device's reading is current. This is the
 // one place that decides which devices have values to serve: a lost GPU
-// keeps its last reading in the snapshot, which must not be served as a
-// current value. Readers leave a device that is not current out (the
+// keeps its last reading in the snapshot, and a stalled one has none
+// this tick; neither may be served as a current value. Readers leave a device that is not current out (the
 // exporter) or send it flagged, without values (the stream).
-func (d *Device) Current() bool { return !d.State.Lost }
+func (d *Device) Current() bool { return !d.State.Lost && !d.State.Stalled }
 
 // Assignments gives the latest device-to-pod map; the pod-resources client
 // implements it.
@@ -92,10 +99,29 @@ func Attribute(snap *telemetry.Snapshot, a *podresources.Assignments) *View {
 				break
 			}
 			mig := &gpu.MIG[j]
-			v.Devices = append(v.Devices, Device{GPU: gpu, MIG: mig, State: st, Reading: &st.MIG[j], Pods: a.Pods(mig.UUID)})
+			v.Devices = append(v.Devices, Device{GPU: gpu, MIG: mig, State: st, Reading: &st.MIG[j], Pods: migPods(a, mig)})
 		}
 	}
 	return v
+}
+
+// migPods returns the pods holding a GPU instance: the device plugin
+// allocates compute instances, each with its own UUID, and the instance's
+// one series stands for all of them.
+func migPods(a *podresources.Assignments, mig *telemetry.MIGDevice) []podresources.PodRef {
+	pods := a.Pods(mig.UUID)
+	for _, ci := range mig.ComputeInstances {
+		if ci.UUID != mig.UUID {
+			pods = append(pods, a.Pods(ci.UUID)...)
+		}
+	}
+	if len(mig.ComputeInstances) > 1 {
+		slices.SortFunc(pods, func(x, y podresources.PodRef) int {
+			return cmp.Or(strings.Compare(x.Namespace, y.Namespace), strings.Compare(x.Pod, y.Pod), strings.Compare(x.Container, y.Container))
+		})
+		pods = slices.Compact(pods)
+	}
+	return pods
 }
 
 // Snapshots gives the latest snapshot; the sampler and telemetry.Store

@@ -157,6 +157,49 @@ func TestAttributeMIGWithoutReading(t *testing.T) {
 	}
 }
 
+// A GPU instance with two compute instances is one device, held by the
+// pods of both: the device plugin allocates compute instances, each with
+// its own UUID.
+func TestAttributeComputeInstances(t *testing.T) {
+	const migB2 = "MIG-cccccccc-cccc-cccc-cccc-cccccccccccc"
+	snap := node()
+	snap.Devices[3].MIG[1].ComputeInstances = []telemetry.MIGComputeInstance{{UUID: migB, CI: 0}, {UUID: migB2, CI: 1}}
+	r := podresources.NewResolver([]podresources.GPU{
+		{UUID: uuidMIG, Minor: 3, MIG: []podresources.MIGDevice{{UUID: migA, GI: 1}, {UUID: migB, GI: 2, CI: 0}, {UUID: migB2, GI: 2, CI: 1}}},
+	})
+	a := podresources.BuildAssignments(&podresourcesv1.ListPodResourcesResponse{PodResources: []*podresourcesv1.PodResources{
+		pod("ml", "small", "worker", "nvidia.com/mig-1c.3g.20gb", migB2),
+		pod("ml", "big", "worker", "nvidia.com/mig-1c.3g.20gb", migB),
+		pod("ml", "twice", "worker", "nvidia.com/mig-1c.3g.20gb", migB, migB2),
+	}}, r)
+	var got []podresources.PodRef
+	for _, d := range Attribute(snap, a).Devices {
+		if d.UUID() == migB2 {
+			t.Errorf("the second compute instance has a device of its own")
+		}
+		if d.UUID() == migB {
+			got = d.Pods
+		}
+	}
+	want := []podresources.PodRef{{Namespace: "ml", Pod: "big", Container: "worker"}, {Namespace: "ml", Pod: "small", Container: "worker"}, {Namespace: "ml", Pod: "twice", Container: "worker"}}
+	if !slices.Equal(got, want) {
+		t.Errorf("GPU instance held by %v, want %v", got, want)
+	}
+}
+
+// A stalled GPU (its NVML calls not returning) is listed, not current.
+func TestAttributeStalled(t *testing.T) {
+	snap := node()
+	snap.States[0].Stalled = true
+	v := Attribute(snap, assignments())
+	if d := v.Devices[0]; d.UUID() != uuidWhole || d.Current() || !d.Stalled() {
+		t.Errorf("stalled GPU: %s current %v stalled %v; want listed, not current", d.UUID(), d.Current(), d.Stalled())
+	}
+	if !v.Devices[1].Current() {
+		t.Errorf("a healthy GPU next to the stalled one is not current")
+	}
+}
+
 type store struct{ snap *telemetry.Snapshot }
 
 func (s *store) Latest() *telemetry.Snapshot { return s.snap }

@@ -62,7 +62,9 @@ type Collector struct {
 	families                        []*family
 
 	deviceUp, fieldSupported, readErrors, xidTotal *prometheus.Desc
+	deviceStalled, migReadErrors                   *prometheus.Desc
 	window, interval, ticks, missed, lastSample    *prometheus.Desc
+	sampleRate                                     *prometheus.Desc
 	kubeletUp, kubeletStale, kubeletLast           *prometheus.Desc
 	kubeletRefreshes, kubeletFailures, unresolved  *prometheus.Desc
 	buildInfo                                      *prometheus.Desc
@@ -97,11 +99,15 @@ func NewCollector(src Snapshots, opts Options) *Collector {
 		fieldSupported: prometheus.NewDesc(name("field_supported"), "1 if the GPU answers the field; unsupported fields are probed once and left out.", append(idLabels, "field"), nil),
 		readErrors:     prometheus.NewDesc(name("read_errors_total"), "Failed NVML reads of the field (unsupported fields excluded).", append(idLabels, "field"), nil),
 		xidTotal:       prometheus.NewDesc(name("xid_errors_total"), "XID critical errors seen since the agent started, by XID.", append(idLabels, "xid"), nil),
-		window:         prometheus.NewDesc(name("utilization_window_seconds"), "Span of the utilization window metrics.", nil, nil),
-		interval:       prometheus.NewDesc(name("sampling_interval_seconds"), "Configured time between two samples.", nil, nil),
-		ticks:          prometheus.NewDesc(name("samples_total"), "Sampling ticks taken.", nil, nil),
-		missed:         prometheus.NewDesc(name("missed_samples_total"), "Sampling ticks skipped because a tick overran its interval.", nil, nil),
-		lastSample:     prometheus.NewDesc(name("last_sample_timestamp_seconds"), "When the latest sample started, as a Unix time.", nil, nil),
+		deviceStalled: prometheus.NewDesc(name("device_stalled"),
+			"1 while a read of the GPU has not returned for more than 2 sampling intervals; its device series are absent meanwhile.", idLabels, nil),
+		migReadErrors: prometheus.NewDesc(name("mig_read_errors_total"), "Failed NVML reads of the GPU's MIG instances.", idLabels, nil),
+		sampleRate:    prometheus.NewDesc(name("sample_rate_hertz"), "Achieved sampling rate over the latest ticks; below 1/gpu_agent_sampling_interval_seconds when ticks are missed.", nil, nil),
+		window:        prometheus.NewDesc(name("utilization_window_seconds"), "Span of the utilization window metrics.", nil, nil),
+		interval:      prometheus.NewDesc(name("sampling_interval_seconds"), "Configured time between two samples.", nil, nil),
+		ticks:         prometheus.NewDesc(name("samples_total"), "Sampling ticks taken.", nil, nil),
+		missed:        prometheus.NewDesc(name("missed_samples_total"), "Sampling intervals since the first tick that produced no snapshot.", nil, nil),
+		lastSample:    prometheus.NewDesc(name("last_sample_timestamp_seconds"), "When the latest sample started, as a Unix time.", nil, nil),
 
 		kubeletUp:        prometheus.NewDesc(name("kubelet_up"), "1 if the last pod-resources List call succeeded.", nil, nil),
 		kubeletStale:     prometheus.NewDesc(name("kubelet_pod_map_stale"), "1 if pod labels come from the last good kubelet answer because the latest call failed.", nil, nil),
@@ -208,6 +214,7 @@ func (c *Collector) collectAgent(e *emitter) *attribution.View {
 	ch <- prometheus.MustNewConstMetric(c.window, prometheus.GaugeValue, snap.Window.Seconds())
 	ch <- prometheus.MustNewConstMetric(c.ticks, prometheus.CounterValue, float64(snap.Ticks))
 	ch <- prometheus.MustNewConstMetric(c.missed, prometheus.CounterValue, float64(snap.MissedTicks))
+	ch <- prometheus.MustNewConstMetric(c.sampleRate, prometheus.GaugeValue, snap.Rate)
 	ch <- prometheus.MustNewConstMetric(c.lastSample, prometheus.GaugeValue, float64(snap.Time.UnixNano())/1e9)
 	for i := range snap.Devices {
 		c.collectHealth(e, &snap.Devices[i], &snap.States[i])
@@ -216,7 +223,8 @@ func (c *Collector) collectAgent(e *emitter) *attribution.View {
 }
 
 // collectTargets emits the device families of every device whose reading
-// is current (attribution.Device.Current decides which).
+// is current (attribution.Device.Current decides which): a lost or stalled
+// GPU's series are absent, not stale.
 func (c *Collector) collectTargets(s sink, view *attribution.View) {
 	for i := range view.Devices {
 		if d := &view.Devices[i]; d.Current() {
@@ -241,6 +249,10 @@ func (c *Collector) collectKubelet(ch chan<- prometheus.Metric, st podresources.
 func (c *Collector) collectHealth(e *emitter, d *telemetry.Device, st *telemetry.DeviceState) {
 	id := newLabelSet(idLabels, []string{strconv.Itoa(d.Index), d.UUID})
 	e.send(c.deviceUp, prometheus.GaugeValue, id, boolValue(!st.Lost))
+	e.send(c.deviceStalled, prometheus.GaugeValue, id, boolValue(st.Stalled))
+	if len(d.MIG) > 0 || st.MIGReadErrors > 0 {
+		e.send(c.migReadErrors, prometheus.CounterValue, id, float64(st.MIGReadErrors))
+	}
 	for f := telemetry.Field(0); f < telemetry.NumFields; f++ {
 		withField := id.with(fieldPairs[f])
 		e.send(c.fieldSupported, prometheus.GaugeValue, withField, boolValue(st.Supported.Has(f)))

@@ -148,6 +148,38 @@ gpu_agent_device_up{UUID="GPU-22222222-2222-2222-2222-222222222222",gpu="2"} 1
 	}
 }
 
+// A stalled GPU (a read that has not returned) is flagged, and its
+// device series are absent rather than stale; the others are unaffected.
+func TestStalledIsFlaggedAndLeftOut(t *testing.T) {
+	snap := testSnapshot()
+	snap.States[1].Stalled = true
+	snap.Rate = 6.25
+	c := newTestCollector(t, snap)
+	const want = `
+# HELP gpu_agent_device_stalled 1 while a read of the GPU has not returned for more than 2 sampling intervals; its device series are absent meanwhile.
+# TYPE gpu_agent_device_stalled gauge
+gpu_agent_device_stalled{UUID="GPU-00000000-0000-0000-0000-000000000000",gpu="0"} 0
+gpu_agent_device_stalled{UUID="GPU-11111111-1111-1111-1111-111111111111",gpu="1"} 1
+gpu_agent_device_stalled{UUID="GPU-22222222-2222-2222-2222-222222222222",gpu="2"} 0
+# HELP gpu_agent_sample_rate_hertz Achieved sampling rate over the latest ticks; below 1/gpu_agent_sampling_interval_seconds when ticks are missed.
+# TYPE gpu_agent_sample_rate_hertz gauge
+gpu_agent_sample_rate_hertz 6.25
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "gpu_agent_device_stalled", "gpu_agent_sample_rate_hertz"); err != nil {
+		t.Error(err)
+	}
+	var b strings.Builder
+	if err := c.WriteDevices(&b, false); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(b.String(), "GPU-11111111") {
+		t.Errorf("stalled GPU's device series served:\n%s", b.String())
+	}
+	if !strings.Contains(b.String(), "GPU-00000000") {
+		t.Error("healthy GPU's device series missing")
+	}
+}
+
 func TestNoPodsMeansNoPodLabels(t *testing.T) {
 	c := NewCollector(snapshots{testSnapshot()}, Options{Hostname: "node-a", Interval: time.Second})
 	const want = `
@@ -301,7 +333,8 @@ func TestEveryMetricIsDocumented(t *testing.T) {
 	// Families a test snapshot does not produce.
 	names = append(names, DCGMNames()...)
 	names = append(names, "gpu_agent_read_errors_total", "gpu_agent_encoder_fps", "gpu_agent_encoder_sessions",
-		"gpu_agent_utilization_sampling_period_seconds", "gpu_agent_kubelet_refresh_failures_total")
+		"gpu_agent_utilization_sampling_period_seconds", "gpu_agent_kubelet_refresh_failures_total",
+		"gpu_agent_mig_read_errors_total")
 	for _, n := range names {
 		if !strings.Contains(string(readme), "`"+n+"`") {
 			t.Errorf("metric %s is not documented in README.md (as `%s`)", n, n)

@@ -63,9 +63,17 @@ func BenchmarkDrainSamples8GPUs(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		clock = clock.Add(250 * time.Millisecond)
-		for i, d := range s.devices {
+		for i, w := range s.workers {
 			st[i] = telemetry.DeviceState{}
-			d.drainSamples(clock, s.cfg.Window, &st[i])
+			w.d.drainSamples(clock, clock.Sub(time.Unix(1_800_000_000, 0)), s.cfg.Window, &st[i])
 		}
 	}
+}
+
+// BenchmarkTick8GPUsCallLatency is the tick over a simulated 8-GPU node
+// whose calls take as long as on real hardware (sim's callCosts): what a
+// tick costs in wall time on a node. The GPUs are read in parallel, one
+// worker each, so it is about one GPU's calls, not eight.
+func BenchmarkTick8GPUsCallLatency(b *testing.B) {
+	benchTicks(b, sim.New(sim.Options{Devices: 8, Seed: 1, CallLatency: true}))
 }

@@ -33,11 +33,12 @@ var readers = []reader{
 	{"GetMemoryInfo", fields(telemetry.FBUsed, telemetry.FBFree, telemetry.FBReserved, telemetry.FBTotal), readMemory},
 	{"GetTemperature", fields(telemetry.Temperature), readTemperature},
 	{"GetPowerUsage", fields(telemetry.Power), readPower},
-	{"GetTotalEnergyConsumption", fields(telemetry.Energy), readEnergy},
 	{"GetClockInfo(SM)", fields(telemetry.SMClock), readSMClock},
 	{"GetClockInfo(MEM)", fields(telemetry.MemClock), readMemClock},
-	{"GetPcieThroughput(TX)", fields(telemetry.PCIeTX), readPCIeTX},
-	{"GetPcieThroughput(RX)", fields(telemetry.PCIeRX), readPCIeRX},
+	// One GetFieldValues call for the PCIe counters and energy, before
+	// readEnergy, which may take energy from its answer (see pcie.go).
+	{"GetFieldValues(PCIe, energy)", fields(telemetry.PCIeTX, telemetry.PCIeRX), readFieldValues},
+	{"GetTotalEnergyConsumption", fields(telemetry.Energy), readEnergy},
 	{"GetEncoderStats", fields(telemetry.EncSessions, telemetry.EncFPS, telemetry.EncLatency), readEncoderStats},
 }
 
@@ -120,6 +121,9 @@ func readPower(d *device, r *telemetry.Reading) nvml.Return {
 }
 
 func readEnergy(d *device, r *telemetry.Reading) nvml.Return {
+	if d.pcie.energy {
+		return d.energyFromBatch(r)
+	}
 	mj, ret := d.handle.GetTotalEnergyConsumption()
 	if ret == nvml.SUCCESS {
 		r.Set(telemetry.Energy, float64(mj))
@@ -139,22 +143,6 @@ func readClock(d *device, r *telemetry.Reading, c nvml.ClockType, f telemetry.Fi
 	mhz, ret := d.handle.GetClockInfo(c)
 	if ret == nvml.SUCCESS {
 		r.Set(f, float64(mhz))
-	}
-	return ret
-}
-
-func readPCIeTX(d *device, r *telemetry.Reading) nvml.Return {
-	return readPCIe(d, r, nvml.PCIE_UTIL_TX_BYTES, telemetry.PCIeTX)
-}
-
-func readPCIeRX(d *device, r *telemetry.Reading) nvml.Return {
-	return readPCIe(d, r, nvml.PCIE_UTIL_RX_BYTES, telemetry.PCIeRX)
-}
-
-func readPCIe(d *device, r *telemetry.Reading, c nvml.PcieUtilCounter, f telemetry.Field) nvml.Return {
-	kbps, ret := d.handle.GetPcieThroughput(c)
-	if ret == nvml.SUCCESS {
-		r.Set(f, float64(kbps))
 	}
 	return ret
 }

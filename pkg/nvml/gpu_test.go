@@ -28,6 +28,7 @@ func TestRealNVML(t *testing.T) {
 		snap = s.Latest()
 		time.Sleep(200 * time.Millisecond)
 	}
+	t.Logf("tick: %s for %d GPUs (compare pkg/nvml/sim's callCosts)", snap.Duration, len(snap.Devices))
 	for i, d := range snap.Devices {
 		st := snap.States[i]
 		t.Logf("GPU %d %s %s %s MIG=%v", d.Index, d.UUID, d.Name, d.PCIBusID, d.MIGEnabled)

@@ -25,8 +25,16 @@ func newFullGPU(index int) *mock.Device {
 	return newGPU(gpuSpec{index: index, uuid: fmt.Sprintf("GPU-00000000-0000-0000-0000-%012d", index), util: 40, enc: 20})
 }
 
+// The PCIe byte counters of newGPU advance by 100 ms of traffic per read:
+// 1000 KB/s transmitted, 2000 KB/s received.
+const (
+	pcieTXKBps, pcieRXKBps = 1000, 2000
+	pcieStepUs             = 100_000
+)
+
 func newGPU(s gpuSpec) *mock.Device {
 	var mu sync.Mutex
+	var pcieReads uint64
 	return &mock.Device{
 		GetUUIDFunc:        func() (string, nvml.Return) { return s.uuid, nvml.SUCCESS },
 		GetNameFunc:        func() (string, nvml.Return) { return "Tesla T4", nvml.SUCCESS },
@@ -67,6 +75,26 @@ func newGPU(s gpuSpec) *mock.Device {
 				return 1000, nvml.SUCCESS
 			}
 			return 2000, nvml.SUCCESS
+		},
+		GetFieldValuesFunc: func(values []nvml.FieldValue) nvml.Return {
+			mu.Lock()
+			pcieReads++
+			n := pcieReads
+			mu.Unlock()
+			for i := range values {
+				v := &values[i]
+				v.Timestamp = int64(n * pcieStepUs)
+				v.ValueType = uint32(nvml.VALUE_TYPE_UNSIGNED_LONG_LONG)
+				switch v.FieldId {
+				case nvml.FI_DEV_PCIE_COUNT_TX_BYTES:
+					binary.LittleEndian.PutUint64(v.Value[:], n*pcieTXKBps*1024*pcieStepUs/1e6)
+				case nvml.FI_DEV_PCIE_COUNT_RX_BYTES:
+					binary.LittleEndian.PutUint64(v.Value[:], n*pcieRXKBps*1024*pcieStepUs/1e6)
+				default:
+					v.NvmlReturn = uint32(nvml.ERROR_NOT_SUPPORTED)
+				}
+			}
+			return nvml.SUCCESS
 		},
 		GetEncoderStatsFunc: func() (int, uint32, uint32, nvml.Return) { return 3, 30, 2500, nvml.SUCCESS },
 		GetSamplesFunc: func(t nvml.SamplingType, lastSeen uint64) (nvml.ValueType, []nvml.Sample, nvml.Return) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -18,6 +19,21 @@ import (
 // costs CPU and buys nothing (buffered samples are drained anyway).
 const MinInterval = 100 * time.Millisecond
 
+// Defaults of the bounds on calls that may not return.
+const (
+	// DefaultProbeTimeout bounds how long Open waits for each GPU's
+	// inventory and probe. A GPU whose identity has not come back by then
+	// is skipped; one whose probe has not is served as stalled until it
+	// does.
+	DefaultProbeTimeout = 5 * time.Second
+	// DefaultShutdownWait bounds how long Close waits for NVML calls in
+	// flight before it skips nvmlShutdown (which would wait for them too).
+	DefaultShutdownWait = time.Second
+	// DefaultMIGRescan is how often MIG instances are listed again; a MIG
+	// read that answers that its handle is gone triggers a rescan at once.
+	DefaultMIGRescan = 10 * time.Second
+)
+
 // Config configures a Sampler.
 type Config struct {
 	Interval time.Duration // time between ticks; at least MinInterval
@@ -29,28 +45,66 @@ type Config struct {
 	TickObserver interface{ Observe(float64) }
 	// Now is the clock; tests replace it.
 	Now func() time.Time
+	// Monotonic is a clock that never steps, which tells a wall-clock
+	// step (Now) apart from time passing. Nil means the runtime's
+	// monotonic clock when Now is nil, and Now itself otherwise (a test's
+	// clock then never steps unless the test says so).
+	Monotonic func() time.Duration
+
+	ProbeTimeout time.Duration // see DefaultProbeTimeout
+	ShutdownWait time.Duration // see DefaultShutdownWait
+	MIGRescan    time.Duration // see DefaultMIGRescan
+	// Store, if set, is where snapshots are published, so readers can
+	// wait on it and read its history (telemetry.NewStore); nil keeps
+	// only the latest snapshot.
+	Store *telemetry.Store
+	// OnInventoryChange, if set, is called (from the ticking goroutine)
+	// with the new inventory whenever MIG instances appear or disappear,
+	// so the pod resolver can follow.
+	OnInventoryChange func([]telemetry.Device)
 }
 
-// Sampler owns NVML: it reads every GPU at a fixed interval on its own
-// goroutine and publishes one immutable snapshot per tick. Readers call
-// Latest and never wait for it, nor it for them.
+// Sampler owns NVML: it reads every GPU at a fixed interval and publishes
+// one immutable snapshot per tick. Each GPU is read by its own worker
+// goroutine, so a call that never returns holds up that GPU only; the tick
+// waits for the workers until a deadline and publishes whatever is ready.
+// Readers call Latest and never wait for it, nor it for them.
 type Sampler struct {
 	lib     Library
 	cfg     Config
 	log     *slog.Logger
-	devices []*device
-	static  []telemetry.Device
-	store   telemetry.Store
+	workers []*worker
+	store   *telemetry.Store
+	epoch   time.Time // monotonic origin of the workers' in-flight stamps
+
+	// inventory is the current static inventory, replaced (never
+	// modified) when MIG instances change.
+	inventory atomic.Pointer[[]telemetry.Device]
+
+	// done carries a worker's index when it finished a tick's request.
+	done     chan doneMsg
+	deadline *time.Timer
+	quit     chan struct{}
+	inflight atomic.Int64 // NVML calls in flight on any goroutine
 
 	// Touched only by the goroutine that ticks.
 	seq, ticks, missed uint64
-	lastTick           time.Time
+	firstTick          time.Time
+	recent             [16]time.Time // start of the latest ticks, a ring
+	migGen             []uint64      // MIG inventory generation per worker, as published
 
 	closeOnce sync.Once
+	bg        sync.WaitGroup // goroutines other than the workers (XID)
+}
+
+type doneMsg struct {
+	worker int
+	seq    uint64
 }
 
 // Open initialises NVML, reads the inventory and probes, once per device
-// and field, what the device supports. The caller must Close the sampler.
+// and field, what the device supports, each GPU on its own worker and
+// within cfg.ProbeTimeout. The caller must Close the sampler.
 func Open(lib Library, cfg Config) (*Sampler, error) {
 	if cfg.Interval < MinInterval {
 		return nil, fmt.Errorf("sampling interval %s is below the minimum %s", cfg.Interval, MinInterval)
@@ -61,8 +115,26 @@ func Open(lib Library, cfg Config) (*Sampler, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Monotonic == nil {
+		if cfg.Now == nil {
+			start := time.Now()
+			cfg.Monotonic = func() time.Duration { return time.Since(start) }
+		} else {
+			now, start := cfg.Now, cfg.Now()
+			cfg.Monotonic = func() time.Duration { return now().Sub(start) }
+		}
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.ProbeTimeout <= 0 {
+		cfg.ProbeTimeout = DefaultProbeTimeout
+	}
+	if cfg.ShutdownWait <= 0 {
+		cfg.ShutdownWait = DefaultShutdownWait
+	}
+	if cfg.MIGRescan <= 0 {
+		cfg.MIGRescan = DefaultMIGRescan
 	}
 	if ret := lib.Init(); ret != nvml.SUCCESS {
 		if ret == nvml.ERROR_LIBRARY_NOT_FOUND {
@@ -70,60 +142,88 @@ func Open(lib Library, cfg Config) (*Sampler, error) {
 		}
 		return nil, fmt.Errorf("initialising NVML: %w", ret)
 	}
-	s := &Sampler{lib: lib, cfg: cfg, log: cfg.Logger}
-	devs, err := discover(lib, cfg.Logger)
-	if err != nil {
+	if cfg.Store == nil {
+		cfg.Store = &telemetry.Store{}
+	}
+	s := &Sampler{lib: lib, cfg: cfg, log: cfg.Logger, store: cfg.Store, epoch: time.Now(), quit: make(chan struct{})}
+	n, ret := lib.DeviceGetCount()
+	if ret != nvml.SUCCESS {
 		lib.Shutdown()
-		return nil, err
+		return nil, nvmlError("DeviceGetCount", ret)
 	}
-	s.devices = devs
-	for _, d := range devs {
-		for e := range d.engines {
-			d.engines[e].ring = newRing(ringCapacity(cfg.Window))
+	s.done = make(chan doneMsg, n)
+	s.workers = s.startWorkers(n)
+	if len(s.workers) == 0 {
+		// Nothing is in flight that matters: the workers that did not
+		// answer are skipped, and Shutdown must not wait for them.
+		s.closeWorkers()
+		if s.inflight.Load() == 0 {
+			lib.Shutdown()
 		}
-		s.probe(d)
-		s.static = append(s.static, d.Device)
+		return nil, ErrNoDevices
 	}
+	inv := make([]telemetry.Device, len(s.workers))
+	s.migGen = make([]uint64, len(s.workers))
+	for i, w := range s.workers {
+		inv[i] = w.d.Device
+	}
+	s.inventory.Store(&inv)
+	s.deadline = time.NewTimer(time.Hour)
+	s.deadline.Stop()
 	if v, ret := lib.SystemGetDriverVersion(); ret == nvml.SUCCESS {
-		s.log.Info("NVML initialised", "driver", v, "gpus", len(devs))
+		s.log.Info("NVML initialised", "driver", v, "gpus", len(s.workers))
 	}
 	return s, nil
 }
 
-// probe asks each field once and records those the device does not
-// support, so a tick never asks again (an H100 has no NVENC; a
-// MIG-enabled GPU reports no utilization).
-func (s *Sampler) probe(d *device) {
-	if c, ret := d.handle.GetEncoderCapacity(nvml.ENCODER_QUERY_H264); isNotSupported(ret) || (ret == nvml.SUCCESS && c == 0) {
-		d.supported &^= encoderFields
-		d.engines[telemetry.EngineEncoder].unsupported = true
+// startWorkers opens every GPU on its own worker and waits, up to the
+// probe timeout, for each to know its identity and finish probing.
+func (s *Sampler) startWorkers(n int) []*worker {
+	all := make([]*worker, n)
+	for i := range all {
+		all[i] = newWorker(s, i)
+		go all[i].run()
 	}
-	var scratch telemetry.Reading
-	for _, r := range readers {
-		if d.supported&r.fields == 0 {
+	deadline := time.NewTimer(s.cfg.ProbeTimeout)
+	defer deadline.Stop()
+	timedOut := false
+	for _, w := range all {
+		if timedOut {
+			break
+		}
+		select {
+		case <-w.probed:
+		case <-deadline.C:
+			timedOut = true
+		}
+	}
+	var ws []*worker
+	for _, w := range all {
+		select {
+		case <-w.identified:
+		default:
+			w.abandon()
+			s.log.Warn("skipping GPU whose inventory calls did not return", "index", w.index, "waited", s.cfg.ProbeTimeout)
 			continue
 		}
-		if ret := r.read(d, &scratch); isNotSupported(ret) {
-			d.supported &^= r.fields
+		if w.openErr != nil {
+			s.log.Warn("skipping GPU that cannot be opened", "index", w.index, "err", w.openErr)
+			continue
 		}
-	}
-	// Reserved memory exists only in v2; say so rather than report 0.
-	if d.memV1 {
-		d.supported = d.supported.Without(telemetry.FBReserved)
-	}
-	var missing []string
-	for f := telemetry.Field(0); f < telemetry.NumFields; f++ {
-		if !d.supported.Has(f) {
-			missing = append(missing, f.String())
+		select {
+		case <-w.probed:
+		default:
+			w.d.log.Warn("GPU probe did not return; served as stalled until it does", "waited", s.cfg.ProbeTimeout)
 		}
+		w.slot = len(ws)
+		ws = append(ws, w)
 	}
-	if len(missing) > 0 {
-		d.log.Info("fields not supported by this GPU; left out", "fields", missing)
-	}
+	return ws
 }
 
-// Devices returns the static inventory.
-func (s *Sampler) Devices() []telemetry.Device { return s.static }
+// Devices returns the current inventory. It changes only when MIG
+// instances appear or disappear.
+func (s *Sampler) Devices() []telemetry.Device { return *s.inventory.Load() }
 
 // Latest returns the latest snapshot, or nil before the first tick.
 func (s *Sampler) Latest() *telemetry.Snapshot { return s.store.Latest() }
@@ -131,11 +231,11 @@ func (s *Sampler) Latest() *telemetry.Snapshot { return s.store.Latest() }
 // Interval returns the sampling interval.
 func (s *Sampler) Interval() time.Duration { return s.cfg.Interval }
 
-// Run ticks until ctx is done. The first tick happens at once.
+// Run ticks until ctx is done. The first tick happens at once. It returns
+// without waiting for NVML calls that do not return.
 func (s *Sampler) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
-	wg.Go(func() { s.watchXID(ctx) })
-	defer wg.Wait()
+	s.bg.Go(func() { s.watchXID(ctx) })
+	defer s.waitBackground()
 
 	t := time.NewTicker(s.cfg.Interval)
 	defer t.Stop()
@@ -150,118 +250,161 @@ func (s *Sampler) Run(ctx context.Context) error {
 	}
 }
 
-// Tick samples every device once and publishes the snapshot. It must not
-// be called concurrently with itself; Run calls it.
-func (s *Sampler) Tick() {
-	start := s.cfg.Now()
-	if !s.lastTick.IsZero() {
-		if gap := start.Sub(s.lastTick); gap > s.cfg.Interval*3/2 {
-			s.missed += uint64(gap/s.cfg.Interval) - 1
-		}
+// waitBackground waits a bounded time for the XID goroutine: it may be
+// inside an NVML call that never returns.
+func (s *Sampler) waitBackground() {
+	done := make(chan struct{})
+	go func() { s.bg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(xidWaitTimeout + s.cfg.ShutdownWait):
+		s.log.Warn("XID event goroutine did not stop; leaving it")
 	}
-	s.lastTick = start
+}
+
+// Tick asks every idle worker for a reading, waits for them until most of
+// the interval has passed, and publishes a snapshot of what is ready. It
+// never waits on a busy worker. It must not be called concurrently with
+// itself; Run calls it.
+func (s *Sampler) Tick() {
+	start, mono := s.cfg.Now(), s.cfg.Monotonic()
+	s.countTick(start)
 	s.seq++
 	s.ticks++
 
+	pending := 0
+	for _, w := range s.workers {
+		if w.busy() {
+			continue
+		}
+		select {
+		case w.req <- request{seq: s.seq, now: start, mono: mono}:
+			pending++
+		default: // a request is still queued: the worker has not taken it
+		}
+	}
+	s.deadline.Reset(s.tickBudget())
+wait:
+	for pending > 0 {
+		select {
+		case m := <-s.done:
+			if m.seq == s.seq {
+				pending--
+			}
+		case <-s.deadline.C:
+			break wait
+		}
+	}
+	s.deadline.Stop()
+
+	inv := s.Devices()
 	snap := &telemetry.Snapshot{
 		Seq:     s.seq,
 		Time:    start,
-		Devices: s.static,
-		States:  make([]telemetry.DeviceState, len(s.devices)),
+		Devices: inv,
+		States:  make([]telemetry.DeviceState, len(s.workers)),
 		Window:  s.cfg.Window,
 	}
-	for i, d := range s.devices {
-		d.sample(start, s.cfg.Window, &snap.States[i])
+	var changed []telemetry.Device
+	for i, w := range s.workers {
+		gen, migs := w.collect(&snap.States[i])
+		if gen != s.migGen[i] {
+			if changed == nil {
+				changed = append([]telemetry.Device(nil), inv...)
+			}
+			changed[i].MIG = migs
+			s.migGen[i] = gen
+		}
+	}
+	if changed != nil {
+		s.inventory.Store(&changed)
+		snap.Devices = changed
+		if s.cfg.OnInventoryChange != nil {
+			s.cfg.OnInventoryChange(changed)
+		}
 	}
 	snap.Duration = s.cfg.Now().Sub(start)
-	snap.Ticks, snap.MissedTicks = s.ticks, s.missed
+	snap.Ticks, snap.MissedTicks, snap.Rate = s.ticks, s.missed, s.rate()
 	s.store.Publish(snap)
 	if s.cfg.TickObserver != nil {
 		s.cfg.TickObserver.Observe(snap.Duration.Seconds())
 	}
 }
 
-// sample reads one device into st. A lost GPU is reported as such and
-// never asked again; the other GPUs are unaffected.
-func (d *device) sample(now time.Time, window time.Duration, st *telemetry.DeviceState) {
-	st.XID = d.xid.p.Load()
-	defer func() {
-		st.Supported = d.supported
-		st.Errors = d.errors
-		st.Lost = d.lost
-	}()
-	if d.lost {
+// tickBudget is how long a tick waits for its workers: most of an
+// interval, so a slow GPU delays its own reading, never the next tick.
+func (s *Sampler) tickBudget() time.Duration { return s.cfg.Interval * 3 / 4 }
+
+// countTick counts the intervals since the first tick that produced no
+// snapshot: expected ticks are one per whole interval elapsed.
+func (s *Sampler) countTick(start time.Time) {
+	s.recent[s.ticks%uint64(len(s.recent))] = start
+	if s.firstTick.IsZero() {
+		s.firstTick = start
 		return
 	}
-	for _, r := range readers {
-		if d.supported&r.fields == 0 {
-			continue
-		}
-		ret := r.read(d, &st.Reading)
-		if !d.handleReturn(r, ret) {
-			return
-		}
+	elapsed := start.Sub(s.firstTick)
+	if elapsed < 0 {
+		return
 	}
-	if len(d.migs) > 0 {
-		st.MIG = make([]telemetry.Reading, len(d.migs))
-		for i, m := range d.migs {
-			var v1 bool
-			if ret := readMemoryOf(m, &v1, &st.MIG[i]); ret == nvml.ERROR_GPU_IS_LOST {
-				d.markLost(ret)
-				return
-			}
-		}
-	}
-	if ret := d.drainSamples(now, window, st); ret == nvml.ERROR_GPU_IS_LOST {
-		d.markLost(ret)
+	expected := uint64(elapsed/s.cfg.Interval) + 1
+	if taken := s.ticks + 1; expected > taken+s.missed {
+		s.missed = expected - taken
 	}
 }
 
-// handleReturn records what a read's result means for the device and
-// reports whether sampling should go on.
-func (d *device) handleReturn(r reader, ret nvml.Return) bool {
-	switch {
-	case ret == nvml.SUCCESS:
-		if d.failing&r.fields != 0 {
-			d.failing &^= r.fields
-			d.log.Info("read recovered", "call", r.call)
-		}
-	case isNotSupported(ret):
-		// Probing found it supported, but the device says otherwise now
-		// (a MIG mode change, say): believe it and stop asking.
-		d.supported &^= r.fields
-		d.log.Info("field no longer supported; left out", "call", r.call)
-	case ret == nvml.ERROR_GPU_IS_LOST:
-		d.markLost(ret)
-		return false
-	default:
-		for f := telemetry.Field(0); f < telemetry.NumFields; f++ {
-			if r.fields.Has(f) {
-				d.errors[f]++
-			}
-		}
-		if d.failing&r.fields == 0 {
-			d.failing |= r.fields
-			d.log.Warn("read failed", "call", r.call, "err", ret)
-		}
+// rate is the achieved snapshots per second over the recent ticks.
+func (s *Sampler) rate() float64 {
+	n := min(s.ticks, uint64(len(s.recent)))
+	if n < 2 {
+		return 0
 	}
-	return true
+	newest := s.recent[(s.ticks-1)%uint64(len(s.recent))]
+	oldest := s.recent[(s.ticks-n)%uint64(len(s.recent))]
+	span := newest.Sub(oldest).Seconds()
+	if span <= 0 {
+		return 0
+	}
+	return float64(n-1) / span
 }
 
-func (d *device) markLost(ret nvml.Return) {
-	d.lost = true
-	d.log.Error("GPU lost; no longer sampled", "err", ret)
+// call brackets an NVML call made outside a worker's read (XID events,
+// the PCIe fallback), so Close knows whether any is in flight.
+func (s *Sampler) call(f func()) {
+	s.inflight.Add(1)
+	defer s.inflight.Add(-1)
+	f()
 }
 
-// Close shuts NVML down. Call it after Run has returned.
+// Close stops the workers and shuts NVML down, unless an NVML call is
+// still in flight after cfg.ShutdownWait: nvmlShutdown would then wait
+// for it too, so it is skipped, with a log line. Call it after Run has
+// returned.
 func (s *Sampler) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
+		s.closeWorkers()
+		deadline := time.Now().Add(s.cfg.ShutdownWait)
+		for s.inflight.Load() > 0 && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if n := s.inflight.Load(); n > 0 {
+			s.log.Warn("NVML calls still in flight; skipping NVML shutdown", "calls", n, "waited", s.cfg.ShutdownWait)
+			return
+		}
 		if ret := s.lib.Shutdown(); ret != nvml.SUCCESS {
 			err = fmt.Errorf("shutting NVML down: %w", ret)
 		}
 	})
 	return err
+}
+
+func (s *Sampler) closeWorkers() {
+	select {
+	case <-s.quit:
+	default:
+		close(s.quit)
+	}
 }
 
 // IsLibraryNotFound reports whether err means NVML could not be loaded.

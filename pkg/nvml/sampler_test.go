@@ -3,6 +3,7 @@ package nvml
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"log/slog"
 	"math"
@@ -90,6 +91,7 @@ func TestTickConvertsUnits(t *testing.T) {
 func TestUnsupportedFieldIsProbedOnceAndLeftOut(t *testing.T) {
 	dev := newFullGPU(0)
 	dev.GetTotalEnergyConsumptionFunc = func() (uint64, nvml.Return) { return 0, nvml.ERROR_NOT_SUPPORTED }
+	dev.GetFieldValuesFunc = func([]nvml.FieldValue) nvml.Return { return nvml.ERROR_NOT_SUPPORTED }
 	dev.GetPcieThroughputFunc = func(nvml.PcieUtilCounter) (uint32, nvml.Return) { return 0, nvml.ERROR_NOT_SUPPORTED }
 	lib, _ := newLib(dev)
 	s := open(t, lib, Config{})
@@ -100,8 +102,8 @@ func TestUnsupportedFieldIsProbedOnceAndLeftOut(t *testing.T) {
 	if n := len(dev.GetTotalEnergyConsumptionCalls()); n != 1 {
 		t.Errorf("GetTotalEnergyConsumption called %d times, want 1 (the probe)", n)
 	}
-	if n := len(dev.GetPcieThroughputCalls()); n != 2 { // TX and RX, probed once each
-		t.Errorf("GetPcieThroughput called %d times, want 2", n)
+	if n := len(dev.GetPcieThroughputCalls()); n != 1 { // the fallback, probed once
+		t.Errorf("GetPcieThroughput called %d times, want 1", n)
 	}
 	for _, f := range []telemetry.Field{telemetry.Energy, telemetry.PCIeTX, telemetry.PCIeRX} {
 		if st.Has.Has(f) || st.Supported.Has(f) {
@@ -427,7 +429,11 @@ func TestUnopenableGPUIsSkipped(t *testing.T) {
 	bad := newFullGPU(1)
 	bad.GetUUIDFunc = func() (string, nvml.Return) { return "", nvml.ERROR_GPU_IS_LOST }
 	lib, _ := newLib(newFullGPU(0), bad, newFullGPU(2))
-	s := open(t, lib, Config{})
+	started := time.Now()
+	s := open(t, lib, Config{ProbeTimeout: 10 * time.Second})
+	if d := time.Since(started); d > 5*time.Second {
+		t.Errorf("Open took %s: it waited for the GPU that failed to open", d)
+	}
 	if got := len(s.Devices()); got != 2 {
 		t.Fatalf("%d devices, want the 2 that open", got)
 	}
@@ -487,5 +493,171 @@ func TestMissedTicksAreCounted(t *testing.T) {
 	snap := tick(s)
 	if snap.Ticks != 3 || snap.MissedTicks != 3 {
 		t.Errorf("ticks %d missed %d, want 3 and 3", snap.Ticks, snap.MissedTicks)
+	}
+}
+
+// The driver's samples enter the window in time order, each once, however
+// the buffer hands them over.
+func TestOutOfOrderAndDuplicateSamples(t *testing.T) {
+	now := time.Now()
+	s6 := utilSamples(now.Add(-2*time.Second), 10, 20, 30, 40)
+	shuffled := []nvml.Sample{s6[2], s6[0], s6[3], s6[1], s6[2], s6[0]}
+	dev := newGPU(gpuSpec{index: 0, uuid: "GPU-a", samples: map[nvml.SamplingType][]nvml.Sample{
+		nvml.GPU_UTILIZATION_SAMPLES: shuffled,
+	}})
+	lib, _ := newLib(dev)
+	s := open(t, lib, Config{Window: 10 * time.Second, Now: func() time.Time { return now }})
+	got := tick(s).States[0].NewSamples[telemetry.EngineGPU]
+	if len(got) != 4 {
+		t.Fatalf("kept %d samples, want the 4 distinct ones", len(got))
+	}
+	for i, v := range []float64{10, 20, 30, 40} {
+		if got[i].Value != v || (i > 0 && !got[i].At.After(got[i-1].At)) {
+			t.Errorf("sample %d = %+v, want %v in time order", i, got[i], v)
+		}
+	}
+	if w := tick(s).States[0].Windows[telemetry.EngineGPU]; w.Count != 4 || w.Mean != 25 {
+		t.Errorf("window %+v, want the 4 samples once each", w)
+	}
+}
+
+// A step of the wall clock (NTP correcting a badly set clock) neither
+// empties the windows nor stops new samples; it is logged once.
+func TestWallClockStep(t *testing.T) {
+	start := time.Unix(1_800_000_000, 0)
+	wall, mono := start, time.Duration(0)
+	var mu sync.Mutex
+	var samples []nvml.Sample
+	dev := newGPU(gpuSpec{index: 0, uuid: "GPU-a"})
+	dev.GetSamplesFunc = func(typ nvml.SamplingType, lastSeen uint64) (nvml.ValueType, []nvml.Sample, nvml.Return) {
+		mu.Lock()
+		defer mu.Unlock()
+		var out []nvml.Sample
+		for _, smp := range samples {
+			if typ == nvml.GPU_UTILIZATION_SAMPLES && smp.TimeStamp > lastSeen {
+				out = append(out, smp)
+			}
+		}
+		if len(out) == 0 {
+			return 0, nil, nvml.ERROR_NOT_FOUND
+		}
+		return nvml.VALUE_TYPE_UNSIGNED_INT, out, nvml.SUCCESS
+	}
+	lib, _ := newLib(dev)
+	var logs logBuffer
+	s := open(t, lib, Config{Window: 10 * time.Second,
+		Now:       func() time.Time { mu.Lock(); defer mu.Unlock(); return wall },
+		Monotonic: func() time.Duration { mu.Lock(); defer mu.Unlock(); return mono },
+		Logger:    slog.New(slog.NewTextHandler(&logs, nil))})
+	mu.Lock()
+	samples = utilSamples(start.Add(-time.Second), 50, 60, 70)
+	mu.Unlock()
+	if w := tick(s).States[0].Windows[telemetry.EngineGPU]; w.Count != 3 {
+		t.Fatalf("window before the step: %+v", w)
+	}
+	for k, step := range []time.Duration{-time.Hour, 2 * time.Hour} {
+		mu.Lock()
+		wall, mono = wall.Add(step+200*time.Millisecond), mono+200*time.Millisecond
+		samples = append(samples, utilSamples(wall, 80)...) // stamped by the stepped clock
+		mu.Unlock()
+		st := tick(s).States[0]
+		if w := st.Windows[telemetry.EngineGPU]; w.Count != 4+k || w.Max != 80 {
+			t.Errorf("after a %s step: window %+v, want the %d earlier samples and the new one", step, w, 3+k)
+		}
+		mu.Lock()
+		samples = samples[len(samples)-1:]
+		mu.Unlock()
+		tick(s)
+		mu.Lock()
+		samples = nil
+		mu.Unlock()
+	}
+	if n := strings.Count(logs.String(), "wall clock stepped"); n != 2 {
+		t.Errorf("logged %d steps, want 2 (once each):\n%s", n, logs.String())
+	}
+}
+
+// Where the device answers the energy counter through GetFieldValues, one
+// call per reading serves the PCIe counters and energy; where it lacks the
+// PCIe counters (and GetPcieThroughput), energy still comes from it.
+func TestFieldValuesBatchPCIeAndEnergy(t *testing.T) {
+	for _, pcie := range []bool{true, false} {
+		dev := newFullGPU(0)
+		counters := dev.GetFieldValuesFunc
+		dev.GetFieldValuesFunc = func(values []nvml.FieldValue) nvml.Return {
+			counters(values)
+			for i := range values {
+				v := &values[i]
+				switch {
+				case v.FieldId == nvml.FI_DEV_TOTAL_ENERGY_CONSUMPTION:
+					v.NvmlReturn = uint32(nvml.SUCCESS)
+					binary.LittleEndian.PutUint64(v.Value[:], 777)
+				case !pcie:
+					v.NvmlReturn = uint32(nvml.ERROR_NOT_SUPPORTED)
+				}
+			}
+			return nvml.SUCCESS
+		}
+		dev.GetPcieThroughputFunc = func(nvml.PcieUtilCounter) (uint32, nvml.Return) { return 0, nvml.ERROR_NOT_SUPPORTED }
+		lib, _ := newLib(dev)
+		s := open(t, lib, Config{})
+		before := len(dev.GetFieldValuesCalls())
+		var st telemetry.DeviceState
+		for range 3 {
+			st = tick(s).States[0]
+		}
+		if n := len(dev.GetFieldValuesCalls()) - before; n != 3 {
+			t.Errorf("PCIe counters %v: %d GetFieldValues calls in 3 ticks, want 3", pcie, n)
+		}
+		if n := len(dev.GetTotalEnergyConsumptionCalls()); n != 0 {
+			t.Errorf("PCIe counters %v: GetTotalEnergyConsumption called %d times; energy comes with the batch", pcie, n)
+		}
+		if v, ok := st.Get(telemetry.Energy); !ok || v != 777 {
+			t.Errorf("PCIe counters %v: energy %v, %v; want 777 mJ from the batch", pcie, v, ok)
+		}
+		if v, ok := st.Get(telemetry.PCIeTX); ok != pcie || (pcie && v != pcieTXKBps) {
+			t.Errorf("PCIe counters %v: PCIe TX %v, present %v", pcie, v, ok)
+		}
+	}
+}
+
+// nvml.h: the PCIe byte counters "can be wrapped". A wrap between two
+// reads is one step forward, for 32- and 64-bit counters alike.
+func TestPCIeCounterWrap(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		vt    nvml.ValueType
+		start uint64
+	}{
+		{"32-bit", nvml.VALUE_TYPE_UNSIGNED_INT, 1<<32 - 2500*1024},
+		{"64-bit", nvml.VALUE_TYPE_UNSIGNED_LONG_LONG, math.MaxUint64 - 2500*1024 + 1},
+	} {
+		dev := newFullGPU(0)
+		var n uint64
+		dev.GetFieldValuesFunc = func(values []nvml.FieldValue) nvml.Return {
+			// 1000 KB per 100 ms read: 10,000 KB/s. The probe reads twice,
+			// so the counter wraps between the first and second ticks.
+			value := tc.start + n*1000*1024
+			for i := range values {
+				v := &values[i]
+				v.Timestamp, v.ValueType = int64(n*100_000), uint32(tc.vt)
+				v.NvmlReturn = uint32(nvml.SUCCESS)
+				if tc.vt == nvml.VALUE_TYPE_UNSIGNED_INT {
+					binary.LittleEndian.PutUint32(v.Value[:], uint32(value))
+				} else {
+					binary.LittleEndian.PutUint64(v.Value[:], value)
+				}
+			}
+			n++
+			return nvml.SUCCESS
+		}
+		lib, _ := newLib(dev)
+		s := open(t, lib, Config{})
+		for range 3 {
+			st := tick(s).States[0]
+			if v, ok := st.Get(telemetry.PCIeRX); !ok || v != 10_000 {
+				t.Errorf("%s: PCIe RX %v (present %v) across the wrap, want 10000 KB/s", tc.name, v, ok)
+			}
+		}
 	}
 }

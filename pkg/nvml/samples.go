@@ -1,8 +1,10 @@
 package nvml
 
 import (
+	"cmp"
 	"encoding/binary"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -58,6 +60,21 @@ func (r *ring) push(p point) {
 	r.start = (r.start + 1) % len(r.buf)
 }
 
+// shift moves every sample's timestamp by delta µs, for a wall-clock step.
+func (r *ring) shift(delta int64) {
+	for i := 0; i < r.n; i++ {
+		p := &r.buf[(r.start+i)%len(r.buf)]
+		p.ts = shiftTs(p.ts, delta)
+	}
+}
+
+func shiftTs(ts uint64, delta int64) uint64 {
+	if delta < 0 && uint64(-delta) > ts {
+		return 0
+	}
+	return uint64(int64(ts) + delta)
+}
+
 // evictBefore drops samples older than ts.
 func (r *ring) evictBefore(ts uint64) {
 	for r.n > 0 && r.buf[r.start].ts < ts {
@@ -109,7 +126,19 @@ func sampleValue(t nvml.ValueType, raw [8]byte) float64 {
 // drainSamples reads every sample the driver buffered since the last call,
 // for each engine, into the rings and into st.NewSamples. It returns the
 // first GPU_IS_LOST it sees, so the caller can stop sampling the device.
-func (d *device) drainSamples(now time.Time, window time.Duration, st *telemetry.DeviceState) nvml.Return {
+func (d *device) drainSamples(now time.Time, mono, window time.Duration, st *telemetry.DeviceState) nvml.Return {
+	if step := d.clock.step(now, mono); step != 0 {
+		// The driver stamps samples with the same wall clock: follow it,
+		// so the windows neither empty at once (a forward step would age
+		// every sample out) nor stop taking samples (after a backward
+		// step, new samples would all look older than lastSeen).
+		d.log.Warn("wall clock stepped; shifting buffered-sample timestamps", "step", time.Duration(step)*time.Microsecond)
+		for e := range d.engines {
+			es := &d.engines[e]
+			es.ring.shift(step)
+			es.lastSeen = shiftTs(es.lastSeen, step)
+		}
+	}
 	horizon := uint64(max(now.Add(-window).UnixMicro(), 0))
 	for e := range d.engines {
 		es := &d.engines[e]
@@ -120,7 +149,7 @@ func (d *device) drainSamples(now time.Time, window time.Duration, st *telemetry
 		switch {
 		case ret == nvml.SUCCESS:
 			d.recoverEngine(telemetry.Engine(e))
-			st.NewSamples[e] = es.absorb(vt, samples)
+			st.NewSamples[e] = es.absorb(vt, samples, uint64(max(now.Add(clockStepThreshold).UnixMicro(), 0)))
 		case ret == nvml.ERROR_NOT_FOUND:
 			// No sample newer than lastSeen: an idle driver buffer, not an error.
 			d.recoverEngine(telemetry.Engine(e))
@@ -151,13 +180,18 @@ func (d *device) recoverEngine(e telemetry.Engine) {
 }
 
 // absorb keeps the samples newer than lastSeen and returns them with their
-// own timestamps. The driver returns them oldest first, but nothing here
-// depends on that.
-func (es *engineState) absorb(vt nvml.ValueType, samples []nvml.Sample) []telemetry.UtilSample {
+// own timestamps, oldest first. The driver returns them oldest first, but
+// nothing here depends on that: they are sorted (go-nvml hands over a slice
+// of its own per call), and a repeated timestamp is kept once, because the
+// ring and its eviction need them in order. A sample stamped after
+// notAfter (µs) is from before a backward step of the wall clock, still in
+// the driver's buffer with its old stamp: it was read then, and is dropped.
+func (es *engineState) absorb(vt nvml.ValueType, samples []nvml.Sample, notAfter uint64) []telemetry.UtilSample {
 	var out []telemetry.UtilSample
+	slices.SortStableFunc(samples, func(a, b nvml.Sample) int { return cmp.Compare(a.TimeStamp, b.TimeStamp) })
 	newest := es.lastSeen
 	for _, s := range samples {
-		if s.TimeStamp <= es.lastSeen {
+		if s.TimeStamp <= newest || s.TimeStamp > notAfter {
 			continue
 		}
 		v := sampleValue(vt, s.SampleValue)
@@ -173,4 +207,32 @@ func (es *engineState) absorb(vt nvml.ValueType, samples []nvml.Sample) []teleme
 	}
 	es.lastSeen = newest
 	return out
+}
+
+// clockState notices steps of the wall clock between two reads of a
+// device, by comparing how far the wall clock and the monotonic clock
+// moved.
+type clockState struct {
+	wall time.Time
+	mono time.Duration
+	seen bool
+}
+
+// clockStepThreshold is the disagreement between the two clocks taken for
+// a step rather than NTP's slewing.
+const clockStepThreshold = time.Second
+
+// step returns by how many µs the wall clock stepped since the last call
+// (negative: backwards), or 0.
+func (c *clockState) step(wall time.Time, mono time.Duration) int64 {
+	prevWall, prevMono, seen := c.wall, c.mono, c.seen
+	c.wall, c.mono, c.seen = wall, mono, true
+	if !seen {
+		return 0
+	}
+	d := wall.Round(0).Sub(prevWall.Round(0)) - (mono - prevMono)
+	if d > -clockStepThreshold && d < clockStepThreshold {
+		return 0
+	}
+	return d.Microseconds()
 }

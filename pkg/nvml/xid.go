@@ -34,15 +34,19 @@ const xidWaitTimeout = 500 * time.Millisecond
 // them, on its own goroutine, until ctx is done. NVML delivers them through
 // an event set rather than a value to poll, so they never slow a tick.
 func (s *Sampler) watchXID(ctx context.Context) {
-	set, ret := s.lib.EventSetCreate()
+	var set nvml.EventSet
+	var ret nvml.Return
+	s.call(func() { set, ret = s.lib.EventSetCreate() })
 	if ret != nvml.SUCCESS {
 		s.log.Warn("XID events unavailable", "err", ret)
 		return
 	}
-	defer set.Free()
+	defer s.call(func() { set.Free() })
 	registered := 0
-	for _, d := range s.devices {
-		ret := d.handle.RegisterEvents(nvml.EventTypeXidCriticalError, set)
+	for _, w := range s.workers {
+		d := w.d
+		var ret nvml.Return
+		s.call(func() { ret = d.handle.RegisterEvents(nvml.EventTypeXidCriticalError, set) })
 		switch {
 		case ret == nvml.SUCCESS:
 			registered++
@@ -57,7 +61,9 @@ func (s *Sampler) watchXID(ctx context.Context) {
 	}
 	failing := false
 	for ctx.Err() == nil {
-		data, ret := set.Wait(uint32(xidWaitTimeout / time.Millisecond))
+		var data nvml.EventData
+		var ret nvml.Return
+		s.call(func() { data, ret = set.Wait(uint32(xidWaitTimeout / time.Millisecond)) })
 		switch ret {
 		case nvml.SUCCESS:
 			failing = false
@@ -82,8 +88,8 @@ func (s *Sampler) recordXID(data nvml.EventData) {
 	if data.EventType&nvml.EventTypeXidCriticalError == 0 {
 		return
 	}
-	for _, d := range s.devices {
-		if d.handle == data.Device {
+	for _, w := range s.workers {
+		if d := w.d; d.handle == data.Device {
 			d.xid.record(data.EventData)
 			d.log.Warn("XID error", "xid", data.EventData)
 			return

@@ -72,7 +72,7 @@ type Status struct {
 type Client struct {
 	conn     *grpc.ClientConn
 	lister   podresourcesv1.PodResourcesListerClient
-	resolver Resolver
+	resolver atomic.Pointer[resolverBox]
 	opts     Options
 	log      *slog.Logger
 
@@ -122,14 +122,25 @@ func NewClient(socketPath string, r Resolver, opts Options) (*Client, error) {
 		return nil, fmt.Errorf("podresources: client for %q: %w", abs, err)
 	}
 	c := &Client{
-		conn:     conn,
-		lister:   podresourcesv1.NewPodResourcesListerClient(conn),
-		resolver: r,
-		opts:     opts,
-		log:      opts.Logger.With("component", "podresources", "socket", abs),
+		conn:   conn,
+		lister: podresourcesv1.NewPodResourcesListerClient(conn),
+		opts:   opts,
+		log:    opts.Logger.With("component", "podresources", "socket", abs),
 	}
 	c.current.Store(&Assignments{})
+	c.SetResolver(r)
 	return c, nil
+}
+
+// resolverBox lets an interface value live in an atomic.Pointer.
+type resolverBox struct{ Resolver }
+
+// SetResolver replaces the inventory device IDs are resolved against (MIG
+// instances were created or destroyed); the next poll uses it.
+func (c *Client) SetResolver(r Resolver) {
+	if r != nil {
+		c.resolver.Store(&resolverBox{r})
+	}
 }
 
 // Run polls List immediately, then every Period, until ctx is done. It
@@ -202,7 +213,7 @@ func (c *Client) Refresh(ctx context.Context) error {
 		c.fail(err)
 		return err
 	}
-	a := BuildAssignments(resp, c.resolver)
+	a := BuildAssignments(resp, c.resolver.Load().Resolver)
 	c.current.Store(a)
 	c.succeed(a)
 	return nil

@@ -362,3 +362,31 @@ func TestClientRunTwice(t *testing.T) {
 		t.Fatal("second Run succeeded, want error")
 	}
 }
+
+// MIG instances created after start: a device ID unknown to the first
+// inventory resolves once the resolver is replaced, on the next poll.
+func TestClientSetResolver(t *testing.T) {
+	const migNew = "MIG-99999999-9999-9999-9999-999999999999"
+	path := socketPath(t)
+	startKubelet(t, path, []*podresourcesv1.PodResources{
+		fakekubelet.Pod("ml", "new-mig", fakekubelet.Container("c", fakekubelet.Devices("nvidia.com/mig-1g.5gb", migNew))),
+	})
+	c := newClient(t, path, podresources.Options{})
+	ctx := context.Background()
+	if err := c.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if a := c.Assignments(); a.Unresolved() != 1 || len(a.Pods(migNew)) != 0 {
+		t.Fatalf("before: unresolved %d, pods %v; want the new MIG device unknown", a.Unresolved(), a.Pods(migNew))
+	}
+	inv := testInventory()
+	inv[2].MIG = append(inv[2].MIG, podresources.MIGDevice{UUID: migNew, GI: 9, CI: 0})
+	c.SetResolver(podresources.NewResolver(inv))
+	time.Sleep(testPeriod) // Refresh keeps polls one Period apart
+	if err := c.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if a := c.Assignments(); a.Unresolved() != 0 || len(a.Pods(migNew)) != 1 {
+		t.Errorf("after SetResolver: unresolved %d, pods %v; want the pod on the new MIG device", a.Unresolved(), a.Pods(migNew))
+	}
+}

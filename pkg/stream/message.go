@@ -59,6 +59,7 @@ func deviceMessage(d *attribution.Device, snaps []*telemetry.Snapshot) *telemetr
 		ModelName: g.Name,
 		PciBusId:  g.PCIBusID,
 		Lost:      d.Lost(),
+		Stalled:   d.Stalled(),
 	}
 	if d.MIG != nil {
 		m.ParentUuid = g.UUID

@@ -145,11 +145,25 @@ type Window struct {
 	Mean  float64 // percent
 }
 
-// MIGDevice describes a MIG instance of a GPU.
+// MIGDevice describes a MIG GPU instance of a GPU: one entry per GPU
+// instance, because memory (the only thing NVML reports for MIG) belongs to
+// the GPU instance, and dcgm-exporter's labels (GPU_I_PROFILE, GPU_I_ID)
+// name only it. Two compute instances under one GPU instance are therefore
+// one entry, which keeps their series unique.
 type MIGDevice struct {
-	UUID    string // "MIG-..."
-	GI, CI  int    // GPU instance and compute instance ids
+	UUID    string // "MIG-...": the compute instance with the lowest CI id
+	GI, CI  int    // GPU instance and (lowest) compute instance ids
 	Profile string // e.g. "1g.5gb"
+	// ComputeInstances lists every compute instance of the GPU instance,
+	// UUID included, so that a pod holding any of them can be resolved.
+	ComputeInstances []MIGComputeInstance
+}
+
+// MIGComputeInstance is one compute instance (one MIG device handle, with
+// its own UUID) of a GPU instance.
+type MIGComputeInstance struct {
+	UUID string
+	CI   int
 }
 
 // Device is the static identity of a GPU, read once at start.
@@ -186,7 +200,19 @@ type DeviceState struct {
 	Errors [NumFields]uint64
 	// Lost is set once NVML reported the GPU lost; it is not sampled again.
 	Lost bool
+	// Stalled is set while a read of this GPU has not returned for more
+	// than StallIntervals intervals (a GPU falling off the bus can hang
+	// calls rather than fail them). The reading is then empty, so nothing
+	// stale is served; Supported, Errors and XID still hold.
+	Stalled bool
+	// MIGReadErrors counts failed reads of the GPU's MIG instances since
+	// start (a stale handle after a reconfiguration, say).
+	MIGReadErrors uint64
 }
+
+// StallIntervals is how many sampling intervals a GPU's read may take
+// before the GPU is reported stalled.
+const StallIntervals = 2
 
 // XIDCounts is an immutable record of the XID errors seen on one device.
 type XIDCounts struct {
@@ -203,10 +229,13 @@ type Snapshot struct {
 	States   []DeviceState // States[i] belongs to Devices[i]
 	// Window is the span the engine windows cover.
 	Window time.Duration
-	// Ticks and MissedTicks count since start: a tick that came later
-	// than 1.5 intervals after the previous one counts the intervals it
-	// skipped as missed.
+	// Ticks and MissedTicks count since start: MissedTicks is every
+	// interval since the first tick that produced no snapshot (a slow
+	// tick, or a sampler starved of CPU).
 	Ticks, MissedTicks uint64
+	// Rate is the achieved sampling rate, in snapshots per second over the
+	// latest ticks (at most the last 16); 0 until two ticks exist.
+	Rate float64
 }
 
 // Store holds the latest snapshot and a bounded history of the recent

@@ -35,15 +35,18 @@ func (d *Device) GetEncoderCapacity(nvml.EncoderType) (int, nvml.Return) { retur
 func (d *Device) RegisterEvents(uint64, nvml.EventSet) nvml.Return { return d.ret() }
 
 func (d *Device) GetUtilizationRates() (nvml.Utilization, nvml.Return) {
+	d.cost(callGetUtilizationRates)
 	u := d.gpu.at(d.t())
 	return nvml.Utilization{Gpu: uint32(u), Memory: uint32(math.Round(u * 0.6))}, d.ret()
 }
 
 func (d *Device) GetEncoderUtilization() (uint32, uint32, nvml.Return) {
+	d.cost(callGetEncoderUtilization)
 	return uint32(d.enc.at(d.t())), samplePeriodUs, d.ret()
 }
 
 func (d *Device) GetDecoderUtilization() (uint32, uint32, nvml.Return) {
+	d.cost(callGetDecoderUtilization)
 	return uint32(d.dec.at(d.t())), samplePeriodUs, d.ret()
 }
 
@@ -55,6 +58,7 @@ func (d *Device) used() uint64 {
 }
 
 func (d *Device) GetMemoryInfo_v2() (nvml.Memory_v2, nvml.Return) {
+	d.cost(callGetMemoryInfov2)
 	used := d.used()
 	return nvml.Memory_v2{
 		Version:  nvml.STRUCT_VERSION(nvml.Memory_v2{}, 2),
@@ -66,11 +70,13 @@ func (d *Device) GetMemoryInfo_v2() (nvml.Memory_v2, nvml.Return) {
 }
 
 func (d *Device) GetMemoryInfo() (nvml.Memory, nvml.Return) {
+	d.cost(callGetMemoryInfo)
 	used := d.used() + memoryReserved
 	return nvml.Memory{Total: memoryTotal, Used: used, Free: memoryTotal - used}, d.ret()
 }
 
 func (d *Device) GetTemperature(nvml.TemperatureSensors) (uint32, nvml.Return) {
+	d.cost(callGetTemperature)
 	return uint32(math.Round(38 + d.gpu.smooth(d.t())*0.4)), d.ret()
 }
 
@@ -79,16 +85,23 @@ func (d *Device) GetTemperature(nvml.TemperatureSensors) (uint32, nvml.Return) {
 const idleWatts, wattsPerPercent = 20.0, 0.5
 
 func (d *Device) GetPowerUsage() (uint32, nvml.Return) {
+	d.cost(callGetPowerUsage)
 	return uint32(math.Round((idleWatts + wattsPerPercent*d.gpu.smooth(d.t())) * 1000)), d.ret()
 }
 
 func (d *Device) GetTotalEnergyConsumption() (uint64, nvml.Return) {
-	t := d.t()
+	d.cost(callGetTotalEnergyConsumption)
+	return d.energyAt(d.t()), d.ret()
+}
+
+// energyAt is the energy counter in mJ, t seconds after start.
+func (d *Device) energyAt(t float64) uint64 {
 	joules := idleWatts*t + wattsPerPercent*d.gpu.integral(t)
-	return uint64(joules * 1000), d.ret()
+	return uint64(joules * 1000)
 }
 
 func (d *Device) GetClockInfo(c nvml.ClockType) (uint32, nvml.Return) {
+	d.cost(callGetClockInfo)
 	switch c {
 	case nvml.CLOCK_SM, nvml.CLOCK_GRAPHICS:
 		return uint32(585 + math.Round(d.gpu.smooth(d.t())*10)), d.ret()
@@ -98,17 +111,65 @@ func (d *Device) GetClockInfo(c nvml.ClockType) (uint32, nvml.Return) {
 	return 0, nvml.ERROR_INVALID_ARGUMENT
 }
 
+// PCIe throughput in KB/s per percent of GPU load.
+const pcieTXPerPercent, pcieRXPerPercent = 400, 1200
+
 func (d *Device) GetPcieThroughput(c nvml.PcieUtilCounter) (uint32, nvml.Return) {
+	d.cost(callGetPcieThroughput)
 	u := d.gpu.smooth(d.t())
 	if c == nvml.PCIE_UTIL_TX_BYTES {
-		return uint32(math.Round(u * 400)), d.ret()
+		return uint32(math.Round(u * pcieTXPerPercent)), d.ret()
 	}
-	return uint32(math.Round(u * 1200)), d.ret()
+	return uint32(math.Round(u * pcieRXPerPercent)), d.ret()
+}
+
+// GetFieldValues answers the PCIe byte counters (FI_DEV_PCIE_COUNT_TX/RX_
+// BYTES), cumulative since start: the integral of the throughput curve
+// GetPcieThroughput samples; and the energy counter, as
+// GetTotalEnergyConsumption. Other fields are NOT_SUPPORTED.
+func (d *Device) GetFieldValues(values []nvml.FieldValue) nvml.Return {
+	d.cost(callGetFieldValues)
+	if r := d.ret(); r != nvml.SUCCESS {
+		return r
+	}
+	// One reading of the clock for both the stamp and the counter, as
+	// the driver stamps the value it read.
+	ts := d.lib.now().UnixMicro()
+	t := float64(ts-d.lib.epoch.UnixMicro()) / 1e6
+	for i := range values {
+		v := &values[i]
+		v.Timestamp = ts
+		v.ValueType = uint32(nvml.VALUE_TYPE_UNSIGNED_LONG_LONG)
+		var kbps float64
+		switch v.FieldId {
+		case nvml.FI_DEV_TOTAL_ENERGY_CONSUMPTION:
+			v.NvmlReturn = uint32(nvml.SUCCESS)
+			binary.LittleEndian.PutUint64(v.Value[:], d.energyAt(t))
+			continue
+		case nvml.FI_DEV_PCIE_COUNT_TX_BYTES:
+			kbps = pcieTXPerPercent
+		case nvml.FI_DEV_PCIE_COUNT_RX_BYTES:
+			kbps = pcieRXPerPercent
+		default:
+			v.NvmlReturn = uint32(nvml.ERROR_NOT_SUPPORTED)
+			continue
+		}
+		v.NvmlReturn = uint32(nvml.SUCCESS)
+		kb := kbps * d.gpu.integral(t)
+		if d.gpu.amp == 0 {
+			// A static load moves its counters at the whole KB/s that
+			// GetPcieThroughput reports, so the derived rate is exact.
+			kb = math.Round(kbps*d.gpu.mean) * t
+		}
+		binary.LittleEndian.PutUint64(v.Value[:], uint64(kb*1024))
+	}
+	return nvml.SUCCESS
 }
 
 // GetEncoderStats: a WebRTC-like encoder, 16 sessions at full load, frame
 // rate dropping and latency growing with load.
 func (d *Device) GetEncoderStats() (int, uint32, uint32, nvml.Return) {
+	d.cost(callGetEncoderStats)
 	u := d.enc.smooth(d.t())
 	sessions := int(math.Round(u / 100 * 16))
 	if sessions == 0 {
@@ -123,6 +184,7 @@ func (d *Device) GetEncoderStats() (int, uint32, uint32, nvml.Return) {
 // after lastSeen, up to its buffer's length, with CPU timestamps in µs
 // as the real driver gives them; NOT_FOUND when none is newer.
 func (d *Device) GetSamples(t nvml.SamplingType, lastSeen uint64) (nvml.ValueType, []nvml.Sample, nvml.Return) {
+	d.cost(callGetSamples)
 	if r := d.ret(); r != nvml.SUCCESS {
 		return 0, nil, r
 	}

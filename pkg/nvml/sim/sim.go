@@ -11,6 +11,7 @@ package sim
 import (
 	"fmt"
 	"math"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -28,6 +29,19 @@ type Options struct {
 	// Now is the clock; nil means time.Now. Curves are functions of the
 	// time since New.
 	Now func() time.Time
+	// CallLatency makes each NVML call take as long as it does on a real
+	// GPU (see callCosts), so the tick costs what it would on a node.
+	CallLatency bool
+	// Hang, if set, makes one GPU's sampling calls stop returning, as
+	// calls to a GPU that fell off the bus can: to see the agent report
+	// it stalled.
+	Hang *Hang
+}
+
+// Hang says which GPU hangs, and when.
+type Hang struct {
+	GPU   int           // index
+	After time.Duration // since New
 }
 
 // Model and sizes of the simulated GPU: an NVIDIA T4.
@@ -45,6 +59,8 @@ type Library struct {
 	devices []*Device
 	now     func() time.Time
 	epoch   time.Time
+	latency bool
+	hang    *Hang
 }
 
 var _ nvml.Interface = (*Library)(nil)
@@ -55,7 +71,7 @@ func New(opts Options) *Library {
 	if now == nil {
 		now = time.Now
 	}
-	l := &Library{Interface: &mock.Interface{}, now: now, epoch: now()}
+	l := &Library{Interface: &mock.Interface{}, now: now, epoch: now(), latency: opts.CallLatency, hang: opts.Hang}
 	for i := 0; i < opts.Devices; i++ {
 		l.devices = append(l.devices, newDevice(l, opts.Seed, i, opts.Static))
 	}
@@ -174,6 +190,9 @@ type Device struct {
 
 	gpu, enc, dec curve
 	mem           float64 // framebuffer used at zero load, bytes
+
+	debtMu sync.Mutex
+	debt   time.Duration // call latency owed, see cost
 }
 
 var _ nvml.Device = (*Device)(nil)

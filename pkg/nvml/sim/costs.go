@@ -1,0 +1,78 @@
+package sim
+
+import "time"
+
+// What each NVML call costs on a real GPU, so that the simulated node costs
+// what a real one would (Options.CallLatency). Real NVML calls are ioctls
+// into the kernel driver; most return in tens of microseconds, a few wait
+// on the hardware. Each figure names its source.
+type call uint8
+
+const (
+	callGetUtilizationRates call = iota
+	callGetEncoderUtilization
+	callGetDecoderUtilization
+	callGetMemoryInfov2
+	callGetMemoryInfo
+	callGetTemperature
+	callGetPowerUsage
+	callGetTotalEnergyConsumption
+	callGetClockInfo
+	callGetPcieThroughput
+	callGetEncoderStats
+	callGetSamples
+	callGetFieldValues
+	numCalls
+)
+
+var callCosts = [numCalls]time.Duration{
+	// nvml.h, nvmlDeviceGetPcieThroughput: "This method is not
+	// instantaneous; it is querying a byte counter over a 20ms interval".
+	callGetPcieThroughput: 20 * time.Millisecond,
+	// The rest are NOT measured figures: no GPU was available to this
+	// work, and NVIDIA publishes no per-call latencies. They are estimates
+	// of one kernel-driver ioctl each (tens of µs), with the power sensor
+	// (read over SMBus by the driver) taken as the slowest getter. Replace
+	// them with numbers measured on a real node: TestRealNVML (-tags gpu)
+	// logs the tick duration, the sum of these over one GPU.
+	callGetUtilizationRates:       50 * time.Microsecond,
+	callGetEncoderUtilization:     50 * time.Microsecond,
+	callGetDecoderUtilization:     50 * time.Microsecond,
+	callGetMemoryInfov2:           30 * time.Microsecond,
+	callGetMemoryInfo:             30 * time.Microsecond,
+	callGetTemperature:            30 * time.Microsecond,
+	callGetPowerUsage:             250 * time.Microsecond,
+	callGetTotalEnergyConsumption: 250 * time.Microsecond,
+	callGetClockInfo:              30 * time.Microsecond,
+	callGetEncoderStats:           50 * time.Microsecond,
+	callGetSamples:                50 * time.Microsecond,
+	// One ioctl for the batch, whatever the number of fields (estimate).
+	callGetFieldValues: 60 * time.Microsecond,
+}
+
+// minSleep is the shortest wait cost makes: a Go sleep of tens of µs
+// lasts much longer (timer granularity, scheduling), so shorter costs are
+// owed and paid together once they add up to it.
+const minSleep = 500 * time.Microsecond
+
+// cost waits as long as the call takes on real hardware, when asked to.
+// The wait is a sleep, not a spin: it models the call's latency, not the
+// CPU the driver spends on it.
+func (d *Device) cost(c call) {
+	if h := d.lib.hang; h != nil && d.index == h.GPU && d.lib.now().Sub(d.lib.epoch) >= h.After {
+		select {} // never returns, as a call to a GPU off the bus may not
+	}
+	if !d.lib.latency {
+		return
+	}
+	d.debtMu.Lock()
+	d.debt += callCosts[c]
+	wait := d.debt
+	if wait >= minSleep {
+		d.debt = 0
+	}
+	d.debtMu.Unlock()
+	if wait >= minSleep {
+		time.Sleep(wait)
+	}
+}
