@@ -284,7 +284,17 @@ func TestClientLogsOncePerStateChange(t *testing.T) {
 	}
 
 	kl := startKubelet(t, path, mixedNode())
-	refresh(3, false)
+	// gRPC may still be backing off from the failed dials (at most
+	// maxReconnectBackoff): poll until the kubelet answers, still in the
+	// "down" state, then every poll must succeed.
+	deadline := time.Now().Add(5 * time.Second)
+	for c.Refresh(ctx) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the kubelet's socket never answered")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	refresh(2, false)
 	if n := buf.count(up); n != 1 {
 		t.Fatalf("3 good polls logged %d info lines, want 1:\n%s", n, buf.String())
 	}
