@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gpu-telemetry/agent/internal/logging"
+
 	"github.com/gpu-telemetry/agent/pkg/nvml"
 )
 
@@ -132,11 +134,11 @@ func (c *Config) Validate() error {
 	if c.SimulateHangAt < 0 {
 		bad("simulate.hang-after", c.SimulateHangAt, "must not be negative")
 	}
-	if _, err := parseLevel(c.LogLevel); err != nil {
+	if _, err := logging.ParseLevel(c.LogLevel); err != nil {
 		bad("log.level", c.LogLevel, err.Error())
 	}
-	if c.LogFormat != "logfmt" && c.LogFormat != "json" {
-		bad("log.format", c.LogFormat, "must be logfmt or json")
+	if err := logging.CheckFormat(c.LogFormat); err != nil {
+		bad("log.format", c.LogFormat, err.Error())
 	}
 	return errors.Join(errs...)
 }
@@ -160,21 +162,7 @@ func (c *Config) validateGRPCTLS() []error {
 	return errs
 }
 
-func parseLevel(s string) (slog.Level, error) {
-	var l slog.Level
-	switch strings.ToLower(s) {
-	case "debug", "info", "warn", "error":
-		return l, l.UnmarshalText([]byte(s))
-	}
-	return l, errors.New("must be debug, info, warn or error")
-}
-
 // NewLogger builds the agent's logger. Validate first.
 func (c *Config) NewLogger(w io.Writer) *slog.Logger {
-	level, _ := parseLevel(c.LogLevel)
-	opts := &slog.HandlerOptions{Level: level}
-	if c.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return logging.New(w, c.LogLevel, c.LogFormat)
 }

@@ -9,6 +9,8 @@ import (
 	"net"
 	"strings"
 	"time"
+
+	"github.com/gpu-telemetry/agent/internal/logging"
 )
 
 // Config is every setting of the scaler, filled from flags and validated in
@@ -58,14 +60,14 @@ func ParseFlags(args []string, stderr io.Writer) (*Config, error) {
 	fs.DurationVar(&c.DNSRefresh, "agents.dns-refresh", 10*time.Second, "Time between two resolutions of --agents.dns.")
 	fs.DurationVar(&c.IdleTimeout, "agents.idle-timeout", 10*time.Second, "Reconnect to an agent whose stream sent nothing for this long.")
 	fs.DurationVar(&c.BackoffMax, "agents.backoff-max", 30*time.Second, "Longest wait between two reconnection attempts to one agent.")
-	fs.StringVar(&c.AgentsTLSCA, "agents.tls.ca", "", "CA bundle that signs the agents' certificates; enables TLS to the agents.")
-	fs.StringVar(&c.AgentsTLSCert, "agents.tls.cert", "", "Client certificate for mutual TLS with the agents.")
-	fs.StringVar(&c.AgentsTLSKey, "agents.tls.key", "", "Key of --agents.tls.cert.")
-	fs.StringVar(&c.AgentsTLSServer, "agents.tls.server-name", "", "Name expected in the agents' certificates (their addresses are pod IPs); empty: the address's host.")
+	fs.StringVar(&c.AgentsTLSCA, "agents.tls-ca-file", "", "CA bundle that signs the agents' certificates; enables TLS to the agents.")
+	fs.StringVar(&c.AgentsTLSCert, "agents.tls-cert-file", "", "Client certificate for mutual TLS with the agents.")
+	fs.StringVar(&c.AgentsTLSKey, "agents.tls-key-file", "", "Key of --agents.tls-cert-file.")
+	fs.StringVar(&c.AgentsTLSServer, "agents.tls-server-name", "", "Name expected in the agents' certificates (their addresses are pod IPs); empty: the address's host.")
 	fs.StringVar(&c.GRPCListenAddress, "grpc.listen-address", ":9500", "Address of the KEDA external scaler gRPC service.")
-	fs.StringVar(&c.GRPCTLSCert, "grpc.tls.cert", "", "Server certificate of the gRPC service; enables TLS.")
-	fs.StringVar(&c.GRPCTLSKey, "grpc.tls.key", "", "Key of --grpc.tls.cert.")
-	fs.StringVar(&c.GRPCTLSClientCA, "grpc.tls.client-ca", "", "CA of the client certificates KEDA must present (mutual TLS).")
+	fs.StringVar(&c.GRPCTLSCert, "grpc.tls-cert-file", "", "Server certificate of the gRPC service; enables TLS.")
+	fs.StringVar(&c.GRPCTLSKey, "grpc.tls-key-file", "", "Key of --grpc.tls-cert-file.")
+	fs.StringVar(&c.GRPCTLSClientCA, "grpc.tls-client-ca-file", "", "CA of the client certificates KEDA must present (mutual TLS).")
 	fs.StringVar(&c.WebListenAddress, "web.listen-address", ":9501", "Address of the scaler's own /metrics and /healthz.")
 	fs.DurationVar(&c.StaleAfter, "stale-after", 0, "Silence after which a node's pods leave the aggregate; 0: four of the node's sampling intervals, at least 1s.")
 	fs.DurationVar(&c.ForgetAfter, "forget-after", 5*time.Minute, "Silence after which a node is forgotten: until then, a trigger whose pods are all on silent nodes is Unavailable, not 0.")
@@ -111,22 +113,22 @@ func (c *Config) Validate() error {
 		bad("agents.backoff-max", c.BackoffMax, "must be at least 1s")
 	}
 	if (c.AgentsTLSCert == "") != (c.AgentsTLSKey == "") {
-		bad("agents.tls.cert", c.AgentsTLSCert, "--agents.tls.cert and --agents.tls.key go together")
+		bad("agents.tls-cert-file", c.AgentsTLSCert, "--agents.tls-cert-file and --agents.tls-key-file go together")
 	}
 	if c.AgentsTLSCert != "" && c.AgentsTLSCA == "" {
-		bad("agents.tls.ca", `""`, "mutual TLS (--agents.tls.cert) needs the agents' CA")
+		bad("agents.tls-ca-file", `""`, "mutual TLS (--agents.tls-cert-file) needs the agents' CA")
 	}
 	if c.AgentsTLSServer != "" && c.AgentsTLSCA == "" {
-		bad("agents.tls.server-name", c.AgentsTLSServer, "only meaningful with --agents.tls.ca")
+		bad("agents.tls-server-name", c.AgentsTLSServer, "only meaningful with --agents.tls-ca-file")
 	}
 	if c.GRPCListenAddress == "" {
 		bad("grpc.listen-address", `""`, "must not be empty")
 	}
 	if (c.GRPCTLSCert == "") != (c.GRPCTLSKey == "") {
-		bad("grpc.tls.cert", c.GRPCTLSCert, "--grpc.tls.cert and --grpc.tls.key go together")
+		bad("grpc.tls-cert-file", c.GRPCTLSCert, "--grpc.tls-cert-file and --grpc.tls-key-file go together")
 	}
 	if c.GRPCTLSClientCA != "" && c.GRPCTLSCert == "" {
-		bad("grpc.tls.client-ca", c.GRPCTLSClientCA, "mutual TLS needs --grpc.tls.cert and --grpc.tls.key")
+		bad("grpc.tls-client-ca-file", c.GRPCTLSClientCA, "mutual TLS needs --grpc.tls-cert-file and --grpc.tls-key-file")
 	}
 	if c.WebListenAddress == "" {
 		bad("web.listen-address", `""`, "must not be empty")
@@ -140,11 +142,11 @@ func (c *Config) Validate() error {
 	if c.WindowMax < 0 || c.WindowMax > 10*time.Minute {
 		bad("window.max", c.WindowMax, "must be between 0 and 10m")
 	}
-	if _, err := parseLevel(c.LogLevel); err != nil {
+	if _, err := logging.ParseLevel(c.LogLevel); err != nil {
 		bad("log.level", c.LogLevel, err.Error())
 	}
-	if c.LogFormat != "logfmt" && c.LogFormat != "json" {
-		bad("log.format", c.LogFormat, "must be logfmt or json")
+	if err := logging.CheckFormat(c.LogFormat); err != nil {
+		bad("log.format", c.LogFormat, err.Error())
 	}
 	return errors.Join(errs...)
 }
@@ -160,21 +162,7 @@ func hostPort(s string) error {
 	return nil
 }
 
-func parseLevel(s string) (slog.Level, error) {
-	var l slog.Level
-	switch strings.ToLower(s) {
-	case "debug", "info", "warn", "error":
-		return l, l.UnmarshalText([]byte(s))
-	}
-	return l, errors.New("must be debug, info, warn or error")
-}
-
 // NewLogger builds the scaler's logger. Validate first.
 func (c *Config) NewLogger(w io.Writer) *slog.Logger {
-	level, _ := parseLevel(c.LogLevel)
-	opts := &slog.HandlerOptions{Level: level}
-	if c.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return logging.New(w, c.LogLevel, c.LogFormat)
 }

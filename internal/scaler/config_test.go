@@ -32,12 +32,12 @@ func TestConfigErrorsNameTheFlag(t *testing.T) {
 		{[]string{"--agents=a:1", "--agents.dns-refresh=10ms"}, "--agents.dns-refresh=10ms"},
 		{[]string{"--agents=a:1", "--agents.idle-timeout=0s"}, "--agents.idle-timeout=0s"},
 		{[]string{"--agents=a:1", "--agents.backoff-max=1ms"}, "--agents.backoff-max=1ms"},
-		{[]string{"--agents=a:1", "--agents.tls.cert=c.pem"}, "--agents.tls.cert=c.pem"},
-		{[]string{"--agents=a:1", "--agents.tls.cert=c.pem", "--agents.tls.key=k.pem"}, "--agents.tls.ca="},
-		{[]string{"--agents=a:1", "--agents.tls.server-name=x"}, "--agents.tls.server-name=x"},
+		{[]string{"--agents=a:1", "--agents.tls-cert-file=c.pem"}, "--agents.tls-cert-file=c.pem"},
+		{[]string{"--agents=a:1", "--agents.tls-cert-file=c.pem", "--agents.tls-key-file=k.pem"}, "--agents.tls-ca-file="},
+		{[]string{"--agents=a:1", "--agents.tls-server-name=x"}, "--agents.tls-server-name=x"},
 		{[]string{"--agents=a:1", "--grpc.listen-address="}, "--grpc.listen-address="},
-		{[]string{"--agents=a:1", "--grpc.tls.key=k.pem"}, "--grpc.tls.cert="},
-		{[]string{"--agents=a:1", "--grpc.tls.client-ca=ca.pem"}, "--grpc.tls.client-ca=ca.pem"},
+		{[]string{"--agents=a:1", "--grpc.tls-key-file=k.pem"}, "--grpc.tls-cert-file="},
+		{[]string{"--agents=a:1", "--grpc.tls-client-ca-file=ca.pem"}, "--grpc.tls-client-ca-file=ca.pem"},
 		{[]string{"--agents=a:1", "--web.listen-address="}, "--web.listen-address="},
 		{[]string{"--agents=a:1", "--stale-after=1ms"}, "--stale-after=1ms"},
 		{[]string{"--agents=a:1", "--stale-after=1m", "--forget-after=30s"}, "--forget-after=30s"},
@@ -67,7 +67,7 @@ func TestMainExitCodes(t *testing.T) {
 	}
 	// Missing TLS files fail the start with the flag named.
 	errOut.Reset()
-	if code := Main(context.Background(), []string{"--agents=a:1", "--grpc.tls.cert=/nonexistent.pem", "--grpc.tls.key=/nonexistent.key"}, io.Discard, &errOut); code != 1 || !strings.Contains(errOut.String(), "grpc.tls.cert") {
+	if code := Main(context.Background(), []string{"--agents=a:1", "--grpc.tls-cert-file=/nonexistent.pem", "--grpc.tls-key-file=/nonexistent.key"}, io.Discard, &errOut); code != 1 || !strings.Contains(errOut.String(), "grpc.tls-cert-file") {
 		t.Errorf("missing cert: exit %d, %q", code, errOut.String())
 	}
 }

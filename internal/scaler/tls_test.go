@@ -96,8 +96,8 @@ func TestMutualTLS(t *testing.T) {
 	a.Publish(scalertest.Device("GPU-1", 42, "default/inference-0"))
 
 	cfg, err := ParseFlags([]string{"--agents=" + a.Addr(),
-		"--agents.tls.ca=" + p.caPath, "--agents.tls.cert=" + scalerCert, "--agents.tls.key=" + scalerKey,
-		"--grpc.tls.cert=" + scalerCert, "--grpc.tls.key=" + scalerKey, "--grpc.tls.client-ca=" + p.caPath}, os.Stderr)
+		"--agents.tls-ca-file=" + p.caPath, "--agents.tls-cert-file=" + scalerCert, "--agents.tls-key-file=" + scalerKey,
+		"--grpc.tls-cert-file=" + scalerCert, "--grpc.tls-key-file=" + scalerKey, "--grpc.tls-client-ca-file=" + p.caPath}, os.Stderr)
 	if err != nil {
 		t.Fatal(err)
 	}
