@@ -7,14 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
+
+	"github.com/gpu-telemetry/agent/test/internal/proc"
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -22,94 +20,20 @@ import (
 
 // agentProc is the agent under test, run as a child process.
 type agentProc struct {
-	cmd  *exec.Cmd
+	*proc.Proc
 	addr string
-	out  *lockedBuffer
-	done chan struct{}
-	err  error // Wait's result, set before done is closed
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
 }
 
 func startAgent(bin string, args ...string) (*agentProc, error) {
-	addr, err := freeAddr()
+	addr, err := proc.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	a := &agentProc{addr: addr, out: &lockedBuffer{}, done: make(chan struct{})}
-	// The gRPC server runs, idle, as on a node, on a port of its own so
-	// that no other agent on the machine collides with it.
-	a.cmd = exec.Command(bin, append([]string{"--web.listen-address=" + addr, "--grpc.listen-address=127.0.0.1:0"}, args...)...)
-	a.cmd.Stdout, a.cmd.Stderr = a.out, a.out
-	if err := a.cmd.Start(); err != nil {
+	p, err := proc.Start("the agent", bin, append([]string{"--web.listen-address=" + addr, "--grpc.listen-address=127.0.0.1:0"}, args...)...)
+	if err != nil {
 		return nil, err
 	}
-	go func() {
-		a.err = a.cmd.Wait()
-		close(a.done)
-	}()
-	return a, nil
-}
-
-func (a *agentProc) pid() int { return a.cmd.Process.Pid }
-
-// alive returns an error, with the agent's last output, once it exited.
-func (a *agentProc) alive() error {
-	select {
-	case <-a.done:
-		return fmt.Errorf("the agent exited (%v); its last output:\n%s", a.err, tail(a.out.String(), 30))
-	default:
-		return nil
-	}
-}
-
-// stop sends SIGTERM and waits; it fails if the agent does not exit 0
-// within its 5 s shutdown budget.
-func (a *agentProc) stop() error {
-	if err := a.alive(); err != nil {
-		return err
-	}
-	_ = a.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-a.done:
-	case <-time.After(5 * time.Second):
-		_ = a.cmd.Process.Kill()
-		<-a.done
-		return fmt.Errorf("the agent was still running 5s after SIGTERM")
-	}
-	if a.err != nil {
-		return fmt.Errorf("the agent exited with %v after SIGTERM; its last output:\n%s", a.err, tail(a.out.String(), 30))
-	}
-	return nil
-}
-
-func tail(s string, lines int) string {
-	ls := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	return strings.Join(ls[max(0, len(ls)-lines):], "\n")
+	return &agentProc{Proc: p, addr: addr}, nil
 }
 
 // promAccept is the Accept header of a Prometheus 2.x scrape: OpenMetrics
@@ -258,7 +182,7 @@ func waitFor(a *agentProc, timeout time.Duration, what string, check func() erro
 		if err == nil {
 			return nil
 		}
-		if dead := a.alive(); dead != nil {
+		if dead := a.Alive(); dead != nil {
 			return fmt.Errorf("waiting for %s: %w", what, dead)
 		}
 		if time.Now().After(deadline) {

@@ -165,8 +165,7 @@ func measure(cfg config, bin, socket string, n int) (result, error) {
 	stopped := false
 	defer func() {
 		if !stopped {
-			_ = a.cmd.Process.Kill()
-			<-a.done
+			a.Kill()
 		}
 	}()
 	client := newClient(n)
@@ -199,7 +198,7 @@ func measure(cfg config, bin, socket string, n int) (result, error) {
 	if err != nil {
 		return r, err
 	}
-	cpu0, err := cpuSeconds(a.pid())
+	cpu0, err := cpuSeconds(a.PID())
 	if err != nil {
 		return r, err
 	}
@@ -210,19 +209,19 @@ func measure(cfg config, bin, socket string, n int) (result, error) {
 		if err := sleepAlive(a, time.Second); err != nil {
 			return r, err
 		}
-		m, err := readMemory(a.pid())
+		m, err := readMemory(a.PID())
 		if err != nil {
 			return r, err
 		}
 		rss, anon, file = append(rss, m.RSS), append(anon, m.Anon), append(file, m.File)
 		peak = max(peak, m.RSS)
 	}
-	cpu1, err := cpuSeconds(a.pid())
+	cpu1, err := cpuSeconds(a.PID())
 	if err != nil {
 		return r, err
 	}
 	wall := time.Since(t0).Seconds()
-	mem, err := readMemory(a.pid())
+	mem, err := readMemory(a.PID())
 	if err != nil {
 		return r, err
 	}
@@ -257,7 +256,7 @@ func measure(cfg config, bin, socket string, n int) (result, error) {
 	span := v1["gpu_agent_last_sample_timestamp_seconds"] - v0["gpu_agent_last_sample_timestamp_seconds"]
 	r.ExpectedTicks = int(span/cfg.Interval.Seconds() + 0.5)
 
-	if err := a.stop(); err != nil {
+	if err := a.Stop(); err != nil {
 		return r, err
 	}
 	stopped = true
@@ -273,8 +272,8 @@ func measure(cfg config, bin, socket string, n int) (result, error) {
 // sleepAlive sleeps d, failing as soon as the agent exits.
 func sleepAlive(a *agentProc, d time.Duration) error {
 	select {
-	case <-a.done:
-		return a.alive()
+	case <-a.Done():
+		return a.Alive()
 	case <-time.After(d):
 		return nil
 	}

@@ -51,6 +51,9 @@ func Start(name, bin string, args ...string) (*Proc, error) {
 // PID returns the process id.
 func (p *Proc) PID() int { return p.cmd.Process.Pid }
 
+// Done is closed once the process has exited.
+func (p *Proc) Done() <-chan struct{} { return p.done }
+
 // Output returns what the process wrote so far.
 func (p *Proc) Output() string { return p.out.String() }
 
