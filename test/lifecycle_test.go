@@ -259,3 +259,72 @@ func TestGPUHungFromStart(t *testing.T) {
 		t.Errorf("the GPU left out is not logged")
 	}
 }
+
+// TestSIGTERMDuringStartup: the agent serves /healthz (and /readyz as 503
+// "starting") while its start-up probe waits on a GPU hung from its first
+// call, and a SIGTERM sent then ends it with 0 within 5 s, saying that
+// start-up was interrupted and leaving NVML up under the call in flight.
+func TestSIGTERMDuringStartup(t *testing.T) {
+	var a *agent
+	for attempt := 1; ; attempt++ {
+		addr := freeAddr(t)
+		a = &agent{addr: addr, proc: startProc(t, "gpu-agent", agentBin, "--web.listen-address="+addr,
+			"--grpc.listen-address=", "--node-name=golden-node", "--simulate=3", "--simulate.hang-gpu=1",
+			"--kubelet.pod-resources-socket=/nonexistent/kubelet.sock")}
+		err := waitHealthy(a)
+		if err == nil {
+			break
+		}
+		if attempt < 3 && a.exited() && strings.Contains(a.output.String(), "address already in use") {
+			continue
+		}
+		t.Fatal(err)
+	}
+	resp, err := httpClient.Get(a.url("/readyz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.HasPrefix(string(body), "starting") {
+		t.Fatalf("/readyz %s %q while the probe waits on GPU 1, want 503 starting", resp.Status, body)
+	}
+
+	sent := time.Now()
+	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-a.done:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("agent still running 5s after SIGTERM during start-up")
+	}
+	if code := a.exitCode(); code != 0 {
+		t.Errorf("exit code %d after SIGTERM during start-up, want 0", code)
+	}
+	out := a.output.String()
+	for _, want := range []string{"start-up interrupted", "skipping NVML shutdown"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output does not say %q", want)
+		}
+	}
+	t.Logf("exited %s after SIGTERM during start-up", time.Since(sent).Round(time.Millisecond))
+}
+
+// waitHealthy polls /healthz until it answers 200.
+func waitHealthy(a *agent) error {
+	deadline := time.Now().Add(readyTimeout)
+	for time.Now().Before(deadline) {
+		if a.exited() {
+			return fmt.Errorf("exited with code %d before serving /healthz", a.exitCode())
+		}
+		if resp, err := httpClient.Get(a.url("/healthz")); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		time.Sleep(pollEvery)
+	}
+	return fmt.Errorf("/healthz not 200 within %s", readyTimeout)
+}

@@ -96,7 +96,58 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	// The pod-resources client is made after the sampler (it needs the
 	// inventory); the sampler tells it of MIG changes only once running.
 	var pods atomic.Pointer[podresources.Client]
-	sampler, err := nvml.Open(lib, nvml.Config{
+
+	// Listen before anything runs, so a taken port fails the start, and
+	// serve at once: NVML's start-up can take seconds (a GPU that hangs is
+	// waited for up to the probe timeout), and /healthz must answer
+	// meanwhile, or a liveness probe restarts the pod. /readyz and
+	// /metrics answer 503 until the sampler is open (exporter.Starting).
+	ln, err := net.Listen("tcp", cfg.ListenAddress)
+	if err != nil {
+		return fmt.Errorf("--web.listen-address=%s: %w", cfg.ListenAddress, err)
+	}
+	var grpcLn net.Listener
+	if cfg.GRPCListenAddress != "" {
+		if grpcLn, err = listenGRPC(cfg.GRPCListenAddress); err != nil {
+			ln.Close()
+			return err
+		}
+		defer grpcLn.Close() // closed already if the server ran
+	}
+	starting := &exporter.Starting{}
+	srv := &http.Server{Handler: starting, ReadHeaderTimeout: 10 * time.Second}
+	webFlags := &web.FlagConfig{
+		WebListenAddresses: &[]string{cfg.ListenAddress},
+		WebSystemdSocket:   new(bool),
+		WebConfigFile:      &cfg.WebConfigFile,
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	g, gctx := errgroup.WithContext(runCtx)
+	g.Go(func() error {
+		log.Info("serving metrics", "address", ln.Addr().String())
+		if err := web.Serve(ln, srv, webFlags, log.With("component", "http")); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serving HTTP: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		// The parent context is cancelled: drain with a fresh one.
+		sctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
+	// abort stops what runs and returns err, or the error that stopped it.
+	abort := func(err error) error {
+		stop()
+		if werr := g.Wait(); werr != nil {
+			return werr
+		}
+		return err
+	}
+
+	sampler, err := nvml.Open(gctx, lib, nvml.Config{
 		Interval:     cfg.Interval,
 		Window:       cfg.Window,
 		Logger:       log.With("component", "nvml"),
@@ -108,12 +159,18 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 			}
 		},
 	})
+	if err != nil && ctx.Err() != nil {
+		// SIGTERM during start-up is a normal stop: Open has shut NVML
+		// down, or left it with a log line if a call was in flight.
+		log.Info("start-up interrupted; stopping before sampling began", "reason", err)
+		return abort(nil)
+	}
 	if errors.Is(err, nvml.ErrLibraryNotFound) {
-		return fmt.Errorf("%w: install the NVIDIA driver (or mount libnvidia-ml.so.1 into the container, or pass --nvml.library-path); "+
-			"to run without a GPU, use --simulate N", err)
+		return abort(fmt.Errorf("%w: install the NVIDIA driver (or mount libnvidia-ml.so.1 into the container, or pass --nvml.library-path); "+
+			"to run without a GPU, use --simulate N", err))
 	}
 	if err != nil {
-		return err
+		return abort(err)
 	}
 	defer func() {
 		if err := sampler.Close(); err != nil {
@@ -125,7 +182,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if simLib != nil && !exists(socket) {
 		kubelet, path, err := startSimulatedKubelet(simLib)
 		if err != nil {
-			return err
+			return abort(err)
 		}
 		defer kubelet.Stop()
 		defer os.RemoveAll(filepath.Dir(path))
@@ -137,7 +194,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		Logger: log,
 	})
 	if err != nil {
-		return err
+		return abort(err)
 	}
 	pods.Store(client)
 	client.SetResolver(podresources.NewResolver(resolverGPUs(sampler.Devices()))) // MIG may have changed meanwhile
@@ -155,37 +212,21 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		tickDuration,
 	)
 	var push *pushServer
-	if cfg.GRPCListenAddress != "" {
+	if grpcLn != nil {
 		if push, err = newPushServer(cfg, store, client, log.With("component", "grpc")); err != nil {
-			return err
+			return abort(err)
 		}
+		push.ln = grpcLn
 		reg.MustRegister(push.stream)
 	}
 	handler, err := exporter.NewHandler(reg, collector, exporter.HandlerOptions{
 		Interval: cfg.Interval, Logger: log.With("component", "http"), Version: Version,
 	})
 	if err != nil {
-		return err
+		return abort(err)
 	}
-	// Listen before anything runs, so a taken port fails the start.
-	ln, err := net.Listen("tcp", cfg.ListenAddress)
-	if err != nil {
-		return fmt.Errorf("--web.listen-address=%s: %w", cfg.ListenAddress, err)
-	}
-	if push != nil {
-		if err := push.listen(cfg.GRPCListenAddress); err != nil {
-			ln.Close()
-			return err
-		}
-	}
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
-	webFlags := &web.FlagConfig{
-		WebListenAddresses: &[]string{cfg.ListenAddress},
-		WebSystemdSocket:   new(bool),
-		WebConfigFile:      &cfg.WebConfigFile,
-	}
+	starting.Ready(handler)
 
-	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return sampler.Run(gctx) })
 	g.Go(func() error { return client.Run(gctx) })
 	if push != nil {
@@ -196,20 +237,6 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 			return watchLoadFile(gctx, cfg.SimulateLoad, simControl, log.With("component", "simulate"))
 		})
 	}
-	g.Go(func() error {
-		log.Info("serving metrics", "address", ln.Addr().String())
-		if err := web.Serve(ln, srv, webFlags, log.With("component", "http")); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("serving HTTP: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-gctx.Done()
-		// The parent context is cancelled: drain with a fresh one.
-		sctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
-		defer cancel()
-		return srv.Shutdown(sctx)
-	})
 	err = g.Wait()
 	log.Info("stopped")
 	return err

@@ -54,15 +54,14 @@ func newPushServer(cfg *Config, store *telemetry.Store, pods stream.Pods, log *s
 	return p, nil
 }
 
-// listen binds the address before anything runs, so a taken port fails
-// the start.
-func (p *pushServer) listen(addr string) error {
+// listenGRPC binds the push API's address before anything runs, so a
+// taken port fails the start; the server is made once NVML is up.
+func listenGRPC(addr string) (net.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("--grpc.listen-address=%s: %w", addr, err)
+		return nil, fmt.Errorf("--grpc.listen-address=%s: %w", addr, err)
 	}
-	p.ln = ln
-	return nil
+	return ln, nil
 }
 
 // run serves until ctx ends, then closes every Watch stream (clients read

@@ -304,6 +304,33 @@ func TestHandler(t *testing.T) {
 	}
 }
 
+// While the agent starts, /healthz is 200 and everything else 503
+// "starting"; then the real handler serves every path.
+func TestStarting(t *testing.T) {
+	var h Starting
+	get := func(path string) (int, string) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		return rec.Code, rec.Body.String()
+	}
+	if code, _ := get("/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz while starting = %d, want 200", code)
+	}
+	for _, path := range []string{"/readyz", "/metrics", "/"} {
+		if code, body := get(path); code != http.StatusServiceUnavailable || !strings.HasPrefix(body, "starting") {
+			t.Errorf("%s while starting = %d %q, want 503 starting", path, code, body)
+		}
+	}
+	src := &snapshots{snap: testSnapshot()}
+	src.snap.Time = time.Now()
+	h.Ready(newTestHandler(t, NewCollector(src, Options{Hostname: "n", Interval: time.Second}), time.Second))
+	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+		if code, body := get(path); code != http.StatusOK {
+			t.Errorf("%s once started = %d %q, want 200", path, code, body)
+		}
+	}
+}
+
 func grep(s, substr string) string {
 	var out []string
 	for _, l := range strings.Split(s, "\n") {

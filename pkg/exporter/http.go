@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,6 +33,33 @@ func Readiness(src Snapshots, interval time.Duration, now time.Time) (bool, stri
 		return false, fmt.Sprintf("sampling stalled: last sample %s ago, interval %s", age.Round(time.Millisecond), interval)
 	}
 	return true, "ok"
+}
+
+// Starting is the agent's HTTP handler from the moment its port is open:
+// until Ready hands it the real handler, /healthz answers 200 (the
+// process is alive, however long NVML takes to come up, so a liveness
+// probe does not restart a pod that waits on a slow GPU) and every other
+// path, /readyz and /metrics included, 503 "starting".
+type Starting struct {
+	h atomic.Pointer[http.Handler]
+}
+
+// StartingReason is what Starting answers before Ready.
+const StartingReason = "starting: NVML start-up in progress"
+
+// Ready makes h serve every request from now on.
+func (s *Starting) Ready(h http.Handler) { s.h.Store(&h) }
+
+func (s *Starting) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h := s.h.Load(); h != nil {
+		(*h).ServeHTTP(w, r)
+		return
+	}
+	if r.URL.Path == "/healthz" {
+		fmt.Fprintln(w, "ok")
+		return
+	}
+	http.Error(w, StartingReason, http.StatusServiceUnavailable)
 }
 
 // HandlerOptions configures NewHandler.

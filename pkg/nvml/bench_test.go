@@ -36,7 +36,7 @@ func BenchmarkTick8MockGPUs(b *testing.B) {
 
 // benchTicks times Tick over lib at 10 Hz settings.
 func benchTicks(b *testing.B, lib Library) {
-	s, err := Open(lib, Config{Interval: 100 * time.Millisecond})
+	s, err := Open(b.Context(), lib, Config{Interval: 100 * time.Millisecond})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -54,7 +54,7 @@ func benchTicks(b *testing.B, lib Library) {
 func BenchmarkDrainSamples8GPUs(b *testing.B) {
 	clock := time.Unix(1_800_000_000, 0)
 	now := func() time.Time { return clock }
-	s, err := Open(sim.New(sim.Options{Devices: 8, Seed: 1, Now: now}), Config{Interval: 250 * time.Millisecond, Now: now})
+	s, err := Open(b.Context(), sim.New(sim.Options{Devices: 8, Seed: 1, Now: now}), Config{Interval: 250 * time.Millisecond, Now: now})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -14,7 +14,7 @@ import (
 // go test -tags gpu -run RealNVML -v ./pkg/nvml/
 // It skips where no driver is installed.
 func TestRealNVML(t *testing.T) {
-	s, err := Open(NewLibrary(""), Config{Interval: MinInterval})
+	s, err := Open(t.Context(), NewLibrary(""), Config{Interval: MinInterval})
 	if errors.Is(err, ErrLibraryNotFound) {
 		t.Skip("no NVIDIA driver on this machine")
 	}

@@ -102,12 +102,14 @@ func (d *device) pcieFallbackLoop(s *Sampler, period time.Duration) {
 		case <-t.C:
 		}
 		var r pcieReading
-		s.call(func() {
+		if !s.call(func() {
 			r.tx, r.ret = d.handle.GetPcieThroughput(nvml.PCIE_UTIL_TX_BYTES)
 			if r.ret == nvml.SUCCESS {
 				r.rx, r.ret = d.handle.GetPcieThroughput(nvml.PCIE_UTIL_RX_BYTES)
 			}
-		})
+		}) {
+			return // NVML is being shut down
+		}
 		d.pcie.fallback.Store(&r)
 		if isNotSupported(r.ret) || r.ret == nvml.ERROR_GPU_IS_LOST {
 			return

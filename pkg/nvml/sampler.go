@@ -21,10 +21,17 @@ const MinInterval = 100 * time.Millisecond
 
 // Defaults of the bounds on calls that may not return.
 const (
+	// DefaultInitTimeout bounds each system-wide call Open cannot do
+	// without (nvmlInit, DeviceGetCount). Generous: without persistence
+	// mode the driver brings every GPU up inside nvmlInit, which can take
+	// seconds per GPU; a call that has not returned by then is an error
+	// naming it, never a hang.
+	DefaultInitTimeout = 30 * time.Second
 	// DefaultProbeTimeout bounds how long Open waits for each GPU's
-	// inventory and probe. A GPU whose identity has not come back by then
-	// is skipped; one whose probe has not is served as stalled until it
-	// does.
+	// inventory, probe and XID registration, and for the optional
+	// system-wide calls (EventSetCreate, SystemGetDriverVersion). A GPU
+	// whose identity has not come back by then is skipped; one whose
+	// probe has not is served as stalled until it does.
 	DefaultProbeTimeout = 5 * time.Second
 	// DefaultShutdownWait bounds how long Close waits for NVML calls in
 	// flight before it skips nvmlShutdown (which would wait for them too).
@@ -51,6 +58,7 @@ type Config struct {
 	// clock then never steps unless the test says so).
 	Monotonic func() time.Duration
 
+	InitTimeout  time.Duration // see DefaultInitTimeout
 	ProbeTimeout time.Duration // see DefaultProbeTimeout
 	ShutdownWait time.Duration // see DefaultShutdownWait
 	MIGRescan    time.Duration // see DefaultMIGRescan
@@ -86,6 +94,18 @@ type Sampler struct {
 	deadline *time.Timer
 	quit     chan struct{}
 	inflight atomic.Int64 // NVML calls in flight on any goroutine
+	// closing is set before NVML is shut down: no call starts after it
+	// (see enter), so inflight can only fall from then on.
+	closing atomic.Bool
+
+	// xidSet is the event set every GPU registers with for XID errors,
+	// nil where NVML has none; xidArmed is closed by the first GPU that
+	// registers, so the wait loop runs only where there is something to
+	// wait for.
+	xidSet      nvml.EventSet
+	xidArmed    chan struct{}
+	xidArmOnce  sync.Once
+	initialised bool // nvmlInit returned SUCCESS: Shutdown is owed
 
 	// Touched only by the goroutine that ticks.
 	seq, ticks, missed uint64
@@ -94,7 +114,6 @@ type Sampler struct {
 	migGen             []uint64      // MIG inventory generation per worker, as published
 
 	closeOnce sync.Once
-	bg        sync.WaitGroup // goroutines other than the workers (XID)
 }
 
 type doneMsg struct {
@@ -102,10 +121,22 @@ type doneMsg struct {
 	seq    uint64
 }
 
+// ErrInterrupted means Open's context ended before start-up was over.
+// The error wraps the context's error too.
+var ErrInterrupted = errors.New("NVML start-up interrupted")
+
+// ErrNotReturning means an NVML call Open cannot do without did not
+// return within its bound. The error names the call.
+var ErrNotReturning = errors.New("NVML call did not return")
+
 // Open initialises NVML, reads the inventory and probes, once per device
 // and field, what the device supports, each GPU on its own worker and
-// within cfg.ProbeTimeout. The caller must Close the sampler.
-func Open(lib Library, cfg Config) (*Sampler, error) {
+// within cfg.ProbeTimeout. Every call it makes is bounded: nvmlInit and
+// DeviceGetCount by cfg.InitTimeout (ErrNotReturning), the rest by
+// cfg.ProbeTimeout, and all by ctx: once ctx is done Open returns
+// ErrInterrupted within cfg.ShutdownWait, shutting NVML down only if no
+// call is in flight by then. The caller must Close the sampler.
+func Open(ctx context.Context, lib Library, cfg Config) (*Sampler, error) {
 	if cfg.Interval < MinInterval {
 		return nil, fmt.Errorf("sampling interval %s is below the minimum %s", cfg.Interval, MinInterval)
 	}
@@ -127,6 +158,9 @@ func Open(lib Library, cfg Config) (*Sampler, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.InitTimeout <= 0 {
+		cfg.InitTimeout = DefaultInitTimeout
+	}
 	if cfg.ProbeTimeout <= 0 {
 		cfg.ProbeTimeout = DefaultProbeTimeout
 	}
@@ -136,31 +170,69 @@ func Open(lib Library, cfg Config) (*Sampler, error) {
 	if cfg.MIGRescan <= 0 {
 		cfg.MIGRescan = DefaultMIGRescan
 	}
-	if ret := lib.Init(); ret != nvml.SUCCESS {
-		if ret == nvml.ERROR_LIBRARY_NOT_FOUND {
-			return nil, ErrLibraryNotFound
-		}
-		return nil, fmt.Errorf("initialising NVML: %w", ret)
-	}
 	if cfg.Store == nil {
 		cfg.Store = &telemetry.Store{}
 	}
-	s := &Sampler{lib: lib, cfg: cfg, log: cfg.Logger, store: cfg.Store, epoch: time.Now(), quit: make(chan struct{})}
-	n, ret := lib.DeviceGetCount()
+	s := &Sampler{lib: lib, cfg: cfg, log: cfg.Logger, store: cfg.Store, epoch: time.Now(),
+		quit: make(chan struct{}), xidArmed: make(chan struct{})}
+	if err := s.open(ctx); err != nil {
+		s.closeOnce.Do(func() {
+			if s.initialised {
+				_ = s.shutdown()
+			} else {
+				s.closeWorkers()
+			}
+		})
+		return nil, err
+	}
+	return s, nil
+}
+
+// open is Open's start-up once the config is complete. On error the
+// caller shuts NVML down (or skips it, with calls in flight).
+func (s *Sampler) open(ctx context.Context) error {
+	// Each call has its own results: one given up on may still write them.
+	var ret nvml.Return
+	if err := s.await(ctx, "nvmlInit", s.cfg.InitTimeout, func() { ret = s.lib.Init() }); err != nil {
+		return fmt.Errorf("initialising NVML: %w", err)
+	}
 	if ret != nvml.SUCCESS {
-		lib.Shutdown()
-		return nil, nvmlError("DeviceGetCount", ret)
+		if ret == nvml.ERROR_LIBRARY_NOT_FOUND {
+			return ErrLibraryNotFound
+		}
+		return fmt.Errorf("initialising NVML: %w", ret)
+	}
+	s.initialised = true
+	var n int
+	var countRet nvml.Return
+	if err := s.await(ctx, "DeviceGetCount", s.cfg.InitTimeout, func() { n, countRet = s.lib.DeviceGetCount() }); err != nil {
+		return err
+	}
+	if countRet != nvml.SUCCESS {
+		return nvmlError("DeviceGetCount", countRet)
+	}
+	// The event set exists before the workers start: each registers its
+	// GPU with it after its probe, on its own goroutine.
+	var set nvml.EventSet
+	var setRet nvml.Return
+	switch err := s.await(ctx, "EventSetCreate", s.cfg.ProbeTimeout, func() { set, setRet = s.lib.EventSetCreate() }); {
+	case errors.Is(err, ErrInterrupted):
+		return err
+	case err != nil:
+		s.log.Warn("XID events unavailable", "err", err)
+	case setRet != nvml.SUCCESS:
+		s.log.Warn("XID events unavailable", "err", setRet)
+	default:
+		s.xidSet = set
 	}
 	s.done = make(chan doneMsg, n)
-	s.workers = s.startWorkers(n)
+	ws, err := s.startWorkers(ctx, n)
+	if err != nil {
+		return err
+	}
+	s.workers = ws
 	if len(s.workers) == 0 {
-		// Nothing is in flight that matters: the workers that did not
-		// answer are skipped, and Shutdown must not wait for them.
-		s.closeWorkers()
-		if s.inflight.Load() == 0 {
-			lib.Shutdown()
-		}
-		return nil, ErrNoDevices
+		return ErrNoDevices
 	}
 	inv := make([]telemetry.Device, len(s.workers))
 	s.migGen = make([]uint64, len(s.workers))
@@ -170,15 +242,52 @@ func Open(lib Library, cfg Config) (*Sampler, error) {
 	s.inventory.Store(&inv)
 	s.deadline = time.NewTimer(time.Hour)
 	s.deadline.Stop()
-	if v, ret := lib.SystemGetDriverVersion(); ret == nvml.SUCCESS {
+	var v string
+	var vRet nvml.Return
+	switch err := s.await(ctx, "SystemGetDriverVersion", s.cfg.ProbeTimeout, func() { v, vRet = s.lib.SystemGetDriverVersion() }); {
+	case errors.Is(err, ErrInterrupted):
+		return err
+	case err != nil || vRet != nvml.SUCCESS:
+		s.log.Info("NVML initialised", "driver", "unknown", "gpus", len(s.workers))
+	default:
 		s.log.Info("NVML initialised", "driver", v, "gpus", len(s.workers))
 	}
-	return s, nil
+	return nil
+}
+
+// await makes a system-wide NVML call, f, that may never return, on a
+// goroutine of its own, and waits for it until it returns, ctx is done
+// (ErrInterrupted) or timeout passes (ErrNotReturning). A call given up
+// on stays counted in flight, so NVML is not shut down under it.
+func (s *Sampler) await(ctx context.Context, call string, timeout time.Duration, f func()) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%w before %s: %w", ErrInterrupted, call, err)
+	}
+	if !s.enter() {
+		return fmt.Errorf("%w before %s: closing", ErrInterrupted, call)
+	}
+	done := make(chan struct{})
+	go func() {
+		f()
+		s.exit()
+		close(done)
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w with %s in flight: %w", ErrInterrupted, call, ctx.Err())
+	case <-t.C:
+		return fmt.Errorf("%w: %s, after %s", ErrNotReturning, call, timeout)
+	}
 }
 
 // startWorkers opens every GPU on its own worker and waits, up to the
-// probe timeout, for each to know its identity and finish probing.
-func (s *Sampler) startWorkers(n int) []*worker {
+// probe timeout, for each to know its identity and finish probing. It
+// gives up at once, with ErrInterrupted, when ctx is done.
+func (s *Sampler) startWorkers(ctx context.Context, n int) ([]*worker, error) {
 	all := make([]*worker, n)
 	for i := range all {
 		all[i] = newWorker(s, i)
@@ -195,6 +304,11 @@ func (s *Sampler) startWorkers(n int) []*worker {
 		case <-w.probed:
 		case <-deadline.C:
 			timedOut = true
+		case <-ctx.Done():
+			for _, w := range all {
+				w.abandon()
+			}
+			return nil, fmt.Errorf("%w while probing GPU %d: %w", ErrInterrupted, w.index, ctx.Err())
 		}
 	}
 	var ws []*worker
@@ -213,12 +327,13 @@ func (s *Sampler) startWorkers(n int) []*worker {
 		select {
 		case <-w.probed:
 		default:
-			w.d.log.Warn("GPU probe did not return; served as stalled until it does", "waited", s.cfg.ProbeTimeout)
+			w.d.log.Warn("GPU probe did not return; served as stalled until it does, its XID errors unreported until then",
+				"waited", s.cfg.ProbeTimeout)
 		}
 		w.slot = len(ws)
 		ws = append(ws, w)
 	}
-	return ws
+	return ws, nil
 }
 
 // Devices returns the current inventory. It changes only when MIG
@@ -232,11 +347,12 @@ func (s *Sampler) Latest() *telemetry.Snapshot { return s.store.Latest() }
 func (s *Sampler) Interval() time.Duration { return s.cfg.Interval }
 
 // Run ticks until ctx is done. The first tick happens at once. It returns
-// without waiting for NVML calls that do not return.
+// without waiting for NVML calls, which may not return: Close waits for
+// them, within its bound.
 func (s *Sampler) Run(ctx context.Context) error {
-	s.bg.Go(func() { s.watchXID(ctx) })
-	defer s.waitBackground()
-
+	if s.xidSet != nil {
+		go s.watchXID(ctx)
+	}
 	t := time.NewTicker(s.cfg.Interval)
 	defer t.Stop()
 	s.Tick()
@@ -247,18 +363,6 @@ func (s *Sampler) Run(ctx context.Context) error {
 		case <-t.C:
 			s.Tick()
 		}
-	}
-}
-
-// waitBackground waits a bounded time for the XID goroutine: it may be
-// inside an NVML call that never returns.
-func (s *Sampler) waitBackground() {
-	done := make(chan struct{})
-	go func() { s.bg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(xidWaitTimeout + s.cfg.ShutdownWait):
-		s.log.Warn("XID event goroutine did not stop; leaving it")
 	}
 }
 
@@ -368,12 +472,32 @@ func (s *Sampler) rate() float64 {
 	return float64(n-1) / span
 }
 
-// call brackets an NVML call made outside a worker's read (XID events,
-// the PCIe fallback), so Close knows whether any is in flight.
-func (s *Sampler) call(f func()) {
+// enter and exit bracket every NVML call made off the tick (start-up,
+// XID events, the PCIe fallback) and every worker's stretch of reads, so
+// Close knows whether any is in flight. enter refuses once NVML is being
+// shut down. The count goes up before closing is read, and closing is set
+// before the count is read (both sequentially consistent), so either the
+// caller sees closing or shutdown sees the call.
+func (s *Sampler) enter() bool {
 	s.inflight.Add(1)
-	defer s.inflight.Add(-1)
+	if s.closing.Load() {
+		s.inflight.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (s *Sampler) exit() { s.inflight.Add(-1) }
+
+// call makes f, an NVML call off the tick, unless NVML is being shut
+// down; it reports whether it did.
+func (s *Sampler) call(f func()) bool {
+	if !s.enter() {
+		return false
+	}
+	defer s.exit()
 	f()
+	return true
 }
 
 // Close stops the workers and shuts NVML down, unless an NVML call is
@@ -382,21 +506,31 @@ func (s *Sampler) call(f func()) {
 // returned.
 func (s *Sampler) Close() error {
 	var err error
-	s.closeOnce.Do(func() {
-		s.closeWorkers()
-		deadline := time.Now().Add(s.cfg.ShutdownWait)
-		for s.inflight.Load() > 0 && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
-		}
-		if n := s.inflight.Load(); n > 0 {
-			s.log.Warn("NVML calls still in flight; skipping NVML shutdown", "calls", n, "waited", s.cfg.ShutdownWait)
-			return
-		}
-		if ret := s.lib.Shutdown(); ret != nvml.SUCCESS {
-			err = fmt.Errorf("shutting NVML down: %w", ret)
-		}
-	})
+	s.closeOnce.Do(func() { err = s.shutdown() })
 	return err
+}
+
+// shutdown stops new NVML calls, waits up to cfg.ShutdownWait for those
+// in flight, then frees the XID event set and shuts NVML down; with a
+// call still in flight it skips both, with a log line.
+func (s *Sampler) shutdown() error {
+	s.closing.Store(true)
+	s.closeWorkers()
+	deadline := time.Now().Add(s.cfg.ShutdownWait)
+	for s.inflight.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := s.inflight.Load(); n > 0 {
+		s.log.Warn("NVML calls still in flight; skipping NVML shutdown", "calls", n, "waited", s.cfg.ShutdownWait)
+		return nil
+	}
+	if s.xidSet != nil {
+		s.xidSet.Free()
+	}
+	if ret := s.lib.Shutdown(); ret != nvml.SUCCESS {
+		return fmt.Errorf("shutting NVML down: %w", ret)
+	}
+	return nil
 }
 
 func (s *Sampler) closeWorkers() {

@@ -23,7 +23,7 @@ func open(t *testing.T, lib Library, cfg Config) *Sampler {
 	if cfg.Interval == 0 {
 		cfg.Interval = MinInterval
 	}
-	s, err := Open(lib, cfg)
+	s, err := Open(t.Context(), lib, cfg)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -410,17 +410,17 @@ func TestXIDErrorsAreCounted(t *testing.T) {
 func TestOpenErrors(t *testing.T) {
 	lib, _ := newLib(newFullGPU(0))
 	lib.InitFunc = func() nvml.Return { return nvml.ERROR_LIBRARY_NOT_FOUND }
-	if _, err := Open(lib, Config{Interval: time.Second}); !errors.Is(err, ErrLibraryNotFound) {
+	if _, err := Open(t.Context(), lib, Config{Interval: time.Second}); !errors.Is(err, ErrLibraryNotFound) {
 		t.Errorf("no library: err = %v, want ErrLibraryNotFound", err)
 	}
 	lib, _ = newLib(newFullGPU(0))
-	if _, err := Open(lib, Config{Interval: 50 * time.Millisecond}); err == nil || !strings.Contains(err.Error(), "minimum") {
+	if _, err := Open(t.Context(), lib, Config{Interval: 50 * time.Millisecond}); err == nil || !strings.Contains(err.Error(), "minimum") {
 		t.Errorf("50ms interval: err = %v, want a minimum-interval error", err)
 	}
 	lib, _ = newLib()
 	shutdown := 0
 	lib.ShutdownFunc = func() nvml.Return { shutdown++; return nvml.SUCCESS }
-	if _, err := Open(lib, Config{Interval: time.Second}); !errors.Is(err, ErrNoDevices) || shutdown != 1 {
+	if _, err := Open(t.Context(), lib, Config{Interval: time.Second}); !errors.Is(err, ErrNoDevices) || shutdown != 1 {
 		t.Errorf("no GPUs: err = %v, shutdown %d times; want ErrNoDevices and NVML shut down", err, shutdown)
 	}
 }

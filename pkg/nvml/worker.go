@@ -1,6 +1,7 @@
 package nvml
 
 import (
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,6 +45,9 @@ type worker struct {
 	scratch telemetry.DeviceState
 }
 
+// errClosing is a worker's start-up error when the sampler closed first.
+var errClosing = errors.New("sampler closed during start-up")
+
 type request struct {
 	seq  uint64
 	now  time.Time
@@ -61,14 +65,18 @@ func newWorker(s *Sampler, index int) *worker {
 }
 
 // begin and end bracket every stretch of NVML calls of the worker.
-func (w *worker) begin() {
-	w.s.inflight.Add(1)
+// begin refuses once NVML is being shut down.
+func (w *worker) begin() bool {
+	if !w.s.enter() {
+		return false
+	}
 	w.since.Store(int64(time.Since(w.s.epoch)) + 1)
+	return true
 }
 
 func (w *worker) end() {
 	w.since.Store(0)
-	w.s.inflight.Add(-1)
+	w.s.exit()
 }
 
 func (w *worker) busy() bool { return w.since.Load() != 0 }
@@ -86,8 +94,15 @@ func (w *worker) inFlightFor() time.Duration {
 // it does.
 func (w *worker) abandon() { w.abandoned.Store(true) }
 
+// run opens, probes and registers the GPU for XID events, then reads it
+// on request until the sampler closes.
 func (w *worker) run() {
-	w.begin()
+	if !w.begin() {
+		w.openErr = errClosing
+		close(w.identified)
+		close(w.probed)
+		return
+	}
 	d, err := openDevice(w.s.lib, w.index, w.s.log)
 	w.end()
 	w.d, w.openErr = d, err
@@ -100,8 +115,12 @@ func (w *worker) run() {
 	for e := range d.engines {
 		d.engines[e].ring = newRing(ringCapacity(w.s.cfg.Window))
 	}
-	w.begin()
+	if !w.begin() {
+		close(w.probed)
+		return
+	}
 	w.s.probe(d)
+	w.s.registerXID(d)
 	w.end()
 	w.mu.Lock()
 	w.migs, w.migGen = d.MIG, 0
@@ -125,7 +144,9 @@ func (w *worker) sample(r request) {
 	st := &w.scratch
 	*st = telemetry.DeviceState{}
 	d := w.d
-	w.begin()
+	if !w.begin() {
+		return // NVML is being shut down: no tick waits for this
+	}
 	migChanged := false
 	if d.migStale || time.Since(d.lastMIGScan) >= w.s.cfg.MIGRescan {
 		migChanged = d.rescanMIG()

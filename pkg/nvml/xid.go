@@ -27,43 +27,52 @@ func (x *xidState) record(xid uint64) {
 	x.p.Store(next)
 }
 
-// xidWaitTimeout bounds how long shutdown waits for the event goroutine.
+// xidWaitTimeout is how long one EventSet.Wait waits for an event. A Wait
+// that returns keeps within Close's ShutdownWait, so NVML is shut down
+// cleanly; one that never returns is left behind (see watchXID).
 const xidWaitTimeout = 500 * time.Millisecond
 
-// watchXID waits for XID critical errors on every device that supports
-// them, on its own goroutine, until ctx is done. NVML delivers them through
-// an event set rather than a value to poll, so they never slow a tick.
-func (s *Sampler) watchXID(ctx context.Context) {
-	var set nvml.EventSet
-	var ret nvml.Return
-	s.call(func() { set, ret = s.lib.EventSetCreate() })
-	if ret != nvml.SUCCESS {
-		s.log.Warn("XID events unavailable", "err", ret)
+// registerXID registers d with the sampler's event set for XID critical
+// errors. It runs on d's worker after the probe, so a registration that
+// does not return holds up that GPU only: its XID errors go unreported
+// (Open says so) while the others' are. NVML is thread-safe: workers
+// register concurrently with each other and, for a GPU whose probe came
+// back late, with the wait loop.
+func (s *Sampler) registerXID(d *device) {
+	if s.xidSet == nil {
 		return
 	}
-	defer s.call(func() { set.Free() })
-	registered := 0
-	for _, w := range s.workers {
-		d := w.d
-		var ret nvml.Return
-		s.call(func() { ret = d.handle.RegisterEvents(nvml.EventTypeXidCriticalError, set) })
-		switch {
-		case ret == nvml.SUCCESS:
-			registered++
-		case isNotSupported(ret):
-			d.log.Debug("XID events not supported")
-		default:
-			d.log.Warn("registering for XID events failed", "err", ret)
-		}
+	ret := d.handle.RegisterEvents(nvml.EventTypeXidCriticalError, s.xidSet)
+	switch {
+	case ret == nvml.SUCCESS:
+		s.xidArmOnce.Do(func() { close(s.xidArmed) })
+	case isNotSupported(ret):
+		d.log.Debug("XID events not supported")
+	default:
+		d.log.Warn("registering for XID events failed", "err", ret)
 	}
-	if registered == 0 {
+}
+
+// watchXID waits for XID critical errors, on its own goroutine, until ctx
+// is done, once a GPU has registered for them. NVML delivers them through
+// an event set rather than a value to poll, so they never slow a tick.
+// Nothing waits for this goroutine: a Wait that never returns keeps it
+// (and NVML, which Close then leaves initialised) but nothing else.
+func (s *Sampler) watchXID(ctx context.Context) {
+	select {
+	case <-s.xidArmed:
+	case <-ctx.Done():
+		return
+	case <-s.quit:
 		return
 	}
 	failing := false
 	for ctx.Err() == nil {
 		var data nvml.EventData
 		var ret nvml.Return
-		s.call(func() { data, ret = set.Wait(uint32(xidWaitTimeout / time.Millisecond)) })
+		if !s.call(func() { data, ret = s.xidSet.Wait(uint32(xidWaitTimeout / time.Millisecond)) }) {
+			return // NVML is being shut down
+		}
 		switch ret {
 		case nvml.SUCCESS:
 			failing = false
@@ -78,6 +87,8 @@ func (s *Sampler) watchXID(ctx context.Context) {
 			// Never spin on a broken event set.
 			select {
 			case <-ctx.Done():
+			case <-s.quit:
+				return
 			case <-time.After(time.Second):
 			}
 		}
