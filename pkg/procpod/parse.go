@@ -83,6 +83,16 @@ func Parse(b []byte) (o Owner, ok bool) {
 			o, ok, bestRank = lo, true, rank
 		}
 	}
+	if ok {
+		// Only the winner is normalized, and copied so that the
+		// Resolver's cache does not pin the whole file's text.
+		if strings.Contains(o.PodUID, "_") {
+			o.PodUID = strings.ReplaceAll(o.PodUID, "_", "-")
+		} else {
+			o.PodUID = strings.Clone(o.PodUID)
+		}
+		o.ContainerID = strings.Clone(o.ContainerID)
+	}
 	return o, ok
 }
 
@@ -158,7 +168,8 @@ func parsePath(path string) (o Owner, ok bool) {
 // podUID recognizes a pod's cgroup: "pod<uid>" under the cgroupfs driver, and
 // "<parent>-pod<uid_with_underscores>.slice" under the systemd driver, where
 // systemd's unit naming turns each "-" of the UID into "_" (a "-" there would
-// mean a parent slice). The UID comes back with dashes.
+// mean a parent slice). The UID comes back as written; Parse normalizes the
+// one it keeps.
 func podUID(comp string) (string, bool) {
 	if s, isSlice := strings.CutSuffix(comp, ".slice"); isSlice {
 		// The last "-" separates the parent slices from this one.
@@ -168,7 +179,7 @@ func podUID(comp string) (string, bool) {
 	if !found || !validUID(raw) {
 		return "", false
 	}
-	return strings.ReplaceAll(raw, "_", "-"), true
+	return raw, true
 }
 
 // validUID accepts a UUID in its 8-4-4-4-12 lowercase form, with "-" or the
