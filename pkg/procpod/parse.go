@@ -54,8 +54,8 @@ var containerPrefixes = [...]struct {
 // Kubernetes did not start, or input that is not a cgroup file.
 //
 // Where lines disagree the one that names a container wins over one that
-// names only a pod, and among equals the hierarchy the kubelet manages most
-// surely wins (see hierarchyRank): in hybrid mode with the cgroupfs driver the
+// names only a pod, and among equals memory wins, then cpu or cpuacct, then
+// name=systemd, then the v2 line: in hybrid mode with the cgroupfs driver the
 // v2 line can show the runtime's service while the v1 lines show the pod.
 func Parse(b []byte) (o Owner, ok bool) {
 	s := string(b)
