@@ -1,7 +1,6 @@
 package scaler
 
 import (
-	"math"
 	"slices"
 	"time"
 )
@@ -20,7 +19,7 @@ import (
 //     framebuffer and encoder fps and latency use the snapshots' values.
 
 // partial is one node's share of a query: computed from the node's view
-// alone, so a watcher recomputes only the node that changed.
+// alone, so an aggregate recomputes only the node that changed.
 type partial struct {
 	matched   int // matching pods
 	withValue int // of which with a value
@@ -106,9 +105,8 @@ func window(ps []point, horizon int64) []point {
 }
 
 // combine reduces the nodes' partials to the answer, dropping the stale
-// ones. checkAgents makes "no fresh node at all" an error; a watcher,
-// which holds only the nodes with matching pods, does not ask.
-func combine(q *Query, parts func(yield func(*partial) bool), now time.Time, checkAgents bool) (Result, error) {
+// ones.
+func combine(q *Query, parts func(yield func(*partial) bool), now time.Time) (Result, error) {
 	var total partial
 	var fresh, matchedFresh, matchedStale int
 	for p := range parts {
@@ -130,7 +128,7 @@ func combine(q *Query, parts func(yield func(*partial) bool), now time.Time, che
 		total.vals = append(total.vals, p.vals...)
 	}
 	switch {
-	case checkAgents && fresh == 0:
+	case fresh == 0:
 		return Result{}, ErrNoAgents
 	case total.withValue > 0:
 		return Result{Value: reduce(q.Aggregation, &total), Pods: total.withValue, Nodes: fresh}, nil
@@ -149,9 +147,7 @@ func reduce(a Aggregation, p *partial) float64 {
 	case Sum:
 		return p.sum
 	case P95:
-		slices.Sort(p.vals)
-		// Nearest rank: the smallest value with at least 95% at or below.
-		return p.vals[int(math.Ceil(0.95*float64(len(p.vals))))-1]
+		return p95(p.vals)
 	}
 	return p.sum / float64(p.n)
 }
@@ -175,6 +171,6 @@ func (s *Store) Evaluate(q *Query) (Result, error) {
 				return
 			}
 		}
-	}, now, true)
+	}, now)
 	return res, err
 }
