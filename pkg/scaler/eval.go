@@ -27,6 +27,7 @@ type partial struct {
 	n         int
 	max       float64
 	vals      []float64 // p95 only
+	valsHint  int       // vals' first capacity
 
 	received   time.Time
 	staleAfter time.Duration
@@ -39,6 +40,11 @@ func (p *partial) add(a Aggregation, v float64) {
 	p.sum += v
 	p.n++
 	if a == P95 {
+		if p.vals == nil {
+			// Sized once: a p95 partial is made for every snapshot of every
+			// node, and growing it from nothing took four allocations.
+			p.vals = make([]float64, 0, p.valsHint)
+		}
 		p.vals = append(p.vals, v)
 	}
 }
@@ -46,6 +52,9 @@ func (p *partial) add(a Aggregation, v float64) {
 func (s *Store) partial(q *Query, v *view) partial {
 	p := partial{received: v.received, staleAfter: s.staleAfter(v)}
 	horizon := v.sampleTime - int64(q.Window/time.Microsecond)
+	if q.Aggregation == P95 {
+		p.valsHint = len(v.pods) // a value per pod; a window's samples grow it
+	}
 	for i := range v.pods {
 		pd := &v.pods[i]
 		if !q.Matches(pd.namespace, pd.name) {
