@@ -73,6 +73,37 @@ type entry struct {
 	p        partial
 	deadline int64 // ns since the store's base: stale after it
 	stale    bool
+	memo     podMatches
+}
+
+// podMatches is a query's verdict on a node's pods, kept with the node's
+// entry. A node's pods are the same snapshot after snapshot, and comparing
+// their names costs a fraction of asking the query: its sync.Map lookup
+// was 70% of an aggregate's ingest in BenchmarkFanIn's profile.
+type podMatches struct {
+	pods  []pod
+	match []bool
+}
+
+// of returns the verdict on pods: m's when they have m's names.
+func (m podMatches) of(q *Query, pods []pod) podMatches {
+	if len(m.pods) == len(pods) && m.match != nil {
+		same := true
+		for i := range pods {
+			if pods[i].name != m.pods[i].name || pods[i].namespace != m.pods[i].namespace {
+				same = false
+				break
+			}
+		}
+		if same {
+			return m
+		}
+	}
+	m = podMatches{pods: pods, match: make([]bool, len(pods))}
+	for i := range pods {
+		m.match[i] = q.Matches(pods[i].namespace, pods[i].name)
+	}
+	return m
 }
 
 // watch is the StreamIsActive subscribers of one activation target.
@@ -159,9 +190,16 @@ func (as *aggregateSet) onIngest(s *Store, n *node) {
 
 func (a *aggregate) ingest(s *Store, n *node) {
 	v := n.view.Load()
+	a.mu.Lock()
+	var memo podMatches
+	if i, ok := a.index[n]; ok {
+		memo = a.entries[i].memo
+	}
+	a.mu.Unlock()
 	var p partial
 	for {
-		p = s.partial(a.q, v) // outside the lock: the expensive part
+		memo = memo.of(a.q, v.pods)
+		p = s.partialMatching(a.q, v, memo.match) // outside the lock: the expensive part
 		a.mu.Lock()
 		cur := n.view.Load()
 		if cur == v {
@@ -187,6 +225,7 @@ func (a *aggregate) ingest(s *Store, n *node) {
 	}
 	// The node was just heard from: fresh, whatever now is.
 	a.set(n, v, p, s.deadline(v), s.nanos(v.received))
+	a.entries[a.index[n]].memo = memo
 	if len(a.watches) > 0 {
 		a.notify(s.nanos(s.now()))
 	}

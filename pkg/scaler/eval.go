@@ -49,7 +49,11 @@ func (p *partial) add(a Aggregation, v float64) {
 	}
 }
 
-func (s *Store) partial(q *Query, v *view) partial {
+func (s *Store) partial(q *Query, v *view) partial { return s.partialMatching(q, v, nil) }
+
+// partialMatching is partial with q's verdict on v's pods known: match[i]
+// for v.pods[i], or nil to ask q.
+func (s *Store) partialMatching(q *Query, v *view, match []bool) partial {
 	p := partial{received: v.received, staleAfter: s.staleAfter(v)}
 	horizon := v.sampleTime - int64(q.Window/time.Microsecond)
 	if q.Aggregation == P95 {
@@ -57,7 +61,7 @@ func (s *Store) partial(q *Query, v *view) partial {
 	}
 	for i := range v.pods {
 		pd := &v.pods[i]
-		if !q.Matches(pd.namespace, pd.name) {
+		if match != nil && !match[i] || match == nil && !q.Matches(pd.namespace, pd.name) {
 			continue
 		}
 		p.matched++
