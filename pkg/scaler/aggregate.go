@@ -111,6 +111,23 @@ type watch struct {
 	activation float64
 	active     bool
 	subs       map[chan bool]struct{}
+	// le counts the fresh entries' values at or below activation (p95
+	// only): the nearest rank k is above activation exactly when fewer
+	// than k values are at or below it, so a p95 watcher needs no
+	// selection over every value on every snapshot.
+	le int
+}
+
+// countLE counts the values at or below t in sort's order (NaN first),
+// the order p95 selects in.
+func countLE(vals []float64, t float64) int {
+	n := 0
+	for _, v := range vals {
+		if cmp.Compare(v, t) <= 0 {
+			n++
+		}
+	}
+	return n
 }
 
 func (as *aggregateSet) init() {
@@ -278,6 +295,9 @@ func (a *aggregate) join(e *entry) {
 	}
 	a.total.withValue += p.withValue
 	a.total.sum += p.sum
+	for _, w := range a.watches {
+		w.le += countLE(p.vals, w.activation) // p95 only: vals is nil otherwise
+	}
 	// A max at or above the total's is the max even when the total's is
 	// dirty: the dirty one is at least every remaining entry's.
 	if a.total.n == 0 || p.max >= a.total.max {
@@ -301,6 +321,9 @@ func (a *aggregate) leave(e *entry) {
 	}
 	a.total.withValue -= p.withValue
 	a.total.sum -= p.sum
+	for _, w := range a.watches {
+		w.le -= countLE(p.vals, w.activation)
+	}
 	a.total.n -= p.n
 	switch {
 	case a.total.n == 0:
@@ -334,6 +357,9 @@ func (a *aggregate) expire(now int64) {
 func (a *aggregate) recompute(now int64) {
 	a.total, a.maxDirty = partial{}, false
 	a.fresh, a.matchedFresh, a.matchedStale = 0, 0, 0
+	for _, w := range a.watches {
+		w.le = 0
+	}
 	a.bound = math.MaxInt64
 	for i := range a.entries {
 		e := &a.entries[i]
@@ -391,9 +417,8 @@ func (a *aggregate) value() float64 {
 // the answer is inactive: KEDA acts only on true, and scale-in goes
 // through GetMetrics, which reports the error.
 func (a *aggregate) notify(now int64) {
-	res, err := a.answer(now)
 	for _, w := range a.watches {
-		active := err == nil && res.Value > w.activation
+		active := a.active(now, w)
 		if active == w.active {
 			continue
 		}
@@ -406,6 +431,24 @@ func (a *aggregate) notify(now int64) {
 			c <- active
 		}
 	}
+}
+
+// active is whether w's trigger is active now: its answer above the
+// activation target, as Answer would give it; a.mu held.
+func (a *aggregate) active(now int64, w *watch) bool {
+	if a.q.Aggregation != P95 {
+		res, err := a.answer(now)
+		return err == nil && res.Value > w.activation
+	}
+	if now > a.bound {
+		a.expire(now)
+	}
+	// As answer, without the selection: no fresh node or no value is
+	// inactive (an error, or a real 0, which no target >= 0 is below).
+	if a.fresh == 0 || a.total.withValue == 0 {
+		return false
+	}
+	return w.le < int(math.Ceil(0.95*float64(a.total.n)))
 }
 
 // Watch subscribes to q's activity: active is its state now, and ch gets
@@ -421,9 +464,14 @@ func (s *Store) Watch(q *Query) (active bool, ch <-chan bool, cancel func()) {
 	i := slices.IndexFunc(a.watches, func(w *watch) bool { return w.activation == q.ActivationTarget })
 	if i < 0 {
 		i = len(a.watches)
-		a.watches = append(a.watches, &watch{activation: q.ActivationTarget, subs: make(map[chan bool]struct{})})
-		res, err := a.answer(s.nanos(s.now()))
-		a.watches[i].active = err == nil && q.Active(res.Value)
+		w := &watch{activation: q.ActivationTarget, subs: make(map[chan bool]struct{})}
+		for j := range a.entries {
+			if e := &a.entries[j]; !e.stale && e.p.n > 0 {
+				w.le += countLE(e.p.vals, w.activation)
+			}
+		}
+		a.watches = append(a.watches, w)
+		w.active = a.active(s.nanos(s.now()), w)
 	}
 	w := a.watches[i]
 	c := make(chan bool, 1)

@@ -102,6 +102,17 @@ func TestAnswerAgreesWithEvaluate(t *testing.T) {
 				s.Retain(q)
 			}
 			polled := make([]bool, len(qs))
+			// Half the triggers are streamed too (StreamIsActive), made at
+			// the start: their state follows every snapshot and sweep.
+			active := make([]bool, len(qs))
+			chans := make([]<-chan bool, len(qs))
+			for j, q := range qs {
+				if j%2 == 0 {
+					var cancel func()
+					active[j], chans[j], cancel = s.Watch(q)
+					defer cancel()
+				}
+			}
 			type nodeState struct {
 				seq   uint64
 				at    time.Time
@@ -109,6 +120,7 @@ func TestAnswerAgreesWithEvaluate(t *testing.T) {
 			}
 			nodes := map[string]*nodeState{}
 			for i := range 4000 {
+				told := true // the watchers were told of this step
 				switch r := rng.IntN(100); {
 				case r < 80:
 					name := "n" + strconv.Itoa(rng.IntN(7))
@@ -122,6 +134,7 @@ func TestAnswerAgreesWithEvaluate(t *testing.T) {
 					ingest(t, s, walkSnapshot(rng, name, ns.seq, ns.at, ns.start))
 				case r < 95:
 					c.Add(time.Duration(rng.IntN(400)) * time.Millisecond)
+					told = false // silence alone reaches them at the next sweep
 				case r < 99:
 					s.Sweep()
 				default:
@@ -129,6 +142,16 @@ func TestAnswerAgreesWithEvaluate(t *testing.T) {
 					s.Sweep()
 				}
 				for j, q := range qs {
+					if chans[j] != nil {
+						select {
+						case active[j] = <-chans[j]:
+						default:
+						}
+						want, err := s.Evaluate(q)
+						if told && active[j] != (err == nil && q.Active(want.Value)) {
+							t.Fatalf("step %d, %s: watcher active %v, evaluation %v (%v)", i, q.MetricName(), active[j], want, err)
+						}
+					}
 					if !polled[j] && rng.IntN(100) != 0 {
 						continue // not yet a trigger: no aggregate
 					}
