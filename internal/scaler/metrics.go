@@ -38,8 +38,9 @@ var (
 	descNodes      = desc("nodes", "Nodes known, by state: fresh (reported within the stale timeout) or stale (silent, not yet forgotten).", "state")
 	descWatchers   = desc("stream_watchers", "Distinct triggers StreamIsActive streams wait on.")
 	descTriggers   = desc("triggers_cached", "Distinct triggers parsed and cached.")
+	descAggregates = desc("aggregates", "Distinct triggers kept answered on ingest, polled or streamed; past 128 polled ones, GetMetrics and IsActive evaluate on every call.")
 	descBuild      = desc("build_info", "Build of the scaler; always 1.", "version", "revision", "goversion")
-	collectorDescs = []*prometheus.Desc{descAgents, descConnected, descSnapshots, descFailures, descNodes, descWatchers, descTriggers, descBuild}
+	collectorDescs = []*prometheus.Desc{descAgents, descConnected, descSnapshots, descFailures, descNodes, descWatchers, descTriggers, descAggregates, descBuild}
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
@@ -59,5 +60,6 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descNodes, prometheus.GaugeValue, float64(stale), "stale")
 	ch <- prometheus.MustNewConstMetric(descWatchers, prometheus.GaugeValue, float64(c.store.Watchers()))
 	ch <- prometheus.MustNewConstMetric(descTriggers, prometheus.GaugeValue, float64(c.queries.Len()))
+	ch <- prometheus.MustNewConstMetric(descAggregates, prometheus.GaugeValue, float64(c.store.Aggregates()))
 	ch <- prometheus.MustNewConstMetric(descBuild, prometheus.GaugeValue, 1, Version, Revision, runtime.Version())
 }

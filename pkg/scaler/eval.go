@@ -1,7 +1,6 @@
 package scaler
 
 import (
-	"math"
 	"slices"
 	"time"
 )
@@ -20,7 +19,7 @@ import (
 //     framebuffer and encoder fps and latency use the snapshots' values.
 
 // partial is one node's share of a query: computed from the node's view
-// alone, so a watcher recomputes only the node that changed.
+// alone, so an aggregate recomputes only the node that changed.
 type partial struct {
 	matched   int // matching pods
 	withValue int // of which with a value
@@ -28,6 +27,7 @@ type partial struct {
 	n         int
 	max       float64
 	vals      []float64 // p95 only
+	valsHint  int       // vals' first capacity
 
 	received   time.Time
 	staleAfter time.Duration
@@ -40,16 +40,28 @@ func (p *partial) add(a Aggregation, v float64) {
 	p.sum += v
 	p.n++
 	if a == P95 {
+		if p.vals == nil {
+			// Sized once: a p95 partial is made for every snapshot of every
+			// node, and growing it from nothing took four allocations.
+			p.vals = make([]float64, 0, p.valsHint)
+		}
 		p.vals = append(p.vals, v)
 	}
 }
 
-func (s *Store) partial(q *Query, v *view) partial {
+func (s *Store) partial(q *Query, v *view) partial { return s.partialMatching(q, v, nil) }
+
+// partialMatching is partial with q's verdict on v's pods known: match[i]
+// for v.pods[i], or nil to ask q.
+func (s *Store) partialMatching(q *Query, v *view, match []bool) partial {
 	p := partial{received: v.received, staleAfter: s.staleAfter(v)}
 	horizon := v.sampleTime - int64(q.Window/time.Microsecond)
+	if q.Aggregation == P95 {
+		p.valsHint = len(v.pods) // a value per pod; a window's samples grow it
+	}
 	for i := range v.pods {
 		pd := &v.pods[i]
-		if !q.Matches(pd.namespace, pd.name) {
+		if match != nil && !match[i] || match == nil && !q.Matches(pd.namespace, pd.name) {
 			continue
 		}
 		p.matched++
@@ -106,9 +118,8 @@ func window(ps []point, horizon int64) []point {
 }
 
 // combine reduces the nodes' partials to the answer, dropping the stale
-// ones. checkAgents makes "no fresh node at all" an error; a watcher,
-// which holds only the nodes with matching pods, does not ask.
-func combine(q *Query, parts func(yield func(*partial) bool), now time.Time, checkAgents bool) (Result, error) {
+// ones.
+func combine(q *Query, parts func(yield func(*partial) bool), now time.Time) (Result, error) {
 	var total partial
 	var fresh, matchedFresh, matchedStale int
 	for p := range parts {
@@ -130,7 +141,7 @@ func combine(q *Query, parts func(yield func(*partial) bool), now time.Time, che
 		total.vals = append(total.vals, p.vals...)
 	}
 	switch {
-	case checkAgents && fresh == 0:
+	case fresh == 0:
 		return Result{}, ErrNoAgents
 	case total.withValue > 0:
 		return Result{Value: reduce(q.Aggregation, &total), Pods: total.withValue, Nodes: fresh}, nil
@@ -149,9 +160,7 @@ func reduce(a Aggregation, p *partial) float64 {
 	case Sum:
 		return p.sum
 	case P95:
-		slices.Sort(p.vals)
-		// Nearest rank: the smallest value with at least 95% at or below.
-		return p.vals[int(math.Ceil(0.95*float64(len(p.vals))))-1]
+		return p95(p.vals)
 	}
 	return p.sum / float64(p.n)
 }
@@ -175,6 +184,6 @@ func (s *Store) Evaluate(q *Query) (Result, error) {
 				return
 			}
 		}
-	}, now, true)
+	}, now)
 	return res, err
 }

@@ -57,6 +57,64 @@ func BenchmarkEvaluate(b *testing.B) {
 	}
 }
 
+// benchQueries are BenchmarkFanIn's triggers, and one matching one node.
+func benchQueries(b *testing.B) []*Query {
+	var qs []*Query
+	for _, kv := range [][]string{
+		{"aggregation", "avg"},
+		{"aggregation", "p95"},
+		{"metric", "enc_util", "aggregation", "max", "window", "5s"},
+		{"podPattern", "inference-0042-.*"},
+	} {
+		qs = append(qs, mustQuery(b, append([]string{"metric", "gpu_util", "podPattern", "inference-.*", "target", "70"}, kv...)...))
+	}
+	return qs
+}
+
+// BenchmarkAnswer is GetMetrics' work from a maintained aggregate, while
+// the store is not being written: compare with BenchmarkEvaluate.
+func BenchmarkAnswer(b *testing.B) {
+	s := benchStore(b)
+	for _, q := range benchQueries(b) {
+		if _, err := s.Answer(q); err != nil { // made on first poll
+			b.Fatal(err)
+		}
+		b.Run(q.MetricName(), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := s.Answer(q); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkIngestPolled is BenchmarkIngest with BenchmarkFanIn's three
+// polled triggers kept answered as well: the ingest's share of their cost.
+func BenchmarkIngestPolled(b *testing.B) {
+	s := benchStore(b)
+	_, _, cancel := s.Watch(mustQuery(b, "metric", "gpu_util", "podPattern", "inference-.*", "target", "70", "activationTarget", "50"))
+	defer cancel()
+	for _, q := range benchQueries(b)[:3] {
+		if _, err := s.Answer(q); err != nil {
+			b.Fatal(err)
+		}
+	}
+	devs := make([]*telemetryv1.Device, 8)
+	for g := range devs {
+		devs[g] = dev(fmt.Sprintf("GPU-7-%d", g), 50, fmt.Sprintf("default/inference-0007-%d", g))
+	}
+	b.ReportAllocs()
+	seq := uint64(100)
+	for b.Loop() {
+		seq++
+		if err := s.Ingest(snap("node-0007", seq, epoch.Add(time.Duration(seq)*250*time.Millisecond), devs...)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // BenchmarkIngest is one 8-GPU snapshot into a 1,000-node store with one
 // StreamIsActive watcher matching every pod.
 func BenchmarkIngest(b *testing.B) {

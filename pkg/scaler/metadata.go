@@ -111,6 +111,7 @@ type Query struct {
 
 	pod  *regexp.Regexp
 	name string
+	key  string // what the answer depends on: the aggregate's identity
 
 	// Pod names repeat in every snapshot of every node: remembering the
 	// answer per name costs a map lookup where the regexp costs a few
@@ -235,6 +236,7 @@ func ParseMetadata(md map[string]string, defaultNamespace string, maxWindow time
 		q.Window = w
 	}
 	q.name = metricName(q)
+	q.key = fmt.Sprintf("%d\x00%s\x00%s\x00%d\x00%d", q.Metric, q.Namespace, q.PodPattern, q.Aggregation, q.Window)
 	return q, nil
 }
 

@@ -1,8 +1,9 @@
 // Package scaler holds the cluster's GPU state as the agents push it: per
 // node, per device, the pods holding it, its latest reading and a bounded
-// history of samples. Readers (GetMetrics, IsActive) answer from memory
-// without locks on the ingest path; StreamIsActive watchers are evaluated
-// on ingest, so a crossing reaches KEDA at the network's latency.
+// history of samples. Every query KEDA polls or watches is kept answered
+// as snapshots arrive (aggregate.go): GetMetrics and IsActive read the
+// answer, and a StreamIsActive crossing reaches KEDA at the network's
+// latency. Evaluate computes the same answer from scratch.
 //
 // Package scaler knows nothing of gRPC connections (pkg/scaler/agents) or
 // of KEDA's API (pkg/scaler/keda).
@@ -65,7 +66,8 @@ type Store struct {
 	// query has asked for, so that no history is kept until one does.
 	retention atomic.Int64
 
-	watchers watcherSet
+	base time.Time // the origin of the aggregates' deadlines
+	aggs aggregateSet
 }
 
 // NewStore returns an empty store.
@@ -80,8 +82,9 @@ func NewStore(o Options) *Store {
 		o.Now = time.Now
 	}
 	s := &Store{opts: o, log: o.Logger, now: o.Now, byName: make(map[string]*node)}
+	s.base = s.now()
 	s.nodes.Store(&[]*node{})
-	s.watchers.init()
+	s.aggs.init()
 	return s
 }
 
@@ -102,6 +105,10 @@ func (s *Store) Retain(q *Query) {
 type node struct {
 	name string
 	view atomic.Pointer[view]
+	// forgotten is set by the sweep that removes the node, before it
+	// leaves the aggregates: a snapshot still in flight must not bring it
+	// back into them.
+	forgotten atomic.Bool
 
 	mu   sync.Mutex // one writer at a time (two addresses may claim a node)
 	hist map[string]*devHist
@@ -144,11 +151,20 @@ type devHist struct {
 	series [numMetrics][]point
 }
 
-var engineMetric = map[telemetryv1.Engine]Metric{
-	telemetryv1.Engine_ENGINE_GPU:     GPUUtil,
-	telemetryv1.Engine_ENGINE_MEMORY:  MemCopyUtil,
-	telemetryv1.Engine_ENGINE_ENCODER: EncUtil,
-	telemetryv1.Engine_ENGINE_DECODER: DecUtil,
+// engineMetric is the metric of an engine's hardware samples: a switch,
+// where a map lookup cost more than appending the sample.
+func engineMetric(e telemetryv1.Engine) (Metric, bool) {
+	switch e {
+	case telemetryv1.Engine_ENGINE_GPU:
+		return GPUUtil, true
+	case telemetryv1.Engine_ENGINE_MEMORY:
+		return MemCopyUtil, true
+	case telemetryv1.Engine_ENGINE_ENCODER:
+		return EncUtil, true
+	case telemetryv1.Engine_ENGINE_DECODER:
+		return DecUtil, true
+	}
+	return 0, false
 }
 
 // Ingest records one snapshot. It is called by one goroutine per agent
@@ -164,7 +180,7 @@ func (s *Store) Ingest(snap *telemetryv1.NodeSnapshot) error {
 	if err != nil || !changed {
 		return err
 	}
-	s.watchers.onIngest(s, n)
+	s.aggs.onIngest(s, n)
 	return nil
 }
 
@@ -214,6 +230,16 @@ func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention i
 		received:   now,
 		devices:    make([]device, len(snap.GetDevices())),
 	}
+	// Every pod's device list is cut from one array, with room for one
+	// device each: a pod holds one device but for the rare pod with
+	// several (whose append then copies out). Two allocations per
+	// snapshot instead of one per pod.
+	refs := 0
+	for _, d := range snap.GetDevices() {
+		refs += len(d.GetPods())
+	}
+	v.pods = make([]pod, 0, refs)
+	first := make([]int32, refs)
 	horizon := v.sampleTime - retention/int64(time.Microsecond)
 	for i, d := range snap.GetDevices() {
 		dv := &v.devices[i]
@@ -225,7 +251,7 @@ func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention i
 			j := slices.IndexFunc(v.pods, func(q pod) bool { return q.name == p.GetName() && q.namespace == p.GetNamespace() })
 			if j < 0 {
 				j = len(v.pods)
-				v.pods = append(v.pods, pod{namespace: p.GetNamespace(), name: p.GetName()})
+				v.pods = append(v.pods, pod{namespace: p.GetNamespace(), name: p.GetName(), devices: first[j : j : j+1]})
 			}
 			// Several containers of one pod on one device count once.
 			if ds := v.pods[j].devices; len(ds) == 0 || ds[len(ds)-1] != int32(i) {
@@ -242,7 +268,7 @@ func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention i
 		}
 		var sampled uint8
 		for _, es := range d.GetSamples() {
-			m, ok := engineMetric[es.GetEngine()]
+			m, ok := engineMetric(es.GetEngine())
 			if !ok || len(es.GetSamples()) == 0 {
 				continue
 			}
@@ -333,25 +359,27 @@ func (s *Store) staleAfter(v *view) time.Duration {
 	return max(4*v.interval, MinStaleAfter)
 }
 
-// Sweep forgets the nodes silent for longer than ForgetAfter and
-// re-evaluates the watchers, whose answer may change by silence alone.
-// The caller runs it about once per second.
+// Sweep forgets the nodes silent for longer than ForgetAfter, drops the
+// aggregates no longer polled, and re-evaluates the watched ones, whose
+// answer may change by silence alone. The caller runs it about once per
+// second.
 func (s *Store) Sweep() {
 	now := s.now()
 	s.mu.Lock()
-	removed := false
+	var forgotten []*node
 	for name, n := range s.byName {
 		if v := n.view.Load(); v != nil && now.Sub(v.received) > s.opts.ForgetAfter {
 			delete(s.byName, name)
-			removed = true
+			n.forgotten.Store(true)
+			forgotten = append(forgotten, n)
 			s.log.Info("node forgotten: silent too long", "node", name, "silent", now.Sub(v.received).Round(time.Second))
 		}
 	}
-	if removed {
+	if len(forgotten) > 0 {
 		s.publishNodes()
 	}
 	s.mu.Unlock()
-	s.watchers.sweep(s)
+	s.aggs.sweep(s, forgotten, now)
 }
 
 // NodeCounts returns how many nodes are fresh and how many are stale but

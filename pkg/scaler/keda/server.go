@@ -74,7 +74,7 @@ func (s *Server) query(ref *externalscaler.ScaledObjectRef) (*scaler.Query, erro
 }
 
 func (s *Server) evaluate(q *scaler.Query) (scaler.Result, error) {
-	res, err := s.store.Evaluate(q)
+	res, err := s.store.Answer(q)
 	if err != nil {
 		// Unavailable, never a silent 0: KEDA's fallback applies.
 		return res, status.Errorf(codes.Unavailable, "%s: %v", q.MetricName(), err)
