@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -27,6 +28,19 @@ func TestDefaults(t *testing.T) {
 	}
 	if c.NodeName == "" {
 		t.Error("node name empty: want the host name when $NODE_NAME is unset")
+	}
+}
+
+func TestGPUResourceNames(t *testing.T) {
+	if c := parse(t); c.GPUResourceNames != nil {
+		t.Errorf("default GPUResourceNames = %q, want none (the built-in set)", c.GPUResourceNames)
+	}
+	c := parse(t, "--kubelet.gpu-resource-names=nvidia.com/t4, example.com/a100,", "--kubelet.gpu-resource-names=nvidia.com/l4")
+	if want := []string{"nvidia.com/t4", "example.com/a100", "nvidia.com/l4"}; !slices.Equal(c.GPUResourceNames, want) {
+		t.Errorf("GPUResourceNames = %q, want %q", c.GPUResourceNames, want)
+	}
+	if err := c.Validate(); err != nil {
+		t.Error(err)
 	}
 }
 
@@ -58,6 +72,7 @@ func TestValidateNamesTheFlag(t *testing.T) {
 		{[]string{"--log.format=xml"}, "--log.format=xml"},
 		{[]string{"--web.listen-address="}, "--web.listen-address"},
 		{[]string{"--kubelet.pod-resources-socket=/" + strings.Repeat("a", 120)}, "limited to 107 bytes"},
+		{[]string{"--kubelet.gpu-resource-names=nvidia.com/t4,t4"}, "--kubelet.gpu-resource-names=t4: want <domain>/<name>"},
 	} {
 		err := parse(t, tc.args...).Validate()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

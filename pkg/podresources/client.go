@@ -33,6 +33,10 @@ type Options struct {
 	Period time.Duration
 	// Timeout of each List call, default 2s.
 	Timeout time.Duration
+	// ResourceNames are extra resource names that are GPUs, matched
+	// exactly, beyond nvidia.com/gpu, nvidia.com/gpu.shared and
+	// nvidia.com/mig-* (a device plugin configured to rename them).
+	ResourceNames []string
 	// Logger, default discards.
 	Logger *slog.Logger
 }
@@ -43,6 +47,11 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.Timeout < 0 {
 		return o, fmt.Errorf("podresources: negative timeout %v", o.Timeout)
+	}
+	for _, n := range o.ResourceNames {
+		if err := ValidResourceName(n); err != nil {
+			return o, fmt.Errorf("podresources: %w", err)
+		}
 	}
 	if o.Period == 0 {
 		o.Period = time.Second
@@ -74,6 +83,7 @@ type Client struct {
 	lister   podresourcesv1.PodResourcesListerClient
 	resolver atomic.Pointer[resolverBox]
 	opts     Options
+	gpus     gpuResources
 	log      *slog.Logger
 
 	current atomic.Pointer[Assignments]
@@ -125,6 +135,7 @@ func NewClient(socketPath string, r Resolver, opts Options) (*Client, error) {
 		conn:   conn,
 		lister: podresourcesv1.NewPodResourcesListerClient(conn),
 		opts:   opts,
+		gpus:   newGPUResources(opts.ResourceNames),
 		log:    opts.Logger.With("component", "podresources", "socket", abs),
 	}
 	c.current.Store(&Assignments{})
@@ -213,7 +224,7 @@ func (c *Client) Refresh(ctx context.Context) error {
 		c.fail(err)
 		return err
 	}
-	a := BuildAssignments(resp, c.resolver.Load().Resolver)
+	a := buildAssignments(resp, c.resolver.Load().Resolver, c.gpus)
 	c.current.Store(a)
 	c.succeed(a)
 	return nil

@@ -81,6 +81,9 @@ func TestNewClientErrors(t *testing.T) {
 		"negative timeout": func() (*podresources.Client, error) {
 			return podresources.NewClient("/x.sock", r, podresources.Options{Timeout: -1})
 		},
+		"bad resource name": func() (*podresources.Client, error) {
+			return podresources.NewClient("/x.sock", r, podresources.Options{ResourceNames: []string{"t4"}})
+		},
 	} {
 		if c, err := f(); err == nil {
 			c.Close()
@@ -398,5 +401,35 @@ func TestClientSetResolver(t *testing.T) {
 	}
 	if a := c.Assignments(); a.Unresolved() != 0 || len(a.Pods(migNew)) != 1 {
 		t.Errorf("after SetResolver: unresolved %d, pods %v; want the pod on the new MIG device", a.Unresolved(), a.Pods(migNew))
+	}
+}
+
+// TestClientGPUResourcesAndClaims runs a node with NICs next to GPUs, a
+// renamed resource and DRA claims through the real gRPC server: what goes
+// over the wire (dynamic_resources included) is what gets attributed.
+func TestClientGPUResourcesAndClaims(t *testing.T) {
+	path := socketPath(t)
+	ctr, pod, dev := fakekubelet.Container, fakekubelet.Pod, fakekubelet.Devices
+	pods := append(draNode(),
+		pod("net", "sfu", ctr("c", dev("nvidia.com/hostdev", "0000:3b:00.1"), dev("nvidia.com/t4", gpu3))))
+	startKubelet(t, path, pods)
+	c := newClient(t, path, podresources.Options{ResourceNames: []string{"nvidia.com/t4"}})
+	if err := c.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	a := c.Assignments()
+	if got, want := a.Pods(gpu3), []podresources.PodRef{{Namespace: "net", Pod: "sfu", Container: "c"}}; !slices.Equal(got, want) {
+		t.Errorf("Pods(gpu3) = %v, want %v (nvidia.com/t4 given in Options.ResourceNames)", got, want)
+	}
+	if a.Unresolved() != 1 {
+		t.Errorf("Unresolved() = %d, want 1: only the DRA device gpu-9; hostdev is no GPU", a.Unresolved())
+	}
+	if a.Len() != 4 {
+		t.Errorf("Len() = %d, want 4", a.Len())
+	}
+	for uuid, pod := range map[string]string{gpu0: "whole", migA: "mig", gpu1: "both"} {
+		if got := a.Pods(uuid); len(got) == 0 || got[0].Pod != pod {
+			t.Errorf("Pods(%s) = %v, want pod %s", uuid, got, pod)
+		}
 	}
 }

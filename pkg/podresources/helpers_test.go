@@ -27,9 +27,9 @@ func testInventory() []podresources.GPU {
 		{UUID: gpu0, Minor: 0},
 		{UUID: gpu1, Minor: 1},
 		{UUID: gpu2, Minor: 2, MIG: []podresources.MIGDevice{
-			{UUID: migA, GI: 1, CI: 0},
-			{UUID: migB, GI: 7, CI: 1}, // listed before ci 0 on purpose
-			{UUID: migC, GI: 7, CI: 0},
+			{UUID: migA, GI: 1, CI: 0, Profile: "1g.5gb"},
+			{UUID: migB, GI: 7, CI: 1, Profile: "3g.20gb"}, // listed before ci 0 on purpose
+			{UUID: migC, GI: 7, CI: 0, Profile: "3g.20gb"},
 		}},
 		{UUID: gpu3, Minor: 3},
 	}
