@@ -37,6 +37,26 @@ func testInventory() []podresources.GPU {
 
 var socketPath = fakekubelet.TempSocketPath
 
+// fakeClock is Options.Now for tests of MaxStale: minutes pass at once.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{t: time.Unix(1700000000, 0)} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
 // waitFor polls cond until it holds or the deadline passes, so tests wait
 // only as long as needed instead of sleeping a fixed time.
 func waitFor(t *testing.T, what string, cond func() bool) {
