@@ -191,6 +191,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	}
 	client, err := podresources.NewClient(socket, podresources.NewResolver(resolverGPUs(sampler.Devices())), podresources.Options{
 		Period:        cfg.KubeletPeriod,
+		MaxStale:      cfg.PodMaxStale(),
 		ResourceNames: cfg.GPUResourceNames,
 		Logger:        log,
 	})
