@@ -41,6 +41,11 @@ func ParseDRADeviceName(name string) (DeviceRef, error) {
 	}
 	minor, mig, isMIG := strings.Cut(rest, "-mig-")
 	n, err := parseNumber(minor)
+	if err == nil && len(minor) > 1 && minor[0] == '0' {
+		// The driver prints the minor with %d: a leading zero is not its
+		// name, and guessing which GPU it means is what strictness avoids.
+		err = fmt.Errorf("%q has a leading zero", minor)
+	}
 	if err != nil {
 		return DeviceRef{}, invalid(name, "dra device name: minor number: %v", err)
 	}

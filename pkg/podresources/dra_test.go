@@ -2,7 +2,9 @@ package podresources_test
 
 import (
 	"errors"
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/gpu-telemetry/agent/pkg/podresources"
@@ -38,7 +40,7 @@ func TestParseDRADeviceName(t *testing.T) {
 	for _, bad := range []string{
 		"", "gpu", "gpu-", "gpu-x", "gpu-+1", "gpu--1", "gpu-0-", "GPU-0", "nvidia0", "mig-0",
 		"gpu-0-mig-", "gpu-0-mig-1g5gb", "gpu-0-mig-1g5gb-x", "gpu-0-mig-3-1g5gb", "gpu-0-mig--3",
-		"gpu-0-mig-1g5gb-3-", "gpu-x-mig-1g5gb-0",
+		"gpu-0-mig-1g5gb-3-", "gpu-x-mig-1g5gb-0", "gpu-01", "gpu-00-mig-1g5gb-0",
 	} {
 		if ref, err := podresources.ParseDRADeviceName(bad); !errors.Is(err, podresources.ErrInvalidDeviceID) {
 			t.Errorf("ParseDRADeviceName(%q) = %+v, %v; want ErrInvalidDeviceID", bad, ref, err)
@@ -135,4 +137,41 @@ func wantDRA(t *testing.T, a *podresources.Assignments) {
 func TestBuildAssignmentsDRA(t *testing.T) {
 	wantDRA(t, podresources.BuildAssignments(&podresourcesv1.ListPodResourcesResponse{PodResources: draNode()},
 		podresources.NewResolver(testInventory())))
+}
+
+// FuzzParseDRADeviceName checks that whatever a ResourceSlice names a
+// device, the parser either refuses it with ErrInvalidDeviceID or names a
+// GPU by the minor number the name starts with.
+func FuzzParseDRADeviceName(f *testing.F) {
+	for _, s := range []string{
+		"gpu-0", "gpu-12", "gpu-2-mig-1g5gb-3", "gpu-2-mig-4g20gb-0-3", "gpu-2-mig-1g10gb-me-0", "gpu-2-mig-0-3-1",
+		"", "gpu-", "gpu--1", "gpu-0-mig-", "gpu-0-mig--3", "gpu-vfio-0", "channel-0",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		ref, err := podresources.ParseDRADeviceName(name)
+		if err != nil {
+			if !errors.Is(err, podresources.ErrInvalidDeviceID) {
+				t.Fatalf("error %v does not wrap ErrInvalidDeviceID", err)
+			}
+			return
+		}
+		if ref.Index < 0 || ref.UUID != "" || ref.GI != -1 || ref.CI != -1 || ref.Replica != -1 {
+			t.Fatalf("%q parsed to %+v", name, ref)
+		}
+		prefix := fmt.Sprintf("gpu-%d", ref.Index)
+		switch ref.Kind {
+		case podresources.RefIndex:
+			if name != prefix || ref.Profile != "" {
+				t.Fatalf("%q parsed to whole GPU %+v", name, ref)
+			}
+		case podresources.RefDRAMIG:
+			if !strings.HasPrefix(name, prefix+"-mig-") || !strings.HasPrefix(name, ref.String()) {
+				t.Fatalf("%q parsed to MIG %+v (%s)", name, ref, ref)
+			}
+		default:
+			t.Fatalf("unexpected kind %v from %q", ref.Kind, name)
+		}
+	})
 }
