@@ -190,8 +190,10 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		socket = path
 	}
 	client, err := podresources.NewClient(socket, podresources.NewResolver(resolverGPUs(sampler.Devices())), podresources.Options{
-		Period: cfg.KubeletPeriod,
-		Logger: log,
+		Period:        cfg.KubeletPeriod,
+		MaxStale:      cfg.PodMaxStale(),
+		ResourceNames: cfg.GPUResourceNames,
+		Logger:        log,
 	})
 	if err != nil {
 		return abort(err)
@@ -253,7 +255,7 @@ func resolverGPUs(devs []telemetry.Device) []podresources.GPU {
 		gpus[i] = podresources.GPU{UUID: d.UUID, Minor: d.Minor}
 		for _, m := range d.MIG {
 			for _, ci := range m.ComputeInstances {
-				gpus[i].MIG = append(gpus[i].MIG, podresources.MIGDevice{UUID: ci.UUID, GI: m.GI, CI: ci.CI})
+				gpus[i].MIG = append(gpus[i].MIG, podresources.MIGDevice{UUID: ci.UUID, GI: m.GI, CI: ci.CI, Profile: m.Profile})
 			}
 		}
 	}

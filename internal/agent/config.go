@@ -13,6 +13,7 @@ import (
 	"github.com/gpu-telemetry/agent/internal/logging"
 
 	"github.com/gpu-telemetry/agent/pkg/nvml"
+	"github.com/gpu-telemetry/agent/pkg/podresources"
 )
 
 // DefaultPodResourcesSocket is where the kubelet serves the pod-resources API.
@@ -37,6 +38,8 @@ type Config struct {
 
 	PodResourcesSocket string
 	KubeletPeriod      time.Duration
+	KubeletMaxStale    time.Duration // 0: keep the last good pod map forever
+	GPUResourceNames   []string      // extra GPU resource names, beyond nvidia.com/gpu, gpu.shared, mig-*
 	NodeName           string
 
 	NVMLLibraryPath string
@@ -70,6 +73,11 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (*C
 	fs.DurationVar(&c.Window, "utilization.window", 15*time.Second, "Span of the utilization window metrics (max and mean of the driver's samples); set it to your scrape interval.")
 	fs.StringVar(&c.PodResourcesSocket, "kubelet.pod-resources-socket", DefaultPodResourcesSocket, "Kubelet pod-resources gRPC socket, for pod labels.")
 	fs.DurationVar(&c.KubeletPeriod, "kubelet.poll-interval", time.Second, "Time between two pod-resources List calls; the kubelet rate-limits this API.")
+	fs.DurationVar(&c.KubeletMaxStale, "kubelet.max-stale", podresources.DefaultMaxStale, "How long the last good pod map is served while the kubelet does not answer; past it pod labels are dropped until it answers. 0 keeps it forever.")
+	fs.Func("kubelet.gpu-resource-names", "Comma-separated extra resource names that are GPUs (exact names, e.g. a renamed nvidia.com/t4), beyond nvidia.com/gpu, nvidia.com/gpu.shared and nvidia.com/mig-*; may be repeated.", func(v string) error {
+		c.GPUResourceNames = append(c.GPUResourceNames, splitList(v)...)
+		return nil
+	})
 	fs.StringVar(&c.NodeName, "node-name", getenv("NODE_NAME"), "Value of the Hostname label; defaults to $NODE_NAME, else the host name.")
 	fs.StringVar(&c.NVMLLibraryPath, "nvml.library-path", "", "Path to libnvidia-ml.so.1; empty uses the dynamic loader's search path.")
 	fs.IntVar(&c.Simulate, "simulate", 0, "Simulate N T4-like GPUs instead of using NVML (and their pods, when no kubelet socket exists).")
@@ -92,6 +100,28 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (*C
 		c.NodeName, _ = os.Hostname()
 	}
 	return c, nil
+}
+
+// PodMaxStale is --kubelet.max-stale as podresources.Options.MaxStale,
+// where 0 means the default: on the command line 0 is the operator saying
+// "never", as with other bounds that 0 disables.
+func (c *Config) PodMaxStale() time.Duration {
+	if c.KubeletMaxStale == 0 {
+		return podresources.NoMaxStale
+	}
+	return c.KubeletMaxStale
+}
+
+// splitList splits a comma-separated flag value, dropping blanks so that
+// "a, b," is two names.
+func splitList(v string) []string {
+	var out []string
+	for _, f := range strings.Split(v, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // Validate reports every bad setting at once, each naming its flag.
@@ -121,6 +151,18 @@ func (c *Config) Validate() error {
 	}
 	if c.KubeletPeriod < 100*time.Millisecond {
 		bad("kubelet.poll-interval", c.KubeletPeriod, "must be at least 100ms (the kubelet rate-limits pod-resources)")
+	}
+	if c.KubeletMaxStale < 0 {
+		bad("kubelet.max-stale", c.KubeletMaxStale, "must not be negative (0 keeps the pod map forever)")
+	} else if c.KubeletMaxStale > 0 && c.KubeletMaxStale < c.KubeletPeriod {
+		// Expiry is checked on each failed poll: a shorter bound would
+		// drop labels on the first failure, which 0 cannot express.
+		bad("kubelet.max-stale", c.KubeletMaxStale, fmt.Sprintf("must be 0 or at least --kubelet.poll-interval (%s)", c.KubeletPeriod))
+	}
+	for _, n := range c.GPUResourceNames {
+		if err := podresources.ValidResourceName(n); err != nil {
+			bad("kubelet.gpu-resource-names", n, "want <domain>/<name>, e.g. nvidia.com/t4")
+		}
 	}
 	if c.PodResourcesSocket != "" && len(c.PodResourcesSocket) > 107 {
 		bad("kubelet.pod-resources-socket", c.PodResourcesSocket, "unix socket paths are limited to 107 bytes")

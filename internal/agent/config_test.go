@@ -3,9 +3,12 @@ package agent
 import (
 	"bytes"
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gpu-telemetry/agent/pkg/podresources"
 )
 
 func parse(t *testing.T, args ...string) *Config {
@@ -27,6 +30,38 @@ func TestDefaults(t *testing.T) {
 	}
 	if c.NodeName == "" {
 		t.Error("node name empty: want the host name when $NODE_NAME is unset")
+	}
+}
+
+func TestKubeletMaxStale(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want time.Duration
+	}{
+		{nil, 5 * time.Minute},
+		{[]string{"--kubelet.max-stale=90s"}, 90 * time.Second},
+		{[]string{"--kubelet.max-stale=0"}, podresources.NoMaxStale}, // forever
+	} {
+		c := parse(t, tc.args...)
+		if err := c.Validate(); err != nil {
+			t.Errorf("%v: %v", tc.args, err)
+		}
+		if got := c.PodMaxStale(); got != tc.want {
+			t.Errorf("%v: PodMaxStale() = %v, want %v", tc.args, got, tc.want)
+		}
+	}
+}
+
+func TestGPUResourceNames(t *testing.T) {
+	if c := parse(t); c.GPUResourceNames != nil {
+		t.Errorf("default GPUResourceNames = %q, want none (the built-in set)", c.GPUResourceNames)
+	}
+	c := parse(t, "--kubelet.gpu-resource-names=nvidia.com/t4, example.com/a100,", "--kubelet.gpu-resource-names=nvidia.com/l4")
+	if want := []string{"nvidia.com/t4", "example.com/a100", "nvidia.com/l4"}; !slices.Equal(c.GPUResourceNames, want) {
+		t.Errorf("GPUResourceNames = %q, want %q", c.GPUResourceNames, want)
+	}
+	if err := c.Validate(); err != nil {
+		t.Error(err)
 	}
 }
 
@@ -58,6 +93,9 @@ func TestValidateNamesTheFlag(t *testing.T) {
 		{[]string{"--log.format=xml"}, "--log.format=xml"},
 		{[]string{"--web.listen-address="}, "--web.listen-address"},
 		{[]string{"--kubelet.pod-resources-socket=/" + strings.Repeat("a", 120)}, "limited to 107 bytes"},
+		{[]string{"--kubelet.max-stale=-1s"}, "--kubelet.max-stale=-1s: must not be negative"},
+		{[]string{"--kubelet.max-stale=500ms"}, "--kubelet.max-stale=500ms: must be 0 or at least --kubelet.poll-interval (1s)"},
+		{[]string{"--kubelet.gpu-resource-names=nvidia.com/t4,t4"}, "--kubelet.gpu-resource-names=t4: want <domain>/<name>"},
 	} {
 		err := parse(t, tc.args...).Validate()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -66,6 +66,7 @@ type Collector struct {
 	window, interval, ticks, missed, lastSample    *prometheus.Desc
 	sampleRate                                     *prometheus.Desc
 	kubeletUp, kubeletStale, kubeletLast           *prometheus.Desc
+	kubeletExpired                                 *prometheus.Desc
 	kubeletRefreshes, kubeletFailures, unresolved  *prometheus.Desc
 	buildInfo                                      *prometheus.Desc
 }
@@ -111,6 +112,7 @@ func NewCollector(src Snapshots, opts Options) *Collector {
 
 		kubeletUp:        prometheus.NewDesc(name("kubelet_up"), "1 if the last pod-resources List call succeeded.", nil, nil),
 		kubeletStale:     prometheus.NewDesc(name("kubelet_pod_map_stale"), "1 if pod labels come from the last good kubelet answer because the latest call failed.", nil, nil),
+		kubeletExpired:   prometheus.NewDesc(name("kubelet_pod_map_expired"), "1 if pod labels are dropped because the kubelet has not answered for longer than --kubelet.max-stale.", nil, nil),
 		kubeletLast:      prometheus.NewDesc(name("kubelet_last_success_timestamp_seconds"), "When pod-resources List last succeeded, as a Unix time.", nil, nil),
 		kubeletRefreshes: prometheus.NewDesc(name("kubelet_refreshes_total"), "Successful pod-resources List calls.", nil, nil),
 		kubeletFailures:  prometheus.NewDesc(name("kubelet_refresh_failures_total"), "Failed pod-resources List calls.", nil, nil),
@@ -236,6 +238,7 @@ func (c *Collector) collectTargets(s sink, view *attribution.View) {
 func (c *Collector) collectKubelet(ch chan<- prometheus.Metric, st podresources.Status, a *podresources.Assignments) {
 	ch <- prometheus.MustNewConstMetric(c.kubeletUp, prometheus.GaugeValue, boolValue(st.Up))
 	ch <- prometheus.MustNewConstMetric(c.kubeletStale, prometheus.GaugeValue, boolValue(st.Stale))
+	ch <- prometheus.MustNewConstMetric(c.kubeletExpired, prometheus.GaugeValue, boolValue(st.Expired))
 	ch <- prometheus.MustNewConstMetric(c.kubeletRefreshes, prometheus.CounterValue, float64(st.Refreshes))
 	ch <- prometheus.MustNewConstMetric(c.kubeletFailures, prometheus.CounterValue, float64(st.Failures))
 	ch <- prometheus.MustNewConstMetric(c.unresolved, prometheus.GaugeValue, float64(a.Unresolved()))

@@ -1,18 +1,25 @@
 package exporter
 
 import (
+	"context"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/gpu-telemetry/agent/pkg/podresources"
+	"github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
 
@@ -219,6 +226,123 @@ gpu_agent_kubelet_last_success_timestamp_seconds 1.7e+09
 	if n := testutil.CollectAndCount(c, "DCGM_FI_DEV_GPU_UTIL"); n != 3 {
 		t.Errorf("%d GPU_UTIL series with a stale pod map, want 3 (one per pod)", n)
 	}
+}
+
+// TestKubeletDownPastMaxStale runs the real pod-resources client against
+// the fake kubelet on a fake clock: past --kubelet.max-stale the GPU
+// series lose their pod labels and gpu_agent_kubelet_pod_map_expired is 1,
+// logged once; with the kubelet back, the labels and 0 return.
+func TestKubeletDownPastMaxStale(t *testing.T) {
+	kl, err := fakekubelet.Start(fakekubelet.TempSocketPath(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(kl.Stop)
+	kl.SetPods(listResponse(
+		pod("ml", "inference-0", "server", "nvidia.com/gpu", uuid0),
+		pod("media", "sfu-0", "sfu", "nvidia.com/gpu", uuid1),
+	).GetPodResources())
+	var now atomic.Int64
+	now.Store(time.Unix(1700000000, 0).UnixNano())
+	var logs strings.Builder
+	var logMu sync.Mutex
+	client, err := podresources.NewClient(kl.Path(),
+		podresources.NewResolver([]podresources.GPU{{UUID: uuid0, Minor: 0}, {UUID: uuid1, Minor: 1}, {UUID: uuid2, Minor: 2}}),
+		podresources.Options{
+			Period: 10 * time.Millisecond, MaxStale: 5 * time.Minute,
+			Now:    func() time.Time { return time.Unix(0, now.Load()) },
+			Logger: slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logs}, nil)),
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	c := NewCollector(snapshots{testSnapshot()}, Options{Hostname: "n", Interval: time.Second, Pods: client})
+	ctx := context.Background()
+	check := func(when string, expired float64, podSeries int) {
+		t.Helper()
+		fams := gather(t, c)
+		if got := fams["gpu_agent_kubelet_pod_map_expired"].GetMetric()[0].GetGauge().GetValue(); got != expired {
+			t.Errorf("%s: gpu_agent_kubelet_pod_map_expired = %v, want %v", when, got, expired)
+		}
+		const series = "DCGM_FI_DEV_GPU_UTIL"
+		if n := len(fams[series].GetMetric()); n != 2 {
+			t.Errorf("%s: %d %s series, want 2 (one per GPU)", when, n, series)
+		}
+		withPod := 0
+		for _, m := range fams[series].GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "pod" {
+					withPod++
+				}
+			}
+		}
+		if withPod != podSeries {
+			t.Errorf("%s: %d %s series with a pod label, want %d", when, withPod, series, podSeries)
+		}
+	}
+
+	if err := client.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	check("kubelet up", 0, 2)
+	kl.Stop()
+	now.Add(int64(4 * time.Minute))
+	if client.Refresh(ctx) == nil {
+		t.Fatal("Refresh succeeded with the kubelet down")
+	}
+	check("4 minutes down", 0, 2) // the last good map, still
+	now.Add(int64(time.Minute))
+	for range 3 {
+		if client.Refresh(ctx) == nil {
+			t.Fatal("Refresh succeeded with the kubelet down")
+		}
+	}
+	check("5 minutes down", 1, 0)
+	logMu.Lock()
+	n := strings.Count(logs.String(), "kubelet pod map expired")
+	logMu.Unlock()
+	if n != 1 {
+		t.Errorf("expiry logged %d times, want once:\n%s", n, logs.String())
+	}
+
+	if err := kl.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for client.Refresh(ctx) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the kubelet never answered again")
+		}
+	}
+	check("kubelet back", 0, 2)
+}
+
+// gather collects c on a pedantic registry, by family name.
+func gather(t *testing.T, c prometheus.Collector) map[string]*dto.MetricFamily {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(c)
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := make(map[string]*dto.MetricFamily, len(fams))
+	for _, f := range fams {
+		byName[f.GetName()] = f
+	}
+	return byName
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 func TestPedanticRegistryAndLint(t *testing.T) {

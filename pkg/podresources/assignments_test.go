@@ -14,15 +14,17 @@ import (
 func mixedNode() []*podresourcesv1.PodResources {
 	dev, ctr, pod := fakekubelet.Devices, fakekubelet.Container, fakekubelet.Pod
 	return []*podresourcesv1.PodResources{
+		// A NIC of the Network Operator next to the GPU: an NVIDIA
+		// resource that is no GPU, neither attributed nor unresolved.
 		pod("ml", "trainer",
-			ctr("main", dev("nvidia.com/gpu", gpu0), dev("example.com/foo", "foo-0"))),
+			ctr("main", dev("nvidia.com/gpu", gpu0), dev("example.com/foo", "foo-0"), dev("nvidia.com/hostdev", "0000:3b:00.1"))),
 		// Time-slicing: two pods share gpu1 through replicas.
 		pod("web", "encoder-b", ctr("enc", dev("nvidia.com/gpu.shared", gpu1+"::1"))),
 		pod("web", "encoder-a", ctr("enc", dev("nvidia.com/gpu.shared", gpu1+"::0"))),
 		pod("ml", "infer",
 			ctr("model", dev("nvidia.com/mig-1g.5gb", migA)),
 			ctr("sidecar", dev("example.com/foo", gpu3))), // non-GPU resource: ignored
-		pod("gke", "job", ctr("c", dev("nvidia.com/t4-shared", "nvidia3/vgpu1"))),
+		pod("gke", "job", ctr("c", dev("nvidia.com/gpu", "nvidia3/vgpu1"))),
 	}
 }
 
@@ -124,5 +126,53 @@ func TestAssignmentsPodsIsACopy(t *testing.T) {
 	got[0].Pod = "mutated"
 	if a.Pods(gpu1)[0].Pod != "encoder-a" {
 		t.Fatal("mutating the result of Pods changed the shared map")
+	}
+}
+
+// TestBuildAssignmentsGPUResourcesOnly checks that only GPU resource names
+// are attributed: NVIDIA's other resources (the Network Operator's NICs)
+// are neither attributed nor counted unresolved, whatever their IDs.
+func TestBuildAssignmentsGPUResourcesOnly(t *testing.T) {
+	dev, ctr, pod := fakekubelet.Devices, fakekubelet.Container, fakekubelet.Pod
+	resp := &podresourcesv1.ListPodResourcesResponse{PodResources: []*podresourcesv1.PodResources{
+		pod("net", "rdma", ctr("c",
+			dev("nvidia.com/hostdev", "0000:3b:00.1", "0000:3b:00.2"),
+			dev("nvidia.com/rdma_shared_device_a", "rdma-0"),
+			dev("nvidia.com/gpu", gpu0))),
+		pod("ml", "shared-mig", ctr("c", dev("nvidia.com/mig-1g.5gb.shared", migA+"::1"))),
+		pod("ml", "renamed", ctr("c", dev("nvidia.com/gpu.shared", gpu1+"::0"))),
+		pod("ml", "custom", ctr("c", dev("nvidia.com/t4", gpu3), dev("nvidia.com/t4-x", "GPU-unknown"))),
+	}}
+	a := podresources.BuildAssignments(resp, podresources.NewResolver(testInventory()))
+	for uuid, pod := range map[string]string{gpu0: "rdma", migA: "shared-mig", gpu1: "renamed"} {
+		if got := a.Pods(uuid); len(got) != 1 || got[0].Pod != pod {
+			t.Errorf("Pods(%s) = %v, want pod %s", uuid, got, pod)
+		}
+	}
+	if a.Len() != 3 || a.Unresolved() != 0 {
+		t.Errorf("Len() = %d, Unresolved() = %d; want 3, 0 (a custom name is ignored unless given)", a.Len(), a.Unresolved())
+	}
+
+	// Given as an extra name, the custom resource is a GPU, matched
+	// exactly: its look-alike stays ignored.
+	a = podresources.BuildAssignments(resp, podresources.NewResolver(testInventory()), "nvidia.com/t4")
+	if got := a.Pods(gpu3); len(got) != 1 || got[0].Pod != "custom" {
+		t.Errorf("with nvidia.com/t4 given, Pods(gpu3) = %v, want pod custom", got)
+	}
+	if a.Len() != 4 || a.Unresolved() != 0 {
+		t.Errorf("Len() = %d, Unresolved() = %d; want 4, 0", a.Len(), a.Unresolved())
+	}
+}
+
+func TestValidResourceName(t *testing.T) {
+	for _, ok := range []string{"nvidia.com/gpu", "nvidia.com/t4", "example.com/a100-80gb", "nvidia.com/mig-1g.5gb"} {
+		if err := podresources.ValidResourceName(ok); err != nil {
+			t.Errorf("ValidResourceName(%q) = %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "gpu", "/gpu", "nvidia.com/", "nvidia.com/gpu/x", "nvidia.com/gpu ", "nvidia.com/a,nvidia.com/b"} {
+		if err := podresources.ValidResourceName(bad); err == nil {
+			t.Errorf("ValidResourceName(%q) = nil, want an error", bad)
+		}
 	}
 }

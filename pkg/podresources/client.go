@@ -26,6 +26,16 @@ const maxRecvMsgSize = 16 << 20
 // restarted kubelet is picked up within a couple of periods.
 const maxReconnectBackoff = time.Second
 
+// DefaultMaxStale is how long the last good pod map outlives the kubelet's
+// last answer by default: long enough to ride out a kubelet restart or an
+// upgrade, short enough that a pod deleted meanwhile does not keep being
+// charged for a GPU for long.
+const DefaultMaxStale = 5 * time.Minute
+
+// NoMaxStale as Options.MaxStale keeps the last good pod map for as long
+// as the kubelet is down (any negative value does).
+const NoMaxStale time.Duration = -1
+
 // Options tune the Client. Zero values take the defaults.
 type Options struct {
 	// Period between List calls, default 1s. The kubelet rate-limits this
@@ -33,6 +43,22 @@ type Options struct {
 	Period time.Duration
 	// Timeout of each List call, default 2s.
 	Timeout time.Duration
+	// MaxStale is how long after the last successful List the last good
+	// map is still served, default DefaultMaxStale; NoMaxStale: forever.
+	// Past it Assignments() is empty: pods may have gone meanwhile, and
+	// no label is better than charging a GPU to a pod that left. It is
+	// checked on each failed List, so it takes effect up to one Period
+	// (plus Timeout) late. Before the first success it counts from
+	// NewClient.
+	MaxStale time.Duration
+	// ResourceNames are extra resource names that are GPUs, matched
+	// exactly, beyond nvidia.com/gpu, nvidia.com/gpu.shared and
+	// nvidia.com/mig-* (a device plugin configured to rename them).
+	ResourceNames []string
+	// Now is the clock of LastSuccess and MaxStale, default time.Now; tests
+	// pass a fake one. The rate limit keeps the real clock: it protects a
+	// real kubelet.
+	Now func() time.Time
 	// Logger, default discards.
 	Logger *slog.Logger
 }
@@ -44,11 +70,22 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Timeout < 0 {
 		return o, fmt.Errorf("podresources: negative timeout %v", o.Timeout)
 	}
+	for _, n := range o.ResourceNames {
+		if err := ValidResourceName(n); err != nil {
+			return o, fmt.Errorf("podresources: %w", err)
+		}
+	}
 	if o.Period == 0 {
 		o.Period = time.Second
 	}
 	if o.Timeout == 0 {
 		o.Timeout = 2 * time.Second
+	}
+	if o.MaxStale == 0 {
+		o.MaxStale = DefaultMaxStale
+	}
+	if o.Now == nil {
+		o.Now = time.Now
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -60,7 +97,8 @@ func (o Options) withDefaults() (Options, error) {
 // and the agent's own metrics.
 type Status struct {
 	Up          bool      // last List succeeded
-	Stale       bool      // last List failed; Assignments() is the last good map (or empty if never good)
+	Stale       bool      // last List failed; Assignments() is the last good map (or empty if never good, or Expired)
+	Expired     bool      // Stale for longer than MaxStale: Assignments() is empty until the kubelet answers
 	LastSuccess time.Time // zero if never
 	LastError   error     // nil when Up
 	Refreshes   uint64    // successful List calls
@@ -74,7 +112,9 @@ type Client struct {
 	lister   podresourcesv1.PodResourcesListerClient
 	resolver atomic.Pointer[resolverBox]
 	opts     Options
+	gpus     gpuResources
 	log      *slog.Logger
+	created  time.Time // stands for LastSuccess before the first success
 
 	current atomic.Pointer[Assignments]
 	running atomic.Bool
@@ -122,10 +162,12 @@ func NewClient(socketPath string, r Resolver, opts Options) (*Client, error) {
 		return nil, fmt.Errorf("podresources: client for %q: %w", abs, err)
 	}
 	c := &Client{
-		conn:   conn,
-		lister: podresourcesv1.NewPodResourcesListerClient(conn),
-		opts:   opts,
-		log:    opts.Logger.With("component", "podresources", "socket", abs),
+		conn:    conn,
+		lister:  podresourcesv1.NewPodResourcesListerClient(conn),
+		opts:    opts,
+		gpus:    newGPUResources(opts.ResourceNames),
+		log:     opts.Logger.With("component", "podresources", "socket", abs),
+		created: opts.Now(),
 	}
 	c.current.Store(&Assignments{})
 	c.SetResolver(r)
@@ -171,7 +213,8 @@ func (c *Client) Close() error {
 }
 
 // Assignments returns the latest good map: empty before the first success,
-// the last good one while the kubelet is unreachable. Never nil.
+// the last good one while the kubelet is unreachable, empty again once it
+// has been unreachable for longer than MaxStale. Never nil.
 func (c *Client) Assignments() *Assignments {
 	return c.current.Load()
 }
@@ -213,7 +256,7 @@ func (c *Client) Refresh(ctx context.Context) error {
 		c.fail(err)
 		return err
 	}
-	a := BuildAssignments(resp, c.resolver.Load().Resolver)
+	a := buildAssignments(resp, c.resolver.Load().Resolver, c.gpus)
 	c.current.Store(a)
 	c.succeed(a)
 	return nil
@@ -234,29 +277,46 @@ func callerGaveUp(ctx context.Context, callDeadline time.Time, err error) error 
 }
 
 func (c *Client) fail(err error) {
+	now := c.opts.Now()
 	c.statusMu.Lock()
 	wasUp, tried := c.status.Up, c.tried
 	c.tried = true
 	c.status.Up, c.status.Stale, c.status.LastError = false, true, err
 	c.status.Failures++
+	since := c.status.LastSuccess
+	if since.IsZero() {
+		since = c.created
+	}
+	expire := c.opts.MaxStale > 0 && !c.status.Expired && now.Sub(since) >= c.opts.MaxStale
+	if expire {
+		// The empty map goes out before the status says so, so that a
+		// reader seeing Expired never gets the old labels after it.
+		c.current.Store(&Assignments{})
+		c.status.Expired = true
+	}
 	c.statusMu.Unlock()
 	if wasUp || !tried {
 		c.log.Warn("kubelet pod-resources unavailable, keeping last assignments", "err", err)
 	} else {
 		c.log.Debug("kubelet pod-resources still unavailable", "err", err)
 	}
+	if expire {
+		c.log.Warn("kubelet pod map expired, dropping pod labels until the kubelet answers",
+			"max_stale", c.opts.MaxStale, "down_for", now.Sub(since).Round(time.Second), "err", err)
+	}
 }
 
 func (c *Client) succeed(a *Assignments) {
+	now := c.opts.Now()
 	c.statusMu.Lock()
-	wasUp := c.status.Up
+	wasUp, wasExpired := c.status.Up, c.status.Expired
 	c.tried = true
-	c.status.Up, c.status.Stale, c.status.LastError = true, false, nil
-	c.status.LastSuccess = time.Now()
+	c.status.Up, c.status.Stale, c.status.Expired, c.status.LastError = true, false, false, nil
+	c.status.LastSuccess = now
 	c.status.Refreshes++
 	c.statusMu.Unlock()
 	if !wasUp {
-		c.log.Info("kubelet pod-resources available", "devices", a.Len())
+		c.log.Info("kubelet pod-resources available", "devices", a.Len(), "pod_labels_restored", wasExpired)
 	}
 	// callMu is held: unresolved is only touched here.
 	if n := a.Unresolved(); n != c.unresolved {

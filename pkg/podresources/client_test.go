@@ -81,6 +81,9 @@ func TestNewClientErrors(t *testing.T) {
 		"negative timeout": func() (*podresources.Client, error) {
 			return podresources.NewClient("/x.sock", r, podresources.Options{Timeout: -1})
 		},
+		"bad resource name": func() (*podresources.Client, error) {
+			return podresources.NewClient("/x.sock", r, podresources.Options{ResourceNames: []string{"t4"}})
+		},
 	} {
 		if c, err := f(); err == nil {
 			c.Close()
@@ -398,5 +401,135 @@ func TestClientSetResolver(t *testing.T) {
 	}
 	if a := c.Assignments(); a.Unresolved() != 0 || len(a.Pods(migNew)) != 1 {
 		t.Errorf("after SetResolver: unresolved %d, pods %v; want the pod on the new MIG device", a.Unresolved(), a.Pods(migNew))
+	}
+}
+
+// TestClientGPUResourcesAndClaims runs a node with NICs next to GPUs, a
+// renamed resource and DRA claims through the real gRPC server: what goes
+// over the wire (dynamic_resources included) is what gets attributed.
+func TestClientGPUResourcesAndClaims(t *testing.T) {
+	path := socketPath(t)
+	ctr, pod, dev := fakekubelet.Container, fakekubelet.Pod, fakekubelet.Devices
+	pods := append(draNode(),
+		pod("net", "sfu", ctr("c", dev("nvidia.com/hostdev", "0000:3b:00.1"), dev("nvidia.com/t4", gpu3))))
+	startKubelet(t, path, pods)
+	c := newClient(t, path, podresources.Options{ResourceNames: []string{"nvidia.com/t4"}})
+	if err := c.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	a := c.Assignments()
+	if got, want := a.Pods(gpu3), []podresources.PodRef{{Namespace: "net", Pod: "sfu", Container: "c"}}; !slices.Equal(got, want) {
+		t.Errorf("Pods(gpu3) = %v, want %v (nvidia.com/t4 given in Options.ResourceNames)", got, want)
+	}
+	if a.Unresolved() != 1 {
+		t.Errorf("Unresolved() = %d, want 1: only the DRA device gpu-9; hostdev is no GPU", a.Unresolved())
+	}
+	if a.Len() != 4 {
+		t.Errorf("Len() = %d, want 4", a.Len())
+	}
+	for uuid, pod := range map[string]string{gpu0: "whole", migA: "mig", gpu1: "both"} {
+		if got := a.Pods(uuid); len(got) == 0 || got[0].Pod != pod {
+			t.Errorf("Pods(%s) = %v, want pod %s", uuid, got, pod)
+		}
+	}
+}
+
+// TestClientMaxStale takes the kubelet down for longer than MaxStale on a
+// fake clock: the last good map is kept, then dropped with one log line
+// and Status().Expired, and comes back with the kubelet.
+func TestClientMaxStale(t *testing.T) {
+	path := socketPath(t)
+	var buf syncBuffer
+	clock := newFakeClock()
+	c := newClient(t, path, podresources.Options{
+		MaxStale: time.Minute, Now: clock.Now,
+		Logger: slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	kl := startKubelet(t, path, mixedNode())
+	ctx := context.Background()
+	if err := c.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	kl.Stop()
+	refreshFails := func(n int) {
+		t.Helper()
+		for range n {
+			if err := c.Refresh(ctx); err == nil {
+				t.Fatal("Refresh succeeded with the kubelet down")
+			}
+		}
+	}
+
+	clock.Advance(time.Minute - time.Second)
+	refreshFails(2)
+	if st := c.Status(); !st.Stale || st.Expired {
+		t.Fatalf("within MaxStale: %+v, want stale, not expired", st)
+	}
+	wantMixed(t, c.Assignments()) // the last good map, still
+
+	clock.Advance(time.Second)
+	refreshFails(3)
+	if st := c.Status(); !st.Stale || !st.Expired {
+		t.Fatalf("after MaxStale: %+v, want stale and expired", st)
+	}
+	if a := c.Assignments(); a.Len() != 0 || a.Pods(gpu0) != nil {
+		t.Fatalf("after MaxStale: %d devices attributed, want none", a.Len())
+	}
+	const expired = `level=WARN msg="kubelet pod map expired`
+	if n := buf.count(expired, "max_stale=1m0s", "down_for=1m0s"); n != 1 {
+		t.Fatalf("3 polls past MaxStale logged %d expiry warnings, want 1:\n%s", n, buf.String())
+	}
+
+	if err := kl.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the kubelet back", func() bool { return c.Refresh(ctx) == nil })
+	if st := c.Status(); !st.Up || st.Stale || st.Expired {
+		t.Fatalf("kubelet back: %+v, want up, neither stale nor expired", st)
+	}
+	wantMixed(t, c.Assignments())
+	if n := buf.count(`msg="kubelet pod-resources available"`, "pod_labels_restored=true"); n != 1 {
+		t.Fatalf("want one line saying the labels are back:\n%s", buf.String())
+	}
+
+	// A second outage counts from the new success, not the first one.
+	kl.Stop()
+	clock.Advance(30 * time.Second)
+	refreshFails(1)
+	if st := c.Status(); st.Expired || c.Assignments().Len() == 0 {
+		t.Fatalf("30s into a second outage: %+v, want the map kept", st)
+	}
+}
+
+func TestClientMaxStaleNever(t *testing.T) {
+	path := socketPath(t)
+	clock := newFakeClock()
+	c := newClient(t, path, podresources.Options{MaxStale: podresources.NoMaxStale, Now: clock.Now})
+	kl := startKubelet(t, path, mixedNode())
+	if err := c.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	kl.Stop()
+	clock.Advance(24 * time.Hour)
+	if err := c.Refresh(context.Background()); err == nil {
+		t.Fatal("Refresh succeeded with the kubelet down")
+	}
+	if st := c.Status(); !st.Stale || st.Expired {
+		t.Fatalf("NoMaxStale: %+v, want stale, never expired", st)
+	}
+	wantMixed(t, c.Assignments())
+}
+
+// TestClientMaxStaleBeforeFirstSuccess: a kubelet that never answered
+// counts from NewClient, so the state says so even with nothing to drop.
+func TestClientMaxStaleBeforeFirstSuccess(t *testing.T) {
+	clock := newFakeClock()
+	c := newClient(t, socketPath(t), podresources.Options{MaxStale: time.Minute, Now: clock.Now})
+	if err := c.Refresh(context.Background()); err == nil || c.Status().Expired {
+		t.Fatalf("first failure: %v, %+v; want an error, not expired", err, c.Status())
+	}
+	clock.Advance(time.Minute)
+	if err := c.Refresh(context.Background()); err == nil || !c.Status().Expired {
+		t.Fatalf("a minute later: %v, %+v; want an error, expired", err, c.Status())
 	}
 }

@@ -31,8 +31,13 @@ const (
 	// spelling of drivers before R470: "MIG-GPU-<uuid>/<gi>/<ci>".
 	RefLegacyMIG
 	// RefIndex is GKE's spelling by minor number: "nvidia0", "nvidia0/vgpu1",
-	// "nvidia0/gi7", "nvidia0/gi7/vgpu0".
+	// "nvidia0/gi7", "nvidia0/gi7/vgpu0". NVIDIA's DRA driver names whole
+	// GPUs by minor number too ("gpu-0"), so ParseDRADeviceName gives it.
 	RefIndex
+	// RefDRAMIG is a MIG device of NVIDIA's DRA driver, named by its
+	// parent's minor number, its profile and its placement
+	// ("gpu-0-mig-1g5gb-3"): no instance ids, see ParseDRADeviceName.
+	RefDRAMIG
 )
 
 // String returns the kind's name for logs and test failures.
@@ -46,6 +51,8 @@ func (k RefKind) String() string {
 		return "legacy-mig"
 	case RefIndex:
 		return "index"
+	case RefDRAMIG:
+		return "dra-mig"
 	default:
 		return "RefKind(" + strconv.Itoa(int(k)) + ")"
 	}
@@ -59,18 +66,23 @@ type DeviceRef struct {
 	// UUID is "GPU-..." or "MIG-..." as given; for RefLegacyMIG the parent
 	// "GPU-..." UUID; "" for RefIndex.
 	UUID string
-	// Index is the GKE minor number (nvidiaN), -1 otherwise.
+	// Index is the minor number (GKE's nvidiaN, the DRA driver's gpu-N and
+	// a DRA MIG device's parent), -1 otherwise.
 	Index int
 	// GI and CI are the GPU and compute instance ids, -1 when absent.
 	GI, CI int
 	// Replica is the time-slicing or MPS replica ("<id>::<n>" or GKE
 	// "vgpuN"), -1 when absent. Replicas share the underlying device.
 	Replica int
+	// Profile is a RefDRAMIG's MIG profile as the DRA driver spells it
+	// ("1g5gb"), "" when the name has none.
+	Profile string
 }
 
 // String renders the canonical spelling of the reference; ParseDeviceID of
 // the result gives back an equal DeviceRef. GKE replicas are rendered as
-// "/vgpuN" whichever way they were spelled.
+// "/vgpuN" whichever way they were spelled. A RefDRAMIG renders without its
+// placement, which it does not keep: for logs only.
 func (r DeviceRef) String() string {
 	var b strings.Builder
 	switch r.Kind {
@@ -88,6 +100,12 @@ func (r DeviceRef) String() string {
 		}
 		if r.Replica >= 0 {
 			fmt.Fprintf(&b, "/vgpu%d", r.Replica)
+		}
+		return b.String()
+	case RefDRAMIG:
+		fmt.Fprintf(&b, "gpu-%d-mig", r.Index)
+		if r.Profile != "" {
+			b.WriteString("-" + r.Profile)
 		}
 		return b.String()
 	default:

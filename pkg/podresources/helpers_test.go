@@ -27,15 +27,35 @@ func testInventory() []podresources.GPU {
 		{UUID: gpu0, Minor: 0},
 		{UUID: gpu1, Minor: 1},
 		{UUID: gpu2, Minor: 2, MIG: []podresources.MIGDevice{
-			{UUID: migA, GI: 1, CI: 0},
-			{UUID: migB, GI: 7, CI: 1}, // listed before ci 0 on purpose
-			{UUID: migC, GI: 7, CI: 0},
+			{UUID: migA, GI: 1, CI: 0, Profile: "1g.5gb"},
+			{UUID: migB, GI: 7, CI: 1, Profile: "3g.20gb"}, // listed before ci 0 on purpose
+			{UUID: migC, GI: 7, CI: 0, Profile: "3g.20gb"},
 		}},
 		{UUID: gpu3, Minor: 3},
 	}
 }
 
 var socketPath = fakekubelet.TempSocketPath
+
+// fakeClock is Options.Now for tests of MaxStale: minutes pass at once.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{t: time.Unix(1700000000, 0)} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
 
 // waitFor polls cond until it holds or the deadline passes, so tests wait
 // only as long as needed instead of sleeping a fixed time.

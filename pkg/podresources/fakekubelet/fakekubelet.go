@@ -191,6 +191,32 @@ func Devices(resource string, ids ...string) *podresourcesv1.ContainerDevices {
 	return &podresourcesv1.ContainerDevices{ResourceName: resource, DeviceIds: ids}
 }
 
+// WithClaims adds DRA claims to a container's resources (its
+// dynamic_resources, as a kubelet with DynamicResourceAllocation reports
+// them) and returns it.
+func WithClaims(c *podresourcesv1.ContainerResources, claims ...*podresourcesv1.DynamicResource) *podresourcesv1.ContainerResources {
+	c.DynamicResources = append(c.DynamicResources, claims...)
+	return c
+}
+
+// Claim builds one ResourceClaim allocated to a container.
+func Claim(namespace, name string, devices ...*podresourcesv1.ClaimResource) *podresourcesv1.DynamicResource {
+	return &podresourcesv1.DynamicResource{ClaimNamespace: namespace, ClaimName: name, ClaimResources: devices}
+}
+
+// ClaimDevice builds one device of a claim: the driver that allocated it,
+// its pool (the node, for a node-local driver) and its name in the pool's
+// ResourceSlice, with a CDI device spelled after NVIDIA's driver's (which
+// also puts the claim's UID in the name; nothing here reads it).
+func ClaimDevice(driver, pool, device string) *podresourcesv1.ClaimResource {
+	return &podresourcesv1.ClaimResource{
+		DriverName: driver,
+		PoolName:   pool,
+		DeviceName: device,
+		CdiDevices: []*podresourcesv1.CDIDevice{{Name: "k8s." + driver + "/device=" + device}},
+	}
+}
+
 // TB is the part of testing.TB that TempSocketPath needs; this package is
 // linked into the agent (its simulated node), so it does not import testing.
 type TB interface {

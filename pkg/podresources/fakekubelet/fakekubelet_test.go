@@ -126,3 +126,30 @@ func TestServerDelay(t *testing.T) {
 		t.Fatalf("List on a slow server = %v, want DeadlineExceeded", err)
 	}
 }
+
+// TestServerDynamicResources checks DRA claims go over the wire whole, as
+// a kubelet with DynamicResourceAllocation serves them.
+func TestServerDynamicResources(t *testing.T) {
+	s, err := fakekubelet.Start(socketPath(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop()
+	s.SetPods([]*podresourcesv1.PodResources{
+		fakekubelet.Pod("ns", "a", fakekubelet.WithClaims(fakekubelet.Container("c"),
+			fakekubelet.Claim("ns", "gpu-claim", fakekubelet.ClaimDevice("gpu.nvidia.com", "node-1", "gpu-0")))),
+	})
+	resp, err := dial(t, s.Path()).List(ctx(t), &podresourcesv1.ListPodResourcesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims := resp.GetPodResources()[0].GetContainers()[0].GetDynamicResources()
+	if len(claims) != 1 || claims[0].GetClaimName() != "gpu-claim" || claims[0].GetClaimNamespace() != "ns" {
+		t.Fatalf("dynamic resources = %v", claims)
+	}
+	d := claims[0].GetClaimResources()
+	if len(d) != 1 || d[0].GetDriverName() != "gpu.nvidia.com" || d[0].GetPoolName() != "node-1" || d[0].GetDeviceName() != "gpu-0" ||
+		len(d[0].GetCdiDevices()) != 1 || d[0].GetCdiDevices()[0].GetName() != "k8s.gpu.nvidia.com/device=gpu-0" {
+		t.Fatalf("claim resources = %v", d)
+	}
+}
