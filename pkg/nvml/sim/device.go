@@ -228,3 +228,25 @@ func (d *Device) GetSamples(t nvml.SamplingType, lastSeen uint64) (nvml.ValueTyp
 	}
 	return nvml.VALUE_TYPE_UNSIGNED_INT, out, nvml.SUCCESS
 }
+
+// The per-process calls: no process runs yet.
+
+func (d *Device) GetProcessUtilization(uint64) ([]nvml.ProcessUtilizationSample, nvml.Return) {
+	return nil, nvml.ERROR_NOT_SUPPORTED
+}
+
+func (d *Device) GetComputeRunningProcesses() ([]nvml.ProcessInfo, nvml.Return) {
+	return nil, nvml.ERROR_NOT_SUPPORTED
+}
+
+func (d *Device) GetGraphicsRunningProcesses() ([]nvml.ProcessInfo, nvml.Return) {
+	return nil, nvml.ERROR_NOT_SUPPORTED
+}
+
+func (d *Device) GetEncoderSessions() ([]nvml.EncoderSessionInfo, nvml.Return) {
+	return nil, nvml.ERROR_NOT_SUPPORTED
+}
+
+func (d *Device) GetFBCSessions() ([]nvml.FBCSessionInfo, nvml.Return) {
+	return nil, nvml.ERROR_NOT_SUPPORTED
+}
