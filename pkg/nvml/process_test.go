@@ -2,6 +2,7 @@ package nvml
 
 import (
 	"log/slog"
+	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
+	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
 
@@ -290,5 +292,53 @@ func TestSlowProcessUtilizationMovesOffTheTick(t *testing.T) {
 	}
 	if n := onTick.Load(); n != 0 {
 		t.Errorf("GetProcessUtilization called %d times during ticks after the move", n)
+	}
+}
+
+// On the simulated node the time-sliced GPU's two media servers each see
+// their own figures, and those add up to the GPU-wide ones.
+func TestSimulatedSharedGPUProcessesAddUp(t *testing.T) {
+	lib := sim.New(sim.Options{Devices: 3, Seed: 5, Static: true})
+	s := open(t, lib, Config{})
+	snap := tick(s)
+	for i, st := range snap.States[:2] {
+		if len(st.Processes) != 1 {
+			t.Errorf("inference GPU %d: %d processes, want 1", i, len(st.Processes))
+		}
+	}
+	st := snap.States[2]
+	if len(st.Processes) != 2 {
+		t.Fatalf("shared GPU: %d processes, want 2: %+v", len(st.Processes), st.Processes)
+	}
+	want := lib.Processes()[2:]
+	var sm, enc, fb, fpsSum, latSum float64
+	var sessions int
+	for i, p := range st.Processes {
+		if p.PID != want[i].PID {
+			t.Errorf("process %d is PID %d, want %s/%s's %d", i, p.PID, want[i].Namespace, want[i].Pod, want[i].PID)
+		}
+		tot := p.EncoderTotal()
+		sm, enc, fb = sm+p.SMUtil, enc+p.EncUtil, fb+float64(p.FBUsed)
+		sessions += tot.Sessions
+		fpsSum += tot.FPS * float64(tot.Sessions)
+		latSum += tot.LatencyMean * float64(tot.Sessions)
+	}
+	a, b := st.Processes[0], st.Processes[1]
+	if a.EncUtil == b.EncUtil || a.EncoderTotal().Sessions >= b.EncoderTotal().Sessions ||
+		a.EncoderTotal().LatencyMean >= b.EncoderTotal().LatencyMean {
+		t.Errorf("the two pods' encoders look alike: %+v / %+v", a, b)
+	}
+	for _, c := range []struct {
+		f   telemetry.Field
+		sum float64
+	}{{telemetry.GPUUtil, sm}, {telemetry.EncUtil, enc}, {telemetry.FBUsed, fb}, {telemetry.EncSessions, float64(sessions)}} {
+		if v, _ := st.Get(c.f); v != c.sum {
+			t.Errorf("%s: processes add up to %v, the GPU says %v", c.f, c.sum, v)
+		}
+	}
+	fps, _ := st.Get(telemetry.EncFPS)
+	lat, _ := st.Get(telemetry.EncLatency)
+	if math.Abs(fpsSum/float64(sessions)-fps) > 1e-9 || math.Abs(latSum/float64(sessions)-lat) > 1e-9 {
+		t.Errorf("mean fps %v, latency %v over the processes; the GPU says %v, %v", fpsSum/float64(sessions), latSum/float64(sessions), fps, lat)
 	}
 }

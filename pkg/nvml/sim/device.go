@@ -170,13 +170,7 @@ func (d *Device) GetFieldValues(values []nvml.FieldValue) nvml.Return {
 // rate dropping and latency growing with load.
 func (d *Device) GetEncoderStats() (int, uint32, uint32, nvml.Return) {
 	d.cost(callGetEncoderStats)
-	u := d.enc.smooth(d.t())
-	sessions := int(math.Round(u / 100 * 16))
-	if sessions == 0 {
-		return 0, 0, 0, d.ret()
-	}
-	fps := uint32(math.Round(60 - u*0.3))
-	latencyUs := uint32(math.Round(1500 + u*60))
+	sessions, fps, latencyUs := encoderStats(d.enc.smooth(d.t()))
 	return sessions, fps, latencyUs, d.ret()
 }
 
@@ -227,26 +221,4 @@ func (d *Device) GetSamples(t nvml.SamplingType, lastSeen uint64) (nvml.ValueTyp
 		out = append(out, s)
 	}
 	return nvml.VALUE_TYPE_UNSIGNED_INT, out, nvml.SUCCESS
-}
-
-// The per-process calls: no process runs yet.
-
-func (d *Device) GetProcessUtilization(uint64) ([]nvml.ProcessUtilizationSample, nvml.Return) {
-	return nil, nvml.ERROR_NOT_SUPPORTED
-}
-
-func (d *Device) GetComputeRunningProcesses() ([]nvml.ProcessInfo, nvml.Return) {
-	return nil, nvml.ERROR_NOT_SUPPORTED
-}
-
-func (d *Device) GetGraphicsRunningProcesses() ([]nvml.ProcessInfo, nvml.Return) {
-	return nil, nvml.ERROR_NOT_SUPPORTED
-}
-
-func (d *Device) GetEncoderSessions() ([]nvml.EncoderSessionInfo, nvml.Return) {
-	return nil, nvml.ERROR_NOT_SUPPORTED
-}
-
-func (d *Device) GetFBCSessions() ([]nvml.FBCSessionInfo, nvml.Return) {
-	return nil, nvml.ERROR_NOT_SUPPORTED
 }
