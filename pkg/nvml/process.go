@@ -94,6 +94,7 @@ type processState struct {
 	// snapshot.
 	list  []telemetry.ProcessSample
 	index map[uint32]int // PID -> position in list
+	order []int32        // positions in list by ascending PID
 	// answered is the set of sources that answered this reading.
 	answered telemetry.ProcessDataSet
 	errors   uint64
@@ -299,9 +300,10 @@ func (p *processState) listUtil(from uint64) {
 	}
 }
 
-// finish turns the sums into means, sorts the list by PID (so consecutive
-// snapshots and golden files agree) and copies it into st: the one
-// allocation of a reading with processes.
+// finish turns the sums into means and copies the list into st by
+// ascending PID (so consecutive snapshots and golden files agree): the one
+// allocation of a reading with processes. It sorts positions, not the
+// entries, which are large and would be moved many times.
 func (p *processState) finish(st *telemetry.DeviceState) {
 	if len(p.list) == 0 {
 		return
@@ -320,8 +322,16 @@ func (p *processState) finish(st *telemetry.DeviceState) {
 			e.FBC.LatencyMean /= n
 		}
 	}
-	slices.SortFunc(p.list, func(a, b telemetry.ProcessSample) int { return cmp.Compare(a.PID, b.PID) })
-	st.Processes = slices.Clone(p.list)
+	p.order = p.order[:0]
+	for i := range p.list {
+		p.order = append(p.order, int32(i))
+	}
+	slices.SortFunc(p.order, func(a, b int32) int { return cmp.Compare(p.list[a].PID, p.list[b].PID) })
+	out := make([]telemetry.ProcessSample, len(p.list))
+	for j, i := range p.order {
+		out[j] = p.list[i]
+	}
+	st.Processes = out
 }
 
 // codec maps NVML's encoder type to the telemetry codec.
