@@ -95,6 +95,10 @@ type processState struct {
 	list  []telemetry.ProcessSample
 	index map[uint32]int // PID -> position in list
 	order []int32        // positions in list by ascending PID
+	// published is the last list handed to a snapshot, read-only: a
+	// reading that finds the same processes with the same figures (an
+	// idle GPU, a tick between two driver samples) shares it.
+	published []telemetry.ProcessSample
 	// answered is the set of sources that answered this reading.
 	answered telemetry.ProcessDataSet
 	errors   uint64
@@ -302,10 +306,12 @@ func (p *processState) listUtil(from uint64) {
 
 // finish turns the sums into means and copies the list into st by
 // ascending PID (so consecutive snapshots and golden files agree): the one
-// allocation of a reading with processes. It sorts positions, not the
-// entries, which are large and would be moved many times.
+// allocation of a reading with processes, saved when nothing changed
+// since the last. It sorts positions, not the entries, which are large
+// and would be moved many times.
 func (p *processState) finish(st *telemetry.DeviceState) {
 	if len(p.list) == 0 {
+		p.published = nil
 		return
 	}
 	for i := range p.list {
@@ -327,11 +333,24 @@ func (p *processState) finish(st *telemetry.DeviceState) {
 		p.order = append(p.order, int32(i))
 	}
 	slices.SortFunc(p.order, func(a, b int32) int { return cmp.Compare(p.list[a].PID, p.list[b].PID) })
+	if len(p.published) == len(p.order) {
+		same := true
+		for j, i := range p.order {
+			if p.published[j] != p.list[i] {
+				same = false
+				break
+			}
+		}
+		if same {
+			st.Processes = p.published
+			return
+		}
+	}
 	out := make([]telemetry.ProcessSample, len(p.list))
 	for j, i := range p.order {
 		out[j] = p.list[i]
 	}
-	st.Processes = out
+	st.Processes, p.published = out, out
 }
 
 // codec maps NVML's encoder type to the telemetry codec.

@@ -342,3 +342,26 @@ func TestSimulatedSharedGPUProcessesAddUp(t *testing.T) {
 		t.Errorf("mean fps %v, latency %v over the processes; the GPU says %v, %v", fpsSum/float64(sessions), latSum/float64(sessions), fps, lat)
 	}
 }
+
+// A reading that finds the same processes with the same figures shares the
+// last snapshot's list rather than allocating another.
+func TestUnchangedProcessesShareTheirList(t *testing.T) {
+	d := newFullGPU(0)
+	var fb atomic.Uint64
+	fb.Store(1 << 30)
+	d.GetComputeRunningProcessesFunc = func() ([]nvml.ProcessInfo, nvml.Return) {
+		return []nvml.ProcessInfo{{Pid: 9, UsedGpuMemory: fb.Load()}, {Pid: 3, UsedGpuMemory: 1 << 20}}, nvml.SUCCESS
+	}
+	lib, _ := newLib(d)
+	s := open(t, lib, Config{})
+	a := tick(s).States[0].Processes
+	b := tick(s).States[0].Processes
+	if len(a) != 2 || &a[0] != &b[0] {
+		t.Errorf("unchanged processes copied again: %p, %p", a, b)
+	}
+	fb.Store(2 << 30)
+	c := tick(s).States[0].Processes
+	if &c[0] == &b[0] || c[1].FBUsed != 2<<30 || b[1].FBUsed != 1<<30 {
+		t.Errorf("a change reused or altered the published list: %+v then %+v", b, c)
+	}
+}
