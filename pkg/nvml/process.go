@@ -148,8 +148,14 @@ func (d *device) probeProcesses() {
 		d.log.Info("MIG-enabled GPU: no per-process data through NVML; left out")
 		return
 	}
+	// A GPU without NVENC (an H100) has no encoder sessions to list; the
+	// probe's line about encoder fields already says so.
+	p.calls[callEncSessions].unsupported = d.engines[telemetry.EngineEncoder].unsupported
 	var missing []string
 	for c := range p.calls {
+		if p.calls[c].unsupported {
+			continue
+		}
 		if a := d.callProc(procCall(c), 0); isNotSupported(a.ret) {
 			p.calls[c].unsupported = true
 			missing = append(missing, procCallNames[c])
