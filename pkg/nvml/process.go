@@ -166,7 +166,7 @@ func (d *device) probeProcesses() {
 	}
 }
 
-// processSupport is the set of sources the device answers.
+// support is the set of sources the device answers.
 func (p *processState) support() telemetry.ProcessDataSet {
 	var s telemetry.ProcessDataSet
 	for c := range p.calls {

@@ -83,9 +83,11 @@ type FBCSessions struct {
 }
 
 // ProcessSample is one process's use of one GPU, as of one reading. PID is a
-// host PID. Has says which sources answered for this process: a process
-// that holds memory but ran no kernel since the last sample has ProcFB but
-// zero utilization, and ProcUtil only where the device answers it.
+// host PID. Has is the set of sources that answered in this reading, the
+// same for every process of it: a figure whose source is in Has is a true
+// value, zero included (a process that holds memory but ran no kernel
+// lately has utilization 0 with ProcUtil set); one whose source is not
+// (unsupported, or its call failed this reading) is unknown, not zero.
 type ProcessSample struct {
 	PID uint32
 	Has ProcessDataSet
