@@ -34,6 +34,8 @@ type device struct {
 	migStale    bool      // a MIG handle answered that it is gone: list again
 	lastMIGScan time.Time // when MIG instances were last listed
 	clock       clockState
+	clockStep   int64 // the wall clock's step at this reading, µs (see clockState)
+	proc        processState
 }
 
 // migInstance is the handle a GPU instance's memory is read through.
@@ -151,6 +153,7 @@ func (s *Sampler) probe(d *device) {
 		d.engines[telemetry.EngineEncoder].unsupported = true
 	}
 	d.probePCIe(s)
+	d.probeProcesses()
 	var scratch telemetry.Reading
 	d.pcie.fresh = false
 	for _, r := range readers {
@@ -209,6 +212,10 @@ func (d *device) sample(now time.Time, mono, window time.Duration, st *telemetry
 		}
 	}
 	if ret := d.drainSamples(now, mono, window, st); ret == nvml.ERROR_GPU_IS_LOST {
+		d.markLost(ret)
+		return
+	}
+	if ret := d.sampleProcesses(now, d.clockStep, st); ret == nvml.ERROR_GPU_IS_LOST {
 		d.markLost(ret)
 	}
 }

@@ -97,6 +97,14 @@ func newGPU(s gpuSpec) *mock.Device {
 			return nvml.SUCCESS
 		},
 		GetEncoderStatsFunc: func() (int, uint32, uint32, nvml.Return) { return 3, 30, 2500, nvml.SUCCESS },
+		// No process runs: tests about processes set these.
+		GetProcessUtilizationFunc: func(uint64) ([]nvml.ProcessUtilizationSample, nvml.Return) {
+			return nil, nvml.ERROR_NOT_FOUND
+		},
+		GetComputeRunningProcessesFunc:  func() ([]nvml.ProcessInfo, nvml.Return) { return nil, nvml.SUCCESS },
+		GetGraphicsRunningProcessesFunc: func() ([]nvml.ProcessInfo, nvml.Return) { return nil, nvml.SUCCESS },
+		GetEncoderSessionsFunc:          func() ([]nvml.EncoderSessionInfo, nvml.Return) { return nil, nvml.SUCCESS },
+		GetFBCSessionsFunc:              func() ([]nvml.FBCSessionInfo, nvml.Return) { return nil, nvml.SUCCESS },
 		GetSamplesFunc: func(t nvml.SamplingType, lastSeen uint64) (nvml.ValueType, []nvml.Sample, nvml.Return) {
 			mu.Lock()
 			defer mu.Unlock()

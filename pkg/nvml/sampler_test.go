@@ -136,7 +136,7 @@ func TestNoEncoderIsDetectedOnce(t *testing.T) {
 			for range 3 {
 				st = tick(s).States[0]
 			}
-			if n := len(dev.GetEncoderUtilizationCalls()) + len(dev.GetEncoderStatsCalls()); n != 0 {
+			if n := len(dev.GetEncoderUtilizationCalls()) + len(dev.GetEncoderStatsCalls()) + len(dev.GetEncoderSessionsCalls()); n != 0 {
 				t.Errorf("encoder queried %d times on a GPU without NVENC", n)
 			}
 			for _, c := range dev.GetSamplesCalls() {
@@ -151,6 +151,9 @@ func TestNoEncoderIsDetectedOnce(t *testing.T) {
 			}
 			if !st.Has.Has(telemetry.DecUtil) {
 				t.Error("decoder must still be read")
+			}
+			if st.ProcessSupport.Has(telemetry.ProcEncSessions) || !st.ProcessSupport.Has(telemetry.ProcUtil) {
+				t.Errorf("process support %b: want utilization without encoder sessions", st.ProcessSupport)
 			}
 			if got := strings.Count(logs.String(), "not supported"); got != 1 {
 				t.Errorf("logged %d 'not supported' lines, want 1:\n%s", got, logs.String())

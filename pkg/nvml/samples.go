@@ -127,7 +127,9 @@ func sampleValue(t nvml.ValueType, raw [8]byte) float64 {
 // for each engine, into the rings and into st.NewSamples. It returns the
 // first GPU_IS_LOST it sees, so the caller can stop sampling the device.
 func (d *device) drainSamples(now time.Time, mono, window time.Duration, st *telemetry.DeviceState) nvml.Return {
-	if step := d.clock.step(now, mono); step != 0 {
+	step := d.clock.step(now, mono)
+	d.clockStep = step
+	if step != 0 {
 		// The driver stamps samples with the same wall clock: follow it,
 		// so the windows neither empty at once (a forward step would age
 		// every sample out) nor stop taking samples (after a backward

@@ -192,6 +192,7 @@ func (w *worker) collect(st *telemetry.DeviceState) (uint64, []telemetry.MIGDevi
 		st.MIG = nil
 		st.Windows = [telemetry.NumEngines]telemetry.Window{}
 		st.NewSamples = [telemetry.NumEngines][]telemetry.UtilSample{}
+		st.Processes = nil
 	}
 	if stalled != w.stalledLogged {
 		w.stalledLogged = stalled

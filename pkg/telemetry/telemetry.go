@@ -208,6 +208,18 @@ type DeviceState struct {
 	// MIGReadErrors counts failed reads of the GPU's MIG instances since
 	// start (a stale handle after a reconfiguration, say).
 	MIGReadErrors uint64
+	// Processes lists the processes using the GPU, by ascending PID, one
+	// entry per PID whichever calls reported it. Immutable like the rest
+	// of the snapshot (it may be shared by consecutive snapshots); nil
+	// when none runs, when the device answers no per-process call
+	// (ProcessSupport is then 0, as on a MIG-enabled GPU), or while the
+	// GPU is stalled.
+	Processes []ProcessSample
+	// ProcessSupport lists the per-process sources the device answers.
+	ProcessSupport ProcessDataSet
+	// ProcessErrors counts failed per-process calls since start
+	// (NOT_SUPPORTED excluded).
+	ProcessErrors uint64
 }
 
 // StallIntervals is how many sampling intervals a GPU's read may take

@@ -120,12 +120,41 @@ func (d *controlledDevice) GetEncoderStats() (int, uint32, uint32, nvml.Return) 
 	if r := d.ret(); r != nvml.SUCCESS {
 		return 0, 0, 0, r
 	}
-	u := *s.load.Encoder
-	sessions := int(math.Round(u / 100 * 16))
-	if sessions == 0 {
-		return 0, 0, 0, nvml.SUCCESS
+	sessions, fps, latencyUs := encoderStats(*s.load.Encoder)
+	return sessions, fps, latencyUs, nvml.SUCCESS
+}
+
+// GetEncoderSessions follows an encoder step as GetEncoderStats does,
+// split between the GPU's processes by the same shares as without one.
+func (d *controlledDevice) GetEncoderSessions() ([]nvml.EncoderSessionInfo, nvml.Return) {
+	s := d.step.Load()
+	if s == nil || s.load.Encoder == nil {
+		return d.Device.GetEncoderSessions()
 	}
-	return sessions, uint32(math.Round(60 - u*0.3)), uint32(math.Round(1500 + u*60)), nvml.SUCCESS
+	return d.encoderSessions(*s.load.Encoder)
+}
+
+// GetProcessUtilization splits a step's load between the GPU's processes
+// in proportion to their shares, from the step's first sample on, so the
+// processes still add up to the GPU-wide figures.
+func (d *controlledDevice) GetProcessUtilization(lastSeen uint64) ([]nvml.ProcessUtilizationSample, nvml.Return) {
+	s := d.step.Load()
+	if s == nil {
+		return d.Device.GetProcessUtilization(lastSeen)
+	}
+	return d.processUtil(lastSeen, func(ts uint64, l *load) {
+		if ts < s.sinceUs {
+			return
+		}
+		for _, o := range []struct {
+			v   *float64
+			dst *float64
+		}{{s.load.GPU, &l.sm}, {s.load.Memory, &l.mem}, {s.load.Encoder, &l.enc}, {s.load.Decoder, &l.dec}} {
+			if o.v != nil {
+				*o.dst = math.Round(*o.v)
+			}
+		}
+	})
 }
 
 func (d *controlledDevice) GetSamples(t nvml.SamplingType, lastSeen uint64) (nvml.ValueType, []nvml.Sample, nvml.Return) {

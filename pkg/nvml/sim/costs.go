@@ -22,6 +22,11 @@ const (
 	callGetEncoderStats
 	callGetSamples
 	callGetFieldValues
+	callGetProcessUtilization
+	callGetComputeRunningProcesses
+	callGetGraphicsRunningProcesses
+	callGetEncoderSessions
+	callGetFBCSessions
 	numCalls
 )
 
@@ -48,6 +53,16 @@ var callCosts = [numCalls]time.Duration{
 	callGetSamples:                50 * time.Microsecond,
 	// One ioctl for the batch, whatever the number of fields (estimate).
 	callGetFieldValues: 60 * time.Microsecond,
+	// The per-process calls, estimates too. GetProcessUtilization makes
+	// two ioctls (count, then fill) and the driver walks its sample
+	// buffer for every process; the process and session lists are one
+	// ioctl per try of go-nvml's doubling buffer (starting at 1, so about
+	// log2(n)+1 tries for n entries: 3 or 4 on a shared GPU).
+	callGetProcessUtilization:       200 * time.Microsecond,
+	callGetComputeRunningProcesses:  120 * time.Microsecond,
+	callGetGraphicsRunningProcesses: 120 * time.Microsecond,
+	callGetEncoderSessions:          120 * time.Microsecond,
+	callGetFBCSessions:              60 * time.Microsecond,
 }
 
 // minSleep is the shortest wait cost makes: a Go sleep of tens of µs

@@ -170,13 +170,7 @@ func (d *Device) GetFieldValues(values []nvml.FieldValue) nvml.Return {
 // rate dropping and latency growing with load.
 func (d *Device) GetEncoderStats() (int, uint32, uint32, nvml.Return) {
 	d.cost(callGetEncoderStats)
-	u := d.enc.smooth(d.t())
-	sessions := int(math.Round(u / 100 * 16))
-	if sessions == 0 {
-		return 0, 0, 0, d.ret()
-	}
-	fps := uint32(math.Round(60 - u*0.3))
-	latencyUs := uint32(math.Round(1500 + u*60))
+	sessions, fps, latencyUs := encoderStats(d.enc.smooth(d.t()))
 	return sessions, fps, latencyUs, d.ret()
 }
 

@@ -75,6 +75,7 @@ func New(opts Options) *Library {
 	for i := 0; i < opts.Devices; i++ {
 		l.devices = append(l.devices, newDevice(l, opts.Seed, i, opts.Static))
 	}
+	l.addProcesses(opts.Seed)
 	return l
 }
 
@@ -190,6 +191,7 @@ type Device struct {
 
 	gpu, enc, dec curve
 	mem           float64 // framebuffer used at zero load, bytes
+	procs         []Process
 
 	debtMu sync.Mutex
 	debt   time.Duration // call latency owed, see cost
