@@ -305,6 +305,11 @@ func TestMetrics(t *testing.T) {
 	recv(t, w)
 	h.store.Publish(snapshot(2))
 	recv(t, w)
+	// The counter moves once Send has returned, which may be a moment
+	// after the client has the message.
+	for deadline := time.Now().Add(5 * time.Second); testutil.ToFloat64(h.srv.sent) < 2 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(h.srv)
 	const want = `
