@@ -41,7 +41,10 @@ const ShutdownTimeout = 4 * time.Second
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg, err := ParseFlags(args, os.Getenv, stderr)
 	if err != nil {
-		return 2 // flag has printed the error and usage
+		if !errors.Is(err, errReported) {
+			fmt.Fprintf(stderr, "invalid command line: %v\n", err)
+		}
+		return 2
 	}
 	if cfg.ShowVersion {
 		fmt.Fprintf(stdout, "gpu-agent %s (revision %s)\n", Version, Revision)
@@ -52,6 +55,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	log := cfg.NewLogger(stderr)
+	cfg.LogNotices(log)
 	if err := Run(ctx, cfg, log); err != nil {
 		log.Error("agent failed", "err", err)
 		return 1
