@@ -1,6 +1,10 @@
 package test
 
 import (
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -51,5 +55,53 @@ func TestDCGMExporterUnknownFlag(t *testing.T) {
 	code, stderr, timedOut := runAgent(t, 10*time.Second, "--simulate=1", "--collectorz=/etc/x.csv")
 	if timedOut || code != 2 || !strings.Contains(stderr, "collectorz") {
 		t.Errorf("unknown flag: exit %d (timed out %v), want 2 naming it:\n%s", code, timedOut, stderr)
+	}
+}
+
+// A DaemonSet's own field list: exactly its fields are served (and the
+// agent's own families), its label row labels every device series, and
+// the field the agent cannot serve is named in one warning.
+func TestDCGMExporterFieldList(t *testing.T) {
+	csv := filepath.Join(t.TempDir(), "metrics.csv")
+	if err := os.WriteFile(csv, []byte(`# Format: DCGM FIELD, Prometheus metric type, help message
+DCGM_FI_DEV_GPU_UTIL,      gauge, GPU utilization (in %).
+ DCGM_FI_DEV_FB_USED ,     gauge, Framebuffer memory used (in MiB).
+DCGM_FI_PROF_GR_ENGINE_ACTIVE, gauge, Ratio of time the graphics engine is active.
+DCGM_FI_DRIVER_VERSION,    label, Driver Version
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a := startDCGMAgent(t, []string{"DCGM_EXPORTER_KUBERNETES=true"}, "-f", csv)
+	s := parseSamples(t, a.scrape(t))
+	families := map[string]bool{}
+	for _, x := range s {
+		name := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(x.name, "_bucket"), "_sum"), "_count")
+		if !strings.HasPrefix(name, "gpu_agent_") && !strings.HasPrefix(name, "go_") && !strings.HasPrefix(name, "process_") &&
+			!strings.HasPrefix(name, "promhttp_") {
+			families[name] = true
+		}
+		if _, device := x.labels["device"]; device && x.labels["DCGM_FI_DRIVER_VERSION"] == "" {
+			t.Errorf("%s %v has no DCGM_FI_DRIVER_VERSION", x.name, x.labels)
+		}
+	}
+	if want := map[string]bool{"DCGM_FI_DEV_GPU_UTIL": true, "DCGM_FI_DEV_FB_USED": true}; !maps.Equal(families, want) {
+		t.Errorf("served %v besides gpu_agent_*, want exactly %v", slices.Sorted(maps.Keys(families)), slices.Sorted(maps.Keys(want)))
+	}
+	if _, ok := s.value("gpu_agent_sampling_interval_seconds"); !ok {
+		t.Error("the agent's own families are left out")
+	}
+	if out := a.output.String(); strings.Count(out, "DCGM_FI_PROF_GR_ENGINE_ACTIVE") != 1 {
+		t.Errorf("want one warning naming DCGM_FI_PROF_GR_ENGINE_ACTIVE:\n%s", out)
+	}
+}
+
+func TestDCGMExporterMalformedFieldList(t *testing.T) {
+	csv := filepath.Join(t.TempDir(), "metrics.csv")
+	if err := os.WriteFile(csv, []byte("DCGM_FI_DEV_GPU_UTIL, gauge, GPU utilization (in %).\n\n# no help on the next line\nDCGM_FI_DEV_FB_USED, gauge\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, stderr, timedOut := runAgent(t, 10*time.Second, "--simulate=1", "-f", csv)
+	if timedOut || code != 2 || !strings.Contains(stderr, csv+":4: 2 fields") {
+		t.Errorf("malformed field list: exit %d (timed out %v), want 2 and an error naming %s:4:\n%s", code, timedOut, csv, stderr)
 	}
 }

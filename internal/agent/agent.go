@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -203,11 +204,21 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	pods.Store(client)
 	client.SetResolver(podresources.NewResolver(resolverGPUs(sampler.Devices()))) // MIG may have changed meanwhile
 
+	counters, err := cfg.Counters()
+	if err != nil {
+		return abort(err)
+	}
+	if missing := exporter.Unsupported(counters); len(missing) > 0 {
+		log.Warn("the field list names fields the agent cannot serve; they are left out",
+			"collectors", cfg.CollectorsFile, "fields", strings.Join(missing, ","))
+	}
 	collector := exporter.NewCollector(store, exporter.Options{
-		Hostname: cfg.NodeName,
-		Interval: cfg.Interval,
-		Pods:     client,
-		Build:    exporter.BuildInfo{Version: Version, Revision: Revision},
+		Hostname:      cfg.NodeName,
+		Interval:      cfg.Interval,
+		Pods:          client,
+		Build:         exporter.BuildInfo{Version: Version, Revision: Revision},
+		Counters:      counters,
+		DriverVersion: sampler.DriverVersion(),
 	})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(

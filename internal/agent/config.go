@@ -12,6 +12,7 @@ import (
 
 	"github.com/gpu-telemetry/agent/internal/logging"
 
+	"github.com/gpu-telemetry/agent/pkg/dcgmcsv"
 	"github.com/gpu-telemetry/agent/pkg/nvml"
 )
 
@@ -59,6 +60,8 @@ type Config struct {
 	UseOldNamespace  bool     // -o: pod_name, namespace_name, container_name
 	NoHostname       bool     // --no-hostname: no Hostname label
 	GPUResourceNames []string // --nvidia-resource-names; shared with --kubelet.gpu-resource-names
+
+	counters []dcgmcsv.Field // CollectorsFile, once read
 
 	// notices are log lines about the flags, written once the logger
 	// exists (ParseFlags runs before it).
@@ -172,7 +175,26 @@ func (c *Config) Validate() error {
 	if err := logging.CheckFormat(c.LogFormat); err != nil {
 		bad("log.format", c.LogFormat, err.Error())
 	}
+	if _, err := c.Counters(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
+}
+
+// Counters reads the dcgm-exporter field list of --collectors, once: nil
+// without one (every field is served).
+func (c *Config) Counters() ([]dcgmcsv.Field, error) {
+	if c.CollectorsFile == "" {
+		return nil, nil
+	}
+	if c.counters == nil {
+		fields, err := dcgmcsv.ReadFile(c.CollectorsFile)
+		if err != nil {
+			return nil, fmt.Errorf("--collectors=%s: %w", c.CollectorsFile, err)
+		}
+		c.counters = fields
+	}
+	return c.counters, nil
 }
 
 // validateGRPCTLS checks the TLS flags go together and their files load.

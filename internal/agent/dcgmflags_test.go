@@ -37,10 +37,10 @@ func TestDCGMFlags(t *testing.T) {
 			}
 			return nil
 		}},
-		{"long forms", []string{"--collectors=/x.csv", "--address=:9500", "--collect-interval=30000", "--kubernetes=true", "--use-old-namespace",
+		{"long forms", []string{"--collectors=testdata/collectors.csv", "--address=:9500", "--collect-interval=30000", "--kubernetes=true", "--use-old-namespace",
 			"--kubernetes-gpu-id-type=device-name", "--nvidia-resource-names=nvidia.com/a100", "--nvidia-resource-names", "nvidia.com/a10,nvidia.com/a100",
 			"--pod-resources-kubelet-socket=/run/k.sock", "--web-config-file=/etc/web.yaml", "--no-hostname", "--log-format=text"}, nil, func(c *Config) error {
-			if c.CollectorsFile != "/x.csv" || c.ListenAddress != ":9500" || c.Interval != 30*time.Second || !c.UseOldNamespace ||
+			if c.CollectorsFile != "testdata/collectors.csv" || c.ListenAddress != ":9500" || c.Interval != 30*time.Second || !c.UseOldNamespace ||
 				!slices.Equal(c.GPUResourceNames, []string{"nvidia.com/a100", "nvidia.com/a10"}) || c.PodResourcesSocket != "/run/k.sock" ||
 				c.WebConfigFile != "/etc/web.yaml" || !c.NoHostname || c.LogFormat != "logfmt" {
 				return fmt.Errorf("%+v", c)
@@ -128,8 +128,13 @@ func TestDCGMFlagErrors(t *testing.T) {
 		{nil, map[string]string{"DCGM_EXPORTER_KUBERNETES": "yes"}, "$DCGM_EXPORTER_KUBERNETES=yes"},
 		{[]string{"--kubernetes-gpu-id-type=serial"}, nil, `--kubernetes-gpu-id-type=serial (dcgm-exporter's): must be "uid" or "device-name"`},
 		{[]string{"--log-format=xml"}, nil, "--log-format=xml"},
+		{[]string{"-f", "testdata/malformed.csv"}, nil, "--collectors=testdata/malformed.csv: testdata/malformed.csv:4: 2 fields"},
+		{nil, map[string]string{"DCGM_EXPORTER_COLLECTORS": "testdata/none.csv"}, "--collectors=testdata/none.csv: reading dcgm-exporter field list"},
 	} {
-		_, err := parseEnv(tc.args, tc.env)
+		c, err := parseEnv(tc.args, tc.env)
+		if err == nil {
+			err = c.Validate()
+		}
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v %v: err = %v, want it to contain %q", tc.args, tc.env, err, tc.want)
 		}

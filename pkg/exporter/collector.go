@@ -7,6 +7,7 @@ package exporter
 
 import (
 	"runtime"
+	"slices"
 	"strconv"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/gpu-telemetry/agent/pkg/attribution"
+	"github.com/gpu-telemetry/agent/pkg/dcgmcsv"
 	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
@@ -44,6 +46,13 @@ type Options struct {
 	Interval time.Duration
 	Pods     Pods // nil when pod attribution is off
 	Build    BuildInfo
+
+	// Counters is a dcgm-exporter field list (its -f file): if not nil,
+	// only the listed fields are served (the agent's own families always
+	// are), and its label rows that the agent can fill become labels of
+	// every device series. Nil serves every field.
+	Counters      []dcgmcsv.Field
+	DriverVersion string // NVML's; the DCGM_FI_DRIVER_VERSION label
 }
 
 // Collector is a prometheus.Collector over the latest snapshot.
@@ -52,8 +61,15 @@ type Collector struct {
 	views *attribution.Attributor // the snapshot joined with the pod map
 	opts  Options
 
+	layout layout
+	// extra are the values of the label fields after layout.device's
+	// dcgm-exporter labels, the same for every device.
+	extra []string
+
 	// The device families, emitted once per pod holding the device;
 	// families lists them all, in the order the text writer writes them.
+	// dcgm[i] is dcgmMetrics[i]'s family, nil if the field list leaves it
+	// out; so is xid.
 	dcgm                            []*family
 	xid                             *family
 	encSessions, encFPS, encLatency *family
@@ -77,11 +93,21 @@ func NewCollector(src Snapshots, opts Options) *Collector {
 	if opts.Pods != nil {
 		pods = opts.Pods
 	}
+	l := layout{device: deviceLabels, pod: podLabels}
+	var extra []string
+	for _, f := range opts.Counters {
+		if fill, ok := labelFields[f.Name]; ok && f.Type == dcgmcsv.TypeLabel {
+			l.device = append(l.device[:len(l.device):len(l.device)], f.Name)
+			extra = append(extra, fill(&opts))
+		}
+	}
+	newFamily := l.newFamily
 	c := &Collector{
-		src:   src,
-		views: attribution.NewAttributor(src, pods),
-		opts:  opts,
-		xid:   newFamily(dcgmXIDName, dcgmXIDHelp, prometheus.GaugeValue),
+		src:    src,
+		views:  attribution.NewAttributor(src, pods),
+		opts:   opts,
+		layout: l,
+		extra:  extra,
 
 		encSessions: newFamily(name("encoder_sessions"), "Active NVENC encoder sessions.", prometheus.GaugeValue),
 		encFPS:      newFamily(name("encoder_fps"), "Average frames per second over the active encoder sessions.", prometheus.GaugeValue),
@@ -118,11 +144,24 @@ func NewCollector(src Snapshots, opts Options) *Collector {
 		buildInfo: prometheus.NewDesc(name("build_info"), "Build of the running agent; always 1.",
 			[]string{"version", "revision", "goversion"}, nil),
 	}
-	for _, m := range dcgmMetrics {
-		c.dcgm = append(c.dcgm, newFamily(m.Name, m.Help, m.Type))
+	listed := func(name string) bool {
+		return opts.Counters == nil || slices.ContainsFunc(opts.Counters, func(f dcgmcsv.Field) bool {
+			return f.Name == name && f.Type != dcgmcsv.TypeLabel
+		})
 	}
-	c.families = append(c.families, c.dcgm...)
-	c.families = append(c.families, c.xid, c.encSessions, c.encFPS, c.encLatency, c.samplingPeriod, c.windowMax, c.windowMean, c.windowN)
+	for _, m := range dcgmMetrics {
+		var f *family
+		if listed(m.Name) {
+			f = newFamily(m.Name, m.Help, m.Type)
+			c.families = append(c.families, f)
+		}
+		c.dcgm = append(c.dcgm, f)
+	}
+	if listed(dcgmXIDName) {
+		c.xid = newFamily(dcgmXIDName, dcgmXIDHelp, prometheus.GaugeValue)
+		c.families = append(c.families, c.xid)
+	}
+	c.families = append(c.families, c.encSessions, c.encFPS, c.encLatency, c.samplingPeriod, c.windowMax, c.windowMean, c.windowN)
 	for i, f := range c.families {
 		f.idx = i
 	}
@@ -163,11 +202,11 @@ func (t target) with(p *dto.LabelPair) target {
 // targets expands a device's labels into one target per pod that holds
 // it. A GPU shared by several pods (time-slicing, MPS) is attributed to
 // every one of them.
-func targets(names, values []string, mig bool, pods []podresources.PodRef) []target {
+func targets(names, values []string, mig bool, pods []podresources.PodRef, podNames []string) []target {
 	if len(pods) == 0 {
 		return []target{{labels: newLabelSet(names, values), mig: mig}}
 	}
-	names = append(names[:len(names):len(names)], podLabels...)
+	names = append(names[:len(names):len(names)], podNames...)
 	ts := make([]target, len(pods))
 	for i, p := range pods {
 		v := make([]string, len(values), len(names))
@@ -272,27 +311,34 @@ func (c *Collector) collectHealth(e *emitter, d *telemetry.Device, st *telemetry
 func (c *Collector) collectDevice(e sink, d *attribution.Device) {
 	g := d.GPU
 	base := []string{strconv.Itoa(g.Index), g.UUID, g.PCIBusID, "nvidia" + strconv.Itoa(g.Minor), g.Name, c.opts.Hostname}
+	base = append(base, c.extra...)
 	if d.MIG != nil {
 		migBase := append(base, d.MIG.Profile, strconv.Itoa(d.MIG.GI))
-		for _, t := range targets(deviceMIGLabels, migBase, true, d.Pods) {
+		migNames := append(c.layout.device[:len(c.layout.device):len(c.layout.device)], migLabels...)
+		for _, t := range targets(migNames, migBase, true, d.Pods, c.layout.pod) {
 			c.collectReading(e, t, d.Reading)
 		}
 		return
 	}
 	st := d.State
-	for _, t := range targets(deviceLabels, base, false, d.Pods) {
+	for _, t := range targets(c.layout.device, base, false, d.Pods, c.layout.pod) {
 		c.collectReading(e, t, d.Reading)
-		var lastXID float64
-		if st.XID != nil {
-			lastXID = float64(st.XID.Last)
+		if c.xid != nil {
+			var lastXID float64
+			if st.XID != nil {
+				lastXID = float64(st.XID.Last)
+			}
+			e.emit(c.xid, t, lastXID)
 		}
-		e.emit(c.xid, t, lastXID)
 		c.collectAgentDevice(e, t, st)
 	}
 }
 
 func (c *Collector) collectReading(e sink, t target, r *telemetry.Reading) {
 	for i, m := range dcgmMetrics {
+		if c.dcgm[i] == nil {
+			continue
+		}
 		if v, ok := r.Get(m.Field); ok {
 			e.emit(c.dcgm[i], t, v*m.Scale)
 		}

@@ -5,13 +5,16 @@ import (
 	"net/http/httptest"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
+	"github.com/gpu-telemetry/agent/pkg/dcgmcsv"
 	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
@@ -367,4 +370,68 @@ func TestEveryMetricIsDocumented(t *testing.T) {
 			t.Errorf("metric %s is not documented in README.md (as `%s`)", n, n)
 		}
 	}
+}
+
+// With a field list (-f), exactly its fields are served, plus the agent's
+// own families; its DCGM_FI_DRIVER_VERSION row is a label on every device
+// series; what the agent cannot serve is reported, not served.
+func TestFieldList(t *testing.T) {
+	fields := []dcgmcsv.Field{
+		{Name: "DCGM_FI_DEV_GPU_UTIL", Type: dcgmcsv.TypeGauge},
+		{Name: "DCGM_FI_DEV_POWER_USAGE", Type: dcgmcsv.TypeGauge},
+		{Name: "DCGM_FI_PROF_GR_ENGINE_ACTIVE", Type: dcgmcsv.TypeGauge},
+		{Name: "DCGM_FI_DRIVER_VERSION", Type: dcgmcsv.TypeLabel},
+		{Name: "DCGM_FI_DEV_SERIAL", Type: dcgmcsv.TypeLabel},
+		{Name: "DCGM_FI_DEV_FB_USED", Type: dcgmcsv.TypeLabel}, // a metric field cannot be a label here
+	}
+	if got, want := Unsupported(fields), []string{"DCGM_FI_PROF_GR_ENGINE_ACTIVE", "DCGM_FI_DEV_SERIAL", "DCGM_FI_DEV_FB_USED"}; !slices.Equal(got, want) {
+		t.Errorf("Unsupported = %v, want %v", got, want)
+	}
+	c := NewCollector(snapshots{testSnapshot()}, Options{Hostname: "node-a", Interval: time.Second, Pods: testPods(t), Counters: fields, DriverVersion: "550.54.15"})
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(c)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dcgm []string
+	for _, mf := range mfs {
+		name := mf.GetName()
+		if !strings.HasPrefix(name, Namespace+"_") {
+			dcgm = append(dcgm, name)
+		}
+		device := slices.ContainsFunc(mf.GetMetric()[0].GetLabel(), func(p *dto.LabelPair) bool { return p.GetName() == "device" })
+		for _, m := range mf.GetMetric() {
+			var driver string
+			for _, p := range m.GetLabel() {
+				if p.GetName() == "DCGM_FI_DRIVER_VERSION" {
+					driver = p.GetValue()
+				}
+			}
+			if device && driver != "550.54.15" {
+				t.Errorf("%s %v: DCGM_FI_DRIVER_VERSION=%q, want the driver's", name, m.GetLabel(), driver)
+			}
+		}
+	}
+	if want := []string{"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_POWER_USAGE"}; !slices.Equal(dcgm, want) {
+		t.Errorf("served %v, want exactly %v", dcgm, want)
+	}
+	if got := grep(scrape(t, c), "gpu_agent_encoder_latency_seconds{"); got == "" {
+		t.Error("the agent's own device families are left out")
+	}
+
+	// An empty list serves none of dcgm-exporter's families.
+	c = NewCollector(snapshots{testSnapshot()}, Options{Interval: time.Second, Counters: []dcgmcsv.Field{}})
+	if got := scrape(t, c); strings.Contains(got, "DCGM_") {
+		t.Errorf("an empty field list serves:\n%s", grep(got, "DCGM_"))
+	}
+}
+
+func scrape(t *testing.T, c *Collector) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+	req.Header.Set("Accept", "text/plain")
+	newTestHandler(t, c, time.Second).ServeHTTP(rec, req)
+	return rec.Body.String()
 }

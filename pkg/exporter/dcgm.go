@@ -1,10 +1,12 @@
 package exporter
 
 import (
+	"slices"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/gpu-telemetry/agent/pkg/dcgmcsv"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
 
@@ -70,9 +72,37 @@ var (
 	deviceLabels = []string{"gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname"}
 	migLabels    = []string{"GPU_I_PROFILE", "GPU_I_ID"}
 	podLabels    = []string{"namespace", "pod", "container"}
-
-	deviceMIGLabels = append(deviceLabels[:len(deviceLabels):len(deviceLabels)], migLabels...)
 )
+
+// labelFields are the label-type fields of dcgm-exporter's field lists
+// the agent can fill: each becomes a label of every device series.
+var labelFields = map[string]func(o *Options) string{
+	"DCGM_FI_DRIVER_VERSION": func(o *Options) string { return o.DriverVersion },
+}
+
+// Unsupported returns the names of the fields in a dcgm-exporter field
+// list that the agent cannot serve, in the list's order: fields it does
+// not read, and label rows it cannot fill.
+func Unsupported(fields []dcgmcsv.Field) []string {
+	var out []string
+	for _, f := range fields {
+		if _, ok := labelFields[f.Name]; ok && f.Type == dcgmcsv.TypeLabel {
+			continue
+		}
+		if f.Type != dcgmcsv.TypeLabel && slices.Contains(DCGMNames(), f.Name) {
+			continue
+		}
+		out = append(out, f.Name)
+	}
+	return out
+}
+
+// layout is the label names of one collector's device series: those of
+// a whole GPU (dcgm-exporter's, with the field list's label fields) and
+// the pod labels.
+type layout struct {
+	device, pod []string
+}
 
 // family is one metric in the four label sets it can carry: a whole GPU or
 // a MIG instance, attributed to a pod or not. dcgm-exporter leaves the pod
@@ -85,7 +115,7 @@ type family struct {
 	idx                      int // position in Collector.families, the text writer's order
 }
 
-func newFamily(name, help string, typ prometheus.ValueType, extra ...string) *family {
+func (l layout) newFamily(name, help string, typ prometheus.ValueType, extra ...string) *family {
 	desc := func(sets ...[]string) *prometheus.Desc {
 		var labels []string
 		for _, s := range sets {
@@ -96,10 +126,10 @@ func newFamily(name, help string, typ prometheus.ValueType, extra ...string) *fa
 	return &family{
 		name:   name,
 		help:   help,
-		gpu:    desc(deviceLabels),
-		gpuPod: desc(deviceLabels, podLabels),
-		mig:    desc(deviceLabels, migLabels),
-		migPod: desc(deviceLabels, migLabels, podLabels),
+		gpu:    desc(l.device),
+		gpuPod: desc(l.device, l.pod),
+		mig:    desc(l.device, migLabels),
+		migPod: desc(l.device, migLabels, l.pod),
 		typ:    typ,
 	}
 }
