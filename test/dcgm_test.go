@@ -1,6 +1,7 @@
 package test
 
 import (
+	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
@@ -103,5 +104,39 @@ func TestDCGMExporterMalformedFieldList(t *testing.T) {
 	code, stderr, timedOut := runAgent(t, 10*time.Second, "--simulate=1", "-f", csv)
 	if timedOut || code != 2 || !strings.Contains(stderr, csv+":4: 2 fields") {
 		t.Errorf("malformed field list: exit %d (timed out %v), want 2 and an error naming %s:4:\n%s", code, timedOut, csv, stderr)
+	}
+}
+
+// -o and --no-hostname, from the environment: the old label names, no
+// Hostname, and the driver's version and XID labels as dcgm-exporter
+// writes them.
+func TestDCGMExporterOldNamespace(t *testing.T) {
+	a := startDCGMAgent(t, []string{"DCGM_EXPORTER_USE_OLD_NAMESPACE=true", "DCGM_EXPORTER_NO_HOSTNAME=true"})
+	s := a.waitMetrics(t, 10*time.Second, "pod labels", func(s samples) error {
+		for _, x := range s {
+			if x.name == "DCGM_FI_DEV_GPU_UTIL" && x.labels["pod_name"] != "" {
+				return nil
+			}
+		}
+		return fmt.Errorf("no DCGM_FI_DEV_GPU_UTIL series with pod_name")
+	})
+	for _, x := range s {
+		if _, device := x.labels["device"]; !device {
+			continue
+		}
+		for _, l := range []string{"pod", "namespace", "container", "Hostname", "UUID"} {
+			if _, ok := x.labels[l]; ok {
+				t.Errorf("%s has %s with -o and --no-hostname: %v", x.name, l, x.labels)
+			}
+		}
+		if x.labels["uuid"] == "" || x.labels["DCGM_FI_DRIVER_VERSION"] == "" {
+			t.Errorf("%s lacks uuid or DCGM_FI_DRIVER_VERSION: %v", x.name, x.labels)
+		}
+		if x.name == "DCGM_FI_DEV_XID_ERRORS" && (x.labels["err_code"] != "0" || x.labels["err_msg"] != "No Error") {
+			t.Errorf("%s: %v", x.name, x.labels)
+		}
+		if _, ok := x.labels["pod_name"]; ok && (x.labels["pod_namespace"] == "" || x.labels["container_name"] == "") {
+			t.Errorf("%s: %v", x.name, x.labels)
+		}
 	}
 }

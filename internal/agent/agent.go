@@ -212,13 +212,18 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		log.Warn("the field list names fields the agent cannot serve; they are left out",
 			"collectors", cfg.CollectorsFile, "fields", strings.Join(missing, ","))
 	}
+	hostname := cfg.NodeName
+	if cfg.NoHostname {
+		hostname = "" // the exporter leaves the label out
+	}
 	collector := exporter.NewCollector(store, exporter.Options{
-		Hostname:      cfg.NodeName,
-		Interval:      cfg.Interval,
-		Pods:          client,
-		Build:         exporter.BuildInfo{Version: Version, Revision: Revision},
-		Counters:      counters,
-		DriverVersion: sampler.DriverVersion(),
+		Hostname:        hostname,
+		UseOldNamespace: cfg.UseOldNamespace,
+		Interval:        cfg.Interval,
+		Pods:            client,
+		Build:           exporter.BuildInfo{Version: Version, Revision: Revision},
+		Counters:        counters,
+		DriverVersion:   sampler.DriverVersion(),
 	})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(

@@ -42,7 +42,7 @@ type BuildInfo struct {
 
 // Options configures a Collector.
 type Options struct {
-	Hostname string // the Hostname label: the node's name
+	Hostname string // the Hostname label: the node's name; "" leaves it out (--no-hostname)
 	Interval time.Duration
 	Pods     Pods // nil when pod attribution is off
 	Build    BuildInfo
@@ -53,6 +53,9 @@ type Options struct {
 	// every device series. Nil serves every field.
 	Counters      []dcgmcsv.Field
 	DriverVersion string // NVML's; the DCGM_FI_DRIVER_VERSION label
+	// UseOldNamespace names labels as dcgm-exporter's -o does: pod_name,
+	// pod_namespace, container_name, and uuid for UUID.
+	UseOldNamespace bool
 }
 
 // Collector is a prometheus.Collector over the latest snapshot.
@@ -93,14 +96,23 @@ func NewCollector(src Snapshots, opts Options) *Collector {
 	if opts.Pods != nil {
 		pods = opts.Pods
 	}
-	l := layout{device: deviceLabels, pod: podLabels}
-	var extra []string
-	for _, f := range opts.Counters {
-		if fill, ok := labelFields[f.Name]; ok && f.Type == dcgmcsv.TypeLabel {
-			l.device = append(l.device[:len(l.device):len(l.device)], f.Name)
+	// Without a field list, the default one's label row: default-counters.csv
+	// labels every series with the driver's version.
+	labels := opts.Counters
+	if labels == nil {
+		labels = []dcgmcsv.Field{{Name: driverVersionLabel, Type: dcgmcsv.TypeLabel}}
+	}
+	var names, extra []string
+	for _, f := range labels {
+		// An unknown value leaves the label out, as dcgm-exporter does
+		// with a blank field.
+		if fill, ok := labelFields[f.Name]; ok && f.Type == dcgmcsv.TypeLabel && fill(&opts) != "" {
+			names = append(names, f.Name)
 			extra = append(extra, fill(&opts))
 		}
 	}
+	l := newLayout(&opts, names)
+	id := l.id
 	newFamily := l.newFamily
 	c := &Collector{
 		src:    src,
@@ -121,13 +133,13 @@ func NewCollector(src Snapshots, opts Options) *Collector {
 		windowN: newFamily(name("utilization_window_samples"),
 			"Hardware utilization samples of the engine within the window.", prometheus.GaugeValue, "engine"),
 
-		deviceUp:       prometheus.NewDesc(name("device_up"), "1 while the GPU answers NVML, 0 once NVML reported it lost.", idLabels, nil),
-		fieldSupported: prometheus.NewDesc(name("field_supported"), "1 if the GPU answers the field; unsupported fields are probed once and left out.", append(idLabels, "field"), nil),
-		readErrors:     prometheus.NewDesc(name("read_errors_total"), "Failed NVML reads of the field (unsupported fields excluded).", append(idLabels, "field"), nil),
-		xidTotal:       prometheus.NewDesc(name("xid_errors_total"), "XID critical errors seen since the agent started, by XID.", append(idLabels, "xid"), nil),
+		deviceUp:       prometheus.NewDesc(name("device_up"), "1 while the GPU answers NVML, 0 once NVML reported it lost.", id, nil),
+		fieldSupported: prometheus.NewDesc(name("field_supported"), "1 if the GPU answers the field; unsupported fields are probed once and left out.", append(id[:2:2], "field"), nil),
+		readErrors:     prometheus.NewDesc(name("read_errors_total"), "Failed NVML reads of the field (unsupported fields excluded).", append(id[:2:2], "field"), nil),
+		xidTotal:       prometheus.NewDesc(name("xid_errors_total"), "XID critical errors seen since the agent started, by XID.", append(id[:2:2], "xid"), nil),
 		deviceStalled: prometheus.NewDesc(name("device_stalled"),
-			"1 while a read of the GPU has not returned for more than 2 sampling intervals; its device series are absent meanwhile.", idLabels, nil),
-		migReadErrors: prometheus.NewDesc(name("mig_read_errors_total"), "Failed NVML reads of the GPU's MIG instances.", idLabels, nil),
+			"1 while a read of the GPU has not returned for more than 2 sampling intervals; its device series are absent meanwhile.", id, nil),
+		migReadErrors: prometheus.NewDesc(name("mig_read_errors_total"), "Failed NVML reads of the GPU's MIG instances.", id, nil),
 		sampleRate:    prometheus.NewDesc(name("sample_rate_hertz"), "Achieved sampling rate over the latest ticks; below 1/gpu_agent_sampling_interval_seconds when ticks are missed.", nil, nil),
 		window:        prometheus.NewDesc(name("utilization_window_seconds"), "Span of the utilization window metrics.", nil, nil),
 		interval:      prometheus.NewDesc(name("sampling_interval_seconds"), "Configured time between two samples.", nil, nil),
@@ -158,7 +170,7 @@ func NewCollector(src Snapshots, opts Options) *Collector {
 		c.dcgm = append(c.dcgm, f)
 	}
 	if listed(dcgmXIDName) {
-		c.xid = newFamily(dcgmXIDName, dcgmXIDHelp, prometheus.GaugeValue)
+		c.xid = newFamily(dcgmXIDName, dcgmXIDHelp, prometheus.GaugeValue, "err_code", "err_msg")
 		c.families = append(c.families, c.xid)
 	}
 	c.families = append(c.families, c.encSessions, c.encFPS, c.encLatency, c.samplingPeriod, c.windowMax, c.windowMean, c.windowN)
@@ -286,7 +298,7 @@ func (c *Collector) collectKubelet(ch chan<- prometheus.Metric, st podresources.
 // collectHealth emits whether the GPU answers and which fields it
 // supports, by GPU only (never by pod).
 func (c *Collector) collectHealth(e *emitter, d *telemetry.Device, st *telemetry.DeviceState) {
-	id := newLabelSet(idLabels, []string{strconv.Itoa(d.Index), d.UUID})
+	id := newLabelSet(c.layout.id, []string{strconv.Itoa(d.Index), d.UUID})
 	e.send(c.deviceUp, prometheus.GaugeValue, id, boolValue(!st.Lost))
 	e.send(c.deviceStalled, prometheus.GaugeValue, id, boolValue(st.Stalled))
 	if len(d.MIG) > 0 || st.MIGReadErrors > 0 {
@@ -310,7 +322,12 @@ func (c *Collector) collectHealth(e *emitter, d *telemetry.Device, st *telemetry
 // once per pod holding it.
 func (c *Collector) collectDevice(e sink, d *attribution.Device) {
 	g := d.GPU
-	base := []string{strconv.Itoa(g.Index), g.UUID, g.PCIBusID, "nvidia" + strconv.Itoa(g.Minor), g.Name, c.opts.Hostname}
+	// device is nvidia<GPU index>, as dcgm-exporter writes it (DCGM's GPU
+	// id), not the /dev/nvidia<minor> node, which may differ.
+	base := []string{strconv.Itoa(g.Index), g.UUID, g.PCIBusID, "nvidia" + strconv.Itoa(g.Index), g.Name}
+	if c.opts.Hostname != "" {
+		base = append(base, c.opts.Hostname)
+	}
 	base = append(base, c.extra...)
 	if d.MIG != nil {
 		migBase := append(base, d.MIG.Profile, strconv.Itoa(d.MIG.GI))
@@ -324,11 +341,12 @@ func (c *Collector) collectDevice(e sink, d *attribution.Device) {
 	for _, t := range targets(c.layout.device, base, false, d.Pods, c.layout.pod) {
 		c.collectReading(e, t, d.Reading)
 		if c.xid != nil {
-			var lastXID float64
+			var last uint64
 			if st.XID != nil {
-				lastXID = float64(st.XID.Last)
+				last = st.XID.Last
 			}
-			e.emit(c.xid, t, lastXID)
+			code, msg := xidLabels(last)
+			e.emit(c.xid, t.with(code).with(msg), float64(last))
 		}
 		c.collectAgentDevice(e, t, st)
 	}

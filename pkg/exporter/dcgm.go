@@ -72,12 +72,22 @@ var (
 	deviceLabels = []string{"gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname"}
 	migLabels    = []string{"GPU_I_PROFILE", "GPU_I_ID"}
 	podLabels    = []string{"namespace", "pod", "container"}
+
+	// With -o/--use-old-namespace dcgm-exporter names the pod labels as
+	// its 1.x did, and writes uuid for UUID (its
+	// internal/pkg/transformation/const.go and collector.toMetric). In
+	// podLabels' order.
+	oldPodLabels = []string{"pod_namespace", "pod_name", "container_name"}
 )
+
+// driverVersionLabel is the label field dcgm-exporter's default field list
+// (default-counters.csv) puts on every series.
+const driverVersionLabel = "DCGM_FI_DRIVER_VERSION"
 
 // labelFields are the label-type fields of dcgm-exporter's field lists
 // the agent can fill: each becomes a label of every device series.
 var labelFields = map[string]func(o *Options) string{
-	"DCGM_FI_DRIVER_VERSION": func(o *Options) string { return o.DriverVersion },
+	driverVersionLabel: func(o *Options) string { return o.DriverVersion },
 }
 
 // Unsupported returns the names of the fields in a dcgm-exporter field
@@ -97,11 +107,30 @@ func Unsupported(fields []dcgmcsv.Field) []string {
 	return out
 }
 
-// layout is the label names of one collector's device series: those of
-// a whole GPU (dcgm-exporter's, with the field list's label fields) and
-// the pod labels.
+// layout is the label names of one collector's series: a GPU's health
+// (id), a whole GPU's device series (dcgm-exporter's, with the field
+// list's label fields) and the pod labels.
 type layout struct {
-	device, pod []string
+	id, device, pod []string
+}
+
+// newLayout is dcgm-exporter's labels as the options ask: uuid and the old
+// pod labels with -o, no Hostname without a host name (its template leaves
+// an empty Hostname out), then the label fields.
+func newLayout(opts *Options, labelFields []string) layout {
+	l := layout{id: idLabels, pod: podLabels}
+	if opts.UseOldNamespace {
+		l.id = []string{"gpu", "uuid"}
+		l.pod = oldPodLabels
+	}
+	l.device = append(l.device, l.id...)
+	for _, n := range deviceLabels[len(idLabels):] {
+		if n != "Hostname" || opts.Hostname != "" {
+			l.device = append(l.device, n)
+		}
+	}
+	l.device = append(l.device, labelFields...)
+	return l
 }
 
 // family is one metric in the four label sets it can carry: a whole GPU or

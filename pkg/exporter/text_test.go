@@ -49,6 +49,10 @@ func TestWriteDevicesMatchesCollect(t *testing.T) {
 			o.DriverVersion = "550.54.15"
 			return o
 		}},
+		{"old namespace, no host name", func(o Options) Options {
+			o.UseOldNamespace, o.Hostname, o.DriverVersion = true, "", "550.54.15"
+			return o
+		}},
 	} {
 		t.Run(variant.name, func(t *testing.T) {
 			opts := variant.opts(opts)
