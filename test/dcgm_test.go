@@ -40,6 +40,12 @@ func TestDCGMExporterCommandLine(t *testing.T) {
 	a := startDCGMAgent(t,
 		[]string{"DCGM_EXPORTER_KUBERNETES=true", "DCGM_EXPORTER_INTERVAL=3000", "KUBERNETES_ENABLE_DRA=true"},
 		"-c", "500", "--kubernetes-gpu-id-type", "uid", "--fake-gpus", "--remote-hostengine-info=localhost:5555", "--dump-enabled")
+	// The chart's liveness and readiness probes.
+	if resp, err := httpClient.Get(a.url("/health")); err != nil || resp.StatusCode != 200 {
+		t.Errorf("/health: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	s := parseSamples(t, a.scrape(t))
 	if err := s.expect("gpu_agent_sampling_interval_seconds", 0.5); err != nil {
 		t.Errorf("-c 500 (over $DCGM_EXPORTER_INTERVAL): %v", err)

@@ -316,8 +316,10 @@ func TestStarting(t *testing.T) {
 		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
 		return rec.Code, rec.Body.String()
 	}
-	if code, _ := get("/healthz"); code != http.StatusOK {
-		t.Errorf("/healthz while starting = %d, want 200", code)
+	for _, path := range []string{"/healthz", "/health"} {
+		if code, _ := get(path); code != http.StatusOK {
+			t.Errorf("%s while starting = %d, want 200", path, code)
+		}
 	}
 	for _, path := range []string{"/readyz", "/metrics", "/"} {
 		if code, body := get(path); code != http.StatusServiceUnavailable || !strings.HasPrefix(body, "starting") {
@@ -327,7 +329,7 @@ func TestStarting(t *testing.T) {
 	src := &snapshots{snap: testSnapshot()}
 	src.snap.Time = time.Now()
 	h.Ready(newTestHandler(t, NewCollector(src, Options{Hostname: "n", Interval: time.Second}), time.Second))
-	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+	for _, path := range []string{"/healthz", "/health", "/readyz", "/metrics"} {
 		if code, body := get(path); code != http.StatusOK {
 			t.Errorf("%s once started = %d %q, want 200", path, code, body)
 		}
