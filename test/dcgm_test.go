@@ -37,8 +37,15 @@ func startDCGMAgent(t *testing.T, env []string, args ...string) *agent {
 // $DCGM_EXPORTER_LISTEN says, samples at -c, and warns once about each
 // option it ignores.
 func TestDCGMExporterCommandLine(t *testing.T) {
+	// The chart's default arguments name the list its image ships, which
+	// the agent's image ships at the same path (see the Dockerfile).
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
 	a := startDCGMAgent(t,
 		[]string{"DCGM_EXPORTER_KUBERNETES=true", "DCGM_EXPORTER_INTERVAL=3000", "KUBERNETES_ENABLE_DRA=true"},
+		"-f", filepath.Join(root, "deploy/dcgm-exporter/dcp-metrics-included.csv"),
 		"-c", "500", "--kubernetes-gpu-id-type", "uid", "--fake-gpus", "--remote-hostengine-info=localhost:5555", "--dump-enabled")
 	// The chart's liveness and readiness probes.
 	if resp, err := httpClient.Get(a.url("/health")); err != nil || resp.StatusCode != 200 {
@@ -55,6 +62,13 @@ func TestDCGMExporterCommandLine(t *testing.T) {
 		if n := strings.Count(out, "option="+opt+" "); n != 1 {
 			t.Errorf("%d warnings about %s, want 1:\n%s", n, opt, out)
 		}
+	}
+	// Its profiling fields wait for the DCGM backend: one warning names them.
+	if n := strings.Count(out, "DCGM_FI_PROF_GR_ENGINE_ACTIVE"); n != 1 {
+		t.Errorf("%d mentions of DCGM_FI_PROF_GR_ENGINE_ACTIVE, want one warning:\n%s", n, out)
+	}
+	if !strings.Contains(a.scrape(t), "\nDCGM_FI_DEV_GPU_UTIL{") {
+		t.Error("DCGM_FI_DEV_GPU_UTIL, listed, is not served")
 	}
 }
 

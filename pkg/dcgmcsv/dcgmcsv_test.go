@@ -75,7 +75,7 @@ func TestParseErrorsNameTheLine(t *testing.T) {
 
 // dcgm-exporter's shipped lists parse, with the fields the agent relies on.
 func TestShippedFiles(t *testing.T) {
-	for _, file := range []string{"testdata/default-counters.csv", "testdata/dcp-metrics-included.csv"} {
+	for _, file := range []string{"../../deploy/dcgm-exporter/default-counters.csv", "../../deploy/dcgm-exporter/dcp-metrics-included.csv"} {
 		fields, err := ReadFile(file)
 		if err != nil {
 			t.Fatal(err)
