@@ -48,7 +48,8 @@ type dcgmOption struct {
 	ignored string
 }
 
-// The agent's minimum interval, and dcgm-exporter's unit for it.
+// dcgmIntervalUnit is the unit of dcgm-exporter's -c: a whole number of
+// milliseconds (a cli.IntFlag, default 30000).
 const dcgmIntervalUnit = time.Millisecond
 
 func dcgmOptions() []dcgmOption {
