@@ -16,5 +16,8 @@ RUN CGO_ENABLED=1 CGO_CFLAGS="-O2 -Wno-deprecated-declarations" \
 # distroless/base has glibc, which dlopen of the driver's library needs.
 FROM gcr.io/distroless/base-debian12
 COPY --from=build /out/gpu-agent /usr/bin/gpu-agent
+# dcgm-exporter's field lists where its image has them: its Helm chart
+# passes -f /etc/dcgm-exporter/dcp-metrics-included.csv by default.
+COPY deploy/dcgm-exporter/*.csv /etc/dcgm-exporter/
 EXPOSE 9400
 ENTRYPOINT ["/usr/bin/gpu-agent"]

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -41,7 +42,10 @@ const ShutdownTimeout = 4 * time.Second
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg, err := ParseFlags(args, os.Getenv, stderr)
 	if err != nil {
-		return 2 // flag has printed the error and usage
+		if !errors.Is(err, errReported) {
+			fmt.Fprintf(stderr, "invalid command line: %v\n", err)
+		}
+		return 2
 	}
 	if cfg.ShowVersion {
 		fmt.Fprintf(stdout, "gpu-agent %s (revision %s)\n", Version, Revision)
@@ -52,6 +56,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	log := cfg.NewLogger(stderr)
+	cfg.LogNotices(log)
 	if err := Run(ctx, cfg, log); err != nil {
 		log.Error("agent failed", "err", err)
 		return 1
@@ -201,11 +206,26 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	pods.Store(client)
 	client.SetResolver(podresources.NewResolver(resolverGPUs(sampler.Devices()))) // MIG may have changed meanwhile
 
+	counters, err := cfg.Counters()
+	if err != nil {
+		return abort(err)
+	}
+	if missing := exporter.Unsupported(counters); len(missing) > 0 {
+		log.Warn("the field list names fields the agent cannot serve; they are left out",
+			"collectors", cfg.CollectorsFile, "fields", strings.Join(missing, ","))
+	}
+	hostname := cfg.NodeName
+	if cfg.NoHostname {
+		hostname = "" // the exporter leaves the label out
+	}
 	collector := exporter.NewCollector(store, exporter.Options{
-		Hostname: cfg.NodeName,
-		Interval: cfg.Interval,
-		Pods:     client,
-		Build:    exporter.BuildInfo{Version: Version, Revision: Revision},
+		Hostname:        hostname,
+		UseOldNamespace: cfg.UseOldNamespace,
+		Interval:        cfg.Interval,
+		Pods:            client,
+		Build:           exporter.BuildInfo{Version: Version, Revision: Revision},
+		Counters:        counters,
+		DriverVersion:   sampler.DriverVersion(),
 	})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(

@@ -12,6 +12,7 @@ import (
 
 	"github.com/gpu-telemetry/agent/internal/logging"
 
+	"github.com/gpu-telemetry/agent/pkg/dcgmcsv"
 	"github.com/gpu-telemetry/agent/pkg/nvml"
 	"github.com/gpu-telemetry/agent/pkg/podresources"
 )
@@ -55,6 +56,35 @@ type Config struct {
 	LogFormat string
 
 	ShowVersion bool
+
+	// dcgm-exporter's options with no dotted flag of the agent's (see
+	// dcgmflags.go).
+	CollectorsFile   string   // -f: its CSV of fields to export; empty: the default set
+	UseOldNamespace  bool     // -o: pod_name, namespace_name, container_name
+	NoHostname       bool     // --no-hostname: no Hostname label
+	GPUResourceNames []string // --nvidia-resource-names; shared with --kubelet.gpu-resource-names
+
+	counters []dcgmcsv.Field // CollectorsFile, once read
+
+	// notices are log lines about the flags, written once the logger
+	// exists (ParseFlags runs before it).
+	notices []notice
+}
+
+// errReported marks a ParseFlags error the flag package has already
+// printed, with the usage.
+var errReported = errors.New("flag error")
+
+// LogNotices writes the log lines ParseFlags left for the logger: options
+// of dcgm-exporter's that are ignored, values that were adjusted.
+func (c *Config) LogNotices(log *slog.Logger) {
+	for _, n := range c.notices {
+		if n.warn {
+			log.Warn(n.msg, n.args...)
+		} else {
+			log.Info(n.msg, n.args...)
+		}
+	}
 }
 
 // ParseFlags parses args (without the program name) into a Config.
@@ -90,11 +120,16 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (*C
 	fs.StringVar(&c.LogLevel, "log.level", "info", "Log level: debug, info, warn or error.")
 	fs.StringVar(&c.LogFormat, "log.format", "logfmt", "Log format: logfmt or json.")
 	fs.BoolVar(&c.ShowVersion, "version", false, "Print the version and exit.")
+	dcgm := registerDCGMFlags(fs)
+	fs.Usage = func() { dcgm.printDefaults(fs) }
 	if err := fs.Parse(args); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", errReported, err)
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q: the agent takes flags only", fs.Arg(0))
+	}
+	if err := dcgm.apply(fs, c, getenv); err != nil {
+		return nil, err
 	}
 	if c.NodeName == "" {
 		c.NodeName, _ = os.Hostname()
@@ -182,7 +217,26 @@ func (c *Config) Validate() error {
 	if err := logging.CheckFormat(c.LogFormat); err != nil {
 		bad("log.format", c.LogFormat, err.Error())
 	}
+	if _, err := c.Counters(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
+}
+
+// Counters reads the dcgm-exporter field list of --collectors, once: nil
+// without one (every field is served).
+func (c *Config) Counters() ([]dcgmcsv.Field, error) {
+	if c.CollectorsFile == "" {
+		return nil, nil
+	}
+	if c.counters == nil {
+		fields, err := dcgmcsv.ReadFile(c.CollectorsFile)
+		if err != nil {
+			return nil, fmt.Errorf("--collectors=%s: %w", c.CollectorsFile, err)
+		}
+		c.counters = fields
+	}
+	return c.counters, nil
 }
 
 // validateGRPCTLS checks the TLS flags go together and their files load.

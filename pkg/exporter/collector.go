@@ -7,6 +7,7 @@ package exporter
 
 import (
 	"runtime"
+	"slices"
 	"strconv"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/gpu-telemetry/agent/pkg/attribution"
+	"github.com/gpu-telemetry/agent/pkg/dcgmcsv"
 	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
@@ -40,10 +42,20 @@ type BuildInfo struct {
 
 // Options configures a Collector.
 type Options struct {
-	Hostname string // the Hostname label: the node's name
+	Hostname string // the Hostname label: the node's name; "" leaves it out (--no-hostname)
 	Interval time.Duration
 	Pods     Pods // nil when pod attribution is off
 	Build    BuildInfo
+
+	// Counters is a dcgm-exporter field list (its -f file): if not nil,
+	// only the listed fields are served (the agent's own families always
+	// are), and its label rows that the agent can fill become labels of
+	// every device series. Nil serves every field.
+	Counters      []dcgmcsv.Field
+	DriverVersion string // NVML's; the DCGM_FI_DRIVER_VERSION label
+	// UseOldNamespace names labels as dcgm-exporter's -o does: pod_name,
+	// pod_namespace, container_name, and uuid for UUID.
+	UseOldNamespace bool
 }
 
 // Collector is a prometheus.Collector over the latest snapshot.
@@ -52,8 +64,15 @@ type Collector struct {
 	views *attribution.Attributor // the snapshot joined with the pod map
 	opts  Options
 
+	layout layout
+	// extra are the values of the label fields after layout.device's
+	// dcgm-exporter labels, the same for every device.
+	extra []string
+
 	// The device families, emitted once per pod holding the device;
 	// families lists them all, in the order the text writer writes them.
+	// dcgm[i] is dcgmMetrics[i]'s family, nil if the field list leaves it
+	// out; so is xid.
 	dcgm                            []*family
 	xid                             *family
 	encSessions, encFPS, encLatency *family
@@ -78,11 +97,30 @@ func NewCollector(src Snapshots, opts Options) *Collector {
 	if opts.Pods != nil {
 		pods = opts.Pods
 	}
+	// Without a field list, the default one's label row: default-counters.csv
+	// labels every series with the driver's version.
+	labels := opts.Counters
+	if labels == nil {
+		labels = []dcgmcsv.Field{{Name: driverVersionLabel, Type: dcgmcsv.TypeLabel}}
+	}
+	var names, extra []string
+	for _, f := range labels {
+		// An unknown value leaves the label out, as dcgm-exporter does
+		// with a blank field.
+		if fill, ok := labelFields[f.Name]; ok && f.Type == dcgmcsv.TypeLabel && fill(&opts) != "" {
+			names = append(names, f.Name)
+			extra = append(extra, fill(&opts))
+		}
+	}
+	l := newLayout(&opts, names)
+	id := l.id
+	newFamily := l.newFamily
 	c := &Collector{
-		src:   src,
-		views: attribution.NewAttributor(src, pods),
-		opts:  opts,
-		xid:   newFamily(dcgmXIDName, dcgmXIDHelp, prometheus.GaugeValue),
+		src:    src,
+		views:  attribution.NewAttributor(src, pods),
+		opts:   opts,
+		layout: l,
+		extra:  extra,
 
 		encSessions: newFamily(name("encoder_sessions"), "Active NVENC encoder sessions.", prometheus.GaugeValue),
 		encFPS:      newFamily(name("encoder_fps"), "Average frames per second over the active encoder sessions.", prometheus.GaugeValue),
@@ -96,13 +134,13 @@ func NewCollector(src Snapshots, opts Options) *Collector {
 		windowN: newFamily(name("utilization_window_samples"),
 			"Hardware utilization samples of the engine within the window.", prometheus.GaugeValue, "engine"),
 
-		deviceUp:       prometheus.NewDesc(name("device_up"), "1 while the GPU answers NVML, 0 once NVML reported it lost.", idLabels, nil),
-		fieldSupported: prometheus.NewDesc(name("field_supported"), "1 if the GPU answers the field; unsupported fields are probed once and left out.", append(idLabels, "field"), nil),
-		readErrors:     prometheus.NewDesc(name("read_errors_total"), "Failed NVML reads of the field (unsupported fields excluded).", append(idLabels, "field"), nil),
-		xidTotal:       prometheus.NewDesc(name("xid_errors_total"), "XID critical errors seen since the agent started, by XID.", append(idLabels, "xid"), nil),
+		deviceUp:       prometheus.NewDesc(name("device_up"), "1 while the GPU answers NVML, 0 once NVML reported it lost.", id, nil),
+		fieldSupported: prometheus.NewDesc(name("field_supported"), "1 if the GPU answers the field; unsupported fields are probed once and left out.", append(id[:2:2], "field"), nil),
+		readErrors:     prometheus.NewDesc(name("read_errors_total"), "Failed NVML reads of the field (unsupported fields excluded).", append(id[:2:2], "field"), nil),
+		xidTotal:       prometheus.NewDesc(name("xid_errors_total"), "XID critical errors seen since the agent started, by XID.", append(id[:2:2], "xid"), nil),
 		deviceStalled: prometheus.NewDesc(name("device_stalled"),
-			"1 while a read of the GPU has not returned for more than 2 sampling intervals; its device series are absent meanwhile.", idLabels, nil),
-		migReadErrors: prometheus.NewDesc(name("mig_read_errors_total"), "Failed NVML reads of the GPU's MIG instances.", idLabels, nil),
+			"1 while a read of the GPU has not returned for more than 2 sampling intervals; its device series are absent meanwhile.", id, nil),
+		migReadErrors: prometheus.NewDesc(name("mig_read_errors_total"), "Failed NVML reads of the GPU's MIG instances.", id, nil),
 		sampleRate:    prometheus.NewDesc(name("sample_rate_hertz"), "Achieved sampling rate over the latest ticks; below 1/gpu_agent_sampling_interval_seconds when ticks are missed.", nil, nil),
 		window:        prometheus.NewDesc(name("utilization_window_seconds"), "Span of the utilization window metrics.", nil, nil),
 		interval:      prometheus.NewDesc(name("sampling_interval_seconds"), "Configured time between two samples.", nil, nil),
@@ -120,11 +158,24 @@ func NewCollector(src Snapshots, opts Options) *Collector {
 		buildInfo: prometheus.NewDesc(name("build_info"), "Build of the running agent; always 1.",
 			[]string{"version", "revision", "goversion"}, nil),
 	}
-	for _, m := range dcgmMetrics {
-		c.dcgm = append(c.dcgm, newFamily(m.Name, m.Help, m.Type))
+	listed := func(name string) bool {
+		return opts.Counters == nil || slices.ContainsFunc(opts.Counters, func(f dcgmcsv.Field) bool {
+			return f.Name == name && f.Type != dcgmcsv.TypeLabel
+		})
 	}
-	c.families = append(c.families, c.dcgm...)
-	c.families = append(c.families, c.xid, c.encSessions, c.encFPS, c.encLatency, c.samplingPeriod, c.windowMax, c.windowMean, c.windowN)
+	for _, m := range dcgmMetrics {
+		var f *family
+		if listed(m.Name) {
+			f = newFamily(m.Name, m.Help, m.Type)
+			c.families = append(c.families, f)
+		}
+		c.dcgm = append(c.dcgm, f)
+	}
+	if listed(dcgmXIDName) {
+		c.xid = newFamily(dcgmXIDName, dcgmXIDHelp, prometheus.GaugeValue, "err_code", "err_msg")
+		c.families = append(c.families, c.xid)
+	}
+	c.families = append(c.families, c.encSessions, c.encFPS, c.encLatency, c.samplingPeriod, c.windowMax, c.windowMean, c.windowN)
 	for i, f := range c.families {
 		f.idx = i
 	}
@@ -165,11 +216,11 @@ func (t target) with(p *dto.LabelPair) target {
 // targets expands a device's labels into one target per pod that holds
 // it. A GPU shared by several pods (time-slicing, MPS) is attributed to
 // every one of them.
-func targets(names, values []string, mig bool, pods []podresources.PodRef) []target {
+func targets(names, values []string, mig bool, pods []podresources.PodRef, podNames []string) []target {
 	if len(pods) == 0 {
 		return []target{{labels: newLabelSet(names, values), mig: mig}}
 	}
-	names = append(names[:len(names):len(names)], podLabels...)
+	names = append(names[:len(names):len(names)], podNames...)
 	ts := make([]target, len(pods))
 	for i, p := range pods {
 		v := make([]string, len(values), len(names))
@@ -250,7 +301,7 @@ func (c *Collector) collectKubelet(ch chan<- prometheus.Metric, st podresources.
 // collectHealth emits whether the GPU answers and which fields it
 // supports, by GPU only (never by pod).
 func (c *Collector) collectHealth(e *emitter, d *telemetry.Device, st *telemetry.DeviceState) {
-	id := newLabelSet(idLabels, []string{strconv.Itoa(d.Index), d.UUID})
+	id := newLabelSet(c.layout.id, []string{strconv.Itoa(d.Index), d.UUID})
 	e.send(c.deviceUp, prometheus.GaugeValue, id, boolValue(!st.Lost))
 	e.send(c.deviceStalled, prometheus.GaugeValue, id, boolValue(st.Stalled))
 	if len(d.MIG) > 0 || st.MIGReadErrors > 0 {
@@ -274,28 +325,41 @@ func (c *Collector) collectHealth(e *emitter, d *telemetry.Device, st *telemetry
 // once per pod holding it.
 func (c *Collector) collectDevice(e sink, d *attribution.Device) {
 	g := d.GPU
-	base := []string{strconv.Itoa(g.Index), g.UUID, g.PCIBusID, "nvidia" + strconv.Itoa(g.Minor), g.Name, c.opts.Hostname}
+	// device is nvidia<GPU index>, as dcgm-exporter writes it (DCGM's GPU
+	// id), not the /dev/nvidia<minor> node, which may differ.
+	base := []string{strconv.Itoa(g.Index), g.UUID, g.PCIBusID, "nvidia" + strconv.Itoa(g.Index), g.Name}
+	if c.opts.Hostname != "" {
+		base = append(base, c.opts.Hostname)
+	}
+	base = append(base, c.extra...)
 	if d.MIG != nil {
 		migBase := append(base, d.MIG.Profile, strconv.Itoa(d.MIG.GI))
-		for _, t := range targets(deviceMIGLabels, migBase, true, d.Pods) {
+		migNames := append(c.layout.device[:len(c.layout.device):len(c.layout.device)], migLabels...)
+		for _, t := range targets(migNames, migBase, true, d.Pods, c.layout.pod) {
 			c.collectReading(e, t, d.Reading)
 		}
 		return
 	}
 	st := d.State
-	for _, t := range targets(deviceLabels, base, false, d.Pods) {
+	for _, t := range targets(c.layout.device, base, false, d.Pods, c.layout.pod) {
 		c.collectReading(e, t, d.Reading)
-		var lastXID float64
-		if st.XID != nil {
-			lastXID = float64(st.XID.Last)
+		if c.xid != nil {
+			var last uint64
+			if st.XID != nil {
+				last = st.XID.Last
+			}
+			code, msg := xidLabels(last)
+			e.emit(c.xid, t.with(code).with(msg), float64(last))
 		}
-		e.emit(c.xid, t, lastXID)
 		c.collectAgentDevice(e, t, st)
 	}
 }
 
 func (c *Collector) collectReading(e sink, t target, r *telemetry.Reading) {
 	for i, m := range dcgmMetrics {
+		if c.dcgm[i] == nil {
+			continue
+		}
 		if v, ok := r.Get(m.Field); ok {
 			e.emit(c.dcgm[i], t, v*m.Scale)
 		}

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/gpu-telemetry/agent/pkg/dcgmcsv"
 	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
@@ -90,7 +92,7 @@ func testPods(t *testing.T) pods {
 }
 
 func newTestCollector(t *testing.T, snap *telemetry.Snapshot) *Collector {
-	return NewCollector(snapshots{snap}, Options{Hostname: "node-a", Interval: 250 * time.Millisecond, Pods: testPods(t), Build: BuildInfo{Version: "test", Revision: "abc"}})
+	return NewCollector(snapshots{snap}, Options{Hostname: "node-a", Interval: 250 * time.Millisecond, Pods: testPods(t), Build: BuildInfo{Version: "test", Revision: "abc"}, DriverVersion: "550.54.15"})
 }
 
 func TestDCGMMetricsWithPodLabels(t *testing.T) {
@@ -98,35 +100,35 @@ func TestDCGMMetricsWithPodLabels(t *testing.T) {
 	const want = `
 # HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).
 # TYPE DCGM_FI_DEV_GPU_UTIL gauge
-DCGM_FI_DEV_GPU_UTIL{Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 87
-DCGM_FI_DEV_GPU_UTIL{Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-0"} 12
-DCGM_FI_DEV_GPU_UTIL{Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-1"} 12
+DCGM_FI_DEV_GPU_UTIL{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 87
+DCGM_FI_DEV_GPU_UTIL{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-0"} 12
+DCGM_FI_DEV_GPU_UTIL{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-1"} 12
 # HELP DCGM_FI_DEV_FB_USED Framebuffer memory used (in MiB).
 # TYPE DCGM_FI_DEV_FB_USED gauge
-DCGM_FI_DEV_FB_USED{GPU_I_ID="7",GPU_I_PROFILE="1g.5gb",Hostname="node-a",UUID="GPU-22222222-2222-2222-2222-222222222222",container="worker",device="nvidia2",gpu="2",modelName="NVIDIA A100-SXM4-40GB",namespace="ml",pci_bus_id="00000000:3D:00.0",pod="small"} 1024
-DCGM_FI_DEV_FB_USED{Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 3072
+DCGM_FI_DEV_FB_USED{DCGM_FI_DRIVER_VERSION="550.54.15",GPU_I_ID="7",GPU_I_PROFILE="1g.5gb",Hostname="node-a",UUID="GPU-22222222-2222-2222-2222-222222222222",container="worker",device="nvidia2",gpu="2",modelName="NVIDIA A100-SXM4-40GB",namespace="ml",pci_bus_id="00000000:3D:00.0",pod="small"} 1024
+DCGM_FI_DEV_FB_USED{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 3072
 # HELP DCGM_FI_DEV_POWER_USAGE Power draw (in W).
 # TYPE DCGM_FI_DEV_POWER_USAGE gauge
-DCGM_FI_DEV_POWER_USAGE{Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 42.5
-DCGM_FI_DEV_POWER_USAGE{Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-0"} 30
-DCGM_FI_DEV_POWER_USAGE{Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-1"} 30
-DCGM_FI_DEV_POWER_USAGE{Hostname="node-a",UUID="GPU-22222222-2222-2222-2222-222222222222",device="nvidia2",gpu="2",modelName="NVIDIA A100-SXM4-40GB",pci_bus_id="00000000:3D:00.0"} 90
+DCGM_FI_DEV_POWER_USAGE{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 42.5
+DCGM_FI_DEV_POWER_USAGE{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-0"} 30
+DCGM_FI_DEV_POWER_USAGE{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-1"} 30
+DCGM_FI_DEV_POWER_USAGE{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-22222222-2222-2222-2222-222222222222",device="nvidia2",gpu="2",modelName="NVIDIA A100-SXM4-40GB",pci_bus_id="00000000:3D:00.0"} 90
 # HELP DCGM_FI_DEV_XID_ERRORS Value of the last XID error encountered.
 # TYPE DCGM_FI_DEV_XID_ERRORS gauge
-DCGM_FI_DEV_XID_ERRORS{Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 79
-DCGM_FI_DEV_XID_ERRORS{Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-0"} 0
-DCGM_FI_DEV_XID_ERRORS{Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-1"} 0
-DCGM_FI_DEV_XID_ERRORS{Hostname="node-a",UUID="GPU-22222222-2222-2222-2222-222222222222",device="nvidia2",gpu="2",modelName="NVIDIA A100-SXM4-40GB",pci_bus_id="00000000:3D:00.0"} 0
+DCGM_FI_DEV_XID_ERRORS{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",err_code="79",err_msg="GPU has fallen off the bus",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 79
+DCGM_FI_DEV_XID_ERRORS{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",err_code="0",err_msg="No Error",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-0"} 0
+DCGM_FI_DEV_XID_ERRORS{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",err_code="0",err_msg="No Error",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-1"} 0
+DCGM_FI_DEV_XID_ERRORS{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-22222222-2222-2222-2222-222222222222",device="nvidia2",err_code="0",err_msg="No Error",gpu="2",modelName="NVIDIA A100-SXM4-40GB",pci_bus_id="00000000:3D:00.0"} 0
 # HELP gpu_agent_xid_errors_total XID critical errors seen since the agent started, by XID.
 # TYPE gpu_agent_xid_errors_total counter
 gpu_agent_xid_errors_total{UUID="GPU-00000000-0000-0000-0000-000000000000",gpu="0",xid="31"} 2
 gpu_agent_xid_errors_total{UUID="GPU-00000000-0000-0000-0000-000000000000",gpu="0",xid="79"} 1
 # HELP gpu_agent_utilization_window_max_ratio Highest hardware utilization sample of the engine within the window (gpu_agent_utilization_window_seconds).
 # TYPE gpu_agent_utilization_window_max_ratio gauge
-gpu_agent_utilization_window_max_ratio{Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",engine="gpu",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 1
+gpu_agent_utilization_window_max_ratio{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",engine="gpu",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 1
 # HELP gpu_agent_encoder_latency_seconds Average encode latency over the active encoder sessions.
 # TYPE gpu_agent_encoder_latency_seconds gauge
-gpu_agent_encoder_latency_seconds{Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 0.0025
+gpu_agent_encoder_latency_seconds{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 0.0025
 `
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want),
 		"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_XID_ERRORS",
@@ -188,12 +190,12 @@ gpu_agent_sample_rate_hertz 6.25
 }
 
 func TestNoPodsMeansNoPodLabels(t *testing.T) {
-	c := NewCollector(snapshots{testSnapshot()}, Options{Hostname: "node-a", Interval: time.Second})
+	c := NewCollector(snapshots{testSnapshot()}, Options{Hostname: "node-a", Interval: time.Second, DriverVersion: "550.54.15"})
 	const want = `
 # HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).
 # TYPE DCGM_FI_DEV_GPU_UTIL gauge
-DCGM_FI_DEV_GPU_UTIL{Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",device="nvidia0",gpu="0",modelName="Tesla T4",pci_bus_id="00000000:3B:00.0"} 87
-DCGM_FI_DEV_GPU_UTIL{Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",device="nvidia1",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0"} 12
+DCGM_FI_DEV_GPU_UTIL{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",device="nvidia0",gpu="0",modelName="Tesla T4",pci_bus_id="00000000:3B:00.0"} 87
+DCGM_FI_DEV_GPU_UTIL{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",device="nvidia1",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0"} 12
 `
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "DCGM_FI_DEV_GPU_UTIL"); err != nil {
 		t.Error(err)
@@ -437,8 +439,10 @@ func TestStarting(t *testing.T) {
 		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
 		return rec.Code, rec.Body.String()
 	}
-	if code, _ := get("/healthz"); code != http.StatusOK {
-		t.Errorf("/healthz while starting = %d, want 200", code)
+	for _, path := range []string{"/healthz", "/health"} {
+		if code, _ := get(path); code != http.StatusOK {
+			t.Errorf("%s while starting = %d, want 200", path, code)
+		}
 	}
 	for _, path := range []string{"/readyz", "/metrics", "/"} {
 		if code, body := get(path); code != http.StatusServiceUnavailable || !strings.HasPrefix(body, "starting") {
@@ -448,7 +452,7 @@ func TestStarting(t *testing.T) {
 	src := &snapshots{snap: testSnapshot()}
 	src.snap.Time = time.Now()
 	h.Ready(newTestHandler(t, NewCollector(src, Options{Hostname: "n", Interval: time.Second}), time.Second))
-	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+	for _, path := range []string{"/healthz", "/health", "/readyz", "/metrics"} {
 		if code, body := get(path); code != http.StatusOK {
 			t.Errorf("%s once started = %d %q, want 200", path, code, body)
 		}
@@ -489,6 +493,114 @@ func TestEveryMetricIsDocumented(t *testing.T) {
 	for _, n := range names {
 		if !strings.Contains(string(readme), "`"+n+"`") {
 			t.Errorf("metric %s is not documented in README.md (as `%s`)", n, n)
+		}
+	}
+}
+
+// With a field list (-f), exactly its fields are served, plus the agent's
+// own families; its DCGM_FI_DRIVER_VERSION row is a label on every device
+// series; what the agent cannot serve is reported, not served.
+func TestFieldList(t *testing.T) {
+	fields := []dcgmcsv.Field{
+		{Name: "DCGM_FI_DEV_GPU_UTIL", Type: dcgmcsv.TypeGauge},
+		{Name: "DCGM_FI_DEV_POWER_USAGE", Type: dcgmcsv.TypeGauge},
+		{Name: "DCGM_FI_PROF_GR_ENGINE_ACTIVE", Type: dcgmcsv.TypeGauge},
+		{Name: "DCGM_FI_DRIVER_VERSION", Type: dcgmcsv.TypeLabel},
+		{Name: "DCGM_FI_DEV_SERIAL", Type: dcgmcsv.TypeLabel},
+		{Name: "DCGM_FI_DEV_FB_USED", Type: dcgmcsv.TypeLabel}, // a metric field cannot be a label here
+	}
+	if got, want := Unsupported(fields), []string{"DCGM_FI_PROF_GR_ENGINE_ACTIVE", "DCGM_FI_DEV_SERIAL", "DCGM_FI_DEV_FB_USED"}; !slices.Equal(got, want) {
+		t.Errorf("Unsupported = %v, want %v", got, want)
+	}
+	c := NewCollector(snapshots{testSnapshot()}, Options{Hostname: "node-a", Interval: time.Second, Pods: testPods(t), Counters: fields, DriverVersion: "550.54.15"})
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(c)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dcgm []string
+	for _, mf := range mfs {
+		name := mf.GetName()
+		if !strings.HasPrefix(name, Namespace+"_") {
+			dcgm = append(dcgm, name)
+		}
+		device := slices.ContainsFunc(mf.GetMetric()[0].GetLabel(), func(p *dto.LabelPair) bool { return p.GetName() == "device" })
+		for _, m := range mf.GetMetric() {
+			var driver string
+			for _, p := range m.GetLabel() {
+				if p.GetName() == "DCGM_FI_DRIVER_VERSION" {
+					driver = p.GetValue()
+				}
+			}
+			if device && driver != "550.54.15" {
+				t.Errorf("%s %v: DCGM_FI_DRIVER_VERSION=%q, want the driver's", name, m.GetLabel(), driver)
+			}
+		}
+	}
+	if want := []string{"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_POWER_USAGE"}; !slices.Equal(dcgm, want) {
+		t.Errorf("served %v, want exactly %v", dcgm, want)
+	}
+	if got := grep(scrape(t, c), "gpu_agent_encoder_latency_seconds{"); got == "" {
+		t.Error("the agent's own device families are left out")
+	}
+
+	// An empty list serves none of dcgm-exporter's families.
+	c = NewCollector(snapshots{testSnapshot()}, Options{Interval: time.Second, Counters: []dcgmcsv.Field{}})
+	if got := scrape(t, c); strings.Contains(got, "DCGM_") {
+		t.Errorf("an empty field list serves:\n%s", grep(got, "DCGM_"))
+	}
+}
+
+func scrape(t *testing.T, c *Collector) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+	req.Header.Set("Accept", "text/plain")
+	newTestHandler(t, c, time.Second).ServeHTTP(rec, req)
+	return rec.Body.String()
+}
+
+// Labels as dcgm-exporter writes them with -o and --no-hostname: pod_name,
+// pod_namespace, container_name and uuid; no Hostname; device is
+// nvidia<GPU index> even where the minor number differs; an XID past the
+// catalogue is "Unknown Error"; no DCGM_FI_DRIVER_VERSION when NVML did
+// not say.
+func TestOldNamespaceNoHostname(t *testing.T) {
+	snap := testSnapshot()
+	snap.Devices[0].Minor, snap.Devices[1].Minor = 1, 0
+	snap.States[0].XID = &telemetry.XIDCounts{Last: 999, Counts: map[uint64]uint64{999: 1}}
+	c := NewCollector(snapshots{snap}, Options{Interval: time.Second, Pods: testPods(t), UseOldNamespace: true})
+	const want = `
+# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).
+# TYPE DCGM_FI_DEV_GPU_UTIL gauge
+DCGM_FI_DEV_GPU_UTIL{container_name="server",device="nvidia0",gpu="0",modelName="Tesla T4",pci_bus_id="00000000:3B:00.0",pod_name="inference-0",pod_namespace="ml",uuid="GPU-00000000-0000-0000-0000-000000000000"} 87
+DCGM_FI_DEV_GPU_UTIL{container_name="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0",pod_name="sfu-0",pod_namespace="media",uuid="GPU-11111111-1111-1111-1111-111111111111"} 12
+DCGM_FI_DEV_GPU_UTIL{container_name="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0",pod_name="sfu-1",pod_namespace="media",uuid="GPU-11111111-1111-1111-1111-111111111111"} 12
+# HELP DCGM_FI_DEV_XID_ERRORS Value of the last XID error encountered.
+# TYPE DCGM_FI_DEV_XID_ERRORS gauge
+DCGM_FI_DEV_XID_ERRORS{container_name="server",device="nvidia0",err_code="999",err_msg="Unknown Error",gpu="0",modelName="Tesla T4",pci_bus_id="00000000:3B:00.0",pod_name="inference-0",pod_namespace="ml",uuid="GPU-00000000-0000-0000-0000-000000000000"} 999
+DCGM_FI_DEV_XID_ERRORS{container_name="sfu",device="nvidia1",err_code="0",err_msg="No Error",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0",pod_name="sfu-0",pod_namespace="media",uuid="GPU-11111111-1111-1111-1111-111111111111"} 0
+DCGM_FI_DEV_XID_ERRORS{container_name="sfu",device="nvidia1",err_code="0",err_msg="No Error",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0",pod_name="sfu-1",pod_namespace="media",uuid="GPU-11111111-1111-1111-1111-111111111111"} 0
+DCGM_FI_DEV_XID_ERRORS{device="nvidia2",err_code="0",err_msg="No Error",gpu="2",modelName="NVIDIA A100-SXM4-40GB",pci_bus_id="00000000:3D:00.0",uuid="GPU-22222222-2222-2222-2222-222222222222"} 0
+# HELP gpu_agent_device_up 1 while the GPU answers NVML, 0 once NVML reported it lost.
+# TYPE gpu_agent_device_up gauge
+gpu_agent_device_up{gpu="0",uuid="GPU-00000000-0000-0000-0000-000000000000"} 1
+gpu_agent_device_up{gpu="1",uuid="GPU-11111111-1111-1111-1111-111111111111"} 1
+gpu_agent_device_up{gpu="2",uuid="GPU-22222222-2222-2222-2222-222222222222"} 1
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_XID_ERRORS", "gpu_agent_device_up"); err != nil {
+		t.Error(err)
+	}
+}
+
+// Every XID of the catalogue has its name; the table is dense from 0.
+func TestXIDLabels(t *testing.T) {
+	for xid, want := range map[uint64][2]string{0: {"0", "No Error"}, 31: {"31", "GPU memory page fault"}, 79: {"79", "GPU has fallen off the bus"},
+		172: {"172", "Uncorrectable SRAM Error"}, 173: {"173", "Unknown Error"}} {
+		code, msg := xidLabels(xid)
+		if code.GetName() != "err_code" || msg.GetName() != "err_msg" || code.GetValue() != want[0] || msg.GetValue() != want[1] {
+			t.Errorf("XID %d: %v %v, want %v", xid, code, msg, want)
 		}
 	}
 }

@@ -1,10 +1,12 @@
 package exporter
 
 import (
+	"slices"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/gpu-telemetry/agent/pkg/dcgmcsv"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
 
@@ -71,8 +73,65 @@ var (
 	migLabels    = []string{"GPU_I_PROFILE", "GPU_I_ID"}
 	podLabels    = []string{"namespace", "pod", "container"}
 
-	deviceMIGLabels = append(deviceLabels[:len(deviceLabels):len(deviceLabels)], migLabels...)
+	// With -o/--use-old-namespace dcgm-exporter names the pod labels as
+	// its 1.x did, and writes uuid for UUID (its
+	// internal/pkg/transformation/const.go and collector.toMetric). In
+	// podLabels' order.
+	oldPodLabels = []string{"pod_namespace", "pod_name", "container_name"}
 )
+
+// driverVersionLabel is the label field dcgm-exporter's default field list
+// (default-counters.csv) puts on every series.
+const driverVersionLabel = "DCGM_FI_DRIVER_VERSION"
+
+// labelFields are the label-type fields of dcgm-exporter's field lists
+// the agent can fill: each becomes a label of every device series.
+var labelFields = map[string]func(o *Options) string{
+	driverVersionLabel: func(o *Options) string { return o.DriverVersion },
+}
+
+// Unsupported returns the names of the fields in a dcgm-exporter field
+// list that the agent cannot serve, in the list's order: fields it does
+// not read, and label rows it cannot fill.
+func Unsupported(fields []dcgmcsv.Field) []string {
+	var out []string
+	for _, f := range fields {
+		if _, ok := labelFields[f.Name]; ok && f.Type == dcgmcsv.TypeLabel {
+			continue
+		}
+		if f.Type != dcgmcsv.TypeLabel && slices.Contains(DCGMNames(), f.Name) {
+			continue
+		}
+		out = append(out, f.Name)
+	}
+	return out
+}
+
+// layout is the label names of one collector's series: a GPU's health
+// (id), a whole GPU's device series (dcgm-exporter's, with the field
+// list's label fields) and the pod labels.
+type layout struct {
+	id, device, pod []string
+}
+
+// newLayout is dcgm-exporter's labels as the options ask: uuid and the old
+// pod labels with -o, no Hostname without a host name (its template leaves
+// an empty Hostname out), then the label fields.
+func newLayout(opts *Options, labelFields []string) layout {
+	l := layout{id: idLabels, pod: podLabels}
+	if opts.UseOldNamespace {
+		l.id = []string{"gpu", "uuid"}
+		l.pod = oldPodLabels
+	}
+	l.device = append(l.device, l.id...)
+	for _, n := range deviceLabels[len(idLabels):] {
+		if n != "Hostname" || opts.Hostname != "" {
+			l.device = append(l.device, n)
+		}
+	}
+	l.device = append(l.device, labelFields...)
+	return l
+}
 
 // family is one metric in the four label sets it can carry: a whole GPU or
 // a MIG instance, attributed to a pod or not. dcgm-exporter leaves the pod
@@ -85,7 +144,7 @@ type family struct {
 	idx                      int // position in Collector.families, the text writer's order
 }
 
-func newFamily(name, help string, typ prometheus.ValueType, extra ...string) *family {
+func (l layout) newFamily(name, help string, typ prometheus.ValueType, extra ...string) *family {
 	desc := func(sets ...[]string) *prometheus.Desc {
 		var labels []string
 		for _, s := range sets {
@@ -96,10 +155,10 @@ func newFamily(name, help string, typ prometheus.ValueType, extra ...string) *fa
 	return &family{
 		name:   name,
 		help:   help,
-		gpu:    desc(deviceLabels),
-		gpuPod: desc(deviceLabels, podLabels),
-		mig:    desc(deviceLabels, migLabels),
-		migPod: desc(deviceLabels, migLabels, podLabels),
+		gpu:    desc(l.device),
+		gpuPod: desc(l.device, l.pod),
+		mig:    desc(l.device, migLabels),
+		migPod: desc(l.device, migLabels, l.pod),
 		typ:    typ,
 	}
 }

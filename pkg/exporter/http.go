@@ -39,10 +39,16 @@ func Readiness(src Snapshots, interval time.Duration, now time.Time) (bool, stri
 // until Ready hands it the real handler, /healthz answers 200 (the
 // process is alive, however long NVML takes to come up, so a liveness
 // probe does not restart a pod that waits on a slow GPU) and every other
-// path, /readyz and /metrics included, 503 "starting".
+// path, /readyz and /metrics included, 503 "starting". /health is
+// dcgm-exporter's liveness path, which its Helm chart probes for liveness
+// and readiness alike: it answers as /healthz, so that a DaemonSet with
+// only its image swapped is not restarted.
 type Starting struct {
 	h atomic.Pointer[http.Handler]
 }
+
+// dcgmHealthPath is dcgm-exporter's health endpoint (always 200 there).
+const dcgmHealthPath = "/health"
 
 // StartingReason is what Starting answers before Ready.
 const StartingReason = "starting: NVML start-up in progress"
@@ -55,7 +61,7 @@ func (s *Starting) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		(*h).ServeHTTP(w, r)
 		return
 	}
-	if r.URL.Path == "/healthz" {
+	if r.URL.Path == "/healthz" || r.URL.Path == dcgmHealthPath {
 		fmt.Fprintln(w, "ok")
 		return
 	}
@@ -83,9 +89,9 @@ func NewHandler(reg *prometheus.Registry, c *Collector, opts HandlerOptions) (ht
 	mux.Handle("/metrics", promhttp.InstrumentMetricHandler(reg, &metricsHandler{
 		reg: reg, c: c, log: opts.Logger,
 	}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintln(w, "ok")
-	})
+	live := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
+	mux.HandleFunc("/healthz", live)
+	mux.HandleFunc(dcgmHealthPath, live)
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		ok, reason := Readiness(src, opts.Interval, time.Now())
 		if !ok {

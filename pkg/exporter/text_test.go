@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/gpu-telemetry/agent/pkg/dcgmcsv"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
 
@@ -33,55 +34,79 @@ func TestWriteDevicesMatchesCollect(t *testing.T) {
 	snap.States[0].Set(telemetry.PCIeTX, 1.5e-7)
 	snap.States[1].Set(telemetry.Temperature, 1)
 	opts := Options{Hostname: "node \"a\"\\b\nc", Interval: 250 * time.Millisecond, Pods: testPods(t), Build: BuildInfo{Version: "v", Revision: "r"}}
-	c := NewCollector(snapshots{snap}, opts)
-
-	full := prometheus.NewRegistry()
-	full.MustRegister(c)
-	h := newTestHandler(t, c, opts.Interval)
-
-	for _, tt := range []struct {
-		name   string
-		accept string
-		format expfmt.Format
+	// The label layouts the options make: the default, and a field list
+	// that leaves families out and adds a label field.
+	for _, variant := range []struct {
+		name string
+		opts func(Options) Options
 	}{
-		{"text", "text/plain;version=0.0.4", expfmt.NewFormat(expfmt.TypeTextPlain)},
-		{"openmetrics", "application/openmetrics-text;version=1.0.0", expfmt.NewFormat(expfmt.TypeOpenMetrics)},
+		{"default", func(o Options) Options { return o }},
+		{"field list", func(o Options) Options {
+			o.Counters = []dcgmcsv.Field{
+				{Name: "DCGM_FI_DEV_GPU_UTIL", Type: dcgmcsv.TypeGauge}, {Name: "DCGM_FI_DEV_FB_USED", Type: dcgmcsv.TypeGauge},
+				{Name: "DCGM_FI_DRIVER_VERSION", Type: dcgmcsv.TypeLabel},
+			}
+			o.DriverVersion = "550.54.15"
+			return o
+		}},
+		{"old namespace, no host name", func(o Options) Options {
+			o.UseOldNamespace, o.Hostname, o.DriverVersion = true, "", "550.54.15"
+			return o
+		}},
 	} {
-		t.Run(tt.name, func(t *testing.T) {
-			mfs, err := full.Gather()
-			if err != nil {
-				t.Fatal(err)
-			}
-			var want bytes.Buffer
-			enc := expfmt.NewEncoder(&want, tt.format)
-			for _, mf := range mfs {
-				if err := enc.Encode(mf); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if closer, ok := enc.(expfmt.Closer); ok {
-				_ = closer.Close()
-			}
+		t.Run(variant.name, func(t *testing.T) {
+			opts := variant.opts(opts)
+			c := NewCollector(snapshots{snap}, opts)
 
-			req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
-			req.Header.Set("Accept", tt.accept)
-			rec := httptest.NewRecorder()
-			h.ServeHTTP(rec, req)
-			got := rec.Body.String()
-			// promhttp's own request counters come with the handler only.
-			got = dropFamily(got, "promhttp_metric_handler_")
+			full := prometheus.NewRegistry()
+			full.MustRegister(c)
+			h := newTestHandler(t, c, opts.Interval)
 
-			if w, g := sortedLines(want.String()), sortedLines(got); !slices.Equal(w, g) {
-				t.Errorf("served /metrics differs from the registry's encoding of Collect (-registry +served):\n%s",
-					lineSetDiff(w, g))
-			}
-			if tt.name == "text" {
-				p := expfmt.NewTextParser(model.UTF8Validation)
-				if _, err := p.TextToMetricFamilies(strings.NewReader(got)); err != nil {
-					t.Errorf("served text does not parse (a family split in two?): %v", err)
-				}
-			} else if !strings.HasSuffix(got, "# EOF\n") {
-				t.Errorf("OpenMetrics output does not end with # EOF")
+			for _, tt := range []struct {
+				name   string
+				accept string
+				format expfmt.Format
+			}{
+				{"text", "text/plain;version=0.0.4", expfmt.NewFormat(expfmt.TypeTextPlain)},
+				{"openmetrics", "application/openmetrics-text;version=1.0.0", expfmt.NewFormat(expfmt.TypeOpenMetrics)},
+			} {
+				t.Run(tt.name, func(t *testing.T) {
+					mfs, err := full.Gather()
+					if err != nil {
+						t.Fatal(err)
+					}
+					var want bytes.Buffer
+					enc := expfmt.NewEncoder(&want, tt.format)
+					for _, mf := range mfs {
+						if err := enc.Encode(mf); err != nil {
+							t.Fatal(err)
+						}
+					}
+					if closer, ok := enc.(expfmt.Closer); ok {
+						_ = closer.Close()
+					}
+
+					req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+					req.Header.Set("Accept", tt.accept)
+					rec := httptest.NewRecorder()
+					h.ServeHTTP(rec, req)
+					got := rec.Body.String()
+					// promhttp's own request counters come with the handler only.
+					got = dropFamily(got, "promhttp_metric_handler_")
+
+					if w, g := sortedLines(want.String()), sortedLines(got); !slices.Equal(w, g) {
+						t.Errorf("served /metrics differs from the registry's encoding of Collect (-registry +served):\n%s",
+							lineSetDiff(w, g))
+					}
+					if tt.name == "text" {
+						p := expfmt.NewTextParser(model.UTF8Validation)
+						if _, err := p.TextToMetricFamilies(strings.NewReader(got)); err != nil {
+							t.Errorf("served text does not parse (a family split in two?): %v", err)
+						}
+					} else if !strings.HasSuffix(got, "# EOF\n") {
+						t.Errorf("OpenMetrics output does not end with # EOF")
+					}
+				})
 			}
 		})
 	}

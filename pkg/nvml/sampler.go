@@ -107,6 +107,10 @@ type Sampler struct {
 	xidArmOnce  sync.Once
 	initialised bool // nvmlInit returned SUCCESS: Shutdown is owed
 
+	// driver is the driver's version, "" if NVML did not say; set in Open,
+	// read-only after.
+	driver string
+
 	// Touched only by the goroutine that ticks.
 	seq, ticks, missed uint64
 	firstTick          time.Time
@@ -250,6 +254,7 @@ func (s *Sampler) open(ctx context.Context) error {
 	case err != nil || vRet != nvml.SUCCESS:
 		s.log.Info("NVML initialised", "driver", "unknown", "gpus", len(s.workers))
 	default:
+		s.driver = v
 		s.log.Info("NVML initialised", "driver", v, "gpus", len(s.workers))
 	}
 	return nil
@@ -339,6 +344,10 @@ func (s *Sampler) startWorkers(ctx context.Context, n int) ([]*worker, error) {
 // Devices returns the current inventory. It changes only when MIG
 // instances appear or disappear.
 func (s *Sampler) Devices() []telemetry.Device { return *s.inventory.Load() }
+
+// DriverVersion returns the driver's version ("550.54.15"), read once at
+// Open, or "" if NVML did not answer.
+func (s *Sampler) DriverVersion() string { return s.driver }
 
 // Latest returns the latest snapshot, or nil before the first tick.
 func (s *Sampler) Latest() *telemetry.Snapshot { return s.store.Latest() }
