@@ -62,7 +62,6 @@ type Config struct {
 	CollectorsFile   string   // -f: its CSV of fields to export; empty: the default set
 	UseOldNamespace  bool     // -o: pod_name, namespace_name, container_name
 	NoHostname       bool     // --no-hostname: no Hostname label
-	GPUResourceNames []string // --nvidia-resource-names; shared with --kubelet.gpu-resource-names
 
 	counters []dcgmcsv.Field // CollectorsFile, once read
 
