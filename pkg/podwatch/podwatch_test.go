@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	clienttesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/cache"
 )
@@ -39,6 +40,17 @@ const (
 	// A static pod's cgroup carries the kubelet's hash of its manifest.
 	staticHash = "6c3a9f0e2b7d41d8a5e3c9b1f4d2e8a7"
 )
+
+// fakePods is the fake clientset's pods of every namespace. It tells the
+// reflector not to ask for a watch-list stream, which the fake cannot
+// serve, as the fake clientset itself does.
+func fakePods(c *fake.Clientset) PodsClient {
+	return unstreamed{c.CoreV1().Pods(metav1.NamespaceAll)}
+}
+
+type unstreamed struct{ typedcorev1.PodInterface }
+
+func (unstreamed) IsWatchListSemanticsUnSupported() bool { return true }
 
 func status(name, id string) corev1.ContainerStatus {
 	return corev1.ContainerStatus{Name: name, ContainerID: id}
@@ -75,7 +87,7 @@ func started(t *testing.T, objs ...runtime.Object) (*Watcher, *fake.Clientset) {
 		once.Do(func() { close(watching) })
 		return false, nil, nil // on to the tracker's watch
 	})
-	w, err := New(client, node, Options{})
+	w, err := New(fakePods(client), node, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,7 +301,7 @@ func TestStaticPodFoundByConfigHash(t *testing.T) {
 // same hash) before deleting the old one: the delete must not take the
 // hash with it.
 func TestReplacedMirrorKeepsTheHash(t *testing.T) {
-	w, err := New(fake.NewClientset(), node, Options{})
+	w, err := New(fakePods(fake.NewClientset()), node, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -327,7 +339,7 @@ func TestDeletedPodIsGone(t *testing.T) {
 // A watch that was down when the pod went away ends in a relist, and the
 // informer hands over a tombstone holding the cache's last (stripped) copy.
 func TestTombstoneRemovesThePod(t *testing.T) {
-	w, err := New(fake.NewClientset(), node, Options{})
+	w, err := New(fakePods(fake.NewClientset()), node, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,7 +372,7 @@ func TestHasSyncedWaitsForTheFirstList(t *testing.T) {
 		<-release
 		return false, nil, nil // on to the tracker's list
 	})
-	w, err := New(client, node, Options{})
+	w, err := New(fakePods(client), node, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -404,7 +416,7 @@ func TestNewRejectsMissingArguments(t *testing.T) {
 		t.Error("nil client accepted")
 	}
 	// An empty node would watch every pod of the cluster.
-	if _, err := New(fake.NewClientset(), "", Options{}); err == nil {
+	if _, err := New(fakePods(fake.NewClientset()), "", Options{}); err == nil {
 		t.Error("empty node accepted")
 	}
 }
@@ -467,7 +479,7 @@ func TestBareID(t *testing.T) {
 }
 
 func BenchmarkLookup(b *testing.B) {
-	w, err := New(fake.NewClientset(), node, Options{})
+	w, err := New(fakePods(fake.NewClientset()), node, Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
