@@ -9,8 +9,8 @@
 // API call.
 //
 // Cost and failure modes of the external calls: one LIST of the node's pods at
-// start and after a watch expires (about 110 pods at most per node, a few
-// hundred kB in protobuf), then one long-lived WATCH. While the API server is
+// start and whenever the watch cannot resume (at most about 110 pods per
+// node by the kubelet's default limit), then one long-lived WATCH. While the API server is
 // unreachable the index keeps what it had and the reflector retries with
 // backoff; pods created meanwhile are not found until it comes back, and
 // callers fall back to the pod UID.
