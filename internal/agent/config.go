@@ -60,7 +60,7 @@ type Config struct {
 	// dcgm-exporter's options with no dotted flag of the agent's (see
 	// dcgmflags.go).
 	CollectorsFile  string // -f: its CSV of fields to export; empty: the default set
-	UseOldNamespace bool   // -o: pod_name, namespace_name, container_name
+	UseOldNamespace bool   // -o: pod_name, pod_namespace, container_name (its source)
 	NoHostname      bool   // --no-hostname: no Hostname label
 
 	counters []dcgmcsv.Field // CollectorsFile, once read
