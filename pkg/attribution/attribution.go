@@ -9,6 +9,9 @@
 // MPS-shared GPU collapsed to the device they replicate, pods sorted and
 // deduplicated); it adds the device identity, the reading that belongs to
 // each device, and the one rule of which devices have a current reading.
+// Given a PID-to-pod map (pkg/procattr builds it off the readers' path), it
+// also sums a GPU's processes by pod into each pod's own share, and
+// Device.PodValue is the one rule of which value a pod's series carries.
 package attribution
 
 import (
