@@ -34,16 +34,19 @@ func startKubelet(t *testing.T, pods []*podresourcesv1.PodResources) *fk.Server 
 }
 
 // goldenPods spell the device IDs every way a device plugin does: a whole
-// GPU by UUID, a time-sliced GPU by replica, GKE's nvidiaN; one GPU is
-// free, and a non-NVIDIA resource must be ignored.
+// GPU by UUID, GKE's nvidiaN, a time-sliced GPU by replica; one GPU is
+// free, and a non-NVIDIA resource must be ignored. The pods are the ones
+// the simulated node runs its GPU processes in (sim.Process), so each
+// process is attributed: GPU 3 is the one the simulation shares between
+// two WebRTC pods; GPU 2's process is in no pod holding it.
 func goldenPods(devs []*sim.Device) []*podresourcesv1.PodResources {
 	return []*podresourcesv1.PodResources{
-		fk.Pod("ml", "inference-a", fk.Container("server",
+		fk.Pod("default", "inference-0", fk.Container("server",
 			fk.Devices("nvidia.com/gpu", devs[0].UUID()),
 			fk.Devices("example.com/foo", "foo-0"))),
-		fk.Pod("media", "sfu-0", fk.Container("sfu", fk.Devices("nvidia.com/gpu.shared", devs[1].UUID()+"::0"))),
-		fk.Pod("media", "sfu-1", fk.Container("sfu", fk.Devices("nvidia.com/gpu.shared", devs[1].UUID()+"::1"))),
-		fk.Pod("ml", "inference-b", fk.Container("server", fk.Devices("nvidia.com/gpu", "nvidia3"))),
+		fk.Pod("default", "inference-1", fk.Container("server", fk.Devices("nvidia.com/gpu", "nvidia1"))),
+		fk.Pod("media", "webrtc-sfu-0", fk.Container("sfu", fk.Devices("nvidia.com/gpu.shared", devs[3].UUID()+"::0"))),
+		fk.Pod("media", "webrtc-sfu-1", fk.Container("sfu", fk.Devices("nvidia.com/gpu.shared", devs[3].UUID()+"::1"))),
 	}
 }
 
@@ -55,30 +58,46 @@ func TestGoldenMetrics(t *testing.T) {
 
 	// Readiness waits for a GPU sample, not for the kubelet: pod labels
 	// arrive with the first List answer.
-	first := a.waitMetrics(t, 10*time.Second, "the first kubelet answer", func(s samples) error {
+	first := a.waitMetrics(t, 10*time.Second, "the first kubelet answer and process attribution", func(s samples) error {
+		if _, ok := s.podSeries("gpu_agent_unattributed_processes", devs[0].UUID(), ""); !ok {
+			return errors.New("no gpu_agent_unattributed_processes yet")
+		}
 		return s.expect("gpu_agent_kubelet_up", 1)
 	})
 	raw := a.scrape(t)
 	got := normalize(raw)
 
 	// The attribution, asserted directly so that a careless -update cannot
-	// bless a wrong one.
+	// bless a wrong one. With per-process data every held GPU also keeps
+	// its device-level series ("-").
 	want := map[string][]string{
-		devs[0].UUID(): {"ml/inference-a/server"},
-		devs[1].UUID(): {"media/sfu-0/sfu", "media/sfu-1/sfu"},
+		devs[0].UUID(): {"-", "default/inference-0/server"},
+		devs[1].UUID(): {"-", "default/inference-1/server"},
 		devs[2].UUID(): {"-"},
-		devs[3].UUID(): {"ml/inference-b/server"},
+		devs[3].UUID(): {"-", "media/webrtc-sfu-0/sfu", "media/webrtc-sfu-1/sfu"},
 	}
 	s := parseSamples(t, raw)
 	for i, d := range devs {
 		if pods := s.pods("DCGM_FI_DEV_GPU_UTIL", d.UUID()); !slices.Equal(pods, want[d.UUID()]) {
 			t.Errorf("GPU %d is attributed to %v, want %v", i, pods, want[d.UUID()])
 		}
-		for _, v := range s.values("DCGM_FI_DEV_GPU_UTIL", d.UUID()) {
-			if w := d.GPUUtil(time.Now()); v != w {
-				t.Errorf("GPU %d utilization %v, want the simulation's %v", i, v, w)
-			}
+		w := d.GPUUtil(time.Now())
+		if v, _ := s.podSeries("DCGM_FI_DEV_GPU_UTIL", d.UUID(), ""); v != w {
+			t.Errorf("GPU %d utilization %v, want the simulation's %v", i, v, w)
 		}
+		// A pod's own share: all of it for a GPU's one pod, parts adding
+		// up to it for the shared one.
+		var sum float64
+		for _, p := range want[d.UUID()][1:] {
+			v, _ := s.podSeries("DCGM_FI_DEV_GPU_UTIL", d.UUID(), strings.Split(p, "/")[1])
+			sum += v
+		}
+		if len(want[d.UUID()]) > 1 && sum != w {
+			t.Errorf("GPU %d: its pods' utilization adds up to %v, want %v", i, sum, w)
+		}
+	}
+	if v, ok := s.podSeries("gpu_agent_unattributed_processes", devs[2].UUID(), ""); !ok || v != 1 {
+		t.Errorf("free GPU 2: gpu_agent_unattributed_processes %v, %v; want 1 (its process's pod does not hold it)", v, ok)
 	}
 	if err := s.expect("gpu_agent_kubelet_unresolved_devices", 0); err != nil {
 		t.Error(err)

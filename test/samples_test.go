@@ -163,3 +163,22 @@ func TestParseSample(t *testing.T) {
 		}
 	}
 }
+
+// podSeries returns the value of metric for the GPU with uuid and pod ("" for
+// the series without pod labels), with the extra labels given as name,
+// value pairs.
+func (ss samples) podSeries(metric, uuid, pod string, extra ...string) (float64, bool) {
+next:
+	for _, s := range ss {
+		if s.name != metric || s.labels["UUID"] != uuid || s.labels["pod"] != pod {
+			continue
+		}
+		for i := 0; i+1 < len(extra); i += 2 {
+			if s.labels[extra[i]] != extra[i+1] {
+				continue next
+			}
+		}
+		return s.value, true
+	}
+	return 0, false
+}

@@ -21,11 +21,15 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/gpu-telemetry/agent/pkg/attribution"
 	"github.com/gpu-telemetry/agent/pkg/exporter"
 	"github.com/gpu-telemetry/agent/pkg/nvml"
 	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
 	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
+	"github.com/gpu-telemetry/agent/pkg/podwatch"
+	"github.com/gpu-telemetry/agent/pkg/procattr"
+	"github.com/gpu-telemetry/agent/pkg/procpod"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
 
@@ -218,11 +222,21 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if cfg.NoHostname {
 		hostname = "" // the exporter leaves the label out
 	}
+	procs, watcher, err := processStage(cfg, store, simLib, log)
+	if err != nil {
+		return abort(err)
+	}
+	// A nil *procattr.Stage must reach the readers as a nil interface.
+	var processes attribution.Processes
+	if procs != nil {
+		processes = procs
+	}
 	collector := exporter.NewCollector(store, exporter.Options{
 		Hostname:        hostname,
 		UseOldNamespace: cfg.UseOldNamespace,
 		Interval:        cfg.Interval,
 		Pods:            client,
+		Processes:       processes,
 		Build:           exporter.BuildInfo{Version: Version, Revision: Revision},
 		Counters:        counters,
 		DriverVersion:   sampler.DriverVersion(),
@@ -235,7 +249,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	)
 	var push *pushServer
 	if grpcLn != nil {
-		if push, err = newPushServer(cfg, store, client, log.With("component", "grpc")); err != nil {
+		if push, err = newPushServer(cfg, store, client, processes, log.With("component", "grpc")); err != nil {
 			return abort(err)
 		}
 		push.ln = grpcLn
@@ -251,6 +265,12 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 
 	g.Go(func() error { return sampler.Run(gctx) })
 	g.Go(func() error { return client.Run(gctx) })
+	if watcher != nil {
+		g.Go(func() error { return watcher.Run(gctx) })
+	}
+	if procs != nil {
+		g.Go(func() error { return procs.Run(gctx) })
+	}
 	if push != nil {
 		push.run(gctx, g)
 	}
@@ -262,6 +282,38 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	err = g.Wait()
 	log.Info("stopped")
 	return err
+}
+
+// processStage builds what maps GPU processes to pods: on --simulate the
+// simulated node's procfs and pod table; otherwise --path.procfs and, with
+// --kubernetes.pod-watch, a watch of this node's pods (returned to be run).
+// Without names (no cluster, or the watch off) it returns nil and says so
+// once: every pod of a shared GPU then sees the device's values, as before.
+func processStage(cfg *Config, store *telemetry.Store, simLib *sim.Library, log *slog.Logger) (*procattr.Stage, *podwatch.Watcher, error) {
+	plog := log.With("component", "processes")
+	if simLib != nil {
+		if cfg.PodWatch && cfg.Kubeconfig != "" {
+			plog.Info("--simulate names its own pods; the pod watch is off")
+		}
+		return procattr.New(store, procpod.NewResolverFS(simLib.ProcFS()), SimulatedNames(simLib), plog), nil, nil
+	}
+	if !cfg.PodWatch {
+		plog.Info("--kubernetes.pod-watch=false: GPU processes are not attributed to pods; the pods of a shared GPU see its device-level values")
+		return nil, nil, nil
+	}
+	client, err := podwatch.NewClient(cfg.Kubeconfig)
+	if errors.Is(err, podwatch.ErrNoCluster) {
+		plog.Info("not in a cluster and no --kubeconfig: GPU processes are not attributed to pods; the pods of a shared GPU see its device-level values")
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	w, err := podwatch.New(client, cfg.NodeName, podwatch.Options{Logger: log.With("component", "podwatch")})
+	if err != nil {
+		return nil, nil, err
+	}
+	return procattr.New(store, procpod.NewResolver(cfg.ProcFS), procattr.WatcherNames{W: w}, plog), w, nil
 }
 
 func exists(path string) bool {

@@ -15,6 +15,7 @@ import (
 	"github.com/gpu-telemetry/agent/pkg/dcgmcsv"
 	"github.com/gpu-telemetry/agent/pkg/nvml"
 	"github.com/gpu-telemetry/agent/pkg/podresources"
+	"github.com/gpu-telemetry/agent/pkg/procpod"
 )
 
 // DefaultPodResourcesSocket is where the kubelet serves the pod-resources API.
@@ -42,6 +43,12 @@ type Config struct {
 	KubeletMaxStale    time.Duration // 0: keep the last good pod map forever
 	GPUResourceNames   []string      // extra GPU resource names, beyond nvidia.com/gpu, gpu.shared, mig-*
 	NodeName           string
+
+	// Per-process attribution: /proc to read GPU processes' cgroups from,
+	// and the pod watch that names the pods they are in.
+	ProcFS     string
+	Kubeconfig string // empty: in-cluster
+	PodWatch   bool
 
 	NVMLLibraryPath string
 	Simulate        int
@@ -108,6 +115,9 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (*C
 		return nil
 	})
 	fs.StringVar(&c.NodeName, "node-name", getenv("NODE_NAME"), "Value of the Hostname label; defaults to $NODE_NAME, else the host name.")
+	fs.StringVar(&c.ProcFS, "path.procfs", procpod.DefaultProcFS, "The host's procfs, to map GPU processes to pods through their cgroups (the DaemonSet mounts the host's /proc at /host/proc).")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "Kubeconfig file of the pod watch outside a cluster; empty: the pod's service account.")
+	fs.BoolVar(&c.PodWatch, "kubernetes.pod-watch", true, "Watch this node's pods (get/list/watch pods) to name the pods of GPU processes, for each pod's own share of a shared GPU; off with --simulate, which names its own.")
 	fs.StringVar(&c.NVMLLibraryPath, "nvml.library-path", "", "Path to libnvidia-ml.so.1; empty uses the dynamic loader's search path.")
 	fs.IntVar(&c.Simulate, "simulate", 0, "Simulate N T4-like GPUs instead of using NVML (and their pods, when no kubelet socket exists).")
 	fs.Int64Var(&c.SimulateSeed, "simulate.seed", 1, "Seed of the simulated GPUs' UUIDs and load curves.")
@@ -200,6 +210,12 @@ func (c *Config) Validate() error {
 	}
 	if c.PodResourcesSocket != "" && len(c.PodResourcesSocket) > 107 {
 		bad("kubelet.pod-resources-socket", c.PodResourcesSocket, "unix socket paths are limited to 107 bytes")
+	}
+	if c.ProcFS == "" {
+		bad("path.procfs", `""`, "must not be empty")
+	}
+	if c.Kubeconfig != "" && !c.PodWatch {
+		bad("kubeconfig", c.Kubeconfig, "needs --kubernetes.pod-watch")
 	}
 	if c.Simulate < 0 || c.Simulate > MaxSimulatedGPUs {
 		bad("simulate", c.Simulate, fmt.Sprintf("must be between 0 and %d", MaxSimulatedGPUs))

@@ -31,6 +31,9 @@ func TestDefaults(t *testing.T) {
 	if c.NodeName == "" {
 		t.Error("node name empty: want the host name when $NODE_NAME is unset")
 	}
+	if c.ProcFS != "/proc" || !c.PodWatch || c.Kubeconfig != "" {
+		t.Errorf("per-process defaults: --path.procfs=%q --kubernetes.pod-watch=%v --kubeconfig=%q", c.ProcFS, c.PodWatch, c.Kubeconfig)
+	}
 }
 
 func TestKubeletMaxStale(t *testing.T) {
@@ -96,6 +99,8 @@ func TestValidateNamesTheFlag(t *testing.T) {
 		{[]string{"--kubelet.max-stale=-1s"}, "--kubelet.max-stale=-1s: must not be negative"},
 		{[]string{"--kubelet.max-stale=500ms"}, "--kubelet.max-stale=500ms: must be 0 or at least --kubelet.poll-interval (1s)"},
 		{[]string{"--kubelet.gpu-resource-names=nvidia.com/t4,t4"}, "--kubelet.gpu-resource-names=t4: want <domain>/<name>"},
+		{[]string{"--path.procfs="}, `--path.procfs="": must not be empty`},
+		{[]string{"--kubernetes.pod-watch=false", "--kubeconfig=/k"}, "--kubeconfig=/k: needs --kubernetes.pod-watch"},
 	} {
 		err := parse(t, tc.args...).Validate()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/gpu-telemetry/agent/pkg/attribution"
 	"github.com/gpu-telemetry/agent/pkg/stream"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
@@ -28,7 +29,7 @@ type pushServer struct {
 	log    *slog.Logger
 }
 
-func newPushServer(cfg *Config, store *telemetry.Store, pods stream.Pods, log *slog.Logger) (*pushServer, error) {
+func newPushServer(cfg *Config, store *telemetry.Store, pods stream.Pods, procs attribution.Processes, log *slog.Logger) (*pushServer, error) {
 	tlsConf, err := cfg.GRPCTLSConfig()
 	if err != nil {
 		return nil, err
@@ -39,11 +40,12 @@ func newPushServer(cfg *Config, store *telemetry.Store, pods stream.Pods, log *s
 		store:  store,
 		log:    log,
 		stream: stream.New(store, stream.Options{
-			Node:     cfg.NodeName,
-			Interval: cfg.Interval,
-			Start:    time.Now(),
-			Pods:     pods,
-			Logger:   log,
+			Node:      cfg.NodeName,
+			Interval:  cfg.Interval,
+			Start:     time.Now(),
+			Pods:      pods,
+			Processes: procs,
+			Logger:    log,
 		}),
 	}
 	p.stream.Register(p.grpc)

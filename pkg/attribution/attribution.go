@@ -9,6 +9,9 @@
 // MPS-shared GPU collapsed to the device they replicate, pods sorted and
 // deduplicated); it adds the device identity, the reading that belongs to
 // each device, and the one rule of which devices have a current reading.
+// Given a PID-to-pod map (pkg/procattr builds it off the readers' path), it
+// also sums a GPU's processes by pod into each pod's own share, and
+// Device.PodValue is the one rule of which value a pod's series carries.
 package attribution
 
 import (
@@ -48,9 +51,15 @@ type Device struct {
 	Pods []podresources.PodRef
 	// PerPod is each pod's own share of the device's values, parallel to
 	// Pods, where per-process attribution provides it (NVML's per-PID
-	// utilization mapped to pods). Nil until then: every pod then sees
-	// the device-level Reading, and summing it over pods double-counts.
-	PerPod []telemetry.Reading
+	// figures mapped to pods; see PodValue). Nil without it: every pod
+	// then sees the device-level Reading, and summing that over pods
+	// double-counts.
+	PerPod []PodShare
+	// ProcessesAttributed is set where the GPU's processes were mapped to
+	// pods this tick (per-process data and a PID-to-pod map exist);
+	// Unattributed then counts the processes that are in none of Pods.
+	ProcessesAttributed bool
+	Unattributed        int
 }
 
 // UUID is the device's UUID: "GPU-..." or, for a MIG instance, "MIG-...".
@@ -84,8 +93,9 @@ type Assignments interface {
 
 // Attribute joins snap with the pod map a (nil: no pod holds anything).
 // Every GPU is listed, followed by the MIG instances the snapshot has a
-// reading for.
-func Attribute(snap *telemetry.Snapshot, a *podresources.Assignments) *View {
+// reading for. With pp (nil: none yet), each GPU's processes are summed
+// by pod into PerPod.
+func Attribute(snap *telemetry.Snapshot, a *podresources.Assignments, pp *ProcessPods) *View {
 	n := len(snap.Devices)
 	for i := range snap.Devices {
 		n += min(len(snap.Devices[i].MIG), len(snap.States[i].MIG))
@@ -101,6 +111,9 @@ func Attribute(snap *telemetry.Snapshot, a *podresources.Assignments) *View {
 			mig := &gpu.MIG[j]
 			v.Devices = append(v.Devices, Device{GPU: gpu, MIG: mig, State: st, Reading: &st.MIG[j], Pods: migPods(a, mig)})
 		}
+	}
+	if pp != nil {
+		attributeProcesses(v, pp)
 	}
 	return v
 }
@@ -130,25 +143,28 @@ type Snapshots interface {
 	Latest() *telemetry.Snapshot
 }
 
-// Attributor serves the view of the latest snapshot and pod map, built
-// once per pair and shared by every reader until either changes: a
-// scrape every second of a node sampled ten times a second joins only
-// the snapshots it serves.
+// Attributor serves the view of the latest snapshot, pod map and
+// PID-to-pod map, built once per triple and shared by every reader until
+// one changes: a scrape every second of a node sampled ten times a second
+// joins only the snapshots it serves. The join reads no file and calls
+// nothing: /proc is read by the stage behind Processes.
 type Attributor struct {
-	src  Snapshots
-	pods Assignments // nil: no pod attribution
-	last atomic.Pointer[cached]
+	src   Snapshots
+	pods  Assignments // nil: no pod attribution
+	procs Processes   // nil: no per-process attribution
+	last  atomic.Pointer[cached]
 }
 
 type cached struct {
 	view *View
 	a    *podresources.Assignments
+	pp   *ProcessPods
 }
 
-// NewAttributor returns an Attributor over src and pods (nil when pod
-// attribution is off).
-func NewAttributor(src Snapshots, pods Assignments) *Attributor {
-	return &Attributor{src: src, pods: pods}
+// NewAttributor returns an Attributor over src, pods (nil when pod
+// attribution is off) and procs (nil when per-process attribution is).
+func NewAttributor(src Snapshots, pods Assignments, procs Processes) *Attributor {
+	return &Attributor{src: src, pods: pods, procs: procs}
 }
 
 // Latest returns the view of the latest snapshot, or nil before the first.
@@ -162,10 +178,14 @@ func (at *Attributor) Latest() *View {
 	if at.pods != nil {
 		a = at.pods.Assignments()
 	}
-	if c := at.last.Load(); c != nil && c.view.Snapshot == snap && c.a == a {
+	var pp *ProcessPods
+	if at.procs != nil {
+		pp = at.procs.ProcessPods()
+	}
+	if c := at.last.Load(); c != nil && c.view.Snapshot == snap && c.a == a && c.pp == pp {
 		return c.view
 	}
-	v := Attribute(snap, a)
-	at.last.Store(&cached{view: v, a: a})
+	v := Attribute(snap, a, pp)
+	at.last.Store(&cached{view: v, a: a, pp: pp})
 	return v
 }

@@ -77,7 +77,7 @@ func assignments() *podresources.Assignments {
 
 func TestAttribute(t *testing.T) {
 	snap := node()
-	v := Attribute(snap, assignments())
+	v := Attribute(snap, assignments(), nil)
 	if v.Snapshot != snap {
 		t.Error("the view does not point at its snapshot")
 	}
@@ -130,7 +130,7 @@ func TestAttribute(t *testing.T) {
 // Without a pod map (kubelet not answered yet, or attribution off) every
 // device is listed, held by no pod.
 func TestAttributeWithoutPods(t *testing.T) {
-	v := Attribute(node(), nil)
+	v := Attribute(node(), nil, nil)
 	if len(v.Devices) != 7 {
 		t.Fatalf("%d devices, want 7", len(v.Devices))
 	}
@@ -146,7 +146,7 @@ func TestAttributeWithoutPods(t *testing.T) {
 func TestAttributeMIGWithoutReading(t *testing.T) {
 	snap := node()
 	snap.States[3].MIG = snap.States[3].MIG[:1]
-	v := Attribute(snap, assignments())
+	v := Attribute(snap, assignments(), nil)
 	for _, d := range v.Devices {
 		if d.UUID() == migB {
 			t.Errorf("MIG instance without a reading listed")
@@ -173,7 +173,7 @@ func TestAttributeComputeInstances(t *testing.T) {
 		pod("ml", "twice", "worker", "nvidia.com/mig-1c.3g.20gb", migB, migB2),
 	}}, r)
 	var got []podresources.PodRef
-	for _, d := range Attribute(snap, a).Devices {
+	for _, d := range Attribute(snap, a, nil).Devices {
 		if d.UUID() == migB2 {
 			t.Errorf("the second compute instance has a device of its own")
 		}
@@ -191,7 +191,7 @@ func TestAttributeComputeInstances(t *testing.T) {
 func TestAttributeStalled(t *testing.T) {
 	snap := node()
 	snap.States[0].Stalled = true
-	v := Attribute(snap, assignments())
+	v := Attribute(snap, assignments(), nil)
 	if d := v.Devices[0]; d.UUID() != uuidWhole || d.Current() || !d.Stalled() {
 		t.Errorf("stalled GPU: %s current %v stalled %v; want listed, not current", d.UUID(), d.Current(), d.Stalled())
 	}
@@ -212,7 +212,7 @@ func (p *pods) Assignments() *podresources.Assignments { return p.a }
 // when either changes.
 func TestAttributorCachesPerPair(t *testing.T) {
 	src, p := &store{}, &pods{a: assignments()}
-	at := NewAttributor(src, p)
+	at := NewAttributor(src, p, nil)
 	if at.Latest() != nil {
 		t.Fatal("a view before the first snapshot")
 	}
@@ -233,7 +233,7 @@ func TestAttributorCachesPerPair(t *testing.T) {
 	if v3 := at.Latest(); v3 == v2 || v3.Snapshot != src.snap {
 		t.Error("new snapshot not joined")
 	}
-	if NewAttributor(src, nil).Latest().Devices[0].Pods != nil {
+	if NewAttributor(src, nil, nil).Latest().Devices[0].Pods != nil {
 		t.Error("pods without a pod source")
 	}
 }

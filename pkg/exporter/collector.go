@@ -45,7 +45,11 @@ type Options struct {
 	Hostname string // the Hostname label: the node's name; "" leaves it out (--no-hostname)
 	Interval time.Duration
 	Pods     Pods // nil when pod attribution is off
-	Build    BuildInfo
+	// Processes maps GPU processes to pods (nil: off). With it, a pod's
+	// series of the fields NVML reports per process carry the pod's own
+	// share, and the device-level series is served beside them.
+	Processes attribution.Processes
+	Build     BuildInfo
 
 	// Counters is a dcgm-exporter field list (its -f file): if not nil,
 	// only the listed fields are served (the agent's own families always
@@ -76,9 +80,12 @@ type Collector struct {
 	dcgm                            []*family
 	xid                             *family
 	encSessions, encFPS, encLatency *family
-	samplingPeriod                  *family
-	windowMax, windowMean, windowN  *family
-	families                        []*family
+	// The per-pod encoder families, by codec: only on pod series of a GPU
+	// with per-pod values.
+	podEncSessions, podEncFPS, podEncLatency *family
+	samplingPeriod                           *family
+	windowMax, windowMean, windowN           *family
+	families                                 []*family
 
 	deviceUp, fieldSupported, readErrors, xidTotal *prometheus.Desc
 	deviceStalled, migReadErrors                   *prometheus.Desc
@@ -88,6 +95,7 @@ type Collector struct {
 	kubeletExpired                                 *prometheus.Desc
 	kubeletRefreshes, kubeletFailures, unresolved  *prometheus.Desc
 	buildInfo                                      *prometheus.Desc
+	unattributed                                   *prometheus.Desc
 }
 
 // NewCollector returns a collector over src.
@@ -117,14 +125,20 @@ func NewCollector(src Snapshots, opts Options) *Collector {
 	newFamily := l.newFamily
 	c := &Collector{
 		src:    src,
-		views:  attribution.NewAttributor(src, pods),
+		views:  attribution.NewAttributor(src, pods, opts.Processes),
 		opts:   opts,
 		layout: l,
 		extra:  extra,
 
-		encSessions: newFamily(name("encoder_sessions"), "Active NVENC encoder sessions.", prometheus.GaugeValue),
-		encFPS:      newFamily(name("encoder_fps"), "Average frames per second over the active encoder sessions.", prometheus.GaugeValue),
-		encLatency:  newFamily(name("encoder_latency_seconds"), "Average encode latency over the active encoder sessions.", prometheus.GaugeValue),
+		encSessions:    newFamily(name("encoder_sessions"), "Active NVENC encoder sessions.", prometheus.GaugeValue),
+		encFPS:         newFamily(name("encoder_fps"), "Average frames per second over the active encoder sessions.", prometheus.GaugeValue),
+		encLatency:     newFamily(name("encoder_latency_seconds"), "Average encode latency over the active encoder sessions.", prometheus.GaugeValue),
+		podEncSessions: newFamily(name("pod_encoder_sessions"), "The pod's own active NVENC encoder sessions, by codec.", prometheus.GaugeValue, "codec"),
+		podEncFPS: newFamily(name("pod_encoder_fps"),
+			"Average frames per second over the pod's own encoder sessions of the codec.", prometheus.GaugeValue, "codec"),
+		podEncLatency: newFamily(name("pod_encoder_latency_seconds"),
+			"Encode latency of the pod's own sessions of the codec: the mean over sessions (stat=mean) or the worst session's (stat=max).",
+			prometheus.GaugeValue, "codec", "stat"),
 		samplingPeriod: newFamily(name("utilization_sampling_period_seconds"),
 			"Period over which the driver computed the engine's utilization.", prometheus.GaugeValue, "engine"),
 		windowMax: newFamily(name("utilization_window_max_ratio"),
@@ -155,6 +169,8 @@ func NewCollector(src Snapshots, opts Options) *Collector {
 		kubeletRefreshes: prometheus.NewDesc(name("kubelet_refreshes_total"), "Successful pod-resources List calls.", nil, nil),
 		kubeletFailures:  prometheus.NewDesc(name("kubelet_refresh_failures_total"), "Failed pod-resources List calls.", nil, nil),
 		unresolved:       prometheus.NewDesc(name("kubelet_unresolved_devices"), "NVIDIA device IDs in the kubelet's answer that match no GPU on this node.", nil, nil),
+		unattributed: prometheus.NewDesc(name("unattributed_processes"),
+			"Processes on the GPU that are in none of the pods holding it (host processes, other pods, PIDs gone before their pod was read); left out of the per-pod shares.", id, nil),
 		buildInfo: prometheus.NewDesc(name("build_info"), "Build of the running agent; always 1.",
 			[]string{"version", "revision", "goversion"}, nil),
 	}
@@ -175,7 +191,7 @@ func NewCollector(src Snapshots, opts Options) *Collector {
 		c.xid = newFamily(dcgmXIDName, dcgmXIDHelp, prometheus.GaugeValue, "err_code", "err_msg")
 		c.families = append(c.families, c.xid)
 	}
-	c.families = append(c.families, c.encSessions, c.encFPS, c.encLatency, c.samplingPeriod, c.windowMax, c.windowMean, c.windowN)
+	c.families = append(c.families, c.encSessions, c.encFPS, c.encLatency, c.podEncSessions, c.podEncFPS, c.podEncLatency, c.samplingPeriod, c.windowMax, c.windowMean, c.windowN)
 	for i, f := range c.families {
 		f.idx = i
 	}
@@ -272,6 +288,12 @@ func (c *Collector) collectAgent(e *emitter) *attribution.View {
 	for i := range snap.Devices {
 		c.collectHealth(e, &snap.Devices[i], &snap.States[i])
 	}
+	for i := range view.Devices {
+		if d := &view.Devices[i]; d.ProcessesAttributed {
+			id := newLabelSet(c.layout.id, []string{strconv.Itoa(d.GPU.Index), d.GPU.UUID})
+			e.send(c.unattributed, prometheus.GaugeValue, id, float64(d.Unattributed))
+		}
+	}
 	return view
 }
 
@@ -336,13 +358,24 @@ func (c *Collector) collectDevice(e sink, d *attribution.Device) {
 		migBase := append(base, d.MIG.Profile, strconv.Itoa(d.MIG.GI))
 		migNames := append(c.layout.device[:len(c.layout.device):len(c.layout.device)], migLabels...)
 		for _, t := range targets(migNames, migBase, true, d.Pods, c.layout.pod) {
-			c.collectReading(e, t, d.Reading)
+			c.collectReading(e, t, d, -1)
 		}
 		return
 	}
 	st := d.State
-	for _, t := range targets(c.layout.device, base, false, d.Pods, c.layout.pod) {
-		c.collectReading(e, t, d.Reading)
+	ts := targets(c.layout.device, base, false, d.Pods, c.layout.pod)
+	if d.PerPod != nil {
+		// Pod series carry shares now, so the device's own values need a
+		// series of their own: the one without pod labels, as
+		// dcgm-exporter 4.8 serves it beside the per-process ones.
+		ts = append([]target{{labels: newLabelSet(c.layout.device, base)}}, ts...)
+	}
+	for k, t := range ts {
+		pod := -1 // the device's values
+		if t.pod && d.PerPod != nil {
+			pod = k - 1
+		}
+		c.collectReading(e, t, d, pod)
 		if c.xid != nil {
 			var last uint64
 			if st.XID != nil {
@@ -352,17 +385,42 @@ func (c *Collector) collectDevice(e sink, d *attribution.Device) {
 			e.emit(c.xid, t.with(code).with(msg), float64(last))
 		}
 		c.collectAgentDevice(e, t, st)
+		if pod >= 0 {
+			c.collectPodEncoder(e, t, &d.PerPod[pod])
+		}
 	}
 }
 
-func (c *Collector) collectReading(e sink, t target, r *telemetry.Reading) {
+// collectReading emits the dcgm-exporter families of the device's
+// values (pod < 0) or of its pod-th pod (attribution.Device.PodValue).
+func (c *Collector) collectReading(e sink, t target, d *attribution.Device, pod int) {
 	for i, m := range dcgmMetrics {
 		if c.dcgm[i] == nil {
 			continue
 		}
-		if v, ok := r.Get(m.Field); ok {
+		v, ok := d.Reading.Get(m.Field)
+		if pod >= 0 {
+			v, ok = d.PodValue(pod, m.Field)
+		}
+		if ok {
 			e.emit(c.dcgm[i], t, v*m.Scale)
 		}
+	}
+}
+
+// collectPodEncoder emits a pod's own encoder sessions, every codec
+// included: a pod with no session of one reads 0, so a pod that stops
+// encoding drops to 0 rather than vanishing.
+func (c *Collector) collectPodEncoder(e sink, t target, s *attribution.PodShare) {
+	if !s.Has.Has(telemetry.EncSessions) {
+		return // the GPU has no encoder sessions to report, or they failed this tick
+	}
+	for codec, enc := range s.Encoder {
+		tc := t.with(codecPairs[codec])
+		e.emit(c.podEncSessions, tc, float64(enc.Sessions))
+		e.emit(c.podEncFPS, tc, enc.FPS)
+		e.emit(c.podEncLatency, tc.with(statMean), enc.LatencyMean)
+		e.emit(c.podEncLatency, tc.with(statMax), enc.LatencyMax)
 	}
 }
 

@@ -489,7 +489,8 @@ func TestEveryMetricIsDocumented(t *testing.T) {
 	names = append(names, DCGMNames()...)
 	names = append(names, "gpu_agent_read_errors_total", "gpu_agent_encoder_fps", "gpu_agent_encoder_sessions",
 		"gpu_agent_utilization_sampling_period_seconds", "gpu_agent_kubelet_refresh_failures_total",
-		"gpu_agent_mig_read_errors_total")
+		"gpu_agent_mig_read_errors_total", "gpu_agent_pod_encoder_sessions", "gpu_agent_pod_encoder_fps",
+		"gpu_agent_pod_encoder_latency_seconds", "gpu_agent_unattributed_processes")
 	for _, n := range names {
 		if !strings.Contains(string(readme), "`"+n+"`") {
 			t.Errorf("metric %s is not documented in README.md (as `%s`)", n, n)

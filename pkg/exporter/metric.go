@@ -52,6 +52,9 @@ func staticPairs[T ~uint8](name string, n T, value func(T) string) []*dto.LabelP
 var (
 	enginePairs = staticPairs("engine", telemetry.NumEngines, telemetry.Engine.String)
 	fieldPairs  = staticPairs("field", telemetry.NumFields, telemetry.Field.String)
+	codecPairs  = staticPairs("codec", telemetry.NumCodecs, telemetry.Codec.String)
+	// statPairs are the stat label of gpu_agent_pod_encoder_latency_seconds.
+	statMean, statMax = &dto.LabelPair{Name: new("stat"), Value: new("mean")}, &dto.LabelPair{Name: new("stat"), Value: new("max")}
 )
 
 // sample is a prometheus.Metric over a shared labelSet. It carries its own

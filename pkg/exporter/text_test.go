@@ -49,6 +49,10 @@ func TestWriteDevicesMatchesCollect(t *testing.T) {
 			o.DriverVersion = "550.54.15"
 			return o
 		}},
+		{"per-pod shares", func(o Options) Options {
+			_, o.Processes = withProcesses(snap)
+			return o
+		}},
 		{"old namespace, no host name", func(o Options) Options {
 			o.UseOldNamespace, o.Hostname, o.DriverVersion = true, "", "550.54.15"
 			return o

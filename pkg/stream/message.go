@@ -70,6 +70,9 @@ func deviceMessage(d *attribution.Device, snaps []*telemetry.Snapshot) *telemetr
 		m.Pods = make([]*telemetryv1.Pod, len(d.Pods))
 		for i, p := range d.Pods {
 			m.Pods[i] = &telemetryv1.Pod{Namespace: p.Namespace, Name: p.Pod, Container: p.Container}
+			if d.PerPod != nil && d.Current() {
+				podShare(m.Pods[i], d, i)
+			}
 		}
 	}
 	if !d.Current() {
@@ -90,6 +93,42 @@ func deviceMessage(d *attribution.Device, snaps []*telemetry.Snapshot) *telemetr
 		m.Samples = samples(d, snaps)
 	}
 	return m
+}
+
+// podShare fills the pod's own values, as the exporter's pod series carry
+// them (attribution.Device.PodValue): only the fields a pod has a share
+// of, never the device's value in their place.
+func podShare(m *telemetryv1.Pod, d *attribution.Device, i int) {
+	s := &d.PerPod[i]
+	share := func(f telemetry.Field) (float64, bool) {
+		if v, ok := d.PodValue(i, f); ok && s.Has.Has(f) {
+			return v, true
+		}
+		return 0, false
+	}
+	opt := func(f telemetry.Field) *float64 {
+		if v, ok := share(f); ok {
+			return &v
+		}
+		return nil
+	}
+	m.GpuUtil = opt(telemetry.GPUUtil)
+	m.MemCopyUtil = opt(telemetry.MemCopyUtil)
+	m.EncUtil = opt(telemetry.EncUtil)
+	m.DecUtil = opt(telemetry.DecUtil)
+	if v, ok := share(telemetry.FBUsed); ok {
+		m.FbUsedBytes = new(uint64(v))
+	}
+	if v, ok := share(telemetry.EncSessions); ok {
+		m.EncoderSessions = new(uint32(v))
+		m.EncoderFps = opt(telemetry.EncFPS)
+		m.EncoderLatencySeconds = opt(telemetry.EncLatency)
+		var worst float64
+		for _, e := range s.Encoder {
+			worst = max(worst, e.LatencyMax)
+		}
+		m.EncoderLatencyMaxSeconds = &worst
+	}
 }
 
 func value(r *telemetry.Reading, f telemetry.Field) *float64 {

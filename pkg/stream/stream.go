@@ -51,8 +51,11 @@ type Options struct {
 	Interval time.Duration // the sampling interval
 	Start    time.Time     // when the agent started (NodeSnapshot.agent_start)
 	Pods     Pods          // nil when pod attribution is off
-	Buffer   int           // per-subscriber buffer; 0 means DefaultBuffer
-	Logger   *slog.Logger
+	// Processes maps GPU processes to pods, for each pod's own share of a
+	// shared GPU; nil when per-process attribution is off.
+	Processes attribution.Processes
+	Buffer    int // per-subscriber buffer; 0 means DefaultBuffer
+	Logger    *slog.Logger
 }
 
 // Server implements telemetryv1.TelemetryServer over a store. Run must
@@ -142,7 +145,11 @@ func (s *Server) newItem(snap *telemetry.Snapshot) *item {
 		a = s.opts.Pods.Assignments()
 		it.podsStale = s.opts.Pods.Status().Stale
 	}
-	it.view = attribution.Attribute(snap, a)
+	var pp *attribution.ProcessPods
+	if s.opts.Processes != nil {
+		pp = s.opts.Processes.ProcessPods()
+	}
+	it.view = attribution.Attribute(snap, a, pp)
 	return it
 }
 

@@ -496,12 +496,29 @@ func (x *Device) GetLost() bool {
 }
 
 type Pod struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Container     string                 `protobuf:"bytes,3,opt,name=container,proto3" json:"container,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Container string                 `protobuf:"bytes,3,opt,name=container,proto3" json:"container,omitempty"`
+	// The pod's own share of the device, where NVML reports the device's
+	// figures per process and the agent maps processes to pods: the sums
+	// over the pod's processes, 0 for a pod with no process on the device
+	// this tick. Absent without per-process attribution (the device's
+	// fields are then every pod's), or when the per-process source failed
+	// this tick. Units as in Device.
+	GpuUtil     *float64 `protobuf:"fixed64,4,opt,name=gpu_util,json=gpuUtil,proto3,oneof" json:"gpu_util,omitempty"`
+	MemCopyUtil *float64 `protobuf:"fixed64,5,opt,name=mem_copy_util,json=memCopyUtil,proto3,oneof" json:"mem_copy_util,omitempty"`
+	EncUtil     *float64 `protobuf:"fixed64,6,opt,name=enc_util,json=encUtil,proto3,oneof" json:"enc_util,omitempty"`
+	DecUtil     *float64 `protobuf:"fixed64,7,opt,name=dec_util,json=decUtil,proto3,oneof" json:"dec_util,omitempty"`
+	FbUsedBytes *uint64  `protobuf:"varint,8,opt,name=fb_used_bytes,json=fbUsedBytes,proto3,oneof" json:"fb_used_bytes,omitempty"`
+	// The pod's encoder sessions over every codec: count, mean fps and
+	// mean latency over sessions, and the worst session's latency.
+	EncoderSessions          *uint32  `protobuf:"varint,9,opt,name=encoder_sessions,json=encoderSessions,proto3,oneof" json:"encoder_sessions,omitempty"`
+	EncoderFps               *float64 `protobuf:"fixed64,10,opt,name=encoder_fps,json=encoderFps,proto3,oneof" json:"encoder_fps,omitempty"`
+	EncoderLatencySeconds    *float64 `protobuf:"fixed64,11,opt,name=encoder_latency_seconds,json=encoderLatencySeconds,proto3,oneof" json:"encoder_latency_seconds,omitempty"`
+	EncoderLatencyMaxSeconds *float64 `protobuf:"fixed64,12,opt,name=encoder_latency_max_seconds,json=encoderLatencyMaxSeconds,proto3,oneof" json:"encoder_latency_max_seconds,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
 }
 
 func (x *Pod) Reset() {
@@ -553,6 +570,69 @@ func (x *Pod) GetContainer() string {
 		return x.Container
 	}
 	return ""
+}
+
+func (x *Pod) GetGpuUtil() float64 {
+	if x != nil && x.GpuUtil != nil {
+		return *x.GpuUtil
+	}
+	return 0
+}
+
+func (x *Pod) GetMemCopyUtil() float64 {
+	if x != nil && x.MemCopyUtil != nil {
+		return *x.MemCopyUtil
+	}
+	return 0
+}
+
+func (x *Pod) GetEncUtil() float64 {
+	if x != nil && x.EncUtil != nil {
+		return *x.EncUtil
+	}
+	return 0
+}
+
+func (x *Pod) GetDecUtil() float64 {
+	if x != nil && x.DecUtil != nil {
+		return *x.DecUtil
+	}
+	return 0
+}
+
+func (x *Pod) GetFbUsedBytes() uint64 {
+	if x != nil && x.FbUsedBytes != nil {
+		return *x.FbUsedBytes
+	}
+	return 0
+}
+
+func (x *Pod) GetEncoderSessions() uint32 {
+	if x != nil && x.EncoderSessions != nil {
+		return *x.EncoderSessions
+	}
+	return 0
+}
+
+func (x *Pod) GetEncoderFps() float64 {
+	if x != nil && x.EncoderFps != nil {
+		return *x.EncoderFps
+	}
+	return 0
+}
+
+func (x *Pod) GetEncoderLatencySeconds() float64 {
+	if x != nil && x.EncoderLatencySeconds != nil {
+		return *x.EncoderLatencySeconds
+	}
+	return 0
+}
+
+func (x *Pod) GetEncoderLatencyMaxSeconds() float64 {
+	if x != nil && x.EncoderLatencyMaxSeconds != nil {
+		return *x.EncoderLatencyMaxSeconds
+	}
+	return 0
 }
 
 // EngineSamples are one engine's hardware samples.
@@ -723,11 +803,31 @@ const file_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\x0f_fb_total_bytesB\x13\n" +
 	"\x11_encoder_sessionsB\x0e\n" +
 	"\f_encoder_fpsB\x1a\n" +
-	"\x18_encoder_latency_seconds\"U\n" +
+	"\x18_encoder_latency_seconds\"\x8a\x05\n" +
 	"\x03Pod\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n" +
-	"\tcontainer\x18\x03 \x01(\tR\tcontainer\"\x87\x01\n" +
+	"\tcontainer\x18\x03 \x01(\tR\tcontainer\x12\x1e\n" +
+	"\bgpu_util\x18\x04 \x01(\x01H\x00R\agpuUtil\x88\x01\x01\x12'\n" +
+	"\rmem_copy_util\x18\x05 \x01(\x01H\x01R\vmemCopyUtil\x88\x01\x01\x12\x1e\n" +
+	"\benc_util\x18\x06 \x01(\x01H\x02R\aencUtil\x88\x01\x01\x12\x1e\n" +
+	"\bdec_util\x18\a \x01(\x01H\x03R\adecUtil\x88\x01\x01\x12'\n" +
+	"\rfb_used_bytes\x18\b \x01(\x04H\x04R\vfbUsedBytes\x88\x01\x01\x12.\n" +
+	"\x10encoder_sessions\x18\t \x01(\rH\x05R\x0fencoderSessions\x88\x01\x01\x12$\n" +
+	"\vencoder_fps\x18\n" +
+	" \x01(\x01H\x06R\n" +
+	"encoderFps\x88\x01\x01\x12;\n" +
+	"\x17encoder_latency_seconds\x18\v \x01(\x01H\aR\x15encoderLatencySeconds\x88\x01\x01\x12B\n" +
+	"\x1bencoder_latency_max_seconds\x18\f \x01(\x01H\bR\x18encoderLatencyMaxSeconds\x88\x01\x01B\v\n" +
+	"\t_gpu_utilB\x10\n" +
+	"\x0e_mem_copy_utilB\v\n" +
+	"\t_enc_utilB\v\n" +
+	"\t_dec_utilB\x10\n" +
+	"\x0e_fb_used_bytesB\x13\n" +
+	"\x11_encoder_sessionsB\x0e\n" +
+	"\f_encoder_fpsB\x1a\n" +
+	"\x18_encoder_latency_secondsB\x1e\n" +
+	"\x1c_encoder_latency_max_seconds\"\x87\x01\n" +
 	"\rEngineSamples\x129\n" +
 	"\x06engine\x18\x01 \x01(\x0e2!.gputelemetry.telemetry.v1.EngineR\x06engine\x12;\n" +
 	"\asamples\x18\x02 \x03(\v2!.gputelemetry.telemetry.v1.SampleR\asamples\"F\n" +
@@ -794,6 +894,7 @@ func file_telemetry_v1_telemetry_proto_init() {
 		return
 	}
 	file_telemetry_v1_telemetry_proto_msgTypes[2].OneofWrappers = []any{}
+	file_telemetry_v1_telemetry_proto_msgTypes[3].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

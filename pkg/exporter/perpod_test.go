@@ -1,0 +1,93 @@
+package exporter
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/gpu-telemetry/agent/pkg/attribution"
+	"github.com/gpu-telemetry/agent/pkg/podresources"
+	"github.com/gpu-telemetry/agent/pkg/telemetry"
+)
+
+// withProcesses gives testSnapshot's time-sliced GPU 1 (pods media/sfu-0
+// and sfu-1) a process per pod and a host process.
+func withProcesses(snap *telemetry.Snapshot) (*telemetry.Snapshot, fixedProcesses) {
+	st := &snap.States[1]
+	st.ProcessSupport = telemetry.AllProcessData
+	st.Set(telemetry.EncUtil, 50)
+	all := telemetry.AllProcessData
+	st.Processes = []telemetry.ProcessSample{
+		{PID: 10, Has: all, SMUtil: 4, EncUtil: 20, FBUsed: 1 << 30,
+			Encoder: [telemetry.NumCodecs]telemetry.EncoderSessions{telemetry.CodecH264: {Sessions: 1, FPS: 30, LatencyMean: 0.002, LatencyMax: 0.002}}},
+		{PID: 11, Has: all, SMUtil: 7, EncUtil: 30, FBUsed: 2 << 30,
+			Encoder: [telemetry.NumCodecs]telemetry.EncoderSessions{telemetry.CodecHEVC: {Sessions: 3, FPS: 25, LatencyMean: 0.004, LatencyMax: 0.005}}},
+		{PID: 12, Has: all, SMUtil: 1}, // a host process
+	}
+	return snap, fixedProcesses{&attribution.ProcessPods{Seq: snap.Seq, Pods: map[uint32]podresources.PodRef{
+		10: {Namespace: "media", Pod: "sfu-0", Container: "sfu"},
+		11: {Namespace: "media", Pod: "sfu-1", Container: "sfu"},
+	}}}
+}
+
+type fixedProcesses struct{ pp *attribution.ProcessPods }
+
+func (f fixedProcesses) ProcessPods() *attribution.ProcessPods { return f.pp }
+
+// With per-process data, a shared GPU's pod series of the per-process
+// fields carry each pod's own share, the device-level series stays, and
+// the fields without a per-process source (power) carry the device's
+// value on every series.
+func TestPerPodShares(t *testing.T) {
+	snap, procs := withProcesses(testSnapshot())
+	c := NewCollector(snapshots{snap}, Options{Hostname: "node-a", Interval: 250 * time.Millisecond, Pods: testPods(t),
+		Processes: procs, DriverVersion: "550.54.15"})
+	const gpu1 = `DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",`
+	const labels = `device="nvidia1",gpu="1",modelName="Tesla T4",`
+	const want = `
+# HELP DCGM_FI_DEV_ENC_UTIL Encoder utilization (in %).
+# TYPE DCGM_FI_DEV_ENC_UTIL gauge
+DCGM_FI_DEV_ENC_UTIL{` + gpu1 + labels + `pci_bus_id="00000000:3C:00.0"} 50
+DCGM_FI_DEV_ENC_UTIL{` + gpu1 + `container="sfu",` + labels + `namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-0"} 20
+DCGM_FI_DEV_ENC_UTIL{` + gpu1 + `container="sfu",` + labels + `namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-1"} 30
+# HELP DCGM_FI_DEV_POWER_USAGE Power draw (in W).
+# TYPE DCGM_FI_DEV_POWER_USAGE gauge
+DCGM_FI_DEV_POWER_USAGE{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 42.5
+DCGM_FI_DEV_POWER_USAGE{` + gpu1 + labels + `pci_bus_id="00000000:3C:00.0"} 30
+DCGM_FI_DEV_POWER_USAGE{` + gpu1 + `container="sfu",` + labels + `namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-0"} 30
+DCGM_FI_DEV_POWER_USAGE{` + gpu1 + `container="sfu",` + labels + `namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-1"} 30
+DCGM_FI_DEV_POWER_USAGE{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-22222222-2222-2222-2222-222222222222",device="nvidia2",gpu="2",modelName="NVIDIA A100-SXM4-40GB",pci_bus_id="00000000:3D:00.0"} 90
+# HELP gpu_agent_unattributed_processes Processes on the GPU that are in none of the pods holding it (host processes, other pods, PIDs gone before their pod was read); left out of the per-pod shares.
+# TYPE gpu_agent_unattributed_processes gauge
+gpu_agent_unattributed_processes{UUID="GPU-11111111-1111-1111-1111-111111111111",gpu="1"} 1
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "DCGM_FI_DEV_ENC_UTIL", "DCGM_FI_DEV_POWER_USAGE", "gpu_agent_unattributed_processes"); err != nil {
+		t.Error(err)
+	}
+	const wantSessions = `
+# HELP gpu_agent_pod_encoder_sessions The pod's own active NVENC encoder sessions, by codec.
+# TYPE gpu_agent_pod_encoder_sessions gauge
+`
+	var b strings.Builder
+	b.WriteString(wantSessions)
+	for _, p := range []struct {
+		pod           string
+		h264, hevc, _ int
+	}{{"sfu-0", 1, 0, 0}, {"sfu-1", 0, 3, 0}} {
+		for _, cv := range []struct {
+			codec string
+			n     int
+		}{{"av1", 0}, {"h264", p.h264}, {"hevc", p.hevc}, {"other", 0}} {
+			b.WriteString(`gpu_agent_pod_encoder_sessions{` + gpu1 + `codec="` + cv.codec + `",container="sfu",` + labels +
+				`namespace="media",pci_bus_id="00000000:3C:00.0",pod="` + p.pod + `"} ` + string(rune('0'+cv.n)) + "\n")
+		}
+	}
+	if err := testutil.CollectAndCompare(c, strings.NewReader(b.String()), "gpu_agent_pod_encoder_sessions"); err != nil {
+		t.Error(err)
+	}
+	if n := testutil.CollectAndCount(c, "gpu_agent_pod_encoder_latency_seconds"); n != 2*4*2 {
+		t.Errorf("%d gpu_agent_pod_encoder_latency_seconds series, want 16 (2 pods, 4 codecs, mean and max)", n)
+	}
+}

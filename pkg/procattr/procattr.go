@@ -1,0 +1,172 @@
+// Package procattr maps the GPU processes of each snapshot to the pods they
+// run in: host PID to pod UID and container ID through /proc/<pid>/cgroup
+// (pkg/procpod), then to namespace, pod and container names through a name
+// source (the node's pod watch, or the simulated node's table).
+//
+// It is a stage of its own that follows the snapshot store on one goroutine,
+// so that /proc is read once per snapshot and never on a scrape or a stream
+// send: readers join each snapshot with the latest map it publishes
+// (attribution.Processes), which is map lookups. The cost per tick is one
+// cgroup file read per PID new since the last tick (procpod caches the rest);
+// a PID seen for the first time is attributed from the tick after its read,
+// at most one interval late.
+package procattr
+
+import (
+	"context"
+	"log/slog"
+	"maps"
+	"sync/atomic"
+
+	"github.com/gpu-telemetry/agent/pkg/attribution"
+	"github.com/gpu-telemetry/agent/pkg/podresources"
+	"github.com/gpu-telemetry/agent/pkg/podwatch"
+	"github.com/gpu-telemetry/agent/pkg/procpod"
+	"github.com/gpu-telemetry/agent/pkg/telemetry"
+)
+
+// Source is the snapshot store the stage follows; telemetry.Store
+// implements it.
+type Source interface {
+	Latest() *telemetry.Snapshot
+	Next() <-chan struct{}
+}
+
+// Resolver maps the PIDs of one tick to pod UIDs and container IDs;
+// procpod.Resolver implements it. Resolve is called once per snapshot with
+// every PID of it, which lets the resolver evict PIDs that are gone.
+type Resolver interface {
+	Resolve(pids []uint32) (map[uint32]procpod.Owner, error)
+}
+
+// Names turns what a cgroup path says into pod names.
+type Names interface {
+	// Ready reports whether a miss means "not a pod of this node" rather
+	// than "not known yet" (a pod watch before its first list).
+	Ready() bool
+	// Name returns the pod of o, with the container's name where known.
+	Name(o procpod.Owner) (podresources.PodRef, bool)
+}
+
+// Stage publishes the PID-to-pod map of the latest snapshot.
+type Stage struct {
+	src   Source
+	res   Resolver
+	names Names
+	log   *slog.Logger
+
+	last    atomic.Pointer[attribution.ProcessPods]
+	failing bool // Run's goroutine only: the last Resolve returned an error
+}
+
+// New returns a stage over src; log may be nil.
+func New(src Source, res Resolver, names Names, log *slog.Logger) *Stage {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Stage{src: src, res: res, names: names, log: log}
+}
+
+var _ attribution.Processes = (*Stage)(nil)
+
+// ProcessPods returns the latest map, nil before the first snapshot or
+// while the name source is not ready.
+func (s *Stage) ProcessPods() *attribution.ProcessPods { return s.last.Load() }
+
+// Run follows the store until ctx ends, resolving each snapshot it sees;
+// a snapshot published while it resolves the previous one is skipped for
+// the next (PIDs outlive ticks).
+func (s *Stage) Run(ctx context.Context) error {
+	var seq uint64
+	for {
+		next := s.src.Next()
+		snap := s.src.Latest()
+		if snap == nil || snap.Seq <= seq {
+			select {
+			case <-next:
+				continue
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		seq = snap.Seq
+		s.Update(snap)
+	}
+}
+
+// Update resolves the processes of snap and publishes the map. Run calls
+// it; it is exported for tests, and must not run concurrently with Run.
+func (s *Stage) Update(snap *telemetry.Snapshot) {
+	if !s.names.Ready() {
+		return
+	}
+	var pids []uint32
+	for i := range snap.States {
+		for _, p := range snap.States[i].Processes {
+			pids = append(pids, p.PID)
+		}
+	}
+	owners, err := s.res.Resolve(pids)
+	switch {
+	case err != nil && !s.failing:
+		// A procfs the agent may not read (no hostPID, no mount, a
+		// restrictive hidepid): logged once, the PIDs that did resolve
+		// are still used.
+		s.log.Warn("reading GPU processes' cgroups failed; their pods are not known", "err", err)
+		s.failing = true
+	case err == nil && s.failing:
+		s.log.Info("reading GPU processes' cgroups works again")
+		s.failing = false
+	}
+	pods := make(map[uint32]podresources.PodRef, len(owners))
+	for pid, o := range owners {
+		if ref, ok := s.names.Name(o); ok {
+			pods[pid] = ref
+		}
+	}
+	// An unchanged map keeps its pointer, so views cached on it stay
+	// valid until the snapshot changes.
+	if prev := s.last.Load(); prev != nil && maps.Equal(prev.Pods, pods) {
+		return
+	}
+	s.last.Store(&attribution.ProcessPods{Seq: snap.Seq, Pods: pods})
+}
+
+// WatcherNames names pods through a pod watch.
+type WatcherNames struct{ W *podwatch.Watcher }
+
+// Ready reports whether the watch has listed the node's pods.
+func (n WatcherNames) Ready() bool { return n.W.HasSynced() }
+
+// Name looks the container up first (it names the container too), then the
+// pod UID (a process in the pod's cgroup but no container's, or a container
+// the watch has not seen yet).
+func (n WatcherNames) Name(o procpod.Owner) (podresources.PodRef, bool) {
+	if o.ContainerID != "" {
+		if p, c, ok := n.W.Container(o.ContainerID); ok {
+			return podresources.PodRef{Namespace: p.Namespace, Pod: p.Name, Container: c}, true
+		}
+	}
+	if p, ok := n.W.Lookup(o.PodUID); ok {
+		return podresources.PodRef{Namespace: p.Namespace, Pod: p.Name}, true
+	}
+	return podresources.PodRef{}, false
+}
+
+// Table is a fixed name source: the simulated node's pods, or a test's.
+type Table struct {
+	Containers map[string]podresources.PodRef // by container ID
+	Pods       map[string]podresources.PodRef // by pod UID, container empty
+}
+
+// Ready is always true: the table is complete from the start.
+func (t *Table) Ready() bool { return true }
+
+// Name looks the container up, then the pod.
+func (t *Table) Name(o procpod.Owner) (podresources.PodRef, bool) {
+	if ref, ok := t.Containers[o.ContainerID]; ok && o.ContainerID != "" {
+		return ref, true
+	}
+	ref, ok := t.Pods[o.PodUID]
+	return ref, ok
+}
