@@ -410,7 +410,10 @@ func (c *Collector) collectReading(e sink, t target, d *attribution.Device, pod 
 
 // collectPodEncoder emits a pod's own encoder sessions, every codec
 // included: a pod with no session of one reads 0, so a pod that stops
-// encoding drops to 0 rather than vanishing.
+// encoding drops to 0 rather than vanishing. Frame rate and latency exist
+// only for a codec the pod has sessions of: an average over no session is
+// not 0 fps, and leaving it out keeps a node of many pods from serving a
+// dozen zero series per pod.
 func (c *Collector) collectPodEncoder(e sink, t target, s *attribution.PodShare) {
 	if !s.Has.Has(telemetry.EncSessions) {
 		return // the GPU has no encoder sessions to report, or they failed this tick
@@ -418,6 +421,9 @@ func (c *Collector) collectPodEncoder(e sink, t target, s *attribution.PodShare)
 	for codec, enc := range s.Encoder {
 		tc := t.with(codecPairs[codec])
 		e.emit(c.podEncSessions, tc, float64(enc.Sessions))
+		if enc.Sessions == 0 {
+			continue
+		}
 		e.emit(c.podEncFPS, tc, enc.FPS)
 		e.emit(c.podEncLatency, tc.with(statMean), enc.LatencyMean)
 		e.emit(c.podEncLatency, tc.with(statMax), enc.LatencyMax)

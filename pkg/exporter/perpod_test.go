@@ -87,7 +87,12 @@ gpu_agent_unattributed_processes{UUID="GPU-11111111-1111-1111-1111-111111111111"
 	if err := testutil.CollectAndCompare(c, strings.NewReader(b.String()), "gpu_agent_pod_encoder_sessions"); err != nil {
 		t.Error(err)
 	}
-	if n := testutil.CollectAndCount(c, "gpu_agent_pod_encoder_latency_seconds"); n != 2*4*2 {
-		t.Errorf("%d gpu_agent_pod_encoder_latency_seconds series, want 16 (2 pods, 4 codecs, mean and max)", n)
+	// Frame rate and latency only for the codec each pod encodes: sfu-0's
+	// h264, sfu-1's hevc.
+	if n := testutil.CollectAndCount(c, "gpu_agent_pod_encoder_latency_seconds"); n != 2*2 {
+		t.Errorf("%d gpu_agent_pod_encoder_latency_seconds series, want 4 (2 pods, one codec each, mean and max)", n)
+	}
+	if n := testutil.CollectAndCount(c, "gpu_agent_pod_encoder_fps"); n != 2 {
+		t.Errorf("%d gpu_agent_pod_encoder_fps series, want 2 (2 pods, one codec each)", n)
 	}
 }

@@ -171,13 +171,15 @@ func measure(cfg config, bin, socket string, n int) (result, error) {
 	client := newClient(n)
 	url := "http://" + a.addr + "/metrics"
 
-	// Ready, and every pod attributed: one GPU-utilization series per pod.
+	// Ready, and every pod attributed: one GPU-utilization series per pod,
+	// plus each GPU's own (the simulator reports per-process figures, so
+	// the pod series carry the pods' shares and the device series stays).
 	if err := waitFor(a, 30*time.Second, "every pod attributed", func() error {
 		_, v, err := textScrape(client, url)
 		if err != nil {
 			return err
 		}
-		if got := v["count:DCGM_FI_DEV_GPU_UTIL"]; got != float64(cfg.Pods) || v["gpu_agent_kubelet_up"] != 1 {
+		if got := v["count:DCGM_FI_DEV_GPU_UTIL"]; got != float64(cfg.Pods+cfg.GPUs) || v["gpu_agent_kubelet_up"] != 1 {
 			return fmt.Errorf("%v GPU-utilization series, kubelet_up %v: %w", got, v["gpu_agent_kubelet_up"], errNotYet)
 		}
 		return nil
