@@ -29,7 +29,7 @@ import (
 // implements it.
 type Source interface {
 	Latest() *telemetry.Snapshot
-	Next() <-chan struct{}
+	Wait(ctx context.Context, seq uint64) (*telemetry.Snapshot, error)
 }
 
 // Resolver maps the PIDs of one tick to pod UIDs and container IDs;
@@ -79,15 +79,9 @@ func (s *Stage) ProcessPods() *attribution.ProcessPods { return s.last.Load() }
 func (s *Stage) Run(ctx context.Context) error {
 	var seq uint64
 	for {
-		next := s.src.Next()
-		snap := s.src.Latest()
-		if snap == nil || snap.Seq <= seq {
-			select {
-			case <-next:
-				continue
-			case <-ctx.Done():
-				return nil
-			}
+		snap, err := s.src.Wait(ctx, seq)
+		if err != nil {
+			return nil // ctx ended: a normal stop
 		}
 		seq = snap.Seq
 		s.Update(snap)

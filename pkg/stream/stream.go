@@ -191,19 +191,20 @@ func (s *Server) unsubscribe(sub *subscriber) {
 // once and offers it to every subscriber. It never blocks on one: a full
 // buffer loses its oldest item. It returns when ctx ends or on Close.
 func (s *Server) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { // Close ends the broadcaster as ctx does
+		select {
+		case <-s.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	var seq uint64
 	for {
-		next := s.store.Next()
-		snap := s.store.Latest()
-		if snap == nil || snap.Seq <= seq {
-			select {
-			case <-next:
-				continue
-			case <-ctx.Done():
-				return nil
-			case <-s.done:
-				return nil
-			}
+		snap, err := s.store.Wait(ctx, seq)
+		if err != nil {
+			return nil // ctx ended or Close: a normal stop
 		}
 		seq = snap.Seq
 		s.mu.Lock()
