@@ -12,7 +12,7 @@ import (
 // 4 Hz history (1.5 hardware samples per engine per snapshot).
 func benchStore(b *testing.B) *Store {
 	s := NewStore(Options{StaleAfter: time.Hour, MaxWindow: time.Minute})
-	s.Retain(&Query{Window: 5 * time.Second})
+	s.Retain(&Query{Metric: EncUtil, Window: 5 * time.Second}) // BenchmarkFanIn's windowed trigger
 	for tick := range 20 {
 		at := epoch.Add(time.Duration(tick) * 250 * time.Millisecond)
 		for n := range 1000 {

@@ -184,6 +184,12 @@ func TestShareWindow(t *testing.T) {
 			t.Errorf("window %s over %s = %v, %v; want %v", c.agg, c.pattern, res, err, c.want)
 		}
 	}
+	// History is kept of the metrics asked a window of only.
+	if h := s.byName["n"].hist["GPU-T4"]; len(h.pods) != 2 {
+		t.Errorf("share histories of %d pods, want 2", len(h.pods))
+	} else if enc, sm := len(h.pods[0].series[EncUtil]), len(h.pods[0].series[GPUUtil]); enc != 3 || sm != 0 {
+		t.Errorf("share history: %d enc_util and %d gpu_util points; want 3 and 0", enc, sm)
+	}
 	// Three seconds on, the peak has left the window.
 	ingest(t, s, tick(4, 3600*time.Millisecond, 30, 12, 18))
 	if res, err := evaluate(t, s, "metric", "enc_util", "namespace", "media", "podPattern", "webrtc-0", "target", "1", "aggregation", "max", "window", "2s"); err != nil || res.Value != 12 {

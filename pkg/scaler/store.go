@@ -65,6 +65,10 @@ type Store struct {
 	// retention is the history kept, in nanoseconds: the largest window a
 	// query has asked for, so that no history is kept until one does.
 	retention atomic.Int64
+	// windowed has bit m set once a query has asked for a window of metric
+	// m: pods' share histories are kept of those metrics only (a device's
+	// are kept of every metric, its hardware samples being a handful).
+	windowed atomic.Uint32
 
 	base time.Time // the origin of the aggregates' deadlines
 	aggs aggregateSet
@@ -91,6 +95,14 @@ func NewStore(o Options) *Store {
 // Retain makes the store keep at least q's window of history (capped by
 // MaxWindow). The query cache calls it for every new query.
 func (s *Store) Retain(q *Query) {
+	if q.Window > 0 {
+		for bit := uint32(1) << q.Metric; ; {
+			cur := s.windowed.Load()
+			if cur&bit != 0 || s.windowed.CompareAndSwap(cur, cur|bit) {
+				break
+			}
+		}
+	}
 	w := int64(min(q.Window, s.opts.MaxWindow))
 	for {
 		cur := s.retention.Load()
@@ -224,7 +236,7 @@ func (s *Store) Ingest(snap *telemetryv1.NodeSnapshot) error {
 	}
 	n := s.node(snap.Node)
 	n.mu.Lock()
-	changed, err := n.ingest(snap, s.now(), s.retention.Load(), s.log)
+	changed, err := n.ingest(snap, s.now(), s.retention.Load(), uint8(s.windowed.Load()), s.log)
 	n.mu.Unlock()
 	if err != nil || !changed {
 		return err
@@ -255,7 +267,7 @@ func (s *Store) publishNodes() {
 	s.nodes.Store(&l)
 }
 
-func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention int64, log *slog.Logger) (bool, error) {
+func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention int64, windowed uint8, log *slog.Logger) (bool, error) {
 	start := snap.GetAgentStart().AsTime()
 	old := n.view.Load()
 	if old != nil {
@@ -358,7 +370,7 @@ func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention i
 		}
 		switch {
 		case shared:
-			n.shareHistory(v, h, i, horizon)
+			n.shareHistory(v, h, i, horizon, windowed)
 		case h.pods != nil:
 			h.pods = nil // the agent sends no shares any more
 		}
@@ -375,10 +387,11 @@ func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention i
 }
 
 // shareHistory records the shares of device i's pods (n.touched) in h,
-// and gives them to the view: a pod's point is its value at the
-// snapshot, its own where it had a share of the metric, the device's
-// where not. Pods no longer holding the device lose their history.
-func (n *node) shareHistory(v *view, h *devHist, i int, horizon int64) {
+// for the metrics a query has asked a window of (windowed), and gives
+// them to the view: a pod's point is its value at the snapshot, its own
+// where it had a share of the metric, the device's where not. Pods no
+// longer holding the device lose their history.
+func (n *node) shareHistory(v *view, h *devHist, i int, horizon int64, windowed uint8) {
 	dv := &v.devices[i]
 	for _, j := range n.touched {
 		pd := &v.pods[j]
@@ -393,6 +406,9 @@ func (n *node) shareHistory(v *view, h *devHist, i int, horizon int64) {
 		ph := h.of(pd.namespace, pd.name)
 		ph.seen = true
 		for m := range numMetrics {
+			if windowed&(1<<m) == 0 {
+				continue
+			}
 			switch {
 			case s.has&(1<<m) != 0:
 				ph.series[m] = append(ph.series[m], point{v.sampleTime, s.values[m]})
