@@ -196,6 +196,7 @@ func TestPushPathThreeNodes(t *testing.T) {
 	}
 	metric := spec.GetMetricSpecs()[0].GetMetricName()
 	k.waitValue(t, avg, metric, mean(all), 20*time.Second, "avg over 9 inference pods on 3 nodes")
+	checkSharedGPUPods(t, k, nodes)
 
 	// A load step on node-1's GPU 0: StreamIsActive says false first (the
 	// state), then true on the crossing.
@@ -280,5 +281,100 @@ func waitHTTP(t *testing.T, p *proc, url string) {
 			t.Fatalf("%s: %s not 200 (exited: %v, last error %v)", p.name, url, p.exited(), err)
 		}
 		time.Sleep(pollEvery)
+	}
+}
+
+// sharedPods are the simulated node's WebRTC pods, time-sharing its last
+// GPU with different encoder loads.
+var sharedPods = [2]string{"webrtc-sfu-0", "webrtc-sfu-1"}
+
+// podShares is what one node's /metrics says of the shared GPU: the
+// device-level series and each WebRTC pod's own.
+type podShares struct {
+	device struct{ enc, sm float64 }
+	pods   [2]struct{ enc, sm, latency float64 }
+}
+
+// sharedGPUShares scrapes n's agent until its shared GPU has both pods'
+// own series, and reads them; a pod's encode latency is its mean over
+// every session, from the per-codec series.
+func (n *simNode) sharedGPUShares(t *testing.T) podShares {
+	t.Helper()
+	uuid := sim.New(sim.Options{Devices: simGPUs, Seed: n.seed, Static: true}).Devices()[simGPUs-1].UUID()
+	s := n.waitMetrics(t, 10*time.Second, "the shared GPU's per-pod series", func(s samples) error {
+		for _, p := range sharedPods {
+			if _, ok := s.podSeries("gpu_agent_pod_encoder_latency_seconds", uuid, p, "stat", "mean"); !ok {
+				return fmt.Errorf("%s: no encode latency of %s", n.name, p)
+			}
+		}
+		return nil
+	})
+	var sh podShares
+	sh.device.enc, _ = s.podSeries("DCGM_FI_DEV_ENC_UTIL", uuid, "")
+	sh.device.sm, _ = s.podSeries("DCGM_FI_DEV_GPU_UTIL", uuid, "")
+	for i, p := range sharedPods {
+		sh.pods[i].enc, _ = s.podSeries("DCGM_FI_DEV_ENC_UTIL", uuid, p)
+		sh.pods[i].sm, _ = s.podSeries("DCGM_FI_DEV_GPU_UTIL", uuid, p)
+		var sessions, weighted float64
+		for _, codec := range []string{"h264", "hevc", "av1", "other"} {
+			c, _ := s.podSeries("gpu_agent_pod_encoder_sessions", uuid, p, "codec", codec)
+			l, _ := s.podSeries("gpu_agent_pod_encoder_latency_seconds", uuid, p, "codec", codec, "stat", "mean")
+			sessions += c
+			weighted += c * l
+		}
+		if sessions > 0 {
+			sh.pods[i].latency = weighted / sessions
+		}
+	}
+	return sh
+}
+
+// checkSharedGPUPods: the scaler answers each WebRTC pod's own SM and
+// encoder utilization and encode latency, as the agents' /metrics show
+// them, not the GPU's they share; and the pods' shares add up to the
+// GPUs' values.
+func checkSharedGPUPods(t *testing.T, k kedaClient, nodes []*simNode) {
+	t.Helper()
+	var per [2]struct{ enc, sm, latency []float64 }
+	var deviceEnc, deviceSM float64
+	for _, n := range nodes {
+		sh := n.sharedGPUShares(t)
+		deviceEnc += sh.device.enc
+		deviceSM += sh.device.sm
+		for i := range sharedPods {
+			per[i].enc = append(per[i].enc, sh.pods[i].enc)
+			per[i].sm = append(per[i].sm, sh.pods[i].sm)
+			per[i].latency = append(per[i].latency, sh.pods[i].latency)
+		}
+	}
+	ref := func(metric, pattern, agg string) (*externalscaler.ScaledObjectRef, string) {
+		r := &externalscaler.ScaledObjectRef{Name: "webrtc", Namespace: "media", ScalerMetadata: map[string]string{
+			"metric": metric, "podPattern": pattern, "aggregation": agg, "target": "50"}}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		spec, err := k.GetMetricSpec(ctx, r)
+		if err != nil || len(spec.GetMetricSpecs()) != 1 {
+			t.Fatalf("GetMetricSpec %v: %v, %v", r.ScalerMetadata, spec, err)
+		}
+		return r, spec.GetMetricSpecs()[0].GetMetricName()
+	}
+	for i, p := range sharedPods {
+		for _, c := range []struct {
+			metric string
+			want   []float64
+		}{{"enc_util", per[i].enc}, {"gpu_util", per[i].sm}, {"encoder_latency", per[i].latency}} {
+			r, name := ref(c.metric, p, "avg")
+			k.waitValue(t, r, name, mean(c.want), 10*time.Second, fmt.Sprintf("%s of %s on 3 nodes", c.metric, p))
+		}
+	}
+	t.Logf("shared GPUs of 3 nodes: device encoder %v%% and SM %v%% in all; pods' own: %+v", deviceEnc, deviceSM, per)
+	if slices.Equal(per[0].enc, per[1].enc) || slices.Equal(per[0].sm, per[1].sm) || slices.Equal(per[0].latency, per[1].latency) {
+		t.Errorf("the two WebRTC pods read the same values (%+v): the simulation should give them different loads", per)
+	}
+	// Their shares add up to their GPUs': a sum over the pods counts each
+	// shared GPU once.
+	for metric, want := range map[string]float64{"enc_util": deviceEnc, "gpu_util": deviceSM} {
+		r, name := ref(metric, "webrtc-sfu-.*", "sum")
+		k.waitValue(t, r, name, want, 10*time.Second, "sum of "+metric+" over the WebRTC pods, the shared GPUs' total")
 	}
 }

@@ -48,8 +48,9 @@ func walkQueries(t *testing.T) []*Query {
 }
 
 // walkSnapshot is a random snapshot of node: 0-3 devices, each held by
-// 0-2 pods (some not matching, some shared), some stalled, some with a
-// burst of hardware samples, at the node's clock at.
+// 0-2 pods (some not matching, some shared, some with their own shares),
+// some stalled, some with a burst of hardware samples, at the node's
+// clock at.
 func walkSnapshot(rng *rand.Rand, node string, seq uint64, at time.Time, start time.Time) *telemetryv1.NodeSnapshot {
 	var devs []*telemetryv1.Device
 	for g := range rng.IntN(4) {
@@ -73,6 +74,20 @@ func walkSnapshot(rng *rand.Rand, node string, seq uint64, at time.Time, start t
 					TimeUnixMicro: at.Add(-time.Duration(3-k) * 70 * time.Millisecond).UnixMicro(), Value: float64(rng.IntN(101))})
 			}
 			d.Samples = []*telemetryv1.EngineSamples{es}
+		}
+		if rng.IntN(2) == 0 {
+			// Per-process attribution: each pod's own share, some fields
+			// absent (no per-process source of them).
+			for _, p := range d.Pods {
+				if rng.IntN(4) > 0 {
+					enc := float64(rng.IntN(51))
+					p.EncUtil = &enc
+				}
+				if rng.IntN(2) == 0 {
+					fb := uint64(rng.IntN(9))
+					p.FbUsedBytes = &fb
+				}
+			}
 		}
 		d.Stalled = rng.IntN(10) == 0
 		devs = append(devs, d)

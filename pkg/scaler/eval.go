@@ -7,16 +7,21 @@ import (
 
 // How a trigger's value is made, documented in the README:
 //
-//   - A pod's latest value is the mean of the latest readings of the
-//     devices it holds (a pod with two GPUs at 40 and 80 is at 60). A
-//     device shared by several pods counts for each of them.
+//   - A pod's value on a device is its own share (the agent's per-process
+//     attribution: the sums over the pod's processes, 0 for a pod with no
+//     process there) where the agent sent one, the device's reading where
+//     it did not. Two pods time-sharing a GPU at 30% and 50% SM are at 30
+//     and 50, not both at the device's 80.
+//   - A pod's latest value is the mean of its values on the devices it
+//     holds (a pod with two GPUs at 40 and 80 is at 60).
 //   - avg, max and p95 reduce the matching pods' values; sum adds them.
 //   - With a window, avg, max and p95 reduce every sample of the matching
-//     pods' devices within the last window of each node's clock (a 300 ms
-//     spike between two snapshots counts for max), and sum adds each pod's
-//     mean over the window. Utilizations use the driver's hardware samples
-//     when the agent sent them, the snapshots' values otherwise; the
-//     framebuffer and encoder fps and latency use the snapshots' values.
+//     pods within the last window of each node's clock (a 300 ms spike
+//     between two snapshots counts for max), and sum adds each pod's mean
+//     over the window. A device's utilizations use the driver's hardware
+//     samples when the agent sent them, the snapshots' values otherwise;
+//     the framebuffer and encoder fps and latency use the snapshots'
+//     values; a pod's own share has one point per snapshot.
 
 // partial is one node's share of a query: computed from the node's view
 // alone, so an aggregate recomputes only the node that changed.
@@ -67,10 +72,18 @@ func (s *Store) partialMatching(q *Query, v *view, match []bool) partial {
 		p.matched++
 		var sum float64
 		var n int
-		for _, di := range pd.devices {
+		for k, di := range pd.devices {
 			d := &v.devices[di]
+			// The pod's own share where the agent sent one, the device's
+			// value where not (no per-process data).
+			val, has, series := d.values[q.Metric], d.has&(1<<q.Metric) != 0, d.series[q.Metric]
+			if pd.shares != nil {
+				if sh := &pd.shares[k]; sh.has&(1<<q.Metric) != 0 {
+					val, has, series = sh.values[q.Metric], true, sh.series[q.Metric]
+				}
+			}
 			if q.Window > 0 {
-				if pts := window(d.series[q.Metric], horizon); len(pts) > 0 {
+				if pts := window(series, horizon); len(pts) > 0 {
 					for _, pt := range pts {
 						sum += pt.v
 						n++
@@ -82,12 +95,12 @@ func (s *Store) partialMatching(q *Query, v *view, match []bool) partial {
 				}
 				// No history yet (the window was just asked for): the
 				// latest reading stands for the window.
-				if d.has&(1<<q.Metric) != 0 && q.Aggregation != Sum {
-					p.add(q.Aggregation, d.values[q.Metric])
+				if has && q.Aggregation != Sum {
+					p.add(q.Aggregation, val)
 				}
 			}
-			if d.has&(1<<q.Metric) != 0 {
-				sum += d.values[q.Metric]
+			if has {
+				sum += val
 				n++
 			}
 		}

@@ -12,7 +12,7 @@ import (
 // 4 Hz history (1.5 hardware samples per engine per snapshot).
 func benchStore(b *testing.B) *Store {
 	s := NewStore(Options{StaleAfter: time.Hour, MaxWindow: time.Minute})
-	s.Retain(&Query{Window: 5 * time.Second})
+	s.Retain(&Query{Metric: EncUtil, Window: 5 * time.Second}) // BenchmarkFanIn's windowed trigger
 	for tick := range 20 {
 		at := epoch.Add(time.Duration(tick) * 250 * time.Millisecond)
 		for n := range 1000 {
@@ -124,6 +124,36 @@ func BenchmarkIngest(b *testing.B) {
 	devs := make([]*telemetryv1.Device, 8)
 	for g := range devs {
 		devs[g] = dev(fmt.Sprintf("GPU-7-%d", g), 50, fmt.Sprintf("default/inference-0007-%d", g))
+	}
+	b.ReportAllocs()
+	seq := uint64(100)
+	for b.Loop() {
+		seq++
+		if err := s.Ingest(snap("node-0007", seq, epoch.Add(time.Duration(seq)*250*time.Millisecond), devs...)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkIngestShares is BenchmarkIngest where every GPU is time-shared
+// by two pods and the agent sends each one's own share (GPU, memory,
+// encoder and decoder utilization, framebuffer, encoder figures), kept
+// with the window's history: the cost of per-pod shares on ingest.
+func BenchmarkIngestShares(b *testing.B) {
+	s := benchStore(b)
+	_, _, cancel := s.Watch(mustQuery(b, "metric", "gpu_util", "podPattern", "inference-.*", "target", "70", "activationTarget", "50"))
+	defer cancel()
+	devs := make([]*telemetryv1.Device, 8)
+	for g := range devs {
+		devs[g] = dev(fmt.Sprintf("GPU-7-%d", g), 50)
+		used, total := uint64(4<<30), uint64(16<<30)
+		devs[g].FbUsedBytes, devs[g].FbTotalBytes = &used, &total
+		for k := range 2 {
+			u, fb, n, fps, lat := float64(20+10*k), uint64(2<<30), uint32(3), 30.0, 0.004
+			devs[g].Pods = append(devs[g].Pods, &telemetryv1.Pod{Namespace: "default", Name: fmt.Sprintf("inference-0007-%d-%d", g, k), Container: "c",
+				GpuUtil: &u, MemCopyUtil: &u, EncUtil: &u, DecUtil: &u, FbUsedBytes: &fb,
+				EncoderSessions: &n, EncoderFps: &fps, EncoderLatencySeconds: &lat, EncoderLatencyMaxSeconds: &lat})
+		}
 	}
 	b.ReportAllocs()
 	seq := uint64(100)

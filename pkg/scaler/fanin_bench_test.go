@@ -48,10 +48,12 @@ func envInt(name string, def int) int {
 }
 
 // runFleet serves FANIN_AGENTS agents of FANIN_GPUS GPUs each, publishing
-// at FANIN_HZ, prints their addresses on one line, and runs until stdin
-// closes (the benchmark ended or died).
+// at FANIN_HZ, with each pod's own share when FANIN_SHARES=1, prints their
+// addresses on one line, and runs until stdin closes (the benchmark ended
+// or died).
 func runFleet() {
 	n, gpus, hz := envInt("FANIN_AGENTS", 1000), envInt("FANIN_GPUS", 8), envInt("FANIN_HZ", 4)
+	shares := envInt("FANIN_SHARES", 0) > 0
 	fleet := make([]*scalertest.Agent, n)
 	addrs := make([]string, n)
 	for i := range fleet {
@@ -76,6 +78,15 @@ func runFleet() {
 					d := scalertest.Device(fmt.Sprintf("GPU-%04d-%d", i, g), u, fmt.Sprintf("default/inference-%04d-%d", i, g))
 					used, total := uint64(4<<30), uint64(15<<30)
 					d.FbUsedBytes, d.FbTotalBytes = &used, &total
+					if shares {
+						// Per-process attribution on: the pod's own share of
+						// every field, as the agent sends it.
+						pu, sessions, fps, lat := u*0.9, uint32(4), 30.0, 0.003
+						for _, p := range d.Pods {
+							p.GpuUtil, p.MemCopyUtil, p.EncUtil, p.DecUtil, p.FbUsedBytes = &pu, &pu, &pu, &pu, &used
+							p.EncoderSessions, p.EncoderFps, p.EncoderLatencySeconds, p.EncoderLatencyMaxSeconds = &sessions, &fps, &lat, &lat
+						}
+					}
 					// The driver's samples since the last message: about 1.5
 					// per engine at 4 Hz with a 1/6 s sample period.
 					for e := telemetryv1.Engine_ENGINE_GPU; e <= telemetryv1.Engine_ENGINE_DECODER; e++ {

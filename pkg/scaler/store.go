@@ -65,6 +65,10 @@ type Store struct {
 	// retention is the history kept, in nanoseconds: the largest window a
 	// query has asked for, so that no history is kept until one does.
 	retention atomic.Int64
+	// windowed has bit m set once a query has asked for a window of metric
+	// m: pods' share histories are kept of those metrics only (a device's
+	// are kept of every metric, its hardware samples being a handful).
+	windowed atomic.Uint32
 
 	base time.Time // the origin of the aggregates' deadlines
 	aggs aggregateSet
@@ -91,6 +95,14 @@ func NewStore(o Options) *Store {
 // Retain makes the store keep at least q's window of history (capped by
 // MaxWindow). The query cache calls it for every new query.
 func (s *Store) Retain(q *Query) {
+	if q.Window > 0 {
+		for bit := uint32(1) << q.Metric; ; {
+			cur := s.windowed.Load()
+			if cur&bit != 0 || s.windowed.CompareAndSwap(cur, cur|bit) {
+				break
+			}
+		}
+	}
 	w := int64(min(q.Window, s.opts.MaxWindow))
 	for {
 		cur := s.retention.Load()
@@ -112,6 +124,9 @@ type node struct {
 
 	mu   sync.Mutex // one writer at a time (two addresses may claim a node)
 	hist map[string]*devHist
+	// touched is the pods of the device being ingested, indices into the
+	// new view's pods; reused, under mu.
+	touched []int32
 }
 
 // view is what evaluations read of a node: immutable once published.
@@ -137,6 +152,24 @@ type device struct {
 type pod struct {
 	namespace, name string
 	devices         []int32 // indices into view.devices
+	// shares[k] is the pod's own share of devices[k] (the agent's
+	// per-process attribution), where a field is absent the device's
+	// value stands for it; nil when the snapshot carries no share at all.
+	shares []share
+}
+
+// share is one pod's own part of one device, as the agent's Pod message
+// carries it: the sums over the pod's processes, 0 for a pod with no
+// process there this tick.
+type share struct {
+	values [numMetrics]float64
+	has    uint8 // bit m: values[m] is the pod's own
+	// sessions weighs the encoder fps and latency, means over sessions,
+	// when two containers of the pod hold the device.
+	sessions uint32
+	// series[m] is the history of the pod's value of metric m on the
+	// device, one point per snapshot that had a share; oldest first.
+	series [numMetrics][]point
 }
 
 type point struct {
@@ -149,6 +182,34 @@ type point struct {
 // start, so readers of older views never see a write.
 type devHist struct {
 	series [numMetrics][]point
+	pods   []*podHist // the shares' histories, by pod holding the device
+}
+
+// podHist is the writer's side of a pod's share history on one device.
+type podHist struct {
+	namespace, name string
+	series          [numMetrics][]point
+	seen            bool // the pod holds the device in the snapshot being ingested
+}
+
+// find returns the history of the pod namespace/name, nil if none.
+func (h *devHist) find(namespace, name string) *podHist {
+	for _, p := range h.pods {
+		if p.name == name && p.namespace == namespace {
+			return p
+		}
+	}
+	return nil
+}
+
+// of returns the history of the pod namespace/name, made if new.
+func (h *devHist) of(namespace, name string) *podHist {
+	if p := h.find(namespace, name); p != nil {
+		return p
+	}
+	p := &podHist{namespace: namespace, name: name}
+	h.pods = append(h.pods, p)
+	return p
 }
 
 // engineMetric is the metric of an engine's hardware samples: a switch,
@@ -175,7 +236,7 @@ func (s *Store) Ingest(snap *telemetryv1.NodeSnapshot) error {
 	}
 	n := s.node(snap.Node)
 	n.mu.Lock()
-	changed, err := n.ingest(snap, s.now(), s.retention.Load(), s.log)
+	changed, err := n.ingest(snap, s.now(), s.retention.Load(), uint8(s.windowed.Load()), s.log)
 	n.mu.Unlock()
 	if err != nil || !changed {
 		return err
@@ -206,7 +267,7 @@ func (s *Store) publishNodes() {
 	s.nodes.Store(&l)
 }
 
-func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention int64, log *slog.Logger) (bool, error) {
+func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention int64, windowed uint8, log *slog.Logger) (bool, error) {
 	start := snap.GetAgentStart().AsTime()
 	old := n.view.Load()
 	if old != nil {
@@ -233,18 +294,29 @@ func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention i
 	// Every pod's device list is cut from one array, with room for one
 	// device each: a pod holds one device but for the rare pod with
 	// several (whose append then copies out). Two allocations per
-	// snapshot instead of one per pod.
-	refs := 0
+	// snapshot instead of one per pod; a third, the shares alongside,
+	// only when the agent sent any.
+	refs, shared := 0, false
 	for _, d := range snap.GetDevices() {
 		refs += len(d.GetPods())
+		for _, p := range d.GetPods() {
+			shared = shared || hasShare(p)
+		}
 	}
 	v.pods = make([]pod, 0, refs)
 	first := make([]int32, refs)
+	var firstShares []share
+	if shared {
+		firstShares = make([]share, refs)
+	}
 	horizon := v.sampleTime - retention/int64(time.Microsecond)
 	for i, d := range snap.GetDevices() {
 		dv := &v.devices[i]
 		dv.uuid = d.GetUuid()
 		readDevice(dv, d)
+		current := !d.GetStalled() && !d.GetLost()
+		fbTotal := fbTotal(d)
+		n.touched = n.touched[:0]
 		for _, p := range d.GetPods() {
 			// A node has a few pods per device: a linear search allocates
 			// nothing, where a map would on every snapshot.
@@ -252,10 +324,22 @@ func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention i
 			if j < 0 {
 				j = len(v.pods)
 				v.pods = append(v.pods, pod{namespace: p.GetNamespace(), name: p.GetName(), devices: first[j : j : j+1]})
+				if shared {
+					v.pods[j].shares = firstShares[j : j : j+1]
+				}
 			}
-			// Several containers of one pod on one device count once.
-			if ds := v.pods[j].devices; len(ds) == 0 || ds[len(ds)-1] != int32(i) {
-				v.pods[j].devices = append(v.pods[j].devices, int32(i))
+			pd := &v.pods[j]
+			// Several containers of one pod on one device count once, their
+			// shares merged.
+			if ds := pd.devices; len(ds) == 0 || ds[len(ds)-1] != int32(i) {
+				pd.devices = append(pd.devices, int32(i))
+				if shared {
+					pd.shares = append(pd.shares, share{})
+				}
+				n.touched = append(n.touched, int32(j))
+			}
+			if shared && current {
+				pd.shares[len(pd.shares)-1].add(p, fbTotal)
 			}
 		}
 		if retention <= 0 {
@@ -284,6 +368,12 @@ func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention i
 			h.series[m] = trim(h.series[m], horizon)
 			dv.series[m] = h.series[m]
 		}
+		switch {
+		case shared:
+			n.shareHistory(v, h, i, horizon, windowed)
+		case h.pods != nil:
+			h.pods = nil // the agent sends no shares any more
+		}
 	}
 	if len(n.hist) > len(v.devices) {
 		for uuid := range n.hist {
@@ -294,6 +384,99 @@ func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention i
 	}
 	n.view.Store(v)
 	return true, nil
+}
+
+// shareHistory records the shares of device i's pods (n.touched) in h,
+// for the metrics a query has asked a window of (windowed), and gives
+// them to the view: a pod's point is its value at the snapshot, its own
+// where it had a share of the metric, the device's where not. Pods no
+// longer holding the device lose their history.
+func (n *node) shareHistory(v *view, h *devHist, i int, horizon int64, windowed uint8) {
+	dv := &v.devices[i]
+	for _, j := range n.touched {
+		pd := &v.pods[j]
+		k := len(pd.devices) - 1 // device i is the pod's latest
+		s := &pd.shares[k]
+		if s.has == 0 {
+			if ph := h.find(pd.namespace, pd.name); ph != nil {
+				ph.seen = true // a tick without a share keeps the history
+			}
+			continue
+		}
+		ph := h.of(pd.namespace, pd.name)
+		ph.seen = true
+		for m := range numMetrics {
+			if windowed&(1<<m) == 0 {
+				continue
+			}
+			switch {
+			case s.has&(1<<m) != 0:
+				ph.series[m] = append(ph.series[m], point{v.sampleTime, s.values[m]})
+			case dv.has&(1<<m) != 0:
+				ph.series[m] = append(ph.series[m], point{v.sampleTime, dv.values[m]})
+			}
+			ph.series[m] = trim(ph.series[m], horizon)
+			s.series[m] = ph.series[m]
+		}
+	}
+	h.pods = slices.DeleteFunc(h.pods, func(p *podHist) bool { return !p.seen })
+	for _, p := range h.pods {
+		p.seen = false
+	}
+}
+
+// hasShare reports whether the agent sent p's own share of any metric.
+func hasShare(p *telemetryv1.Pod) bool {
+	return p.GpuUtil != nil || p.MemCopyUtil != nil || p.EncUtil != nil || p.DecUtil != nil ||
+		p.FbUsedBytes != nil || p.EncoderFps != nil || p.EncoderLatencySeconds != nil
+}
+
+// add merges p's share into s: utilizations and framebuffer add up over
+// the pod's containers, encoder fps and latency are means over their
+// sessions. fbTotal is the device's framebuffer, 0 if unknown.
+func (s *share) add(p *telemetryv1.Pod, fbTotal uint64) {
+	sum := func(m Metric, v float64) {
+		s.values[m] += v
+		s.has |= 1 << m
+	}
+	if p.GpuUtil != nil {
+		sum(GPUUtil, p.GetGpuUtil())
+	}
+	if p.MemCopyUtil != nil {
+		sum(MemCopyUtil, p.GetMemCopyUtil())
+	}
+	if p.EncUtil != nil {
+		sum(EncUtil, p.GetEncUtil())
+	}
+	if p.DecUtil != nil {
+		sum(DecUtil, p.GetDecUtil())
+	}
+	if p.FbUsedBytes != nil && fbTotal > 0 {
+		sum(FBUsedRatio, float64(p.GetFbUsedBytes())/float64(fbTotal))
+	}
+	n := p.GetEncoderSessions()
+	mean := func(m Metric, v float64) {
+		if s.has&(1<<m) != 0 && s.sessions+n > 0 {
+			v = (s.values[m]*float64(s.sessions) + v*float64(n)) / float64(s.sessions+n)
+		}
+		s.values[m] = v
+		s.has |= 1 << m
+	}
+	if p.EncoderFps != nil {
+		mean(EncoderFPS, p.GetEncoderFps())
+	}
+	if p.EncoderLatencySeconds != nil {
+		mean(EncoderLatency, p.GetEncoderLatencySeconds())
+	}
+	s.sessions += n
+}
+
+// fbTotal is the device's framebuffer in bytes, 0 if unknown.
+func fbTotal(d *telemetryv1.Device) uint64 {
+	if d.FbTotalBytes != nil {
+		return d.GetFbTotalBytes()
+	}
+	return d.GetFbUsedBytes() + d.GetFbFreeBytes()
 }
 
 func readDevice(dv *device, d *telemetryv1.Device) {
@@ -317,11 +500,7 @@ func readDevice(dv *device, d *telemetryv1.Device) {
 		set(DecUtil, d.GetDecUtil())
 	}
 	if d.FbUsedBytes != nil {
-		total := d.GetFbTotalBytes()
-		if d.FbTotalBytes == nil {
-			total = d.GetFbUsedBytes() + d.GetFbFreeBytes()
-		}
-		if total > 0 {
+		if total := fbTotal(d); total > 0 {
 			set(FBUsedRatio, float64(d.GetFbUsedBytes())/float64(total))
 		}
 	}
