@@ -7,7 +7,8 @@ import (
 )
 
 // Every manifest file under deploy/ decodes strictly into its real Go
-// type, and so does every kustomization's build.
+// type, and so does every kustomization's build (deploy/, and deploy/
+// with components/mig-monitor).
 func TestManifestsDecodeStrictly(t *testing.T) {
 	files := manifestFiles(t)
 	if len(files) < 8 {
@@ -27,8 +28,8 @@ func TestManifestsDecodeStrictly(t *testing.T) {
 			t.Errorf("%s: no object", f)
 		}
 	}
-	for _, dir := range []string{repo + "/deploy", migOverlay(t)} {
-		objs := kustomize(t, dir)
+	for _, dir := range []string{"deploy", "mig"} {
+		objs := kustomized(t, dir)
 		kinds := byKind(objs)
 		for _, k := range []string{"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "Deployment", "PodDisruptionBudget", "Service", "ServiceMonitor", "PrometheusRule"} {
 			if len(kinds[k]) == 0 {
