@@ -39,6 +39,8 @@ type deployment struct {
 	scaler    bool // the scaler is expected
 	migOn     bool // the MIG monitor capability is expected
 	webConfig bool // --web.config.file is expected
+
+	noServiceMonitor bool // the ServiceMonitors are off
 }
 
 // container returns the named container of a pod spec.
@@ -395,9 +397,12 @@ func checkConsistent(t *testing.T, d deployment) {
 			sm = s
 		}
 	}
-	if sm == nil {
+	switch {
+	case sm == nil && !d.noServiceMonitor:
 		t.Error("no ServiceMonitor selects the agents' metrics Service")
-	} else {
+	case sm != nil && d.noServiceMonitor:
+		t.Errorf("ServiceMonitor %s with the ServiceMonitors off", sm.Name)
+	case sm != nil:
 		if len(sm.Spec.Endpoints) != 1 || sm.Spec.Endpoints[0].Port != mp.Name {
 			t.Errorf("ServiceMonitor %s endpoints %+v: want the Service's port %q", sm.Name, sm.Spec.Endpoints, mp.Name)
 		} else {
