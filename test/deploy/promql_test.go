@@ -14,6 +14,7 @@ import (
 
 	kedav1alpha1 "github.com/kedacore/keda/v2/apis/keda/v1alpha1"
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql/parser"
 	sigsyaml "sigs.k8s.io/yaml"
@@ -148,7 +149,7 @@ func checkExpr(t *testing.T, expr string) []error {
 	for _, sel := range parser.ExtractSelectors(e) {
 		var name string
 		for _, m := range sel {
-			if m.Name == labels.MetricName && m.Type == labels.MatchEqual {
+			if m.Name == model.MetricNameLabel && m.Type == labels.MatchEqual {
 				name = m.Value
 			}
 		}
@@ -167,7 +168,7 @@ func checkExpr(t *testing.T, expr string) []error {
 			continue
 		}
 		for _, m := range sel {
-			if m.Name == labels.MetricName || fam.labels[m.Name] || slices.Contains(targetLabels, m.Name) {
+			if m.Name == model.MetricNameLabel || fam.labels[m.Name] || slices.Contains(targetLabels, m.Name) {
 				continue
 			}
 			// A matcher that matches the empty string selects series
