@@ -8,7 +8,7 @@ VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 REVISION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -X $(PKG)/internal/agent.Version=$(VERSION) -X $(PKG)/internal/agent.Revision=$(REVISION)
 
-.PHONY: build build-scaler run test lint e2e golden bench bench-go bench-fanin bench-push-fake bench-push bench-chain generate
+.PHONY: build build-scaler run test test-deploy lint e2e golden bench bench-go bench-fanin bench-push-fake bench-push bench-chain generate
 
 build: build-scaler
 	go build -ldflags '$(LDFLAGS)' -o bin/gpu-agent ./cmd/agent
@@ -21,21 +21,32 @@ build-scaler:
 run: build
 	bin/gpu-agent --simulate 4
 
+# test/deploy is its own module (helm, kustomize and the Prometheus
+# Operator's types stay out of the agent's go.mod): ./... does not reach it.
 test:
 	go test -race -count=1 ./...
+	cd test/deploy && go test -race -count=1 ./...
 
 lint:
 	go vet ./...
+	cd test/deploy && go vet ./...
 	@unformatted="$$(gofmt -l .)"; if [ -n "$$unformatted" ]; then \
 		echo "gofmt -l: these files need gofmt -w:"; echo "$$unformatted"; exit 1; fi
 	@if command -v staticcheck >/dev/null 2>&1; then \
 		echo staticcheck ./...; staticcheck ./...; \
+		echo "staticcheck ./... (test/deploy)"; cd test/deploy && staticcheck ./...; \
 	else \
 		echo "staticcheck not on PATH: skipped (go install honnef.co/go/tools/cmd/staticcheck@latest)"; \
 	fi
 
 e2e:
 	go test -race -count=1 ./test/...
+
+# The deploy/ manifests, the Helm chart, the dashboard and the Dockerfile
+# (test/deploy, its own module); -update rewrites the committed kustomize
+# builds and deploy/grafana/dashboard.md: review the diff.
+test-deploy:
+	cd test/deploy && go test -race -count=1 ./...
 
 # Rewrites test/testdata/metrics.golden from the running agent; review the diff.
 golden:

@@ -80,7 +80,6 @@ func TestDaemonSetMatchesTheAgent(t *testing.T) {
 	if !strings.Contains(strings.Join(env, ","), "NODE_NAME") {
 		t.Error("NODE_NAME not set from the Downward API: the Hostname label would be the pod's name")
 	}
-	if !strings.Contains(strings.Join(env, ","), "NVIDIA_MIG_MONITOR_DEVICES") || !strings.Contains(string(raw), "add: [SYS_ADMIN]") {
-		t.Error("MIG devices not listable from the container: NVIDIA_MIG_MONITOR_DEVICES=all needs CAP_SYS_ADMIN")
-	}
+	// NVIDIA_MIG_MONITOR_DEVICES and the CAP_SYS_ADMIN it needs are
+	// opt-in (deploy/components/mig-monitor); test/deploy checks the pair.
 }

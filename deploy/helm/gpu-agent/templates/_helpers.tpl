@@ -1,0 +1,51 @@
+{{/* The agent's name: the release's, or <release>-gpu-agent. */}}
+{{- define "gpu-agent.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The scaler's name: gpu-scaler beside gpu-agent, <name>-scaler otherwise. */}}
+{{- define "gpu-agent.scalerName" -}}
+{{- printf "%s-scaler" (include "gpu-agent.fullname" . | trimSuffix "-agent") | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "gpu-agent.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end -}}
+
+{{/* Selector labels: as deploy/'s, so that the Services and the scaler select alike. */}}
+{{- define "gpu-agent.selectorLabels" -}}
+app: {{ include "gpu-agent.fullname" . }}
+{{- end -}}
+
+{{- define "gpu-agent.scalerSelectorLabels" -}}
+app: {{ include "gpu-agent.scalerName" . }}
+{{- end -}}
+
+{{- define "gpu-agent.webConfigEnabled" -}}
+{{- if or .Values.webConfig.tls.enabled .Values.webConfig.basicAuth.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* The kubelet's probes of the web port: HTTPS and the basic auth header with the web config. */}}
+{{- define "gpu-agent.probeHTTP" -}}
+port: metrics
+{{- if .Values.webConfig.tls.enabled }}
+scheme: HTTPS
+{{- end }}
+{{- if .Values.webConfig.basicAuth.enabled }}
+httpHeaders:
+  - name: Authorization
+    value: {{ printf "Basic %s" (printf "%s:%s" .Values.webConfig.basicAuth.username .Values.webConfig.basicAuth.password | b64enc) | quote }}
+{{- end }}
+{{- end -}}
