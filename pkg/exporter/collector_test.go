@@ -100,6 +100,7 @@ func TestDCGMMetricsWithPodLabels(t *testing.T) {
 	const want = `
 # HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).
 # TYPE DCGM_FI_DEV_GPU_UTIL gauge
+DCGM_FI_DEV_GPU_UTIL{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",device="nvidia1",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0"} 12
 DCGM_FI_DEV_GPU_UTIL{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 87
 DCGM_FI_DEV_GPU_UTIL{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-0"} 12
 DCGM_FI_DEV_GPU_UTIL{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-1"} 12
@@ -110,14 +111,12 @@ DCGM_FI_DEV_FB_USED{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="G
 # HELP DCGM_FI_DEV_POWER_USAGE Power draw (in W).
 # TYPE DCGM_FI_DEV_POWER_USAGE gauge
 DCGM_FI_DEV_POWER_USAGE{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 42.5
-DCGM_FI_DEV_POWER_USAGE{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-0"} 30
-DCGM_FI_DEV_POWER_USAGE{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-1"} 30
+DCGM_FI_DEV_POWER_USAGE{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",device="nvidia1",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0"} 30
 DCGM_FI_DEV_POWER_USAGE{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-22222222-2222-2222-2222-222222222222",device="nvidia2",gpu="2",modelName="NVIDIA A100-SXM4-40GB",pci_bus_id="00000000:3D:00.0"} 90
 # HELP DCGM_FI_DEV_XID_ERRORS Value of the last XID error encountered.
 # TYPE DCGM_FI_DEV_XID_ERRORS gauge
 DCGM_FI_DEV_XID_ERRORS{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",err_code="79",err_msg="GPU has fallen off the bus",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 79
-DCGM_FI_DEV_XID_ERRORS{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",err_code="0",err_msg="No Error",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-0"} 0
-DCGM_FI_DEV_XID_ERRORS{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",err_code="0",err_msg="No Error",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-1"} 0
+DCGM_FI_DEV_XID_ERRORS{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",device="nvidia1",err_code="0",err_msg="No Error",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0"} 0
 DCGM_FI_DEV_XID_ERRORS{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-22222222-2222-2222-2222-222222222222",device="nvidia2",err_code="0",err_msg="No Error",gpu="2",modelName="NVIDIA A100-SXM4-40GB",pci_bus_id="00000000:3D:00.0"} 0
 # HELP gpu_agent_xid_errors_total XID critical errors seen since the agent started, by XID.
 # TYPE gpu_agent_xid_errors_total counter
@@ -148,7 +147,7 @@ gpu_agent_device_up{UUID="GPU-00000000-0000-0000-0000-000000000000",gpu="0"} 0
 gpu_agent_device_up{UUID="GPU-11111111-1111-1111-1111-111111111111",gpu="1"} 1
 gpu_agent_device_up{UUID="GPU-22222222-2222-2222-2222-222222222222",gpu="2"} 1
 # HELP DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION Total energy consumption since boot (in mJ).
-# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION untyped
+# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter
 `
 	// GPU 0 is lost (its energy reading must not be served as current)
 	// and GPU 1 does not support energy: no energy series at all.
@@ -224,9 +223,10 @@ gpu_agent_kubelet_last_success_timestamp_seconds 1.7e+09
 		"gpu_agent_kubelet_up", "gpu_agent_kubelet_pod_map_stale", "gpu_agent_kubelet_last_success_timestamp_seconds"); err != nil {
 		t.Error(err)
 	}
-	// Stale, the last good pod labels are still served.
-	if n := testutil.CollectAndCount(c, "DCGM_FI_DEV_GPU_UTIL"); n != 3 {
-		t.Errorf("%d GPU_UTIL series with a stale pod map, want 3 (one per pod)", n)
+	// Stale, the last good pod labels are still served: one series per
+	// pod, and the time-sliced GPU's device-level one.
+	if n := testutil.CollectAndCount(c, "DCGM_FI_DEV_GPU_UTIL"); n != 4 {
+		t.Errorf("%d GPU_UTIL series with a stale pod map, want 4 (one per pod, one for the shared GPU)", n)
 	}
 }
 
@@ -575,14 +575,14 @@ func TestOldNamespaceNoHostname(t *testing.T) {
 	const want = `
 # HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).
 # TYPE DCGM_FI_DEV_GPU_UTIL gauge
+DCGM_FI_DEV_GPU_UTIL{device="nvidia1",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0",uuid="GPU-11111111-1111-1111-1111-111111111111"} 12
 DCGM_FI_DEV_GPU_UTIL{container_name="server",device="nvidia0",gpu="0",modelName="Tesla T4",pci_bus_id="00000000:3B:00.0",pod_name="inference-0",pod_namespace="ml",uuid="GPU-00000000-0000-0000-0000-000000000000"} 87
 DCGM_FI_DEV_GPU_UTIL{container_name="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0",pod_name="sfu-0",pod_namespace="media",uuid="GPU-11111111-1111-1111-1111-111111111111"} 12
 DCGM_FI_DEV_GPU_UTIL{container_name="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0",pod_name="sfu-1",pod_namespace="media",uuid="GPU-11111111-1111-1111-1111-111111111111"} 12
 # HELP DCGM_FI_DEV_XID_ERRORS Value of the last XID error encountered.
 # TYPE DCGM_FI_DEV_XID_ERRORS gauge
 DCGM_FI_DEV_XID_ERRORS{container_name="server",device="nvidia0",err_code="999",err_msg="Unknown Error",gpu="0",modelName="Tesla T4",pci_bus_id="00000000:3B:00.0",pod_name="inference-0",pod_namespace="ml",uuid="GPU-00000000-0000-0000-0000-000000000000"} 999
-DCGM_FI_DEV_XID_ERRORS{container_name="sfu",device="nvidia1",err_code="0",err_msg="No Error",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0",pod_name="sfu-0",pod_namespace="media",uuid="GPU-11111111-1111-1111-1111-111111111111"} 0
-DCGM_FI_DEV_XID_ERRORS{container_name="sfu",device="nvidia1",err_code="0",err_msg="No Error",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0",pod_name="sfu-1",pod_namespace="media",uuid="GPU-11111111-1111-1111-1111-111111111111"} 0
+DCGM_FI_DEV_XID_ERRORS{device="nvidia1",err_code="0",err_msg="No Error",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0",uuid="GPU-11111111-1111-1111-1111-111111111111"} 0
 DCGM_FI_DEV_XID_ERRORS{device="nvidia2",err_code="0",err_msg="No Error",gpu="2",modelName="NVIDIA A100-SXM4-40GB",pci_bus_id="00000000:3D:00.0",uuid="GPU-22222222-2222-2222-2222-222222222222"} 0
 # HELP gpu_agent_device_up 1 while the GPU answers NVML, 0 once NVML reported it lost.
 # TYPE gpu_agent_device_up gauge
