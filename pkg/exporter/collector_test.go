@@ -72,6 +72,12 @@ func testSnapshot() *telemetry.Snapshot {
 		{Reading: reading(map[telemetry.Field]float64{telemetry.Power: 90}), MIG: []telemetry.Reading{reading(map[telemetry.Field]float64{telemetry.FBUsed: 1 << 30})}},
 	}
 	states[0].Windows[telemetry.EngineGPU] = telemetry.Window{Count: 90, Max: 100, Mean: 50}
+	// The slow fields, on the A100 (GPU 2): HBM, NVLink, row remapping.
+	for f, v := range map[telemetry.Field]float64{telemetry.MemoryTemp: 41, telemetry.PCIeReplay: 7,
+		telemetry.RemappedRowsCorr: 3, telemetry.RemappedRowsUnc: 1, telemetry.RowRemapFailure: 0,
+		telemetry.NVLinkBandwidth: 123456789, telemetry.VGPULicense: 1} {
+		states[2].Set(f, v)
+	}
 	states[0].XID = &telemetry.XIDCounts{Last: 79, Counts: map[uint64]uint64{31: 2, 79: 1}}
 	return &telemetry.Snapshot{Seq: 5, Time: time.Now(), Devices: devs, States: states, Window: 15 * time.Second, Ticks: 5}
 }
@@ -419,14 +425,23 @@ func TestHandler(t *testing.T) {
 	if code != http.StatusOK || !strings.HasPrefix(ctype, "application/openmetrics-text") {
 		t.Fatalf("/metrics (OpenMetrics) = %d %s", code, ctype)
 	}
-	// dcgm-exporter's names must survive OpenMetrics, which appends
-	// _total to counters: the energy series keeps its name.
-	if !regexp.MustCompile(`(?m)^DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION\{`).MatchString(body) {
+	// dcgm-exporter's counters keep their names under OpenMetrics, which
+	// wants counters named _total: typed unknown there, as expfmt does.
+	for _, re := range []string{`(?m)^DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION\{`, `(?m)^# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION unknown$`} {
+		if !regexp.MustCompile(re).MatchString(body) {
+			t.Errorf("OpenMetrics: no %s:\n%s", re, grep(body, "ENERGY"))
+		}
+	}
+	if strings.Contains(body, "ENERGY_CONSUMPTION_total") {
 		t.Errorf("energy series renamed under OpenMetrics:\n%s", grep(body, "ENERGY"))
 	}
 	code, ctype, body = get("/metrics", "text/plain")
 	if code != http.StatusOK || !strings.HasPrefix(ctype, "text/plain") || !strings.Contains(body, "DCGM_FI_DEV_GPU_UTIL{") {
 		t.Errorf("/metrics (text) = %d %s", code, ctype)
+	}
+	// The classic text format, dcgm-exporter's only one, says counter.
+	if !strings.Contains(body, "# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter\n") {
+		t.Errorf("text: energy not a counter:\n%s", grep(body, "ENERGY"))
 	}
 }
 
@@ -545,11 +560,30 @@ func TestFieldList(t *testing.T) {
 	if got := grep(scrape(t, c), "gpu_agent_encoder_latency_seconds{"); got == "" {
 		t.Error("the agent's own device families are left out")
 	}
+	// What it cannot produce is 0 in gpu_agent_field_supported, per GPU;
+	// what it can is not named there by its DCGM name.
+	supported := grep(scrape(t, c), `gpu_agent_field_supported{`)
+	for _, n := range Unsupported(fields) {
+		for _, g := range []string{`UUID="GPU-00000000-0000-0000-0000-000000000000",field="` + n + `",gpu="0"} 0`,
+			`UUID="GPU-22222222-2222-2222-2222-222222222222",field="` + n + `",gpu="2"} 0`} {
+			if !strings.Contains(supported, g) {
+				t.Errorf("no gpu_agent_field_supported{%s:\n%s", g, supported)
+			}
+		}
+	}
+	if strings.Contains(supported, `field="DCGM_FI_DEV_GPU_UTIL"`) || strings.Contains(supported, `field="DCGM_FI_DRIVER_VERSION"`) {
+		t.Errorf("a field the agent produces is reported unsupported:\n%s", supported)
+	}
 
 	// An empty list serves none of dcgm-exporter's families.
 	c = NewCollector(snapshots{testSnapshot()}, Options{Interval: time.Second, Counters: []dcgmcsv.Field{}})
 	if got := scrape(t, c); strings.Contains(got, "DCGM_") {
 		t.Errorf("an empty field list serves:\n%s", grep(got, "DCGM_"))
+	}
+	// Without a list, nothing is reported unproduced.
+	c = newTestCollector(t, testSnapshot())
+	if got := grep(scrape(t, c), `gpu_agent_field_supported{`); strings.Contains(got, `field="DCGM_`) {
+		t.Errorf("without -f: %s", got)
 	}
 }
 
@@ -592,6 +626,36 @@ gpu_agent_device_up{gpu="2",uuid="GPU-22222222-2222-2222-2222-222222222222"} 1
 `
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_XID_ERRORS", "gpu_agent_device_up"); err != nil {
 		t.Error(err)
+	}
+}
+
+// The slow fields under dcgm-exporter's names, units and types, in the
+// classic text format dcgm-exporter serves.
+func TestSlowFieldsExported(t *testing.T) {
+	c := newTestCollector(t, testSnapshot())
+	body := scrape(t, c)
+	const gpu2 = `{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-22222222-2222-2222-2222-222222222222",device="nvidia2",gpu="2",modelName="NVIDIA A100-SXM4-40GB",pci_bus_id="00000000:3D:00.0"} `
+	for _, m := range []struct {
+		name, typ, value string
+	}{
+		{"DCGM_FI_DEV_MEMORY_TEMP", "gauge", "41"},
+		{"DCGM_FI_DEV_PCIE_REPLAY_COUNTER", "counter", "7"},
+		{"DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", "counter", "3"},
+		{"DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", "counter", "1"},
+		{"DCGM_FI_DEV_ROW_REMAP_FAILURE", "gauge", "0"},
+		{"DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", "counter", "1.23456789e+08"},
+		{"DCGM_FI_DEV_VGPU_LICENSE_STATUS", "gauge", "1"},
+	} {
+		if !strings.Contains(body, "# TYPE "+m.name+" "+m.typ+"\n") {
+			t.Errorf("%s: not a %s:\n%s", m.name, m.typ, grep(body, m.name))
+		}
+		if !strings.Contains(body, m.name+gpu2+m.value+"\n") {
+			t.Errorf("%s: want %s on GPU 2:\n%s", m.name, m.value, grep(body, m.name))
+		}
+		// GPUs 0 and 1 have no value: absent, not 0.
+		if n := strings.Count(body, m.name+"{"); n != 1 {
+			t.Errorf("%s: %d series, want 1", m.name, n)
+		}
 	}
 }
 
