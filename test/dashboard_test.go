@@ -97,6 +97,14 @@ func TestGrafanaDashboard(t *testing.T) {
 			if v, ok, err := c.prom.query(other); err != nil || ok {
 				t.Errorf("%s = %v (present %v, err %v), want no result: the agent writes %s", other, v, ok, err, c.podLabel)
 			}
+			// A pod's power is its GPU's, by the README's join on gpu
+			// (the pod series of a shared GPU carry no power).
+			join := fmt.Sprintf(`sum(0 * DCGM_FI_DEV_GPU_UTIL{%[1]s="webrtc-sfu-1"} + on (instance, gpu) group_left DCGM_FI_DEV_POWER_USAGE{%[1]s=""})`, c.podLabel)
+			podPower, ok, err := c.prom.query(join)
+			gpuPower, _, _ := c.prom.query(`sum(DCGM_FI_DEV_POWER_USAGE{gpu="2"})`)
+			if err != nil || !ok || podPower != gpuPower || gpuPower == 0 {
+				t.Errorf("%s = %v (present %v, err %v), want GPU 2's power %v", join, podPower, ok, err, gpuPower)
+			}
 		})
 	}
 }
@@ -344,14 +352,13 @@ func checkDashboard(t *testing.T, p *prometheus, d grafanaDashboard, deadline ti
 			t.Errorf("missingFields lists %s, which no dashboard query uses: remove it", f)
 		}
 	}
-	// Not a failure, but what a reader of the totals should know: the
-	// agent gives a time-sliced GPU one series per pod, so the dashboard's
-	// avg and sum panels weigh such a GPU once per pod, where
-	// dcgm-exporter (without --kubernetes-virtual-gpus) writes one series.
+	// Each GPU is one series of the device-wide fields, time-sliced or
+	// not, with per-pod shares or not: "GPU Power Total" sums each GPU
+	// once, as over dcgm-exporter's one series per GPU.
 	series, _, _ := p.query(`count(DCGM_FI_DEV_POWER_USAGE)`)
 	gpus, _, _ := p.query(`count(count by (instance, gpu) (DCGM_FI_DEV_POWER_USAGE))`)
-	if series != gpus {
-		t.Logf("note: %v series for %v GPUs: \"GPU Power Total\" and \"GPU Avg. Temp\" count a time-sliced GPU once per pod", series, gpus)
+	if series != gpus || gpus == 0 {
+		t.Errorf("%v power series for %v GPUs: \"GPU Power Total\" counts a GPU more than once", series, gpus)
 	}
 	t.Logf("%d queries: %d answered, %d wait for DCGM profiling, %d on missing fields", len(queries), answered, profiling, missing)
 }

@@ -114,6 +114,24 @@ DCGM_FI_DRIVER_VERSION,    label, Driver Version
 	if out := a.output.String(); strings.Count(out, "DCGM_FI_PROF_GR_ENGINE_ACTIVE") != 1 {
 		t.Errorf("want one warning naming DCGM_FI_PROF_GR_ENGINE_ACTIVE:\n%s", out)
 	}
+	// And 0 in gpu_agent_field_supported, on every GPU.
+	var unproduced, gpus int
+	for _, x := range s {
+		switch {
+		case x.name == "gpu_agent_device_up":
+			gpus++
+		case x.name == "gpu_agent_field_supported" && x.labels["field"] == "DCGM_FI_PROF_GR_ENGINE_ACTIVE":
+			unproduced++
+			if x.value != 0 {
+				t.Errorf("%v = %v, want 0", x.labels, x.value)
+			}
+		case x.name == "gpu_agent_field_supported" && strings.HasPrefix(x.labels["field"], "DCGM_"):
+			t.Errorf("%v: only fields the agent cannot produce are named by their DCGM name", x.labels)
+		}
+	}
+	if unproduced != gpus || gpus == 0 {
+		t.Errorf("gpu_agent_field_supported{field=\"DCGM_FI_PROF_GR_ENGINE_ACTIVE\"} on %d of %d GPUs", unproduced, gpus)
+	}
 }
 
 func TestDCGMExporterMalformedFieldList(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -146,8 +147,14 @@ type mockProfile struct {
 			EnergyMJ      uint64 `yaml:"total_energy_consumption_mj"`
 		} `yaml:"power"`
 		Thermal struct {
-			TemperatureGPUC int `yaml:"temperature_gpu_c"`
+			TemperatureGPUC    int `yaml:"temperature_gpu_c"`
+			TemperatureMemoryC int `yaml:"temperature_memory_c"`
 		} `yaml:"thermal"`
+		RemappedRows struct {
+			Correctable     int  `yaml:"correctable"`
+			Uncorrectable   int  `yaml:"uncorrectable"`
+			FailureOccurred bool `yaml:"failure_occurred"`
+		} `yaml:"remapped_rows"`
 		Clocks struct {
 			SMCurrent     int `yaml:"sm_current"`
 			MemoryCurrent int `yaml:"memory_current"`
@@ -245,6 +252,14 @@ var fieldMetrics = map[string]string{
 	"enc_latency":         "gpu_agent_encoder_latency_seconds",
 	"enc_sampling_period": "gpu_agent_utilization_sampling_period_seconds",
 	"dec_sampling_period": "gpu_agent_utilization_sampling_period_seconds",
+	// The slow fields.
+	"memory_temperature":          "DCGM_FI_DEV_MEMORY_TEMP",
+	"pcie_replay":                 "DCGM_FI_DEV_PCIE_REPLAY_COUNTER",
+	"remapped_rows_correctable":   "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS",
+	"remapped_rows_uncorrectable": "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS",
+	"row_remap_failure":           "DCGM_FI_DEV_ROW_REMAP_FAILURE",
+	"vgpu_license":                "DCGM_FI_DEV_VGPU_LICENSE_STATUS",
+	"nvlink_bandwidth":            "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL",
 }
 
 // checkNode asserts what every mock node serves: each profile GPU with
@@ -320,9 +335,16 @@ func checkNode(t *testing.T, n *mockNode, s samples) {
 }
 
 func TestMockNVMLProfiles(t *testing.T) {
-	for _, tc := range []struct{ name, file string }{
-		{"T4", "mock-nvml-config-t4.yaml"},
-		{"H100", "mock-nvml-config-h100.yaml"},
+	for _, tc := range []struct {
+		name, file string
+		// unsupported are the fields the profile does not model: no
+		// vGPU licensing in either (its calls are stubs answering
+		// NOT_SUPPORTED, as bare metal does), no NVLink fabric on the T4.
+		unsupported []string
+		nvlink      bool
+	}{
+		{"T4", "mock-nvml-config-t4.yaml", []string{"vgpu_license", "nvlink_bandwidth"}, false},
+		{"H100", "mock-nvml-config-h100.yaml", []string{"vgpu_license"}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := startMockNode(t, tc.file, nil)
@@ -334,9 +356,42 @@ func TestMockNVMLProfiles(t *testing.T) {
 			})
 			checkNode(t, n, s)
 			for _, sup := range s.series("gpu_agent_field_supported") {
-				if sup.value != 1 && sup.labels["field"] != "fb_total" {
-					t.Errorf("GPU %s: %s unsupported; the %s profile models every field the agent reads", sup.labels["UUID"], sup.labels["field"], tc.name)
+				if sup.labels["field"] == "fb_total" {
+					continue // served only as part of the others
 				}
+				if want := !slices.Contains(tc.unsupported, sup.labels["field"]); (sup.value == 1) != want {
+					t.Errorf("GPU %s: %s supported %v, want %v: the %s profile models every field but %v", sup.labels["UUID"], sup.labels["field"], sup.value, want, tc.name, tc.unsupported)
+				}
+			}
+			// The slow fields, from the profile, through the real cgo
+			// calls (GetFieldValues, GetPcieReplayCounter, GetRemappedRows).
+			uuid := n.profile.Devices[0].UUID
+			dd := n.profile.DeviceDefaults
+			rr := dd.RemappedRows
+			for metric, want := range map[string]float64{
+				"DCGM_FI_DEV_MEMORY_TEMP":                 float64(dd.Thermal.TemperatureMemoryC),
+				"DCGM_FI_DEV_PCIE_REPLAY_COUNTER":         0, // the mock's counter is always 0
+				"DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS":   float64(rr.Correctable),
+				"DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS": float64(rr.Uncorrectable),
+				"DCGM_FI_DEV_ROW_REMAP_FAILURE":           map[bool]float64{false: 0, true: 1}[rr.FailureOccurred],
+			} {
+				if got := s.get(metric, uuid); got != want {
+					t.Errorf("%s on GPU 0 = %v, want the profile's %v", metric, got, want)
+				}
+			}
+			if dd.Thermal.TemperatureMemoryC == 0 {
+				t.Error("the profile has no memory temperature: the check above proves nothing")
+			}
+			if tc.nvlink {
+				// The mock's NVLink data counters accrue with time: the
+				// total grows from one slow period to the next.
+				first := s.get("DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", uuid)
+				n.waitMetrics(t, 10*time.Second, "the NVLink counter to grow", func(s samples) error {
+					if v := s.get("DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", uuid); v <= first {
+						return fmt.Errorf("NVLink total %v, first %v", v, first)
+					}
+					return nil
+				})
 			}
 
 			// A load step through the override file shows within two

@@ -171,3 +171,47 @@ func TestPrometheusScrape(t *testing.T) {
 		}
 	}
 }
+
+// TestPrometheusCounters: dcgm-exporter's counters (energy, PCIe replays)
+// are counters again, and a real Prometheus, which asks for OpenMetrics
+// first, still finds them under dcgm-exporter's names: OpenMetrics wants
+// counters named _total, and the agent (as prometheus/common's expfmt)
+// types one without the suffix "unknown" there rather than renaming its
+// samples. Queries by the name, rate() included, answer; the _total names
+// do not exist; Prometheus's metadata says what it was told.
+func TestPrometheusCounters(t *testing.T) {
+	bin := requireTool(t, "prometheus")
+	a := startAgent(t, "--simulate=2", "--simulate.seed=11", "--interval=100ms",
+		"--kubelet.pod-resources-socket=/nonexistent/kubelet.sock")
+	prom := startPrometheus(t, bin, a.addr)
+	deadline := time.Now().Add(60 * time.Second)
+	// Three scrapes in: a rate over them has points.
+	if _, err := prom.waitValue(`count_over_time(up{job="gpu-agent"}[1m]) >= 3`, deadline); err != nil {
+		t.Fatal(err)
+	}
+	for q, want := range map[string]float64{
+		`count(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION)`:                                               2, // once per GPU
+		`count(DCGM_FI_DEV_PCIE_REPLAY_COUNTER)`:                                                    2,
+		`count(rate(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION[30s]) > 0)`:                                2, // the GPUs draw power
+		`count(increase(DCGM_FI_DEV_PCIE_REPLAY_COUNTER[30s]) >= 0)`:                                2,
+		`count({__name__=~"DCGM_FI_DEV_.*_total"}) or vector(0)`:                                    0,
+		`count({__name__=~"DCGM_FI_DEV_PCIE_REPLAY_COUNTER|DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"})`: 4,
+	} {
+		v, ok, err := prom.query(q)
+		if err != nil || !ok || v != want {
+			t.Errorf("%s = %v (present %v, err %v), want %v", q, v, ok, err, want)
+		}
+	}
+	var meta map[string][]struct {
+		Type string `json:"type"`
+	}
+	if err := prom.api("/api/v1/metadata?metric=DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", &meta); err != nil {
+		t.Fatal(err)
+	}
+	// Negotiated OpenMetrics: "unknown", as the README says; were the
+	// agent to serve the classic text format first, this would read
+	// "counter" and the README's type note would need changing.
+	if m := meta["DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"]; len(m) == 0 || m[0].Type != "unknown" {
+		t.Errorf("Prometheus's metadata for the energy counter: %+v, want type unknown (OpenMetrics)", meta)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -86,6 +87,9 @@ type Collector struct {
 	samplingPeriod                           *family
 	windowMax, windowMean, windowN           *family
 	families                                 []*family
+	// unproduced are field label pairs of the field list's fields the
+	// agent cannot produce: gpu_agent_field_supported 0 for each GPU.
+	unproduced []*dto.LabelPair
 
 	deviceUp, fieldSupported, readErrors, xidTotal *prometheus.Desc
 	deviceStalled, migReadErrors                   *prometheus.Desc
@@ -187,6 +191,9 @@ func NewCollector(src Snapshots, opts Options) *Collector {
 		}
 		c.dcgm = append(c.dcgm, f)
 	}
+	for _, n := range Unsupported(opts.Counters) {
+		c.unproduced = append(c.unproduced, &dto.LabelPair{Name: new("field"), Value: new(n)})
+	}
 	if listed(dcgmXIDName) {
 		c.xid = newFamily(dcgmXIDName, dcgmXIDHelp, prometheus.GaugeValue, "err_code", "err_msg")
 		c.families = append(c.families, c.xid)
@@ -194,6 +201,11 @@ func NewCollector(src Snapshots, opts Options) *Collector {
 	c.families = append(c.families, c.encSessions, c.encFPS, c.encLatency, c.podEncSessions, c.podEncFPS, c.podEncLatency, c.samplingPeriod, c.windowMax, c.windowMean, c.windowN)
 	for i, f := range c.families {
 		f.idx = i
+		if f.typ == prometheus.CounterValue && strings.HasSuffix(f.name, "_total") {
+			// The text writer writes OpenMetrics' counter suffix handling
+			// for names without _total only (appendHeader).
+			panic("exporter: device counter family named _total: " + f.name)
+		}
 	}
 	return c
 }
@@ -336,6 +348,9 @@ func (c *Collector) collectHealth(e *emitter, d *telemetry.Device, st *telemetry
 			e.send(c.readErrors, prometheus.CounterValue, withField, float64(st.Errors[f]))
 		}
 	}
+	for _, p := range c.unproduced {
+		e.send(c.fieldSupported, prometheus.GaugeValue, id.with(p), 0)
+	}
 	if st.XID != nil {
 		for xid, n := range st.XID.Counts {
 			e.send(c.xidTotal, prometheus.CounterValue, id.with(&dto.LabelPair{Name: new("xid"), Value: new(strconv.FormatUint(xid, 10))}), float64(n))
@@ -358,16 +373,18 @@ func (c *Collector) collectDevice(e sink, d *attribution.Device) {
 		migBase := append(base, d.MIG.Profile, strconv.Itoa(d.MIG.GI))
 		migNames := append(c.layout.device[:len(c.layout.device):len(c.layout.device)], migLabels...)
 		for _, t := range targets(migNames, migBase, true, d.Pods, c.layout.pod) {
-			c.collectReading(e, t, d, -1)
+			c.collectReading(e, t, d, -1, telemetry.AllFields)
 		}
 		return
 	}
 	st := d.State
 	ts := targets(c.layout.device, base, false, d.Pods, c.layout.pod)
-	if d.PerPod != nil {
-		// Pod series carry shares now, so the device's own values need a
-		// series of their own: the one without pod labels, as
-		// dcgm-exporter 4.8 serves it beside the per-process ones.
+	// A GPU shared by several pods, or one whose pod series carry the
+	// pod's own shares, also gets a device-level series (no pod labels),
+	// as dcgm-exporter 4.8 serves it beside the per-process ones. The
+	// device-wide fields are then on it alone (see podFields).
+	shared := d.PerPod != nil || len(d.Pods) > 1
+	if shared {
 		ts = append([]target{{labels: newLabelSet(c.layout.device, base)}}, ts...)
 	}
 	for k, t := range ts {
@@ -375,8 +392,13 @@ func (c *Collector) collectDevice(e sink, d *attribution.Device) {
 		if t.pod && d.PerPod != nil {
 			pod = k - 1
 		}
-		c.collectReading(e, t, d, pod)
-		if c.xid != nil {
+		deviceWide := !t.pod || !shared
+		only := podFields
+		if deviceWide {
+			only = telemetry.AllFields
+		}
+		c.collectReading(e, t, d, pod, only)
+		if c.xid != nil && deviceWide {
 			var last uint64
 			if st.XID != nil {
 				last = st.XID.Last
@@ -391,11 +413,11 @@ func (c *Collector) collectDevice(e sink, d *attribution.Device) {
 	}
 }
 
-// collectReading emits the dcgm-exporter families of the device's
-// values (pod < 0) or of its pod-th pod (attribution.Device.PodValue).
-func (c *Collector) collectReading(e sink, t target, d *attribution.Device, pod int) {
+// collectReading emits the dcgm-exporter families of the fields in only,
+// of the device's values (pod < 0) or of its pod-th pod (attribution.Device.PodValue).
+func (c *Collector) collectReading(e sink, t target, d *attribution.Device, pod int, only telemetry.FieldSet) {
 	for i, m := range dcgmMetrics {
-		if c.dcgm[i] == nil {
+		if c.dcgm[i] == nil || !only.Has(m.Field) {
 			continue
 		}
 		v, ok := d.Reading.Get(m.Field)

@@ -72,6 +72,12 @@ func testSnapshot() *telemetry.Snapshot {
 		{Reading: reading(map[telemetry.Field]float64{telemetry.Power: 90}), MIG: []telemetry.Reading{reading(map[telemetry.Field]float64{telemetry.FBUsed: 1 << 30})}},
 	}
 	states[0].Windows[telemetry.EngineGPU] = telemetry.Window{Count: 90, Max: 100, Mean: 50}
+	// The slow fields, on the A100 (GPU 2): HBM, NVLink, row remapping.
+	for f, v := range map[telemetry.Field]float64{telemetry.MemoryTemp: 41, telemetry.PCIeReplay: 7,
+		telemetry.RemappedRowsCorr: 3, telemetry.RemappedRowsUnc: 1, telemetry.RowRemapFailure: 0,
+		telemetry.NVLinkBandwidth: 123456789, telemetry.VGPULicense: 1} {
+		states[2].Set(f, v)
+	}
 	states[0].XID = &telemetry.XIDCounts{Last: 79, Counts: map[uint64]uint64{31: 2, 79: 1}}
 	return &telemetry.Snapshot{Seq: 5, Time: time.Now(), Devices: devs, States: states, Window: 15 * time.Second, Ticks: 5}
 }
@@ -100,6 +106,7 @@ func TestDCGMMetricsWithPodLabels(t *testing.T) {
 	const want = `
 # HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).
 # TYPE DCGM_FI_DEV_GPU_UTIL gauge
+DCGM_FI_DEV_GPU_UTIL{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",device="nvidia1",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0"} 12
 DCGM_FI_DEV_GPU_UTIL{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 87
 DCGM_FI_DEV_GPU_UTIL{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-0"} 12
 DCGM_FI_DEV_GPU_UTIL{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-1"} 12
@@ -110,14 +117,12 @@ DCGM_FI_DEV_FB_USED{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="G
 # HELP DCGM_FI_DEV_POWER_USAGE Power draw (in W).
 # TYPE DCGM_FI_DEV_POWER_USAGE gauge
 DCGM_FI_DEV_POWER_USAGE{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 42.5
-DCGM_FI_DEV_POWER_USAGE{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-0"} 30
-DCGM_FI_DEV_POWER_USAGE{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-1"} 30
+DCGM_FI_DEV_POWER_USAGE{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",device="nvidia1",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0"} 30
 DCGM_FI_DEV_POWER_USAGE{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-22222222-2222-2222-2222-222222222222",device="nvidia2",gpu="2",modelName="NVIDIA A100-SXM4-40GB",pci_bus_id="00000000:3D:00.0"} 90
 # HELP DCGM_FI_DEV_XID_ERRORS Value of the last XID error encountered.
 # TYPE DCGM_FI_DEV_XID_ERRORS gauge
 DCGM_FI_DEV_XID_ERRORS{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",err_code="79",err_msg="GPU has fallen off the bus",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 79
-DCGM_FI_DEV_XID_ERRORS{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",err_code="0",err_msg="No Error",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-0"} 0
-DCGM_FI_DEV_XID_ERRORS{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",container="sfu",device="nvidia1",err_code="0",err_msg="No Error",gpu="1",modelName="Tesla T4",namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-1"} 0
+DCGM_FI_DEV_XID_ERRORS{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",device="nvidia1",err_code="0",err_msg="No Error",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0"} 0
 DCGM_FI_DEV_XID_ERRORS{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-22222222-2222-2222-2222-222222222222",device="nvidia2",err_code="0",err_msg="No Error",gpu="2",modelName="NVIDIA A100-SXM4-40GB",pci_bus_id="00000000:3D:00.0"} 0
 # HELP gpu_agent_xid_errors_total XID critical errors seen since the agent started, by XID.
 # TYPE gpu_agent_xid_errors_total counter
@@ -148,7 +153,7 @@ gpu_agent_device_up{UUID="GPU-00000000-0000-0000-0000-000000000000",gpu="0"} 0
 gpu_agent_device_up{UUID="GPU-11111111-1111-1111-1111-111111111111",gpu="1"} 1
 gpu_agent_device_up{UUID="GPU-22222222-2222-2222-2222-222222222222",gpu="2"} 1
 # HELP DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION Total energy consumption since boot (in mJ).
-# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION untyped
+# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter
 `
 	// GPU 0 is lost (its energy reading must not be served as current)
 	// and GPU 1 does not support energy: no energy series at all.
@@ -224,9 +229,10 @@ gpu_agent_kubelet_last_success_timestamp_seconds 1.7e+09
 		"gpu_agent_kubelet_up", "gpu_agent_kubelet_pod_map_stale", "gpu_agent_kubelet_last_success_timestamp_seconds"); err != nil {
 		t.Error(err)
 	}
-	// Stale, the last good pod labels are still served.
-	if n := testutil.CollectAndCount(c, "DCGM_FI_DEV_GPU_UTIL"); n != 3 {
-		t.Errorf("%d GPU_UTIL series with a stale pod map, want 3 (one per pod)", n)
+	// Stale, the last good pod labels are still served: one series per
+	// pod, and the time-sliced GPU's device-level one.
+	if n := testutil.CollectAndCount(c, "DCGM_FI_DEV_GPU_UTIL"); n != 4 {
+		t.Errorf("%d GPU_UTIL series with a stale pod map, want 4 (one per pod, one for the shared GPU)", n)
 	}
 }
 
@@ -419,14 +425,23 @@ func TestHandler(t *testing.T) {
 	if code != http.StatusOK || !strings.HasPrefix(ctype, "application/openmetrics-text") {
 		t.Fatalf("/metrics (OpenMetrics) = %d %s", code, ctype)
 	}
-	// dcgm-exporter's names must survive OpenMetrics, which appends
-	// _total to counters: the energy series keeps its name.
-	if !regexp.MustCompile(`(?m)^DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION\{`).MatchString(body) {
+	// dcgm-exporter's counters keep their names under OpenMetrics, which
+	// wants counters named _total: typed unknown there, as expfmt does.
+	for _, re := range []string{`(?m)^DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION\{`, `(?m)^# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION unknown$`} {
+		if !regexp.MustCompile(re).MatchString(body) {
+			t.Errorf("OpenMetrics: no %s:\n%s", re, grep(body, "ENERGY"))
+		}
+	}
+	if strings.Contains(body, "ENERGY_CONSUMPTION_total") {
 		t.Errorf("energy series renamed under OpenMetrics:\n%s", grep(body, "ENERGY"))
 	}
 	code, ctype, body = get("/metrics", "text/plain")
 	if code != http.StatusOK || !strings.HasPrefix(ctype, "text/plain") || !strings.Contains(body, "DCGM_FI_DEV_GPU_UTIL{") {
 		t.Errorf("/metrics (text) = %d %s", code, ctype)
+	}
+	// The classic text format, dcgm-exporter's only one, says counter.
+	if !strings.Contains(body, "# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter\n") {
+		t.Errorf("text: energy not a counter:\n%s", grep(body, "ENERGY"))
 	}
 }
 
@@ -545,11 +560,30 @@ func TestFieldList(t *testing.T) {
 	if got := grep(scrape(t, c), "gpu_agent_encoder_latency_seconds{"); got == "" {
 		t.Error("the agent's own device families are left out")
 	}
+	// What it cannot produce is 0 in gpu_agent_field_supported, per GPU;
+	// what it can is not named there by its DCGM name.
+	supported := grep(scrape(t, c), `gpu_agent_field_supported{`)
+	for _, n := range Unsupported(fields) {
+		for _, g := range []string{`UUID="GPU-00000000-0000-0000-0000-000000000000",field="` + n + `",gpu="0"} 0`,
+			`UUID="GPU-22222222-2222-2222-2222-222222222222",field="` + n + `",gpu="2"} 0`} {
+			if !strings.Contains(supported, g) {
+				t.Errorf("no gpu_agent_field_supported{%s:\n%s", g, supported)
+			}
+		}
+	}
+	if strings.Contains(supported, `field="DCGM_FI_DEV_GPU_UTIL"`) || strings.Contains(supported, `field="DCGM_FI_DRIVER_VERSION"`) {
+		t.Errorf("a field the agent produces is reported unsupported:\n%s", supported)
+	}
 
 	// An empty list serves none of dcgm-exporter's families.
 	c = NewCollector(snapshots{testSnapshot()}, Options{Interval: time.Second, Counters: []dcgmcsv.Field{}})
 	if got := scrape(t, c); strings.Contains(got, "DCGM_") {
 		t.Errorf("an empty field list serves:\n%s", grep(got, "DCGM_"))
+	}
+	// Without a list, nothing is reported unproduced.
+	c = newTestCollector(t, testSnapshot())
+	if got := grep(scrape(t, c), `gpu_agent_field_supported{`); strings.Contains(got, `field="DCGM_`) {
+		t.Errorf("without -f: %s", got)
 	}
 }
 
@@ -575,14 +609,14 @@ func TestOldNamespaceNoHostname(t *testing.T) {
 	const want = `
 # HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).
 # TYPE DCGM_FI_DEV_GPU_UTIL gauge
+DCGM_FI_DEV_GPU_UTIL{device="nvidia1",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0",uuid="GPU-11111111-1111-1111-1111-111111111111"} 12
 DCGM_FI_DEV_GPU_UTIL{container_name="server",device="nvidia0",gpu="0",modelName="Tesla T4",pci_bus_id="00000000:3B:00.0",pod_name="inference-0",pod_namespace="ml",uuid="GPU-00000000-0000-0000-0000-000000000000"} 87
 DCGM_FI_DEV_GPU_UTIL{container_name="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0",pod_name="sfu-0",pod_namespace="media",uuid="GPU-11111111-1111-1111-1111-111111111111"} 12
 DCGM_FI_DEV_GPU_UTIL{container_name="sfu",device="nvidia1",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0",pod_name="sfu-1",pod_namespace="media",uuid="GPU-11111111-1111-1111-1111-111111111111"} 12
 # HELP DCGM_FI_DEV_XID_ERRORS Value of the last XID error encountered.
 # TYPE DCGM_FI_DEV_XID_ERRORS gauge
 DCGM_FI_DEV_XID_ERRORS{container_name="server",device="nvidia0",err_code="999",err_msg="Unknown Error",gpu="0",modelName="Tesla T4",pci_bus_id="00000000:3B:00.0",pod_name="inference-0",pod_namespace="ml",uuid="GPU-00000000-0000-0000-0000-000000000000"} 999
-DCGM_FI_DEV_XID_ERRORS{container_name="sfu",device="nvidia1",err_code="0",err_msg="No Error",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0",pod_name="sfu-0",pod_namespace="media",uuid="GPU-11111111-1111-1111-1111-111111111111"} 0
-DCGM_FI_DEV_XID_ERRORS{container_name="sfu",device="nvidia1",err_code="0",err_msg="No Error",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0",pod_name="sfu-1",pod_namespace="media",uuid="GPU-11111111-1111-1111-1111-111111111111"} 0
+DCGM_FI_DEV_XID_ERRORS{device="nvidia1",err_code="0",err_msg="No Error",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0",uuid="GPU-11111111-1111-1111-1111-111111111111"} 0
 DCGM_FI_DEV_XID_ERRORS{device="nvidia2",err_code="0",err_msg="No Error",gpu="2",modelName="NVIDIA A100-SXM4-40GB",pci_bus_id="00000000:3D:00.0",uuid="GPU-22222222-2222-2222-2222-222222222222"} 0
 # HELP gpu_agent_device_up 1 while the GPU answers NVML, 0 once NVML reported it lost.
 # TYPE gpu_agent_device_up gauge
@@ -592,6 +626,36 @@ gpu_agent_device_up{gpu="2",uuid="GPU-22222222-2222-2222-2222-222222222222"} 1
 `
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_XID_ERRORS", "gpu_agent_device_up"); err != nil {
 		t.Error(err)
+	}
+}
+
+// The slow fields under dcgm-exporter's names, units and types, in the
+// classic text format dcgm-exporter serves.
+func TestSlowFieldsExported(t *testing.T) {
+	c := newTestCollector(t, testSnapshot())
+	body := scrape(t, c)
+	const gpu2 = `{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-22222222-2222-2222-2222-222222222222",device="nvidia2",gpu="2",modelName="NVIDIA A100-SXM4-40GB",pci_bus_id="00000000:3D:00.0"} `
+	for _, m := range []struct {
+		name, typ, value string
+	}{
+		{"DCGM_FI_DEV_MEMORY_TEMP", "gauge", "41"},
+		{"DCGM_FI_DEV_PCIE_REPLAY_COUNTER", "counter", "7"},
+		{"DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", "counter", "3"},
+		{"DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", "counter", "1"},
+		{"DCGM_FI_DEV_ROW_REMAP_FAILURE", "gauge", "0"},
+		{"DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", "counter", "1.23456789e+08"},
+		{"DCGM_FI_DEV_VGPU_LICENSE_STATUS", "gauge", "1"},
+	} {
+		if !strings.Contains(body, "# TYPE "+m.name+" "+m.typ+"\n") {
+			t.Errorf("%s: not a %s:\n%s", m.name, m.typ, grep(body, m.name))
+		}
+		if !strings.Contains(body, m.name+gpu2+m.value+"\n") {
+			t.Errorf("%s: want %s on GPU 2:\n%s", m.name, m.value, grep(body, m.name))
+		}
+		// GPUs 0 and 1 have no value: absent, not 0.
+		if n := strings.Count(body, m.name+"{"); n != 1 {
+			t.Errorf("%s: %d series, want 1", m.name, n)
+		}
 	}
 }
 

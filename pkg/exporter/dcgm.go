@@ -25,18 +25,21 @@ type dcgmMetric struct {
 
 const bytesPerMiB = 1 << 20
 
-// dcgmMetrics are dcgm-exporter's names, help texts and units (its
-// default-counters.csv). Two deliberate type differences: dcgm-exporter
-// declares the PCIe throughputs counters, but they are rates that go up and
-// down, so they are gauges here; and the energy counter is untyped, because
-// an OpenMetrics scrape (Prometheus's default) would otherwise rename it
-// with a _total suffix and break queries that use dcgm-exporter's name.
+// dcgmMetrics are dcgm-exporter's names, help texts, units and types (its
+// default-counters.csv), in that file's order. One deliberate type
+// difference: dcgm-exporter declares the PCIe throughputs counters, but
+// they are rates that go up and down, so they are gauges here. The
+// counters keep their names under OpenMetrics: expfmt (and the text
+// writer, see appendHeader) types a counter whose name lacks _total
+// "unknown" there rather than renaming its samples.
 var dcgmMetrics = []dcgmMetric{
 	{"DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz).", telemetry.SMClock, 1, prometheus.GaugeValue},
 	{"DCGM_FI_DEV_MEM_CLOCK", "Memory clock frequency (in MHz).", telemetry.MemClock, 1, prometheus.GaugeValue},
+	{"DCGM_FI_DEV_MEMORY_TEMP", "Memory temperature (in C).", telemetry.MemoryTemp, 1, prometheus.GaugeValue},
 	{"DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", telemetry.Temperature, 1, prometheus.GaugeValue},
 	{"DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", telemetry.Power, 1, prometheus.GaugeValue},
-	{"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "Total energy consumption since boot (in mJ).", telemetry.Energy, 1, prometheus.UntypedValue},
+	{"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "Total energy consumption since boot (in mJ).", telemetry.Energy, 1, prometheus.CounterValue},
+	{"DCGM_FI_DEV_PCIE_REPLAY_COUNTER", "Total number of PCIe retries.", telemetry.PCIeReplay, 1, prometheus.CounterValue},
 	{"DCGM_FI_DEV_PCIE_TX_THROUGHPUT", "PCIe TX throughput (in KB/s) via NVML.", telemetry.PCIeTX, 1, prometheus.GaugeValue},
 	{"DCGM_FI_DEV_PCIE_RX_THROUGHPUT", "PCIe RX throughput (in KB/s) via NVML.", telemetry.PCIeRX, 1, prometheus.GaugeValue},
 	{"DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", telemetry.GPUUtil, 1, prometheus.GaugeValue},
@@ -46,6 +49,28 @@ var dcgmMetrics = []dcgmMetric{
 	{"DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", telemetry.FBFree, 1.0 / bytesPerMiB, prometheus.GaugeValue},
 	{"DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", telemetry.FBUsed, 1.0 / bytesPerMiB, prometheus.GaugeValue},
 	{"DCGM_FI_DEV_FB_RESERVED", "Framebuffer memory reserved (in MiB).", telemetry.FBReserved, 1.0 / bytesPerMiB, prometheus.GaugeValue},
+	{"DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", "Total number of NVLink bandwidth counters for all lanes.", telemetry.NVLinkBandwidth, 1, prometheus.CounterValue},
+	{"DCGM_FI_DEV_VGPU_LICENSE_STATUS", "vGPU License status", telemetry.VGPULicense, 1, prometheus.GaugeValue},
+	{"DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", "Number of remapped rows for uncorrectable errors", telemetry.RemappedRowsUnc, 1, prometheus.CounterValue},
+	{"DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", "Number of remapped rows for correctable errors", telemetry.RemappedRowsCorr, 1, prometheus.CounterValue},
+	{"DCGM_FI_DEV_ROW_REMAP_FAILURE", "Whether remapping of rows has failed", telemetry.RowRemapFailure, 1, prometheus.GaugeValue},
+}
+
+// podFields are the dcgm-exporter fields a pod's series carries on a GPU
+// that has a device-level series too (a GPU shared by several pods, or
+// one with per-pod shares): those with a per-pod value (the pod's own
+// share, attribution.Device.PodValue). The others (power, temperature,
+// clocks, energy, ...) are device-wide figures, served once per GPU on
+// its device-level series, so that a sum over a node's series (NVIDIA's
+// "GPU Power Total" panel) counts each GPU once.
+var podFields = fields(telemetry.GPUUtil, telemetry.MemCopyUtil, telemetry.EncUtil, telemetry.DecUtil, telemetry.FBUsed)
+
+func fields(fs ...telemetry.Field) telemetry.FieldSet {
+	var s telemetry.FieldSet
+	for _, f := range fs {
+		s = s.With(f)
+	}
+	return s
 }
 
 // dcgmXIDName is dcgm-exporter's last-XID gauge. It is not a field of the

@@ -38,8 +38,10 @@ func (f fixedProcesses) ProcessPods() *attribution.ProcessPods { return f.pp }
 
 // With per-process data, a shared GPU's pod series of the per-process
 // fields carry each pod's own share, the device-level series stays, and
-// the fields without a per-process source (power) carry the device's
-// value on every series.
+// the fields without a per-process source (power) are on the
+// device-level series only, so a sum over series counts the GPU once;
+// a GPU held by one pod without per-process data keeps every field on
+// its pod series, as dcgm-exporter writes it.
 func TestPerPodShares(t *testing.T) {
 	snap, procs := withProcesses(testSnapshot())
 	c := NewCollector(snapshots{snap}, Options{Hostname: "node-a", Interval: 250 * time.Millisecond, Pods: testPods(t),
@@ -56,8 +58,6 @@ DCGM_FI_DEV_ENC_UTIL{` + gpu1 + `container="sfu",` + labels + `namespace="media"
 # TYPE DCGM_FI_DEV_POWER_USAGE gauge
 DCGM_FI_DEV_POWER_USAGE{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 42.5
 DCGM_FI_DEV_POWER_USAGE{` + gpu1 + labels + `pci_bus_id="00000000:3C:00.0"} 30
-DCGM_FI_DEV_POWER_USAGE{` + gpu1 + `container="sfu",` + labels + `namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-0"} 30
-DCGM_FI_DEV_POWER_USAGE{` + gpu1 + `container="sfu",` + labels + `namespace="media",pci_bus_id="00000000:3C:00.0",pod="sfu-1"} 30
 DCGM_FI_DEV_POWER_USAGE{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-22222222-2222-2222-2222-222222222222",device="nvidia2",gpu="2",modelName="NVIDIA A100-SXM4-40GB",pci_bus_id="00000000:3D:00.0"} 90
 # HELP gpu_agent_unattributed_processes Processes on the GPU that are in none of the pods holding it (host processes, other pods, PIDs gone before their pod was read); left out of the per-pod shares.
 # TYPE gpu_agent_unattributed_processes gauge

@@ -137,8 +137,11 @@ func (c *Collector) WriteDevices(w io.Writer, openMetrics bool) error {
 }
 
 // appendHeader writes a family's HELP and TYPE lines as expfmt does. The
-// device families are gauges or untyped; a counter would need OpenMetrics'
-// _total handling, which TestWriteDevicesMatchesCollect would demand.
+// device families are gauges or counters (dcgm-exporter's, whose names
+// lack _total). Under OpenMetrics expfmt types such a counter "unknown"
+// and keeps its name, since OpenMetrics wants counters named _total; so
+// does this, and TestWriteDevicesMatchesCollect holds it to that. No
+// device family ends in _total (NewCollector checks).
 func appendHeader(b []byte, f *family, om bool) []byte {
 	b = append(b, "# HELP "...)
 	b = append(b, f.name...)
@@ -149,6 +152,8 @@ func appendHeader(b []byte, f *family, om bool) []byte {
 	switch {
 	case f.typ == prometheus.GaugeValue:
 		b = append(b, " gauge\n"...)
+	case f.typ == prometheus.CounterValue && !om:
+		b = append(b, " counter\n"...)
 	case om:
 		b = append(b, " unknown\n"...)
 	default:

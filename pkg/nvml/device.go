@@ -28,6 +28,7 @@ type device struct {
 	lost      bool
 	xid       xidState
 	pcie      pcieState
+	slow      slowState
 
 	migErrors   uint64
 	migFailing  bool      // a MIG read failed last time, for once-per-change logs
@@ -153,6 +154,7 @@ func (s *Sampler) probe(d *device) {
 		d.engines[telemetry.EngineEncoder].unsupported = true
 	}
 	d.probePCIe(s)
+	d.probeSlow(s)
 	d.probeProcesses()
 	var scratch telemetry.Reading
 	d.pcie.fresh = false
@@ -200,6 +202,9 @@ func (d *device) sample(now time.Time, mono, window time.Duration, st *telemetry
 		if !d.handleReturn(r, ret) {
 			return
 		}
+	}
+	if !d.applySlow(&st.Reading) {
+		return
 	}
 	if len(d.migs) > 0 {
 		st.MIG = make([]telemetry.Reading, len(d.migs))

@@ -32,6 +32,13 @@ const (
 	pcieStepUs             = 100_000
 )
 
+// The slow fields of newGPU.
+const (
+	memoryTempC               = 47
+	replays                   = 3
+	remappedCorr, remappedUnc = 2, 1
+)
+
 func newGPU(s gpuSpec) *mock.Device {
 	var mu sync.Mutex
 	var pcieReads uint64
@@ -90,6 +97,9 @@ func newGPU(s gpuSpec) *mock.Device {
 					binary.LittleEndian.PutUint64(v.Value[:], n*pcieTXKBps*1024*pcieStepUs/1e6)
 				case nvml.FI_DEV_PCIE_COUNT_RX_BYTES:
 					binary.LittleEndian.PutUint64(v.Value[:], n*pcieRXKBps*1024*pcieStepUs/1e6)
+				case nvml.FI_DEV_MEMORY_TEMP:
+					v.ValueType = uint32(nvml.VALUE_TYPE_UNSIGNED_INT)
+					binary.LittleEndian.PutUint32(v.Value[:], memoryTempC)
 				default:
 					v.NvmlReturn = uint32(nvml.ERROR_NOT_SUPPORTED)
 				}
@@ -97,6 +107,15 @@ func newGPU(s gpuSpec) *mock.Device {
 			return nvml.SUCCESS
 		},
 		GetEncoderStatsFunc: func() (int, uint32, uint32, nvml.Return) { return 3, 30, 2500, nvml.SUCCESS },
+		// The slow fields: no NVLink (GetFieldValues answers its link
+		// count NOT_SUPPORTED) and no vGPU licensing, as on bare metal.
+		GetPcieReplayCounterFunc: func() (int, nvml.Return) { return replays, nvml.SUCCESS },
+		GetRemappedRowsFunc: func() (int, int, bool, bool, nvml.Return) {
+			return remappedCorr, remappedUnc, false, false, nvml.SUCCESS
+		},
+		GetGridLicensableFeaturesFunc: func() (nvml.GridLicensableFeatures, nvml.Return) {
+			return nvml.GridLicensableFeatures{}, nvml.ERROR_NOT_SUPPORTED
+		},
 		// No process runs: tests about processes set these.
 		GetProcessUtilizationFunc: func(uint64) ([]nvml.ProcessUtilizationSample, nvml.Return) {
 			return nil, nvml.ERROR_NOT_FOUND

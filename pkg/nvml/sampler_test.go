@@ -76,6 +76,11 @@ func TestTickConvertsUnits(t *testing.T) {
 		telemetry.EncSessions:       3,
 		telemetry.EncFPS:            30,
 		telemetry.EncLatency:        0.0025,
+		telemetry.MemoryTemp:        memoryTempC,
+		telemetry.PCIeReplay:        replays,
+		telemetry.RemappedRowsCorr:  remappedCorr,
+		telemetry.RemappedRowsUnc:   remappedUnc,
+		telemetry.RowRemapFailure:   0,
 	}
 	for f, w := range want {
 		got, ok := st.Get(f)
@@ -83,8 +88,9 @@ func TestTickConvertsUnits(t *testing.T) {
 			t.Errorf("%s = %v (present %v), want %v", f, got, ok, w)
 		}
 	}
-	if st.Supported != telemetry.AllFields {
-		t.Errorf("supported = %b, want all fields", st.Supported)
+	// newFullGPU has no NVLink and no vGPU licensing.
+	if want := telemetry.AllFields.Without(telemetry.NVLinkBandwidth).Without(telemetry.VGPULicense); st.Supported != want {
+		t.Errorf("supported = %v, want %v", fieldNames(st.Supported), fieldNames(want))
 	}
 }
 

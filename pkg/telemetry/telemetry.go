@@ -39,6 +39,17 @@ const (
 	EncFPS                         // frames per second, average over sessions
 	EncLatency                     // seconds, average over sessions
 
+	// The slow fields: read off the tick every SlowPeriod (see
+	// pkg/nvml/slow.go), because they change over seconds or only on a
+	// hardware event.
+	MemoryTemp       // degrees Celsius (HBM)
+	PCIeReplay       // count since driver load (a counter)
+	RemappedRowsCorr // rows remapped for correctable errors (a counter)
+	RemappedRowsUnc  // rows remapped for uncorrectable errors (a counter)
+	RowRemapFailure  // 1 if a row remapping failed, else 0
+	VGPULicense      // 1 if the vGPU software license is held, else 0
+	NVLinkBandwidth  // KiB of NVLink data sent and received, over all links (a counter)
+
 	NumFields
 )
 
@@ -63,7 +74,18 @@ var fieldNames = [NumFields]string{
 	EncSessions:       "enc_sessions",
 	EncFPS:            "enc_fps",
 	EncLatency:        "enc_latency",
+	MemoryTemp:        "memory_temperature",
+	PCIeReplay:        "pcie_replay",
+	RemappedRowsCorr:  "remapped_rows_correctable",
+	RemappedRowsUnc:   "remapped_rows_uncorrectable",
+	RowRemapFailure:   "row_remap_failure",
+	VGPULicense:       "vgpu_license",
+	NVLinkBandwidth:   "nvlink_bandwidth",
 }
+
+// SlowFields are the fields read off the tick, every few seconds.
+const SlowFields = FieldSet(1<<MemoryTemp | 1<<PCIeReplay | 1<<RemappedRowsCorr |
+	1<<RemappedRowsUnc | 1<<RowRemapFailure | 1<<VGPULicense | 1<<NVLinkBandwidth)
 
 // String returns the field's stable snake_case name, used in labels and logs.
 func (f Field) String() string {

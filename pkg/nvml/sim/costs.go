@@ -27,6 +27,9 @@ const (
 	callGetGraphicsRunningProcesses
 	callGetEncoderSessions
 	callGetFBCSessions
+	callGetPcieReplayCounter
+	callGetRemappedRows
+	callGetGridLicensableFeatures
 	numCalls
 )
 
@@ -63,6 +66,10 @@ var callCosts = [numCalls]time.Duration{
 	callGetGraphicsRunningProcesses: 120 * time.Microsecond,
 	callGetEncoderSessions:          120 * time.Microsecond,
 	callGetFBCSessions:              60 * time.Microsecond,
+	// The slow fields' getters, one ioctl each (estimates).
+	callGetPcieReplayCounter:      30 * time.Microsecond,
+	callGetRemappedRows:           30 * time.Microsecond,
+	callGetGridLicensableFeatures: 30 * time.Microsecond,
 }
 
 // minSleep is the shortest wait cost makes: a Go sleep of tens of µs

@@ -222,3 +222,23 @@ func (d *Device) GetSamples(t nvml.SamplingType, lastSeen uint64) (nvml.ValueTyp
 	}
 	return nvml.VALUE_TYPE_UNSIGNED_INT, out, nvml.SUCCESS
 }
+
+// The slow fields, as a T4 answers them: a PCIe replay counter (a few
+// replays since the driver loaded, seeded per GPU); no memory temperature
+// (GDDR6: NVML reports it for HBM only), no row remapping (Ampere and
+// later), no NVLink, no vGPU licensing (bare metal).
+
+func (d *Device) GetPcieReplayCounter() (int, nvml.Return) {
+	d.cost(callGetPcieReplayCounter)
+	return int(mix(uint64(d.index)+7) % 4), d.ret()
+}
+
+func (d *Device) GetRemappedRows() (int, int, bool, bool, nvml.Return) {
+	d.cost(callGetRemappedRows)
+	return 0, 0, false, false, nvml.ERROR_NOT_SUPPORTED
+}
+
+func (d *Device) GetGridLicensableFeatures() (nvml.GridLicensableFeatures, nvml.Return) {
+	d.cost(callGetGridLicensableFeatures)
+	return nvml.GridLicensableFeatures{}, nvml.ERROR_NOT_SUPPORTED
+}

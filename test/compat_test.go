@@ -1,0 +1,403 @@
+package test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
+)
+
+// intendedDifference is one way the agent differs from dcgm-exporter 4.x
+// on purpose: one row of the README's "Intended differences" table (What,
+// DCGM, Agent, Why, verbatim), and where TestDCGMExporterCompat sees it.
+type intendedDifference struct {
+	What, DCGM, Agent, Why string
+	// Aspect and Families: where the difference shows in a /metrics
+	// scrape of the same node ("family": served by one side only;
+	// "type"; "series": the label sets differ). A family ending in "*" is
+	// a prefix. Every family named must differ so, and no other.
+	Aspect   string
+	Families []string
+	// Test, for a difference outside the compared scrapes (flags,
+	// endpoints, what Prometheus records), names the test that shows it.
+	Test string
+}
+
+// deviceWide are the dcgm-exporter fields that are figures of the whole
+// GPU, served once per GPU; perPod are those with a per-pod value.
+var (
+	deviceWide = []string{"DCGM_FI_DEV_SM_CLOCK", "DCGM_FI_DEV_MEM_CLOCK", "DCGM_FI_DEV_GPU_TEMP",
+		"DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "DCGM_FI_DEV_PCIE_REPLAY_COUNTER",
+		"DCGM_FI_DEV_XID_ERRORS", "DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_FB_RESERVED"}
+	perPod = []string{"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_MEM_COPY_UTIL", "DCGM_FI_DEV_ENC_UTIL",
+		"DCGM_FI_DEV_DEC_UTIL", "DCGM_FI_DEV_FB_USED"}
+)
+
+// intendedDifferences is the one table of intended differences; the
+// README shows the same rows (TestIntendedDifferencesInREADME).
+var intendedDifferences = []intendedDifference{
+	{What: "`DCGM_FI_PROF_*` (its default list: `GR_ENGINE_ACTIVE`, `PIPE_TENSOR_ACTIVE`, `DRAM_ACTIVE`, `PCIE_TX_BYTES`, `PCIE_RX_BYTES`)",
+		DCGM: "served (DCGM's profiling module)", Agent: "absent; with `-f`, named in one warning and `gpu_agent_field_supported{field=...} 0`",
+		Why: "no DCGM backend yet", Aspect: "family", Families: []string{"DCGM_FI_PROF_*"}},
+	{What: "a field the GPU does not answer (`DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL` on a GPU without NVLink)",
+		DCGM: "0", Agent: "absent, `gpu_agent_field_supported` 0",
+		Why: "probed once; absent is not zero", Aspect: "family", Families: []string{"DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL"}},
+	{What: "`DCGM_FI_DEV_PCIE_TX_THROUGHPUT`, `_RX_` without `-f`",
+		DCGM: "not in its default list", Agent: "served",
+		Why: "read from cheap byte counters; media servers move frames over PCIe", Aspect: "family",
+		Families: []string{"DCGM_FI_DEV_PCIE_TX_THROUGHPUT", "DCGM_FI_DEV_PCIE_RX_THROUGHPUT"}},
+	{What: "`DCGM_FI_DEV_PCIE_TX_THROUGHPUT`, `_RX_` type, and any type a field list's column gives",
+		DCGM: "the list's type (counter in older lists)", Agent: "gauge: the agent's own type for each field",
+		Why: "they are rates that go up and down; one meaning per field", Aspect: "type",
+		Families: []string{"DCGM_FI_DEV_PCIE_TX_THROUGHPUT", "DCGM_FI_DEV_PCIE_RX_THROUGHPUT"}},
+	{What: "the agent's own `gpu_agent_*` families, and `go_*`, `process_*`, `promhttp_*`",
+		DCGM: "absent", Agent: "served, whatever `-f` lists",
+		Why: "health, utilization windows, encoder sessions; the Go client's standard ones", Aspect: "family",
+		Families: []string{"gpu_agent_*", "go_*", "process_*", "promhttp_*"}},
+	{What: "device-wide fields (clocks, temperatures, power, energy, PCIe replays, XID, free and reserved memory, ...) of a GPU held by a pod",
+		DCGM: "on its pod's series (the last pod's, if several)", Agent: "on one series per GPU without pod labels where the GPU has per-pod shares or several pods",
+		Why: "a sum over series (\"GPU Power Total\") counts each GPU once; a pod's power is a join on `gpu`", Aspect: "series",
+		Families: deviceWide},
+	{What: "`DCGM_FI_DEV_GPU_UTIL`, `MEM_COPY_UTIL`, `ENC_UTIL`, `DEC_UTIL`, `FB_USED` of a GPU held by pods",
+		DCGM:  "one series with the last pod's labels and the device's value (a device series plus per-pod ones for GPU_UTIL and FB_USED with `--kubernetes-virtual-gpus`)",
+		Agent: "a device-level series and one per pod holding it, with the pod's own share where NVML reports processes",
+		Why:   "time-sliced pods each see their own load", Aspect: "series", Families: perPod},
+	{What: "device IDs `nvidia<minor>` (GKE) and resource `nvidia.com/gpu.shared`",
+		DCGM:  "matched only in the spelling `--kubernetes-gpu-id-type` names; `gpu.shared` only with `--nvidia-resource-names`",
+		Agent: "every spelling resolved, `gpu.shared` always a GPU; `--kubernetes-gpu-id-type` checked, no effect",
+		Why:   "a swapped image must not lose pods", Test: "TestParseDeviceID"},
+	{What: "the counters (`DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION`, `PCIE_REPLAY_COUNTER`, remapped rows, NVLink) as Prometheus records them",
+		DCGM: "counter (it serves the classic text format only)", Agent: "`unknown` under OpenMetrics, which Prometheus asks for first; counter in the text format; names unchanged",
+		Why: "OpenMetrics wants counters named `_total`; prometheus/common types them `unknown` rather than rename them", Test: "TestPrometheusCounters"},
+	{What: "other fields in `-f` the agent cannot read (ECC, retired pages, ...)",
+		DCGM: "served", Agent: "left out: named in one warning at start, `gpu_agent_field_supported{field=...} 0`",
+		Why: "not read from NVML yet", Test: "TestFieldList"},
+	{What: "`label` rows other than `DCGM_FI_DRIVER_VERSION`",
+		DCGM: "labels", Agent: "left out, named in the warning",
+		Why: "not read from NVML yet", Test: "TestFieldList"},
+	{What: "`-k`/`--kubernetes=false`",
+		DCGM: "no pod labels", Agent: "pod labels whenever the kubelet answers",
+		Why: "the agent has no switch for attribution; it warns", Test: "TestDCGMFlags"},
+	{What: "`-c` below 100 ms",
+		DCGM: "honoured", Agent: "raised to 100 ms, with a log line",
+		Why: "NVML refreshes utilization every 1/6 s at best", Test: "TestDCGMFlags"},
+	{What: "health endpoint",
+		DCGM: "`/health`, always 200", Agent: "`/health` and `/healthz` the same; `/readyz` 503 until sampling, and when it stalls",
+		Why: "a stalled sampler is not ready", Test: "TestStarting"},
+	{What: "options in \"dcgm-exporter's flags\" listed as ignored",
+		DCGM: "honoured", Agent: "accepted, one warning each",
+		Why: "no DCGM, no Kubernetes API client, no dumps", Test: "TestDCGMFlags"},
+}
+
+// TestDCGMExporterCompat compares the agent's /metrics, family by family,
+// with what dcgm-exporter serves for the same node (test/testdata/
+// dcgm-exporter-*.prom, written down from its source): name, type and the
+// label sets of the series, order aside. Every difference found must be a
+// row of intendedDifferences, and every row's families must still differ
+// so: a difference nobody meant fails, and so does a row that is no
+// longer true.
+func TestDCGMExporterCompat(t *testing.T) {
+	devs := sim.New(sim.Options{Devices: 4, Seed: 7, Static: true}).Devices()
+	kubelet := startKubelet(t, goldenPods(devs))
+	golden := startAgent(t, "--simulate=4", "--simulate.seed=7", "--simulate.static",
+		"--kubelet.pod-resources-socket="+kubelet.Path())
+	list := startAgent(t, "--simulate=4", "--simulate.seed=7", "--simulate.static",
+		"-f", filepath.Join("testdata", "pcie-throughput.csv"), "--kubelet.pod-resources-socket=/nonexistent/kubelet.sock")
+	// The scrape once every GPU has its pods and per-pod shares.
+	golden.waitMetrics(t, 10*time.Second, "the first kubelet answer and process attribution", func(s samples) error {
+		if _, ok := s.podSeries("gpu_agent_unattributed_processes", devs[0].UUID(), ""); !ok {
+			return fmt.Errorf("no gpu_agent_unattributed_processes yet")
+		}
+		return s.expect("gpu_agent_kubelet_up", 1)
+	})
+	list.waitMetrics(t, 10*time.Second, "the simulated pods' shares", func(s samples) error {
+		if _, ok := s.podSeries("gpu_agent_unattributed_processes", devs[0].UUID(), ""); !ok {
+			return fmt.Errorf("no gpu_agent_unattributed_processes yet")
+		}
+		return nil
+	})
+
+	found := map[string]bool{} // aspect + " " + family
+	for _, c := range []struct {
+		name, dcgm string
+		agent      *agent
+		// only: compare these families (the field list's) and the
+		// agent's extras; nil: all.
+		only []string
+	}{
+		{"default field list, kubelet", "dcgm-exporter-golden-node.prom", golden, nil},
+		{"-f pcie-throughput.csv", "dcgm-exporter-pcie-list.prom", list, []string{"DCGM_FI_DEV_PCIE_TX_THROUGHPUT", "DCGM_FI_DEV_PCIE_RX_THROUGHPUT"}},
+	} {
+		want := parseFamilies(t, readTestdata(t, c.dcgm))
+		got := parseFamilies(t, c.agent.scrape(t))
+		for _, d := range compareFamilies(want, got, c.only) {
+			t.Logf("%s: %s", c.name, d)
+			found[d.key()] = true
+			if row := differenceRow(d); row < 0 {
+				t.Errorf("%s: %s: not an intended difference (add a row to intendedDifferences and the README, or fix it)", c.name, d)
+			}
+		}
+	}
+	for _, r := range intendedDifferences {
+		if r.Aspect == "" {
+			continue
+		}
+		matched := false
+		for _, f := range r.Families {
+			if strings.HasSuffix(f, "*") {
+				for k := range found {
+					if strings.HasPrefix(k, r.Aspect+" "+strings.TrimSuffix(f, "*")) {
+						matched = true
+					}
+				}
+				continue
+			}
+			if !found[r.Aspect+" "+f] {
+				t.Errorf("intended difference %q: %s of %s is no longer different: remove it from the row (and the README)", r.What, r.Aspect, f)
+			}
+			matched = true
+		}
+		if !matched {
+			t.Errorf("intended difference %q shows nowhere: remove the row (and from the README)", r.What)
+		}
+	}
+}
+
+// difference is one way two scrapes differ in one family.
+type difference struct {
+	aspect, family, detail string
+}
+
+func (d difference) key() string    { return d.aspect + " " + d.family }
+func (d difference) String() string { return fmt.Sprintf("%s of %s: %s", d.aspect, d.family, d.detail) }
+
+// differenceRow is the index of the row of intendedDifferences that
+// names d, or -1.
+func differenceRow(d difference) int {
+	for i, r := range intendedDifferences {
+		if r.Aspect != d.aspect {
+			continue
+		}
+		for _, f := range r.Families {
+			if f == d.family || strings.HasSuffix(f, "*") && strings.HasPrefix(d.family, strings.TrimSuffix(f, "*")) {
+				return i
+			}
+		}
+	}
+	return -1
+}
+
+// compareFamilies lists how got (the agent's) differs from want
+// (dcgm-exporter's), for the families in only (and every family only the
+// agent serves) or, with only nil, all of them.
+func compareFamilies(want, got map[string]*dto.MetricFamily, only []string) []difference {
+	var out []difference
+	names := map[string]bool{}
+	for n := range want {
+		names[n] = true
+	}
+	for n := range got {
+		names[n] = true
+	}
+	sorted := make([]string, 0, len(names))
+	for n := range names {
+		sorted = append(sorted, n)
+	}
+	sort.Strings(sorted)
+	for _, n := range sorted {
+		w, g := want[n], got[n]
+		if only != nil && !slices.Contains(only, n) && strings.HasPrefix(n, "DCGM_") {
+			continue
+		}
+		switch {
+		case g == nil:
+			out = append(out, difference{"family", n, "served by dcgm-exporter only"})
+			continue
+		case w == nil:
+			out = append(out, difference{"family", n, "served by the agent only"})
+			continue
+		}
+		if w.GetType() != g.GetType() {
+			out = append(out, difference{"type", n, fmt.Sprintf("dcgm-exporter %s, the agent %s", w.GetType(), g.GetType())})
+		}
+		ws, gs := labelSets(w), labelSets(g)
+		if !slices.Equal(ws, gs) {
+			out = append(out, difference{"series", n, fmt.Sprintf("dcgm-exporter %d series, the agent %d; only dcgm-exporter's: %v; only the agent's: %v",
+				len(ws), len(gs), minus(ws, gs), minus(gs, ws))})
+		}
+	}
+	return out
+}
+
+// labelSets is each series' labels as name=value pairs sorted by name,
+// sorted.
+func labelSets(mf *dto.MetricFamily) []string {
+	var out []string
+	for _, m := range mf.GetMetric() {
+		pairs := make([]string, 0, len(m.GetLabel()))
+		for _, p := range m.GetLabel() {
+			pairs = append(pairs, p.GetName()+"="+p.GetValue())
+		}
+		sort.Strings(pairs)
+		out = append(out, "{"+strings.Join(pairs, ",")+"}")
+	}
+	sort.Strings(out)
+	return out
+}
+
+// minus is a without b's elements, at most three, for messages.
+func minus(a, b []string) []string {
+	var out []string
+	for _, s := range a {
+		if !slices.Contains(b, s) {
+			out = append(out, s)
+		}
+	}
+	if len(out) > 3 {
+		out = append(out[:3], fmt.Sprintf("and %d more", len(out)-3))
+	}
+	return out
+}
+
+func parseFamilies(t *testing.T, text string) map[string]*dto.MetricFamily {
+	t.Helper()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(strings.NewReader(text))
+	if err != nil {
+		t.Fatalf("parsing a scrape: %v", err)
+	}
+	return mfs
+}
+
+func readTestdata(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestCompareFamilies: the comparison finds each kind of difference, and
+// none between equal scrapes.
+func TestCompareFamilies(t *testing.T) {
+	const a = `# TYPE x gauge
+x{gpu="0",pod="p"} 1
+# TYPE y counter
+y{gpu="0"} 1
+# TYPE z gauge
+z{gpu="0"} 1
+`
+	const b = `# TYPE x gauge
+x{gpu="0"} 1
+x{gpu="0",pod="p"} 2
+# TYPE y gauge
+y{gpu="0"} 1
+# TYPE w gauge
+w 1
+`
+	got := compareFamilies(parseFamilies(t, a), parseFamilies(t, b), nil)
+	var keys []string
+	for _, d := range got {
+		keys = append(keys, d.key())
+	}
+	if want := []string{"family w", "series x", "type y", "family z"}; !slices.Equal(keys, want) {
+		t.Errorf("differences %v, want %v", keys, want)
+	}
+	if d := compareFamilies(parseFamilies(t, a), parseFamilies(t, a), nil); len(d) != 0 {
+		t.Errorf("a scrape differs from itself: %v", d)
+	}
+}
+
+// TestIntendedDifferencesInREADME: the README's "Intended differences"
+// table has exactly the rows of intendedDifferences, and every row that
+// is not seen in a scrape names a test that exists.
+func TestIntendedDifferencesInREADME(t *testing.T) {
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "### Intended differences")
+	if !ok {
+		t.Fatal(`README.md has no "### Intended differences" section`)
+	}
+	var rows []string
+	for _, line := range strings.Split(section, "\n") {
+		if strings.HasPrefix(line, "#") {
+			break // the next section
+		}
+		if strings.HasPrefix(line, "| ") && !strings.HasPrefix(line, "| what |") {
+			rows = append(rows, line)
+		}
+	}
+	var want []string
+	for _, r := range intendedDifferences {
+		want = append(want, "| "+strings.Join([]string{r.What, r.DCGM, r.Agent, r.Why}, " | ")+" |")
+	}
+	for _, r := range want {
+		if !slices.Contains(rows, r) {
+			t.Errorf("README's Intended differences lacks the row\n%s", r)
+		}
+	}
+	for _, r := range rows {
+		if !slices.Contains(want, r) {
+			t.Errorf("README's Intended differences has a row intendedDifferences (test/compat_test.go) lacks:\n%s", r)
+		}
+	}
+	// The tests named by rows outside the scrapes exist.
+	var sources strings.Builder
+	err = filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasSuffix(path, "_test.go") {
+			b, err := os.ReadFile(path)
+			if err == nil {
+				sources.Write(b)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range intendedDifferences {
+		if (r.Aspect == "") == (r.Test == "") {
+			t.Errorf("row %q: give it either an aspect of the scrape or a test", r.What)
+			continue
+		}
+		if r.Test != "" && !regexp.MustCompile(`(?m)^func `+regexp.QuoteMeta(r.Test)+`\(t \*testing\.T\)`).MatchString(sources.String()) {
+			t.Errorf("row %q names %s, which no test file defines", r.What, r.Test)
+		}
+	}
+}
+
+// TestDifferenceRow: a difference is intended only by a row of its
+// aspect that names its family, exactly or by prefix.
+func TestDifferenceRow(t *testing.T) {
+	for d, intended := range map[difference]bool{
+		{aspect: "family", family: "DCGM_FI_PROF_SM_ACTIVE"}:             true,
+		{aspect: "type", family: "DCGM_FI_PROF_SM_ACTIVE"}:               false,
+		{aspect: "series", family: "DCGM_FI_DEV_POWER_USAGE"}:            true,
+		{aspect: "family", family: "DCGM_FI_DEV_POWER_USAGE"}:            false,
+		{aspect: "type", family: "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"}: false,
+		{aspect: "family", family: "gpu_agent_anything"}:                 true,
+		{aspect: "series", family: "gpu_agent_encoder_fps"}:              false,
+	} {
+		if got := differenceRow(d) >= 0; got != intended {
+			t.Errorf("%s: intended %v, want %v", d, got, intended)
+		}
+	}
+}
