@@ -381,18 +381,21 @@ func (c *Collector) collectDevice(e sink, d *attribution.Device) {
 	ts := targets(c.layout.device, base, false, d.Pods, c.layout.pod)
 	// A GPU shared by several pods, or one whose pod series carry the
 	// pod's own shares, also gets a device-level series (no pod labels),
-	// as dcgm-exporter 4.8 serves it beside the per-process ones. The
-	// device-wide fields are then on it alone (see podFields).
-	shared := d.PerPod != nil || len(d.Pods) > 1
-	if shared {
+	// as dcgm-exporter 4.8 serves it beside the per-process ones.
+	if d.PerPod != nil || len(d.Pods) > 1 {
 		ts = append([]target{{labels: newLabelSet(c.layout.device, base)}}, ts...)
 	}
+	// The device-wide fields (power, temperature, clocks, ...) go on one
+	// series per GPU, so that a sum over series counts each GPU once: the
+	// pod's where one pod holds the GPU, as dcgm-exporter writes a whole
+	// GPU, else the device-level series (see podFields).
+	onePod := len(d.Pods) == 1
 	for k, t := range ts {
 		pod := -1 // the device's values
 		if t.pod && d.PerPod != nil {
 			pod = k - 1
 		}
-		deviceWide := !t.pod || !shared
+		deviceWide := t.pod == onePod
 		only := podFields
 		if deviceWide {
 			only = telemetry.AllFields

@@ -57,12 +57,13 @@ var dcgmMetrics = []dcgmMetric{
 }
 
 // podFields are the dcgm-exporter fields a pod's series carries on a GPU
-// that has a device-level series too (a GPU shared by several pods, or
-// one with per-pod shares): those with a per-pod value (the pod's own
+// shared by several pods, and the device-level series on a GPU held by
+// one pod with per-pod shares: those with a per-pod value (the pod's own
 // share, attribution.Device.PodValue). The others (power, temperature,
-// clocks, energy, ...) are device-wide figures, served once per GPU on
-// its device-level series, so that a sum over a node's series (NVIDIA's
-// "GPU Power Total" panel) counts each GPU once.
+// clocks, energy, ...) are device-wide figures, served once per GPU (on
+// the device-level series of a shared GPU, on the pod's series of a GPU
+// one pod holds), so that a sum over a node's series (NVIDIA's "GPU
+// Power Total" panel) counts each GPU once.
 var podFields = fields(telemetry.GPUUtil, telemetry.MemCopyUtil, telemetry.EncUtil, telemetry.DecUtil, telemetry.FBUsed)
 
 func fields(fs ...telemetry.Field) telemetry.FieldSet {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/common/expfmt"
 
 	"github.com/gpu-telemetry/agent/pkg/attribution"
 	"github.com/gpu-telemetry/agent/pkg/podresources"
@@ -94,5 +95,51 @@ gpu_agent_unattributed_processes{UUID="GPU-11111111-1111-1111-1111-111111111111"
 	}
 	if n := testutil.CollectAndCount(c, "gpu_agent_pod_encoder_fps"); n != 2 {
 		t.Errorf("%d gpu_agent_pod_encoder_fps series, want 2 (2 pods, one codec each)", n)
+	}
+}
+
+// A GPU held by one pod, with per-process data: the pod's series carries
+// its own share of the per-process fields and, as dcgm-exporter writes a
+// whole GPU, the device-wide ones (power); the device-level series beside
+// it carries the per-process fields only, so power is still served once.
+func TestPerPodSharesOnePod(t *testing.T) {
+	snap := testSnapshot()
+	st := &snap.States[0] // inference-0's GPU
+	st.ProcessSupport = telemetry.AllProcessData
+	st.Set(telemetry.GPUUtil, 60)
+	st.Processes = []telemetry.ProcessSample{
+		{PID: 20, Has: telemetry.AllProcessData, SMUtil: 45},
+		{PID: 21, Has: telemetry.AllProcessData, SMUtil: 15}, // a host process
+	}
+	procs := fixedProcesses{&attribution.ProcessPods{Seq: snap.Seq, Pods: map[uint32]podresources.PodRef{
+		20: {Namespace: "ml", Pod: "inference-0", Container: "server"},
+	}}}
+	c := NewCollector(snapshots{snap}, Options{Hostname: "node-a", Interval: 250 * time.Millisecond, Pods: testPods(t),
+		Processes: procs, DriverVersion: "550.54.15"})
+	const gpu0 = `DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",`
+	const pod = `container="server",device="nvidia0",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"`
+	const dev = `device="nvidia0",gpu="0",modelName="Tesla T4",pci_bus_id="00000000:3B:00.0"`
+	const want = `
+# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).
+# TYPE DCGM_FI_DEV_GPU_UTIL gauge
+DCGM_FI_DEV_GPU_UTIL{` + gpu0 + dev + `} 60
+DCGM_FI_DEV_GPU_UTIL{` + gpu0 + pod + `} 45
+# HELP DCGM_FI_DEV_POWER_USAGE Power draw (in W).
+# TYPE DCGM_FI_DEV_POWER_USAGE gauge
+DCGM_FI_DEV_POWER_USAGE{` + gpu0 + pod + `} 42.5
+`
+	got, err := testutil.CollectAndFormat(c, expfmt.TypeTextPlain, "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_POWER_USAGE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kept strings.Builder
+	for _, l := range strings.Split(string(got), "\n") {
+		// GPUs 1 and 2 are not what this test is about.
+		if l != "" && (!strings.Contains(l, "{") || strings.Contains(l, `gpu="0"`)) {
+			kept.WriteString(l + "\n")
+		}
+	}
+	if strings.TrimSpace(kept.String()) != strings.TrimSpace(want) {
+		t.Errorf("GPU 0's series:\n%s\nwant:\n%s", kept.String(), want)
 	}
 }
