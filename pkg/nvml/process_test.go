@@ -244,7 +244,8 @@ func TestFailingProcessCallIsCountedAndLoggedOnce(t *testing.T) {
 }
 
 // A GetProcessUtilization that takes 40 ms at a 100 ms interval moves off
-// the tick after slowCallStrikes readings; ticks are then short again and
+// the tick after slowCallStrikes readings; ticks then no longer make the
+// call (counted, not timed: a loaded machine stretches ticks anyway) and
 // the utilization still arrives, from the call's own cadence.
 func TestSlowProcessUtilizationMovesOffTheTick(t *testing.T) {
 	var buf logBuffer
@@ -278,9 +279,6 @@ func TestSlowProcessUtilizationMovesOffTheTick(t *testing.T) {
 		inTick.Store(true)
 		snap := tick(s)
 		inTick.Store(false)
-		if snap.Duration > 30*time.Millisecond {
-			t.Errorf("tick took %s with the slow call off it", snap.Duration)
-		}
 		if p := snap.States[0].Processes; len(p) == 1 && p[0].SMUtil == 30 {
 			got = true
 			break
