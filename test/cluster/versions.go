@@ -1,0 +1,34 @@
+package cluster
+
+// Every outside version the harness runs, in one place. The Go modules
+// are pinned by the tool-only wrapper modules under build/ (their go.mod
+// and go.sum are the pin; these constants name them for the report and
+// are checked against the wrappers by TestVersionsPinned); etcd and
+// Prometheus come from Debian.
+const (
+	// KubernetesVersion is k8s.io/kubernetes, whose kube-apiserver and
+	// kube-controller-manager build/kubernetes builds, with every k8s.io
+	// staging module replaced by StagingVersion.
+	KubernetesVersion = "v1.37.2"
+	StagingVersion    = "v0.37.2"
+	// KEDAVersion is github.com/kedacore/keda/v2, whose operator, metrics
+	// adapter and CRDs (config/crd/bases) build/keda provides.
+	KEDAVersion = "v2.21.0"
+	// EtcdMinVersion is the oldest etcd the API server is run against:
+	// Debian bookworm's etcd-server is 3.4.
+	EtcdMinVersion = "3.4"
+)
+
+// tool is one binary built from a wrapper module.
+type tool struct {
+	name   string // file name in the cache directory
+	module string // wrapper directory under build/
+	pkg    string // main package
+}
+
+var tools = []tool{
+	{"kube-apiserver", "kubernetes", "k8s.io/kubernetes/cmd/kube-apiserver"},
+	{"kube-controller-manager", "kubernetes", "k8s.io/kubernetes/cmd/kube-controller-manager"},
+	{"keda-operator", "keda", "github.com/kedacore/keda/v2/cmd/operator"},
+	{"keda-adapter", "keda", "github.com/kedacore/keda/v2/cmd/adapter"},
+}
