@@ -49,7 +49,7 @@ func cacheKey(buildDir string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("go env GOVERSION: %w", err)
 	}
-	fmt.Fprintf(h, "%s %s/%s %q %q\n", strings.TrimSpace(string(out)), runtime.GOOS, runtime.GOARCH, buildFlags, buildEnv)
+	fmt.Fprintf(h, "%s %s/%s %q %q %v\n", strings.TrimSpace(string(out)), runtime.GOOS, runtime.GOARCH, buildFlags, buildEnv, tools)
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 
@@ -133,6 +133,9 @@ func build(ctx context.Context, buildDir, dir string, logf func(string, ...any))
 		start := time.Now()
 		logf("building %s (%s) into %s; a cold build takes minutes", t.name, t.pkg, dir)
 		args := append([]string{"build"}, buildFlags...)
+		if t.ldflags != "" {
+			args = append(args, "-ldflags="+t.ldflags)
+		}
 		args = append(args, "-o", filepath.Join(tmp, t.name), t.pkg)
 		cmd := exec.CommandContext(ctx, "go", args...)
 		cmd.Dir = filepath.Join(buildDir, t.module)

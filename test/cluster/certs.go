@@ -117,7 +117,8 @@ type pki struct {
 	CA                       *ca
 	ServingCert, ServingKey  string
 	AdminCert, AdminKey      string
-	ServiceAccountKey        string // signs and verifies service account tokens
+	ServiceAccountKey        string // signs service account tokens
+	ServiceAccountPub        string // verifies them
 	FrontProxyCA             *ca    // the aggregation layer's
 	ProxyClientCert, ProxyCK string // front-proxy-client
 	// KEDADir holds ca.crt, tls.crt and tls.key as KEDA's --cert-dir wants
@@ -156,6 +157,14 @@ func newPKI(dir string, hostIP, nsIP net.IP) (*pki, error) {
 	}
 	p.ServiceAccountKey = filepath.Join(dir, "sa.key")
 	if err := writeKey(p.ServiceAccountKey, saKey); err != nil {
+		return nil, err
+	}
+	pub, err := x509.MarshalPKIXPublicKey(saKey.Public())
+	if err != nil {
+		return nil, err
+	}
+	p.ServiceAccountPub = filepath.Join(dir, "sa.pub")
+	if err := writePEM(p.ServiceAccountPub, "PUBLIC KEY", pub); err != nil {
 		return nil, err
 	}
 	if p.FrontProxyCA, err = newCA(dir, "front-proxy-ca"); err != nil {

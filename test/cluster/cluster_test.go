@@ -16,7 +16,9 @@ import (
 
 	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 )
@@ -158,6 +160,9 @@ func TestControlPlane(t *testing.T) {
 
 	t.Run("ScaleFromZero", func(t *testing.T) { e.scaleFromZero(ctx, t) })
 	t.Run("ScaleOut", func(t *testing.T) { e.scaleOut(ctx, t) })
+	t.Run("ScalerRestart", func(t *testing.T) { e.scalerRestart(ctx, t, scalerBin) })
+	// Last: it stops the agents.
+	t.Run("Fallback", func(t *testing.T) { e.fallback(ctx, t) })
 
 	t.Log("\n" + rep.String())
 	if path := os.Getenv("GPU_AGENT_CLUSTER_REPORT"); path != "" {
@@ -203,12 +208,7 @@ func (e *env) scaleFromZero(ctx context.Context, t *testing.T) {
 			})))
 		e.waitReady(ctx, t, push, prom)
 		// KEDA holds the stream open and has polled Prometheus while inactive.
-		if err := poll(ctx, 30*time.Second, func() (bool, error) {
-			v, err := e.scaler.Metric(ctx, "gpu_scaler_stream_watchers")
-			return v >= 1, err
-		}); err != nil {
-			t.Fatalf("KEDA never opened StreamIsActive: %v", err)
-		}
+		e.waitWatchers(ctx, t, 1)
 		time.Sleep(3 * scrapeEvery)
 		for _, d := range []string{push, prom} {
 			if n := e.rec.Current(d); n != 0 {
@@ -318,6 +318,98 @@ func (e *env) scaleOut(ctx context.Context, t *testing.T) {
 		e.report.ScaleOut = append(e.report.ScaleOut, pair{Push: pushAt.Sub(t0), Prometheus: promAt.Sub(t0)})
 		e.report.ScaleOutReplicas = [2]int32{wantPush, wantProm}
 		e.remove(ctx, t, push, prom)
+	}
+}
+
+// scalerRestart: the scaler is killed while KEDA holds its
+// StreamIsActive stream, and started again on the same address; KEDA
+// reopens the stream (after its back-off) and the next step still wakes a
+// Deployment from zero through it. The ScaledObject polls every 300 s, so
+// a scale within the wait cannot come from a poll.
+func (e *env) scalerRestart(ctx context.Context, t *testing.T, scalerBin string) {
+	name := "wake-restart"
+	low := Load{Base: 10}
+	high := Load{Base: 10, GPUs: map[int]float64{0: 90}}
+	e.setLoads(t, low, low, low)
+	e.settle(ctx, t, wakeMetadata, wakeQuery, 10)
+	e.apply(ctx, t, deployment(name, 0),
+		scaledObject(name, 0, 1, 300, trigger("external-push", "Value", e.scalerMetadata(wakeMetadata))))
+	e.waitReady(ctx, t, name)
+	e.waitWatchers(ctx, t, 1)
+
+	e.scaler.p.kill()
+	killed := time.Now()
+	if err := e.scaler.start(e.dir, scalerBin, e.nodes); err != nil {
+		t.Fatalf("restarting the scaler: %v", err)
+	}
+	if err := poll(ctx, 30*time.Second, func() (bool, error) {
+		v, err := e.scaler.Metric(ctx, "gpu_scaler_agents_connected")
+		return v == nodes, err
+	}); err != nil {
+		t.Fatalf("the restarted scaler never reconnected to the agents: %v", err)
+	}
+	e.waitWatchers(ctx, t, 1)
+	reopened := time.Since(killed)
+	if n := e.rec.Current(name); n != 0 {
+		t.Fatalf("before the step, deployment %s has %d replicas, want 0", name, n)
+	}
+
+	t0 := e.step(ctx, t, map[int]Load{0: high})
+	at, err := e.rec.WaitFor(ctx, name, 1, t0.Add(-time.Second), 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("KEDA reopened StreamIsActive %s after the scaler was killed; the next step woke the deployment %s after its publication",
+		reopened.Round(time.Millisecond), at.Sub(t0).Round(time.Millisecond))
+	e.report.ScalerRestart = &restart{Reopened: reopened, Wake: at.Sub(t0)}
+	e.remove(ctx, t, name)
+}
+
+// fallback: every agent stops, so the scaler answers Unavailable (no
+// data is not 0) and KEDA applies the ScaledObject's fallback replicas
+// instead of scaling on a made-up value.
+func (e *env) fallback(ctx context.Context, t *testing.T) {
+	const name, fallbackReplicas, failureThreshold = "fallback", 5, 3
+	low := Load{Base: 5}
+	e.setLoads(t, low, low, low)
+	e.settle(ctx, t, outMetadata, outQuery, 3*nodes*5)
+	so := scaledObject(name, 1, 10, 1, trigger("external", "AverageValue", e.scalerMetadata(outMetadata)))
+	so["spec"].(map[string]any)["fallback"] = map[string]any{"failureThreshold": failureThreshold, "replicas": fallbackReplicas}
+	e.apply(ctx, t, deployment(name, 1), so)
+	e.waitReady(ctx, t, name)
+	time.Sleep(3 * HPASyncPeriod)
+	if n := e.rec.Current(name); n != 1 {
+		t.Fatalf("before the agents stop, deployment %s has %d replicas, want 1", name, n)
+	}
+
+	stopped := time.Now()
+	for _, n := range e.nodes {
+		n.p.stop(5 * time.Second)
+	}
+	ref := &externalscaler.ScaledObjectRef{Name: name, Namespace: ns, ScalerMetadata: outMetadata}
+	if err := poll(ctx, 30*time.Second, func() (bool, error) {
+		_, err := e.keda.IsActive(ctx, ref)
+		return status.Code(err) == codes.Unavailable, nil
+	}); err != nil {
+		t.Fatalf("the scaler never answered Unavailable once every agent stopped: %v", err)
+	}
+	unavailable := time.Since(stopped)
+	at, err := e.rec.WaitFor(ctx, name, fallbackReplicas, stopped, 60*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("agents stopped: the scaler answered Unavailable after %s, KEDA's fallback set %d replicas after %s",
+		unavailable.Round(time.Millisecond), fallbackReplicas, at.Sub(stopped).Round(time.Millisecond))
+	e.report.Fallback = &fallbackResult{Unavailable: unavailable, Replicas: fallbackReplicas, Applied: at.Sub(stopped)}
+}
+
+func (e *env) waitWatchers(ctx context.Context, t *testing.T, atLeast float64) {
+	t.Helper()
+	if err := poll(ctx, 90*time.Second, func() (bool, error) {
+		v, err := e.scaler.Metric(ctx, "gpu_scaler_stream_watchers")
+		return v >= atLeast, err
+	}); err != nil {
+		t.Fatalf("KEDA never opened StreamIsActive: %v", err)
 	}
 }
 
@@ -530,12 +622,25 @@ type pair struct {
 }
 
 type report struct {
-	BuildOrCache      time.Duration `json:"build_or_cache_ns"`
-	ControlPlaneStart time.Duration `json:"control_plane_start_ns"`
-	HPASyncPeriod     time.Duration `json:"hpa_sync_period_ns"`
-	FromZero          []pair        `json:"from_zero"`
-	ScaleOut          []pair        `json:"scale_out"`
-	ScaleOutReplicas  [2]int32      `json:"scale_out_replicas"`
+	BuildOrCache      time.Duration   `json:"build_or_cache_ns"`
+	ControlPlaneStart time.Duration   `json:"control_plane_start_ns"`
+	HPASyncPeriod     time.Duration   `json:"hpa_sync_period_ns"`
+	FromZero          []pair          `json:"from_zero"`
+	ScaleOut          []pair          `json:"scale_out"`
+	ScaleOutReplicas  [2]int32        `json:"scale_out_replicas"`
+	ScalerRestart     *restart        `json:"scaler_restart,omitempty"`
+	Fallback          *fallbackResult `json:"fallback,omitempty"`
+}
+
+type restart struct {
+	Reopened time.Duration `json:"stream_reopened_after_kill_ns"`
+	Wake     time.Duration `json:"wake_after_step_ns"`
+}
+
+type fallbackResult struct {
+	Unavailable time.Duration `json:"unavailable_after_stop_ns"`
+	Replicas    int           `json:"replicas"`
+	Applied     time.Duration `json:"applied_after_stop_ns"`
 }
 
 func median(ps []pair, f func(pair) time.Duration) time.Duration {
@@ -574,5 +679,13 @@ func (r *report) String() string {
 	}
 	row("one GPU 10% -> 90%: 0 -> 1 (KEDA: external-push / prometheus trigger)", r.FromZero)
 	row(fmt.Sprintf("six GPUs 5%% -> 40%%: 1 -> %d / %d (HPA: external / prometheus trigger, AverageValue of a sum)", r.ScaleOutReplicas[0], r.ScaleOutReplicas[1]), r.ScaleOut)
+	if r.ScalerRestart != nil {
+		fmt.Fprintf(&b, "\nScaler killed while KEDA held StreamIsActive: stream reopened %s after the kill; the next step woke a Deployment from 0 %s after its publication.\n",
+			r.ScalerRestart.Reopened.Round(time.Millisecond), r.ScalerRestart.Wake.Round(time.Millisecond))
+	}
+	if r.Fallback != nil {
+		fmt.Fprintf(&b, "\nEvery agent stopped: the scaler answered Unavailable %s later; KEDA's fallback (%d replicas) applied %s after the stop.\n",
+			r.Fallback.Unavailable.Round(time.Millisecond), r.Fallback.Replicas, r.Fallback.Applied.Round(time.Millisecond))
+	}
 	return b.String()
 }

@@ -175,7 +175,7 @@ func (c *ControlPlane) startAPIServer(ctx context.Context, bins *Binaries) error
 		"--authorization-mode=RBAC",
 		"--service-cluster-ip-range="+serviceCIDR,
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		"--service-account-key-file="+p.ServiceAccountKey,
+		"--service-account-key-file="+p.ServiceAccountPub,
 		"--service-account-signing-key-file="+p.ServiceAccountKey,
 		// The aggregation layer, with its own front-proxy CA.
 		"--requestheader-client-ca-file="+p.FrontProxyCA.path,
