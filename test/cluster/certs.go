@@ -135,6 +135,9 @@ const KEDAAuthority = "keda-operator.keda.svc"
 
 func newPKI(dir string, hostIP, nsIP net.IP) (*pki, error) {
 	p := &pki{dir: dir}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
 	var err error
 	if p.CA, err = newCA(dir, "ca"); err != nil {
 		return nil, err

@@ -104,7 +104,20 @@ func TestControlPlane(t *testing.T) {
 	rep := &report{BuildOrCache: time.Since(start)}
 	t.Logf("control-plane binaries in %s (%s)", bins.Dir, rep.BuildOrCache.Round(time.Second))
 
-	e := &env{t: t, dir: t.TempDir(), report: rep}
+	// The run's directory (logs, etcd, Prometheus) is kept when a test
+	// fails.
+	dir, err := os.MkdirTemp("", "gpu-agent-cluster-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("logs and data kept in %s", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	})
+	e := &env{t: t, dir: dir, report: rep}
 	start = time.Now()
 	cp, err := StartControlPlane(ctx, e.dir, bins, t.Logf)
 	t.Cleanup(func() {
@@ -287,12 +300,16 @@ func (e *env) scaleOut(ctx context.Context, t *testing.T) {
 		// What each source answers after the step, and what the HPA
 		// formula makes of it.
 		sum := 2*3*40.0 + 3*5.0
-		pushValue := e.settle(ctx, t, outMetadata, outQuery, sum)
-		wantPush := int32(math.Ceil(pushValue / target))
-		promValue, err := e.prom.Query(ctx, outQuery)
-		if err != nil {
-			t.Fatal(err)
+		var pushValue, promValue float64
+		if err := poll(ctx, 30*time.Second, func() (bool, error) {
+			var err error
+			pushValue = e.value(ctx, t, outMetadata)
+			promValue, err = e.prom.Query(ctx, outQuery)
+			return pushValue == sum && promValue == sum, err
+		}); err != nil {
+			t.Fatalf("after the step the scaler answers %g and Prometheus %g, want %g: %v", pushValue, promValue, sum, err)
 		}
+		wantPush := int32(math.Ceil(pushValue / target))
 		wantProm := int32(math.Ceil(promValue / target))
 		pushAt, err := e.rec.WaitFor(ctx, push, wantPush, t0.Add(-time.Second), 60*time.Second)
 		if err != nil {
@@ -461,8 +478,15 @@ func (e *env) step(ctx context.Context, t *testing.T, loads map[int]Load) time.T
 	return t0
 }
 
+// settleFor is how long the scaler and Prometheus must both have answered
+// a value before a ScaledObject may ask: KEDA's prometheus scaler queries
+// at time=now truncated to the second (RFC 3339), so it can read what
+// Prometheus held up to a second earlier.
+const settleFor = 2500 * time.Millisecond
+
 // settle waits until both the scaler (through KEDA's own client) and
-// Prometheus answer want for a trigger, and returns the scaler's answer.
+// Prometheus have answered want for settleFor, and returns the scaler's
+// answer.
 func (e *env) settle(ctx context.Context, t *testing.T, md map[string]string, query string, want float64) float64 {
 	t.Helper()
 	ref := &externalscaler.ScaledObjectRef{Name: "settle", Namespace: ns, ScalerMetadata: md}
@@ -472,6 +496,7 @@ func (e *env) settle(ctx context.Context, t *testing.T, md map[string]string, qu
 	}
 	name := spec.GetMetricSpecs()[0].GetMetricName()
 	var got, gotProm float64
+	var since time.Time
 	err = poll(ctx, 30*time.Second, func() (bool, error) {
 		resp, err := e.keda.GetMetrics(ctx, &externalscaler.GetMetricsRequest{ScaledObjectRef: ref, MetricName: name})
 		if err != nil {
@@ -488,12 +513,38 @@ func (e *env) settle(ctx context.Context, t *testing.T, md map[string]string, qu
 		if gotProm, err = e.prom.Query(ctx, query); err != nil {
 			return false, err
 		}
-		return got == want && gotProm == want, nil
+		if got != want || gotProm != want {
+			since = time.Time{}
+			return false, nil
+		}
+		if since.IsZero() {
+			since = time.Now()
+		}
+		return time.Since(since) >= settleFor, nil
 	})
 	if err != nil {
 		t.Fatalf("waiting for the scaler and Prometheus to answer %g: scaler %g, Prometheus %g: %v", want, got, gotProm, err)
 	}
 	return got
+}
+
+// value is the scaler's answer to a trigger now, as KEDA reads it.
+func (e *env) value(ctx context.Context, t *testing.T, md map[string]string) float64 {
+	t.Helper()
+	ref := &externalscaler.ScaledObjectRef{Name: "value", Namespace: ns, ScalerMetadata: md}
+	spec, err := e.keda.GetMetricSpec(ctx, ref)
+	if err != nil || len(spec.GetMetricSpecs()) != 1 {
+		t.Fatalf("GetMetricSpec: %v %v", spec, err)
+	}
+	resp, err := e.keda.GetMetrics(ctx, &externalscaler.GetMetricsRequest{ScaledObjectRef: ref, MetricName: spec.GetMetricSpecs()[0].GetMetricName()})
+	if err != nil || len(resp.GetMetricValues()) != 1 {
+		t.Fatalf("GetMetrics: %v %v", resp, err)
+	}
+	m := resp.GetMetricValues()[0]
+	if f := m.GetMetricValueFloat(); f > 0 {
+		return f
+	}
+	return float64(m.GetMetricValue())
 }
 
 func (e *env) apply(ctx context.Context, t *testing.T, objs ...map[string]any) {

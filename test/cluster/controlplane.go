@@ -310,7 +310,7 @@ func (c *ControlPlane) installKEDACRDs(ctx context.Context, bins *Binaries) erro
 
 // kedaEnv is the environment both KEDA binaries read besides flags.
 func kedaEnv(kubeconfig string) []string {
-	return []string{"KUBECONFIG=" + kubeconfig, "WATCH_NAMESPACE=", "POD_NAMESPACE=" + KEDANamespace, "KEDA_HTTP_DEFAULT_TIMEOUT=3000"}
+	return []string{"KUBECONFIG=" + kubeconfig, "WATCH_NAMESPACE=", "POD_NAMESPACE=" + KEDANamespace, "KEDA_CLUSTER_OBJECT_NAMESPACE=" + KEDANamespace, "KEDA_HTTP_DEFAULT_TIMEOUT=3000"}
 }
 
 func (c *ControlPlane) startOperator(ctx context.Context, bins *Binaries) error {
