@@ -169,6 +169,7 @@ func TestControlPlane(t *testing.T) {
 	if e.rec, err = RecordReplicas(ctx, cp.Client, ns); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(cancel) // the watch ends before the API server stops
 	t.Logf("control plane, %d agents, the scaler and Prometheus up in %s", nodes, time.Since(start).Round(time.Millisecond))
 
 	t.Run("ScaleFromZero", func(t *testing.T) { e.scaleFromZero(ctx, t) })
@@ -230,11 +231,11 @@ func (e *env) scaleFromZero(ctx context.Context, t *testing.T) {
 		}
 
 		t0 := e.step(ctx, t, map[int]Load{0: high})
-		pushAt, err := e.rec.WaitFor(ctx, push, 1, t0.Add(-time.Second), 60*time.Second)
+		pushAt, err := e.rec.WaitFor(ctx, push, 1, t0, 60*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
-		promAt, err := e.rec.WaitFor(ctx, prom, 1, t0.Add(-time.Second), 60*time.Second)
+		promAt, err := e.rec.WaitFor(ctx, prom, 1, t0, 60*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -311,11 +312,11 @@ func (e *env) scaleOut(ctx context.Context, t *testing.T) {
 		}
 		wantPush := int32(math.Ceil(pushValue / target))
 		wantProm := int32(math.Ceil(promValue / target))
-		pushAt, err := e.rec.WaitFor(ctx, push, wantPush, t0.Add(-time.Second), 60*time.Second)
+		pushAt, err := e.rec.WaitFor(ctx, push, wantPush, t0, 60*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
-		promAt, err := e.rec.WaitFor(ctx, prom, wantProm, t0.Add(-time.Second), 60*time.Second)
+		promAt, err := e.rec.WaitFor(ctx, prom, wantProm, t0, 60*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -329,9 +330,9 @@ func (e *env) scaleOut(ctx context.Context, t *testing.T) {
 				t.Errorf("deployment %s moved on to %d replicas (changes since the step: %v), want %d", d.name, n, e.rec.Changes(d.name, t0), d.want)
 			}
 		}
-		t.Logf("round %d: 1 -> %d replicas (scaler: %g) %s after the step's publication through the scaler; 1 -> %d (Prometheus: %g) %s through Prometheus; changes %v and %v",
+		t.Logf("round %d: 1 -> %d replicas (scaler: %g) %s after the step's publication through the scaler; 1 -> %d (Prometheus: %g) %s through Prometheus; replica counts after the step %v and %v",
 			r+1, wantPush, pushValue, pushAt.Sub(t0).Round(time.Millisecond), wantProm, promValue, promAt.Sub(t0).Round(time.Millisecond),
-			e.rec.Changes(push, t0.Add(-time.Second)), e.rec.Changes(prom, t0.Add(-time.Second)))
+			e.rec.Changes(push, t0), e.rec.Changes(prom, t0))
 		e.report.ScaleOut = append(e.report.ScaleOut, pair{Push: pushAt.Sub(t0), Prometheus: promAt.Sub(t0)})
 		e.report.ScaleOutReplicas = [2]int32{wantPush, wantProm}
 		e.remove(ctx, t, push, prom)
@@ -372,7 +373,7 @@ func (e *env) scalerRestart(ctx context.Context, t *testing.T, scalerBin string)
 	}
 
 	t0 := e.step(ctx, t, map[int]Load{0: high})
-	at, err := e.rec.WaitFor(ctx, name, 1, t0.Add(-time.Second), 30*time.Second)
+	at, err := e.rec.WaitFor(ctx, name, 1, t0, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
