@@ -6,7 +6,8 @@ import "strings"
 // are pinned by the tool-only wrapper modules under build/ (their go.mod
 // and go.sum are the pin; these constants name them for the report and
 // are checked against the wrappers by TestVersionsPinned); etcd and
-// Prometheus come from Debian.
+// Prometheus come from Debian (bookworm: etcd-server 3.4, which the API
+// server accepts, and prometheus 2.42).
 const (
 	// KubernetesVersion is k8s.io/kubernetes, whose kube-apiserver and
 	// kube-controller-manager build/kubernetes builds, with every k8s.io
@@ -16,9 +17,6 @@ const (
 	// KEDAVersion is github.com/kedacore/keda/v2, whose operator, metrics
 	// adapter and CRDs (config/crd/bases) build/keda provides.
 	KEDAVersion = "v2.21.0"
-	// EtcdMinVersion is the oldest etcd the API server is run against:
-	// Debian bookworm's etcd-server is 3.4.
-	EtcdMinVersion = "3.4"
 )
 
 // tool is one binary built from a wrapper module.
