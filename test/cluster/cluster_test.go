@@ -175,7 +175,8 @@ func TestControlPlane(t *testing.T) {
 	t.Run("ScaleFromZero", func(t *testing.T) { e.scaleFromZero(ctx, t) })
 	t.Run("ScaleOut", func(t *testing.T) { e.scaleOut(ctx, t) })
 	t.Run("ScalerRestart", func(t *testing.T) { e.scalerRestart(ctx, t, scalerBin) })
-	// Last: it stops the agents.
+	// Last: they stop agents.
+	t.Run("NodeGone", func(t *testing.T) { e.nodeGone(ctx, t) })
 	t.Run("Fallback", func(t *testing.T) { e.fallback(ctx, t) })
 
 	t.Log("\n" + rep.String())
@@ -383,6 +384,47 @@ func (e *env) scalerRestart(ctx context.Context, t *testing.T, scalerBin string)
 	e.remove(ctx, t, name)
 }
 
+// nodeGone: one node's agent stops; once the scaler judges it stale its
+// pods leave the aggregate (the answer drops by their share, it does not
+// fail), and the HPA scales the Deployment in to what the rest give. The
+// ScaledObject asks the HPA to scale in without its 5-minute
+// stabilization window.
+func (e *env) nodeGone(ctx context.Context, t *testing.T) {
+	const name = "node-gone"
+	busy := Load{Base: 5, GPUs: map[int]float64{0: 40, 1: 40, 2: 40}}
+	e.setLoads(t, busy, busy, busy)
+	all := e.settle(ctx, t, outMetadata, outQuery, 3*nodes*40)
+	before := int32(math.Ceil(all / target))
+	so := scaledObject(name, 1, 20, 1, trigger("external", "AverageValue", e.scalerMetadata(outMetadata)))
+	so["spec"].(map[string]any)["advanced"] = map[string]any{"horizontalPodAutoscalerConfig": map[string]any{
+		"behavior": map[string]any{"scaleDown": map[string]any{"stabilizationWindowSeconds": 0}},
+	}}
+	e.apply(ctx, t, deployment(name, int(before)), so)
+	e.waitReady(ctx, t, name)
+	time.Sleep(3 * HPASyncPeriod)
+	if n := e.rec.Current(name); n != before {
+		t.Fatalf("before the node goes, deployment %s has %d replicas, want %d (the scaler answers %g)", name, n, before, all)
+	}
+
+	gone := e.nodes[nodes-1]
+	stopped := time.Now()
+	gone.p.stop(5 * time.Second)
+	rest := float64(3 * (nodes - 1) * 40)
+	if err := poll(ctx, 30*time.Second, func() (bool, error) { return e.value(ctx, t, outMetadata) == rest, nil }); err != nil {
+		t.Fatalf("the scaler never dropped %s's pods from the aggregate: %v", gone.Name, err)
+	}
+	left := time.Since(stopped)
+	want := int32(math.Ceil(rest / target))
+	at, err := e.rec.WaitFor(ctx, name, want, stopped, 60*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s stopped: its pods left the scaler's answer (%g -> %g) after %s; the HPA scaled %d -> %d after %s",
+		gone.Name, all, rest, left.Round(time.Millisecond), before, want, at.Sub(stopped).Round(time.Millisecond))
+	e.report.NodeGone = &nodeGoneResult{Left: left, From: before, To: want, Scaled: at.Sub(stopped)}
+	e.remove(ctx, t, name)
+}
+
 // fallback: every agent stops, so the scaler answers Unavailable (no
 // data is not 0) and KEDA applies the ScaledObject's fallback replicas
 // instead of scaling on a made-up value.
@@ -390,7 +432,13 @@ func (e *env) fallback(ctx context.Context, t *testing.T) {
 	const name, fallbackReplicas, failureThreshold = "fallback", 5, 3
 	low := Load{Base: 5}
 	e.setLoads(t, low, low, low)
-	e.settle(ctx, t, outMetadata, outQuery, 3*nodes*5)
+	running := 0 // NodeGone stopped one
+	for _, n := range e.nodes {
+		if n.p.alive() == nil {
+			running++
+		}
+	}
+	e.settle(ctx, t, outMetadata, outQuery, float64(3*running*5))
 	so := scaledObject(name, 1, 10, 1, trigger("external", "AverageValue", e.scalerMetadata(outMetadata)))
 	so["spec"].(map[string]any)["fallback"] = map[string]any{"failureThreshold": failureThreshold, "replicas": fallbackReplicas}
 	e.apply(ctx, t, deployment(name, 1), so)
@@ -681,12 +729,19 @@ type report struct {
 	ScaleOut          []pair          `json:"scale_out"`
 	ScaleOutReplicas  [2]int32        `json:"scale_out_replicas"`
 	ScalerRestart     *restart        `json:"scaler_restart,omitempty"`
+	NodeGone          *nodeGoneResult `json:"node_gone,omitempty"`
 	Fallback          *fallbackResult `json:"fallback,omitempty"`
 }
 
 type restart struct {
 	Reopened time.Duration `json:"stream_reopened_after_kill_ns"`
 	Wake     time.Duration `json:"wake_after_step_ns"`
+}
+
+type nodeGoneResult struct {
+	Left     time.Duration `json:"pods_left_after_stop_ns"`
+	From, To int32
+	Scaled   time.Duration `json:"scaled_after_stop_ns"`
 }
 
 type fallbackResult struct {
@@ -734,6 +789,10 @@ func (r *report) String() string {
 	if r.ScalerRestart != nil {
 		fmt.Fprintf(&b, "\nScaler killed while KEDA held StreamIsActive: stream reopened %s after the kill; the next step woke a Deployment from 0 %s after its publication.\n",
 			r.ScalerRestart.Reopened.Round(time.Millisecond), r.ScalerRestart.Wake.Round(time.Millisecond))
+	}
+	if r.NodeGone != nil {
+		fmt.Fprintf(&b, "\nOne agent stopped: its pods left the scaler's answer %s later; the HPA scaled %d -> %d %s after the stop.\n",
+			r.NodeGone.Left.Round(time.Millisecond), r.NodeGone.From, r.NodeGone.To, r.NodeGone.Scaled.Round(time.Millisecond))
 	}
 	if r.Fallback != nil {
 		fmt.Fprintf(&b, "\nEvery agent stopped: the scaler answered Unavailable %s later; KEDA's fallback (%d replicas) applied %s after the stop.\n",
