@@ -8,7 +8,7 @@ VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 REVISION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -X $(PKG)/internal/agent.Version=$(VERSION) -X $(PKG)/internal/agent.Revision=$(REVISION)
 
-.PHONY: build build-scaler run test test-deploy lint e2e golden bench bench-go bench-fanin bench-push-fake bench-push bench-chain generate
+.PHONY: build build-scaler run test test-deploy lint e2e e2e-cluster golden bench bench-go bench-fanin bench-push-fake bench-push bench-chain generate
 
 build: build-scaler
 	go build -ldflags '$(LDFLAGS)' -o bin/gpu-agent ./cmd/agent
@@ -47,6 +47,16 @@ e2e:
 # builds and deploy/grafana/dashboard.md: review the diff.
 test-deploy:
 	cd test/deploy && go test -race -count=1 ./...
+
+# A real control plane on this machine: etcd, kube-apiserver,
+# kube-controller-manager (HPA sync 1 s), the KEDA operator and adapter,
+# Prometheus, the scaler and simulated agents; load steps scale
+# Deployments from 0 and from 1 on the push and Prometheus paths
+# (test/cluster). Needs root, ip, etcd and prometheus. The first run
+# builds the control plane into ~/.cache/gpu-agent (minutes); see the
+# README's "Real control plane".
+e2e-cluster:
+	GPU_AGENT_CLUSTER=1 go test -count=1 -timeout 60m -v ./test/cluster/
 
 # Rewrites test/testdata/metrics.golden from the running agent; review the diff.
 golden:

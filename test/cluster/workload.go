@@ -1,0 +1,317 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
+)
+
+// Node is one simulated node: an agent on --simulate with a load file.
+// GPU i holds default/inference-i; the last GPU is shared by
+// media/webrtc-sfu-0 and -1 (see the README's --simulate).
+type Node struct {
+	Name, Web, GRPC, LoadFile string
+	p                         *process
+}
+
+// Load is a node's GPU utilization: Base on every GPU, GPUs overriding it
+// by index.
+type Load struct {
+	Base float64
+	GPUs map[int]float64
+}
+
+// At returns the load of GPU i.
+func (l Load) At(i int) float64 {
+	if v, ok := l.GPUs[i]; ok {
+		return v
+	}
+	return l.Base
+}
+
+// StartNode starts an agent simulating gpus GPUs sampled every interval,
+// at load l.
+func StartNode(dir, bin string, i, gpus int, interval time.Duration, l Load) (*Node, error) {
+	n := &Node{Name: fmt.Sprintf("node-%d", i), LoadFile: filepath.Join(dir, fmt.Sprintf("load-node-%d.json", i))}
+	for _, a := range []*string{&n.Web, &n.GRPC} {
+		port, err := freePort("127.0.0.1")
+		if err != nil {
+			return nil, err
+		}
+		*a = "127.0.0.1:" + strconv.Itoa(port)
+	}
+	if err := n.SetLoad(l); err != nil {
+		return nil, err
+	}
+	var err error
+	n.p, err = startProcess(dir, n.Name, nil, bin,
+		fmt.Sprintf("--simulate=%d", gpus),
+		fmt.Sprintf("--simulate.seed=%d", i+1),
+		"--simulate.load-file="+n.LoadFile,
+		"--node-name="+n.Name,
+		"--interval="+interval.String(),
+		"--web.listen-address="+n.Web,
+		"--grpc.listen-address="+n.GRPC,
+	)
+	if err != nil {
+		return nil, err
+	}
+	return n, n.p.waitHTTP(context.Background(), nil, "http://"+n.Web+"/readyz", 30*time.Second)
+}
+
+// SetLoad steps the node's GPUs to l, atomically (the agent polls the
+// file every 50 ms and must never read half of it).
+func (n *Node) SetLoad(l Load) error {
+	gpus := map[string]map[string]float64{}
+	for i, v := range l.GPUs {
+		gpus[strconv.Itoa(i)] = map[string]float64{"gpu_util": v}
+	}
+	b, err := json.Marshal(map[string]any{"gpu_util": l.Base, "gpus": gpus})
+	if err != nil {
+		return err
+	}
+	tmp := n.LoadFile + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, n.LoadFile)
+}
+
+// WatchStep subscribes to the node's push stream (as the scaler does)
+// before a step is written, and returns a function that waits for the
+// sample time of the first snapshot whose GPUs carry l: when the step was
+// published, the origin every delay is measured from, so that the
+// sampling interval counts for neither path. The stream's first message
+// (the latest snapshot) is read before it returns, so the step cannot
+// have been published before the watch began.
+func (n *Node) WatchStep(ctx context.Context, l Load, timeout time.Duration) (func() (time.Time, error), error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	conn, err := grpc.NewClient(n.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	stream, err := telemetryv1.NewTelemetryClient(conn).Watch(ctx, &telemetryv1.WatchRequest{IncludeUnattributed: true})
+	if err == nil {
+		var first *telemetryv1.NodeSnapshot
+		if first, err = stream.Recv(); err == nil && carries(first, l) {
+			err = fmt.Errorf("%s already published %+v before the step", n.Name, l)
+		}
+	}
+	if err != nil {
+		conn.Close()
+		cancel()
+		return nil, err
+	}
+	return func() (time.Time, error) {
+		defer cancel()
+		defer conn.Close()
+		for {
+			snap, err := stream.Recv()
+			if err != nil {
+				return time.Time{}, fmt.Errorf("%s never published %+v: %w", n.Name, l, err)
+			}
+			if carries(snap, l) {
+				return snap.GetSampleTime().AsTime(), nil
+			}
+		}
+	}, nil
+}
+
+func carries(snap *telemetryv1.NodeSnapshot, l Load) bool {
+	if len(snap.GetDevices()) == 0 {
+		return false
+	}
+	for _, d := range snap.GetDevices() {
+		if d.GpuUtil == nil || d.GetGpuUtil() != l.At(int(d.GetGpuIndex())) {
+			return false
+		}
+	}
+	return true
+}
+
+// Scaler is cmd/scaler subscribed to the agents.
+type Scaler struct {
+	Addr, Web string
+	p         *process
+}
+
+// StartScaler starts the scaler on the agents' streams.
+func StartScaler(dir, bin string, nodes []*Node) (*Scaler, error) {
+	s := &Scaler{}
+	for _, a := range []*string{&s.Addr, &s.Web} {
+		port, err := freePort("127.0.0.1")
+		if err != nil {
+			return nil, err
+		}
+		*a = "127.0.0.1:" + strconv.Itoa(port)
+	}
+	if err := s.start(dir, bin, nodes); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Scaler) start(dir, bin string, nodes []*Node) error {
+	var agents []string
+	for _, n := range nodes {
+		agents = append(agents, n.GRPC)
+	}
+	var err error
+	s.p, err = startProcess(dir, "scaler", nil, bin, "--agents="+strings.Join(agents, ","),
+		"--grpc.listen-address="+s.Addr, "--web.listen-address="+s.Web)
+	if err != nil {
+		return err
+	}
+	return s.p.waitHTTP(context.Background(), nil, "http://"+s.Web+"/healthz", 30*time.Second)
+}
+
+// Metric returns the value of one unlabelled series of the scaler's
+// /metrics (0 when absent).
+func (s *Scaler) Metric(ctx context.Context, name string) (float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+s.Web+"/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, nil
+}
+
+// Prometheus is a real Prometheus scraping the agents, as a dcgm-exporter
+// user runs it for KEDA's prometheus trigger.
+type Prometheus struct {
+	Addr string
+	p    *process
+}
+
+// StartPrometheus starts Debian's prometheus scraping nodes every
+// interval.
+func StartPrometheus(dir string, nodes []*Node, every time.Duration) (*Prometheus, error) {
+	bin, err := lookTool("prometheus", "prometheus")
+	if err != nil {
+		return nil, err
+	}
+	var targets []string
+	for _, n := range nodes {
+		targets = append(targets, strconv.Quote(n.Web))
+	}
+	config := filepath.Join(dir, "prometheus.yml")
+	if err := os.WriteFile(config, fmt.Appendf(nil, `global:
+  scrape_interval: %[1]s
+  scrape_timeout: %[1]s
+scrape_configs:
+  - job_name: gpu-agent
+    honor_labels: true
+    static_configs:
+      - targets: [%[2]s]
+`, every, strings.Join(targets, ", ")), 0o644); err != nil {
+		return nil, err
+	}
+	port, err := freePort("127.0.0.1")
+	if err != nil {
+		return nil, err
+	}
+	pr := &Prometheus{Addr: "127.0.0.1:" + strconv.Itoa(port)}
+	pr.p, err = startProcess(dir, "prometheus", nil, bin, "--config.file="+config,
+		"--storage.tsdb.path="+filepath.Join(dir, "prometheus-data"), "--web.listen-address="+pr.Addr)
+	if err != nil {
+		return nil, err
+	}
+	return pr, pr.p.waitHTTP(context.Background(), nil, "http://"+pr.Addr+"/-/ready", 30*time.Second)
+}
+
+// Query runs an instant query that must reduce to one value.
+func (pr *Prometheus) Query(ctx context.Context, q string) (float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+pr.Addr+"/api/v1/query?query="+url.QueryEscape(q), nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Status string `json:"status"`
+		Data   struct {
+			Result []struct {
+				Value [2]any `json:"value"`
+			} `json:"result"`
+		} `json:"data"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		return 0, err
+	}
+	if body.Status != "success" || len(body.Data.Result) != 1 {
+		return 0, fmt.Errorf("%s answered %s with %d series", q, body.Status, len(body.Data.Result))
+	}
+	str, _ := body.Data.Result[0].Value[1].(string)
+	return strconv.ParseFloat(str, 64)
+}
+
+// agentBinaries builds the agent and the scaler of this module into dir.
+func agentBinaries(ctx context.Context, dir string) (agent, scaler string, err error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return "", "", err
+	}
+	for _, b := range []struct {
+		out *string
+		pkg string
+		env []string
+	}{
+		{&agent, "./cmd/agent", []string{"CGO_ENABLED=1"}},
+		{&scaler, "./cmd/scaler", []string{"CGO_ENABLED=0"}},
+	} {
+		*b.out = filepath.Join(dir, filepath.Base(b.pkg))
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", *b.out, b.pkg)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), b.env...)
+		if os.Getenv("CGO_CFLAGS") == "" {
+			cmd.Env = append(cmd.Env, "CGO_CFLAGS=-O2 -g -Wno-deprecated-declarations")
+		}
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return "", "", fmt.Errorf("go build %s: %w\n%s", b.pkg, err, out)
+		}
+	}
+	return agent, scaler, nil
+}
+
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", err
+	}
+	mod := strings.TrimSpace(string(out))
+	if mod == "" || mod == os.DevNull {
+		return "", fmt.Errorf("not inside the module")
+	}
+	return filepath.Dir(mod), nil
+}
