@@ -117,18 +117,38 @@ func (n *Node) WatchStep(ctx context.Context, l Load, timeout time.Duration) (fu
 		cancel()
 		return nil, err
 	}
-	return func() (time.Time, error) {
-		defer cancel()
+	// The stream is read from now on, not only once the caller waits: the
+	// agent keeps 4 snapshots per subscriber and drops the oldest, so a
+	// caller busy writing steps for 4 intervals would otherwise miss the
+	// first snapshot of the step and time from a later one (seen: the
+	// push path's wake recorded "before" the step).
+	type result struct {
+		at  time.Time
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
 		defer conn.Close()
 		for {
 			snap, err := stream.Recv()
 			if err != nil {
-				return time.Time{}, fmt.Errorf("%s never published %+v: %w", n.Name, l, err)
+				done <- result{err: fmt.Errorf("%s never published %+v: %w", n.Name, l, err)}
+				return
+			}
+			if snap.GetSkipped() > 0 {
+				done <- result{err: fmt.Errorf("%s: the step's watch fell %d snapshots behind", n.Name, snap.GetSkipped())}
+				return
 			}
 			if carries(snap, l) {
-				return snap.GetSampleTime().AsTime(), nil
+				done <- result{at: snap.GetSampleTime().AsTime()}
+				return
 			}
 		}
+	}()
+	return func() (time.Time, error) {
+		defer cancel()
+		r := <-done
+		return r.at, r.err
 	}, nil
 }
 
