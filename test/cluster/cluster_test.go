@@ -172,6 +172,7 @@ func TestControlPlane(t *testing.T) {
 	t.Cleanup(cancel) // the watch ends before the API server stops
 	t.Logf("control plane, %d agents, the scaler and Prometheus up in %s", nodes, time.Since(start).Round(time.Millisecond))
 
+	t.Run("Deploy", func(t *testing.T) { e.deploy(ctx, t) })
 	t.Run("ScaleFromZero", func(t *testing.T) { e.scaleFromZero(ctx, t) })
 	t.Run("ScaleOut", func(t *testing.T) { e.scaleOut(ctx, t) })
 	t.Run("ScalerRestart", func(t *testing.T) { e.scalerRestart(ctx, t, scalerBin) })
