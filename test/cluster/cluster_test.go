@@ -87,8 +87,10 @@ type env struct {
 	scaler *Scaler
 	prom   *Prometheus
 	rec    *ReplicaRecorder
-	keda   externalscaler.ExternalScalerClient
-	report *report
+	// agentBin is the agent built for this run.
+	agentBin string
+	keda     externalscaler.ExternalScalerClient
+	report   *report
 }
 
 func TestControlPlane(t *testing.T) {
@@ -138,6 +140,7 @@ func TestControlPlane(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.agentBin = agentBin
 	for i := range nodes {
 		n, err := StartNode(e.dir, agentBin, i, gpusPerNode, agentInterval, Load{Base: 10})
 		if n != nil && n.p != nil {

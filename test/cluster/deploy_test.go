@@ -3,7 +3,13 @@ package cluster
 import (
 	"context"
 	"errors"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +23,10 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
+
+	fk "github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
 )
 
 // deployed is what Deploy/Apply stored, for Deploy/RBAC.
@@ -58,6 +68,12 @@ func (e *env) deploy(ctx context.Context, t *testing.T) {
 			t.Fatal("deploy/ was not applied (see Deploy/Apply)")
 		}
 		e.agentRBAC(ctx, t, d)
+	})
+	t.Run("AgentPodWatch", func(t *testing.T) {
+		if len(d.objs) == 0 {
+			t.Fatal("deploy/ was not applied (see Deploy/Apply)")
+		}
+		e.agentPodWatch(ctx, t, d)
 	})
 }
 
@@ -429,4 +445,151 @@ func rules(ctx context.Context, t *testing.T, client kubernetes.Interface, ns st
 		}
 	}
 	return out
+}
+
+// agentPodWatch runs the real agent with the ServiceAccount token as its
+// --kubeconfig, on NVIDIA's mock NVML (the pod watch is off with
+// --simulate), and proves its pod watch names pods through that token:
+// one GPU time-sliced between two pods bound to the agent's node, each
+// running a process whose cgroup names the pod's UID, which only the API
+// server can turn into a pod name. The agent exposes no metric of its pod
+// watch; what shows that it works is each pod's series carrying its own
+// process's utilization instead of the device's. Pod A exists before the
+// agent starts (its list), pod B comes after (its watch). The same agent
+// with a token that RBAC grants nothing logs the 403 and cannot do it.
+func (e *env) agentPodWatch(ctx context.Context, t *testing.T, d *deployed) {
+	start := time.Now()
+	lib, configs, err := mockNVML()
+	if err != nil {
+		skipOrFail(t, err)
+	}
+	ds := d.find("DaemonSet", "gpu-agent")
+	saName, _, _ := unstructured.NestedString(ds.Object, "spec", "template", "spec", "serviceAccountName")
+	procs := []gpuProc{{pid: 5001, sm: 20}, {pid: 5002, sm: 45}}
+	profile, uuid, err := sharedGPUProfile(configs, procs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	profileFile, procfs := filepath.Join(dir, "profile.yaml"), filepath.Join(dir, "proc")
+	if err := os.WriteFile(profileFile, profile, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The kubelet's view: both pods hold a replica of GPU 0 (NVIDIA's
+	// device plugin with time-slicing).
+	names := []string{"rbac-shared-a", "rbac-shared-b"}
+	kubelet, err := fk.Start(fk.TempSocketPath(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(kubelet.Stop)
+	kubelet.SetPods([]*podresourcesv1.PodResources{
+		fk.Pod("default", names[0], fk.Container("server", fk.Devices("nvidia.com/gpu.shared", uuid+"::0"))),
+		fk.Pod("default", names[1], fk.Container("server", fk.Devices("nvidia.com/gpu.shared", uuid+"::1"))),
+	})
+	a := e.createPod(ctx, t, names[0], rbacNode)
+	if err := writeCgroup(procfs, procs[0].pid, string(a.UID), strings.Repeat("a1", 32)); err != nil {
+		t.Fatal(err)
+	}
+
+	agent := func(name string, cfg *rest.Config) (metrics func() string, p *process) {
+		t.Helper()
+		kc, err := e.cp.WriteTokenKubeconfig(cfg, name+".kubeconfig")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port, err := freePort("127.0.0.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		web := "127.0.0.1:" + strconv.Itoa(port)
+		p, err = startProcess(e.dir, name, []string{"MOCK_NVML_CONFIG=" + profileFile, "NODE_NAME=" + rbacNode}, e.agentBin,
+			"--nvml.library-path="+lib, "--interval=100ms",
+			"--kubelet.pod-resources-socket="+kubelet.Path(), "--kubelet.poll-interval=100ms",
+			"--path.procfs="+procfs, "--kubeconfig="+kc,
+			"--web.listen-address="+web, "--grpc.listen-address=")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			p.stop(5 * time.Second)
+			if t.Failed() {
+				t.Logf("--- the end of %s's log (%s):\n%s", name, p.log, p.tail(25))
+			}
+		})
+		if err := p.waitHTTP(ctx, nil, "http://"+web+"/readyz", 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		return func() string {
+			resp, err := http.Get("http://" + web + "/metrics")
+			if err != nil {
+				return ""
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return string(b)
+		}, p
+	}
+	util := func(body, pod string) (float64, bool) {
+		return series(body, "DCGM_FI_DEV_GPU_UTIL", map[string]string{"UUID": uuid, "pod": pod})
+	}
+	waitShares := func(metrics func() string, pods int) {
+		t.Helper()
+		var body string
+		if err := poll(ctx, 20*time.Second, func() (bool, error) {
+			body = metrics()
+			for i := range pods {
+				if v, ok := util(body, names[i]); !ok || v != float64(procs[i].sm) {
+					return false, nil
+				}
+			}
+			return true, nil
+		}); err != nil {
+			a, _ := util(body, names[0])
+			b, _ := util(body, names[1])
+			t.Fatalf("pods' own shares of GPU 0 never served (%v): %s %v, %s %v; want %d and %d", err, names[0], a, names[1], b, procs[0].sm, procs[1].sm)
+		}
+	}
+
+	cfg, err := e.cp.TokenConfig(ctx, ds.GetNamespace(), saName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := time.Now()
+	metrics, p := agent("agent-token", cfg)
+	waitShares(metrics, 1) // listed
+	listed := time.Since(started)
+	b := e.createPod(ctx, t, names[1], rbacNode)
+	created := time.Now()
+	if err := writeCgroup(procfs, procs[1].pid, string(b.UID), strings.Repeat("b2", 32)); err != nil {
+		t.Fatal(err)
+	}
+	waitShares(metrics, 2) // watched
+	watched := time.Since(created)
+	log := readFile(t, p.log)
+	if !regexp.MustCompile(`msg="pod watch synced" .*node=`+rbacNode+` pods=1\n`).MatchString(log) || strings.Contains(log, "pod watch failed") {
+		t.Errorf("the agent's log does not say its pod watch synced without failing:\n%s", p.tail(25))
+	}
+
+	// The control: a token RBAC grants nothing (the default
+	// serviceaccount of the default namespace). The agent logs the 403
+	// once, and its pods see the device's utilization, not their own.
+	baseCfg, err := e.cp.TokenConfig(ctx, "default", "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	denied, dp := agent("agent-no-rbac", baseCfg)
+	if err := poll(ctx, 10*time.Second, func() (bool, error) {
+		l := readFile(t, dp.log)
+		return strings.Contains(l, "pod watch failed") && strings.Contains(l, "forbidden"), nil
+	}); err != nil {
+		t.Fatalf("the agent without RBAC never logged a forbidden pod watch:\n%s", dp.tail(25))
+	}
+	time.Sleep(500 * time.Millisecond) // five ticks
+	body := denied()
+	if v, ok := util(body, names[0]); !ok || v != float64(procs[0].sm+procs[1].sm) {
+		t.Errorf("without RBAC, pod %s's GPU 0 utilization is %v (present %v), want the device's %d", names[0], v, ok, procs[0].sm+procs[1].sm)
+	}
+	t.Logf("the agent on the token (--kubeconfig, --node-name=%s, mock NVML) named its node's pods: one listed (its share served %s after the agent started), one created later watched (its share served %s after its creation); without RBAC it logged the 403 and its pods saw the GPU's utilization; %s",
+		rbacNode, listed.Round(time.Millisecond), watched.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 }

@@ -152,6 +152,7 @@ func (c *ControlPlane) TokenConfig(ctx context.Context, namespace, name string) 
 		Host:            c.Config.Host,
 		TLSClientConfig: rest.TLSClientConfig{CAFile: c.pki.CA.path},
 		BearerToken:     tr.Status.Token,
+		QPS:             100, Burst: 200, // not client-go's 5/s, which makes the RBAC test wait on itself
 	}, nil
 }
 
