@@ -32,6 +32,7 @@ import (
 // deployed is what Deploy/Apply stored, for Deploy/RBAC.
 type deployed struct {
 	objs []*unstructured.Unstructured
+	ok   bool // every object was applied
 }
 
 // find returns the applied object of kind and name.
@@ -63,14 +64,20 @@ func (e *env) deploy(ctx context.Context, t *testing.T) {
 		}
 	})
 	t.Run("Apply", func(t *testing.T) { e.applyDeploy(ctx, t, d) })
+	t.Run("Helm", func(t *testing.T) {
+		if !d.ok {
+			t.Fatal("deploy/ was not applied (see Deploy/Apply): the chart's objects need its namespace and CRDs")
+		}
+		e.applyHelm(ctx, t)
+	})
 	t.Run("RBAC", func(t *testing.T) {
-		if len(d.objs) == 0 {
+		if !d.ok {
 			t.Fatal("deploy/ was not applied (see Deploy/Apply)")
 		}
 		e.agentRBAC(ctx, t, d)
 	})
 	t.Run("AgentPodWatch", func(t *testing.T) {
-		if len(d.objs) == 0 {
+		if !d.ok {
 			t.Fatal("deploy/ was not applied (see Deploy/Apply)")
 		}
 		e.agentPodWatch(ctx, t, d)
@@ -97,32 +104,13 @@ func (e *env) applyDeploy(ctx context.Context, t *testing.T, d *deployed) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kinds := map[string]int{}
 	start = time.Now()
-	for _, o := range objs {
-		got, warnings, err := e.cp.ApplyStrict(ctx, o, false)
-		if err != nil {
-			t.Errorf("the API server refused %s %s/%s from %s: %v", o.GetKind(), o.GetNamespace(), o.GetName(), deployBuild, err)
-			continue
-		}
-		for _, w := range warnings {
-			// namespace.yaml asks for it: enforce privileged, warn
-			// baseline, which refuses the agent's hostPaths.
-			if o.GetKind() == "DaemonSet" && strings.HasPrefix(w, `would violate PodSecurity "baseline:latest": hostPath volumes`) {
-				t.Logf("the API server warned, as namespace.yaml intends (warn: baseline), on %s %s: %s", o.GetKind(), o.GetName(), w)
-				continue
-			}
-			t.Errorf("the API server warned on %s %s/%s: %s", o.GetKind(), o.GetNamespace(), o.GetName(), w)
-		}
-		if got.GetUID() == "" || got.GetNamespace() != o.GetNamespace() {
-			t.Errorf("%s %s: stored as %s/%s (uid %q)", o.GetKind(), o.GetName(), got.GetNamespace(), got.GetName(), got.GetUID())
-		}
-		d.objs = append(d.objs, got)
-		kinds[o.GetKind()]++
-	}
+	var kinds map[string]int
+	d.objs, kinds = e.applyAll(ctx, t, deployBuild, objs, false)
 	if t.Failed() {
 		return
 	}
+	d.ok = true
 	// The namespaced objects are in the namespace the manifests name.
 	if ns := d.find("Namespace", "gpu-agent"); ns == nil {
 		t.Error("deploy/ has no Namespace gpu-agent")
@@ -152,6 +140,74 @@ func (e *env) applyDeploy(ctx context.Context, t *testing.T, d *deployed) {
 		if err == nil || !strings.Contains(err.Error(), ".spec.notAField: field not declared in schema") {
 			t.Errorf("%s with spec.notAField: the API server answered %v (code %d), want the field refused", kind, err, statusCode(err))
 		}
+	}
+}
+
+// applyAll server-side applies objs (from file) one by one in their
+// order, strictly, and returns what the API server stored and how many of
+// each kind. Any refusal or warning fails t, except the one PodSecurity
+// warning namespace.yaml asks for.
+func (e *env) applyAll(ctx context.Context, t *testing.T, file string, objs []*unstructured.Unstructured, dryRun bool) ([]*unstructured.Unstructured, map[string]int) {
+	t.Helper()
+	var stored []*unstructured.Unstructured
+	kinds := map[string]int{}
+	for _, o := range objs {
+		got, warnings, err := e.cp.ApplyStrict(ctx, o, dryRun)
+		if err != nil {
+			t.Errorf("the API server refused %s %s/%s from %s: %v", o.GetKind(), o.GetNamespace(), o.GetName(), file, err)
+			continue
+		}
+		for _, w := range warnings {
+			// namespace.yaml asks for it: enforce privileged, warn
+			// baseline, which refuses the agent's hostPaths.
+			if o.GetKind() == "DaemonSet" && strings.HasPrefix(w, `would violate PodSecurity "baseline:latest": hostPath volumes`) {
+				t.Logf("the API server warned, as namespace.yaml intends (warn: baseline), on %s %s: %s", o.GetKind(), o.GetName(), w)
+				continue
+			}
+			t.Errorf("the API server warned on %s %s/%s from %s: %s", o.GetKind(), o.GetNamespace(), o.GetName(), file, w)
+		}
+		if got.GetUID() == "" || got.GetNamespace() != o.GetNamespace() {
+			t.Errorf("%s %s: stored as %s/%s (uid %q)", o.GetKind(), o.GetName(), got.GetNamespace(), got.GetName(), got.GetUID())
+		}
+		stored = append(stored, got)
+		kinds[o.GetKind()]++
+	}
+	return stored, kinds
+}
+
+// helmDefault is the chart's default render, which test/deploy's
+// TestHelmDefaultCommitted keeps equal to helm template's (helm cannot be
+// linked into this module either).
+const helmDefault = "../deploy/testdata/helm/default.yaml"
+
+// helmOrder is the order helm install creates these kinds in
+// (helm.sh/helm/v4/pkg/release/v1/util.InstallOrder); kinds it does not
+// know, custom resources among them, come last.
+var helmOrder = []string{"Namespace", "PodDisruptionBudget", "ServiceAccount", "Secret", "ConfigMap",
+	"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service", "DaemonSet", "Deployment"}
+
+// applyHelm server-side applies the chart's default render in helm
+// install's order, strictly and as a dry run: the API server validates
+// and admits every object without storing it, since the chart's defaults
+// are deploy/'s objects under the same names (test/deploy checks that),
+// applied already.
+func (e *env) applyHelm(ctx context.Context, t *testing.T) {
+	objs, err := Objects(helmDefault)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rank := func(o *unstructured.Unstructured) int {
+		if i := slices.Index(helmOrder, o.GetKind()); i >= 0 {
+			return i
+		}
+		return len(helmOrder)
+	}
+	slices.SortStableFunc(objs, func(a, b *unstructured.Unstructured) int { return rank(a) - rank(b) })
+	start := time.Now()
+	stored, kinds := e.applyAll(ctx, t, helmDefault, objs, true)
+	if !t.Failed() {
+		t.Logf("the API server accepted all %d objects of the chart's default render (%v), server-side applied with fieldValidation=Strict as a dry run, in %s",
+			len(stored), kinds, time.Since(start).Round(time.Millisecond))
 	}
 }
 
