@@ -175,13 +175,16 @@ func TestControlPlane(t *testing.T) {
 	t.Cleanup(cancel) // the watch ends before the API server stops
 	t.Logf("control plane, %d agents, the scaler and Prometheus up in %s", nodes, time.Since(start).Round(time.Millisecond))
 
-	t.Run("Deploy", func(t *testing.T) { e.deploy(ctx, t) })
 	t.Run("ScaleFromZero", func(t *testing.T) { e.scaleFromZero(ctx, t) })
 	t.Run("ScaleOut", func(t *testing.T) { e.scaleOut(ctx, t) })
 	t.Run("ScalerRestart", func(t *testing.T) { e.scalerRestart(ctx, t, scalerBin) })
 	// Last: they stop agents.
 	t.Run("NodeGone", func(t *testing.T) { e.nodeGone(ctx, t) })
 	t.Run("Fallback", func(t *testing.T) { e.fallback(ctx, t) })
+	// After the measurements, which it needs none of and which it could
+	// disturb: run before them, ScaleFromZero failed in 3 of 4 runs (a
+	// wake recorded before the step it was timed from).
+	t.Run("Deploy", func(t *testing.T) { e.deploy(ctx, t) })
 
 	t.Log("\n" + rep.String())
 	if path := os.Getenv("GPU_AGENT_CLUSTER_REPORT"); path != "" {
