@@ -280,6 +280,15 @@ func (c *ControlPlane) installKEDACRDs(ctx context.Context, bins *Binaries) erro
 	if len(files) == 0 {
 		return fmt.Errorf("no CRDs in %s", bins.KEDACRDsDir)
 	}
+	if err := c.InstallCRDs(ctx, files...); err != nil {
+		return err
+	}
+	_, err = c.Client.CoreV1().Namespaces().Create(ctx, namespace(KEDANamespace), metav1.CreateOptions{})
+	return err
+}
+
+// InstallCRDs applies CRD files and waits until each is established.
+func (c *ControlPlane) InstallCRDs(ctx context.Context, files ...string) error {
 	var names []string
 	for _, f := range files {
 		b, err := os.ReadFile(f)
@@ -304,8 +313,7 @@ func (c *ControlPlane) installKEDACRDs(ctx context.Context, bins *Binaries) erro
 			return fmt.Errorf("CRD %s not established: %w", n, err)
 		}
 	}
-	_, err = c.Client.CoreV1().Namespaces().Create(ctx, namespace(KEDANamespace), metav1.CreateOptions{})
-	return err
+	return nil
 }
 
 // kedaEnv is the environment both KEDA binaries read besides flags.

@@ -17,6 +17,9 @@
 //
 // What it needs: root (the metrics adapter runs in a network namespace of
 // its own, see netns.go), iproute2's ip, Debian's etcd-server (etcd) and
-// prometheus, and the Go module proxy for the first build. When opted in,
-// a missing tool skips the tests on a laptop and fails them under CI=true.
+// prometheus, the Go module proxy for the first build (and for the
+// Prometheus Operator's CRDs), and NVIDIA's mock NVML source for the
+// agent whose pod watch runs on a ServiceAccount token (see mockNVML).
+// When opted in, a missing tool skips the tests on a laptop and fails them
+// under CI=true.
 package cluster

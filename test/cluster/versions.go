@@ -17,6 +17,15 @@ const (
 	// KEDAVersion is github.com/kedacore/keda/v2, whose operator, metrics
 	// adapter and CRDs (config/crd/bases) build/keda provides.
 	KEDAVersion = "v2.21.0"
+	// PrometheusOperatorVersion is github.com/prometheus-operator/prometheus-operator,
+	// whose example/prometheus-operator-crd holds the ServiceMonitor and
+	// PrometheusRule CRDs deploy/monitoring needs. Not a build input: it is
+	// fetched with go mod download when the manifests are applied. It is
+	// older than the monitoring API types test/deploy decodes with
+	// (pkg/apis/monitoring, see test/deploy/go.mod) because the module
+	// proxy serves no later version of the root module: v0.86.0 and up,
+	// v0.95.2 included, answer 403 "This module version is not available".
+	PrometheusOperatorVersion = "v0.85.0"
 )
 
 // tool is one binary built from a wrapper module.
