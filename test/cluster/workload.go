@@ -93,8 +93,10 @@ func (n *Node) SetLoad(l Load) error {
 
 // WatchStep subscribes to the node's push stream (as the scaler does)
 // before a step is written, and returns a function that waits for the
-// sample time of the first snapshot whose GPUs carry l: when the step was
-// published, the origin every delay is measured from, so that the
+// first snapshot whose GPUs carry l and returns the sample time of the
+// first snapshot that showed any of the step (a GPU's or a pod's share of
+// utilization changed): when the step was published, the origin every
+// delay is measured from, so that the
 // sampling interval counts for neither path. The stream's first message
 // (the latest snapshot) is read before it returns, so the step cannot
 // have been published before the watch began.
@@ -106,8 +108,8 @@ func (n *Node) WatchStep(ctx context.Context, l Load, timeout time.Duration) (fu
 		return nil, err
 	}
 	stream, err := telemetryv1.NewTelemetryClient(conn).Watch(ctx, &telemetryv1.WatchRequest{IncludeUnattributed: true})
+	var first *telemetryv1.NodeSnapshot
 	if err == nil {
-		var first *telemetryv1.NodeSnapshot
 		if first, err = stream.Recv(); err == nil && carries(first, l) {
 			err = fmt.Errorf("%s already published %+v before the step", n.Name, l)
 		}
@@ -129,6 +131,11 @@ func (n *Node) WatchStep(ctx context.Context, l Load, timeout time.Duration) (fu
 	done := make(chan result, 1)
 	go func() {
 		defer conn.Close()
+		// The step is published with the first snapshot that shows any of
+		// it: a GPU's utilization, or a pod's own share of it (the
+		// scaler's value), which NVML's per-process samples may show a
+		// tick before or after the device's figure.
+		var at time.Time
 		for {
 			snap, err := stream.Recv()
 			if err != nil {
@@ -139,8 +146,14 @@ func (n *Node) WatchStep(ctx context.Context, l Load, timeout time.Duration) (fu
 				done <- result{err: fmt.Errorf("%s: the step's watch fell %d snapshots behind", n.Name, snap.GetSkipped())}
 				return
 			}
+			if at.IsZero() && !sameGPUUtil(first, snap) {
+				at = snap.GetSampleTime().AsTime()
+			}
 			if carries(snap, l) {
-				done <- result{at: snap.GetSampleTime().AsTime()}
+				if at.IsZero() {
+					at = snap.GetSampleTime().AsTime()
+				}
+				done <- result{at: at}
 				return
 			}
 		}
@@ -150,6 +163,26 @@ func (n *Node) WatchStep(ctx context.Context, l Load, timeout time.Duration) (fu
 		r := <-done
 		return r.at, r.err
 	}, nil
+}
+
+// sameGPUUtil reports whether two snapshots of a node show the same GPU
+// utilization, device by device and pod share by pod share.
+func sameGPUUtil(a, b *telemetryv1.NodeSnapshot) bool {
+	if len(a.GetDevices()) != len(b.GetDevices()) {
+		return false
+	}
+	for i, da := range a.GetDevices() {
+		db := b.GetDevices()[i]
+		if da.GetGpuIndex() != db.GetGpuIndex() || da.GetGpuUtil() != db.GetGpuUtil() || len(da.GetPods()) != len(db.GetPods()) {
+			return false
+		}
+		for j, pa := range da.GetPods() {
+			if pa.GetGpuUtil() != db.GetPods()[j].GetGpuUtil() {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func carries(snap *telemetryv1.NodeSnapshot, l Load) bool {
