@@ -201,6 +201,20 @@ func TestPerPodMockNVML(t *testing.T) {
 		}
 		return nil
 	})
+	// The watch says it works: synced, holding this node's pods only.
+	nodePods := 0
+	for _, p := range apiPods {
+		if p.Spec.NodeName == "golden-node" {
+			nodePods++
+		}
+	}
+	for metric, want := range map[string]float64{
+		"gpu_agent_pod_watch_synced": 1, "gpu_agent_pod_watch_pods": float64(nodePods), "gpu_agent_pod_watch_errors_total": 0,
+	} {
+		if err := s.expect(metric, want); err != nil {
+			t.Error(err)
+		}
+	}
 
 	for _, p := range mockProcs {
 		if p.pod == "" {

@@ -247,6 +247,9 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		tickDuration,
 	)
+	if watcher != nil {
+		reg.MustRegister(podWatchMetrics(watcher)...)
+	}
 	var push *pushServer
 	if grpcLn != nil {
 		if push, err = newPushServer(cfg, store, client, processes, log.With("component", "grpc")); err != nil {

@@ -102,6 +102,25 @@ type Watcher struct {
 	running chan struct{}
 	errMu   sync.Mutex
 	lastErr string
+	errors  uint64 // failed lists and watches, under errMu
+}
+
+// Stats is what the watch has done so far, for the agent's metrics.
+type Stats struct {
+	Synced bool   // the first list of the node's pods has been indexed
+	Pods   int    // pods indexed now
+	Errors uint64 // failed lists and watches (a closed watch is not one)
+}
+
+// Stats returns the watch's state; safe for concurrent use.
+func (w *Watcher) Stats() Stats {
+	w.mu.RLock()
+	pods := len(w.pods)
+	w.mu.RUnlock()
+	w.errMu.Lock()
+	errs := w.errors
+	w.errMu.Unlock()
+	return Stats{Synced: w.HasSynced(), Pods: pods, Errors: errs}
 }
 
 type entry struct {
@@ -332,6 +351,7 @@ func (w *Watcher) watchError(_ context.Context, _ *cache.Reflector, err error) {
 	w.errMu.Lock()
 	repeat := msg == w.lastErr
 	w.lastErr = msg
+	w.errors++
 	w.errMu.Unlock()
 	if repeat {
 		w.log.Debug("pod watch failed again", "node", w.node, "err", err)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -408,6 +409,39 @@ func TestHasSyncedWaitsForTheFirstList(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return on cancel")
+	}
+}
+
+// Stats counts a forbidden list (a missing RBAC rule), is not synced
+// until a list succeeds, and then holds the node's pods.
+func TestStatsCountFailedListsUntilSynced(t *testing.T) {
+	client := fake.NewClientset(webrtcPod())
+	var calls sync.Mutex
+	failures := 1
+	client.PrependReactor("list", "pods", func(clienttesting.Action) (bool, runtime.Object, error) {
+		calls.Lock()
+		defer calls.Unlock()
+		if failures > 0 {
+			failures--
+			return true, nil, apierrors.NewForbidden(corev1.Resource("pods"), "", nil)
+		}
+		return false, nil, nil
+	})
+	w, err := New(fakePods(client), node, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := w.Stats(); st != (Stats{}) {
+		t.Fatalf("before Run: %+v, want zero", st)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = w.Run(ctx) }()
+	if !cache.WaitForCacheSync(timeout(t), w.HasSynced) {
+		t.Fatal("not synced after the list that succeeded")
+	}
+	if st := w.Stats(); st != (Stats{Synced: true, Pods: 1, Errors: 1}) {
+		t.Errorf("after a forbidden list and a good one: %+v, want synced, 1 pod, 1 error", st)
 	}
 }
 
