@@ -199,6 +199,12 @@ func TestPerPodMockNVML(t *testing.T) {
 				return fmt.Errorf("%s: DCGM_FI_DEV_GPU_UTIL %v (present %v), want its process's %d", p.pod, v, ok, p.sm)
 			}
 		}
+		// A scrape reads the device families and the agent's own from
+		// the latest snapshot each: just after the first attribution the
+		// two may be a tick apart.
+		if _, ok := s.podSeries("gpu_agent_unattributed_processes", shared, ""); !ok {
+			return fmt.Errorf("no gpu_agent_unattributed_processes yet")
+		}
 		return nil
 	})
 	// The watch says it works: synced, holding this node's pods only.
