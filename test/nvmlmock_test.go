@@ -1,14 +1,9 @@
 package test
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"io"
-	"io/fs"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -19,6 +14,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v2"
+
+	"github.com/gpu-telemetry/agent/test/internal/nvmlmock"
 )
 
 // These tests run the real binary over NVIDIA's mock NVML
@@ -41,8 +38,8 @@ import (
 
 // Where the mock's source is, and what builds it.
 const (
-	mockSrcEnv = "NVML_MOCK_SRC" // default: ../shared/third_party/nvml-mock beside the repository
-	mockLibEnv = "NVML_MOCK_LIB" // a libnvidia-ml.so.1 already built: skips the build
+	mockSrcEnv = nvmlmock.SrcEnv
+	mockLibEnv = nvmlmock.LibEnv
 	mockTTL    = 50 * time.Millisecond
 )
 
@@ -60,7 +57,7 @@ var (
 // where a missing source or a failed build fails the test.
 func requireMockNVML(t *testing.T) (lib, configs string) {
 	t.Helper()
-	mockOnce.Do(func() { mockLib, mockCfgs, mockErr = buildMockNVML() })
+	mockOnce.Do(func() { mockLib, mockCfgs, mockErr = nvmlmock.Build() })
 	if mockErr != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("mock NVML unavailable and CI=true: %v", mockErr)
@@ -71,67 +68,6 @@ func requireMockNVML(t *testing.T) (lib, configs string) {
 			"With CI=true this fails instead.", mockErr, mockSrcEnv, mockLibEnv, mockSrcEnv)
 	}
 	return mockLib, mockCfgs
-}
-
-func buildMockNVML() (lib, configs string, err error) {
-	src := os.Getenv(mockSrcEnv)
-	if src == "" {
-		root, err := moduleRoot()
-		if err != nil {
-			return "", "", err
-		}
-		src = filepath.Join(root, "..", "shared", "third_party", "nvml-mock")
-	}
-	configs = filepath.Join(src, "pkg", "gpu", "mocknvml", "configs")
-	if _, err := os.Stat(configs); err != nil {
-		return "", "", fmt.Errorf("no mock NVML source at %s (%s): %w", src, mockSrcEnv, err)
-	}
-	if lib := os.Getenv(mockLibEnv); lib != "" {
-		return lib, configs, nil
-	}
-	// The build script sits in the shared tree beside third_party.
-	script := filepath.Join(src, "..", "..", "tools", "build-nvml-mock")
-	if _, err := os.Stat(script); err != nil {
-		return "", "", fmt.Errorf("no build script at %s (set %s to a built library): %w", script, mockLibEnv, err)
-	}
-	hash, err := hashTree(src)
-	if err != nil {
-		return "", "", err
-	}
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		cache = os.TempDir()
-	}
-	out := filepath.Join(cache, "gpu-agent", "nvml-mock-"+hash)
-	cmd := exec.Command(script, out)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", "", fmt.Errorf("%s %s: %w\n%s", script, out, err, b)
-	}
-	return filepath.Join(out, "libnvidia-ml.so.1"), configs, nil
-}
-
-// hashTree hashes every file's path and content under dir.
-func hashTree(dir string) (string, error) {
-	h := sha256.New()
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, path)
-		f, err := os.Open(path)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		fmt.Fprintf(h, "%s\x00", rel)
-		_, err = io.Copy(h, f)
-		return err
-	})
-	if err != nil {
-		return "", fmt.Errorf("hashing %s: %w", dir, err)
-	}
-	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 
 // mockProfile is the part of a mock NVML profile the tests check against.

@@ -1,87 +1,29 @@
 package cluster
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
+	"errors"
 	"fmt"
-	"io"
-	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v2"
+
+	"github.com/gpu-telemetry/agent/test/internal/nvmlmock"
 )
 
-// The agent's pod watch runs only on NVML (--simulate names its own pods
-// and turns it off), so the RBAC test runs the agent on NVIDIA's mock
-// libnvidia-ml.so.1, found and built as the tests of package test do
-// (test/nvmlmock_test.go, which this package cannot import): the source
-// at $NVML_MOCK_SRC, by default ../shared/third_party/nvml-mock beside
-// the repository, or a built library at $NVML_MOCK_LIB; built once into
-// the user's cache keyed by the same hash of the source, so both share it.
+// mockNVML is NVIDIA's mock libnvidia-ml.so.1 and its profiles: the
+// agent's pod watch runs only on NVML (--simulate names its own pods and
+// turns it off), so the RBAC test runs the agent on the mock. A missing
+// source is errSkip.
 func mockNVML() (lib, configs string, err error) {
-	src := os.Getenv("NVML_MOCK_SRC")
-	if src == "" {
-		root, err := moduleRoot()
-		if err != nil {
-			return "", "", err
-		}
-		src = filepath.Join(root, "..", "shared", "third_party", "nvml-mock")
+	lib, configs, err = nvmlmock.Build()
+	if errors.Is(err, nvmlmock.ErrUnavailable) {
+		err = fmt.Errorf("%w: %v", errSkip, err)
 	}
-	configs = filepath.Join(src, "pkg", "gpu", "mocknvml", "configs")
-	if _, err := os.Stat(configs); err != nil {
-		return "", "", fmt.Errorf("%w: no mock NVML source at %s (NVML_MOCK_SRC; NVIDIA's k8s-test-infra, pkg/gpu/mocknvml): %v", errSkip, src, err)
-	}
-	if lib := os.Getenv("NVML_MOCK_LIB"); lib != "" {
-		return lib, configs, nil
-	}
-	script := filepath.Join(src, "..", "..", "tools", "build-nvml-mock")
-	if _, err := os.Stat(script); err != nil {
-		return "", "", fmt.Errorf("%w: no build script at %s (set NVML_MOCK_LIB to a built library): %v", errSkip, script, err)
-	}
-	hash, err := hashTree(src)
-	if err != nil {
-		return "", "", err
-	}
-	root, err := cacheRoot()
-	if err != nil {
-		return "", "", err
-	}
-	out := filepath.Join(root, "nvml-mock-"+hash)
-	cmd := exec.Command(script, out) // returns at once when built
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", "", fmt.Errorf("%s %s: %w\n%s", script, out, err, b)
-	}
-	return filepath.Join(out, "libnvidia-ml.so.1"), configs, nil
-}
-
-// hashTree hashes every file's path and content under dir, as
-// test/nvmlmock_test.go does for its cache key.
-func hashTree(dir string) (string, error) {
-	h := sha256.New()
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, path)
-		f, err := os.Open(path)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		fmt.Fprintf(h, "%s\x00", rel)
-		_, err = io.Copy(h, f)
-		return err
-	})
-	if err != nil {
-		return "", fmt.Errorf("hashing %s: %w", dir, err)
-	}
-	return hex.EncodeToString(h.Sum(nil))[:16], nil
+	return lib, configs, err
 }
 
 // gpuProc is one process of the mock GPU 0, with its SM utilization.
