@@ -68,31 +68,39 @@ func TestGoldenMetrics(t *testing.T) {
 	got := normalize(raw)
 
 	// The attribution, asserted directly so that a careless -update cannot
-	// bless a wrong one. With per-process data every held GPU also keeps
-	// its device-level series ("-").
+	// bless a wrong one. A GPU held by one pod has one series, the pod's,
+	// with the GPU's value; a free GPU one without pod labels ("-"); the
+	// shared GPU one without pod labels and one per pod, with the pods'
+	// own shares adding up to the GPU's.
 	want := map[string][]string{
-		devs[0].UUID(): {"-", "default/inference-0/server"},
-		devs[1].UUID(): {"-", "default/inference-1/server"},
+		devs[0].UUID(): {"default/inference-0/server"},
+		devs[1].UUID(): {"default/inference-1/server"},
 		devs[2].UUID(): {"-"},
 		devs[3].UUID(): {"-", "media/webrtc-sfu-0/sfu", "media/webrtc-sfu-1/sfu"},
 	}
 	s := parseSamples(t, raw)
 	for i, d := range devs {
-		if pods := s.pods("DCGM_FI_DEV_GPU_UTIL", d.UUID()); !slices.Equal(pods, want[d.UUID()]) {
-			t.Errorf("GPU %d is attributed to %v, want %v", i, pods, want[d.UUID()])
+		pods := want[d.UUID()]
+		if got := s.pods("DCGM_FI_DEV_GPU_UTIL", d.UUID()); !slices.Equal(got, pods) {
+			t.Errorf("GPU %d is attributed to %v, want %v", i, got, pods)
 		}
 		w := d.GPUUtil(time.Now())
-		if v, _ := s.podSeries("DCGM_FI_DEV_GPU_UTIL", d.UUID(), ""); v != w {
-			t.Errorf("GPU %d utilization %v, want the simulation's %v", i, v, w)
+		series := ""
+		if pods[0] != "-" {
+			series = strings.Split(pods[0], "/")[1]
 		}
-		// A pod's own share: all of it for a GPU's one pod, parts adding
-		// up to it for the shared one.
+		if v, _ := s.podSeries("DCGM_FI_DEV_GPU_UTIL", d.UUID(), series); v != w {
+			t.Errorf("GPU %d utilization %v on its series %q, want the simulation's %v", i, v, series, w)
+		}
+		if pods[0] != "-" || len(pods) == 1 {
+			continue
+		}
 		var sum float64
-		for _, p := range want[d.UUID()][1:] {
+		for _, p := range pods[1:] {
 			v, _ := s.podSeries("DCGM_FI_DEV_GPU_UTIL", d.UUID(), strings.Split(p, "/")[1])
 			sum += v
 		}
-		if len(want[d.UUID()]) > 1 && sum != w {
+		if sum != w {
 			t.Errorf("GPU %d: its pods' utilization adds up to %v, want %v", i, sum, w)
 		}
 	}

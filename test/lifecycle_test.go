@@ -143,9 +143,8 @@ func TestKubeletGoesAway(t *testing.T) {
 	a := startAgent(t, "--simulate=2", "--simulate.seed=3", "--simulate.static",
 		"--kubelet.pod-resources-socket="+kubelet.Path(), "--kubelet.poll-interval=200ms")
 
-	// The simulated GPU has per-process data, so its device-level series
-	// ("-") is served beside the pod's (README, per-pod shares).
-	wantPods := []string{"-", "ml/trainer/main"}
+	// A GPU held by one pod: one series, the pod's.
+	wantPods := []string{"ml/trainer/main"}
 	state := func(up, stale float64) func(samples) error {
 		return func(s samples) error {
 			if err := s.expect("gpu_agent_kubelet_up", up); err != nil {

@@ -40,6 +40,8 @@ func TestConfigErrorsNameTheFlag(t *testing.T) {
 		{[]string{"--agents=a:1", "--grpc.tls-client-ca-file=ca.pem"}, "--grpc.tls-client-ca-file=ca.pem"},
 		{[]string{"--agents=a:1", "--web.listen-address="}, "--web.listen-address="},
 		{[]string{"--agents=a:1", "--stale-after=1ms"}, "--stale-after=1ms"},
+		{[]string{"--agents=a:1", "--pod-share.max-unattributed=0"}, "--pod-share.max-unattributed=0"},
+		{[]string{"--agents=a:1", "--pod-share.max-unattributed=101"}, "--pod-share.max-unattributed=101"},
 		{[]string{"--agents=a:1", "--stale-after=1m", "--forget-after=30s"}, "--forget-after=30s"},
 		{[]string{"--agents=a:1", "--window.max=1h"}, "--window.max=1h0m0s"},
 		{[]string{"--agents=a:1", "--log.level=loud"}, "--log.level=loud"},

@@ -84,6 +84,8 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger, l Listeners) error 
 		ForgetAfter: cfg.ForgetAfter,
 		MaxWindow:   cfg.WindowMax,
 		Logger:      log.With("component", "store"),
+
+		MaxUnattributedLoad: cfg.MaxUnattributedLoad,
 	})
 	queries := scaler.NewQueryCache(cfg.WindowMax, QueryCacheSize, store.Retain)
 	pool, err := agents.New(store, agents.Options{

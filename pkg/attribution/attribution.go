@@ -49,17 +49,29 @@ type Device struct {
 	// when no pod does. A time-sliced or MPS-shared device lists every
 	// pod sharing it.
 	Pods []podresources.PodRef
-	// PerPod is each pod's own share of the device's values, parallel to
-	// Pods, where per-process attribution provides it (NVML's per-PID
-	// figures mapped to pods; see PodValue). Nil without it: every pod
-	// then sees the device-level Reading, and summing that over pods
-	// double-counts.
+	// Shared is set when more than one pod holds the device (time-slicing,
+	// MPS; containers of one pod count once). Only then do pods have
+	// shares of their own: a device held by one pod is that pod's, and
+	// the pod reads the device's values whatever process attribution says
+	// (a process whose cgroup could not be read must not make a busy pod
+	// look idle).
+	Shared bool
+	// PerPod is each pod's own share of a shared device's values, parallel
+	// to Pods, where per-process attribution provides it (NVML's per-PID
+	// figures mapped to pods; see PodValue). Nil for a device that is not
+	// shared, and without per-process data: every pod then sees the
+	// device-level Reading.
 	PerPod []PodShare
 	// ProcessesAttributed is set where the GPU's processes were mapped to
 	// pods this tick (per-process data and a PID-to-pod map exist);
-	// Unattributed then counts the processes that are in none of Pods.
+	// Unattributed then counts the processes that are in none of Pods, and
+	// UnattributedLoad holds, for each utilization field with a
+	// per-process source, the part of the device's value that the pods'
+	// processes do not explain (the device's value less the sum of the
+	// pods' shares, never below 0).
 	ProcessesAttributed bool
 	Unattributed        int
+	UnattributedLoad    telemetry.Reading
 }
 
 // UUID is the device's UUID: "GPU-..." or, for a MIG instance, "MIG-...".
@@ -103,13 +115,15 @@ func Attribute(snap *telemetry.Snapshot, a *podresources.Assignments, pp *Proces
 	v := &View{Snapshot: snap, Devices: make([]Device, 0, n)}
 	for i := range snap.Devices {
 		gpu, st := &snap.Devices[i], &snap.States[i]
-		v.Devices = append(v.Devices, Device{GPU: gpu, State: st, Reading: &st.Reading, Pods: a.Pods(gpu.UUID)})
+		pods := a.Pods(gpu.UUID)
+		v.Devices = append(v.Devices, Device{GPU: gpu, State: st, Reading: &st.Reading, Pods: pods, Shared: shared(pods)})
 		for j := range gpu.MIG {
 			if j >= len(st.MIG) {
 				break
 			}
 			mig := &gpu.MIG[j]
-			v.Devices = append(v.Devices, Device{GPU: gpu, MIG: mig, State: st, Reading: &st.MIG[j], Pods: migPods(a, mig)})
+			pods := migPods(a, mig)
+			v.Devices = append(v.Devices, Device{GPU: gpu, MIG: mig, State: st, Reading: &st.MIG[j], Pods: pods, Shared: shared(pods)})
 		}
 	}
 	if pp != nil {
@@ -135,6 +149,17 @@ func migPods(a *podresources.Assignments, mig *telemetry.MIGDevice) []podresourc
 		pods = slices.Compact(pods)
 	}
 	return pods
+}
+
+// shared reports whether pods, sorted by namespace and pod, name more
+// than one pod.
+func shared(pods []podresources.PodRef) bool {
+	for i := 1; i < len(pods); i++ {
+		if pods[i].Namespace != pods[0].Namespace || pods[i].Pod != pods[0].Pod {
+			return true
+		}
+	}
+	return false
 }
 
 // Snapshots gives the latest snapshot; the sampler and telemetry.Store

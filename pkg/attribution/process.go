@@ -60,11 +60,11 @@ var shareSource = map[telemetry.Field]telemetry.ProcessData{
 const perPodSources = telemetry.ProcessDataSet(1<<telemetry.ProcUtil | 1<<telemetry.ProcFB | 1<<telemetry.ProcEncSessions)
 
 // PodValue is the value of f for the device's i-th pod: the pod's own
-// share where the device has per-pod values and f's per-process source is
-// one the GPU answers (absent when that source failed this tick, rather
-// than the device's value in its place), else the device's value, as
-// before per-process attribution. The exporter and the stream both ask
-// this, so they cannot disagree.
+// share where the device is shared, has per-pod values and f's
+// per-process source is one the GPU answers (absent when that source
+// failed this tick, rather than the device's value in its place), else
+// the device's value: always so for a device held by one pod. The
+// exporter and the stream both ask this, so they cannot disagree.
 func (d *Device) PodValue(i int, f telemetry.Field) (float64, bool) {
 	if d.PerPod != nil {
 		if src, ok := shareSource[f]; ok && d.State.ProcessSupport.Has(src) {
@@ -74,9 +74,10 @@ func (d *Device) PodValue(i int, f telemetry.Field) (float64, bool) {
 	return d.Reading.Get(f)
 }
 
-// attributeProcesses fills the per-pod values of every current whole GPU
-// that has pods and per-process data. A MIG instance gets none: NVML's
-// per-process utilization is not reported per instance.
+// attributeProcesses maps the processes of every current whole GPU with
+// per-process data to its pods: what no pod explains, and each pod's own
+// share where several pods share the GPU. A MIG instance gets none:
+// NVML's per-process utilization is not reported per instance.
 func attributeProcesses(v *View, pp *ProcessPods) {
 	for i := range v.Devices {
 		d := &v.Devices[i]
@@ -84,7 +85,23 @@ func attributeProcesses(v *View, pp *ProcessPods) {
 			continue
 		}
 		d.ProcessesAttributed = true
-		d.PerPod, d.Unattributed = podShares(d.State, d.Pods, pp)
+		shares, unattributed := podShares(d.State, d.Pods, pp)
+		d.Unattributed = unattributed
+		has := processData(d.State)
+		for e := range telemetry.NumEngines {
+			f := e.Field()
+			dev, ok := d.Reading.Get(f)
+			if !ok || !has.Has(shareSource[f]) {
+				continue
+			}
+			for k := range shares {
+				dev -= shares[k].Values[f]
+			}
+			d.UnattributedLoad.Set(f, max(dev, 0))
+		}
+		if d.Shared {
+			d.PerPod = shares
+		}
 	}
 }
 
@@ -94,12 +111,7 @@ func attributeProcesses(v *View, pp *ProcessPods) {
 // this GPU, a PID gone before it was resolved) is counted in unattributed
 // and left out.
 func podShares(st *telemetry.DeviceState, pods []podresources.PodRef, pp *ProcessPods) (shares []PodShare, unattributed int) {
-	// Every process of a reading has the same Has; without processes the
-	// sources the GPU answers stand for it, so an idle pod reads 0.
-	has := st.ProcessSupport
-	if len(st.Processes) > 0 {
-		has &= st.Processes[0].Has
-	}
+	has := processData(st)
 	if len(pods) > 0 {
 		shares = make([]PodShare, len(pods))
 	}
@@ -153,6 +165,17 @@ func podShares(st *telemetry.DeviceState, pods []podresources.PodRef, pp *Proces
 		}
 	}
 	return shares, unattributed
+}
+
+// processData is the per-process sources that answered for st this tick.
+// Every process of a reading has the same Has; without processes the
+// sources the GPU answers stand for it, so an idle pod reads 0.
+func processData(st *telemetry.DeviceState) telemetry.ProcessDataSet {
+	has := st.ProcessSupport
+	if len(st.Processes) > 0 {
+		has &= st.Processes[0].Has
+	}
+	return has
 }
 
 // podIndex finds the pod a process belongs to among a device's pods, by

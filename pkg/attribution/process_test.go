@@ -3,6 +3,8 @@ package attribution
 import (
 	"testing"
 
+	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
+
 	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
@@ -163,3 +165,88 @@ func (f fixedAssignments) Assignments() *podresources.Assignments { return f.a }
 type fixedProcs struct{ pp *ProcessPods }
 
 func (f *fixedProcs) ProcessPods() *ProcessPods { return f.pp }
+
+// A GPU held by one pod is that pod's: the pod reads the device's value
+// whatever process attribution says. The case a user hit: a whole T4
+// 80% busy, its one process's cgroup unreadable (the PID exited, or
+// --path.procfs is not the host's /proc), so no process is the pod's; a
+// share would read 0 and scale the busy service in.
+func TestOnePodReadsItsGPU(t *testing.T) {
+	snap, pp := sharedNode()
+	st := &snap.States[0]
+	st.ProcessSupport = telemetry.AllProcessData
+	st.Set(telemetry.GPUUtil, 80)
+	st.Processes = []telemetry.ProcessSample{{PID: 999, Has: telemetry.AllProcessData, SMUtil: 80, FBUsed: 1 << 30}}
+	d := &Attribute(snap, assignments(), pp).Devices[0]
+	if d.Shared || d.PerPod != nil {
+		t.Fatalf("GPU held by one pod: shared %v, shares %+v; want neither", d.Shared, d.PerPod)
+	}
+	if v, ok := d.PodValue(0, telemetry.GPUUtil); !ok || v != 80 {
+		t.Errorf("inference-0 GPU util = %v, %v; want the device's 80", v, ok)
+	}
+	if !d.ProcessesAttributed || d.Unattributed != 1 {
+		t.Errorf("attributed %v, unattributed %d; want true, 1", d.ProcessesAttributed, d.Unattributed)
+	}
+	if v, ok := d.UnattributedLoad.Get(telemetry.GPUUtil); !ok || v != 80 {
+		t.Errorf("unattributed GPU load = %v, %v; want 80", v, ok)
+	}
+
+	// Its process resolved: still the device's value, and nothing left
+	// unexplained.
+	pp.Pods[999] = podresources.PodRef{Namespace: "ml", Pod: "inference-0", Container: "server"}
+	d = &Attribute(snap, assignments(), pp).Devices[0]
+	if v, _ := d.PodValue(0, telemetry.GPUUtil); v != 80 || d.Unattributed != 0 {
+		t.Errorf("resolved: GPU util %v, unattributed %d; want 80, 0", v, d.Unattributed)
+	}
+	if v, ok := d.UnattributedLoad.Get(telemetry.GPUUtil); !ok || v != 0 {
+		t.Errorf("resolved: unattributed GPU load = %v, %v; want 0", v, ok)
+	}
+}
+
+// What the pods of a shared GPU do not explain is the device's value less
+// their shares, per utilization field, never below 0; a field whose
+// per-process source failed this tick has none.
+func TestUnattributedLoad(t *testing.T) {
+	snap, pp := sharedNode()
+	snap.States[1].Set(telemetry.MemCopyUtil, 25)
+	d := &Attribute(snap, assignments(), pp).Devices[1]
+	for _, c := range []struct {
+		f    telemetry.Field
+		want float64
+	}{
+		{telemetry.GPUUtil, 0},     // the device's 11 against shares of 30 + 50
+		{telemetry.MemCopyUtil, 0}, // 25 - (10 + 20): below 0 is 0
+		{telemetry.EncUtil, 5},     // 70 - (20 + 45): the host process's 5
+	} {
+		if v, ok := d.UnattributedLoad.Get(c.f); !ok || !near(v, c.want) {
+			t.Errorf("unattributed %s = %v, %v; want %v", c.f, v, ok, c.want)
+		}
+	}
+	if _, ok := d.UnattributedLoad.Get(telemetry.DecUtil); ok {
+		t.Error("unattributed decoder load without a device decoder value")
+	}
+	for i := range snap.States[1].Processes {
+		snap.States[1].Processes[i].Has = snap.States[1].Processes[i].Has.Without(telemetry.ProcUtil)
+	}
+	d = &Attribute(snap, assignments(), pp).Devices[1]
+	if v, ok := d.UnattributedLoad.Get(telemetry.EncUtil); ok {
+		t.Errorf("per-process utilization failed this tick: unattributed encoder load %v, want absent", v)
+	}
+}
+
+// Two containers of one pod on one GPU are still one pod: not shared.
+func TestContainersOfOnePodAreNotShared(t *testing.T) {
+	r := podresources.NewResolver([]podresources.GPU{{UUID: uuidShared, Minor: 1}})
+	a := podresources.BuildAssignments(&podresourcesv1.ListPodResourcesResponse{PodResources: []*podresourcesv1.PodResources{{
+		Namespace: "media", Name: "sfu-0", Containers: []*podresourcesv1.ContainerResources{
+			{Name: "sfu", Devices: []*podresourcesv1.ContainerDevices{{ResourceName: "nvidia.com/gpu.shared", DeviceIds: []string{uuidShared + "::0"}}}},
+			{Name: "recorder", Devices: []*podresourcesv1.ContainerDevices{{ResourceName: "nvidia.com/gpu.shared", DeviceIds: []string{uuidShared + "::1"}}}},
+		},
+	}}}, r)
+	snap, pp := sharedNode()
+	snap.Devices, snap.States = snap.Devices[1:2], snap.States[1:2]
+	d := &Attribute(snap, a, pp).Devices[0]
+	if len(d.Pods) != 2 || d.Shared || d.PerPod != nil {
+		t.Errorf("one pod's two containers: %d pod refs, shared %v, shares %v; want 2, false, none", len(d.Pods), d.Shared, d.PerPod != nil)
+	}
+}

@@ -99,7 +99,7 @@ type Collector struct {
 	kubeletExpired                                 *prometheus.Desc
 	kubeletRefreshes, kubeletFailures, unresolved  *prometheus.Desc
 	buildInfo                                      *prometheus.Desc
-	unattributed                                   *prometheus.Desc
+	unattributed, unattributedLoad                 *prometheus.Desc
 }
 
 // NewCollector returns a collector over src.
@@ -175,6 +175,9 @@ func NewCollector(src Snapshots, opts Options) *Collector {
 		unresolved:       prometheus.NewDesc(name("kubelet_unresolved_devices"), "NVIDIA device IDs in the kubelet's answer that match no GPU on this node.", nil, nil),
 		unattributed: prometheus.NewDesc(name("unattributed_processes"),
 			"Processes on the GPU that are in none of the pods holding it (host processes, other pods, PIDs gone before their pod was read); left out of the per-pod shares.", id, nil),
+		unattributedLoad: prometheus.NewDesc(name("unattributed_utilization_ratio"),
+			"The part of the engine's utilization that the processes of the pods holding the GPU do not explain (host processes, other pods, PIDs whose pod is not known); never below 0.",
+			append(id[:2:2], "engine"), nil),
 		buildInfo: prometheus.NewDesc(name("build_info"), "Build of the running agent; always 1.",
 			[]string{"version", "revision", "goversion"}, nil),
 	}
@@ -304,6 +307,11 @@ func (c *Collector) collectAgent(e *emitter) *attribution.View {
 		if d := &view.Devices[i]; d.ProcessesAttributed {
 			id := newLabelSet(c.layout.id, []string{strconv.Itoa(d.GPU.Index), d.GPU.UUID})
 			e.send(c.unattributed, prometheus.GaugeValue, id, float64(d.Unattributed))
+			for eng := range telemetry.NumEngines {
+				if v, ok := d.UnattributedLoad.Get(eng.Field()); ok {
+					e.send(c.unattributedLoad, prometheus.GaugeValue, id.with(enginePairs[eng]), v/100)
+				}
+			}
 		}
 	}
 	return view
@@ -369,36 +377,37 @@ func (c *Collector) collectDevice(e sink, d *attribution.Device) {
 		base = append(base, c.opts.Hostname)
 	}
 	base = append(base, c.extra...)
-	if d.MIG != nil {
-		migBase := append(base, d.MIG.Profile, strconv.Itoa(d.MIG.GI))
-		migNames := append(c.layout.device[:len(c.layout.device):len(c.layout.device)], migLabels...)
-		for _, t := range targets(migNames, migBase, true, d.Pods, c.layout.pod) {
-			c.collectReading(e, t, d, -1, telemetry.AllFields)
-		}
-		return
+	names, mig := c.layout.device, d.MIG != nil
+	if mig {
+		base = append(base, d.MIG.Profile, strconv.Itoa(d.MIG.GI))
+		names = append(names[:len(names):len(names)], migLabels...)
+	}
+	ts := targets(names, base, mig, d.Pods, c.layout.pod)
+	// A device held by one pod is that pod's: one series per field, the
+	// pod's labels and the device's values, as dcgm-exporter writes it.
+	// A device shared by several pods (time-slicing, MPS) gets a
+	// device-level series (no pod labels) with every field, and one per
+	// pod of the per-pod fields, its own share where per-process
+	// attribution gives one: so a sum over series counts each device once.
+	if d.Shared {
+		ts = append([]target{{labels: newLabelSet(names, base), mig: mig}}, ts...)
 	}
 	st := d.State
-	ts := targets(c.layout.device, base, false, d.Pods, c.layout.pod)
-	// A GPU shared by several pods, or one whose pod series carry the
-	// pod's own shares, also gets a device-level series (no pod labels),
-	// as dcgm-exporter 4.8 serves it beside the per-process ones.
-	if d.PerPod != nil || len(d.Pods) > 1 {
-		ts = append([]target{{labels: newLabelSet(c.layout.device, base)}}, ts...)
-	}
-	// The device-wide fields (power, temperature, clocks, ...) go on one
-	// series per GPU, so that a sum over series counts each GPU once: the
-	// pod's where one pod holds the GPU, as dcgm-exporter writes a whole
-	// GPU, else the device-level series (see podFields).
-	onePod := len(d.Pods) == 1
 	for k, t := range ts {
 		pod := -1 // the device's values
 		if t.pod && d.PerPod != nil {
 			pod = k - 1
 		}
-		deviceWide := t.pod == onePod
+		deviceWide := !t.pod || !d.Shared
 		only := podFields
 		if deviceWide {
 			only = telemetry.AllFields
+		}
+		if mig {
+			// NVML reports a MIG instance's memory only: no XID, encoder
+			// or utilization windows of its own.
+			c.collectReading(e, t, d, pod, only)
+			continue
 		}
 		c.collectReading(e, t, d, pod, only)
 		if c.xid != nil && deviceWide {

@@ -98,10 +98,11 @@ gpu_agent_unattributed_processes{UUID="GPU-11111111-1111-1111-1111-111111111111"
 	}
 }
 
-// A GPU held by one pod, with per-process data: the pod's series carries
-// its own share of the per-process fields and, as dcgm-exporter writes a
-// whole GPU, the device-wide ones (power); the device-level series beside
-// it carries the per-process fields only, so power is still served once.
+// A GPU held by one pod, with per-process data that explains only part of
+// its load: the pod's series is the GPU's one series, the device's values
+// (60, not its process's 45), every field on it as dcgm-exporter writes a
+// whole GPU; no device-level series beside it, so a sum counts the GPU
+// once; what no pod's process explains is its own metric.
 func TestPerPodSharesOnePod(t *testing.T) {
 	snap := testSnapshot()
 	st := &snap.States[0] // inference-0's GPU
@@ -118,17 +119,22 @@ func TestPerPodSharesOnePod(t *testing.T) {
 		Processes: procs, DriverVersion: "550.54.15"})
 	const gpu0 = `DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",`
 	const pod = `container="server",device="nvidia0",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"`
-	const dev = `device="nvidia0",gpu="0",modelName="Tesla T4",pci_bus_id="00000000:3B:00.0"`
 	const want = `
 # HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).
 # TYPE DCGM_FI_DEV_GPU_UTIL gauge
-DCGM_FI_DEV_GPU_UTIL{` + gpu0 + dev + `} 60
-DCGM_FI_DEV_GPU_UTIL{` + gpu0 + pod + `} 45
+DCGM_FI_DEV_GPU_UTIL{` + gpu0 + pod + `} 60
 # HELP DCGM_FI_DEV_POWER_USAGE Power draw (in W).
 # TYPE DCGM_FI_DEV_POWER_USAGE gauge
 DCGM_FI_DEV_POWER_USAGE{` + gpu0 + pod + `} 42.5
+# HELP gpu_agent_unattributed_processes Processes on the GPU that are in none of the pods holding it (host processes, other pods, PIDs gone before their pod was read); left out of the per-pod shares.
+# TYPE gpu_agent_unattributed_processes gauge
+gpu_agent_unattributed_processes{UUID="GPU-00000000-0000-0000-0000-000000000000",gpu="0"} 1
+# HELP gpu_agent_unattributed_utilization_ratio The part of the engine's utilization that the processes of the pods holding the GPU do not explain (host processes, other pods, PIDs whose pod is not known); never below 0.
+# TYPE gpu_agent_unattributed_utilization_ratio gauge
+gpu_agent_unattributed_utilization_ratio{UUID="GPU-00000000-0000-0000-0000-000000000000",engine="gpu",gpu="0"} 0.15
 `
-	got, err := testutil.CollectAndFormat(c, expfmt.TypeTextPlain, "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_POWER_USAGE")
+	got, err := testutil.CollectAndFormat(c, expfmt.TypeTextPlain, "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_POWER_USAGE",
+		"gpu_agent_unattributed_processes", "gpu_agent_unattributed_utilization_ratio")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -202,3 +202,50 @@ func TestShareWindow(t *testing.T) {
 		t.Errorf("share histories after the pods left or lost their shares: %d, want 0", len(h.pods))
 	}
 }
+
+// A pod may never look idler than it may be: where the agent reports more
+// of a shared device's utilization unexplained by its pods' processes
+// than MaxUnattributedLoad (a host process, a PID whose pod is not
+// known), every pod of the device reads the device's value of that
+// utilization; at or below it, each its own share. Per metric: here the
+// SM load is explained, the encoder's is not.
+func TestUnattributedLoadDistrustsShares(t *testing.T) {
+	for _, c := range []struct {
+		name          string
+		max           float64 // Options.MaxUnattributedLoad
+		unattributed  float64 // of the encoder, percentage points
+		wantEnc0      float64
+		wantEncSumAll float64
+	}{
+		{"explained", 0, 10, 30, 80},      // the default, 10: the shares stand
+		{"unexplained", 0, 10.5, 90, 180}, // above it: the device's 90 for each pod
+		{"off", -1, 60, 30, 80},           // negative: shares always
+		{"strict", 5, 6, 90, 180},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			clk := &clock{t: epoch}
+			s := NewStore(Options{StaleAfter: time.Second, ForgetAfter: time.Minute, MaxWindow: time.Minute, Now: clk.Now, MaxUnattributedLoad: c.max})
+			d := dev("GPU-T4", 90)
+			sm := 80.0 - 25 - 55
+			d.GpuUtil = new(80.0)
+			d.UnattributedGpuUtil = &sm
+			d.UnattributedEncUtil = &c.unattributed
+			d.Pods = []*telemetryv1.Pod{shareOf("media", "webrtc-0", 25, 30), shareOf("media", "webrtc-1", 55, 50)}
+			ingest(t, s, snap("n1", 1, epoch, d))
+			for _, q := range []struct {
+				metric, pattern, agg string
+				want                 float64
+			}{
+				{"enc_util", "webrtc-0", "avg", c.wantEnc0},
+				{"enc_util", "webrtc-.*", "sum", c.wantEncSumAll},
+				{"gpu_util", "webrtc-0", "avg", 25},
+				{"gpu_util", "webrtc-1", "avg", 55},
+			} {
+				res, err := evaluate(t, s, "metric", q.metric, "namespace", "media", "podPattern", q.pattern, "aggregation", q.agg, "target", "1")
+				if err != nil || math.Abs(res.Value-q.want) > 1e-9 {
+					t.Errorf("%s %s over %s = %v, %v; want %v", q.agg, q.metric, q.pattern, res, err, q.want)
+				}
+			}
+		})
+	}
+}

@@ -43,10 +43,26 @@ type Options struct {
 	// MaxWindow bounds the history kept per device; a query's window may
 	// not exceed it.
 	MaxWindow time.Duration
-	Logger    *slog.Logger
+	// MaxUnattributedLoad is how much of a shared device's utilization
+	// (percentage points) the agent may report as explained by none of its
+	// pods' processes before the scaler stops trusting the pods' own
+	// shares of that utilization and reads the device's value for each of
+	// them: a pod may never look idler than it may be. Zero:
+	// DefaultMaxUnattributedLoad; negative: shares are always used.
+	MaxUnattributedLoad float64
+	Logger              *slog.Logger
 	// Now is the clock (tests); nil is time.Now.
 	Now func() time.Time
 }
+
+// DefaultMaxUnattributedLoad is MaxUnattributedLoad's default: 10
+// percentage points. Below it, the gap between a device's utilization and
+// its processes' sum is the two figures' different sampling windows (NVML
+// reports the device over its last sample period and each process over
+// its own); above it, some process holds the device that no pod's share
+// accounts for (a host process, a PID whose pod is not known), and any
+// pod may be running it.
+const DefaultMaxUnattributedLoad = 10
 
 // MinStaleAfter is the floor of the derived stale timeout, so that a fast
 // agent is not declared silent by one GC pause of the scaler.
@@ -84,6 +100,9 @@ func NewStore(o Options) *Store {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.MaxUnattributedLoad == 0 {
+		o.MaxUnattributedLoad = DefaultMaxUnattributedLoad
 	}
 	s := &Store{opts: o, log: o.Logger, now: o.Now, byName: make(map[string]*node)}
 	s.base = s.now()
@@ -236,7 +255,7 @@ func (s *Store) Ingest(snap *telemetryv1.NodeSnapshot) error {
 	}
 	n := s.node(snap.Node)
 	n.mu.Lock()
-	changed, err := n.ingest(snap, s.now(), s.retention.Load(), uint8(s.windowed.Load()), s.log)
+	changed, err := n.ingest(snap, s.now(), s.retention.Load(), uint8(s.windowed.Load()), s.opts.MaxUnattributedLoad, s.log)
 	n.mu.Unlock()
 	if err != nil || !changed {
 		return err
@@ -267,7 +286,7 @@ func (s *Store) publishNodes() {
 	s.nodes.Store(&l)
 }
 
-func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention int64, windowed uint8, log *slog.Logger) (bool, error) {
+func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention int64, windowed uint8, maxUnattributed float64, log *slog.Logger) (bool, error) {
 	start := snap.GetAgentStart().AsTime()
 	old := n.view.Load()
 	if old != nil {
@@ -316,6 +335,7 @@ func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention i
 		readDevice(dv, d)
 		current := !d.GetStalled() && !d.GetLost()
 		fbTotal := fbTotal(d)
+		distrust := unexplained(d, maxUnattributed)
 		n.touched = n.touched[:0]
 		for _, p := range d.GetPods() {
 			// A node has a few pods per device: a linear search allocates
@@ -339,7 +359,7 @@ func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention i
 				n.touched = append(n.touched, int32(j))
 			}
 			if shared && current {
-				pd.shares[len(pd.shares)-1].add(p, fbTotal)
+				pd.shares[len(pd.shares)-1].add(p, fbTotal, distrust)
 			}
 		}
 		if retention <= 0 {
@@ -431,11 +451,37 @@ func hasShare(p *telemetryv1.Pod) bool {
 		p.FbUsedBytes != nil || p.EncoderFps != nil || p.EncoderLatencySeconds != nil
 }
 
+// unexplained is the metrics of d whose unattributed load exceeds max
+// percentage points (none when max is negative): the pods' shares of them
+// are not used, the device's value stands for each pod.
+func unexplained(d *telemetryv1.Device, max float64) uint8 {
+	if max < 0 {
+		return 0
+	}
+	var m uint8
+	for _, u := range [...]struct {
+		metric Metric
+		v      *float64
+	}{
+		{GPUUtil, d.UnattributedGpuUtil}, {MemCopyUtil, d.UnattributedMemCopyUtil},
+		{EncUtil, d.UnattributedEncUtil}, {DecUtil, d.UnattributedDecUtil},
+	} {
+		if u.v != nil && *u.v > max {
+			m |= 1 << u.metric
+		}
+	}
+	return m
+}
+
 // add merges p's share into s: utilizations and framebuffer add up over
 // the pod's containers, encoder fps and latency are means over their
-// sessions. fbTotal is the device's framebuffer, 0 if unknown.
-func (s *share) add(p *telemetryv1.Pod, fbTotal uint64) {
+// sessions. fbTotal is the device's framebuffer, 0 if unknown; the metrics
+// in skip are left to the device's value.
+func (s *share) add(p *telemetryv1.Pod, fbTotal uint64, skip uint8) {
 	sum := func(m Metric, v float64) {
+		if skip&(1<<m) != 0 {
+			return
+		}
 		s.values[m] += v
 		s.has |= 1 << m
 	}

@@ -89,6 +89,13 @@ func deviceMessage(d *attribution.Device, snaps []*telemetry.Snapshot) *telemetr
 	m.EncoderSessions = integer[uint32](r, telemetry.EncSessions)
 	m.EncoderFps = value(r, telemetry.EncFPS)
 	m.EncoderLatencySeconds = value(r, telemetry.EncLatency)
+	if d.ProcessesAttributed {
+		u := &d.UnattributedLoad
+		m.UnattributedGpuUtil = value(u, telemetry.GPUUtil)
+		m.UnattributedMemCopyUtil = value(u, telemetry.MemCopyUtil)
+		m.UnattributedEncUtil = value(u, telemetry.EncUtil)
+		m.UnattributedDecUtil = value(u, telemetry.DecUtil)
+	}
 	if d.MIG == nil {
 		m.Samples = samples(d, snaps)
 	}

@@ -41,7 +41,36 @@ func TestPodShares(t *testing.T) {
 	if p0.FbUsedBytes != nil {
 		t.Errorf("sfu-0 fb_used_bytes %d, want absent (no per-process framebuffer)", p0.GetFbUsedBytes())
 	}
-	if d0 := deviceMessage(&v.Devices[0], nil); d0.GetPods()[0].GpuUtil != nil {
-		t.Errorf("GPU 0 has no per-process data, yet its pod has gpu_util %v", d0.GetPods()[0].GetGpuUtil())
+	if d0 := deviceMessage(&v.Devices[0], nil); d0.GetPods()[0].GpuUtil != nil || d0.UnattributedGpuUtil != nil {
+		t.Errorf("GPU 0 has no per-process data, yet its pod has gpu_util %v, the device unattributed %v",
+			d0.GetPods()[0].GetGpuUtil(), d0.GetUnattributedGpuUtil())
+	}
+	// The encoder load the pods' processes explain is all of it; the SM
+	// load (11 on the device) is 4 + 7: nothing unattributed either.
+	if m.UnattributedEncUtil == nil || m.GetUnattributedEncUtil() != 0 || m.GetUnattributedGpuUtil() != 0 {
+		t.Errorf("unattributed encoder %v, SM %v; want 0, 0", m.UnattributedEncUtil, m.GetUnattributedGpuUtil())
+	}
+}
+
+// A GPU held by one pod sends that pod without a share of its own, so the
+// scaler reads the device's values for it, whatever the pod's processes
+// show: here a process whose pod is not known carries all the load, and
+// the device says so in its unattributed figures.
+func TestOnePodNoShare(t *testing.T) {
+	snap := snapshot(1)
+	st := &snap.States[0] // held by one pod
+	st.ProcessSupport = telemetry.AllProcessData
+	st.Set(telemetry.GPUUtil, 80)
+	st.Processes = []telemetry.ProcessSample{{PID: 99, Has: st.ProcessSupport, SMUtil: 80}}
+	v := attribution.Attribute(snap, newTestPods().a, &attribution.ProcessPods{Seq: 1, Pods: map[uint32]podresources.PodRef{}})
+	m := deviceMessage(&v.Devices[0], []*telemetry.Snapshot{snap})
+	if len(m.GetPods()) != 1 {
+		t.Fatalf("%d pods, want 1", len(m.GetPods()))
+	}
+	if p := m.GetPods()[0]; p.GpuUtil != nil || p.EncUtil != nil || p.FbUsedBytes != nil {
+		t.Errorf("the one pod of a GPU carries a share: %v", p)
+	}
+	if m.GetGpuUtil() != 80 || m.UnattributedGpuUtil == nil || m.GetUnattributedGpuUtil() != 80 {
+		t.Errorf("device GPU util %v, unattributed %v; want 80, 80", m.GetGpuUtil(), m.UnattributedGpuUtil)
 	}
 }

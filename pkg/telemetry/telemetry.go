@@ -145,6 +145,12 @@ const (
 
 var engineNames = [NumEngines]string{"gpu", "memory", "encoder", "decoder"}
 
+// engineFields are the fields that hold each engine's utilization.
+var engineFields = [NumEngines]Field{GPUUtil, MemCopyUtil, EncUtil, DecUtil}
+
+// Field is the reading's field of the engine's utilization.
+func (e Engine) Field() Field { return engineFields[e] }
+
 func (e Engine) String() string {
 	if e < NumEngines {
 		return engineNames[e]

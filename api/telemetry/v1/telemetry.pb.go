@@ -313,9 +313,20 @@ type Device struct {
 	// its reading is absent until they do.
 	Stalled bool `protobuf:"varint,21,opt,name=stalled,proto3" json:"stalled,omitempty"`
 	// NVML reported the GPU lost; it is no longer sampled.
-	Lost          bool `protobuf:"varint,22,opt,name=lost,proto3" json:"lost,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Lost bool `protobuf:"varint,22,opt,name=lost,proto3" json:"lost,omitempty"`
+	// The part of each utilization (percent) that the processes of the
+	// device's pods do not explain: host processes, pods that do not hold
+	// the device, PIDs whose pod is not known. The device's value less the
+	// pods' shares, never below 0; absent where the agent does not map the
+	// device's processes to pods this tick. A consumer that must never see
+	// a pod idler than it may be (the scaler) can read the device's value
+	// for the pods of a device where this is large.
+	UnattributedGpuUtil     *float64 `protobuf:"fixed64,23,opt,name=unattributed_gpu_util,json=unattributedGpuUtil,proto3,oneof" json:"unattributed_gpu_util,omitempty"`
+	UnattributedMemCopyUtil *float64 `protobuf:"fixed64,24,opt,name=unattributed_mem_copy_util,json=unattributedMemCopyUtil,proto3,oneof" json:"unattributed_mem_copy_util,omitempty"`
+	UnattributedEncUtil     *float64 `protobuf:"fixed64,25,opt,name=unattributed_enc_util,json=unattributedEncUtil,proto3,oneof" json:"unattributed_enc_util,omitempty"`
+	UnattributedDecUtil     *float64 `protobuf:"fixed64,26,opt,name=unattributed_dec_util,json=unattributedDecUtil,proto3,oneof" json:"unattributed_dec_util,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *Device) Reset() {
@@ -495,15 +506,45 @@ func (x *Device) GetLost() bool {
 	return false
 }
 
+func (x *Device) GetUnattributedGpuUtil() float64 {
+	if x != nil && x.UnattributedGpuUtil != nil {
+		return *x.UnattributedGpuUtil
+	}
+	return 0
+}
+
+func (x *Device) GetUnattributedMemCopyUtil() float64 {
+	if x != nil && x.UnattributedMemCopyUtil != nil {
+		return *x.UnattributedMemCopyUtil
+	}
+	return 0
+}
+
+func (x *Device) GetUnattributedEncUtil() float64 {
+	if x != nil && x.UnattributedEncUtil != nil {
+		return *x.UnattributedEncUtil
+	}
+	return 0
+}
+
+func (x *Device) GetUnattributedDecUtil() float64 {
+	if x != nil && x.UnattributedDecUtil != nil {
+		return *x.UnattributedDecUtil
+	}
+	return 0
+}
+
 type Pod struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	Container string                 `protobuf:"bytes,3,opt,name=container,proto3" json:"container,omitempty"`
-	// The pod's own share of the device, where NVML reports the device's
-	// figures per process and the agent maps processes to pods: the sums
-	// over the pod's processes, 0 for a pod with no process on the device
-	// this tick. Absent without per-process attribution (the device's
+	// The pod's own share of a device that several pods share (time-slicing,
+	// MPS), where NVML reports the device's figures per process and the
+	// agent maps processes to pods: the sums over the pod's processes, 0
+	// for a pod with no process on the device this tick. Absent for a
+	// device held by one pod (the device's fields are that pod's, whatever
+	// its processes show), without per-process attribution (the device's
 	// fields are then every pod's), or when the per-process source failed
 	// this tick. Units as in Device.
 	GpuUtil     *float64 `protobuf:"fixed64,4,opt,name=gpu_util,json=gpuUtil,proto3,oneof" json:"gpu_util,omitempty"`
@@ -765,7 +806,8 @@ const file_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\askipped\x18\x06 \x01(\x04R\askipped\x12\x1d\n" +
 	"\n" +
 	"pods_stale\x18\a \x01(\bR\tpodsStale\x12;\n" +
-	"\adevices\x18\b \x03(\v2!.gputelemetry.telemetry.v1.DeviceR\adevices\"\xd0\a\n" +
+	"\adevices\x18\b \x03(\v2!.gputelemetry.telemetry.v1.DeviceR\adevices\"\xaa\n" +
+	"\n" +
 	"\x06Device\x12\x12\n" +
 	"\x04uuid\x18\x01 \x01(\tR\x04uuid\x12\x1b\n" +
 	"\tgpu_index\x18\x02 \x01(\rR\bgpuIndex\x12\x1d\n" +
@@ -793,7 +835,12 @@ const file_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\x17encoder_latency_seconds\x18\x13 \x01(\x01H\tR\x15encoderLatencySeconds\x88\x01\x01\x12B\n" +
 	"\asamples\x18\x14 \x03(\v2(.gputelemetry.telemetry.v1.EngineSamplesR\asamples\x12\x18\n" +
 	"\astalled\x18\x15 \x01(\bR\astalled\x12\x12\n" +
-	"\x04lost\x18\x16 \x01(\bR\x04lostB\v\n" +
+	"\x04lost\x18\x16 \x01(\bR\x04lost\x127\n" +
+	"\x15unattributed_gpu_util\x18\x17 \x01(\x01H\n" +
+	"R\x13unattributedGpuUtil\x88\x01\x01\x12@\n" +
+	"\x1aunattributed_mem_copy_util\x18\x18 \x01(\x01H\vR\x17unattributedMemCopyUtil\x88\x01\x01\x127\n" +
+	"\x15unattributed_enc_util\x18\x19 \x01(\x01H\fR\x13unattributedEncUtil\x88\x01\x01\x127\n" +
+	"\x15unattributed_dec_util\x18\x1a \x01(\x01H\rR\x13unattributedDecUtil\x88\x01\x01B\v\n" +
 	"\t_gpu_utilB\x10\n" +
 	"\x0e_mem_copy_utilB\v\n" +
 	"\t_enc_utilB\v\n" +
@@ -803,7 +850,11 @@ const file_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\x0f_fb_total_bytesB\x13\n" +
 	"\x11_encoder_sessionsB\x0e\n" +
 	"\f_encoder_fpsB\x1a\n" +
-	"\x18_encoder_latency_seconds\"\x8a\x05\n" +
+	"\x18_encoder_latency_secondsB\x18\n" +
+	"\x16_unattributed_gpu_utilB\x1d\n" +
+	"\x1b_unattributed_mem_copy_utilB\x18\n" +
+	"\x16_unattributed_enc_utilB\x18\n" +
+	"\x16_unattributed_dec_util\"\x8a\x05\n" +
 	"\x03Pod\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n" +
