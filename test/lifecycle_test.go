@@ -144,7 +144,7 @@ func TestKubeletGoesAway(t *testing.T) {
 		"--kubelet.pod-resources-socket="+kubelet.Path(), "--kubelet.poll-interval=200ms")
 
 	// The simulated GPU has per-process data, so its device-level series
-	// ("-") is served beside the pod's (README, per-pod shares).
+	// ("-") is served beside the pod's (docs/metrics.md, per-pod shares).
 	wantPods := []string{"-", "ml/trainer/main"}
 	state := func(up, stale float64) func(samples) error {
 		return func(s samples) error {
