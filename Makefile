@@ -53,8 +53,8 @@ test-deploy:
 # Prometheus, the scaler and simulated agents; load steps scale
 # Deployments from 0 and from 1 on the push and Prometheus paths
 # (test/cluster). Needs root, ip, etcd and prometheus. The first run
-# builds the control plane into ~/.cache/gpu-agent (minutes); see the
-# README's "Real control plane".
+# builds the control plane into ~/.cache/gpu-agent (minutes); see
+# docs/control-plane.md.
 e2e-cluster:
 	GPU_AGENT_CLUSTER=1 go test -count=1 -timeout 60m -v ./test/cluster/
 

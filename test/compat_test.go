@@ -19,7 +19,7 @@ import (
 )
 
 // intendedDifference is one way the agent differs from dcgm-exporter 4.x
-// on purpose: one row of the README's "Intended differences" table (What,
+// on purpose: one row of docs/dcgm-exporter.md's "Intended differences" table (What,
 // DCGM, Agent, Why, verbatim), and where TestDCGMExporterCompat sees it.
 type intendedDifference struct {
 	What, DCGM, Agent, Why string
@@ -44,8 +44,8 @@ var (
 		"DCGM_FI_DEV_DEC_UTIL", "DCGM_FI_DEV_FB_USED"}
 )
 
-// intendedDifferences is the one table of intended differences; the
-// README shows the same rows (TestIntendedDifferencesInREADME).
+// intendedDifferences is the one table of intended differences;
+// docs/dcgm-exporter.md shows the same rows (TestIntendedDifferencesDocumented).
 var intendedDifferences = []intendedDifference{
 	{What: "`DCGM_FI_PROF_*` (its default list: `GR_ENGINE_ACTIVE`, `PIPE_TENSOR_ACTIVE`, `DRAM_ACTIVE`, `PCIE_TX_BYTES`, `PCIE_RX_BYTES`)",
 		DCGM: "served (DCGM's profiling module)", Agent: "absent; with `-f`, named in one warning and `gpu_agent_field_supported{field=...} 0`",
@@ -145,7 +145,7 @@ func TestDCGMExporterCompat(t *testing.T) {
 			t.Logf("%s: %s", c.name, d)
 			found[d.key()] = true
 			if row := differenceRow(d); row < 0 {
-				t.Errorf("%s: %s: not an intended difference (add a row to intendedDifferences and the README, or fix it)", c.name, d)
+				t.Errorf("%s: %s: not an intended difference (add a row to intendedDifferences and docs/dcgm-exporter.md, or fix it)", c.name, d)
 			}
 		}
 	}
@@ -164,12 +164,12 @@ func TestDCGMExporterCompat(t *testing.T) {
 				continue
 			}
 			if !found[r.Aspect+" "+f] {
-				t.Errorf("intended difference %q: %s of %s is no longer different: remove it from the row (and the README)", r.What, r.Aspect, f)
+				t.Errorf("intended difference %q: %s of %s is no longer different: remove it from the row (and docs/dcgm-exporter.md)", r.What, r.Aspect, f)
 			}
 			matched = true
 		}
 		if !matched {
-			t.Errorf("intended difference %q shows nowhere: remove the row (and from the README)", r.What)
+			t.Errorf("intended difference %q shows nowhere: remove the row (and from docs/dcgm-exporter.md)", r.What)
 		}
 	}
 }
@@ -320,21 +320,21 @@ w 1
 	}
 }
 
-// TestIntendedDifferencesInREADME: the README's "Intended differences"
+// TestIntendedDifferencesDocumented: docs/dcgm-exporter.md's "Intended differences"
 // table has exactly the rows of intendedDifferences, and every row that
 // is not seen in a scrape names a test that exists.
-func TestIntendedDifferencesInREADME(t *testing.T) {
+func TestIntendedDifferencesDocumented(t *testing.T) {
 	root, err := moduleRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
+	doc, err := os.ReadFile(filepath.Join(root, "docs", "dcgm-exporter.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, section, ok := strings.Cut(string(readme), "### Intended differences")
+	_, section, ok := strings.Cut(string(doc), "\n## Intended differences\n")
 	if !ok {
-		t.Fatal(`README.md has no "### Intended differences" section`)
+		t.Fatal(`docs/dcgm-exporter.md has no "## Intended differences" section`)
 	}
 	var rows []string
 	for _, line := range strings.Split(section, "\n") {
@@ -351,12 +351,12 @@ func TestIntendedDifferencesInREADME(t *testing.T) {
 	}
 	for _, r := range want {
 		if !slices.Contains(rows, r) {
-			t.Errorf("README's Intended differences lacks the row\n%s", r)
+			t.Errorf("docs/dcgm-exporter.md's Intended differences lacks the row\n%s", r)
 		}
 	}
 	for _, r := range rows {
 		if !slices.Contains(want, r) {
-			t.Errorf("README's Intended differences has a row intendedDifferences (test/compat_test.go) lacks:\n%s", r)
+			t.Errorf("docs/dcgm-exporter.md's Intended differences has a row intendedDifferences (test/compat_test.go) lacks:\n%s", r)
 		}
 	}
 	// The tests named by rows outside the scrapes exist.

@@ -97,7 +97,7 @@ func TestGrafanaDashboard(t *testing.T) {
 			if v, ok, err := c.prom.query(other); err != nil || ok {
 				t.Errorf("%s = %v (present %v, err %v), want no result: the agent writes %s", other, v, ok, err, c.podLabel)
 			}
-			// A pod's power is its GPU's, by the README's join on gpu
+			// A pod's power is its GPU's, by docs/metrics.md's join on gpu
 			// (the pod series of a shared GPU carry no power).
 			join := fmt.Sprintf(`sum(0 * DCGM_FI_DEV_GPU_UTIL{%[1]s="webrtc-sfu-1"} + on (instance, gpu) group_left DCGM_FI_DEV_POWER_USAGE{%[1]s=""})`, c.podLabel)
 			podPower, ok, err := c.prom.query(join)

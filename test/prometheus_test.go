@@ -208,9 +208,9 @@ func TestPrometheusCounters(t *testing.T) {
 	if err := prom.api("/api/v1/metadata?metric=DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", &meta); err != nil {
 		t.Fatal(err)
 	}
-	// Negotiated OpenMetrics: "unknown", as the README says; were the
+	// Negotiated OpenMetrics: "unknown", as docs/metrics.md says; were the
 	// agent to serve the classic text format first, this would read
-	// "counter" and the README's type note would need changing.
+	// "counter" and docs/metrics.md's type note would need changing.
 	if m := meta["DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"]; len(m) == 0 || m[0].Type != "unknown" {
 		t.Errorf("Prometheus's metadata for the energy counter: %+v, want type unknown (OpenMetrics)", meta)
 	}

@@ -1,6 +1,7 @@
 // Command agent samples every NVIDIA GPU on the node through NVML, labels
 // them with the pods that hold them and serves dcgm-exporter compatible
-// Prometheus metrics. See the README for flags and metrics.
+// Prometheus metrics. See docs/agent.md for flags and docs/metrics.md for
+// metrics.
 package main
 
 import (

@@ -1,6 +1,6 @@
 // Command scaler is KEDA's external scaler for GPU workloads: it
 // subscribes to every agent's Watch stream and answers KEDA (GetMetrics,
-// IsActive, StreamIsActive) from memory. See the README's push path.
+// IsActive, StreamIsActive) from memory. See docs/stream-and-scaler.md.
 package main
 
 import (

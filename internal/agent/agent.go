@@ -72,12 +72,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	log.Info("starting gpu-agent", "version", Version, "revision", Revision)
 
-	tickDuration := prometheus.NewHistogram(prometheus.HistogramOpts{
-		Namespace: exporter.Namespace,
-		Name:      "sample_duration_seconds",
-		Help:      "Time one sampling tick of every GPU took.",
-		Buckets:   []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25},
-	})
+	tickDuration := newTickDuration()
 	var lib nvml.Library
 	var simLib *sim.Library
 	var simControl *sim.Control
@@ -241,23 +236,16 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		Counters:        counters,
 		DriverVersion:   sampler.DriverVersion(),
 	})
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		tickDuration,
-	)
-	if watcher != nil {
-		reg.MustRegister(podWatchMetrics(watcher)...)
-	}
 	var push *pushServer
+	var streamMetrics prometheus.Collector // nil without the push API
 	if grpcLn != nil {
 		if push, err = newPushServer(cfg, store, client, processes, log.With("component", "grpc")); err != nil {
 			return abort(err)
 		}
 		push.ln = grpcLn
-		reg.MustRegister(push.stream)
+		streamMetrics = push.stream
 	}
+	reg := newRegistry(tickDuration, watcher, streamMetrics)
 	handler, err := exporter.NewHandler(reg, collector, exporter.HandlerOptions{
 		Interval: cfg.Interval, Logger: log.With("component", "http"), Version: Version,
 	})
@@ -285,6 +273,37 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	err = g.Wait()
 	log.Info("stopped")
 	return err
+}
+
+// newTickDuration is the sampler's tick histogram.
+func newTickDuration() prometheus.Histogram {
+	return prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: exporter.Namespace,
+		Name:      "sample_duration_seconds",
+		Help:      "Time one sampling tick of every GPU took.",
+		Buckets:   []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25},
+	})
+}
+
+// newRegistry holds what /metrics serves beside the exporter's collector
+// (exporter.NewHandler adds that): the Go and process collectors, the
+// tick histogram, and the pod watch's and the push stream's metrics where
+// they run (nil where they do not). Run and the test that every family is
+// documented both build it here.
+func newRegistry(tick prometheus.Collector, watcher *podwatch.Watcher, stream prometheus.Collector) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		tick,
+	)
+	if watcher != nil {
+		reg.MustRegister(podWatchMetrics(watcher)...)
+	}
+	if stream != nil {
+		reg.MustRegister(stream)
+	}
+	return reg
 }
 
 // processStage builds what maps GPU processes to pods: on --simulate the

@@ -42,12 +42,12 @@ func desiredReplicas(metricType string, current int, value, target float64) int 
 	return desired
 }
 
-// The README's worked example, computed from the scaler's own answers:
-// four inference pods at 90, 80, 85 and 65 % against a target of 70.
-// With metricType Value the trigger's aggregation is avg; with
-// AverageValue (KEDA's default) it must be sum, a total the HPA divides
-// by the replicas. Both give 5 replicas; avg under AverageValue would
-// give 2, scaling an overloaded deployment in.
+// The worked example of docs/stream-and-scaler.md, computed from the
+// scaler's own answers: four inference pods at 90, 80, 85 and 65 %
+// against a target of 70. With metricType Value the trigger's aggregation
+// is avg; with AverageValue (KEDA's default) it must be sum, a total the
+// HPA divides by the replicas. Both give 5 replicas; avg under
+// AverageValue would give 2, scaling an overloaded deployment in.
 func TestHPADesiredReplicas(t *testing.T) {
 	a, err := scalertest.StartAgent("n1", "127.0.0.1:0")
 	if err != nil {

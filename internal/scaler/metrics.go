@@ -28,7 +28,7 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 	return prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", name), help, labels, nil)
 }
 
-// Metrics are the scaler's own metrics, name -> help; the README lists
+// Metrics are the scaler's own metrics, name -> help; docs/metrics.md lists
 // every one (a test checks).
 var (
 	descAgents     = desc("agents", "Agent addresses subscribed to (static and discovered).")

@@ -13,8 +13,8 @@ import (
 // dcgmMetric maps a snapshot field to the dcgm-exporter metric that means
 // the same thing, in the same unit, so dashboards and KEDA triggers written
 // for dcgm-exporter work unchanged. This table is the one place those
-// names live: the exporter, the README check and the lint exemptions all
-// read it.
+// names live: the exporter, the docs/metrics.md check and the lint
+// exemptions all read it.
 type dcgmMetric struct {
 	Name  string
 	Help  string

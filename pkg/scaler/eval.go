@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-// How a trigger's value is made, documented in the README:
+// How a trigger's value is made, documented in docs/stream-and-scaler.md:
 //
 //   - A pod's value on a device is its own share (the agent's per-process
 //     attribution: the sums over the pod's processes, 0 for a pod with no

@@ -18,7 +18,8 @@ import (
 // Metric is what a trigger scales on: one reading of the devices a pod holds.
 type Metric uint8
 
-// The metrics a trigger may name, in the units the README documents.
+// The metrics a trigger may name, in the units docs/stream-and-scaler.md
+// documents.
 const (
 	GPUUtil        Metric = iota // percent, 0-100
 	MemCopyUtil                  // percent, 0-100

@@ -327,13 +327,13 @@ gpu_agent_stream_messages_sent_total 2
 	if err != nil || len(problems) > 0 {
 		t.Errorf("lint: %v %v", problems, err)
 	}
-	readme, err := os.ReadFile("../../README.md")
+	doc, err := os.ReadFile("../../docs/metrics.md")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range []string{"gpu_agent_stream_subscribers", "gpu_agent_stream_messages_sent_total", "gpu_agent_stream_dropped_snapshots_total"} {
-		if !strings.Contains(string(readme), "`"+n+"`") {
-			t.Errorf("metric %s is not documented in README.md", n)
+		if !strings.Contains(string(doc), "`"+n+"`") {
+			t.Errorf("metric %s is not documented in docs/metrics.md", n)
 		}
 	}
 }

@@ -264,9 +264,10 @@ func (e *env) scaleFromZero(ctx context.Context, t *testing.T) {
 
 // scaleOut: two Deployments at 1 replica scaled by the HPA controller,
 // one on the scaler's GetMetrics (external, AverageValue of a sum: the
-// README's recommendation), one on Prometheus; six of the nine inference
-// GPUs step from 5% to 40%; both must reach the replica count the HPA
-// formula gives for their source's answer, ceil(value / target).
+// recommendation of docs/stream-and-scaler.md), one on Prometheus; six
+// of the nine inference GPUs step from 5% to 40%; both must reach the
+// replica count the HPA formula gives for their source's answer,
+// ceil(value / target).
 func (e *env) scaleOut(ctx context.Context, t *testing.T) {
 	low := Load{Base: 5}
 	high := Load{Base: 5, GPUs: map[int]float64{0: 40, 1: 40, 2: 40}}

@@ -22,7 +22,7 @@ import (
 
 // Node is one simulated node: an agent on --simulate with a load file.
 // GPU i holds default/inference-i; the last GPU is shared by
-// media/webrtc-sfu-0 and -1 (see the README's --simulate).
+// media/webrtc-sfu-0 and -1 (see docs/agent.md, The simulated node).
 type Node struct {
 	Name, Web, GRPC, LoadFile string
 	p                         *process

@@ -51,10 +51,10 @@ var (
 
 // exported returns every metric family the agent and the scaler export:
 // the agent's from its golden /metrics (test/testdata/metrics.golden,
-// with each family's label names) and its README tables (families a
-// simulated node does not produce, such as XID counters); the scaler's
-// from its README table, which internal/scaler's TestMetricsDocumented
-// holds equal to its registry.
+// with each family's label names) and the tables of docs/metrics.md
+// (families a simulated node does not produce, such as XID counters); the
+// scaler's from its table there, which internal/scaler's
+// TestMetricsDocumented holds equal to its registry.
 func exported(t *testing.T) map[string]family {
 	t.Helper()
 	metricsOnce.Do(func() { metricsSet, metricsErr = loadExported() })
@@ -113,20 +113,20 @@ func loadExported() (map[string]family, error) {
 	if len(fams) < 20 {
 		return nil, fmt.Errorf("%s: only %d families", golden, len(fams))
 	}
-	readme, err := os.ReadFile(filepath.Join(repo, "README.md"))
+	doc, err := os.ReadFile(filepath.Join(repo, "docs", "metrics.md"))
 	if err != nil {
 		return nil, err
 	}
 	row := regexp.MustCompile("(?m)^\\| `((?:gpu_agent|gpu_scaler|DCGM_FI_DEV)_[a-zA-Z0-9_]+)` \\| ([a-z]+ )?")
-	for _, m := range row.FindAllStringSubmatch(string(readme), -1) {
+	for _, m := range row.FindAllStringSubmatch(string(doc), -1) {
 		name := m[1]
 		if _, ok := fams[name]; ok {
 			continue
 		}
-		fams[name] = family{source: "README.md"}
+		fams[name] = family{source: "docs/metrics.md"}
 		if strings.TrimSpace(m[2]) == "histogram" {
 			for _, suf := range []string{"_bucket", "_sum", "_count"} {
-				fams[name+suf] = family{source: "README.md"}
+				fams[name+suf] = family{source: "docs/metrics.md"}
 			}
 		}
 	}

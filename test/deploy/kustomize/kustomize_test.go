@@ -20,8 +20,8 @@ var update = flag.Bool("update", false, "rewrite ../testdata/kustomize from the 
 
 const deployDir = "../../../deploy"
 
-// migOverlay writes an overlay of deploy/ with the MIG component, as the
-// README tells users to, and returns its directory.
+// migOverlay writes an overlay of deploy/ with the MIG component, as
+// docs/deploy.md tells users to, and returns its directory.
 func migOverlay(t *testing.T) string {
 	t.Helper()
 	deploy, err := filepath.Abs(deployDir)

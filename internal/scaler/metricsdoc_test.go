@@ -12,15 +12,15 @@ import (
 	"github.com/gpu-telemetry/agent/pkg/scaler/agents"
 )
 
-// Every metric the scaler serves is documented in the README, and every
-// documented scaler metric exists; the names pass promlint.
+// Every metric the scaler serves is documented in docs/metrics.md, and
+// every documented scaler metric exists; the names pass promlint.
 func TestMetricsDocumented(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
+	doc, err := os.ReadFile("../../docs/metrics.md")
 	if err != nil {
 		t.Fatal(err)
 	}
 	documented := map[string]bool{}
-	for _, m := range regexp.MustCompile("`(gpu_scaler_[a-z_]+)`").FindAllStringSubmatch(string(readme), -1) {
+	for _, m := range regexp.MustCompile("`(gpu_scaler_[a-z_]+)`").FindAllStringSubmatch(string(doc), -1) {
 		documented[m[1]] = true
 	}
 	// Gather the real collector, on a pedantic registry, and lint it.
@@ -48,12 +48,12 @@ func TestMetricsDocumented(t *testing.T) {
 	}
 	for m := range served {
 		if !documented[m] {
-			t.Errorf("%s is served but not in the README", m)
+			t.Errorf("%s is served but not in docs/metrics.md", m)
 		}
 	}
 	for m := range documented {
 		if !served[m] {
-			t.Errorf("the README documents %s, which the scaler does not serve", m)
+			t.Errorf("docs/metrics.md documents %s, which the scaler does not serve", m)
 		}
 	}
 }
