@@ -71,7 +71,7 @@ var intendedDifferences = []intendedDifference{
 		Families: deviceWide},
 	{What: "`DCGM_FI_DEV_GPU_UTIL`, `MEM_COPY_UTIL`, `ENC_UTIL`, `DEC_UTIL`, `FB_USED` of a GPU held by pods",
 		DCGM:  "one series with the last pod's labels and the device's value (a device series plus per-pod ones for GPU_UTIL and FB_USED with `--kubernetes-virtual-gpus`)",
-		Agent: "a device-level series and one per pod holding it, with the pod's own share where NVML reports processes",
+		Agent: "held by one pod: its pod's one series, the device's value; shared by several: a device-level series and one per pod, with the pod's own share where NVML reports processes",
 		Why:   "time-sliced pods each see their own load", Aspect: "series", Families: perPod},
 	{What: "device IDs `nvidia<minor>` (GKE) and resource `nvidia.com/gpu.shared`",
 		DCGM:  "matched only in the spelling `--kubernetes-gpu-id-type` names; `gpu.shared` only with `--nvidia-resource-names`",
