@@ -22,14 +22,13 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/gpu-telemetry/agent/pkg/attribution"
+	"github.com/gpu-telemetry/agent/pkg/cgroup"
 	"github.com/gpu-telemetry/agent/pkg/exporter"
 	"github.com/gpu-telemetry/agent/pkg/nvml"
 	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
 	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
 	"github.com/gpu-telemetry/agent/pkg/podwatch"
-	"github.com/gpu-telemetry/agent/pkg/procattr"
-	"github.com/gpu-telemetry/agent/pkg/procpod"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
 
@@ -72,7 +71,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	log.Info("starting gpu-agent", "version", Version, "revision", Revision)
 
-	tickDuration := newTickDuration()
+	tickDuration := nvml.NewTickHistogram()
 	var lib nvml.Library
 	var simLib *sim.Library
 	var simControl *sim.Control
@@ -221,17 +220,17 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return abort(err)
 	}
-	// A nil *procattr.Stage must reach the readers as a nil interface.
+	// A nil *attribution.ProcessStage must reach the readers as a nil
+	// interface.
 	var processes attribution.Processes
 	if procs != nil {
 		processes = procs
 	}
-	collector := exporter.NewCollector(store, exporter.Options{
+	views := attribution.NewAttributor(store, client, processes)
+	collector := exporter.NewCollector(views, exporter.Options{
 		Hostname:        hostname,
 		UseOldNamespace: cfg.UseOldNamespace,
 		Interval:        cfg.Interval,
-		Pods:            client,
-		Processes:       processes,
 		Build:           exporter.BuildInfo{Version: Version, Revision: Revision},
 		Counters:        counters,
 		DriverVersion:   sampler.DriverVersion(),
@@ -239,13 +238,13 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	var push *pushServer
 	var streamMetrics prometheus.Collector // nil without the push API
 	if grpcLn != nil {
-		if push, err = newPushServer(cfg, store, client, processes, log.With("component", "grpc")); err != nil {
+		if push, err = newPushServer(cfg, store, views, log.With("component", "grpc")); err != nil {
 			return abort(err)
 		}
 		push.ln = grpcLn
 		streamMetrics = push.stream
 	}
-	reg := newRegistry(tickDuration, watcher, streamMetrics)
+	reg := newRegistry(tickDuration, client, watcher, streamMetrics)
 	handler, err := exporter.NewHandler(reg, collector, exporter.HandlerOptions{
 		Interval: cfg.Interval, Logger: log.With("component", "http"), Version: Version,
 	})
@@ -275,30 +274,25 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	return err
 }
 
-// newTickDuration is the sampler's tick histogram.
-func newTickDuration() prometheus.Histogram {
-	return prometheus.NewHistogram(prometheus.HistogramOpts{
-		Namespace: exporter.Namespace,
-		Name:      "sample_duration_seconds",
-		Help:      "Time one sampling tick of every GPU took.",
-		Buckets:   []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25},
-	})
-}
-
-// newRegistry holds what /metrics serves beside the exporter's collector
-// (exporter.NewHandler adds that): the Go and process collectors, the
-// tick histogram, and the pod watch's and the push stream's metrics where
-// they run (nil where they do not). Run and the test that every family is
+// newRegistry is the one place every subsystem's own metrics are
+// registered: the Go and process collectors, the sampler's tick
+// histogram, the kubelet client's, and the pod watch's and the push
+// stream's where they run (nil where they do not). /metrics serves them
+// beside what the exporter writes of each scrape's view
+// (exporter.NewHandler). Run and the test that every family is
 // documented both build it here.
-func newRegistry(tick prometheus.Collector, watcher *podwatch.Watcher, stream prometheus.Collector) *prometheus.Registry {
+func newRegistry(tick prometheus.Collector, kubelet podresources.StatusSource, watcher *podwatch.Watcher, stream prometheus.Collector) *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		tick,
 	)
+	if kubelet != nil {
+		reg.MustRegister(podresources.NewMetrics(kubelet))
+	}
 	if watcher != nil {
-		reg.MustRegister(podWatchMetrics(watcher)...)
+		reg.MustRegister(watcher.Metrics()...)
 	}
 	if stream != nil {
 		reg.MustRegister(stream)
@@ -311,13 +305,13 @@ func newRegistry(tick prometheus.Collector, watcher *podwatch.Watcher, stream pr
 // --kubernetes.pod-watch, a watch of this node's pods (returned to be run).
 // Without names (no cluster, or the watch off) it returns nil and says so
 // once: every pod of a shared GPU then sees the device's values, as before.
-func processStage(cfg *Config, store *telemetry.Store, simLib *sim.Library, log *slog.Logger) (*procattr.Stage, *podwatch.Watcher, error) {
+func processStage(cfg *Config, store *telemetry.Store, simLib *sim.Library, log *slog.Logger) (*attribution.ProcessStage, *podwatch.Watcher, error) {
 	plog := log.With("component", "processes")
 	if simLib != nil {
 		if cfg.PodWatch && cfg.Kubeconfig != "" {
 			plog.Info("--simulate names its own pods; the pod watch is off")
 		}
-		return procattr.New(store, procpod.NewResolverFS(simLib.ProcFS()), SimulatedNames(simLib), plog), nil, nil
+		return attribution.NewProcessStage(store, cgroup.NewResolverFS(simLib.ProcFS()), SimulatedNames(simLib), plog), nil, nil
 	}
 	if !cfg.PodWatch {
 		plog.Info("--kubernetes.pod-watch=false: GPU processes are not attributed to pods; the pods of a shared GPU see its device-level values")
@@ -335,7 +329,7 @@ func processStage(cfg *Config, store *telemetry.Store, simLib *sim.Library, log 
 	if err != nil {
 		return nil, nil, err
 	}
-	return procattr.New(store, procpod.NewResolver(cfg.ProcFS), procattr.WatcherNames{W: w}, plog), w, nil
+	return attribution.NewProcessStage(store, cgroup.NewResolver(cfg.ProcFS), w, plog), w, nil
 }
 
 func exists(path string) bool {

@@ -12,10 +12,10 @@ import (
 
 	"github.com/gpu-telemetry/agent/internal/logging"
 
+	"github.com/gpu-telemetry/agent/pkg/cgroup"
 	"github.com/gpu-telemetry/agent/pkg/dcgmcsv"
 	"github.com/gpu-telemetry/agent/pkg/nvml"
 	"github.com/gpu-telemetry/agent/pkg/podresources"
-	"github.com/gpu-telemetry/agent/pkg/procpod"
 )
 
 // DefaultPodResourcesSocket is where the kubelet serves the pod-resources API.
@@ -115,7 +115,7 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (*C
 		return nil
 	})
 	fs.StringVar(&c.NodeName, "node-name", getenv("NODE_NAME"), "Value of the Hostname label; defaults to $NODE_NAME, else the host name.")
-	fs.StringVar(&c.ProcFS, "path.procfs", procpod.DefaultProcFS, "The host's procfs, to map GPU processes to pods through their cgroups (the DaemonSet mounts the host's /proc at /host/proc).")
+	fs.StringVar(&c.ProcFS, "path.procfs", cgroup.DefaultProcFS, "The host's procfs, to map GPU processes to pods through their cgroups (the DaemonSet mounts the host's /proc at /host/proc).")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "Kubeconfig file of the pod watch outside a cluster; empty: the pod's service account.")
 	fs.BoolVar(&c.PodWatch, "kubernetes.pod-watch", true, "Watch this node's pods (get/list/watch pods) to name the pods of GPU processes, for each pod's own share of a shared GPU; off with --simulate, which names its own.")
 	fs.StringVar(&c.NVMLLibraryPath, "nvml.library-path", "", "Path to libnvidia-ml.so.1; empty uses the dynamic loader's search path.")

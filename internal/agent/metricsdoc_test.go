@@ -22,6 +22,7 @@ import (
 
 	"github.com/gpu-telemetry/agent/pkg/attribution"
 	"github.com/gpu-telemetry/agent/pkg/exporter"
+	"github.com/gpu-telemetry/agent/pkg/nvml"
 	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
 	"github.com/gpu-telemetry/agent/pkg/podwatch"
@@ -104,13 +105,13 @@ func scrapeEveryFamily(t *testing.T) map[string]bool {
 		a:  podresources.BuildAssignments(list, resolver),
 		st: podresources.Status{Up: true, Refreshes: 3, Failures: 1, LastSuccess: time.Unix(1700000000, 0)},
 	}
-	procs := fixedProcesses{&attribution.ProcessPods{Seq: snap.Seq, Pods: map[uint32]podresources.PodRef{
-		10: {Namespace: "media", Pod: "sfu-0", Container: "sfu"},
-		11: {Namespace: "media", Pod: "sfu-1", Container: "sfu"},
+	procs := fixedProcesses{&attribution.ProcessPods{Seq: snap.Seq, Pods: map[uint32]attribution.Pod{
+		10: {Namespace: "media", Name: "sfu-0", Container: "sfu"},
+		11: {Namespace: "media", Name: "sfu-1", Container: "sfu"},
 	}}}
 
-	collector := exporter.NewCollector(store, exporter.Options{
-		Hostname: "node-a", Interval: interval, Pods: pods, Processes: procs,
+	collector := exporter.NewCollector(attribution.NewAttributor(store, pods, procs), exporter.Options{
+		Hostname: "node-a", Interval: interval,
 		Build: exporter.BuildInfo{Version: "test", Revision: "abc"}, DriverVersion: "550.54.15",
 	})
 	watcher, err := podwatch.New(noPods{}, "node-a", podwatch.Options{})
@@ -118,7 +119,7 @@ func scrapeEveryFamily(t *testing.T) map[string]bool {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.DiscardHandler)
-	reg := newRegistry(newTickDuration(), watcher, stream.New(store, stream.Options{Node: "node-a", Interval: interval, Logger: log}))
+	reg := newRegistry(nvml.NewTickHistogram(), pods, watcher, stream.New(store, stream.Options{Node: "node-a", Interval: interval, Logger: log}))
 	handler, err := exporter.NewHandler(reg, collector, exporter.HandlerOptions{Interval: interval, Logger: log, Version: "test"})
 	if err != nil {
 		t.Fatal(err)
@@ -199,6 +200,8 @@ type fixedPods struct {
 
 func (p fixedPods) Assignments() *podresources.Assignments { return p.a }
 func (p fixedPods) Status() podresources.Status            { return p.st }
+func (p fixedPods) DevicePods() *attribution.DevicePods    { return p.a.DevicePods() }
+func (p fixedPods) Stale() bool                            { return p.st.Stale }
 
 type fixedProcesses struct{ pp *attribution.ProcessPods }
 

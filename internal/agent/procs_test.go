@@ -33,7 +33,7 @@ func TestProcessStageSimulated(t *testing.T) {
 	names := SimulatedNames(l)
 	for _, p := range l.Processes() {
 		ref := names.Containers[p.ContainerID]
-		if ref.Namespace != p.Namespace || ref.Pod != p.Pod || ref.Container != p.Container {
+		if ref.Namespace != p.Namespace || ref.Name != p.Pod || ref.Container != p.Container {
 			t.Errorf("PID %d: named %+v, want %s/%s/%s", p.PID, ref, p.Namespace, p.Pod, p.Container)
 		}
 	}

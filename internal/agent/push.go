@@ -29,7 +29,7 @@ type pushServer struct {
 	log    *slog.Logger
 }
 
-func newPushServer(cfg *Config, store *telemetry.Store, pods stream.Pods, procs attribution.Processes, log *slog.Logger) (*pushServer, error) {
+func newPushServer(cfg *Config, store *telemetry.Store, views *attribution.Attributor, log *slog.Logger) (*pushServer, error) {
 	tlsConf, err := cfg.GRPCTLSConfig()
 	if err != nil {
 		return nil, err
@@ -40,12 +40,11 @@ func newPushServer(cfg *Config, store *telemetry.Store, pods stream.Pods, procs 
 		store:  store,
 		log:    log,
 		stream: stream.New(store, stream.Options{
-			Node:      cfg.NodeName,
-			Interval:  cfg.Interval,
-			Start:     time.Now(),
-			Pods:      pods,
-			Processes: procs,
-			Logger:    log,
+			Node:     cfg.NodeName,
+			Interval: cfg.Interval,
+			Start:    time.Now(),
+			Views:    views,
+			Logger:   log,
 		}),
 	}
 	p.stream.Register(p.grpc)

@@ -5,20 +5,19 @@ import (
 
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
+	"github.com/gpu-telemetry/agent/pkg/attribution"
 	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
-	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
-	"github.com/gpu-telemetry/agent/pkg/procattr"
 )
 
 // SimulatedNames names the simulated node's pods by the container IDs and
 // pod UIDs of its processes (sim.Process), in place of a pod watch: the
 // same pods SimulatedPods gives the kubelet.
-func SimulatedNames(l *sim.Library) *procattr.Table {
-	t := &procattr.Table{Containers: map[string]podresources.PodRef{}, Pods: map[string]podresources.PodRef{}}
+func SimulatedNames(l *sim.Library) *attribution.NameTable {
+	t := &attribution.NameTable{Containers: map[string]attribution.Pod{}, Pods: map[string]attribution.Pod{}}
 	for _, p := range l.Processes() {
-		t.Containers[p.ContainerID] = podresources.PodRef{Namespace: p.Namespace, Pod: p.Pod, Container: p.Container}
-		t.Pods[p.PodUID] = podresources.PodRef{Namespace: p.Namespace, Pod: p.Pod}
+		t.Containers[p.ContainerID] = attribution.Pod{Namespace: p.Namespace, Name: p.Pod, Container: p.Container}
+		t.Pods[p.PodUID] = attribution.Pod{Namespace: p.Namespace, Name: p.Pod}
 	}
 	return t
 }

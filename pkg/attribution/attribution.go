@@ -1,26 +1,26 @@
-// Package attribution joins a telemetry snapshot with the kubelet's pod map:
-// which pods hold each GPU and each MIG instance. It is its own stage
-// because two readers need the same join, the Prometheus exporter and the
-// push stream, and they must never disagree about which pod a device
-// belongs to.
+// Package attribution joins a telemetry snapshot with the node's pods:
+// which pods hold each GPU and each MIG instance, and which pod each GPU
+// process runs in. It is its own stage because two readers need the same
+// join, the Prometheus exporter and the push stream, and they must never
+// disagree about which pod a device belongs to. It owns the agent's one
+// pod identity (Pod); the sources of pods (the kubelet's pod-resources
+// API, the pod watch, the simulated node) implement its small interfaces
+// (PodSource, Names), and the readers see only Views.
 //
-// The join knows the device plugins' conventions only through
-// podresources.Assignments (GPU or MIG UUID, replicas of a time-sliced or
-// MPS-shared GPU collapsed to the device they replicate, pods sorted and
-// deduplicated); it adds the device identity, the reading that belongs to
-// each device, and the one rule of which devices have a current reading.
-// Given a PID-to-pod map (pkg/procattr builds it off the readers' path), it
-// also sums a GPU's processes by pod into each pod's own share, and
-// Device.PodValue is the one rule of which value a pod's series carries.
+// The join knows the device plugins' conventions only through DevicePods
+// (GPU or MIG UUID, replicas of a time-sliced or MPS-shared GPU collapsed
+// to the device they replicate, pods sorted and deduplicated); it adds
+// the device identity, the reading that belongs to each device, and the
+// one rule of which devices have a current reading. Given a PID-to-pod
+// map (ProcessStage builds it off the readers' path), it also sums a
+// GPU's processes by pod into each pod's own share, and Device.PodValue
+// is the one rule of which value a pod's series carries.
 package attribution
 
 import (
-	"cmp"
 	"slices"
-	"strings"
 	"sync/atomic"
 
-	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
 
@@ -28,6 +28,9 @@ import (
 // immutable once built, so any number of readers may share it.
 type View struct {
 	Snapshot *telemetry.Snapshot
+	// PodsStale says the pod map is the last good one of a source that is
+	// failing now (PodSource.Stale).
+	PodsStale bool
 	// Devices are every GPU of the snapshot, each followed by its MIG
 	// instances, in the snapshot's order.
 	Devices []Device
@@ -48,7 +51,7 @@ type Device struct {
 	// Pods hold the device, sorted by namespace, pod and container; nil
 	// when no pod does. A time-sliced or MPS-shared device lists every
 	// pod sharing it.
-	Pods []podresources.PodRef
+	Pods []Pod
 	// Shared is set when more than one pod holds the device (time-slicing,
 	// MPS; containers of one pod count once). Only then do pods have
 	// shares of their own: a device held by one pod is that pod's, and
@@ -97,17 +100,11 @@ func (d *Device) Stalled() bool { return d.State.Stalled }
 // exporter) or send it flagged, without values (the stream).
 func (d *Device) Current() bool { return !d.State.Lost && !d.State.Stalled }
 
-// Assignments gives the latest device-to-pod map; the pod-resources client
-// implements it.
-type Assignments interface {
-	Assignments() *podresources.Assignments
-}
-
 // Attribute joins snap with the pod map a (nil: no pod holds anything).
 // Every GPU is listed, followed by the MIG instances the snapshot has a
 // reading for. With pp (nil: none yet), each GPU's processes are summed
 // by pod into PerPod.
-func Attribute(snap *telemetry.Snapshot, a *podresources.Assignments, pp *ProcessPods) *View {
+func Attribute(snap *telemetry.Snapshot, a *DevicePods, pp *ProcessPods) *View {
 	n := len(snap.Devices)
 	for i := range snap.Devices {
 		n += min(len(snap.Devices[i].MIG), len(snap.States[i].MIG))
@@ -135,27 +132,26 @@ func Attribute(snap *telemetry.Snapshot, a *podresources.Assignments, pp *Proces
 // migPods returns the pods holding a GPU instance: the device plugin
 // allocates compute instances, each with its own UUID, and the instance's
 // one series stands for all of them.
-func migPods(a *podresources.Assignments, mig *telemetry.MIGDevice) []podresources.PodRef {
+func migPods(a *DevicePods, mig *telemetry.MIGDevice) []Pod {
 	pods := a.Pods(mig.UUID)
+	if len(mig.ComputeInstances) <= 1 {
+		return pods
+	}
+	pods = slices.Clone(pods) // DevicePods' slices are shared
 	for _, ci := range mig.ComputeInstances {
 		if ci.UUID != mig.UUID {
 			pods = append(pods, a.Pods(ci.UUID)...)
 		}
 	}
-	if len(mig.ComputeInstances) > 1 {
-		slices.SortFunc(pods, func(x, y podresources.PodRef) int {
-			return cmp.Or(strings.Compare(x.Namespace, y.Namespace), strings.Compare(x.Pod, y.Pod), strings.Compare(x.Container, y.Container))
-		})
-		pods = slices.Compact(pods)
-	}
-	return pods
+	slices.SortFunc(pods, ComparePods)
+	return slices.Compact(pods)
 }
 
 // shared reports whether pods, sorted by namespace and pod, name more
 // than one pod.
-func shared(pods []podresources.PodRef) bool {
+func shared(pods []Pod) bool {
 	for i := 1; i < len(pods); i++ {
-		if pods[i].Namespace != pods[0].Namespace || pods[i].Pod != pods[0].Pod {
+		if pods[i].Namespace != pods[0].Namespace || pods[i].Name != pods[0].Name {
 			return true
 		}
 	}
@@ -175,22 +171,25 @@ type Snapshots interface {
 // nothing: /proc is read by the stage behind Processes.
 type Attributor struct {
 	src   Snapshots
-	pods  Assignments // nil: no pod attribution
-	procs Processes   // nil: no per-process attribution
+	pods  PodSource // nil: no pod attribution
+	procs Processes // nil: no per-process attribution
 	last  atomic.Pointer[cached]
 }
 
 type cached struct {
 	view *View
-	a    *podresources.Assignments
+	a    *DevicePods
 	pp   *ProcessPods
 }
 
 // NewAttributor returns an Attributor over src, pods (nil when pod
 // attribution is off) and procs (nil when per-process attribution is).
-func NewAttributor(src Snapshots, pods Assignments, procs Processes) *Attributor {
+func NewAttributor(src Snapshots, pods PodSource, procs Processes) *Attributor {
 	return &Attributor{src: src, pods: pods, procs: procs}
 }
+
+// Snapshots returns the snapshot source the views are built on.
+func (at *Attributor) Snapshots() Snapshots { return at.src }
 
 // Latest returns the view of the latest snapshot, or nil before the first.
 // Concurrent callers may each build it once; they get equal views.
@@ -199,18 +198,27 @@ func (at *Attributor) Latest() *View {
 	if snap == nil {
 		return nil
 	}
-	var a *podresources.Assignments
+	return at.View(snap)
+}
+
+// View returns the view of snap with the latest pod and PID-to-pod maps:
+// the latest snapshot's, or one a reader that follows every snapshot (the
+// stream) is at.
+func (at *Attributor) View(snap *telemetry.Snapshot) *View {
+	var a *DevicePods
+	var stale bool
 	if at.pods != nil {
-		a = at.pods.Assignments()
+		a, stale = at.pods.DevicePods(), at.pods.Stale()
 	}
 	var pp *ProcessPods
 	if at.procs != nil {
 		pp = at.procs.ProcessPods()
 	}
-	if c := at.last.Load(); c != nil && c.view.Snapshot == snap && c.a == a && c.pp == pp {
+	if c := at.last.Load(); c != nil && c.view.Snapshot == snap && c.a == a && c.pp == pp && c.view.PodsStale == stale {
 		return c.view
 	}
 	v := Attribute(snap, a, pp)
+	v.PodsStale = stale
 	at.last.Store(&cached{view: v, a: a, pp: pp})
 	return v
 }

@@ -4,9 +4,6 @@ import (
 	"slices"
 	"testing"
 
-	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
-
-	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
 
@@ -50,29 +47,16 @@ func node() *telemetry.Snapshot {
 	return &telemetry.Snapshot{Seq: 1, Devices: devs, States: states}
 }
 
-func pod(ns, name, container, resource string, ids ...string) *podresourcesv1.PodResources {
-	return &podresourcesv1.PodResources{Namespace: ns, Name: name, Containers: []*podresourcesv1.ContainerResources{{
-		Name:    container,
-		Devices: []*podresourcesv1.ContainerDevices{{ResourceName: resource, DeviceIds: ids}},
-	}}}
-}
-
-// assignments go through the real parser and resolver: the device IDs are
-// spelled as the device plugin spells them.
-func assignments() *podresources.Assignments {
-	r := podresources.NewResolver([]podresources.GPU{
-		{UUID: uuidWhole, Minor: 0}, {UUID: uuidShared, Minor: 1}, {UUID: uuidFree, Minor: 2},
-		{UUID: uuidMIG, Minor: 3, MIG: []podresources.MIGDevice{{UUID: migA, GI: 1}, {UUID: migB, GI: 2}}},
-		{UUID: uuidLost, Minor: 4},
+// assignments is the pod map of node(): what the kubelet client makes of
+// its answer (replicas collapsed to their GPU, pods sorted; its own tests
+// hold it to that).
+func assignments() *DevicePods {
+	return NewDevicePods(map[string][]Pod{
+		uuidWhole:  {{Namespace: "ml", Name: "inference-0", Container: "server"}},
+		uuidShared: {{Namespace: "media", Name: "sfu-1", Container: "sfu"}, {Namespace: "media", Name: "sfu-0", Container: "sfu"}},
+		migB:       {{Namespace: "ml", Name: "small", Container: "worker"}},
+		uuidLost:   {{Namespace: "ml", Name: "trainer", Container: "main"}},
 	})
-	return podresources.BuildAssignments(&podresourcesv1.ListPodResourcesResponse{PodResources: []*podresourcesv1.PodResources{
-		pod("ml", "inference-0", "server", "nvidia.com/gpu", uuidWhole),
-		// Listed out of order and as replicas: sorted, collapsed to the GPU.
-		pod("media", "sfu-1", "sfu", "nvidia.com/gpu.shared", uuidShared+"::1"),
-		pod("media", "sfu-0", "sfu", "nvidia.com/gpu.shared", uuidShared+"::0"),
-		pod("ml", "small", "worker", "nvidia.com/mig-3g.20gb", migB),
-		pod("ml", "trainer", "main", "nvidia.com/gpu", uuidLost),
-	}}, r)
 }
 
 func TestAttribute(t *testing.T) {
@@ -85,21 +69,21 @@ func TestAttribute(t *testing.T) {
 		uuid    string
 		gpu     int
 		mig     bool
-		pods    []podresources.PodRef
+		pods    []Pod
 		reading *telemetry.Reading
 		current bool
 	}
-	ref := func(ns, p, c string) podresources.PodRef {
-		return podresources.PodRef{Namespace: ns, Pod: p, Container: c}
+	ref := func(ns, p, c string) Pod {
+		return Pod{Namespace: ns, Name: p, Container: c}
 	}
 	wants := []want{
-		{uuidWhole, 0, false, []podresources.PodRef{ref("ml", "inference-0", "server")}, &snap.States[0].Reading, true},
-		{uuidShared, 1, false, []podresources.PodRef{ref("media", "sfu-0", "sfu"), ref("media", "sfu-1", "sfu")}, &snap.States[1].Reading, true},
+		{uuidWhole, 0, false, []Pod{ref("ml", "inference-0", "server")}, &snap.States[0].Reading, true},
+		{uuidShared, 1, false, []Pod{ref("media", "sfu-0", "sfu"), ref("media", "sfu-1", "sfu")}, &snap.States[1].Reading, true},
 		{uuidFree, 2, false, nil, &snap.States[2].Reading, true},
 		{uuidMIG, 3, false, nil, &snap.States[3].Reading, true},
 		{migA, 3, true, nil, &snap.States[3].MIG[0], true},
-		{migB, 3, true, []podresources.PodRef{ref("ml", "small", "worker")}, &snap.States[3].MIG[1], true},
-		{uuidLost, 4, false, []podresources.PodRef{ref("ml", "trainer", "main")}, &snap.States[4].Reading, false},
+		{migB, 3, true, []Pod{ref("ml", "small", "worker")}, &snap.States[3].MIG[1], true},
+		{uuidLost, 4, false, []Pod{ref("ml", "trainer", "main")}, &snap.States[4].Reading, false},
 	}
 	if len(v.Devices) != len(wants) {
 		t.Fatalf("%d devices in the view, want %d", len(v.Devices), len(wants))
@@ -164,15 +148,11 @@ func TestAttributeComputeInstances(t *testing.T) {
 	const migB2 = "MIG-cccccccc-cccc-cccc-cccc-cccccccccccc"
 	snap := node()
 	snap.Devices[3].MIG[1].ComputeInstances = []telemetry.MIGComputeInstance{{UUID: migB, CI: 0}, {UUID: migB2, CI: 1}}
-	r := podresources.NewResolver([]podresources.GPU{
-		{UUID: uuidMIG, Minor: 3, MIG: []podresources.MIGDevice{{UUID: migA, GI: 1}, {UUID: migB, GI: 2, CI: 0}, {UUID: migB2, GI: 2, CI: 1}}},
+	a := NewDevicePods(map[string][]Pod{
+		migB2: {{Namespace: "ml", Name: "small", Container: "worker"}, {Namespace: "ml", Name: "twice", Container: "worker"}},
+		migB:  {{Namespace: "ml", Name: "big", Container: "worker"}, {Namespace: "ml", Name: "twice", Container: "worker"}},
 	})
-	a := podresources.BuildAssignments(&podresourcesv1.ListPodResourcesResponse{PodResources: []*podresourcesv1.PodResources{
-		pod("ml", "small", "worker", "nvidia.com/mig-1c.3g.20gb", migB2),
-		pod("ml", "big", "worker", "nvidia.com/mig-1c.3g.20gb", migB),
-		pod("ml", "twice", "worker", "nvidia.com/mig-1c.3g.20gb", migB, migB2),
-	}}, r)
-	var got []podresources.PodRef
+	var got []Pod
 	for _, d := range Attribute(snap, a, nil).Devices {
 		if d.UUID() == migB2 {
 			t.Errorf("the second compute instance has a device of its own")
@@ -181,7 +161,7 @@ func TestAttributeComputeInstances(t *testing.T) {
 			got = d.Pods
 		}
 	}
-	want := []podresources.PodRef{{Namespace: "ml", Pod: "big", Container: "worker"}, {Namespace: "ml", Pod: "small", Container: "worker"}, {Namespace: "ml", Pod: "twice", Container: "worker"}}
+	want := []Pod{{Namespace: "ml", Name: "big", Container: "worker"}, {Namespace: "ml", Name: "small", Container: "worker"}, {Namespace: "ml", Name: "twice", Container: "worker"}}
 	if !slices.Equal(got, want) {
 		t.Errorf("GPU instance held by %v, want %v", got, want)
 	}
@@ -204,9 +184,13 @@ type store struct{ snap *telemetry.Snapshot }
 
 func (s *store) Latest() *telemetry.Snapshot { return s.snap }
 
-type pods struct{ a *podresources.Assignments }
+type pods struct {
+	a     *DevicePods
+	stale bool
+}
 
-func (p *pods) Assignments() *podresources.Assignments { return p.a }
+func (p *pods) DevicePods() *DevicePods { return p.a }
+func (p *pods) Stale() bool             { return p.stale }
 
 // The Attributor joins each (snapshot, pod map) pair once and rebuilds
 // when either changes.
@@ -224,14 +208,19 @@ func TestAttributorCachesPerPair(t *testing.T) {
 	if at.Latest() != v1 {
 		t.Error("same snapshot and pod map joined twice")
 	}
-	p.a = podresources.BuildAssignments(&podresourcesv1.ListPodResourcesResponse{}, nil)
+	p.a = NewDevicePods(map[string][]Pod{})
 	v2 := at.Latest()
 	if v2 == v1 || v2.Devices[0].Pods != nil {
 		t.Errorf("new pod map not joined: GPU 0 still held by %v", v2.Devices[0].Pods)
 	}
 	src.snap = node()
-	if v3 := at.Latest(); v3 == v2 || v3.Snapshot != src.snap {
+	v3 := at.Latest()
+	if v3 == v2 || v3.Snapshot != src.snap {
 		t.Error("new snapshot not joined")
+	}
+	p.stale = true
+	if v4 := at.Latest(); v4 == v3 || !v4.PodsStale {
+		t.Error("a pod source gone stale does not show in the view")
 	}
 	if NewAttributor(src, nil, nil).Latest().Devices[0].Pods != nil {
 		t.Error("pods without a pod source")

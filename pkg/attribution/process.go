@@ -1,7 +1,6 @@
 package attribution
 
 import (
-	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
 
@@ -17,7 +16,7 @@ type ProcessPods struct {
 	// Pods holds each PID that runs in a pod; host processes, PIDs that
 	// are gone, and pods the name source does not know are absent. The
 	// container is empty when only the pod is known.
-	Pods map[uint32]podresources.PodRef
+	Pods map[uint32]Pod
 }
 
 // Processes gives the latest PID-to-pod map, nil while none exists (no
@@ -110,7 +109,7 @@ func attributeProcesses(v *View, pp *ProcessPods) {
 // process in no pod of pods (a host process, a pod that does not hold
 // this GPU, a PID gone before it was resolved) is counted in unattributed
 // and left out.
-func podShares(st *telemetry.DeviceState, pods []podresources.PodRef, pp *ProcessPods) (shares []PodShare, unattributed int) {
+func podShares(st *telemetry.DeviceState, pods []Pod, pp *ProcessPods) (shares []PodShare, unattributed int) {
 	has := processData(st)
 	if len(pods) > 0 {
 		shares = make([]PodShare, len(pods))
@@ -183,10 +182,10 @@ func processData(st *telemetry.DeviceState) telemetry.ProcessDataSet {
 // container, but any container of the pod may run the process. The
 // allocated container with the process's name wins where a pod lists
 // several.
-func podIndex(pods []podresources.PodRef, ref podresources.PodRef) int {
+func podIndex(pods []Pod, ref Pod) int {
 	k := -1
 	for i, p := range pods {
-		if p.Namespace != ref.Namespace || p.Pod != ref.Pod {
+		if p.Namespace != ref.Namespace || p.Name != ref.Name {
 			continue
 		}
 		if p.Container == ref.Container {

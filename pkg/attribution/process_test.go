@@ -3,9 +3,6 @@ package attribution
 import (
 	"testing"
 
-	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
-
-	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
 
@@ -30,9 +27,9 @@ func sharedNode() (*telemetry.Snapshot, *ProcessPods) {
 		{PID: 300, Has: has, SMUtil: 5, EncUtil: 5, FBUsed: 512 << 20}, // host process
 		{PID: 400, Has: has, SMUtil: 1},                                // exited
 	}
-	pp := &ProcessPods{Seq: 1, Pods: map[uint32]podresources.PodRef{
-		100: {Namespace: "media", Pod: "sfu-0", Container: "sfu"},
-		200: {Namespace: "media", Pod: "sfu-1", Container: "sidecar"}, // another container of the pod
+	pp := &ProcessPods{Seq: 1, Pods: map[uint32]Pod{
+		100: {Namespace: "media", Name: "sfu-0", Container: "sfu"},
+		200: {Namespace: "media", Name: "sfu-1", Container: "sidecar"}, // another container of the pod
 	}}
 	return snap, pp
 }
@@ -158,9 +155,10 @@ type fixedSnap struct{ s *telemetry.Snapshot }
 
 func (f fixedSnap) Latest() *telemetry.Snapshot { return f.s }
 
-type fixedAssignments struct{ a *podresources.Assignments }
+type fixedAssignments struct{ a *DevicePods }
 
-func (f fixedAssignments) Assignments() *podresources.Assignments { return f.a }
+func (f fixedAssignments) DevicePods() *DevicePods { return f.a }
+func (f fixedAssignments) Stale() bool             { return false }
 
 type fixedProcs struct{ pp *ProcessPods }
 
@@ -193,7 +191,7 @@ func TestOnePodReadsItsGPU(t *testing.T) {
 
 	// Its process resolved: still the device's value, and nothing left
 	// unexplained.
-	pp.Pods[999] = podresources.PodRef{Namespace: "ml", Pod: "inference-0", Container: "server"}
+	pp.Pods[999] = Pod{Namespace: "ml", Name: "inference-0", Container: "server"}
 	d = &Attribute(snap, assignments(), pp).Devices[0]
 	if v, _ := d.PodValue(0, telemetry.GPUUtil); v != 80 || d.Unattributed != 0 {
 		t.Errorf("resolved: GPU util %v, unattributed %d; want 80, 0", v, d.Unattributed)
@@ -236,13 +234,9 @@ func TestUnattributedLoad(t *testing.T) {
 
 // Two containers of one pod on one GPU are still one pod: not shared.
 func TestContainersOfOnePodAreNotShared(t *testing.T) {
-	r := podresources.NewResolver([]podresources.GPU{{UUID: uuidShared, Minor: 1}})
-	a := podresources.BuildAssignments(&podresourcesv1.ListPodResourcesResponse{PodResources: []*podresourcesv1.PodResources{{
-		Namespace: "media", Name: "sfu-0", Containers: []*podresourcesv1.ContainerResources{
-			{Name: "sfu", Devices: []*podresourcesv1.ContainerDevices{{ResourceName: "nvidia.com/gpu.shared", DeviceIds: []string{uuidShared + "::0"}}}},
-			{Name: "recorder", Devices: []*podresourcesv1.ContainerDevices{{ResourceName: "nvidia.com/gpu.shared", DeviceIds: []string{uuidShared + "::1"}}}},
-		},
-	}}}, r)
+	a := NewDevicePods(map[string][]Pod{uuidShared: {
+		{Namespace: "media", Name: "sfu-0", Container: "sfu"}, {Namespace: "media", Name: "sfu-0", Container: "recorder"},
+	}})
 	snap, pp := sharedNode()
 	snap.Devices, snap.States = snap.Devices[1:2], snap.States[1:2]
 	d := &Attribute(snap, a, pp).Devices[0]

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
+	"github.com/gpu-telemetry/agent/pkg/attribution"
 	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
@@ -43,7 +44,7 @@ func benchNode(b *testing.B) *Collector {
 	}
 	src := snapshots{&telemetry.Snapshot{Time: time.Now(), Devices: devs, States: states, Window: 15 * time.Second}}
 	p := pods{a: podresources.BuildAssignments(resp, podresources.NewResolver(gpus)), st: podresources.Status{Up: true}}
-	return NewCollector(src, Options{Hostname: "node", Interval: 100 * time.Millisecond, Pods: p})
+	return NewCollector(attribution.NewAttributor(src, p, nil), Options{Hostname: "node", Interval: 100 * time.Millisecond})
 }
 
 // BenchmarkCollect8GPUs64Pods is the Collector through a registry and
@@ -53,7 +54,7 @@ func benchNode(b *testing.B) *Collector {
 // and hashes it; the label pairs are built once per pod, not per series.
 func BenchmarkCollect8GPUs64Pods(b *testing.B) {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(benchNode(b))
+	reg.MustRegister(benchNode(b).Latest())
 	scrape := func() int {
 		mfs, err := reg.Gather()
 		if err != nil {

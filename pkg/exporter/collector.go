@@ -1,8 +1,10 @@
-// Package exporter serves the latest telemetry snapshot as Prometheus
+// Package exporter serves the latest attributed snapshot as Prometheus
 // metrics, drop-in compatible with dcgm-exporter's names and labels, plus
-// the agent's own metrics. A scrape reads the snapshot the sampler already
-// published and the pod map the kubelet poller already built: it never
-// calls NVML or the kubelet.
+// the agent's own metrics of what a snapshot holds (the sampler's health,
+// the processes no pod explains). A scrape reads one view
+// (attribution.View) for everything it writes from the snapshot, and
+// gathers the other subsystems' own collectors from the registry it is
+// given: it never calls NVML or the kubelet.
 package exporter
 
 import (
@@ -17,24 +19,11 @@ import (
 
 	"github.com/gpu-telemetry/agent/pkg/attribution"
 	"github.com/gpu-telemetry/agent/pkg/dcgmcsv"
-	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
 
 // Namespace prefixes every metric the agent adds beyond dcgm-exporter's.
 const Namespace = "gpu_agent"
-
-// Snapshots gives the latest snapshot; the sampler implements it.
-type Snapshots interface {
-	Latest() *telemetry.Snapshot
-}
-
-// Pods gives the latest device-to-pod map and the kubelet's state; the
-// pod-resources client implements it.
-type Pods interface {
-	Assignments() *podresources.Assignments
-	Status() podresources.Status
-}
 
 // BuildInfo describes the running binary.
 type BuildInfo struct {
@@ -45,12 +34,7 @@ type BuildInfo struct {
 type Options struct {
 	Hostname string // the Hostname label: the node's name; "" leaves it out (--no-hostname)
 	Interval time.Duration
-	Pods     Pods // nil when pod attribution is off
-	// Processes maps GPU processes to pods (nil: off). With it, a pod's
-	// series of the fields NVML reports per process carry the pod's own
-	// share, and the device-level series is served beside them.
-	Processes attribution.Processes
-	Build     BuildInfo
+	Build    BuildInfo
 
 	// Counters is a dcgm-exporter field list (its -f file): if not nil,
 	// only the listed fields are served (the agent's own families always
@@ -63,10 +47,10 @@ type Options struct {
 	UseOldNamespace bool
 }
 
-// Collector is a prometheus.Collector over the latest snapshot.
+// Collector writes the metrics of attributed snapshots. It is not a
+// prometheus.Collector: a scrape pins one view and writes it (Handler).
 type Collector struct {
-	src   Snapshots
-	views *attribution.Attributor // the snapshot joined with the pod map
+	views *attribution.Attributor // the snapshot joined with the pods
 	opts  Options
 
 	layout layout
@@ -95,20 +79,13 @@ type Collector struct {
 	deviceStalled, migReadErrors                   *prometheus.Desc
 	window, interval, ticks, missed, lastSample    *prometheus.Desc
 	sampleRate                                     *prometheus.Desc
-	kubeletUp, kubeletStale, kubeletLast           *prometheus.Desc
-	kubeletExpired                                 *prometheus.Desc
-	kubeletRefreshes, kubeletFailures, unresolved  *prometheus.Desc
 	buildInfo                                      *prometheus.Desc
 	unattributed, unattributedLoad                 *prometheus.Desc
 }
 
-// NewCollector returns a collector over src.
-func NewCollector(src Snapshots, opts Options) *Collector {
+// NewCollector returns a collector of the views views gives.
+func NewCollector(views *attribution.Attributor, opts Options) *Collector {
 	name := func(n string) string { return prometheus.BuildFQName(Namespace, "", n) }
-	var pods attribution.Assignments
-	if opts.Pods != nil {
-		pods = opts.Pods
-	}
 	// Without a field list, the default one's label row: default-counters.csv
 	// labels every series with the driver's version.
 	labels := opts.Counters
@@ -128,8 +105,7 @@ func NewCollector(src Snapshots, opts Options) *Collector {
 	id := l.id
 	newFamily := l.newFamily
 	c := &Collector{
-		src:    src,
-		views:  attribution.NewAttributor(src, pods, opts.Processes),
+		views:  views,
 		opts:   opts,
 		layout: l,
 		extra:  extra,
@@ -166,13 +142,6 @@ func NewCollector(src Snapshots, opts Options) *Collector {
 		missed:        prometheus.NewDesc(name("missed_samples_total"), "Sampling intervals since the first tick that produced no snapshot.", nil, nil),
 		lastSample:    prometheus.NewDesc(name("last_sample_timestamp_seconds"), "When the latest sample started, as a Unix time.", nil, nil),
 
-		kubeletUp:        prometheus.NewDesc(name("kubelet_up"), "1 if the last pod-resources List call succeeded.", nil, nil),
-		kubeletStale:     prometheus.NewDesc(name("kubelet_pod_map_stale"), "1 if pod labels come from the last good kubelet answer because the latest call failed.", nil, nil),
-		kubeletExpired:   prometheus.NewDesc(name("kubelet_pod_map_expired"), "1 if pod labels are dropped because the kubelet has not answered for longer than --kubelet.max-stale.", nil, nil),
-		kubeletLast:      prometheus.NewDesc(name("kubelet_last_success_timestamp_seconds"), "When pod-resources List last succeeded, as a Unix time.", nil, nil),
-		kubeletRefreshes: prometheus.NewDesc(name("kubelet_refreshes_total"), "Successful pod-resources List calls.", nil, nil),
-		kubeletFailures:  prometheus.NewDesc(name("kubelet_refresh_failures_total"), "Failed pod-resources List calls.", nil, nil),
-		unresolved:       prometheus.NewDesc(name("kubelet_unresolved_devices"), "NVIDIA device IDs in the kubelet's answer that match no GPU on this node.", nil, nil),
 		unattributed: prometheus.NewDesc(name("unattributed_processes"),
 			"Processes on the GPU that are in none of the pods holding it (host processes, other pods, PIDs gone before their pod was read); left out of the per-pod shares.", id, nil),
 		unattributedLoad: prometheus.NewDesc(name("unattributed_utilization_ratio"),
@@ -213,12 +182,6 @@ func NewCollector(src Snapshots, opts Options) *Collector {
 	return c
 }
 
-// Describe sends nothing: the device families carry several label sets
-// under one name (as dcgm-exporter's output does), which only an unchecked
-// collector may do. Every metric still carries its own Desc, so a
-// pedantic registry checks each of them.
-func (c *Collector) Describe(chan<- *prometheus.Desc) {}
-
 // target is one set of labels a device's metrics are emitted with: once
 // per pod holding the device, or once without pod labels.
 type target struct {
@@ -247,7 +210,7 @@ func (t target) with(p *dto.LabelPair) target {
 // targets expands a device's labels into one target per pod that holds
 // it. A GPU shared by several pods (time-slicing, MPS) is attributed to
 // every one of them.
-func targets(names, values []string, mig bool, pods []podresources.PodRef, podNames []string) []target {
+func targets(names, values []string, mig bool, pods []attribution.Pod, podNames []string) []target {
 	if len(pods) == 0 {
 		return []target{{labels: newLabelSet(names, values), mig: mig}}
 	}
@@ -256,43 +219,59 @@ func targets(names, values []string, mig bool, pods []podresources.PodRef, podNa
 	for i, p := range pods {
 		v := make([]string, len(values), len(names))
 		copy(v, values)
-		ts[i] = target{labels: newLabelSet(names, append(v, p.Namespace, p.Pod, p.Container)), mig: mig, pod: true}
+		ts[i] = target{labels: newLabelSet(names, append(v, p.Namespace, p.Name, p.Container)), mig: mig, pod: true}
 	}
 	return ts
 }
 
-// Collect implements prometheus.Collector.
-func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+// viewCollector is a prometheus.Collector of one view: what a scrape
+// gathers through a registry.
+type viewCollector struct {
+	c       *Collector
+	view    *attribution.View // nil before the first snapshot
+	devices bool              // the device families too, not only the agent's own
+}
+
+// Describe sends nothing: the device families carry several label sets
+// under one name (as dcgm-exporter's output does), which only an
+// unchecked collector may do. Every metric still carries its own Desc, so
+// a pedantic registry checks each of them.
+func (vc viewCollector) Describe(chan<- *prometheus.Desc) {}
+
+func (vc viewCollector) Collect(ch chan<- prometheus.Metric) {
 	e := &emitter{ch: ch}
-	if view := c.collectAgent(e); view != nil {
-		c.collectTargets(e, view)
+	vc.c.collectAgent(e, vc.view)
+	if vc.devices && vc.view != nil {
+		vc.c.collectTargets(e, vc.view)
 	}
 }
 
-// Agent returns a collector of everything Collect emits except the device
-// families (those a scrape writes straight from the snapshot, see
-// WriteDevices): the agent's own metrics and per-GPU health.
-func (c *Collector) Agent() prometheus.Collector { return agentCollector{c} }
+// gatherer gathers the agent's own families of view, for a scrape that
+// writes the device families of the same view.
+func (c *Collector) gatherer(view *attribution.View) prometheus.Gatherer {
+	return prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
+		r := prometheus.NewRegistry()
+		r.MustRegister(viewCollector{c: c, view: view})
+		return r.Gather()
+	})
+}
 
-type agentCollector struct{ c *Collector }
+// Latest is a prometheus.Collector of the latest view, every family
+// included: for tests and tools that want the registry's rendering of
+// what a scrape writes (the text writer is held to it).
+func (c *Collector) Latest() prometheus.Collector {
+	return viewCollector{c: c, view: c.views.Latest(), devices: true}
+}
 
-func (a agentCollector) Describe(chan<- *prometheus.Desc) {}
-
-func (a agentCollector) Collect(ch chan<- prometheus.Metric) { a.c.collectAgent(&emitter{ch: ch}) }
-
-// collectAgent emits the agent's own metrics and per-GPU health, and
-// returns the attributed snapshot it read, for the device families.
-func (c *Collector) collectAgent(e *emitter) *attribution.View {
+// collectAgent emits the agent's own metrics and, from view, the
+// sampler's health and what per-process attribution found.
+func (c *Collector) collectAgent(e *emitter, view *attribution.View) {
 	ch := e.ch
 	ch <- prometheus.MustNewConstMetric(c.buildInfo, prometheus.GaugeValue, 1,
 		c.opts.Build.Version, c.opts.Build.Revision, runtime.Version())
 	ch <- prometheus.MustNewConstMetric(c.interval, prometheus.GaugeValue, c.opts.Interval.Seconds())
-	if c.opts.Pods != nil {
-		c.collectKubelet(ch, c.opts.Pods.Status(), c.opts.Pods.Assignments())
-	}
-	view := c.views.Latest()
 	if view == nil {
-		return nil
+		return
 	}
 	snap := view.Snapshot
 	ch <- prometheus.MustNewConstMetric(c.window, prometheus.GaugeValue, snap.Window.Seconds())
@@ -314,7 +293,6 @@ func (c *Collector) collectAgent(e *emitter) *attribution.View {
 			}
 		}
 	}
-	return view
 }
 
 // collectTargets emits the device families of every device whose reading
@@ -325,18 +303,6 @@ func (c *Collector) collectTargets(s sink, view *attribution.View) {
 		if d := &view.Devices[i]; d.Current() {
 			c.collectDevice(s, d)
 		}
-	}
-}
-
-func (c *Collector) collectKubelet(ch chan<- prometheus.Metric, st podresources.Status, a *podresources.Assignments) {
-	ch <- prometheus.MustNewConstMetric(c.kubeletUp, prometheus.GaugeValue, boolValue(st.Up))
-	ch <- prometheus.MustNewConstMetric(c.kubeletStale, prometheus.GaugeValue, boolValue(st.Stale))
-	ch <- prometheus.MustNewConstMetric(c.kubeletExpired, prometheus.GaugeValue, boolValue(st.Expired))
-	ch <- prometheus.MustNewConstMetric(c.kubeletRefreshes, prometheus.CounterValue, float64(st.Refreshes))
-	ch <- prometheus.MustNewConstMetric(c.kubeletFailures, prometheus.CounterValue, float64(st.Failures))
-	ch <- prometheus.MustNewConstMetric(c.unresolved, prometheus.GaugeValue, float64(a.Unresolved()))
-	if !st.LastSuccess.IsZero() {
-		ch <- prometheus.MustNewConstMetric(c.kubeletLast, prometheus.GaugeValue, float64(st.LastSuccess.UnixNano())/1e9)
 	}
 }
 

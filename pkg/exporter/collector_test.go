@@ -9,6 +9,7 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/gpu-telemetry/agent/pkg/attribution"
 	"github.com/gpu-telemetry/agent/pkg/dcgmcsv"
 	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
@@ -36,8 +38,10 @@ type pods struct {
 	st podresources.Status
 }
 
-func (p pods) Assignments() *podresources.Assignments { return p.a }
-func (p pods) Status() podresources.Status            { return p.st }
+func (p pods) Assignments() *podresources.Assignments    { return p.a }
+func (p pods) Status() podresources.Status                { return p.st }
+func (p pods) DevicePods() *attribution.DevicePods { return p.a.DevicePods() }
+func (p pods) Stale() bool                         { return p.st.Stale }
 
 const (
 	uuid0 = "GPU-00000000-0000-0000-0000-000000000000"
@@ -98,7 +102,7 @@ func testPods(t *testing.T) pods {
 }
 
 func newTestCollector(t *testing.T, snap *telemetry.Snapshot) *Collector {
-	return NewCollector(snapshots{snap}, Options{Hostname: "node-a", Interval: 250 * time.Millisecond, Pods: testPods(t), Build: BuildInfo{Version: "test", Revision: "abc"}, DriverVersion: "550.54.15"})
+	return NewCollector(attribution.NewAttributor(snapshots{snap}, testPods(t), nil), Options{Hostname: "node-a", Interval: 250 * time.Millisecond, Build: BuildInfo{Version: "test", Revision: "abc"}, DriverVersion: "550.54.15"})
 }
 
 func TestDCGMMetricsWithPodLabels(t *testing.T) {
@@ -135,7 +139,7 @@ gpu_agent_utilization_window_max_ratio{DCGM_FI_DRIVER_VERSION="550.54.15",Hostna
 # TYPE gpu_agent_encoder_latency_seconds gauge
 gpu_agent_encoder_latency_seconds{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 0.0025
 `
-	if err := testutil.CollectAndCompare(c, strings.NewReader(want),
+	if err := testutil.CollectAndCompare(c.Latest(), strings.NewReader(want),
 		"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_XID_ERRORS",
 		"gpu_agent_xid_errors_total", "gpu_agent_utilization_window_max_ratio", "gpu_agent_encoder_latency_seconds"); err != nil {
 		t.Error(err)
@@ -157,7 +161,7 @@ gpu_agent_device_up{UUID="GPU-22222222-2222-2222-2222-222222222222",gpu="2"} 1
 `
 	// GPU 0 is lost (its energy reading must not be served as current)
 	// and GPU 1 does not support energy: no energy series at all.
-	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "gpu_agent_device_up", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"); err != nil {
+	if err := testutil.CollectAndCompare(c.Latest(), strings.NewReader(want), "gpu_agent_device_up", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"); err != nil {
 		t.Error(err)
 	}
 }
@@ -179,11 +183,11 @@ gpu_agent_device_stalled{UUID="GPU-22222222-2222-2222-2222-222222222222",gpu="2"
 # TYPE gpu_agent_sample_rate_hertz gauge
 gpu_agent_sample_rate_hertz 6.25
 `
-	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "gpu_agent_device_stalled", "gpu_agent_sample_rate_hertz"); err != nil {
+	if err := testutil.CollectAndCompare(c.Latest(), strings.NewReader(want), "gpu_agent_device_stalled", "gpu_agent_sample_rate_hertz"); err != nil {
 		t.Error(err)
 	}
 	var b strings.Builder
-	if err := c.WriteDevices(&b, false); err != nil {
+	if err := c.WriteDevices(&b, c.views.Latest(), false); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Contains(b.String(), "GPU-11111111") {
@@ -195,25 +199,25 @@ gpu_agent_sample_rate_hertz 6.25
 }
 
 func TestNoPodsMeansNoPodLabels(t *testing.T) {
-	c := NewCollector(snapshots{testSnapshot()}, Options{Hostname: "node-a", Interval: time.Second, DriverVersion: "550.54.15"})
+	c := NewCollector(attribution.NewAttributor(snapshots{testSnapshot()}, nil, nil), Options{Hostname: "node-a", Interval: time.Second, DriverVersion: "550.54.15"})
 	const want = `
 # HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).
 # TYPE DCGM_FI_DEV_GPU_UTIL gauge
 DCGM_FI_DEV_GPU_UTIL{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",device="nvidia0",gpu="0",modelName="Tesla T4",pci_bus_id="00000000:3B:00.0"} 87
 DCGM_FI_DEV_GPU_UTIL{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",device="nvidia1",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0"} 12
 `
-	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "DCGM_FI_DEV_GPU_UTIL"); err != nil {
+	if err := testutil.CollectAndCompare(c.Latest(), strings.NewReader(want), "DCGM_FI_DEV_GPU_UTIL"); err != nil {
 		t.Error(err)
-	}
-	if n := testutil.CollectAndCount(c, "gpu_agent_kubelet_up"); n != 0 {
-		t.Errorf("kubelet metrics without a kubelet: %d", n)
 	}
 }
 
+// The kubelet client's own metrics (podresources.NewMetrics, registered
+// beside the exporter) say the pod map is stale, and the exporter still
+// serves its pods.
 func TestKubeletStatus(t *testing.T) {
 	p := testPods(t)
 	p.st = podresources.Status{Up: false, Stale: true, Failures: 2, Refreshes: 3, LastSuccess: time.Unix(1700000000, 0)}
-	c := NewCollector(snapshots{testSnapshot()}, Options{Hostname: "n", Interval: time.Second, Pods: p})
+	c := NewCollector(attribution.NewAttributor(snapshots{testSnapshot()}, p, nil), Options{Hostname: "n", Interval: time.Second})
 	const want = `
 # HELP gpu_agent_kubelet_up 1 if the last pod-resources List call succeeded.
 # TYPE gpu_agent_kubelet_up gauge
@@ -225,13 +229,13 @@ gpu_agent_kubelet_pod_map_stale 1
 # TYPE gpu_agent_kubelet_last_success_timestamp_seconds gauge
 gpu_agent_kubelet_last_success_timestamp_seconds 1.7e+09
 `
-	if err := testutil.CollectAndCompare(c, strings.NewReader(want),
+	if err := testutil.CollectAndCompare(podresources.NewMetrics(p), strings.NewReader(want),
 		"gpu_agent_kubelet_up", "gpu_agent_kubelet_pod_map_stale", "gpu_agent_kubelet_last_success_timestamp_seconds"); err != nil {
 		t.Error(err)
 	}
 	// Stale, the last good pod labels are still served: one series per
 	// pod, and the time-sliced GPU's device-level one.
-	if n := testutil.CollectAndCount(c, "DCGM_FI_DEV_GPU_UTIL"); n != 4 {
+	if n := testutil.CollectAndCount(c.Latest(), "DCGM_FI_DEV_GPU_UTIL"); n != 4 {
 		t.Errorf("%d GPU_UTIL series with a stale pod map, want 4 (one per pod, one for the shared GPU)", n)
 	}
 }
@@ -265,11 +269,11 @@ func TestKubeletDownPastMaxStale(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	c := NewCollector(snapshots{testSnapshot()}, Options{Hostname: "n", Interval: time.Second, Pods: client})
+	c := NewCollector(attribution.NewAttributor(snapshots{testSnapshot()}, client, nil), Options{Hostname: "n", Interval: time.Second})
 	ctx := context.Background()
 	check := func(when string, expired float64, podSeries int) {
 		t.Helper()
-		fams := gather(t, c)
+		fams := gather(t, c.Latest(), podresources.NewMetrics(client))
 		if got := fams["gpu_agent_kubelet_pod_map_expired"].GetMetric()[0].GetGauge().GetValue(); got != expired {
 			t.Errorf("%s: gpu_agent_kubelet_pod_map_expired = %v, want %v", when, got, expired)
 		}
@@ -326,11 +330,11 @@ func TestKubeletDownPastMaxStale(t *testing.T) {
 	check("kubelet back", 0, 2)
 }
 
-// gather collects c on a pedantic registry, by family name.
-func gather(t *testing.T, c prometheus.Collector) map[string]*dto.MetricFamily {
+// gather collects cs on a pedantic registry, by family name.
+func gather(t *testing.T, cs ...prometheus.Collector) map[string]*dto.MetricFamily {
 	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(c)
+	reg.MustRegister(cs...)
 	fams, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -355,7 +359,7 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 
 func TestPedanticRegistryAndLint(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(newTestCollector(t, testSnapshot()))
+	reg.MustRegister(newTestCollector(t, testSnapshot()).Latest())
 	if _, err := reg.Gather(); err != nil {
 		t.Fatalf("pedantic gather: %v", err)
 	}
@@ -375,11 +379,11 @@ func TestPedanticRegistryAndLint(t *testing.T) {
 }
 
 func TestBeforeFirstSnapshot(t *testing.T) {
-	c := NewCollector(snapshots{nil}, Options{Hostname: "n", Interval: time.Second})
-	if n := testutil.CollectAndCount(c, "DCGM_FI_DEV_GPU_UTIL"); n != 0 {
+	c := NewCollector(attribution.NewAttributor(snapshots{nil}, nil, nil), Options{Hostname: "n", Interval: time.Second})
+	if n := testutil.CollectAndCount(c.Latest(), "DCGM_FI_DEV_GPU_UTIL"); n != 0 {
 		t.Errorf("%d GPU series before the first snapshot", n)
 	}
-	if n := testutil.CollectAndCount(c, "gpu_agent_build_info"); n != 1 {
+	if n := testutil.CollectAndCount(c.Latest(), "gpu_agent_build_info"); n != 1 {
 		t.Errorf("build info missing before the first snapshot")
 	}
 }
@@ -401,7 +405,7 @@ func TestReadiness(t *testing.T) {
 
 func TestHandler(t *testing.T) {
 	src := &snapshots{}
-	h := newTestHandler(t, NewCollector(src, Options{Hostname: "n", Interval: time.Second}), time.Second)
+	h := newTestHandler(t, NewCollector(attribution.NewAttributor(src, nil, nil), Options{Hostname: "n", Interval: time.Second}), time.Second)
 	get := func(path, accept string) (int, string, string) {
 		req := httptest.NewRequest(http.MethodGet, path, nil)
 		if accept != "" {
@@ -466,7 +470,7 @@ func TestStarting(t *testing.T) {
 	}
 	src := &snapshots{snap: testSnapshot()}
 	src.snap.Time = time.Now()
-	h.Ready(newTestHandler(t, NewCollector(src, Options{Hostname: "n", Interval: time.Second}), time.Second))
+	h.Ready(newTestHandler(t, NewCollector(attribution.NewAttributor(src, nil, nil), Options{Hostname: "n", Interval: time.Second}), time.Second))
 	for _, path := range []string{"/healthz", "/health", "/readyz", "/metrics"} {
 		if code, body := get(path); code != http.StatusOK {
 			t.Errorf("%s once started = %d %q, want 200", path, code, body)
@@ -491,7 +495,7 @@ func TestEveryMetricIsDocumented(t *testing.T) {
 		t.Fatalf("reading docs/metrics.md: %v", err)
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(newTestCollector(t, testSnapshot()))
+	reg.MustRegister(newTestCollector(t, testSnapshot()).Latest())
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -528,9 +532,9 @@ func TestFieldList(t *testing.T) {
 	if got, want := Unsupported(fields), []string{"DCGM_FI_PROF_GR_ENGINE_ACTIVE", "DCGM_FI_DEV_SERIAL", "DCGM_FI_DEV_FB_USED"}; !slices.Equal(got, want) {
 		t.Errorf("Unsupported = %v, want %v", got, want)
 	}
-	c := NewCollector(snapshots{testSnapshot()}, Options{Hostname: "node-a", Interval: time.Second, Pods: testPods(t), Counters: fields, DriverVersion: "550.54.15"})
+	c := NewCollector(attribution.NewAttributor(snapshots{testSnapshot()}, testPods(t), nil), Options{Hostname: "node-a", Interval: time.Second, Counters: fields, DriverVersion: "550.54.15"})
 	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(c)
+	reg.MustRegister(c.Latest())
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -576,7 +580,7 @@ func TestFieldList(t *testing.T) {
 	}
 
 	// An empty list serves none of dcgm-exporter's families.
-	c = NewCollector(snapshots{testSnapshot()}, Options{Interval: time.Second, Counters: []dcgmcsv.Field{}})
+	c = NewCollector(attribution.NewAttributor(snapshots{testSnapshot()}, nil, nil), Options{Interval: time.Second, Counters: []dcgmcsv.Field{}})
 	if got := scrape(t, c); strings.Contains(got, "DCGM_") {
 		t.Errorf("an empty field list serves:\n%s", grep(got, "DCGM_"))
 	}
@@ -605,7 +609,7 @@ func TestOldNamespaceNoHostname(t *testing.T) {
 	snap := testSnapshot()
 	snap.Devices[0].Minor, snap.Devices[1].Minor = 1, 0
 	snap.States[0].XID = &telemetry.XIDCounts{Last: 999, Counts: map[uint64]uint64{999: 1}}
-	c := NewCollector(snapshots{snap}, Options{Interval: time.Second, Pods: testPods(t), UseOldNamespace: true})
+	c := NewCollector(attribution.NewAttributor(snapshots{snap}, testPods(t), nil), Options{Interval: time.Second, UseOldNamespace: true})
 	const want = `
 # HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).
 # TYPE DCGM_FI_DEV_GPU_UTIL gauge
@@ -624,7 +628,7 @@ gpu_agent_device_up{gpu="0",uuid="GPU-00000000-0000-0000-0000-000000000000"} 1
 gpu_agent_device_up{gpu="1",uuid="GPU-11111111-1111-1111-1111-111111111111"} 1
 gpu_agent_device_up{gpu="2",uuid="GPU-22222222-2222-2222-2222-222222222222"} 1
 `
-	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_XID_ERRORS", "gpu_agent_device_up"); err != nil {
+	if err := testutil.CollectAndCompare(c.Latest(), strings.NewReader(want), "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_XID_ERRORS", "gpu_agent_device_up"); err != nil {
 		t.Error(err)
 	}
 }
@@ -666,6 +670,46 @@ func TestXIDLabels(t *testing.T) {
 		code, msg := xidLabels(xid)
 		if code.GetName() != "err_code" || msg.GetName() != "err_msg" || code.GetValue() != want[0] || msg.GetValue() != want[1] {
 			t.Errorf("XID %d: %v %v, want %v", xid, code, msg, want)
+		}
+	}
+}
+
+// advancing is a snapshot source that publishes a new snapshot on every
+// read, as a sampler at full speed may between two reads of a scrape.
+type advancing struct{ n atomic.Int64 }
+
+func (a *advancing) Latest() *telemetry.Snapshot {
+	n := a.n.Add(1)
+	snap := testSnapshot()
+	snap.Seq, snap.Ticks = uint64(n), uint64(n)
+	snap.States[0].Set(telemetry.GPUUtil, float64(n))
+	return snap
+}
+
+// One scrape reads one snapshot for everything it writes: the agent's own
+// families (gathered through the registry) and the device families
+// (written as text) come from the same view, even when the sampler
+// publishes between the two.
+func TestScrapeReadsOneSnapshot(t *testing.T) {
+	src := &advancing{}
+	c := NewCollector(attribution.NewAttributor(src, nil, nil), Options{Hostname: "n", Interval: time.Second})
+	for range 3 {
+		var ticks, util float64
+		for _, l := range strings.Split(scrape(t, c), "\n") {
+			i := strings.LastIndexByte(l, ' ')
+			if i < 0 {
+				continue
+			}
+			name, v := l[:i], l[i+1:]
+			switch {
+			case name == "gpu_agent_samples_total":
+				ticks, _ = strconv.ParseFloat(v, 64)
+			case strings.HasPrefix(name, "DCGM_FI_DEV_GPU_UTIL{") && strings.Contains(name, `gpu="0"`):
+				util, _ = strconv.ParseFloat(v, 64)
+			}
+		}
+		if ticks == 0 || ticks != util {
+			t.Fatalf("gpu_agent_samples_total %v and GPU 0's utilization %v: from two snapshots", ticks, util)
 		}
 	}
 }

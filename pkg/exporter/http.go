@@ -16,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/exporter-toolkit/web"
+
+	"github.com/gpu-telemetry/agent/pkg/attribution"
 )
 
 // StallIntervals is how many sampling intervals may pass without a new
@@ -24,7 +26,7 @@ const StallIntervals = 3
 
 // Readiness says whether the agent is ready to serve: a first snapshot
 // exists and sampling has not stalled. It returns the reason when not.
-func Readiness(src Snapshots, interval time.Duration, now time.Time) (bool, string) {
+func Readiness(src attribution.Snapshots, interval time.Duration, now time.Time) (bool, string) {
 	snap := src.Latest()
 	if snap == nil {
 		return false, "no GPU sample yet"
@@ -77,14 +79,12 @@ type HandlerOptions struct {
 
 // NewHandler serves /metrics (Prometheus text and OpenMetrics), /healthz
 // (the process is alive), /readyz (see Readiness) and a landing page.
-// /metrics serves what reg gathers, to which NewHandler adds c.Agent(),
-// followed by c's device families (Collector.WriteDevices); so reg must not
-// hold c itself.
+// A scrape of /metrics pins one view of c's: it writes what reg gathers
+// (the subsystems' own collectors, registered in one place by the agent)
+// with the agent's own families of that view, then that view's device
+// families (Collector.WriteDevices).
 func NewHandler(reg *prometheus.Registry, c *Collector, opts HandlerOptions) (http.Handler, error) {
-	if err := reg.Register(c.Agent()); err != nil {
-		return nil, fmt.Errorf("registering the agent's metrics: %w", err)
-	}
-	src := c.src
+	src := c.views.Snapshots()
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.InstrumentMetricHandler(reg, &metricsHandler{
 		reg: reg, c: c, log: opts.Logger,
@@ -116,8 +116,9 @@ func NewHandler(reg *prometheus.Registry, c *Collector, opts HandlerOptions) (ht
 	return mux, nil
 }
 
-// metricsHandler writes a scrape: the registry's families through expfmt,
-// then the device families straight from the snapshot.
+// metricsHandler writes a scrape: the registry's families and the agent's
+// own through expfmt, then the device families straight from the same
+// view.
 type metricsHandler struct {
 	reg prometheus.Gatherer
 	c   *Collector
@@ -141,7 +142,8 @@ var bufWriters = newFreeList(2, func() *bufio.Writer { return bufio.NewWriterSiz
 
 func (h *metricsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	format := expfmt.NegotiateAccept(r.Header, textFormats...)
-	mfs, err := h.reg.Gather()
+	view := h.c.views.Latest()
+	mfs, err := prometheus.Gatherers{h.reg, h.c.gatherer(view)}.Gather()
 	if err != nil {
 		// A failing collector leaves the rest served (promhttp's
 		// ContinueOnError).
@@ -168,7 +170,7 @@ func (h *metricsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if err := h.c.WriteDevices(bw, format.FormatType() == expfmt.TypeOpenMetrics); err != nil {
+	if err := h.c.WriteDevices(bw, view, format.FormatType() == expfmt.TypeOpenMetrics); err != nil {
 		h.log.Debug("writing metrics", "err", err)
 		return
 	}

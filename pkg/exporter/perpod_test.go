@@ -9,7 +9,6 @@ import (
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/gpu-telemetry/agent/pkg/attribution"
-	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
 
@@ -27,9 +26,9 @@ func withProcesses(snap *telemetry.Snapshot) (*telemetry.Snapshot, fixedProcesse
 			Encoder: [telemetry.NumCodecs]telemetry.EncoderSessions{telemetry.CodecHEVC: {Sessions: 3, FPS: 25, LatencyMean: 0.004, LatencyMax: 0.005}}},
 		{PID: 12, Has: all, SMUtil: 1}, // a host process
 	}
-	return snap, fixedProcesses{&attribution.ProcessPods{Seq: snap.Seq, Pods: map[uint32]podresources.PodRef{
-		10: {Namespace: "media", Pod: "sfu-0", Container: "sfu"},
-		11: {Namespace: "media", Pod: "sfu-1", Container: "sfu"},
+	return snap, fixedProcesses{&attribution.ProcessPods{Seq: snap.Seq, Pods: map[uint32]attribution.Pod{
+		10: {Namespace: "media", Name: "sfu-0", Container: "sfu"},
+		11: {Namespace: "media", Name: "sfu-1", Container: "sfu"},
 	}}}
 }
 
@@ -45,8 +44,7 @@ func (f fixedProcesses) ProcessPods() *attribution.ProcessPods { return f.pp }
 // its pod series, as dcgm-exporter writes it.
 func TestPerPodShares(t *testing.T) {
 	snap, procs := withProcesses(testSnapshot())
-	c := NewCollector(snapshots{snap}, Options{Hostname: "node-a", Interval: 250 * time.Millisecond, Pods: testPods(t),
-		Processes: procs, DriverVersion: "550.54.15"})
+	c := NewCollector(attribution.NewAttributor(snapshots{snap}, testPods(t), procs), Options{Hostname: "node-a", Interval: 250 * time.Millisecond, DriverVersion: "550.54.15"})
 	const gpu1 = `DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",`
 	const labels = `device="nvidia1",gpu="1",modelName="Tesla T4",`
 	const want = `
@@ -64,7 +62,7 @@ DCGM_FI_DEV_POWER_USAGE{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUI
 # TYPE gpu_agent_unattributed_processes gauge
 gpu_agent_unattributed_processes{UUID="GPU-11111111-1111-1111-1111-111111111111",gpu="1"} 1
 `
-	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "DCGM_FI_DEV_ENC_UTIL", "DCGM_FI_DEV_POWER_USAGE", "gpu_agent_unattributed_processes"); err != nil {
+	if err := testutil.CollectAndCompare(c.Latest(), strings.NewReader(want), "DCGM_FI_DEV_ENC_UTIL", "DCGM_FI_DEV_POWER_USAGE", "gpu_agent_unattributed_processes"); err != nil {
 		t.Error(err)
 	}
 	const wantSessions = `
@@ -85,15 +83,15 @@ gpu_agent_unattributed_processes{UUID="GPU-11111111-1111-1111-1111-111111111111"
 				`namespace="media",pci_bus_id="00000000:3C:00.0",pod="` + p.pod + `"} ` + string(rune('0'+cv.n)) + "\n")
 		}
 	}
-	if err := testutil.CollectAndCompare(c, strings.NewReader(b.String()), "gpu_agent_pod_encoder_sessions"); err != nil {
+	if err := testutil.CollectAndCompare(c.Latest(), strings.NewReader(b.String()), "gpu_agent_pod_encoder_sessions"); err != nil {
 		t.Error(err)
 	}
 	// Frame rate and latency only for the codec each pod encodes: sfu-0's
 	// h264, sfu-1's hevc.
-	if n := testutil.CollectAndCount(c, "gpu_agent_pod_encoder_latency_seconds"); n != 2*2 {
+	if n := testutil.CollectAndCount(c.Latest(), "gpu_agent_pod_encoder_latency_seconds"); n != 2*2 {
 		t.Errorf("%d gpu_agent_pod_encoder_latency_seconds series, want 4 (2 pods, one codec each, mean and max)", n)
 	}
-	if n := testutil.CollectAndCount(c, "gpu_agent_pod_encoder_fps"); n != 2 {
+	if n := testutil.CollectAndCount(c.Latest(), "gpu_agent_pod_encoder_fps"); n != 2 {
 		t.Errorf("%d gpu_agent_pod_encoder_fps series, want 2 (2 pods, one codec each)", n)
 	}
 }
@@ -112,11 +110,10 @@ func TestPerPodSharesOnePod(t *testing.T) {
 		{PID: 20, Has: telemetry.AllProcessData, SMUtil: 45},
 		{PID: 21, Has: telemetry.AllProcessData, SMUtil: 15}, // a host process
 	}
-	procs := fixedProcesses{&attribution.ProcessPods{Seq: snap.Seq, Pods: map[uint32]podresources.PodRef{
-		20: {Namespace: "ml", Pod: "inference-0", Container: "server"},
+	procs := fixedProcesses{&attribution.ProcessPods{Seq: snap.Seq, Pods: map[uint32]attribution.Pod{
+		20: {Namespace: "ml", Name: "inference-0", Container: "server"},
 	}}}
-	c := NewCollector(snapshots{snap}, Options{Hostname: "node-a", Interval: 250 * time.Millisecond, Pods: testPods(t),
-		Processes: procs, DriverVersion: "550.54.15"})
+	c := NewCollector(attribution.NewAttributor(snapshots{snap}, testPods(t), procs), Options{Hostname: "node-a", Interval: 250 * time.Millisecond, DriverVersion: "550.54.15"})
 	const gpu0 = `DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",`
 	const pod = `container="server",device="nvidia0",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"`
 	const want = `
@@ -133,7 +130,7 @@ gpu_agent_unattributed_processes{UUID="GPU-00000000-0000-0000-0000-000000000000"
 # TYPE gpu_agent_unattributed_utilization_ratio gauge
 gpu_agent_unattributed_utilization_ratio{UUID="GPU-00000000-0000-0000-0000-000000000000",engine="gpu",gpu="0"} 0.15
 `
-	got, err := testutil.CollectAndFormat(c, expfmt.TypeTextPlain, "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_POWER_USAGE",
+	got, err := testutil.CollectAndFormat(c.Latest(), expfmt.TypeTextPlain, "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_POWER_USAGE",
 		"gpu_agent_unattributed_processes", "gpu_agent_unattributed_utilization_ratio")
 	if err != nil {
 		t.Fatal(err)

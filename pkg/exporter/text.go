@@ -9,6 +9,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/gpu-telemetry/agent/pkg/attribution"
 )
 
 // The device families are most of a scrape: one series per family, GPU
@@ -103,12 +105,11 @@ func (s *textSink) reset() {
 	s.buf = s.buf[:0]
 }
 
-// WriteDevices writes the device families of the latest snapshot to w, in
-// the Prometheus text format or, if openMetrics, in OpenMetrics (without
-// the closing "# EOF"). Together with Agent() gathered by a registry, it
-// is what Collect emits.
-func (c *Collector) WriteDevices(w io.Writer, openMetrics bool) error {
-	view := c.views.Latest()
+// WriteDevices writes the device families of view to w, in the
+// Prometheus text format or, if openMetrics, in OpenMetrics (without the
+// closing "# EOF"): the same series as Latest's device families, for a
+// scrape that gathered the agent's own families of the same view.
+func (c *Collector) WriteDevices(w io.Writer, view *attribution.View, openMetrics bool) error {
 	if view == nil {
 		return nil
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/gpu-telemetry/agent/pkg/attribution"
 	"github.com/gpu-telemetry/agent/pkg/dcgmcsv"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
@@ -33,15 +34,19 @@ func TestWriteDevicesMatchesCollect(t *testing.T) {
 	snap.States[0].Set(telemetry.MemClock, 1e21)
 	snap.States[0].Set(telemetry.PCIeTX, 1.5e-7)
 	snap.States[1].Set(telemetry.Temperature, 1)
-	opts := Options{Hostname: "node \"a\"\\b\nc", Interval: 250 * time.Millisecond, Pods: testPods(t), Build: BuildInfo{Version: "v", Revision: "r"}}
+	type variantOptions struct {
+		Options
+		procs attribution.Processes
+	}
+	opts := variantOptions{Options: Options{Hostname: "node \"a\"\\b\nc", Interval: 250 * time.Millisecond, Build: BuildInfo{Version: "v", Revision: "r"}}}
 	// The label layouts the options make: the default, and a field list
 	// that leaves families out and adds a label field.
 	for _, variant := range []struct {
 		name string
-		opts func(Options) Options
+		opts func(variantOptions) variantOptions
 	}{
-		{"default", func(o Options) Options { return o }},
-		{"field list", func(o Options) Options {
+		{"default", func(o variantOptions) variantOptions { return o }},
+		{"field list", func(o variantOptions) variantOptions {
 			o.Counters = []dcgmcsv.Field{
 				{Name: "DCGM_FI_DEV_GPU_UTIL", Type: dcgmcsv.TypeGauge}, {Name: "DCGM_FI_DEV_FB_USED", Type: dcgmcsv.TypeGauge},
 				{Name: "DCGM_FI_DRIVER_VERSION", Type: dcgmcsv.TypeLabel},
@@ -49,21 +54,21 @@ func TestWriteDevicesMatchesCollect(t *testing.T) {
 			o.DriverVersion = "550.54.15"
 			return o
 		}},
-		{"per-pod shares", func(o Options) Options {
-			_, o.Processes = withProcesses(snap)
+		{"per-pod shares", func(o variantOptions) variantOptions {
+			_, o.procs = withProcesses(snap)
 			return o
 		}},
-		{"old namespace, no host name", func(o Options) Options {
+		{"old namespace, no host name", func(o variantOptions) variantOptions {
 			o.UseOldNamespace, o.Hostname, o.DriverVersion = true, "", "550.54.15"
 			return o
 		}},
 	} {
 		t.Run(variant.name, func(t *testing.T) {
 			opts := variant.opts(opts)
-			c := NewCollector(snapshots{snap}, opts)
+			c := NewCollector(attribution.NewAttributor(snapshots{snap}, testPods(t), opts.procs), opts.Options)
 
 			full := prometheus.NewRegistry()
-			full.MustRegister(c)
+			full.MustRegister(c.Latest())
 			h := newTestHandler(t, c, opts.Interval)
 
 			for _, tt := range []struct {
@@ -117,16 +122,16 @@ func TestWriteDevicesMatchesCollect(t *testing.T) {
 }
 
 func TestWriteDevicesNoSnapshot(t *testing.T) {
-	c := NewCollector(snapshots{nil}, Options{Hostname: "n"})
+	c := NewCollector(attribution.NewAttributor(snapshots{nil}, nil, nil), Options{Hostname: "n"})
 	var b bytes.Buffer
-	if err := c.WriteDevices(&b, false); err != nil || b.Len() != 0 {
+	if err := c.WriteDevices(&b, c.views.Latest(), false); err != nil || b.Len() != 0 {
 		t.Errorf("WriteDevices before the first snapshot wrote %q, %v", b.String(), err)
 	}
 }
 
 func TestWriteDevicesWriteError(t *testing.T) {
-	c := NewCollector(snapshots{testSnapshot()}, Options{Hostname: "n"})
-	if err := c.WriteDevices(failingWriter{}, false); err == nil {
+	c := NewCollector(attribution.NewAttributor(snapshots{testSnapshot()}, nil, nil), Options{Hostname: "n"})
+	if err := c.WriteDevices(failingWriter{}, c.views.Latest(), false); err == nil {
 		t.Error("WriteDevices to a failing writer returned nil")
 	}
 }
@@ -185,7 +190,7 @@ func lineSetDiff(want, got []string) string {
 }
 
 func TestMetricsNegotiation(t *testing.T) {
-	h := newTestHandler(t, NewCollector(snapshots{testSnapshot()}, Options{Hostname: "n", Interval: time.Second}), time.Second)
+	h := newTestHandler(t, NewCollector(attribution.NewAttributor(snapshots{testSnapshot()}, nil, nil), Options{Hostname: "n", Interval: time.Second}), time.Second)
 	for _, tt := range []struct {
 		accept, encoding, wantType string
 		gzipped                    bool

@@ -1,12 +1,13 @@
 package podresources
 
 import (
-	"cmp"
 	"fmt"
 	"slices"
 	"strings"
 
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
+
+	"github.com/gpu-telemetry/agent/pkg/attribution"
 )
 
 // The resource names NVIDIA's device plugin gives GPUs: whole GPUs, the
@@ -52,45 +53,32 @@ func (g gpuResources) has(name string) bool {
 // which IDs matched nothing; the count itself is exact.
 const maxUnresolvedSamples = 5
 
-// PodRef names the container a device is allocated to. The pod-resources
-// API carries no pod UID, so namespace and name are the identity.
-type PodRef struct{ Namespace, Pod, Container string }
-
-func comparePodRef(a, b PodRef) int {
-	return cmp.Or(
-		strings.Compare(a.Namespace, b.Namespace),
-		strings.Compare(a.Pod, b.Pod),
-		strings.Compare(a.Container, b.Container),
-	)
-}
-
 // Assignments maps device UUIDs to the containers allocated them. It is
 // immutable after BuildAssignments, so one can be shared by any number of
 // readers without locks.
 type Assignments struct {
-	pods          map[string][]PodRef // sorted, deduplicated
+	pods          *attribution.DevicePods
 	unresolved    int
 	unresolvedIDs []string // up to maxUnresolvedSamples, for logs
 }
 
-// Pods returns the containers allocated the device, sorted by namespace, pod
-// and container, without duplicates. A device shared by time-slicing or MPS
-// lists every pod sharing it. The slice is a copy the caller may keep. A nil
-// receiver returns nil, so readers need not check for "no data yet".
-func (a *Assignments) Pods(uuid string) []PodRef {
+// DevicePods returns the containers allocated each device; nil for a nil
+// receiver.
+func (a *Assignments) DevicePods() *attribution.DevicePods {
 	if a == nil {
 		return nil
 	}
-	return slices.Clone(a.pods[uuid])
+	return a.pods
+}
+
+// Pods returns a copy of the containers allocated the device
+// (DevicePods.Pods), which the caller may keep and modify.
+func (a *Assignments) Pods(uuid string) []attribution.Pod {
+	return slices.Clone(a.DevicePods().Pods(uuid))
 }
 
 // Len returns the number of devices with at least one pod.
-func (a *Assignments) Len() int {
-	if a == nil {
-		return 0
-	}
-	return len(a.pods)
-}
+func (a *Assignments) Len() int { return a.DevicePods().Len() }
 
 // Unresolved returns the number of GPU device IDs (of GPU resource names
 // and of gpu.nvidia.com DRA claims) that failed to parse or matched no
@@ -116,9 +104,9 @@ func BuildAssignments(resp *podresourcesv1.ListPodResourcesResponse, r Resolver,
 }
 
 func buildAssignments(resp *podresourcesv1.ListPodResourcesResponse, r Resolver, gpus gpuResources) *Assignments {
-	sets := make(map[string]map[PodRef]struct{})
+	byDevice := make(map[string][]attribution.Pod)
 	a := &Assignments{}
-	add := func(ref PodRef, id string, uuid string, ok bool) {
+	add := func(ref attribution.Pod, id string, uuid string, ok bool) {
 		if !ok {
 			a.unresolved++
 			if len(a.unresolvedIDs) < maxUnresolvedSamples {
@@ -126,14 +114,11 @@ func buildAssignments(resp *podresourcesv1.ListPodResourcesResponse, r Resolver,
 			}
 			return
 		}
-		if sets[uuid] == nil {
-			sets[uuid] = make(map[PodRef]struct{})
-		}
-		sets[uuid][ref] = struct{}{}
+		byDevice[uuid] = append(byDevice[uuid], ref)
 	}
 	for _, pod := range resp.GetPodResources() {
 		for _, ctr := range pod.GetContainers() {
-			ref := PodRef{Namespace: pod.GetNamespace(), Pod: pod.GetName(), Container: ctr.GetName()}
+			ref := attribution.Pod{Namespace: pod.GetNamespace(), Name: pod.GetName(), Container: ctr.GetName()}
 			for _, dev := range ctr.GetDevices() {
 				if !gpus.has(dev.GetResourceName()) {
 					continue
@@ -154,15 +139,7 @@ func buildAssignments(resp *podresourcesv1.ListPodResourcesResponse, r Resolver,
 			}
 		}
 	}
-	a.pods = make(map[string][]PodRef, len(sets))
-	for uuid, set := range sets {
-		refs := make([]PodRef, 0, len(set))
-		for ref := range set {
-			refs = append(refs, ref)
-		}
-		slices.SortFunc(refs, comparePodRef)
-		a.pods[uuid] = refs
-	}
+	a.pods = attribution.NewDevicePods(byDevice)
 	return a
 }
 

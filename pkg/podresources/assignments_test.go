@@ -4,6 +4,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/gpu-telemetry/agent/pkg/attribution"
 	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
@@ -30,11 +31,11 @@ func mixedNode() []*podresourcesv1.PodResources {
 
 func wantMixed(t *testing.T, a *podresources.Assignments) {
 	t.Helper()
-	want := map[string][]podresources.PodRef{
-		gpu0: {{Namespace: "ml", Pod: "trainer", Container: "main"}},
-		gpu1: {{Namespace: "web", Pod: "encoder-a", Container: "enc"}, {Namespace: "web", Pod: "encoder-b", Container: "enc"}},
-		migA: {{Namespace: "ml", Pod: "infer", Container: "model"}},
-		gpu3: {{Namespace: "gke", Pod: "job", Container: "c"}},
+	want := map[string][]attribution.Pod{
+		gpu0: {{Namespace: "ml", Name: "trainer", Container: "main"}},
+		gpu1: {{Namespace: "web", Name: "encoder-a", Container: "enc"}, {Namespace: "web", Name: "encoder-b", Container: "enc"}},
+		migA: {{Namespace: "ml", Name: "infer", Container: "model"}},
+		gpu3: {{Namespace: "gke", Name: "job", Container: "c"}},
 	}
 	for uuid, pods := range want {
 		if got := a.Pods(uuid); !slices.Equal(got, pods) {
@@ -67,11 +68,11 @@ func TestBuildAssignmentsDeduplicatesAndSorts(t *testing.T) {
 		pod("a", "p", ctr("c", dev("nvidia.com/gpu", gpu0+"::2"))),
 	}}
 	a := podresources.BuildAssignments(resp, podresources.NewResolver(testInventory()))
-	want := []podresources.PodRef{
-		{Namespace: "a", Pod: "p", Container: "c"},
-		{Namespace: "a", Pod: "q", Container: "y"},
-		{Namespace: "a", Pod: "q", Container: "z"},
-		{Namespace: "b", Pod: "p", Container: "c"},
+	want := []attribution.Pod{
+		{Namespace: "a", Name: "p", Container: "c"},
+		{Namespace: "a", Name: "q", Container: "y"},
+		{Namespace: "a", Name: "q", Container: "z"},
+		{Namespace: "b", Name: "p", Container: "c"},
 	}
 	if got := a.Pods(gpu0); !slices.Equal(got, want) {
 		t.Fatalf("Pods = %v, want %v", got, want)
@@ -98,7 +99,7 @@ func TestBuildAssignmentsGarbage(t *testing.T) {
 	if got := a.Unresolved(); got != 6 {
 		t.Errorf("Unresolved() = %d, want 6 (4 unparseable, 2 unknown)", got)
 	}
-	if got, want := a.Pods(gpu1), []podresources.PodRef{{Namespace: "ns", Pod: "nil-entries", Container: "c"}}; !slices.Equal(got, want) {
+	if got, want := a.Pods(gpu1), []attribution.Pod{{Namespace: "ns", Name: "nil-entries", Container: "c"}}; !slices.Equal(got, want) {
 		t.Errorf("Pods(gpu1) = %v, want %v", got, want)
 	}
 	if a.Len() != 1 {
@@ -123,8 +124,8 @@ func TestAssignmentsPodsIsACopy(t *testing.T) {
 	a := podresources.BuildAssignments(&podresourcesv1.ListPodResourcesResponse{PodResources: mixedNode()},
 		podresources.NewResolver(testInventory()))
 	got := a.Pods(gpu1)
-	got[0].Pod = "mutated"
-	if a.Pods(gpu1)[0].Pod != "encoder-a" {
+	got[0].Name = "mutated"
+	if a.Pods(gpu1)[0].Name != "encoder-a" {
 		t.Fatal("mutating the result of Pods changed the shared map")
 	}
 }
@@ -145,7 +146,7 @@ func TestBuildAssignmentsGPUResourcesOnly(t *testing.T) {
 	}}
 	a := podresources.BuildAssignments(resp, podresources.NewResolver(testInventory()))
 	for uuid, pod := range map[string]string{gpu0: "rdma", migA: "shared-mig", gpu1: "renamed"} {
-		if got := a.Pods(uuid); len(got) != 1 || got[0].Pod != pod {
+		if got := a.Pods(uuid); len(got) != 1 || got[0].Name != pod {
 			t.Errorf("Pods(%s) = %v, want pod %s", uuid, got, pod)
 		}
 	}
@@ -156,7 +157,7 @@ func TestBuildAssignmentsGPUResourcesOnly(t *testing.T) {
 	// Given as an extra name, the custom resource is a GPU, matched
 	// exactly: its look-alike stays ignored.
 	a = podresources.BuildAssignments(resp, podresources.NewResolver(testInventory()), "nvidia.com/t4")
-	if got := a.Pods(gpu3); len(got) != 1 || got[0].Pod != "custom" {
+	if got := a.Pods(gpu3); len(got) != 1 || got[0].Name != "custom" {
 		t.Errorf("with nvidia.com/t4 given, Pods(gpu3) = %v, want pod custom", got)
 	}
 	if a.Len() != 4 || a.Unresolved() != 0 {

@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
+
+	"github.com/gpu-telemetry/agent/pkg/attribution"
 )
 
 // maxRecvMsgSize leaves room for nodes with hundreds of pods; gRPC's 4 MiB
@@ -218,6 +220,15 @@ func (c *Client) Close() error {
 func (c *Client) Assignments() *Assignments {
 	return c.current.Load()
 }
+
+var _ attribution.PodSource = (*Client)(nil)
+
+// DevicePods returns the latest device-to-pod map (attribution.PodSource).
+func (c *Client) DevicePods() *attribution.DevicePods { return c.current.Load().DevicePods() }
+
+// Stale reports that the latest List failed: DevicePods is the last good
+// map (attribution.PodSource).
+func (c *Client) Stale() bool { return c.Status().Stale }
 
 // Status returns a copy of the client's state; safe for concurrent use.
 func (c *Client) Status() Status {

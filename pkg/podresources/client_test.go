@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
+	"github.com/gpu-telemetry/agent/pkg/attribution"
 	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
 )
@@ -147,10 +148,10 @@ func TestClientKubeletRestart(t *testing.T) {
 	}
 	t.Logf("recovered in %v", time.Since(down))
 	a := c.Assignments()
-	if got := a.Pods(gpu2); len(got) != 1 || got[0].Pod != "new" {
+	if got := a.Pods(gpu2); len(got) != 1 || got[0].Name != "new" {
 		t.Errorf("Pods(gpu2) after restart = %v, want ml/new", got)
 	}
-	if got := a.Pods(gpu1); len(got) != 1 || got[0].Pod != "encoder-a" {
+	if got := a.Pods(gpu1); len(got) != 1 || got[0].Name != "encoder-a" {
 		t.Errorf("Pods(gpu1) after restart = %v, want only encoder-a", got)
 	}
 	if st := c.Status(); st.Stale || st.LastError != nil {
@@ -418,7 +419,7 @@ func TestClientGPUResourcesAndClaims(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := c.Assignments()
-	if got, want := a.Pods(gpu3), []podresources.PodRef{{Namespace: "net", Pod: "sfu", Container: "c"}}; !slices.Equal(got, want) {
+	if got, want := a.Pods(gpu3), []attribution.Pod{{Namespace: "net", Name: "sfu", Container: "c"}}; !slices.Equal(got, want) {
 		t.Errorf("Pods(gpu3) = %v, want %v (nvidia.com/t4 given in Options.ResourceNames)", got, want)
 	}
 	if a.Unresolved() != 1 {
@@ -428,7 +429,7 @@ func TestClientGPUResourcesAndClaims(t *testing.T) {
 		t.Errorf("Len() = %d, want 4", a.Len())
 	}
 	for uuid, pod := range map[string]string{gpu0: "whole", migA: "mig", gpu1: "both"} {
-		if got := a.Pods(uuid); len(got) == 0 || got[0].Pod != pod {
+		if got := a.Pods(uuid); len(got) == 0 || got[0].Name != pod {
 			t.Errorf("Pods(%s) = %v, want pod %s", uuid, got, pod)
 		}
 	}

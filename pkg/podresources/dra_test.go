@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gpu-telemetry/agent/pkg/attribution"
 	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
@@ -116,10 +117,10 @@ func draNode() []*podresourcesv1.PodResources {
 
 func wantDRA(t *testing.T, a *podresources.Assignments) {
 	t.Helper()
-	want := map[string][]podresources.PodRef{
-		gpu0: {{Namespace: "ml", Pod: "whole", Container: "main"}},
-		migA: {{Namespace: "ml", Pod: "mig", Container: "main"}, {Namespace: "ml", Pod: "mig", Container: "side"}},
-		gpu1: {{Namespace: "ml", Pod: "both", Container: "main"}},
+	want := map[string][]attribution.Pod{
+		gpu0: {{Namespace: "ml", Name: "whole", Container: "main"}},
+		migA: {{Namespace: "ml", Name: "mig", Container: "main"}, {Namespace: "ml", Name: "mig", Container: "side"}},
+		gpu1: {{Namespace: "ml", Name: "both", Container: "main"}},
 	}
 	for uuid, pods := range want {
 		if got := a.Pods(uuid); !slices.Equal(got, pods) {

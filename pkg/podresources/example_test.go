@@ -36,7 +36,7 @@ func ExampleClient() {
 		panic(err)
 	}
 	for _, p := range client.Assignments().Pods("GPU-1234") {
-		fmt.Println(p.Namespace, p.Pod, p.Container)
+		fmt.Println(p.Namespace, p.Name, p.Container)
 	}
 	// Output:
 	// web a enc

@@ -33,6 +33,9 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/gpu-telemetry/agent/pkg/attribution"
+	"github.com/gpu-telemetry/agent/pkg/cgroup"
 )
 
 // ConfigHashAnnotation is set by the kubelet on a static pod's mirror pod.
@@ -399,4 +402,26 @@ func stripStatuses(in []corev1.ContainerStatus) []corev1.ContainerStatus {
 		out = append(out, corev1.ContainerStatus{Name: s.Name, ContainerID: s.ContainerID})
 	}
 	return out
+}
+
+var _ attribution.Names = (*Watcher)(nil)
+
+// Ready reports whether the watch has listed the node's pods
+// (attribution.Names): before, a PID's miss means "not known yet".
+func (w *Watcher) Ready() bool { return w.HasSynced() }
+
+// Name names the pod of a cgroup's owner (attribution.Names): by container
+// ID first (it names the container too), then by pod UID (a process in the
+// pod's cgroup but no container's, or a container the watch has not seen
+// yet).
+func (w *Watcher) Name(o cgroup.Owner) (attribution.Pod, bool) {
+	if o.ContainerID != "" {
+		if p, c, ok := w.Container(o.ContainerID); ok {
+			return attribution.Pod{Namespace: p.Namespace, Name: p.Name, Container: c}, true
+		}
+	}
+	if p, ok := w.Lookup(o.PodUID); ok {
+		return attribution.Pod{Namespace: p.Namespace, Name: p.Name}, true
+	}
+	return attribution.Pod{}, false
 }

@@ -9,6 +9,7 @@ import (
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
 	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
+	"github.com/gpu-telemetry/agent/pkg/attribution"
 	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
@@ -52,7 +53,8 @@ func BenchmarkFanOut8GPUs64Pods(b *testing.B) {
 	prev := &telemetry.Snapshot{Seq: 1, Time: snap.Time.Add(-250 * time.Millisecond), Devices: snap.Devices, States: snap.States}
 	for _, n := range []int{1, 10, 100} {
 		b.Run(fmt.Sprintf("subscribers=%d", n), func(b *testing.B) {
-			s := New(telemetry.NewStore(250*time.Millisecond, 15*time.Second), Options{Node: "node", Interval: 250 * time.Millisecond, Pods: pods})
+			store := telemetry.NewStore(250*time.Millisecond, 15*time.Second)
+			s := New(store, Options{Node: "node", Interval: 250 * time.Millisecond, Views: attribution.NewAttributor(store, pods, nil)})
 			f, err := newFilter(&telemetryv1.WatchRequest{Namespace: "media", PodPattern: "sfu-.*"})
 			if err != nil {
 				b.Fatal(err)
@@ -84,7 +86,7 @@ func BenchmarkFanOutGRPC8GPUs64Pods(b *testing.B) {
 	snap, pods := benchNode()
 	for _, n := range []int{1, 10, 100} {
 		b.Run(fmt.Sprintf("subscribers=%d", n), func(b *testing.B) {
-			h := newHarness(b, Options{Node: "node", Interval: 250 * time.Millisecond, Pods: pods})
+			h := newHarness(b, Options{Node: "node", Interval: 250 * time.Millisecond}, pods)
 			seq := uint64(1)
 			h.store.Publish(at(snap, seq))
 			got := make(chan uint64, n)

@@ -13,6 +13,7 @@ import (
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
 	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
+	"github.com/gpu-telemetry/agent/pkg/attribution"
 	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
@@ -65,10 +66,8 @@ type testPods struct {
 	stale bool
 }
 
-func (p testPods) Assignments() *podresources.Assignments { return p.a }
-func (p testPods) Status() podresources.Status {
-	return podresources.Status{Up: !p.stale, Stale: p.stale}
-}
+func (p testPods) DevicePods() *attribution.DevicePods { return p.a.DevicePods() }
+func (p testPods) Stale() bool                         { return p.stale }
 
 func pod(ns, name, container, resource string, ids ...string) *podresourcesv1.PodResources {
 	return &podresourcesv1.PodResources{Namespace: ns, Name: name, Containers: []*podresourcesv1.ContainerResources{{
@@ -101,7 +100,9 @@ type harness struct {
 	cancel context.CancelFunc
 }
 
-func newHarness(t testing.TB, opts Options) *harness {
+// newHarness runs a server over a fresh store; pods, if given, is its pod
+// source.
+func newHarness(t testing.TB, opts Options, pods ...attribution.PodSource) *harness {
 	t.Helper()
 	if opts.Node == "" {
 		opts.Node = "node-a"
@@ -115,6 +116,9 @@ func newHarness(t testing.TB, opts Options) *harness {
 	// A history of 100 snapshots: more than any test publishes, so that
 	// a subscriber descheduled on a loaded machine still finds every one.
 	h := &harness{store: telemetry.NewStore(testInterval, 10*time.Second), lis: bufconn.Listen(1 << 20)}
+	if len(pods) > 0 {
+		opts.Views = attribution.NewAttributor(h.store, pods[0], nil)
+	}
 	h.srv = New(h.store, opts)
 	h.grpc = grpc.NewServer()
 	h.srv.Register(h.grpc)

@@ -21,7 +21,7 @@ func (s *Server) message(it *item, last *telemetry.Snapshot, f *filter, scratch 
 		SampleTime: timestamppb.New(snap.Time),
 		Interval:   durationpb.New(s.opts.Interval),
 		AgentStart: timestamppb.New(s.opts.Start),
-		PodsStale:  it.podsStale,
+		PodsStale:  it.view.PodsStale,
 	}
 	// Skipped snapshots: their samples come from the history. The first
 	// message has only its own: "since the previous message" has no
@@ -69,7 +69,7 @@ func deviceMessage(d *attribution.Device, snaps []*telemetry.Snapshot) *telemetr
 	if len(d.Pods) > 0 {
 		m.Pods = make([]*telemetryv1.Pod, len(d.Pods))
 		for i, p := range d.Pods {
-			m.Pods[i] = &telemetryv1.Pod{Namespace: p.Namespace, Name: p.Pod, Container: p.Container}
+			m.Pods[i] = &telemetryv1.Pod{Namespace: p.Namespace, Name: p.Name, Container: p.Container}
 			if d.PerPod != nil && d.Current() {
 				podShare(m.Pods[i], d, i)
 			}

@@ -4,7 +4,6 @@ import (
 	"testing"
 
 	"github.com/gpu-telemetry/agent/pkg/attribution"
-	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
 
@@ -22,11 +21,11 @@ func TestPodShares(t *testing.T) {
 		{PID: 11, Has: all, SMUtil: 7, EncUtil: 30,
 			Encoder: [telemetry.NumCodecs]telemetry.EncoderSessions{telemetry.CodecHEVC: {Sessions: 3, FPS: 25, LatencyMean: 0.004, LatencyMax: 0.005}}},
 	}
-	pp := &attribution.ProcessPods{Seq: 1, Pods: map[uint32]podresources.PodRef{
-		10: {Namespace: "media", Pod: "sfu-0", Container: "sfu"},
-		11: {Namespace: "media", Pod: "sfu-1", Container: "sfu"},
+	pp := &attribution.ProcessPods{Seq: 1, Pods: map[uint32]attribution.Pod{
+		10: {Namespace: "media", Name: "sfu-0", Container: "sfu"},
+		11: {Namespace: "media", Name: "sfu-1", Container: "sfu"},
 	}}
-	v := attribution.Attribute(snap, newTestPods().a, pp)
+	v := attribution.Attribute(snap, newTestPods().a.DevicePods(), pp)
 	m := deviceMessage(&v.Devices[1], []*telemetry.Snapshot{snap})
 	if m.GetEncUtil() != 50 || len(m.GetPods()) != 2 {
 		t.Fatalf("device enc %v, %d pods", m.GetEncUtil(), len(m.GetPods()))
@@ -62,7 +61,7 @@ func TestOnePodNoShare(t *testing.T) {
 	st.ProcessSupport = telemetry.AllProcessData
 	st.Set(telemetry.GPUUtil, 80)
 	st.Processes = []telemetry.ProcessSample{{PID: 99, Has: st.ProcessSupport, SMUtil: 80}}
-	v := attribution.Attribute(snap, newTestPods().a, &attribution.ProcessPods{Seq: 1, Pods: map[uint32]podresources.PodRef{}})
+	v := attribution.Attribute(snap, newTestPods().a.DevicePods(), &attribution.ProcessPods{Seq: 1, Pods: map[uint32]attribution.Pod{}})
 	m := deviceMessage(&v.Devices[0], []*telemetry.Snapshot{snap})
 	if len(m.GetPods()) != 1 {
 		t.Fatalf("%d pods, want 1", len(m.GetPods()))

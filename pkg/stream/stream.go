@@ -29,7 +29,6 @@ import (
 
 	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
 	"github.com/gpu-telemetry/agent/pkg/attribution"
-	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
 
@@ -38,24 +37,17 @@ import (
 // enough that a stalled subscriber costs a few pointers.
 const DefaultBuffer = 4
 
-// Pods gives the latest device-to-pod map and the kubelet's state; the
-// pod-resources client implements it.
-type Pods interface {
-	Assignments() *podresources.Assignments
-	Status() podresources.Status
-}
-
 // Options configures a Server.
 type Options struct {
 	Node     string        // NodeSnapshot.node: the agent's --node-name
 	Interval time.Duration // the sampling interval
 	Start    time.Time     // when the agent started (NodeSnapshot.agent_start)
-	Pods     Pods          // nil when pod attribution is off
-	// Processes maps GPU processes to pods, for each pod's own share of a
-	// shared GPU; nil when per-process attribution is off.
-	Processes attribution.Processes
-	Buffer    int // per-subscriber buffer; 0 means DefaultBuffer
-	Logger    *slog.Logger
+	// Views joins each snapshot with the node's pods (and its processes
+	// with theirs, for each pod's own share of a shared GPU); nil: no pod
+	// attribution.
+	Views  *attribution.Attributor
+	Buffer int // per-subscriber buffer; 0 means DefaultBuffer
+	Logger *slog.Logger
 }
 
 // Server implements telemetryv1.TelemetryServer over a store. Run must
@@ -87,6 +79,9 @@ func New(store *telemetry.Store, opts Options) *Server {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Views == nil {
+		opts.Views = attribution.NewAttributor(store, nil, nil) // no pods
 	}
 	name := func(n string) string { return prometheus.BuildFQName("gpu_agent", "stream", n) }
 	return &Server{
@@ -131,26 +126,14 @@ func (s *Server) Close() { s.closeOnce.Do(func() { close(s.done) }) }
 // subscriber: the view and, built on first use, the message of each
 // device with this snapshot's own samples.
 type item struct {
-	view      *attribution.View
-	podsStale bool
+	view *attribution.View
 
 	once    sync.Once
 	devices []*telemetryv1.Device // parallel to view.Devices
 }
 
 func (s *Server) newItem(snap *telemetry.Snapshot) *item {
-	it := &item{}
-	var a *podresources.Assignments
-	if s.opts.Pods != nil {
-		a = s.opts.Pods.Assignments()
-		it.podsStale = s.opts.Pods.Status().Stale
-	}
-	var pp *attribution.ProcessPods
-	if s.opts.Processes != nil {
-		pp = s.opts.Processes.ProcessPods()
-	}
-	it.view = attribution.Attribute(snap, a, pp)
-	return it
+	return &item{view: s.opts.Views.View(snap)}
 }
 
 // ownDevices returns the devices' messages with this snapshot's samples
@@ -281,7 +264,7 @@ func (f *filter) match(d *attribution.Device) bool {
 		return true
 	}
 	for _, p := range d.Pods {
-		if (f.namespace == "" || p.Namespace == f.namespace) && (f.pod == nil || f.pod.MatchString(p.Pod)) {
+		if (f.namespace == "" || p.Namespace == f.namespace) && (f.pod == nil || f.pod.MatchString(p.Name)) {
 			return true
 		}
 	}

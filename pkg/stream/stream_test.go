@@ -28,7 +28,7 @@ import (
 // own, a time-sliced GPU with both its pods), values in the snapshot's
 // units, absent fields absent, and a lost GPU flagged without values.
 func TestFirstMessageIsTheLatestSnapshot(t *testing.T) {
-	h := newHarness(t, Options{Pods: newTestPods(), Start: epoch.Add(-time.Hour)})
+	h := newHarness(t, Options{Start: epoch.Add(-time.Hour)}, newTestPods())
 	h.store.Publish(snapshot(1))
 	h.store.Publish(snapshot(2))
 
@@ -82,7 +82,7 @@ func TestFirstMessageIsTheLatestSnapshot(t *testing.T) {
 func TestPodsStale(t *testing.T) {
 	p := newTestPods()
 	p.stale = true
-	h := newHarness(t, Options{Pods: p})
+	h := newHarness(t, Options{}, p)
 	h.store.Publish(snapshot(1))
 	if m := recv(t, h.watch(t, &telemetryv1.WatchRequest{})); !m.GetPodsStale() {
 		t.Error("pods_stale false while the pod map is stale")
@@ -92,7 +92,7 @@ func TestPodsStale(t *testing.T) {
 // A subscriber that comes before the first snapshot gets it as soon as
 // it is published.
 func TestWatchBeforeTheFirstSnapshot(t *testing.T) {
-	h := newHarness(t, Options{Pods: newTestPods()})
+	h := newHarness(t, Options{}, newTestPods())
 	w := h.watch(t, &telemetryv1.WatchRequest{})
 	waitFor(t, "the subscriber", func() bool { return testutil.ToFloat64(h.srv.subscribers) == 1 })
 	h.store.Publish(snapshot(1))
@@ -102,7 +102,7 @@ func TestWatchBeforeTheFirstSnapshot(t *testing.T) {
 }
 
 func TestFilters(t *testing.T) {
-	h := newHarness(t, Options{Pods: newTestPods()})
+	h := newHarness(t, Options{}, newTestPods())
 	h.store.Publish(snapshot(1))
 	for _, tt := range []struct {
 		name string
@@ -147,7 +147,7 @@ func TestBadRequests(t *testing.T) {
 // most once per period on the sampler's clock, and their samples, put
 // together, are every sample published, in order, none twice.
 func TestMinPeriodMergesKeepingSamples(t *testing.T) {
-	h := newHarness(t, Options{Pods: newTestPods()})
+	h := newHarness(t, Options{}, newTestPods())
 	h.store.Publish(snapshot(1))
 	w := h.watch(t, &telemetryv1.WatchRequest{MinPeriod: durationpb.New(3 * testInterval), PodPattern: "inference-0"})
 	first := recv(t, w)
@@ -181,7 +181,7 @@ func TestMinPeriodMergesKeepingSamples(t *testing.T) {
 // A subscriber that does not read for a while loses snapshots from its
 // buffer (counted) but not their samples: the history supplies them.
 func TestSkippedSnapshotsKeepTheirSamples(t *testing.T) {
-	h := newHarness(t, Options{Pods: newTestPods()})
+	h := newHarness(t, Options{}, newTestPods())
 	h.store.Publish(snapshot(1))
 	w := h.watch(t, &telemetryv1.WatchRequest{PodPattern: "inference-0"})
 	got := gpuSamples(recv(t, w).GetDevices()[0])
@@ -206,7 +206,7 @@ func TestSkippedSnapshotsKeepTheirSamples(t *testing.T) {
 // waits; the stalled one's buffer stays bounded while its dropped
 // snapshots are counted; and when it goes, its goroutines go too.
 func TestStalledSubscriberDelaysNobody(t *testing.T) {
-	h := newHarness(t, Options{Pods: newTestPods()})
+	h := newHarness(t, Options{}, newTestPods())
 	h.store.Publish(bigSnapshot(1))
 	fast := h.watch(t, &telemetryv1.WatchRequest{})
 	if m := recv(t, fast); m.GetSequence() != 1 {
@@ -276,7 +276,7 @@ func bigSnapshot(seq uint64) *telemetry.Snapshot {
 
 // Close ends every stream cleanly: the client reads EOF, not an error.
 func TestCloseEndsStreamsWithEOF(t *testing.T) {
-	h := newHarness(t, Options{Pods: newTestPods()})
+	h := newHarness(t, Options{}, newTestPods())
 	h.store.Publish(snapshot(1))
 	w := h.watch(t, &telemetryv1.WatchRequest{})
 	recv(t, w)
@@ -299,7 +299,7 @@ func TestCloseEndsStreamsWithEOF(t *testing.T) {
 }
 
 func TestMetrics(t *testing.T) {
-	h := newHarness(t, Options{Pods: newTestPods()})
+	h := newHarness(t, Options{}, newTestPods())
 	h.store.Publish(snapshot(1))
 	w := h.watch(t, &telemetryv1.WatchRequest{})
 	recv(t, w)
@@ -353,7 +353,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // (built once, encoded by every stream concurrently): each still gets
 // every sample, once, in order. Under -race this also checks the sharing.
 func TestManySubscribersShareMessages(t *testing.T) {
-	h := newHarness(t, Options{Pods: newTestPods()})
+	h := newHarness(t, Options{}, newTestPods())
 	h.store.Publish(snapshot(1))
 	const subs, last = 8, 60
 	results := make(chan []float64, subs)

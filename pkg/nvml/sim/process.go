@@ -278,9 +278,9 @@ func (d *Device) GetFBCSessions() ([]nvml.FBCSessionInfo, nvml.Return) {
 }
 
 // ProcFS returns the simulated node's procfs: <pid>/cgroup of every
-// simulated process, and nothing else (all that procpod reads). Any other
+// simulated process, and nothing else (all that cgroup reads). Any other
 // PID is gone (fs.ErrNotExist), as an exited process is. Pass it to
-// procpod.NewResolverFS in place of the host's /proc.
+// cgroup.NewResolverFS in place of the host's /proc.
 func (l *Library) ProcFS() fs.FS {
 	files := make(procFS)
 	for _, p := range l.Processes() {

@@ -8,7 +8,7 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
-	"github.com/gpu-telemetry/agent/pkg/procpod"
+	"github.com/gpu-telemetry/agent/pkg/cgroup"
 )
 
 // The shared GPU's two processes add up to what the GPU reports as a
@@ -104,15 +104,15 @@ func TestEncoderStepSplitsAcrossProcesses(t *testing.T) {
 	}
 }
 
-// The simulated procfs gives each process's pod to procpod's resolver,
+// The simulated procfs gives each process's pod to cgroup's resolver,
 // and no other PID.
 func TestProcFSResolvesEveryProcess(t *testing.T) {
 	l := New(Options{Devices: 3, Seed: 11})
-	r := procpod.NewResolverFS(l.ProcFS())
+	r := cgroup.NewResolverFS(l.ProcFS())
 	seen := map[string]bool{}
 	for _, p := range l.Processes() {
 		o, ok, err := r.Lookup(p.PID)
-		if err != nil || !ok || o.PodUID != p.PodUID || o.ContainerID != p.ContainerID || o.Runtime != procpod.RuntimeContainerd {
+		if err != nil || !ok || o.PodUID != p.PodUID || o.ContainerID != p.ContainerID || o.Runtime != cgroup.RuntimeContainerd {
 			t.Errorf("PID %d (%s/%s): %+v, %v, %v", p.PID, p.Namespace, p.Pod, o, ok, err)
 		}
 		if seen[p.PodUID] {
@@ -120,7 +120,7 @@ func TestProcFSResolvesEveryProcess(t *testing.T) {
 		}
 		seen[p.PodUID] = true
 	}
-	if _, _, err := r.Lookup(1); !errors.Is(err, procpod.ErrNoProcess) {
+	if _, _, err := r.Lookup(1); !errors.Is(err, cgroup.ErrNoProcess) {
 		t.Errorf("PID 1: %v, want ErrNoProcess", err)
 	}
 	want := []string{"default/inference-0", "default/inference-1", "media/webrtc-sfu-0", "media/webrtc-sfu-1"}

@@ -1,4 +1,4 @@
-package procattr
+package attribution
 
 import (
 	"context"
@@ -7,17 +7,7 @@ import (
 	"testing/fstest"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes/fake"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
-	"k8s.io/client-go/tools/cache"
-
-	"github.com/gpu-telemetry/agent/pkg/attribution"
-	"github.com/gpu-telemetry/agent/pkg/podresources"
-	"github.com/gpu-telemetry/agent/pkg/podwatch"
-	"github.com/gpu-telemetry/agent/pkg/procpod"
+	"github.com/gpu-telemetry/agent/pkg/cgroup"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
 
@@ -28,9 +18,9 @@ const (
 	cidB = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
 )
 
-// cgroup is a cgroup v2 line of a Burstable pod under the systemd driver
+// cgroupLine is a cgroup v2 line of a Burstable pod under the systemd driver
 // and containerd, as the kubelet names it.
-func cgroup(uid, cid string) []byte {
+func cgroupLine(uid, cid string) []byte {
 	return []byte("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod" +
 		strings.ReplaceAll(uid, "-", "_") + ".slice/cri-containerd-" + cid + ".scope\n")
 }
@@ -39,16 +29,16 @@ func cgroup(uid, cid string) []byte {
 // reported by NVML but has exited (no directory).
 func procfs() fstest.MapFS {
 	return fstest.MapFS{
-		"100/cgroup": {Data: cgroup(uidA, cidA)},
-		"200/cgroup": {Data: cgroup(uidB, cidB)},
+		"100/cgroup": {Data: cgroupLine(uidA, cidA)},
+		"200/cgroup": {Data: cgroupLine(uidB, cidB)},
 		"300/cgroup": {Data: []byte("0::/system.slice/nvidia-persistenced.service\n")},
 	}
 }
 
-func table() *Table {
-	return &Table{
-		Containers: map[string]podresources.PodRef{cidA: {Namespace: "media", Pod: "sfu-0", Container: "sfu"}},
-		Pods:       map[string]podresources.PodRef{uidB: {Namespace: "media", Pod: "sfu-1"}},
+func table() *NameTable {
+	return &NameTable{
+		Containers: map[string]Pod{cidA: {Namespace: "media", Name: "sfu-0", Container: "sfu"}},
+		Pods:       map[string]Pod{uidB: {Namespace: "media", Name: "sfu-1"}},
 	}
 }
 
@@ -61,15 +51,15 @@ func snapshot(seq uint64, pids ...uint32) *telemetry.Snapshot {
 }
 
 func TestUpdate(t *testing.T) {
-	s := New(nil, procpod.NewResolverFS(procfs()), table(), nil)
+	s := NewProcessStage(nil, cgroup.NewResolverFS(procfs()), table(), nil)
 	if s.ProcessPods() != nil {
 		t.Fatal("a map before the first snapshot")
 	}
 	s.Update(snapshot(1, 100, 200, 300, 400))
 	pp := s.ProcessPods()
-	want := map[uint32]podresources.PodRef{
-		100: {Namespace: "media", Pod: "sfu-0", Container: "sfu"}, // by container ID
-		200: {Namespace: "media", Pod: "sfu-1"},                   // by pod UID only
+	want := map[uint32]Pod{
+		100: {Namespace: "media", Name: "sfu-0", Container: "sfu"}, // by container ID
+		200: {Namespace: "media", Name: "sfu-1"},                   // by pod UID only
 		// 300: a host process; 400: exited. Neither is an error.
 	}
 	if pp == nil || pp.Seq != 1 || len(pp.Pods) != len(want) {
@@ -92,14 +82,14 @@ func TestUpdate(t *testing.T) {
 	}
 }
 
-type notReady struct{ *Table }
+type notReady struct{ *NameTable }
 
 func (notReady) Ready() bool { return false }
 
 // A name source that has not synced publishes nothing: pods keep the
 // device's values instead of reading 0 for "not known yet".
 func TestUpdateWaitsForNames(t *testing.T) {
-	s := New(nil, procpod.NewResolverFS(procfs()), notReady{table()}, nil)
+	s := NewProcessStage(nil, cgroup.NewResolverFS(procfs()), notReady{table()}, nil)
 	s.Update(snapshot(1, 100))
 	if s.ProcessPods() != nil {
 		t.Error("a map published before the names were ready")
@@ -110,7 +100,7 @@ func TestUpdateWaitsForNames(t *testing.T) {
 // process.
 func TestRunFollowsTheStore(t *testing.T) {
 	store := telemetry.NewStore(time.Second, time.Second)
-	s := New(store, procpod.NewResolverFS(procfs()), table(), nil)
+	s := NewProcessStage(store, cgroup.NewResolverFS(procfs()), table(), nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
@@ -129,49 +119,9 @@ func TestRunFollowsTheStore(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	v := attribution.Attribute(snap, nil, s.ProcessPods())
+	v := Attribute(snap, nil, s.ProcessPods())
 	if d := v.Devices[0]; !d.ProcessesAttributed || d.Unattributed != 2 {
 		// No pod holds GPU-0 here: both processes are left out.
 		t.Errorf("attributed %v, unattributed %d; want true, 2", d.ProcessesAttributed, d.Unattributed)
-	}
-}
-
-type unstreamed struct{ typedcorev1.PodInterface }
-
-func (unstreamed) IsWatchListSemanticsUnSupported() bool { return true }
-
-// WatcherNames asks the pod watch by container ID, then by pod UID.
-func TestWatcherNames(t *testing.T) {
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "media", Name: "sfu-0", UID: types.UID(uidA)},
-		Spec:       corev1.PodSpec{NodeName: "node"},
-		Status:     corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{{Name: "sfu", ContainerID: "containerd://" + cidA}}},
-	}
-	w, err := podwatch.New(unstreamed{fake.NewClientset(pod).CoreV1().Pods("")}, "node", podwatch.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { _ = w.Run(ctx) }()
-	if !cache.WaitForCacheSync(ctx.Done(), w.HasSynced) {
-		t.Fatal("not synced")
-	}
-	n := WatcherNames{W: w}
-	if !n.Ready() {
-		t.Error("not ready after sync")
-	}
-	for _, tt := range []struct {
-		o    procpod.Owner
-		want podresources.PodRef
-		ok   bool
-	}{
-		{procpod.Owner{PodUID: uidA, ContainerID: cidA}, podresources.PodRef{Namespace: "media", Pod: "sfu-0", Container: "sfu"}, true},
-		{procpod.Owner{PodUID: uidA, ContainerID: cidB}, podresources.PodRef{Namespace: "media", Pod: "sfu-0"}, true}, // a container not seen yet
-		{procpod.Owner{PodUID: uidB}, podresources.PodRef{}, false},
-	} {
-		if got, ok := n.Name(tt.o); got != tt.want || ok != tt.ok {
-			t.Errorf("Name(%+v) = %+v, %v; want %+v, %v", tt.o, got, ok, tt.want, tt.ok)
-		}
 	}
 }

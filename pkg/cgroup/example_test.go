@@ -1,11 +1,11 @@
-package procpod_test
+package cgroup_test
 
 import (
 	"fmt"
 	"maps"
 	"slices"
 
-	"github.com/gpu-telemetry/agent/pkg/procpod"
+	"github.com/gpu-telemetry/agent/pkg/cgroup"
 )
 
 // One tick of a sampler: the PIDs NVML reported on every GPU, resolved in one
@@ -13,7 +13,7 @@ import (
 // file was read (4001) are left out without an error, and the next tick's call
 // forgets whichever PIDs it no longer carries.
 func ExampleResolver_Resolve() {
-	r := procpod.NewResolver("testdata/proc") // --path.procfs; "" means /proc
+	r := cgroup.NewResolver("testdata/proc") // --path.procfs; "" means /proc
 	owners, err := r.Resolve([]uint32{1001, 1002, 2001, 3001, 4001})
 	if err != nil {
 		fmt.Println("error:", err)
@@ -31,9 +31,9 @@ func ExampleResolver_Resolve() {
 // Parse works on a file's contents alone, for callers that have the text
 // from elsewhere (a simulated node).
 func ExampleParse() {
-	o, ok := procpod.Parse([]byte("0::/../../kubepods-burstable-pod5f3e7b2a_9c1d_4e8f_a6b0_2d4c6e8f0a1b.slice/crio-4a1b3c5d7e9f0a2b4c6d8e0f1a3b5c7d9e1f3a5b7c9d1e3f5a7b9c1d3e5f7a9b.scope\n"))
+	o, ok := cgroup.Parse([]byte("0::/../../kubepods-burstable-pod5f3e7b2a_9c1d_4e8f_a6b0_2d4c6e8f0a1b.slice/crio-4a1b3c5d7e9f0a2b4c6d8e0f1a3b5c7d9e1f3a5b7c9d1e3f5a7b9c1d3e5f7a9b.scope\n"))
 	fmt.Println(ok, o.PodUID, o.Runtime)
-	_, ok = procpod.Parse([]byte("0::/system.slice/sshd.service\n"))
+	_, ok = cgroup.Parse([]byte("0::/system.slice/sshd.service\n"))
 	fmt.Println(ok)
 	// Output:
 	// true 5f3e7b2a-9c1d-4e8f-a6b0-2d4c6e8f0a1b cri-o

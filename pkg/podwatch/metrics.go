@@ -1,15 +1,13 @@
-package agent
+package podwatch
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/gpu-telemetry/agent/pkg/podwatch"
 )
 
-// podWatchMetrics says whether the watch of the node's pods works: without
-// it, the pods of a shared GPU see the device's values, and a missing RBAC
-// rule is otherwise only a log line.
-func podWatchMetrics(w *podwatch.Watcher) []prometheus.Collector {
+// Metrics say whether the watch of the node's pods works: without it, the
+// pods of a shared GPU see the device's values, and a missing RBAC rule is
+// otherwise only a log line. For the agent's registry.
+func (w *Watcher) Metrics() []prometheus.Collector {
 	return []prometheus.Collector{
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "gpu_agent_pod_watch_synced",

@@ -1,4 +1,4 @@
-package procpod
+package cgroup
 
 import (
 	"errors"
@@ -166,7 +166,7 @@ func (r *Resolver) read(pid uint32) ([]byte, error) {
 // between the open and the read.
 func readErr(pid uint32, err error) error {
 	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
-		return fmt.Errorf("procpod: pid %d: %w", pid, ErrNoProcess)
+		return fmt.Errorf("cgroup: pid %d: %w", pid, ErrNoProcess)
 	}
-	return fmt.Errorf("procpod: read cgroup of pid %d: %w", pid, err)
+	return fmt.Errorf("cgroup: read cgroup of pid %d: %w", pid, err)
 }

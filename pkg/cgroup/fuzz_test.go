@@ -1,4 +1,4 @@
-package procpod
+package cgroup
 
 import (
 	"strings"

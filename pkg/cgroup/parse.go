@@ -1,4 +1,4 @@
-// Package procpod maps a host PID to the Kubernetes pod and container it runs
+// Package cgroup maps a host PID to the Kubernetes pod and container it runs
 // in, from /proc/<pid>/cgroup.
 //
 // NVML reports per-process figures by host PID; the kubelet names pods by UID
@@ -6,7 +6,7 @@
 // in the scope below that. This package reads those names and nothing else: it
 // calls neither the kubelet nor the API server, so turning a UID into a
 // namespace and name is the caller's job (a node-scoped pod informer).
-package procpod
+package cgroup
 
 import (
 	"strings"
