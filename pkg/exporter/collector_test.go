@@ -38,10 +38,10 @@ type pods struct {
 	st podresources.Status
 }
 
-func (p pods) Assignments() *podresources.Assignments    { return p.a }
-func (p pods) Status() podresources.Status                { return p.st }
-func (p pods) DevicePods() *attribution.DevicePods { return p.a.DevicePods() }
-func (p pods) Stale() bool                         { return p.st.Stale }
+func (p pods) Assignments() *podresources.Assignments { return p.a }
+func (p pods) Status() podresources.Status            { return p.st }
+func (p pods) DevicePods() *attribution.DevicePods    { return p.a.DevicePods() }
+func (p pods) Stale() bool                            { return p.st.Stale }
 
 const (
 	uuid0 = "GPU-00000000-0000-0000-0000-000000000000"
