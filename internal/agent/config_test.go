@@ -154,7 +154,7 @@ func TestRunStopsOnCancel(t *testing.T) {
 	if took := time.Since(start); took > 700*time.Millisecond+ShutdownTimeout {
 		t.Errorf("shutdown took %s", took)
 	}
-	if !strings.Contains(logs.String(), "kubelet pod-resources available") {
+	if !strings.Contains(logs.String(), "the simulated pods hold the simulated GPUs") {
 		t.Errorf("simulated pods not served:\n%s", logs.String())
 	}
 }

@@ -93,7 +93,7 @@ func scrapeEveryFamily(t *testing.T) map[string]bool {
 	store := telemetry.NewStore(interval, 15*time.Second)
 	store.Publish(snap)
 
-	resolver := podresources.NewResolver(resolverGPUs(snap.Devices))
+	resolver := podresources.NewResolver(podresources.GPUsOf(snap.Devices))
 	uuid := func(i int) string { return snap.Devices[i].UUID }
 	list := &podresourcesv1.ListPodResourcesResponse{PodResources: []*podresourcesv1.PodResources{
 		fakekubelet.Pod("ml", "inference-0", fakekubelet.Container("server", fakekubelet.Devices("nvidia.com/gpu", uuid(0)))),
@@ -119,7 +119,8 @@ func scrapeEveryFamily(t *testing.T) map[string]bool {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.DiscardHandler)
-	reg := newRegistry(nvml.NewTickHistogram(), pods, watcher, stream.New(store, stream.Options{Node: "node-a", Interval: interval, Logger: log}))
+	reg := newRegistry(append(watcher.Metrics(), nvml.NewTickHistogram(), podresources.NewMetrics(pods),
+		stream.New(store, stream.Options{Node: "node-a", Interval: interval, Logger: log}))...)
 	handler, err := exporter.NewHandler(reg, collector, exporter.HandlerOptions{Interval: interval, Logger: log, Version: "test"})
 	if err != nil {
 		t.Fatal(err)

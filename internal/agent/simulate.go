@@ -1,18 +1,83 @@
 package agent
 
 import (
+	"context"
 	"fmt"
-
-	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
+	"log/slog"
 
 	"github.com/gpu-telemetry/agent/pkg/attribution"
+	"github.com/gpu-telemetry/agent/pkg/cgroup"
+	"github.com/gpu-telemetry/agent/pkg/nvml"
 	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
-	"github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
+	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
+
+// simSource is the simulated node behind --simulate: its GPUs, its pods
+// (handed to attribution directly, unless a kubelet socket exists: then
+// the real client asks it) and its processes' pods, from the simulated
+// procfs and pod table. Its load can be stepped at run time through
+// --simulate.load-file.
+type simSource struct {
+	cfg     *Config
+	log     *slog.Logger
+	lib     *sim.Library
+	control *sim.Control // nil without --simulate.load-file
+}
+
+func newSimSource(cfg *Config, log *slog.Logger) *simSource {
+	opts := sim.Options{Devices: cfg.Simulate, Seed: cfg.SimulateSeed, Static: cfg.SimulateStatic, CallLatency: cfg.SimulateLatency}
+	if cfg.SimulateHangGPU >= 0 {
+		opts.Hang = &sim.Hang{GPU: cfg.SimulateHangGPU, After: cfg.SimulateHangAt}
+		log.Warn("a simulated GPU will stop answering", "gpu", cfg.SimulateHangGPU, "after", cfg.SimulateHangAt)
+	}
+	s := &simSource{cfg: cfg, log: log, lib: sim.New(opts)}
+	if cfg.SimulateLoad != "" {
+		s.control = sim.NewControl(s.lib)
+	}
+	log.Info("using simulated GPUs", "gpus", cfg.Simulate, "seed", cfg.SimulateSeed, "static", cfg.SimulateStatic,
+		"call_latency", cfg.SimulateLatency, "load_file", cfg.SimulateLoad)
+	return s
+}
+
+func (s *simSource) library() nvml.Library {
+	if s.control != nil {
+		return s.control
+	}
+	return s.lib
+}
+
+func (s *simSource) start(store *telemetry.Store) (*stages, error) {
+	st := &stages{}
+	if exists(s.cfg.PodResourcesSocket) {
+		if err := st.addKubelet(s.cfg, store, s.log); err != nil {
+			return nil, err
+		}
+	} else {
+		s.log.Info("no kubelet socket: the simulated pods hold the simulated GPUs", "socket", s.cfg.PodResourcesSocket)
+		st.pods = staticPods{SimulatedPods(s.lib)}
+	}
+	if s.cfg.PodWatch && s.cfg.Kubeconfig != "" {
+		s.log.Info("--simulate names its own pods; the pod watch is off")
+	}
+	st.processes = attribution.NewProcessStage(store, cgroup.NewResolverFS(s.lib.ProcFS()), SimulatedNames(s.lib), s.log.With("component", "processes"))
+	st.run = append(st.run, st.processes.Run)
+	if s.control != nil {
+		st.run = append(st.run, func(ctx context.Context) error {
+			return watchLoadFile(ctx, s.cfg.SimulateLoad, s.control, s.log.With("component", "simulate"))
+		})
+	}
+	return st, nil
+}
+
+// staticPods is a pod map that never changes: the simulated node's.
+type staticPods struct{ pods *attribution.DevicePods }
+
+func (p staticPods) DevicePods() *attribution.DevicePods { return p.pods }
+func (p staticPods) Stale() bool                         { return false }
 
 // SimulatedNames names the simulated node's pods by the container IDs and
 // pod UIDs of its processes (sim.Process), in place of a pod watch: the
-// same pods SimulatedPods gives the kubelet.
+// same pods SimulatedPods says hold the GPUs.
 func SimulatedNames(l *sim.Library) *attribution.NameTable {
 	t := &attribution.NameTable{Containers: map[string]attribution.Pod{}, Pods: map[string]attribution.Pod{}}
 	for _, p := range l.Processes() {
@@ -24,21 +89,19 @@ func SimulatedNames(l *sim.Library) *attribution.NameTable {
 
 // SimulatedPods returns the pods of a simulated node: GPU i is held by pod
 // default/inference-i (container "server"), except that with two or more
-// GPUs the last one is time-sliced (nvidia.com/gpu.shared) between
-// media/webrtc-sfu-0 and media/webrtc-sfu-1.
-func SimulatedPods(l *sim.Library) []*podresourcesv1.PodResources {
+// GPUs the last one is time-sliced between media/webrtc-sfu-0 and
+// media/webrtc-sfu-1 (container "sfu").
+func SimulatedPods(l *sim.Library) *attribution.DevicePods {
 	devs := l.Devices()
-	var pods []*podresourcesv1.PodResources
+	byDevice := make(map[string][]attribution.Pod, len(devs))
 	for i, d := range devs {
 		if len(devs) >= 2 && i == len(devs)-1 {
-			for r := 0; r < 2; r++ {
-				pods = append(pods, fakekubelet.Pod("media", fmt.Sprintf("webrtc-sfu-%d", r),
-					fakekubelet.Container("sfu", fakekubelet.Devices("nvidia.com/gpu.shared", fmt.Sprintf("%s::%d", d.UUID(), r)))))
+			for r := range 2 {
+				byDevice[d.UUID()] = append(byDevice[d.UUID()], attribution.Pod{Namespace: "media", Name: fmt.Sprintf("webrtc-sfu-%d", r), Container: "sfu"})
 			}
 			continue
 		}
-		pods = append(pods, fakekubelet.Pod("default", fmt.Sprintf("inference-%d", i),
-			fakekubelet.Container("server", fakekubelet.Devices("nvidia.com/gpu", d.UUID()))))
+		byDevice[d.UUID()] = []attribution.Pod{{Namespace: "default", Name: fmt.Sprintf("inference-%d", i), Container: "server"}}
 	}
-	return pods
+	return attribution.NewDevicePods(byDevice)
 }

@@ -36,8 +36,8 @@ func BenchmarkTick8MockGPUs(b *testing.B) {
 }
 
 // benchTicks times Tick over lib at 10 Hz settings.
-func benchTicks(b *testing.B, lib Library) {
-	s, err := Open(b.Context(), lib, Config{Interval: 100 * time.Millisecond})
+func benchTicks(b *testing.B, lib any) {
+	s, err := Open(b.Context(), asLibrary(lib), Config{Interval: 100 * time.Millisecond})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -158,7 +158,7 @@ func BenchmarkProcessSampling8GPUs(b *testing.B) {
 			}
 			lib, _ := newLib(devs...)
 			lib.DeviceGetHandleByIndexFunc = func(i int) (nvml.Device, nvml.Return) { return bench[i], nvml.SUCCESS }
-			s, err := Open(b.Context(), lib, Config{Interval: 100 * time.Millisecond, Now: now})
+			s, err := Open(b.Context(), asLibrary(lib), Config{Interval: 100 * time.Millisecond, Now: now})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -15,7 +15,7 @@ import (
 // pcie's fallback (its own goroutine, through an atomic).
 type device struct {
 	telemetry.Device
-	handle nvml.Device
+	handle Device
 	migs   []migInstance // aligned with Device.MIG
 	log    *slog.Logger
 	worker *worker
@@ -41,7 +41,7 @@ type device struct {
 
 // migInstance is the handle a GPU instance's memory is read through.
 type migInstance struct {
-	handle nvml.Device
+	handle Device
 	v1     bool
 }
 
@@ -83,7 +83,7 @@ func openDevice(lib Library, index int, log *slog.Logger) (*device, error) {
 // GPU instance: compute instances of one GPU instance share its memory,
 // which is all NVML reports for them. Slots with no device answer
 // NOT_FOUND and are skipped.
-func openMIGDevices(h nvml.Device) ([]telemetry.MIGDevice, []migInstance) {
+func openMIGDevices(h Device) ([]telemetry.MIGDevice, []migInstance) {
 	n, ret := h.GetMaxMigDeviceCount()
 	if ret != nvml.SUCCESS {
 		return nil, nil

@@ -80,7 +80,7 @@ func readMemory(d *device, r *telemetry.Reading) nvml.Return {
 	return readMemoryOf(d.handle, &d.memV1, r)
 }
 
-func readMemoryOf(h nvml.Device, useV1 *bool, r *telemetry.Reading) nvml.Return {
+func readMemoryOf(h Device, useV1 *bool, r *telemetry.Reading) nvml.Return {
 	if !*useV1 {
 		m, ret := h.GetMemoryInfo_v2()
 		if ret == nvml.SUCCESS {

@@ -1,8 +1,9 @@
 // Package nvml samples NVIDIA GPUs through NVML and publishes one immutable
 // telemetry.Snapshot per tick. It is the only package that imports go-nvml;
-// everything it needs from the library goes through Library and nvml.Device,
-// so tests run it over go-nvml's mocks and the simulated node over
-// package sim.
+// everything it needs from the library goes through three narrow
+// interfaces of its own, Library, Device and EventSet (the calls the
+// sampler makes), so tests run it over go-nvml's mocks (FromInterface)
+// and the simulated node (package sim) implements only what it is asked.
 package nvml
 
 import (
@@ -11,20 +12,53 @@ import (
 	"strings"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
+
+	"github.com/gpu-telemetry/agent/pkg/nvml/calls"
 )
 
-// Library is the part of nvml.Interface the sampler uses. nvml.New() and
-// go-nvml's mock.Interface both satisfy it.
-type Library interface {
-	Init() nvml.Return
-	Shutdown() nvml.Return
-	DeviceGetCount() (int, nvml.Return)
-	DeviceGetHandleByIndex(int) (nvml.Device, nvml.Return)
-	EventSetCreate() (nvml.EventSet, nvml.Return)
-	SystemGetDriverVersion() (string, nvml.Return)
+// Library, Device and EventSet are the calls the sampler makes
+// (package calls): NewLibrary gives the real NVML, FromInterface adapts
+// any nvml.Interface (go-nvml's mocks), and the simulated node implements
+// them itself.
+type (
+	Library  = calls.Library
+	Device   = calls.Device
+	EventSet = calls.EventSet
+)
+
+var _ Device = nvml.Device(nil)
+
+// FromInterface adapts an nvml.Interface: the real library, or go-nvml's
+// mocks in tests.
+func FromInterface(l nvml.Interface) Library { return library{l} }
+
+type library struct{ nvml.Interface }
+
+func (l library) DeviceGetHandleByIndex(i int) (Device, nvml.Return) {
+	d, ret := l.Interface.DeviceGetHandleByIndex(i)
+	if d == nil {
+		return nil, ret
+	}
+	return d, ret
 }
 
-var _ Library = nvml.Interface(nil)
+func (l library) EventSetCreate() (EventSet, nvml.Return) {
+	set, ret := l.Interface.EventSetCreate()
+	if set == nil {
+		return nil, ret
+	}
+	return eventSet{set}, ret
+}
+
+type eventSet struct{ nvml.EventSet }
+
+func (s eventSet) Register(d Device, types uint64) nvml.Return {
+	nd, ok := d.(nvml.Device)
+	if !ok {
+		return nvml.ERROR_INVALID_ARGUMENT // a device of another library
+	}
+	return nd.RegisterEvents(types, s.EventSet)
+}
 
 // ErrLibraryNotFound means libnvidia-ml.so.1 could not be loaded: no NVIDIA
 // driver on this machine, or the library is not mounted into the container.
@@ -37,9 +71,9 @@ var ErrNoDevices = errors.New("NVML reports no usable GPU")
 // is loaded from; empty means the dynamic loader's default.
 func NewLibrary(path string) Library {
 	if path != "" {
-		return nvml.New(nvml.WithLibraryPath(path))
+		return FromInterface(nvml.New(nvml.WithLibraryPath(path)))
 	}
-	return nvml.New()
+	return FromInterface(nvml.New())
 }
 
 // isNotSupported reports whether ret means "this device has no such field",
@@ -56,7 +90,7 @@ func nvmlError(call string, ret nvml.Return) error {
 // migProfile names a MIG instance the way dcgm-exporter's GPU_I_PROFILE
 // does ("1g.5gb"): from the device name NVML gives MIG instances
 // ("NVIDIA A100-SXM4-40GB MIG 1g.5gb"), else from its attributes.
-func migProfile(m nvml.Device) string {
+func migProfile(m Device) string {
 	if name, ret := m.GetName(); ret == nvml.SUCCESS {
 		if i := strings.LastIndex(name, " MIG "); i >= 0 {
 			return strings.TrimSpace(name[i+len(" MIG "):])

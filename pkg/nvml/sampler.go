@@ -66,10 +66,6 @@ type Config struct {
 	// wait on it and read its history (telemetry.NewStore); nil keeps
 	// only the latest snapshot.
 	Store *telemetry.Store
-	// OnInventoryChange, if set, is called (from the ticking goroutine)
-	// with the new inventory whenever MIG instances appear or disappear,
-	// so the pod resolver can follow.
-	OnInventoryChange func([]telemetry.Device)
 }
 
 // Sampler owns NVML: it reads every GPU at a fixed interval and publishes
@@ -102,7 +98,7 @@ type Sampler struct {
 	// nil where NVML has none; xidArmed is closed by the first GPU that
 	// registers, so the wait loop runs only where there is something to
 	// wait for.
-	xidSet      nvml.EventSet
+	xidSet      EventSet
 	xidArmed    chan struct{}
 	xidArmOnce  sync.Once
 	initialised bool // nvmlInit returned SUCCESS: Shutdown is owed
@@ -217,7 +213,7 @@ func (s *Sampler) open(ctx context.Context) error {
 	}
 	// The event set exists before the workers start: each registers its
 	// GPU with it after its probe, on its own goroutine.
-	var set nvml.EventSet
+	var set EventSet
 	var setRet nvml.Return
 	switch err := s.await(ctx, "EventSetCreate", s.cfg.ProbeTimeout, func() { set, setRet = s.lib.EventSetCreate() }); {
 	case errors.Is(err, ErrInterrupted):
@@ -430,11 +426,10 @@ wait:
 		}
 	}
 	if changed != nil {
+		// A new inventory is a new slice, never the old one modified:
+		// readers (the pod resolver) tell a change by its identity.
 		s.inventory.Store(&changed)
 		snap.Devices = changed
-		if s.cfg.OnInventoryChange != nil {
-			s.cfg.OnInventoryChange(changed)
-		}
 	}
 	snap.Duration = s.cfg.Now().Sub(start)
 	snap.Ticks, snap.MissedTicks, snap.Rate = s.ticks, s.missed, s.rate()

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"strings"
@@ -18,12 +19,24 @@ import (
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
 
-func open(t *testing.T, lib Library, cfg Config) *Sampler {
+// asLibrary takes a Library (the simulated node) or an nvml.Interface
+// (go-nvml's mocks, which the tests inspect) and gives the sampler's view.
+func asLibrary(lib any) Library {
+	switch l := lib.(type) {
+	case Library:
+		return l
+	case nvml.Interface:
+		return FromInterface(l)
+	}
+	panic(fmt.Sprintf("not an NVML library: %T", lib))
+}
+
+func open(t *testing.T, lib any, cfg Config) *Sampler {
 	t.Helper()
 	if cfg.Interval == 0 {
 		cfg.Interval = MinInterval
 	}
-	s, err := Open(t.Context(), lib, cfg)
+	s, err := Open(t.Context(), asLibrary(lib), cfg)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -419,17 +432,17 @@ func TestXIDErrorsAreCounted(t *testing.T) {
 func TestOpenErrors(t *testing.T) {
 	lib, _ := newLib(newFullGPU(0))
 	lib.InitFunc = func() nvml.Return { return nvml.ERROR_LIBRARY_NOT_FOUND }
-	if _, err := Open(t.Context(), lib, Config{Interval: time.Second}); !errors.Is(err, ErrLibraryNotFound) {
+	if _, err := Open(t.Context(), asLibrary(lib), Config{Interval: time.Second}); !errors.Is(err, ErrLibraryNotFound) {
 		t.Errorf("no library: err = %v, want ErrLibraryNotFound", err)
 	}
 	lib, _ = newLib(newFullGPU(0))
-	if _, err := Open(t.Context(), lib, Config{Interval: 50 * time.Millisecond}); err == nil || !strings.Contains(err.Error(), "minimum") {
+	if _, err := Open(t.Context(), asLibrary(lib), Config{Interval: 50 * time.Millisecond}); err == nil || !strings.Contains(err.Error(), "minimum") {
 		t.Errorf("50ms interval: err = %v, want a minimum-interval error", err)
 	}
 	lib, _ = newLib()
 	shutdown := 0
 	lib.ShutdownFunc = func() nvml.Return { shutdown++; return nvml.SUCCESS }
-	if _, err := Open(t.Context(), lib, Config{Interval: time.Second}); !errors.Is(err, ErrNoDevices) || shutdown != 1 {
+	if _, err := Open(t.Context(), asLibrary(lib), Config{Interval: time.Second}); !errors.Is(err, ErrNoDevices) || shutdown != 1 {
 		t.Errorf("no GPUs: err = %v, shutdown %d times; want ErrNoDevices and NVML shut down", err, shutdown)
 	}
 }

@@ -143,7 +143,7 @@ func TestHungGPUStallsOnlyItself(t *testing.T) {
 	lib.ShutdownFunc = func() nvml.Return { smu.Lock(); shutdowns++; smu.Unlock(); return nvml.SUCCESS }
 	var logs logBuffer
 	const interval = 100 * time.Millisecond
-	s, err := Open(t.Context(), lib, Config{Interval: interval, ShutdownWait: 200 * time.Millisecond,
+	s, err := Open(t.Context(), asLibrary(lib), Config{Interval: interval, ShutdownWait: 200 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -222,7 +222,7 @@ func TestCloseShutsDownWhenIdle(t *testing.T) {
 	lib, _ := newLib(newFullGPU(0))
 	shutdowns := 0
 	lib.ShutdownFunc = func() nvml.Return { shutdowns++; return nvml.SUCCESS }
-	s, err := Open(t.Context(), lib, Config{Interval: MinInterval})
+	s, err := Open(t.Context(), asLibrary(lib), Config{Interval: MinInterval})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,7 +247,7 @@ func TestOpenIsBoundedByHungGPUs(t *testing.T) {
 	lib, _ := newLib(devs...)
 	var logs logBuffer
 	started := time.Now()
-	s, err := Open(t.Context(), lib, Config{Interval: MinInterval, ProbeTimeout: 300 * time.Millisecond, ShutdownWait: 50 * time.Millisecond,
+	s, err := Open(t.Context(), asLibrary(lib), Config{Interval: MinInterval, ProbeTimeout: 300 * time.Millisecond, ShutdownWait: 50 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)

@@ -48,7 +48,7 @@ func TestOpenWithHungInitIsAnError(t *testing.T) {
 	shutdowns := countShutdowns(lib)
 	var err error
 	took := within(t, 3*time.Second, "Open with nvmlInit hung", func() {
-		_, err = Open(t.Context(), lib, Config{Interval: MinInterval, InitTimeout: 200 * time.Millisecond, ShutdownWait: 50 * time.Millisecond})
+		_, err = Open(t.Context(), asLibrary(lib), Config{Interval: MinInterval, InitTimeout: 200 * time.Millisecond, ShutdownWait: 50 * time.Millisecond})
 	})
 	if !errors.Is(err, ErrNotReturning) || !strings.Contains(err.Error(), "nvmlInit") {
 		t.Errorf("err = %v, want ErrNotReturning naming nvmlInit", err)
@@ -71,7 +71,7 @@ func TestOpenWithHungDeviceGetCountIsAnError(t *testing.T) {
 	var logs logBuffer
 	var err error
 	within(t, 3*time.Second, "Open with DeviceGetCount hung", func() {
-		_, err = Open(t.Context(), lib, Config{Interval: MinInterval, InitTimeout: 200 * time.Millisecond,
+		_, err = Open(t.Context(), asLibrary(lib), Config{Interval: MinInterval, InitTimeout: 200 * time.Millisecond,
 			ShutdownWait: 50 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	})
 	if !errors.Is(err, ErrNotReturning) || !strings.Contains(err.Error(), "DeviceGetCount") {
@@ -100,7 +100,7 @@ func TestOpenCancelledWhileAGPUHangs(t *testing.T) {
 	time.AfterFunc(100*time.Millisecond, cancel)
 	var err error
 	took := within(t, 2*time.Second, "a cancelled Open", func() {
-		_, err = Open(ctx, lib, Config{Interval: MinInterval, ProbeTimeout: time.Minute, ShutdownWait: 50 * time.Millisecond,
+		_, err = Open(ctx, asLibrary(lib), Config{Interval: MinInterval, ProbeTimeout: time.Minute, ShutdownWait: 50 * time.Millisecond,
 			Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	})
 	if !errors.Is(err, ErrInterrupted) || !errors.Is(err, context.Canceled) {
@@ -129,7 +129,7 @@ func TestOpenCancelledBeforeStart(t *testing.T) {
 	lib, _ := newLib(newFullGPU(0))
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	if _, err := Open(ctx, lib, Config{Interval: MinInterval}); !errors.Is(err, ErrInterrupted) {
+	if _, err := Open(ctx, asLibrary(lib), Config{Interval: MinInterval}); !errors.Is(err, ErrInterrupted) {
 		t.Errorf("err = %v, want ErrInterrupted", err)
 	}
 	if n := len(lib.InitCalls()); n != 0 {
@@ -153,7 +153,7 @@ func TestHungXIDRegistrationStallsOnlyItsGPU(t *testing.T) {
 	var s *Sampler
 	var err error
 	within(t, 3*time.Second, "Open with a registration hung", func() {
-		s, err = Open(t.Context(), lib, Config{Interval: MinInterval, ProbeTimeout: probe, ShutdownWait: 100 * time.Millisecond,
+		s, err = Open(t.Context(), asLibrary(lib), Config{Interval: MinInterval, ProbeTimeout: probe, ShutdownWait: 100 * time.Millisecond,
 			Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	})
 	if err != nil {
@@ -219,7 +219,7 @@ func TestHungXIDWaitHoldsUpNothing(t *testing.T) {
 		}, nvml.SUCCESS
 	}
 	shutdowns := countShutdowns(lib)
-	s, err := Open(t.Context(), lib, Config{Interval: MinInterval, ShutdownWait: 100 * time.Millisecond})
+	s, err := Open(t.Context(), asLibrary(lib), Config{Interval: MinInterval, ShutdownWait: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

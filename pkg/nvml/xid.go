@@ -42,7 +42,7 @@ func (s *Sampler) registerXID(d *device) {
 	if s.xidSet == nil {
 		return
 	}
-	ret := d.handle.RegisterEvents(nvml.EventTypeXidCriticalError, s.xidSet)
+	ret := s.xidSet.Register(d.handle, nvml.EventTypeXidCriticalError)
 	switch {
 	case ret == nvml.SUCCESS:
 		s.xidArmOnce.Do(func() { close(s.xidArmed) })

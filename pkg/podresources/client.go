@@ -28,6 +28,10 @@ const maxRecvMsgSize = 16 << 20
 // restarted kubelet is picked up within a couple of periods.
 const maxReconnectBackoff = time.Second
 
+// inventoryPoll is how often Run looks for the first snapshot of an
+// InventoryResolver's store.
+const inventoryPoll = 20 * time.Millisecond
+
 // DefaultMaxStale is how long the last good pod map outlives the kubelet's
 // last answer by default: long enough to ride out a kubelet restart or an
 // upgrade, short enough that a pod deleted meanwhile does not keep being
@@ -201,6 +205,13 @@ func (c *Client) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-timer.C:
+		}
+		// An InventoryResolver before the first snapshot: nothing could
+		// resolve yet, so the kubelet is not asked; the first snapshot is
+		// a tick away.
+		if r, ok := c.resolver.Load().Resolver.(*inventoryResolver); ok && !r.ready() {
+			timer.Reset(min(c.opts.Period, inventoryPoll))
+			continue
 		}
 		// Failures are reported through Status and logged on state change.
 		_ = c.Refresh(ctx)

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
+
+	"github.com/gpu-telemetry/agent/pkg/nvml/calls"
 )
 
 // Load overrides the utilization of a simulated GPU, in percent (0-100).
@@ -28,7 +30,7 @@ type Control struct {
 	devices []*controlledDevice
 }
 
-var _ nvml.Interface = (*Control)(nil)
+var _ calls.Library = (*Control)(nil)
 
 // NewControl returns a controllable view of l; use it in l's place.
 func NewControl(l *Library) *Control {
@@ -39,8 +41,8 @@ func NewControl(l *Library) *Control {
 	return c
 }
 
-// DeviceGetHandleByIndex implements nvml.Interface.
-func (c *Control) DeviceGetHandleByIndex(i int) (nvml.Device, nvml.Return) {
+// DeviceGetHandleByIndex implements calls.Library.
+func (c *Control) DeviceGetHandleByIndex(i int) (calls.Device, nvml.Return) {
 	if i < 0 || i >= len(c.devices) {
 		return c.Library.DeviceGetHandleByIndex(i)
 	}

@@ -32,7 +32,17 @@ func (d *Device) GetMigMode() (int, int, nvml.Return) { return 0, 0, nvml.ERROR_
 
 func (d *Device) GetEncoderCapacity(nvml.EncoderType) (int, nvml.Return) { return 100, d.ret() }
 
-func (d *Device) RegisterEvents(uint64, nvml.EventSet) nvml.Return { return d.ret() }
+// The MIG calls: a T4 has no MIG, and the sampler asks them only of a GPU
+// whose MIG mode is on.
+func (d *Device) GetMaxMigDeviceCount() (int, nvml.Return) { return 0, nvml.ERROR_NOT_SUPPORTED }
+func (d *Device) GetMigDeviceHandleByIndex(int) (nvml.Device, nvml.Return) {
+	return nil, nvml.ERROR_NOT_SUPPORTED
+}
+func (d *Device) GetGpuInstanceId() (int, nvml.Return)     { return 0, nvml.ERROR_NOT_SUPPORTED }
+func (d *Device) GetComputeInstanceId() (int, nvml.Return) { return 0, nvml.ERROR_NOT_SUPPORTED }
+func (d *Device) GetAttributes() (nvml.DeviceAttributes, nvml.Return) {
+	return nvml.DeviceAttributes{}, nvml.ERROR_NOT_SUPPORTED
+}
 
 func (d *Device) GetUtilizationRates() (nvml.Utilization, nvml.Return) {
 	d.cost(callGetUtilizationRates)

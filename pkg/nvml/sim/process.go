@@ -13,7 +13,7 @@ import (
 
 // Process is a simulated GPU process and the pod it runs in: what the
 // simulated node's /proc (ProcFS) and a pod watch would say about it. The
-// pods are those internal/agent's SimulatedPods gives the kubelet: GPU i
+// pods are those internal/agent's SimulatedPods says hold the GPUs: GPU i
 // runs default/inference-i (container "server"); with two GPUs or more the
 // last one is time-sliced between media/webrtc-sfu-0 and -1 (container
 // "sfu"), each with a process of its own. Everything is derived from the

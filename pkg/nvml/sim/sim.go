@@ -1,11 +1,8 @@
 // Package sim is a simulated NVML: a node of T4-like GPUs whose load
-// follows deterministic, seedable curves. It implements nvml.Interface, so
-// the agent's sampler runs over it unchanged, on a laptop or in CI.
-//
-// It embeds go-nvml's moq mocks only for the methods the agent never
-// calls (they panic with the method's name if called); the methods the
-// sampler uses are implemented here directly, because the mocks record
-// every call and would grow without bound in a long-running process.
+// follows deterministic, seedable curves. It implements the calls the
+// agent's sampler makes (package calls) and nothing else, so the sampler
+// runs over it unchanged, on a laptop or in CI, and the agent's binary
+// carries no generated mocks.
 package sim
 
 import (
@@ -16,7 +13,8 @@ import (
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
-	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
+
+	"github.com/gpu-telemetry/agent/pkg/nvml/calls"
 )
 
 // Options configures a simulated node.
@@ -55,7 +53,6 @@ const (
 
 // Library is a simulated NVML.
 type Library struct {
-	*mock.Interface
 	devices []*Device
 	now     func() time.Time
 	epoch   time.Time
@@ -63,7 +60,7 @@ type Library struct {
 	hang    *Hang
 }
 
-var _ nvml.Interface = (*Library)(nil)
+var _ calls.Library = (*Library)(nil)
 
 // New returns a simulated node.
 func New(opts Options) *Library {
@@ -71,7 +68,7 @@ func New(opts Options) *Library {
 	if now == nil {
 		now = time.Now
 	}
-	l := &Library{Interface: &mock.Interface{}, now: now, epoch: now(), latency: opts.CallLatency, hang: opts.Hang}
+	l := &Library{now: now, epoch: now(), latency: opts.CallLatency, hang: opts.Hang}
 	for i := 0; i < opts.Devices; i++ {
 		l.devices = append(l.devices, newDevice(l, opts.Seed, i, opts.Static))
 	}
@@ -82,38 +79,48 @@ func New(opts Options) *Library {
 // Devices returns the simulated GPUs, in index order.
 func (l *Library) Devices() []*Device { return l.devices }
 
-// Init implements nvml.Interface.
+// Init implements calls.Library.
 func (l *Library) Init() nvml.Return { return nvml.SUCCESS }
 
-// Shutdown implements nvml.Interface.
+// Shutdown implements calls.Library.
 func (l *Library) Shutdown() nvml.Return { return nvml.SUCCESS }
 
-// SystemGetDriverVersion implements nvml.Interface.
+// SystemGetDriverVersion implements calls.Library.
 func (l *Library) SystemGetDriverVersion() (string, nvml.Return) {
 	return "550.54.15-simulated", nvml.SUCCESS
 }
 
-// DeviceGetCount implements nvml.Interface.
+// DeviceGetCount implements calls.Library.
 func (l *Library) DeviceGetCount() (int, nvml.Return) { return len(l.devices), nvml.SUCCESS }
 
-// DeviceGetHandleByIndex implements nvml.Interface.
-func (l *Library) DeviceGetHandleByIndex(i int) (nvml.Device, nvml.Return) {
+// DeviceGetHandleByIndex implements calls.Library.
+func (l *Library) DeviceGetHandleByIndex(i int) (calls.Device, nvml.Return) {
 	if i < 0 || i >= len(l.devices) {
 		return nil, nvml.ERROR_INVALID_ARGUMENT
 	}
 	return l.devices[i], nvml.SUCCESS
 }
 
-// EventSetCreate implements nvml.Interface. The simulated GPUs never raise
+// EventSetCreate implements calls.Library. The simulated GPUs never raise
 // XID errors: Wait sleeps for its timeout and says so.
-func (l *Library) EventSetCreate() (nvml.EventSet, nvml.Return) {
-	return &mock.EventSet{
-		WaitFunc: func(ms uint32) (nvml.EventData, nvml.Return) {
-			time.Sleep(time.Duration(ms) * time.Millisecond)
-			return nvml.EventData{}, nvml.ERROR_TIMEOUT
-		},
-		FreeFunc: func() nvml.Return { return nvml.SUCCESS },
-	}, nvml.SUCCESS
+func (l *Library) EventSetCreate() (calls.EventSet, nvml.Return) { return eventSet{}, nvml.SUCCESS }
+
+type eventSet struct{}
+
+func (eventSet) Wait(ms uint32) (nvml.EventData, nvml.Return) {
+	time.Sleep(time.Duration(ms) * time.Millisecond)
+	return nvml.EventData{}, nvml.ERROR_TIMEOUT
+}
+
+func (eventSet) Free() nvml.Return { return nvml.SUCCESS }
+
+// Register accepts a simulated GPU's registration (a lost one answers
+// GPU_IS_LOST).
+func (eventSet) Register(d calls.Device, _ uint64) nvml.Return {
+	if sd, ok := d.(interface{ ret() nvml.Return }); ok {
+		return sd.ret()
+	}
+	return nvml.ERROR_INVALID_ARGUMENT
 }
 
 // elapsed is the curves' time axis in seconds.
@@ -183,7 +190,6 @@ func uuidFor(seed uint64) string {
 
 // Device is a simulated GPU.
 type Device struct {
-	*mock.Device
 	lib   *Library
 	index int
 	uuid  string
@@ -197,19 +203,18 @@ type Device struct {
 	debt   time.Duration // call latency owed, see cost
 }
 
-var _ nvml.Device = (*Device)(nil)
+var _ calls.Device = (*Device)(nil)
 
 func newDevice(l *Library, seed int64, index int, static bool) *Device {
 	s := mix(uint64(seed)) ^ mix(uint64(index)+1)
 	return &Device{
-		Device: &mock.Device{},
-		lib:    l,
-		index:  index,
-		uuid:   uuidFor(s),
-		gpu:    newCurve(mix(s^1), 25, 75, 20, 6, static),
-		enc:    newCurve(mix(s^2), 15, 60, 15, 4, static),
-		dec:    newCurve(mix(s^3), 10, 45, 10, 4, static),
-		mem:    float64(2<<30) + unit(s, 5)*float64(6<<30),
+		lib:   l,
+		index: index,
+		uuid:  uuidFor(s),
+		gpu:   newCurve(mix(s^1), 25, 75, 20, 6, static),
+		enc:   newCurve(mix(s^2), 15, 60, 15, 4, static),
+		dec:   newCurve(mix(s^3), 10, 45, 10, 4, static),
+		mem:   float64(2<<30) + unit(s, 5)*float64(6<<30),
 	}
 }
 
