@@ -7,7 +7,9 @@ import (
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
 
-type latest struct{ snap atomic.Pointer[telemetry.Snapshot] }
+type latest struct {
+	snap atomic.Pointer[telemetry.Snapshot]
+}
 
 func (l *latest) Latest() *telemetry.Snapshot { return l.snap.Load() }
 

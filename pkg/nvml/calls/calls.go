@@ -61,4 +61,3 @@ type EventSet interface {
 	// Register asks for d's events of types (nvmlDeviceRegisterEvents).
 	Register(d Device, types uint64) nvml.Return
 }
-
