@@ -135,15 +135,18 @@ func TestClientKubeletRestart(t *testing.T) {
 	pods := slices.Delete(mixedNode(), 1, 2)
 	pods = append(pods, fakekubelet.Pod("ml", "new", fakekubelet.Container("c", fakekubelet.Devices("nvidia.com/gpu", gpu2))))
 	kl.SetPods(pods)
+	failures = c.Status().Failures
 	down := time.Now()
 	if err := kl.Restart(); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "client to pick up the restarted kubelet", func() bool { return c.Status().Up })
 	// gRPC's default reconnect backoff starts at 1s and grows to 120s; the
-	// client caps it at the period, so recovery takes a few periods.
-	if d := time.Since(down); d > 25*testPeriod {
-		t.Errorf("recovery took %v, want a few %v periods", d, testPeriod)
+	// client caps it at the period, so recovery takes a few polls. Counted
+	// in polls, not seconds: a loaded machine polls less often, never more,
+	// while an uncapped backoff (1s at least) would fail some 50 polls.
+	if n := c.Status().Failures - failures; n > 10 {
+		t.Errorf("%d polls failed after the kubelet came back, want a few", n)
 	}
 	t.Logf("recovered in %v", time.Since(down))
 	a := c.Assignments()
@@ -208,13 +211,11 @@ func TestClientTimeout(t *testing.T) {
 	kl := startKubelet(t, path, mixedNode())
 	kl.SetDelay(time.Second)
 	c := newClient(t, path, podresources.Options{Timeout: 50 * time.Millisecond})
-	start := time.Now()
+	// The kubelet answers after a second: DeadlineExceeded is the
+	// client's timeout, however long the machine took to get there.
 	err := c.Refresh(context.Background())
 	if status.Code(errors.Unwrap(err)) != codes.DeadlineExceeded {
 		t.Fatalf("Refresh() = %v, want DeadlineExceeded", err)
-	}
-	if d := time.Since(start); d > 500*time.Millisecond {
-		t.Errorf("Refresh() took %v with a 50ms timeout", d)
 	}
 	if st := c.Status(); !st.Stale {
 		t.Fatalf("Status() = %+v, want stale", st)
