@@ -9,6 +9,7 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
+	"github.com/gpu-telemetry/agent/internal/testutil"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
 
@@ -108,7 +109,7 @@ func TestSlowFieldsNeverDelayTheTick(t *testing.T) {
 		t.Fatalf("GetRemappedRows called %d times by the probe, want 1", n)
 	}
 	g.close()
-	waitFor(t, 5*time.Second, "the slow goroutine's call", func() bool { return calls.Load() == 2 })
+	testutil.Eventually(t, 5*time.Second, "the slow goroutine's call", func() bool { return calls.Load() == 2 })
 
 	// Ticks driven while that call hangs: each reads the fast fields,
 	// and serves the probe's answer for the slow ones. (Few enough that

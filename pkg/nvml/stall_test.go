@@ -13,6 +13,7 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
 
+	"github.com/gpu-telemetry/agent/internal/testutil"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
 
@@ -65,18 +66,6 @@ func (l *logBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
-}
-
-// waitFor polls cond until it holds or the timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // Where the byte counters are unsupported, GetPcieThroughput (20 ms per
@@ -143,7 +132,7 @@ func readOnTick(t *testing.T, s *Sampler, i int, reads func() int) *telemetry.Sn
 	t.Helper()
 	before := reads()
 	snap := tick(s)
-	waitFor(t, 2*time.Second, fmt.Sprintf("GPU %d to be read for tick %d", i, snap.Seq), func() bool {
+	testutil.Eventually(t, 2*time.Second, fmt.Sprintf("GPU %d to be read for tick %d", i, snap.Seq), func() bool {
 		return reads() > before && !s.workers[i].busy()
 	})
 	return snap
@@ -167,7 +156,7 @@ func TestHungGPUStallsOnlyItself(t *testing.T) {
 
 	readOnTick(t, s, 0, reads)
 	g.close()
-	waitFor(t, 2*time.Second, "GPU 2 to be reported stalled", func() bool { return tick(s).States[2].Stalled })
+	testutil.Eventually(t, 2*time.Second, "GPU 2 to be reported stalled", func() bool { return tick(s).States[2].Stalled })
 
 	// The other GPUs keep being read, tick after tick, while GPU 2 hangs:
 	// ten ticks driven here, ten reads of GPU 0. (That the ticks keep
@@ -192,7 +181,7 @@ func TestHungGPUStallsOnlyItself(t *testing.T) {
 
 	// The call returns: GPU 2 resumes.
 	g.open()
-	waitFor(t, 2*time.Second, "GPU 2 to resume", func() bool {
+	testutil.Eventually(t, 2*time.Second, "GPU 2 to resume", func() bool {
 		st := tick(s).States[2]
 		return !st.Stalled && st.Has.Has(telemetry.Temperature)
 	})
@@ -208,7 +197,7 @@ func TestHungGPUStallsOnlyItself(t *testing.T) {
 	ran := make(chan error, 1)
 	go func() { ran <- s.Run(ctx) }()
 	g.close()
-	waitFor(t, 2*time.Second, "GPU 2 stalled again", func() bool { return s.Latest().States[2].Stalled })
+	testutil.Eventually(t, 2*time.Second, "GPU 2 stalled again", func() bool { return s.Latest().States[2].Stalled })
 	cancel()
 	select {
 	case err := <-ran:
@@ -293,7 +282,7 @@ func TestOpenIsBoundedByHungGPUs(t *testing.T) {
 		t.Errorf("GPU 0 not served while GPU 2 probes: %+v", st.Reading)
 	}
 	probe.open()
-	waitFor(t, 2*time.Second, "GPU 2 to join once its probe returns", func() bool {
+	testutil.Eventually(t, 2*time.Second, "GPU 2 to join once its probe returns", func() bool {
 		st := tick(s).States[1]
 		return !st.Stalled && st.Has.Has(telemetry.GPUUtil)
 	})
