@@ -47,12 +47,9 @@ type Proc struct {
 	stopErr  error
 }
 
-// Start runs argv (the binary, then its arguments) as name.
-func Start(name string, o ProcOptions, argv ...string) (*Proc, error) {
-	if len(argv) == 0 {
-		return nil, fmt.Errorf("starting %s: no command", name)
-	}
-	p := &Proc{Name: name, opts: o, cmd: exec.Command(argv[0], argv[1:]...), done: make(chan struct{})}
+// Start runs bin with args as name.
+func Start(name string, o ProcOptions, bin string, args ...string) (*Proc, error) {
+	p := &Proc{Name: name, opts: o, cmd: exec.Command(bin, args...), done: make(chan struct{})}
 	if o.Env != nil {
 		p.cmd.Env = append(os.Environ(), o.Env...)
 	}
@@ -91,9 +88,9 @@ func Start(name string, o ProcOptions, argv ...string) (*Proc, error) {
 // and stops it at cleanup (SIGTERM, then SIGKILL after StopTimeout). At
 // cleanup it also fails t if the race detector reported a race in the
 // process, and logs the process's output if t failed.
-func StartT(t TB, name string, o ProcOptions, argv ...string) *Proc {
+func StartT(t TB, name string, o ProcOptions, bin string, args ...string) *Proc {
 	t.Helper()
-	p, err := Start(name, o, argv...)
+	p, err := Start(name, o, bin, args...)
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
