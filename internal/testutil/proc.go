@@ -113,6 +113,9 @@ func (p *Proc) PID() int { return p.cmd.Process.Pid }
 // Args returns the command line the process was started with.
 func (p *Proc) Args() []string { return p.cmd.Args }
 
+// LogFile returns the file the output goes to; empty if kept in memory.
+func (p *Proc) LogFile() string { return p.opts.LogFile }
+
 // Done is closed once the process has exited.
 func (p *Proc) Done() <-chan struct{} { return p.done }
 
@@ -181,11 +184,11 @@ func (p *Proc) Signal(sig syscall.Signal) error {
 
 // Stop sends SIGTERM and waits for the process to exit; after grace it
 // sends SIGKILL. A process group is sent SIGKILL in any case once its
-// leader has exited, as the group may outlive it. Stop returns an error
-// if the process exited before Stop, did not exit within grace, or
-// exited with a non-zero status; callers that expect one of those (a
-// control plane component that exits 1 on SIGTERM) ignore it. Only the
-// first call stops; later ones return its result.
+// leader has exited (before Stop too), as the group may outlive it.
+// Stop returns an error if the process exited before Stop, did not exit
+// within grace, or exited with a non-zero status; callers that expect
+// one of those (a control plane component that exits 1 on SIGTERM)
+// ignore it. Only the first call stops; later ones return its result.
 func (p *Proc) Stop(grace time.Duration) error {
 	p.stopOnce.Do(func() { p.stopErr = p.stop(grace) })
 	return p.stopErr
@@ -193,6 +196,9 @@ func (p *Proc) Stop(grace time.Duration) error {
 
 func (p *Proc) stop(grace time.Duration) error {
 	if err := p.Alive(); err != nil {
+		if p.opts.Group {
+			_ = p.Signal(syscall.SIGKILL) // the group may outlive its leader
+		}
 		return err
 	}
 	_ = p.Signal(syscall.SIGTERM)
