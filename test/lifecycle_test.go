@@ -15,6 +15,7 @@ import (
 
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
+	"github.com/gpu-telemetry/agent/internal/testutil"
 	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
 	fk "github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
 )
@@ -51,7 +52,7 @@ func TestBadInput(t *testing.T) {
 			t.Parallel()
 			// A free port and no kubelet: should the agent wrongly start,
 			// it must not collide with anything, and the timeout catches it.
-			args := append([]string{"--web.listen-address=" + freeAddr(t),
+			args := append([]string{"--web.listen-address=" + testutil.FreeAddrT(t),
 				"--kubelet.pod-resources-socket=/nonexistent/kubelet.sock"}, tt.args...)
 			code, stderr, timedOut := runAgent(t, 5*time.Second, args...)
 			if timedOut {
@@ -106,23 +107,17 @@ func TestSIGTERMWhileScraped(t *testing.T) {
 	}
 	defer func() { cancel(); wg.Wait() }()
 
-	deadline := time.Now().Add(10 * time.Second)
-	for served.Load() < 5 {
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d scrapes served in 10s", served.Load())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, 10*time.Second, "5 scrapes served", func() bool { return served.Load() >= 5 })
 	sent := time.Now()
-	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := a.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case <-a.done:
+	case <-a.Done():
 	case <-time.After(5 * time.Second):
 		t.Fatalf("agent still running 5s after SIGTERM")
 	}
-	if code := a.exitCode(); code != 0 {
+	if code := a.ExitCode(); code != 0 {
 		t.Errorf("exit code %d after SIGTERM, want 0", code)
 	}
 	if n := truncated.Load(); n > 0 {
@@ -223,18 +218,18 @@ func TestHungGPU(t *testing.T) {
 	}
 
 	sent := time.Now()
-	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := a.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case <-a.done:
+	case <-a.Done():
 	case <-time.After(5 * time.Second):
 		t.Fatalf("agent still running 5s after SIGTERM with a GPU call in flight")
 	}
-	if code := a.exitCode(); code != 0 {
+	if code := a.ExitCode(); code != 0 {
 		t.Errorf("exit code %d after SIGTERM, want 0", code)
 	}
-	if !strings.Contains(a.output.String(), "skipping NVML shutdown") {
+	if !strings.Contains(a.Output(), "skipping NVML shutdown") {
 		t.Errorf("the skipped NVML shutdown is not logged")
 	}
 	t.Logf("exited %s after SIGTERM with GPU 2 hung", time.Since(sent).Round(time.Millisecond))
@@ -259,7 +254,7 @@ func TestGPUHungFromStart(t *testing.T) {
 			t.Errorf("GPU %d: up %v, served %v; want it served", i, up, served)
 		}
 	}
-	if !strings.Contains(a.output.String(), "inventory calls did not return") {
+	if !strings.Contains(a.Output(), "inventory calls did not return") {
 		t.Errorf("the GPU left out is not logged")
 	}
 }
@@ -271,15 +266,15 @@ func TestGPUHungFromStart(t *testing.T) {
 func TestSIGTERMDuringStartup(t *testing.T) {
 	var a *agent
 	for attempt := 1; ; attempt++ {
-		addr := freeAddr(t)
-		a = &agent{addr: addr, proc: startProc(t, "gpu-agent", agentBin, "--web.listen-address="+addr,
+		addr := testutil.FreeAddrT(t)
+		a = &agent{addr: addr, Proc: testutil.StartT(t, "gpu-agent", testutil.ProcOptions{}, agentBin, "--web.listen-address="+addr,
 			"--grpc.listen-address=", "--node-name=golden-node", "--simulate=3", "--simulate.hang-gpu=1",
 			"--kubelet.pod-resources-socket=/nonexistent/kubelet.sock")}
-		err := waitHealthy(a)
+		err := a.WaitHTTP(t.Context(), httpClient, a.url("/healthz"), readyTimeout)
 		if err == nil {
 			break
 		}
-		if attempt < 3 && a.exited() && strings.Contains(a.output.String(), "address already in use") {
+		if attempt < 3 && a.Exited() && strings.Contains(a.Output(), "address already in use") {
 			continue
 		}
 		t.Fatal(err)
@@ -295,40 +290,22 @@ func TestSIGTERMDuringStartup(t *testing.T) {
 	}
 
 	sent := time.Now()
-	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := a.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case <-a.done:
+	case <-a.Done():
 	case <-time.After(5 * time.Second):
 		t.Fatalf("agent still running 5s after SIGTERM during start-up")
 	}
-	if code := a.exitCode(); code != 0 {
+	if code := a.ExitCode(); code != 0 {
 		t.Errorf("exit code %d after SIGTERM during start-up, want 0", code)
 	}
-	out := a.output.String()
+	out := a.Output()
 	for _, want := range []string{"start-up interrupted", "skipping NVML shutdown"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output does not say %q", want)
 		}
 	}
 	t.Logf("exited %s after SIGTERM during start-up", time.Since(sent).Round(time.Millisecond))
-}
-
-// waitHealthy polls /healthz until it answers 200.
-func waitHealthy(a *agent) error {
-	deadline := time.Now().Add(readyTimeout)
-	for time.Now().Before(deadline) {
-		if a.exited() {
-			return fmt.Errorf("exited with code %d before serving /healthz", a.exitCode())
-		}
-		if resp, err := httpClient.Get(a.url("/healthz")); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		time.Sleep(pollEvery)
-	}
-	return fmt.Errorf("/healthz not 200 within %s", readyTimeout)
 }

@@ -421,8 +421,8 @@ func TestMockNVMLLostGPU(t *testing.T) {
 			t.Errorf("GPU %d stopped being served after GPU %d was lost", d.Index, lost.Index)
 		}
 	}
-	if !strings.Contains(n.output.String(), "GPU lost") {
-		t.Errorf("loss not logged:\n%s", n.output.String())
+	if !strings.Contains(n.Output(), "GPU lost") {
+		t.Errorf("loss not logged:\n%s", n.Output())
 	}
 }
 
