@@ -16,10 +16,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	promtest "github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/gpu-telemetry/agent/internal/testutil"
 	"github.com/gpu-telemetry/agent/pkg/dcgmcsv"
 	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
@@ -136,7 +135,7 @@ gpu_agent_utilization_window_max_ratio{DCGM_FI_DRIVER_VERSION="550.54.15",Hostna
 # TYPE gpu_agent_encoder_latency_seconds gauge
 gpu_agent_encoder_latency_seconds{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",container="server",device="nvidia0",gpu="0",modelName="Tesla T4",namespace="ml",pci_bus_id="00000000:3B:00.0",pod="inference-0"} 0.0025
 `
-	if err := promtest.CollectAndCompare(c, strings.NewReader(want),
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want),
 		"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_XID_ERRORS",
 		"gpu_agent_xid_errors_total", "gpu_agent_utilization_window_max_ratio", "gpu_agent_encoder_latency_seconds"); err != nil {
 		t.Error(err)
@@ -158,7 +157,7 @@ gpu_agent_device_up{UUID="GPU-22222222-2222-2222-2222-222222222222",gpu="2"} 1
 `
 	// GPU 0 is lost (its energy reading must not be served as current)
 	// and GPU 1 does not support energy: no energy series at all.
-	if err := promtest.CollectAndCompare(c, strings.NewReader(want), "gpu_agent_device_up", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"); err != nil {
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "gpu_agent_device_up", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"); err != nil {
 		t.Error(err)
 	}
 }
@@ -180,7 +179,7 @@ gpu_agent_device_stalled{UUID="GPU-22222222-2222-2222-2222-222222222222",gpu="2"
 # TYPE gpu_agent_sample_rate_hertz gauge
 gpu_agent_sample_rate_hertz 6.25
 `
-	if err := promtest.CollectAndCompare(c, strings.NewReader(want), "gpu_agent_device_stalled", "gpu_agent_sample_rate_hertz"); err != nil {
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "gpu_agent_device_stalled", "gpu_agent_sample_rate_hertz"); err != nil {
 		t.Error(err)
 	}
 	var b strings.Builder
@@ -203,10 +202,10 @@ func TestNoPodsMeansNoPodLabels(t *testing.T) {
 DCGM_FI_DEV_GPU_UTIL{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-00000000-0000-0000-0000-000000000000",device="nvidia0",gpu="0",modelName="Tesla T4",pci_bus_id="00000000:3B:00.0"} 87
 DCGM_FI_DEV_GPU_UTIL{DCGM_FI_DRIVER_VERSION="550.54.15",Hostname="node-a",UUID="GPU-11111111-1111-1111-1111-111111111111",device="nvidia1",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0"} 12
 `
-	if err := promtest.CollectAndCompare(c, strings.NewReader(want), "DCGM_FI_DEV_GPU_UTIL"); err != nil {
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "DCGM_FI_DEV_GPU_UTIL"); err != nil {
 		t.Error(err)
 	}
-	if n := promtest.CollectAndCount(c, "gpu_agent_kubelet_up"); n != 0 {
+	if n := testutil.CollectAndCount(c, "gpu_agent_kubelet_up"); n != 0 {
 		t.Errorf("kubelet metrics without a kubelet: %d", n)
 	}
 }
@@ -226,13 +225,13 @@ gpu_agent_kubelet_pod_map_stale 1
 # TYPE gpu_agent_kubelet_last_success_timestamp_seconds gauge
 gpu_agent_kubelet_last_success_timestamp_seconds 1.7e+09
 `
-	if err := promtest.CollectAndCompare(c, strings.NewReader(want),
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want),
 		"gpu_agent_kubelet_up", "gpu_agent_kubelet_pod_map_stale", "gpu_agent_kubelet_last_success_timestamp_seconds"); err != nil {
 		t.Error(err)
 	}
 	// Stale, the last good pod labels are still served: one series per
 	// pod, and the time-sliced GPU's device-level one.
-	if n := promtest.CollectAndCount(c, "DCGM_FI_DEV_GPU_UTIL"); n != 4 {
+	if n := testutil.CollectAndCount(c, "DCGM_FI_DEV_GPU_UTIL"); n != 4 {
 		t.Errorf("%d GPU_UTIL series with a stale pod map, want 4 (one per pod, one for the shared GPU)", n)
 	}
 }
@@ -318,7 +317,12 @@ func TestKubeletDownPastMaxStale(t *testing.T) {
 	if err := kl.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	testutil.Eventually(t, 5*time.Second, "the kubelet to answer again", func() bool { return client.Refresh(ctx) == nil })
+	deadline := time.Now().Add(5 * time.Second)
+	for client.Refresh(ctx) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the kubelet never answered again")
+		}
+	}
 	check("kubelet back", 0, 2)
 }
 
@@ -355,7 +359,7 @@ func TestPedanticRegistryAndLint(t *testing.T) {
 	if _, err := reg.Gather(); err != nil {
 		t.Fatalf("pedantic gather: %v", err)
 	}
-	problems, err := promtest.GatherAndLint(reg)
+	problems, err := testutil.GatherAndLint(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -372,10 +376,10 @@ func TestPedanticRegistryAndLint(t *testing.T) {
 
 func TestBeforeFirstSnapshot(t *testing.T) {
 	c := NewCollector(snapshots{nil}, Options{Hostname: "n", Interval: time.Second})
-	if n := promtest.CollectAndCount(c, "DCGM_FI_DEV_GPU_UTIL"); n != 0 {
+	if n := testutil.CollectAndCount(c, "DCGM_FI_DEV_GPU_UTIL"); n != 0 {
 		t.Errorf("%d GPU series before the first snapshot", n)
 	}
-	if n := promtest.CollectAndCount(c, "gpu_agent_build_info"); n != 1 {
+	if n := testutil.CollectAndCount(c, "gpu_agent_build_info"); n != 1 {
 		t.Errorf("build info missing before the first snapshot")
 	}
 }
@@ -620,7 +624,7 @@ gpu_agent_device_up{gpu="0",uuid="GPU-00000000-0000-0000-0000-000000000000"} 1
 gpu_agent_device_up{gpu="1",uuid="GPU-11111111-1111-1111-1111-111111111111"} 1
 gpu_agent_device_up{gpu="2",uuid="GPU-22222222-2222-2222-2222-222222222222"} 1
 `
-	if err := promtest.CollectAndCompare(c, strings.NewReader(want), "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_XID_ERRORS", "gpu_agent_device_up"); err != nil {
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_XID_ERRORS", "gpu_agent_device_up"); err != nil {
 		t.Error(err)
 	}
 }

@@ -14,7 +14,6 @@ import (
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/gpu-telemetry/agent/internal/testutil"
 	"github.com/gpu-telemetry/agent/pkg/attribution"
 	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/podwatch"
@@ -123,7 +122,13 @@ func TestRunFollowsTheStore(t *testing.T) {
 	}()
 	snap := snapshot(1, 100, 300)
 	store.Publish(snap)
-	testutil.Eventually(t, 5*time.Second, "a map after a snapshot", func() bool { return s.ProcessPods() != nil })
+	deadline := time.Now().Add(5 * time.Second)
+	for s.ProcessPods() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("no map 5s after a snapshot")
+		}
+		time.Sleep(time.Millisecond)
+	}
 	v := attribution.Attribute(snap, nil, s.ProcessPods())
 	if d := v.Devices[0]; !d.ProcessesAttributed || d.Unattributed != 2 {
 		// No pod holds GPU-0 here: both processes are left out.
