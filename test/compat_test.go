@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/gpu-telemetry/agent/internal/testutil"
 	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
 )
 
@@ -324,7 +325,7 @@ w 1
 // table has exactly the rows of intendedDifferences, and every row that
 // is not seen in a scrape names a test that exists.
 func TestIntendedDifferencesDocumented(t *testing.T) {
-	root, err := moduleRoot()
+	root, err := testutil.ModuleRoot()
 	if err != nil {
 		t.Fatal(err)
 	}

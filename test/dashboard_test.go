@@ -1,9 +1,9 @@
 package test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpu-telemetry/agent/internal/testutil"
 	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
 )
 
@@ -73,7 +74,7 @@ func TestGrafanaDashboard(t *testing.T) {
 	deadline := time.Now().Add(30 * time.Second)
 	for _, c := range []struct {
 		name string
-		prom *prometheus
+		prom *testutil.Prometheus
 		// podLabel is the pod label the agent writes; otherPod the one it must not.
 		podLabel, otherPod string
 	}{
@@ -84,7 +85,7 @@ func TestGrafanaDashboard(t *testing.T) {
 			checkDashboard(t, c.prom, dash, deadline)
 
 			q := fmt.Sprintf(`avg(DCGM_FI_DEV_GPU_UTIL{%s=~"inference-.*"})`, c.podLabel)
-			got, err := c.prom.waitValue(q, deadline)
+			got, err := waitValue(t.Context(), c.prom, q, deadline)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -94,14 +95,14 @@ func TestGrafanaDashboard(t *testing.T) {
 			// The other spelling is asked only now that the data is in:
 			// empty then means the label is not written, not "not yet".
 			other := fmt.Sprintf(`avg(DCGM_FI_DEV_GPU_UTIL{%s=~"inference-.*"})`, c.otherPod)
-			if v, ok, err := c.prom.query(other); err != nil || ok {
+			if v, ok, err := c.prom.Query(t.Context(), other); err != nil || ok {
 				t.Errorf("%s = %v (present %v, err %v), want no result: the agent writes %s", other, v, ok, err, c.podLabel)
 			}
 			// A pod's power is its GPU's, by docs/metrics.md's join on gpu
 			// (the pod series of a shared GPU carry no power).
 			join := fmt.Sprintf(`sum(0 * DCGM_FI_DEV_GPU_UTIL{%[1]s="webrtc-sfu-1"} + on (instance, gpu) group_left DCGM_FI_DEV_POWER_USAGE{%[1]s=""})`, c.podLabel)
-			podPower, ok, err := c.prom.query(join)
-			gpuPower, _, _ := c.prom.query(`sum(DCGM_FI_DEV_POWER_USAGE{gpu="2"})`)
+			podPower, ok, err := c.prom.Query(t.Context(), join)
+			gpuPower, _, _ := c.prom.Query(t.Context(), `sum(DCGM_FI_DEV_POWER_USAGE{gpu="2"})`)
 			if err != nil || !ok || podPower != gpuPower || gpuPower == 0 {
 				t.Errorf("%s = %v (present %v, err %v), want GPU 2's power %v", join, podPower, ok, err, gpuPower)
 			}
@@ -115,7 +116,7 @@ func loadDashboard(t *testing.T) grafanaDashboard {
 	t.Helper()
 	path := os.Getenv(dashboardEnv)
 	if path == "" {
-		root, err := moduleRoot()
+		root, err := testutil.ModuleRoot()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -197,7 +198,7 @@ var labelValuesQuery = regexp.MustCompile(`^\s*label_values\(\s*(?:(.+?)\s*,\s*)
 // (filtered by its regex), regex-escaped and joined as (a|b|c). Each
 // variable's own query must find values: an empty one leaves Grafana's
 // panels empty too.
-func resolveVariables(t *testing.T, p *prometheus, vars []grafanaVariable) map[string]string {
+func resolveVariables(t *testing.T, p *testutil.Prometheus, vars []grafanaVariable) map[string]string {
 	t.Helper()
 	values := map[string]string{}
 	for _, v := range vars {
@@ -223,7 +224,7 @@ func resolveVariables(t *testing.T, p *prometheus, vars []grafanaVariable) map[s
 			t.Fatalf("template variable %q: query %q is not label_values(...)", v.Name, q)
 		}
 		selector, label := m[1], m[2]
-		found, err := p.labelValues(label, selector)
+		found, err := labelValues(t.Context(), p, label, selector)
 		if err != nil {
 			t.Fatalf("template variable %q: %s: %v", v.Name, q, err)
 		}
@@ -286,13 +287,13 @@ var dcgmField = regexp.MustCompile(`\bDCGM_FI_[A-Z0-9_]+`)
 // checkDashboard asks p every query of d: each must answer with data,
 // but for the profiling fields and missingFields, which must
 // still parse.
-func checkDashboard(t *testing.T, p *prometheus, d grafanaDashboard, deadline time.Time) {
+func checkDashboard(t *testing.T, p *testutil.Prometheus, d grafanaDashboard, deadline time.Time) {
 	t.Helper()
 	// Every query is asked once, after three scrapes: then the data is in
 	// and a rate() over $__rate_interval has points to work with, so an
 	// empty answer is final rather than "not yet".
 	const scrapes = `count_over_time(up{job="gpu-agent"}[1m]) >= 3`
-	if _, err := p.waitValue(scrapes, deadline); err != nil {
+	if _, err := waitValue(t.Context(), p, scrapes, deadline); err != nil {
 		t.Fatal(err)
 	}
 	values := resolveVariables(t, p, d.Templating.List)
@@ -321,7 +322,7 @@ func checkDashboard(t *testing.T, p *prometheus, d grafanaDashboard, deadline ti
 		if prof || lacking != nil {
 			// Asked once: a query the agent cannot answer must still be
 			// valid PromQL after interpolation.
-			n, err := p.instantSeries(q)
+			n, err := instantSeries(t.Context(), p, q)
 			switch {
 			case err != nil:
 				t.Errorf("panel %q: %s: %v", dq.panel, q, err)
@@ -336,7 +337,7 @@ func checkDashboard(t *testing.T, p *prometheus, d grafanaDashboard, deadline ti
 			}
 			continue
 		}
-		n, err := p.instantSeries(q)
+		n, err := instantSeries(t.Context(), p, q)
 		switch {
 		case err != nil:
 			t.Errorf("panel %q: %s: %v", dq.panel, q, err)
@@ -355,8 +356,8 @@ func checkDashboard(t *testing.T, p *prometheus, d grafanaDashboard, deadline ti
 	// Each GPU is one series of the device-wide fields, time-sliced or
 	// not, with per-pod shares or not: "GPU Power Total" sums each GPU
 	// once, as over dcgm-exporter's one series per GPU.
-	series, _, _ := p.query(`count(DCGM_FI_DEV_POWER_USAGE)`)
-	gpus, _, _ := p.query(`count(count by (instance, gpu) (DCGM_FI_DEV_POWER_USAGE))`)
+	series, _, _ := p.Query(t.Context(), `count(DCGM_FI_DEV_POWER_USAGE)`)
+	gpus, _, _ := p.Query(t.Context(), `count(count by (instance, gpu) (DCGM_FI_DEV_POWER_USAGE))`)
 	if series != gpus || gpus == 0 {
 		t.Errorf("%v power series for %v GPUs: \"GPU Power Total\" counts a GPU more than once", series, gpus)
 	}
@@ -365,12 +366,12 @@ func checkDashboard(t *testing.T, p *prometheus, d grafanaDashboard, deadline ti
 
 // instantSeries runs an instant query and returns how many series (or
 // 1 for a scalar) it answered with.
-func (p *prometheus) instantSeries(q string) (int, error) {
+func instantSeries(ctx context.Context, p *testutil.Prometheus, q string) (int, error) {
 	var data struct {
 		ResultType string          `json:"resultType"`
 		Result     json.RawMessage `json:"result"`
 	}
-	if err := p.api("/api/v1/query?query="+url.QueryEscape(q), &data); err != nil {
+	if err := p.API(ctx, "/api/v1/query?query="+url.QueryEscape(q), &data); err != nil {
 		return 0, err
 	}
 	switch data.ResultType {
@@ -388,54 +389,30 @@ func (p *prometheus) instantSeries(q string) (int, error) {
 
 // labelValues is Grafana's label_values(selector, label): the label's values
 // over the series selector matches (all series without one), sorted.
-func (p *prometheus) labelValues(label, selector string) ([]string, error) {
+func labelValues(ctx context.Context, p *testutil.Prometheus, label, selector string) ([]string, error) {
 	path := "/api/v1/label/" + url.PathEscape(label) + "/values"
 	if selector != "" {
 		path += "?match[]=" + url.QueryEscape(selector)
 	}
 	var values []string
-	if err := p.api(path, &values); err != nil {
+	if err := p.API(ctx, path, &values); err != nil {
 		return nil, err
 	}
 	sort.Strings(values)
 	return values, nil
 }
 
-// api GETs a Prometheus HTTP API path and decodes its data into data.
-func (p *prometheus) api(path string, data any) error {
-	resp, err := httpClient.Get("http://" + p.addr + path)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	var r struct {
-		Status string          `json:"status"`
-		Error  string          `json:"error"`
-		Data   json.RawMessage `json:"data"`
-	}
-	if err := json.Unmarshal(body, &r); err != nil {
-		return fmt.Errorf("%s: %w: %s", resp.Status, err, body)
-	}
-	if r.Status != "success" {
-		return fmt.Errorf("%s: %s", resp.Status, r.Error)
-	}
-	return json.Unmarshal(r.Data, data)
-}
-
 // waitValue polls a single-number query until it answers or deadline.
-func (p *prometheus) waitValue(q string, deadline time.Time) (float64, error) {
-	for {
-		v, ok, err := p.query(q)
-		if err != nil || ok {
-			return v, err
-		}
-		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("%s still empty at the deadline", q)
-		}
-		time.Sleep(200 * time.Millisecond)
+func waitValue(ctx context.Context, p *testutil.Prometheus, q string, deadline time.Time) (float64, error) {
+	var v float64
+	err := testutil.Poll(ctx, time.Until(deadline), func() (bool, error) {
+		var ok bool
+		var err error
+		v, ok, err = p.Query(ctx, q)
+		return ok || err != nil, err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", q, err)
 	}
+	return v, nil
 }

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gpu-telemetry/agent/internal/testutil"
 )
 
 // startDCGMAgent starts the agent as a dcgm-exporter DaemonSet would, with
@@ -17,18 +19,18 @@ import (
 func startDCGMAgent(t *testing.T, env []string, args ...string) *agent {
 	t.Helper()
 	for attempt := 1; ; attempt++ {
-		addr := freeAddr(t)
+		addr := testutil.FreeAddrT(t)
 		e := append([]string{"DCGM_EXPORTER_LISTEN=" + addr, "NODE_NAME=golden-node"}, env...)
-		a := &agent{addr: addr, proc: startProcEnv(t, "gpu-agent", e, agentBin,
+		a := &agent{addr: addr, Proc: testutil.StartT(t, "gpu-agent", testutil.ProcOptions{Env: e}, agentBin,
 			append([]string{"--grpc.listen-address=", "--simulate=2", "--simulate.static"}, args...)...)}
-		err := a.waitReady()
+		err := a.waitReady(t)
 		if err == nil {
 			return a
 		}
-		if attempt < 3 && a.exited() && strings.Contains(a.output.String(), "address already in use") {
+		if attempt < 3 && a.Exited() && strings.Contains(a.Output(), "address already in use") {
 			continue
 		}
-		t.Fatalf("agent %v %v: %v\n%s", env, args, err, a.output.String())
+		t.Fatalf("agent %v %v: %v\n%s", env, args, err, a.Output())
 	}
 }
 
@@ -39,7 +41,7 @@ func startDCGMAgent(t *testing.T, env []string, args ...string) *agent {
 func TestDCGMExporterCommandLine(t *testing.T) {
 	// The chart's default arguments name the list its image ships, which
 	// the agent's image ships at the same path (see the Dockerfile).
-	root, err := moduleRoot()
+	root, err := testutil.ModuleRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +59,7 @@ func TestDCGMExporterCommandLine(t *testing.T) {
 	if err := s.expect("gpu_agent_sampling_interval_seconds", 0.5); err != nil {
 		t.Errorf("-c 500 (over $DCGM_EXPORTER_INTERVAL): %v", err)
 	}
-	out := a.output.String()
+	out := a.Output()
 	for _, opt := range []string{"--fake-gpus", "--remote-hostengine-info", "--dump-enabled", "$KUBERNETES_ENABLE_DRA"} {
 		if n := strings.Count(out, "option="+opt+" "); n != 1 {
 			t.Errorf("%d warnings about %s, want 1:\n%s", n, opt, out)
@@ -111,7 +113,7 @@ DCGM_FI_DRIVER_VERSION,    label, Driver Version
 	if _, ok := s.value("gpu_agent_sampling_interval_seconds"); !ok {
 		t.Error("the agent's own families are left out")
 	}
-	if out := a.output.String(); strings.Count(out, "DCGM_FI_PROF_GR_ENGINE_ACTIVE") != 1 {
+	if out := a.Output(); strings.Count(out, "DCGM_FI_PROF_GR_ENGINE_ACTIVE") != 1 {
 		t.Errorf("want one warning naming DCGM_FI_PROF_GR_ENGINE_ACTIVE:\n%s", out)
 	}
 	// And 0 in gpu_agent_field_supported, on every GPU.

@@ -330,8 +330,9 @@ func TestMockNVMLProfiles(t *testing.T) {
 				})
 			}
 
-			// A load step through the override file shows within two
-			// intervals (plus the mock's own re-read period).
+			// A load step through the override file shows in /metrics.
+			// How soon is logged, not asserted: the bench harness
+			// measures latency, a loaded machine would fail a bound.
 			n.setOverrides(t, "all:\n  utilization:\n    gpu: 87\n    memory: 41\n")
 			written := time.Now()
 			s = n.waitMetrics(t, 10*time.Second, "the load step", func(s samples) error {
@@ -344,13 +345,10 @@ func TestMockNVMLProfiles(t *testing.T) {
 			})
 			at, _ := s.value("gpu_agent_last_sample_timestamp_seconds")
 			took := time.Unix(0, int64(at*1e9)).Sub(written)
-			if limit := 2*n.interval + mockTTL; took > limit {
-				t.Errorf("load step appeared in a sample taken %s after the write, want within %s (2 intervals + the mock's TTL)", took, limit)
-			}
 			if v := s.get("DCGM_FI_DEV_MEM_COPY_UTIL", n.profile.Devices[0].UUID); v != 41 {
 				t.Errorf("memory copy utilization %v, want 41", v)
 			}
-			t.Logf("load step in /metrics from a sample %s after the write", took.Round(time.Millisecond))
+			t.Logf("load step in /metrics from a sample %s after the write (interval %s, the mock's TTL %s)", took.Round(time.Millisecond), n.interval, mockTTL)
 		})
 	}
 }
@@ -423,8 +421,8 @@ func TestMockNVMLLostGPU(t *testing.T) {
 			t.Errorf("GPU %d stopped being served after GPU %d was lost", d.Index, lost.Index)
 		}
 	}
-	if !strings.Contains(n.output.String(), "GPU lost") {
-		t.Errorf("loss not logged:\n%s", n.output.String())
+	if !strings.Contains(n.Output(), "GPU lost") {
+		t.Errorf("loss not logged:\n%s", n.Output())
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
+	"github.com/gpu-telemetry/agent/internal/testutil"
 	fk "github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
 	"github.com/gpu-telemetry/agent/test/internal/fakeapi"
 )
@@ -212,7 +213,7 @@ func TestPerPodMockNVML(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	grpcAddr := freeAddr(t)
+	grpcAddr := testutil.FreeAddrT(t)
 	a := startAgentEnv(t, []string{"MOCK_NVML_CONFIG=" + profileFile},
 		"--nvml.library-path="+lib, "--interval=250ms",
 		"--kubelet.pod-resources-socket="+kubelet.Path(),
@@ -377,8 +378,8 @@ func TestPerPodMockNVML(t *testing.T) {
 	if len(reqs) == 0 || reqs[0].FieldSelector != "spec.nodeName=golden-node" {
 		t.Errorf("API requests %+v: want the pod watch's, with fieldSelector spec.nodeName=golden-node", reqs)
 	}
-	if strings.Contains(a.output.String(), "level=ERROR") {
-		t.Errorf("errors logged:\n%s", a.output.String())
+	if strings.Contains(a.Output(), "level=ERROR") {
+		t.Errorf("errors logged:\n%s", a.Output())
 	}
 }
 
@@ -404,10 +405,12 @@ type scalerWant struct {
 // KEDA's client, each pod's value.
 func checkScalerRule(t *testing.T, agentGRPC string, wants []scalerWant) {
 	t.Helper()
-	scalerAddr, scalerWeb := freeAddr(t), freeAddr(t)
-	scaler := startProc(t, "gpu-scaler", scalerBinary(t), "--agents="+agentGRPC,
+	scalerAddr, scalerWeb := testutil.FreeAddrT(t), testutil.FreeAddrT(t)
+	scaler := testutil.StartT(t, "gpu-scaler", testutil.ProcOptions{}, scalerBinary(t), "--agents="+agentGRPC,
 		"--grpc.listen-address="+scalerAddr, "--web.listen-address="+scalerWeb)
-	waitHTTP(t, scaler, "http://"+scalerWeb+"/healthz")
+	if err := scaler.WaitHTTP(t.Context(), httpClient, "http://"+scalerWeb+"/healthz", readyTimeout); err != nil {
+		t.Fatal(err)
+	}
 	conn, err := grpc.NewClient(scalerAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

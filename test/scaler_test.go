@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -20,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/gpu-telemetry/agent/internal/testutil"
 	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
 )
 
@@ -35,23 +35,8 @@ var (
 func scalerBinary(t *testing.T) string {
 	t.Helper()
 	scalerOnce.Do(func() {
-		root, err := moduleRoot()
-		if err != nil {
-			scalerErr = err
-			return
-		}
-		scalerBin = filepath.Join(filepath.Dir(agentBin), "gpu-scaler")
-		args := []string{"build", "-o", scalerBin}
-		env := append(os.Environ(), "CGO_ENABLED=0")
-		if raceEnabled {
-			args = append(args, "-race")
-			env = append(os.Environ(), "CGO_ENABLED=1") // the race detector needs cgo
-		}
-		cmd := exec.Command("go", append(args, "./cmd/scaler")...)
-		cmd.Dir, cmd.Env = root, env
-		if out, err := cmd.CombinedOutput(); err != nil {
-			scalerErr = fmt.Errorf("go build ./cmd/scaler: %v\n%s", err, out)
-		}
+		scalerBin, scalerErr = testutil.Build(context.Background(), filepath.Dir(agentBin), "./cmd/scaler",
+			testutil.BuildOptions{Name: "gpu-scaler", Race: raceEnabled})
 	})
 	if scalerErr != nil {
 		t.Fatal(scalerErr)
@@ -72,7 +57,7 @@ const simGPUs = 4
 
 func startSimNode(t *testing.T, i int) *simNode {
 	t.Helper()
-	n := &simNode{name: fmt.Sprintf("node-%d", i), grpc: freeAddr(t), seed: int64(10 + i),
+	n := &simNode{name: fmt.Sprintf("node-%d", i), grpc: testutil.FreeAddrT(t), seed: int64(10 + i),
 		load: filepath.Join(t.TempDir(), "load.json")}
 	n.args = []string{fmt.Sprintf("--simulate=%d", simGPUs), fmt.Sprintf("--simulate.seed=%d", n.seed), "--simulate.static",
 		"--simulate.load-file=" + n.load, "--node-name=" + n.name, "--interval=100ms",
@@ -130,18 +115,17 @@ func (k kedaClient) value(ctx context.Context, ref *externalscaler.ScaledObjectR
 // the test after timeout, naming the last answer.
 func (k kedaClient) waitValue(t *testing.T, ref *externalscaler.ScaledObjectRef, metric string, want float64, timeout time.Duration, why string) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	err := testutil.Poll(t.Context(), timeout, func() (bool, error) {
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
 		got, err := k.value(ctx, ref, metric)
 		cancel()
 		if err == nil && abs(got-want) < 1e-9 {
-			return
+			return true, nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: GetMetrics = %v, %v after %s; want %v", why, got, err, timeout, want)
-		}
-		time.Sleep(pollEvery)
+		return false, fmt.Errorf("GetMetrics = %v, %v", got, err)
+	})
+	if err != nil {
+		t.Fatalf("%s: %v; want %v", why, err, want)
 	}
 }
 
@@ -159,11 +143,13 @@ func TestPushPathThreeNodes(t *testing.T) {
 	for _, n := range nodes {
 		grpcAddrs = append(grpcAddrs, n.grpc)
 	}
-	scalerAddr, scalerWeb := freeAddr(t), freeAddr(t)
-	scaler := startProc(t, "gpu-scaler", scalerBinary(t), "--agents="+strings.Join(grpcAddrs, ","),
+	scalerAddr, scalerWeb := testutil.FreeAddrT(t), testutil.FreeAddrT(t)
+	scaler := testutil.StartT(t, "gpu-scaler", testutil.ProcOptions{}, scalerBinary(t), "--agents="+strings.Join(grpcAddrs, ","),
 		"--grpc.listen-address="+scalerAddr, "--web.listen-address="+scalerWeb, "--stale-after=1s",
 		"--log.level=debug")
-	waitHTTP(t, scaler, "http://"+scalerWeb+"/healthz")
+	if err := scaler.WaitHTTP(t.Context(), httpClient, "http://"+scalerWeb+"/healthz", readyTimeout); err != nil {
+		t.Fatal(err)
+	}
 
 	conn, err := grpc.NewClient(scalerAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -230,8 +216,7 @@ func TestPushPathThreeNodes(t *testing.T) {
 
 	// node-2's agent dies: its pods leave the aggregate once the node is
 	// stale, and return when it restarts.
-	nodes[2].cmd.Process.Kill()
-	<-nodes[2].done
+	nodes[2].Kill()
 	k.waitValue(t, avg, metric, mean(stepped[:6]), 10*time.Second, "avg without node-2")
 	nodes[2].agent = startAgent(t, nodes[2].args...)
 	k.waitValue(t, avg, metric, mean(stepped), 20*time.Second, "avg with node-2 back")
@@ -251,7 +236,7 @@ func TestPushPathThreeNodes(t *testing.T) {
 
 	// The scaler's shutdown ends the open stream cleanly: EOF, so KEDA
 	// reopens it in 2 s instead of backing off.
-	scaler.stop(t)
+	_ = scaler.Stop(testutil.StopTimeout) // the exit code is checked below
 	for {
 		if _, err := stream.Recv(); err != nil {
 			if !errors.Is(err, io.EOF) {
@@ -260,27 +245,8 @@ func TestPushPathThreeNodes(t *testing.T) {
 			break
 		}
 	}
-	if code := scaler.exitCode(); code != 0 {
+	if code := scaler.ExitCode(); code != 0 {
 		t.Errorf("scaler exit code %d after SIGTERM, want 0", code)
-	}
-}
-
-// waitHTTP polls url until it answers 200.
-func waitHTTP(t *testing.T, p *proc, url string) {
-	t.Helper()
-	deadline := time.Now().Add(readyTimeout)
-	for {
-		resp, err := httpClient.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return
-			}
-		}
-		if p.exited() || time.Now().After(deadline) {
-			t.Fatalf("%s: %s not 200 (exited: %v, last error %v)", p.name, url, p.exited(), err)
-		}
-		time.Sleep(pollEvery)
 	}
 }
 

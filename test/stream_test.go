@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
+	"github.com/gpu-telemetry/agent/internal/testutil"
 	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
 )
 
@@ -28,7 +30,7 @@ func TestPushStream(t *testing.T) {
 	const interval = 200 * time.Millisecond
 	devs := sim.New(sim.Options{Devices: 3, Seed: 5, Static: true}).Devices()
 	loadFile := filepath.Join(t.TempDir(), "load.json")
-	grpcAddr := freeAddr(t)
+	grpcAddr := testutil.FreeAddrT(t)
 	a := startAgent(t, "--simulate=3", "--simulate.seed=5", "--simulate.static", "--interval="+interval.String(),
 		"--kubelet.pod-resources-socket=/nonexistent/kubelet.sock",
 		"--grpc.listen-address="+grpcAddr, "--simulate.load-file="+loadFile)
@@ -44,16 +46,14 @@ func TestPushStream(t *testing.T) {
 	// Health turns SERVING with the first snapshot, as /readyz turns 200;
 	// its goroutine may be a moment behind.
 	for _, svc := range []string{"", "gputelemetry.telemetry.v1.Telemetry"} {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
+		if err := testutil.Poll(ctx, 5*time.Second, func() (bool, error) {
 			resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: svc})
 			if err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
-				break
+				return true, nil
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("health of %q: %v, %v; want SERVING once ready", svc, resp.GetStatus(), err)
-			}
-			time.Sleep(pollEvery)
+			return false, fmt.Errorf("%v, %v", resp.GetStatus(), err)
+		}); err != nil {
+			t.Fatalf("health of %q: %v; want SERVING once ready", svc, err)
 		}
 	}
 
@@ -116,7 +116,7 @@ func TestPushStream(t *testing.T) {
 
 	// SIGTERM with the stream open: EOF, not an error, and exit 0 fast.
 	sent := time.Now()
-	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := a.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	for {
@@ -130,11 +130,11 @@ func TestPushStream(t *testing.T) {
 		break
 	}
 	select {
-	case <-a.done:
+	case <-a.Done():
 	case <-time.After(5 * time.Second):
 		t.Fatal("agent still running 5s after SIGTERM with a Watch open")
 	}
-	if code := a.exitCode(); code != 0 {
+	if code := a.ExitCode(); code != 0 {
 		t.Errorf("exit code %d after SIGTERM, want 0", code)
 	}
 	t.Logf("stream ended and agent exited %s after SIGTERM", time.Since(sent).Round(time.Millisecond))
@@ -145,7 +145,7 @@ func TestPushStream(t *testing.T) {
 // while the stalled one's messages pile up and are dropped; when the
 // stalled client goes, the agent releases its stream.
 func TestStalledSubscriberOnTheBinary(t *testing.T) {
-	grpcAddr := freeAddr(t)
+	grpcAddr := testutil.FreeAddrT(t)
 	a := startAgent(t, "--simulate=32", "--interval=100ms", "--kubelet.pod-resources-socket=/nonexistent/kubelet.sock",
 		"--grpc.listen-address="+grpcAddr)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpu-telemetry/agent/internal/testutil"
 	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
 )
 
@@ -69,12 +70,8 @@ func TestWatchLoadFile(t *testing.T) {
 	util := func() uint32 { u, _ := gpu1.GetUtilizationRates(); return u.Gpu }
 	waitUtil := func(what string, want uint32) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for util() != want {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: GPU 1 at %d%%, want %d%%", what, util(), want)
-			}
-			time.Sleep(10 * time.Millisecond)
+		if err := testutil.Poll(t.Context(), 5*time.Second, func() (bool, error) { return util() == want, nil }); err != nil {
+			t.Fatalf("%s: GPU 1 at %d%%, want %d%%: %v", what, util(), want, err)
 		}
 	}
 	write := func(s string) {

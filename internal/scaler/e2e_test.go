@@ -3,6 +3,7 @@ package scaler
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/gpu-telemetry/agent/internal/testutil"
 	"github.com/gpu-telemetry/agent/pkg/scaler/scalertest"
 )
 
@@ -92,20 +94,19 @@ func ref(kv ...string) *externalscaler.ScaledObjectRef {
 	return &externalscaler.ScaledObjectRef{Name: "so", Namespace: "default", ScalerMetadata: m}
 }
 
-// eventually polls GetMetrics until it returns want (or fails the test).
-func eventually(t *testing.T, h *harness, r *externalscaler.ScaledObjectRef, want float64) {
+// waitMetric polls GetMetrics until it returns want (or fails the test).
+func waitMetric(t *testing.T, h *harness, r *externalscaler.ScaledObjectRef, want float64) {
 	t.Helper()
-	var last string
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		resp, err := h.client.GetMetrics(context.Background(), &externalscaler.GetMetricsRequest{ScaledObjectRef: r})
+	err := testutil.Poll(t.Context(), 10*time.Second, func() (bool, error) {
+		resp, err := h.client.GetMetrics(t.Context(), &externalscaler.GetMetricsRequest{ScaledObjectRef: r})
 		if err == nil && math.Abs(resp.MetricValues[0].MetricValueFloat-want) < 1e-9 {
-			return
+			return true, nil
 		}
-		last = strings.TrimSpace(resp.String() + " " + errString(err))
-		time.Sleep(20 * time.Millisecond)
+		return false, errors.New(strings.TrimSpace(resp.String() + " " + errString(err)))
+	})
+	if err != nil {
+		t.Fatalf("GetMetrics never returned %g: %v", want, err)
 	}
-	t.Fatalf("GetMetrics never returned %g; last: %s", want, last)
 }
 
 func errString(err error) string {
@@ -154,7 +155,7 @@ func TestEndToEnd(t *testing.T) {
 	if ms.TargetSizeFloat != 70 || ms.TargetSize != 70 || !strings.HasPrefix(ms.MetricName, "gpu-gpu-util-max-default-inference") {
 		t.Errorf("GetMetricSpec = %v", spec)
 	}
-	eventually(t, h, inference, 60)
+	waitMetric(t, h, inference, 60)
 	resp, _ := h.client.GetMetrics(ctx, &externalscaler.GetMetricsRequest{ScaledObjectRef: inference, MetricName: ms.MetricName})
 	if v := resp.MetricValues[0]; v.MetricName != ms.MetricName || v.MetricValue != 60 {
 		t.Errorf("GetMetrics = %v, want name %s, int value 60", v, ms.MetricName)
@@ -163,7 +164,7 @@ func TestEndToEnd(t *testing.T) {
 		t.Errorf("IsActive = %v, %v; want true (60 > 55)", act, err)
 	}
 	avg := ref("metric", "gpu_util", "podPattern", "inference-.*", "target", "70")
-	eventually(t, h, avg, 50)
+	waitMetric(t, h, avg, 50)
 
 	// StreamIsActive: the current state first, then transitions only.
 	webrtc := ref("metric", "enc_util", "namespace", "media", "podPattern", "webrtc-.*", "target", "80", "activationTarget", "50", "aggregation", "max")
@@ -227,7 +228,7 @@ func TestEndToEnd(t *testing.T) {
 	// answer is the other nodes' (max 50), not an error.
 	addr3 := fleet[2].Addr()
 	fleet[2].Publish(scalertest.Device("GPU-n3-0", 62, "default/inference-n3"))
-	eventually(t, h, inference, 62) // the scaler has n3's last snapshot
+	waitMetric(t, h, inference, 62) // the scaler has n3's last snapshot
 	fleet[2].Stop()
 	stopAt := time.Now()
 	keepAlive := time.NewTicker(100 * time.Millisecond) // n1 and n2 keep reporting
@@ -238,7 +239,7 @@ func TestEndToEnd(t *testing.T) {
 			publish(fleet[1])
 		}
 	}()
-	eventually(t, h, inference, 50)
+	waitMetric(t, h, inference, 50)
 	if d := time.Since(stopAt); d < 500*time.Millisecond {
 		t.Errorf("n3 left the aggregate %s after its last snapshot, before --stale-after (600ms)", d)
 	}
@@ -265,11 +266,11 @@ func TestEndToEnd(t *testing.T) {
 			publish(n3)
 		}
 	}()
-	eventually(t, h, inference, 65)
+	waitMetric(t, h, inference, 65)
 	t.Logf("n3 back in the aggregate %s after its restart", time.Since(restarted))
 
 	// No pod matches, agents healthy: a real 0.
-	eventually(t, h, ref("metric", "gpu_util", "podPattern", "training-.*", "target", "70"), 0)
+	waitMetric(t, h, ref("metric", "gpu_util", "podPattern", "training-.*", "target", "70"), 0)
 
 	// Bad metadata: InvalidArgument naming the key, on every method.
 	bad := ref("metric", "gpu_util", "podPattern", "inference-(", "target", "70")
@@ -381,35 +382,32 @@ func TestDNSDiscovery(t *testing.T) {
 	r.set(nil, "127.0.0.1", "127.0.0.2")
 	h := startScaler(t, r, "--agents.dns=gpu-agent-stream.gpu-agent.svc:"+port)
 	sum := ref("metric", "gpu_util", "podPattern", "inference-.*", "target", "70", "aggregation", "sum")
-	eventually(t, h, sum, 30) // d1 + d2
+	waitMetric(t, h, sum, 30) // d1 + d2
 
 	r.set(nil, "127.0.0.1", "127.0.0.2", "127.0.0.3") // scaled out
-	eventually(t, h, sum, 60)
+	waitMetric(t, h, sum, 60)
 
 	// A DNS failure keeps the agents we have.
 	r.set(errors.New("SERVFAIL"))
 	time.Sleep(1500 * time.Millisecond)
-	eventually(t, h, sum, 60)
+	waitMetric(t, h, sum, 60)
 
 	// 127.0.0.1 vanishes: its stream is dropped, its node goes stale.
 	r.set(nil, "127.0.0.2", "127.0.0.3")
-	eventually(t, h, sum, 50)
-	deadline := time.Now().Add(5 * time.Second)
-	for fleet[0].Subscribers() != 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitMetric(t, h, sum, 50)
+	_ = testutil.Poll(t.Context(), 5*time.Second, func() (bool, error) { return fleet[0].Subscribers() == 0, nil })
 	if n := fleet[0].Subscribers(); n != 0 {
 		t.Errorf("vanished agent still has %d subscribers", n)
 	}
 	// No record at all (a Service without endpoints): nothing to ask.
 	r.set(&net.DNSError{Err: "no such host", IsNotFound: true})
-	deadline = time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		_, err := h.client.GetMetrics(context.Background(), &externalscaler.GetMetricsRequest{ScaledObjectRef: sum})
+	if err := testutil.Poll(t.Context(), 5*time.Second, func() (bool, error) {
+		_, err := h.client.GetMetrics(t.Context(), &externalscaler.GetMetricsRequest{ScaledObjectRef: sum})
 		if status.Code(err) == codes.Unavailable {
-			return
+			return true, nil
 		}
-		time.Sleep(50 * time.Millisecond)
+		return false, fmt.Errorf("GetMetrics: %v", err)
+	}); err != nil {
+		t.Errorf("no agent left: GetMetrics never Unavailable: %v", err)
 	}
-	t.Error("no agent left: GetMetrics never Unavailable")
 }

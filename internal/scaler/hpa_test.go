@@ -65,7 +65,7 @@ func TestHPADesiredReplicas(t *testing.T) {
 	h := startScaler(t, nil, "--agents="+a.Addr())
 	avg := ref("metric", "gpu_util", "podPattern", "inference-.*", "target", "70", "aggregation", "avg")
 	sum := ref("metric", "gpu_util", "podPattern", "inference-.*", "target", "70", "aggregation", "sum")
-	eventually(t, h, avg, 80)
+	waitMetric(t, h, avg, 80)
 
 	// What KEDA does: the target from GetMetricSpec, the value from
 	// GetMetrics, the float fields since both are above 0.
@@ -99,7 +99,7 @@ func TestHPADesiredReplicas(t *testing.T) {
 
 	// Within the tolerance: avg 75 against 70 is a ratio of 1.07, no change.
 	publish(80, 75, 70, 75)
-	eventually(t, h, avg, 75)
+	waitMetric(t, h, avg, 75)
 	for _, tc := range []struct {
 		ref        *externalscaler.ScaledObjectRef
 		metricType string

@@ -124,7 +124,7 @@ func TestMutualTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := &harness{client: dial([]tls.Certificate{kc})}
-	eventually(t, h, ref("metric", "gpu_util", "podPattern", "inference-.*", "target", "70"), 42)
+	waitMetric(t, h, ref("metric", "gpu_util", "podPattern", "inference-.*", "target", "70"), 42)
 
 	if _, err := dial(nil).GetMetricSpec(context.Background(), ref("metric", "gpu_util", "target", "70")); err == nil {
 		t.Error("a client without a certificate was served")

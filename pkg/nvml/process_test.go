@@ -11,6 +11,7 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
+	"github.com/gpu-telemetry/agent/internal/testutil"
 	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
@@ -273,21 +274,13 @@ func TestSlowProcessUtilizationMovesOffTheTick(t *testing.T) {
 		t.Fatalf("no log line about the move:\n%s", buf.String())
 	}
 	onTick.Store(0)
-	var got bool
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
+	testutil.Eventually(t, 5*time.Second, "utilization from the off-tick cadence", func() bool {
 		inTick.Store(true)
 		snap := tick(s)
 		inTick.Store(false)
-		if p := snap.States[0].Processes; len(p) == 1 && p[0].SMUtil == 30 {
-			got = true
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if !got {
-		t.Error("no utilization from the off-tick cadence within 5 s")
-	}
+		p := snap.States[0].Processes
+		return len(p) == 1 && p[0].SMUtil == 30
+	})
 	if n := onTick.Load(); n != 0 {
 		t.Errorf("GetProcessUtilization called %d times during ticks after the move", n)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
 
+	"github.com/gpu-telemetry/agent/internal/testutil"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
 
@@ -407,16 +408,13 @@ func TestXIDErrorsAreCounted(t *testing.T) {
 	events <- nvml.EventData{Device: devs[1], EventType: nvml.EventTypeXidCriticalError, EventData: 79}
 	events <- nvml.EventData{Device: devs[1], EventType: nvml.EventTypeXidCriticalError, EventData: 31}
 
-	deadline := time.Now().Add(5 * time.Second)
 	var x *telemetry.XIDCounts
-	for time.Now().Before(deadline) {
+	_ = testutil.Poll(t.Context(), 5*time.Second, func() (bool, error) {
 		if snap := s.Latest(); snap != nil {
-			if x = snap.States[1].XID; x != nil && x.Counts[31] == 2 && x.Counts[79] == 1 {
-				break
-			}
+			x = snap.States[1].XID
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return x != nil && x.Counts[31] == 2 && x.Counts[79] == 1, nil
+	}) // what x holds then is checked below
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run: %v", err)

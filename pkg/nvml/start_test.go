@@ -12,6 +12,7 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
 
+	"github.com/gpu-telemetry/agent/internal/testutil"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
 
@@ -169,7 +170,7 @@ func TestHungXIDRegistrationStallsOnlyItsGPU(t *testing.T) {
 
 	events <- nvml.EventData{Device: devs[0], EventType: nvml.EventTypeXidCriticalError, EventData: 79}
 	events <- nvml.EventData{Device: devs[2], EventType: nvml.EventTypeXidCriticalError, EventData: 48}
-	waitFor(t, 3*time.Second, "XIDs of GPUs 0 and 2", func() bool {
+	testutil.Eventually(t, 3*time.Second, "XIDs of GPUs 0 and 2", func() bool {
 		snap := s.Latest()
 		if snap == nil {
 			return false
@@ -177,7 +178,7 @@ func TestHungXIDRegistrationStallsOnlyItsGPU(t *testing.T) {
 		x0, x2 := snap.States[0].XID, snap.States[2].XID
 		return x0 != nil && x0.Counts[79] == 1 && x2 != nil && x2.Counts[48] == 1
 	})
-	waitFor(t, 3*time.Second, "GPU 1 reported stalled", func() bool { return s.Latest().States[1].Stalled })
+	testutil.Eventually(t, 3*time.Second, "GPU 1 reported stalled", func() bool { return s.Latest().States[1].Stalled })
 	if st := s.Latest().States[0]; st.Stalled || !st.Has.Has(telemetry.GPUUtil) {
 		t.Errorf("GPU 0 not sampled while GPU 1's registration hangs")
 	}
@@ -231,7 +232,7 @@ func TestHungXIDWaitHoldsUpNothing(t *testing.T) {
 	case <-time.After(3 * time.Second):
 		t.Fatal("the XID loop never waited")
 	}
-	waitFor(t, 2*time.Second, "ticks while Wait hangs", func() bool { snap := s.Latest(); return snap != nil && snap.Seq >= 3 })
+	testutil.Eventually(t, 2*time.Second, "ticks while Wait hangs", func() bool { snap := s.Latest(); return snap != nil && snap.Seq >= 3 })
 	cancel()
 	within(t, 500*time.Millisecond, "Run with EventSet.Wait hung", func() { <-ran })
 	within(t, time.Second, "Close with EventSet.Wait hung", func() { _ = s.Close() })

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
+	"github.com/gpu-telemetry/agent/internal/testutil"
 	"github.com/gpu-telemetry/agent/pkg/attribution"
 	"github.com/gpu-telemetry/agent/pkg/podresources"
 	"github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
@@ -108,7 +109,7 @@ func TestClientKubeletRestart(t *testing.T) {
 	}
 	run(t, c)
 
-	waitFor(t, "first success", func() bool { return c.Status().Up })
+	testutil.Eventually(t, 5*time.Second, "first success", func() bool { return c.Status().Up })
 	wantMixed(t, c.Assignments())
 	if st := c.Status(); st.Stale || st.LastError != nil || st.LastSuccess.IsZero() || st.Refreshes == 0 {
 		t.Fatalf("Status() when up = %+v", st)
@@ -116,7 +117,7 @@ func TestClientKubeletRestart(t *testing.T) {
 	good := c.Assignments()
 
 	kl.Stop()
-	waitFor(t, "client to notice the kubelet is down", func() bool { return !c.Status().Up })
+	testutil.Eventually(t, 5*time.Second, "client to notice the kubelet is down", func() bool { return !c.Status().Up })
 	st := c.Status()
 	if !st.Stale || st.LastError == nil || st.Failures == 0 {
 		t.Fatalf("Status() when down = %+v, want stale with an error", st)
@@ -127,7 +128,7 @@ func TestClientKubeletRestart(t *testing.T) {
 	wantMixed(t, c.Assignments())
 	// Stay down for several polls so that gRPC's reconnect backoff grows.
 	failures := st.Failures
-	waitFor(t, "more failed polls", func() bool { return c.Status().Failures >= failures+5 })
+	testutil.Eventually(t, 5*time.Second, "more failed polls", func() bool { return c.Status().Failures >= failures+5 })
 	if c.Assignments() != good {
 		t.Fatal("Assignments() changed while the kubelet was down, want the last good map")
 	}
@@ -136,15 +137,18 @@ func TestClientKubeletRestart(t *testing.T) {
 	pods := slices.Delete(mixedNode(), 1, 2)
 	pods = append(pods, fakekubelet.Pod("ml", "new", fakekubelet.Container("c", fakekubelet.Devices("nvidia.com/gpu", gpu2))))
 	kl.SetPods(pods)
+	failures = c.Status().Failures
 	down := time.Now()
 	if err := kl.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "client to pick up the restarted kubelet", func() bool { return c.Status().Up })
+	testutil.Eventually(t, 5*time.Second, "client to pick up the restarted kubelet", func() bool { return c.Status().Up })
 	// gRPC's default reconnect backoff starts at 1s and grows to 120s; the
-	// client caps it at the period, so recovery takes a few periods.
-	if d := time.Since(down); d > 25*testPeriod {
-		t.Errorf("recovery took %v, want a few %v periods", d, testPeriod)
+	// client caps it at the period, so recovery takes a few polls. Counted
+	// in polls, not seconds: a loaded machine polls less often, never more,
+	// while an uncapped backoff (1s at least) would fail some 50 polls.
+	if n := c.Status().Failures - failures; n > 10 {
+		t.Errorf("%d polls failed after the kubelet came back, want a few", n)
 	}
 	t.Logf("recovered in %v", time.Since(down))
 	a := c.Assignments()
@@ -163,7 +167,7 @@ func TestClientSocketMissingAtStart(t *testing.T) {
 	path := socketPath(t)
 	c := newClient(t, path, podresources.Options{})
 	run(t, c)
-	waitFor(t, "two failed polls", func() bool { return c.Status().Failures >= 2 })
+	testutil.Eventually(t, 5*time.Second, "two failed polls", func() bool { return c.Status().Failures >= 2 })
 	if st := c.Status(); st.Up || !st.Stale || st.LastError == nil || !st.LastSuccess.IsZero() {
 		t.Fatalf("Status() with no socket = %+v", st)
 	}
@@ -171,7 +175,7 @@ func TestClientSocketMissingAtStart(t *testing.T) {
 		t.Fatalf("Assignments() never good = %v, want empty non-nil", a)
 	}
 	startKubelet(t, path, mixedNode())
-	waitFor(t, "client to find the new socket", func() bool { return c.Status().Up })
+	testutil.Eventually(t, 5*time.Second, "client to find the new socket", func() bool { return c.Status().Up })
 	wantMixed(t, c.Assignments())
 }
 
@@ -209,13 +213,11 @@ func TestClientTimeout(t *testing.T) {
 	kl := startKubelet(t, path, mixedNode())
 	kl.SetDelay(time.Second)
 	c := newClient(t, path, podresources.Options{Timeout: 50 * time.Millisecond})
-	start := time.Now()
+	// The kubelet answers after a second: DeadlineExceeded is the
+	// client's timeout, however long the machine took to get there.
 	err := c.Refresh(context.Background())
 	if status.Code(errors.Unwrap(err)) != codes.DeadlineExceeded {
 		t.Fatalf("Refresh() = %v, want DeadlineExceeded", err)
-	}
-	if d := time.Since(start); d > 500*time.Millisecond {
-		t.Errorf("Refresh() took %v with a 50ms timeout", d)
 	}
 	if st := c.Status(); !st.Stale {
 		t.Fatalf("Status() = %+v, want stale", st)
@@ -291,13 +293,7 @@ func TestClientLogsOncePerStateChange(t *testing.T) {
 	// gRPC may still be backing off from the failed dials (at most
 	// maxReconnectBackoff): poll until the kubelet answers, still in the
 	// "down" state, then every poll must succeed.
-	deadline := time.Now().Add(5 * time.Second)
-	for c.Refresh(ctx) != nil {
-		if time.Now().After(deadline) {
-			t.Fatal("the kubelet's socket never answered")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, 5*time.Second, "the kubelet's socket to answer", func() bool { return c.Refresh(ctx) == nil })
 	refresh(2, false)
 	if n := buf.count(up); n != 1 {
 		t.Fatalf("3 good polls logged %d info lines, want 1:\n%s", n, buf.String())
@@ -484,7 +480,7 @@ func TestClientMaxStale(t *testing.T) {
 	if err := kl.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the kubelet back", func() bool { return c.Refresh(ctx) == nil })
+	testutil.Eventually(t, 5*time.Second, "the kubelet back", func() bool { return c.Refresh(ctx) == nil })
 	if st := c.Status(); !st.Up || st.Stale || st.Expired {
 		t.Fatalf("kubelet back: %+v, want up, neither stale nor expired", st)
 	}

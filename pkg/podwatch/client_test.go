@@ -12,12 +12,15 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/gpu-telemetry/agent/internal/testutil"
 )
 
 // A kubeconfig of the shape kubectl writes; NewClient only parses it, so
@@ -156,7 +159,7 @@ func TestNewClientListsAndWatchesThroughTheAPI(t *testing.T) {
 	if p, name, ok := w.Container(cidMain); !ok || p.Name != "webrtc-0" || name != "sfu" {
 		t.Errorf("listed pod: %+v, %q, %v", p, name, ok)
 	}
-	eventually(t, "watched pod", func() bool { _, ok := w.Lookup(uidOther); return ok })
+	testutil.Eventually(t, 5*time.Second, "watched pod", func() bool { _, ok := w.Lookup(uidOther); return ok })
 	got := selectors()
 	if len(got) < 2 {
 		t.Fatalf("calls = %q, want a list and a watch", got)

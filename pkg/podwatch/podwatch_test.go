@@ -18,6 +18,8 @@ import (
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	clienttesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/gpu-telemetry/agent/internal/testutil"
 )
 
 const node = "gpu-node-a"
@@ -118,19 +120,6 @@ func timeout(t *testing.T) <-chan struct{} {
 	return ctx.Done()
 }
 
-// eventually polls cond until it holds or five seconds pass: events reach
-// the index on the informer's goroutine.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting: %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 func TestListedAndCreatedPodsResolve(t *testing.T) {
 	listed := pod("default", "encoder", uidOther, node, status("enc", "cri-o://"+cidOther))
 	w, client := started(t, listed)
@@ -143,7 +132,7 @@ func TestListedAndCreatedPodsResolve(t *testing.T) {
 	if _, err := client.CoreV1().Pods("media").Create(context.Background(), webrtcPod(), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "created pod", func() bool { _, ok := w.Lookup(uidWebRTC); return ok })
+	testutil.Eventually(t, 5*time.Second, "created pod", func() bool { _, ok := w.Lookup(uidWebRTC); return ok })
 	want := Pod{Namespace: "media", Name: "webrtc-0", UID: uidWebRTC}
 	if got, _ := w.Lookup(uidWebRTC); got != want {
 		t.Errorf("Lookup = %+v, want %+v", got, want)
@@ -218,7 +207,7 @@ func TestPodOnAnotherNodeIsIgnored(t *testing.T) {
 	if _, err := client.CoreV1().Pods("media").Create(ctx, webrtcPod(), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "pod on this node", func() bool { _, ok := w.Lookup(uidWebRTC); return ok })
+	testutil.Eventually(t, 5*time.Second, "pod on this node", func() bool { _, ok := w.Lookup(uidWebRTC); return ok })
 	for _, uid := range []string{uidOther, uidMirror} {
 		if p, ok := w.Lookup(uid); ok {
 			t.Errorf("pod on another node found: %+v", p)
@@ -262,7 +251,7 @@ func TestRestartedContainerResolvesItsNewID(t *testing.T) {
 	if _, err := client.CoreV1().Pods("media").UpdateStatus(context.Background(), p, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "new container ID", func() bool { _, _, ok := w.Container(cidMain2); return ok })
+	testutil.Eventually(t, 5*time.Second, "new container ID", func() bool { _, _, ok := w.Container(cidMain2); return ok })
 	if _, name, _ := w.Container(cidMain2); name != "sfu" {
 		t.Errorf("new ID names %q", name)
 	}
@@ -329,7 +318,7 @@ func TestDeletedPodIsGone(t *testing.T) {
 	if err := client.CoreV1().Pods("media").Delete(context.Background(), "webrtc-0", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "deleted pod gone", func() bool { _, ok := w.Lookup(uidWebRTC); return !ok })
+	testutil.Eventually(t, 5*time.Second, "deleted pod gone", func() bool { _, ok := w.Lookup(uidWebRTC); return !ok })
 	for _, id := range []string{cidMain, cidSidecar, cidInit, cidDebug} {
 		if _, _, ok := w.Container(id); ok {
 			t.Errorf("container %.12s of a deleted pod resolves", id)

@@ -255,10 +255,10 @@ func (s *Store) Ingest(snap *telemetryv1.NodeSnapshot) error {
 	}
 	n := s.node(snap.Node)
 	n.mu.Lock()
-	changed, err := n.ingest(snap, s.now(), s.retention.Load(), uint8(s.windowed.Load()), s.opts.MaxUnattributedLoad, s.log)
+	changed := n.ingest(snap, s.now(), s.retention.Load(), uint8(s.windowed.Load()), s.opts.MaxUnattributedLoad, s.log)
 	n.mu.Unlock()
-	if err != nil || !changed {
-		return err
+	if !changed {
+		return nil
 	}
 	s.aggs.onIngest(s, n)
 	return nil
@@ -286,35 +286,76 @@ func (s *Store) publishNodes() {
 	s.nodes.Store(&l)
 }
 
-func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention int64, windowed uint8, maxUnattributed float64, log *slog.Logger) (bool, error) {
-	start := snap.GetAgentStart().AsTime()
-	old := n.view.Load()
-	if old != nil {
-		switch {
-		case start.Before(old.agentStart):
-			// An agent that was replaced, still streaming from an address
-			// DNS has not dropped yet: the newer agent owns the node.
-			return false, nil
-		case start.After(old.agentStart):
-			log.Info("agent restarted: node state replaced", "node", n.name, "agent_start", start)
-			clear(n.hist)
-		case snap.GetSequence() <= old.sequence:
-			return false, nil // a duplicate from a second address
+// ingest publishes snap as the node's new view and reports whether it
+// did: a snapshot of a replaced agent, or a duplicate, changes nothing.
+func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention int64, windowed uint8, maxUnattributed float64, log *slog.Logger) bool {
+	if !n.accept(snap, log) {
+		return false
+	}
+	v := newView(snap, now)
+	pods := newPodSlab(v, snap)
+	horizon := v.sampleTime - retention/int64(time.Microsecond)
+	for i, d := range snap.GetDevices() {
+		dv := &v.devices[i]
+		dv.uuid = d.GetUuid()
+		readDevice(dv, d)
+		n.attachPods(v, &pods, i, d, maxUnattributed)
+		if retention > 0 {
+			n.recordHistory(v, i, d, horizon, windowed, pods.shared)
 		}
 	}
-	v := &view{
-		agentStart: start,
+	n.dropGoneDevices(v)
+	n.view.Store(v)
+	return true
+}
+
+// accept reports whether snap is newer than the node's view. A snapshot
+// of a newer agent is, and clears the history of the one it replaced.
+func (n *node) accept(snap *telemetryv1.NodeSnapshot, log *slog.Logger) bool {
+	old := n.view.Load()
+	if old == nil {
+		return true
+	}
+	start := snap.GetAgentStart().AsTime()
+	switch {
+	case start.Before(old.agentStart):
+		// An agent that was replaced, still streaming from an address
+		// DNS has not dropped yet: the newer agent owns the node.
+		return false
+	case start.After(old.agentStart):
+		log.Info("agent restarted: node state replaced", "node", n.name, "agent_start", start)
+		clear(n.hist)
+		return true
+	}
+	return snap.GetSequence() > old.sequence // else a duplicate from a second address
+}
+
+// newView is snap's view, its devices not yet read and its pods not yet
+// attached.
+func newView(snap *telemetryv1.NodeSnapshot, now time.Time) *view {
+	return &view{
+		agentStart: snap.GetAgentStart().AsTime(),
 		sequence:   snap.GetSequence(),
 		interval:   snap.GetInterval().AsDuration(),
 		sampleTime: snap.GetSampleTime().AsTime().UnixMicro(),
 		received:   now,
 		devices:    make([]device, len(snap.GetDevices())),
 	}
-	// Every pod's device list is cut from one array, with room for one
-	// device each: a pod holds one device but for the rare pod with
-	// several (whose append then copies out). Two allocations per
-	// snapshot instead of one per pod; a third, the shares alongside,
-	// only when the agent sent any.
+}
+
+// podSlab is the arrays every pod's device list and shares are cut from,
+// with room for one device each: a pod holds one device but for the rare
+// pod with several (whose append then copies out). Two allocations per
+// snapshot instead of one per pod; a third, the shares alongside, only
+// when the agent sent any.
+type podSlab struct {
+	devices []int32
+	shares  []share // nil unless shared
+	shared  bool    // the agent sent some pod's own share
+}
+
+// newPodSlab sizes the slab, and v.pods, for snap's pod references.
+func newPodSlab(v *view, snap *telemetryv1.NodeSnapshot) podSlab {
 	refs, shared := 0, false
 	for _, d := range snap.GetDevices() {
 		refs += len(d.GetPods())
@@ -323,87 +364,95 @@ func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention i
 		}
 	}
 	v.pods = make([]pod, 0, refs)
-	first := make([]int32, refs)
-	var firstShares []share
+	s := podSlab{devices: make([]int32, refs), shared: shared}
 	if shared {
-		firstShares = make([]share, refs)
+		s.shares = make([]share, refs)
 	}
-	horizon := v.sampleTime - retention/int64(time.Microsecond)
-	for i, d := range snap.GetDevices() {
-		dv := &v.devices[i]
-		dv.uuid = d.GetUuid()
-		readDevice(dv, d)
-		current := !d.GetStalled() && !d.GetLost()
-		fbTotal := fbTotal(d)
-		distrust := unexplained(d, maxUnattributed)
-		n.touched = n.touched[:0]
-		for _, p := range d.GetPods() {
-			// A node has a few pods per device: a linear search allocates
-			// nothing, where a map would on every snapshot.
-			j := slices.IndexFunc(v.pods, func(q pod) bool { return q.name == p.GetName() && q.namespace == p.GetNamespace() })
-			if j < 0 {
-				j = len(v.pods)
-				v.pods = append(v.pods, pod{namespace: p.GetNamespace(), name: p.GetName(), devices: first[j : j : j+1]})
-				if shared {
-					v.pods[j].shares = firstShares[j : j : j+1]
-				}
-			}
-			pd := &v.pods[j]
-			// Several containers of one pod on one device count once, their
-			// shares merged.
-			if ds := pd.devices; len(ds) == 0 || ds[len(ds)-1] != int32(i) {
-				pd.devices = append(pd.devices, int32(i))
-				if shared {
-					pd.shares = append(pd.shares, share{})
-				}
-				n.touched = append(n.touched, int32(j))
-			}
-			if shared && current {
-				pd.shares[len(pd.shares)-1].add(p, fbTotal, distrust)
+	return s
+}
+
+// attachPods adds device i (d) to the device list of each pod holding it,
+// the pod added to v.pods when new, merges each pod's share of it, and
+// leaves the pods it touched in n.touched.
+func (n *node) attachPods(v *view, slab *podSlab, i int, d *telemetryv1.Device, maxUnattributed float64) {
+	current := !d.GetStalled() && !d.GetLost()
+	fbTotal := fbTotal(d)
+	distrust := unexplained(d, maxUnattributed)
+	n.touched = n.touched[:0]
+	for _, p := range d.GetPods() {
+		// A node has a few pods per device: a linear search allocates
+		// nothing, where a map would on every snapshot.
+		j := slices.IndexFunc(v.pods, func(q pod) bool { return q.name == p.GetName() && q.namespace == p.GetNamespace() })
+		if j < 0 {
+			j = len(v.pods)
+			v.pods = append(v.pods, pod{namespace: p.GetNamespace(), name: p.GetName(), devices: slab.devices[j : j : j+1]})
+			if slab.shared {
+				v.pods[j].shares = slab.shares[j : j : j+1]
 			}
 		}
-		if retention <= 0 {
+		pd := &v.pods[j]
+		// Several containers of one pod on one device count once, their
+		// shares merged.
+		if ds := pd.devices; len(ds) == 0 || ds[len(ds)-1] != int32(i) {
+			pd.devices = append(pd.devices, int32(i))
+			if slab.shared {
+				pd.shares = append(pd.shares, share{})
+			}
+			n.touched = append(n.touched, int32(j))
+		}
+		if slab.shared && current {
+			pd.shares[len(pd.shares)-1].add(p, fbTotal, distrust)
+		}
+	}
+}
+
+// recordHistory appends device i's readings (d's hardware samples where
+// it has them, else the snapshot's values) to its history, trims it to
+// horizon and gives it to the view; then the same for its pods' shares
+// (n.touched) when the agent sent any.
+func (n *node) recordHistory(v *view, i int, d *telemetryv1.Device, horizon int64, windowed uint8, shared bool) {
+	dv := &v.devices[i]
+	h := n.hist[dv.uuid]
+	if h == nil {
+		h = &devHist{}
+		n.hist[dv.uuid] = h
+	}
+	var sampled uint8
+	for _, es := range d.GetSamples() {
+		m, ok := engineMetric(es.GetEngine())
+		if !ok || len(es.GetSamples()) == 0 {
 			continue
 		}
-		h := n.hist[dv.uuid]
-		if h == nil {
-			h = &devHist{}
-			n.hist[dv.uuid] = h
-		}
-		var sampled uint8
-		for _, es := range d.GetSamples() {
-			m, ok := engineMetric(es.GetEngine())
-			if !ok || len(es.GetSamples()) == 0 {
-				continue
-			}
-			sampled |= 1 << m
-			for _, smp := range es.GetSamples() {
-				h.series[m] = append(h.series[m], point{smp.GetTimeUnixMicro(), smp.GetValue()})
-			}
-		}
-		for m := range numMetrics {
-			if sampled&(1<<m) == 0 && dv.has&(1<<m) != 0 {
-				h.series[m] = append(h.series[m], point{v.sampleTime, dv.values[m]})
-			}
-			h.series[m] = trim(h.series[m], horizon)
-			dv.series[m] = h.series[m]
-		}
-		switch {
-		case shared:
-			n.shareHistory(v, h, i, horizon, windowed)
-		case h.pods != nil:
-			h.pods = nil // the agent sends no shares any more
+		sampled |= 1 << m
+		for _, smp := range es.GetSamples() {
+			h.series[m] = append(h.series[m], point{smp.GetTimeUnixMicro(), smp.GetValue()})
 		}
 	}
-	if len(n.hist) > len(v.devices) {
-		for uuid := range n.hist {
-			if !slices.ContainsFunc(v.devices, func(d device) bool { return d.uuid == uuid }) {
-				delete(n.hist, uuid) // a device no longer reported
-			}
+	for m := range numMetrics {
+		if sampled&(1<<m) == 0 && dv.has&(1<<m) != 0 {
+			h.series[m] = append(h.series[m], point{v.sampleTime, dv.values[m]})
+		}
+		h.series[m] = trim(h.series[m], horizon)
+		dv.series[m] = h.series[m]
+	}
+	switch {
+	case shared:
+		n.shareHistory(v, h, i, horizon, windowed)
+	case h.pods != nil:
+		h.pods = nil // the agent sends no shares any more
+	}
+}
+
+// dropGoneDevices forgets the history of devices v no longer reports.
+func (n *node) dropGoneDevices(v *view) {
+	if len(n.hist) <= len(v.devices) {
+		return
+	}
+	for uuid := range n.hist {
+		if !slices.ContainsFunc(v.devices, func(d device) bool { return d.uuid == uuid }) {
+			delete(n.hist, uuid)
 		}
 	}
-	n.view.Store(v)
-	return true, nil
 }
 
 // shareHistory records the shares of device i's pods (n.touched) in h,

@@ -13,13 +13,14 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
+	"github.com/gpu-telemetry/agent/internal/testutil"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
 
@@ -94,7 +95,7 @@ func TestPodsStale(t *testing.T) {
 func TestWatchBeforeTheFirstSnapshot(t *testing.T) {
 	h := newHarness(t, Options{}, newTestPods())
 	w := h.watch(t, &telemetryv1.WatchRequest{})
-	waitFor(t, "the subscriber", func() bool { return testutil.ToFloat64(h.srv.subscribers) == 1 })
+	testutil.Eventually(t, 10*time.Second, "the subscriber", func() bool { return promtest.ToFloat64(h.srv.subscribers) == 1 })
 	h.store.Publish(snapshot(1))
 	if m := recv(t, w); m.GetSequence() != 1 {
 		t.Errorf("first message seq %d, want 1", m.GetSequence())
@@ -222,7 +223,7 @@ func TestStalledSubscriberDelaysNobody(t *testing.T) {
 	if _, err := stalledClient.Watch(ctx, &telemetryv1.WatchRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "both subscribers", func() bool { return testutil.ToFloat64(h.srv.subscribers) == 2 })
+	testutil.Eventually(t, 10*time.Second, "both subscribers", func() bool { return promtest.ToFloat64(h.srv.subscribers) == 2 })
 
 	const last = 300 // ~20 kB each: far more than the windows hold
 	for seq := uint64(2); seq <= last; seq++ {
@@ -238,7 +239,7 @@ func TestStalledSubscriberDelaysNobody(t *testing.T) {
 			t.Fatalf("fast subscriber got %d (skipped %d) after %d was published, want every snapshot", m.GetSequence(), m.GetSkipped(), seq)
 		}
 	}
-	dropped := testutil.ToFloat64(h.srv.dropped)
+	dropped := promtest.ToFloat64(h.srv.dropped)
 	if dropped < last/2 {
 		t.Errorf("dropped %v snapshots of the stalled subscriber's %d, want most", dropped, last)
 	}
@@ -254,8 +255,8 @@ func TestStalledSubscriberDelaysNobody(t *testing.T) {
 	// connection's goroutines are released.
 	cancel()
 	stalledConn.Close()
-	waitFor(t, "the stalled subscriber to be released", func() bool { return testutil.ToFloat64(h.srv.subscribers) == 1 })
-	waitFor(t, "its goroutines to end", func() bool { return runtime.NumGoroutine() <= before })
+	testutil.Eventually(t, 10*time.Second, "the stalled subscriber to be released", func() bool { return promtest.ToFloat64(h.srv.subscribers) == 1 })
+	testutil.Eventually(t, 10*time.Second, "its goroutines to end", func() bool { return runtime.NumGoroutine() <= before })
 }
 
 // bigSnapshot carries 120 samples per engine per GPU, as a tick after a
@@ -307,9 +308,7 @@ func TestMetrics(t *testing.T) {
 	recv(t, w)
 	// The counter moves once Send has returned, which may be a moment
 	// after the client has the message.
-	for deadline := time.Now().Add(5 * time.Second); testutil.ToFloat64(h.srv.sent) < 2 && time.Now().Before(deadline); {
-		time.Sleep(time.Millisecond)
-	}
+	testutil.Eventually(t, 5*time.Second, "both sends counted", func() bool { return promtest.ToFloat64(h.srv.sent) >= 2 })
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(h.srv)
 	const want = `
@@ -320,10 +319,10 @@ gpu_agent_stream_subscribers 1
 # TYPE gpu_agent_stream_messages_sent_total counter
 gpu_agent_stream_messages_sent_total 2
 `
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "gpu_agent_stream_subscribers", "gpu_agent_stream_messages_sent_total"); err != nil {
+	if err := promtest.GatherAndCompare(reg, strings.NewReader(want), "gpu_agent_stream_subscribers", "gpu_agent_stream_messages_sent_total"); err != nil {
 		t.Error(err)
 	}
-	problems, err := testutil.GatherAndLint(reg)
+	problems, err := promtest.GatherAndLint(reg)
 	if err != nil || len(problems) > 0 {
 		t.Errorf("lint: %v %v", problems, err)
 	}
@@ -335,17 +334,6 @@ gpu_agent_stream_messages_sent_total 2
 		if !strings.Contains(string(doc), "`"+n+"`") {
 			t.Errorf("metric %s is not documented in docs/metrics.md", n)
 		}
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited 10s for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -377,12 +365,12 @@ func TestManySubscribersShareMessages(t *testing.T) {
 			}
 		}()
 	}
-	waitFor(t, "every subscriber", func() bool { return testutil.ToFloat64(h.srv.subscribers) == subs })
+	testutil.Eventually(t, 10*time.Second, "every subscriber", func() bool { return promtest.ToFloat64(h.srv.subscribers) == subs })
 	for seq := uint64(2); seq <= last; seq++ {
 		h.store.Publish(snapshot(seq))
 		// Every subscriber gets this snapshot from the same item; the next
 		// comes once all have it, so the history never runs out.
-		waitFor(t, "every subscriber to get the snapshot", func() bool {
+		testutil.Eventually(t, 10*time.Second, "every subscriber to get the snapshot", func() bool {
 			for i := range seen {
 				if seen[i].Load() < seq {
 					return false

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,24 +11,24 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gpu-telemetry/agent/test/internal/proc"
-
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/gpu-telemetry/agent/internal/testutil"
 )
 
 // agentProc is the agent under test, run as a child process.
 type agentProc struct {
-	*proc.Proc
+	*testutil.Proc
 	addr string
 }
 
 func startAgent(bin string, args ...string) (*agentProc, error) {
-	addr, err := proc.FreeAddr()
+	addr, err := testutil.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	p, err := proc.Start("the agent", bin, append([]string{"--web.listen-address=" + addr, "--grpc.listen-address=127.0.0.1:0"}, args...)...)
+	p, err := testutil.Start("the agent", testutil.ProcOptions{}, bin, append([]string{"--web.listen-address=" + addr, "--grpc.listen-address=127.0.0.1:0"}, args...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -172,24 +171,3 @@ func countSeries(body []byte) int {
 	}
 	return n
 }
-
-// waitFor polls check until it returns nil, the agent exits or timeout
-// passes.
-func waitFor(a *agentProc, timeout time.Duration, what string, check func() error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := check()
-		if err == nil {
-			return nil
-		}
-		if dead := a.Alive(); dead != nil {
-			return fmt.Errorf("waiting for %s: %w", what, dead)
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("waiting %s for %s: %w", timeout, what, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-var errNotYet = errors.New("not yet")

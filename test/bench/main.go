@@ -27,6 +27,7 @@ import (
 
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
+	"github.com/gpu-telemetry/agent/internal/testutil"
 	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
 	fk "github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
 )
@@ -174,17 +175,20 @@ func measure(cfg config, bin, socket string, n int) (result, error) {
 	// Ready, and every pod attributed: one GPU-utilization series per pod,
 	// plus each GPU's own (the simulator reports per-process figures, so
 	// the pod series carry the pods' shares and the device series stays).
-	if err := waitFor(a, 30*time.Second, "every pod attributed", func() error {
+	if err := testutil.Poll(context.Background(), 30*time.Second, func() (bool, error) {
+		if err := a.Alive(); err != nil {
+			return true, err
+		}
 		_, v, err := textScrape(client, url)
 		if err != nil {
-			return err
+			return false, err
 		}
 		if got := v["count:DCGM_FI_DEV_GPU_UTIL"]; got != float64(cfg.Pods+cfg.GPUs) || v["gpu_agent_kubelet_up"] != 1 {
-			return fmt.Errorf("%v GPU-utilization series, kubelet_up %v: %w", got, v["gpu_agent_kubelet_up"], errNotYet)
+			return false, fmt.Errorf("%v GPU-utilization series, kubelet_up %v", got, v["gpu_agent_kubelet_up"])
 		}
-		return nil
+		return true, nil
 	}); err != nil {
-		return r, err
+		return r, fmt.Errorf("waiting for every pod attributed: %w", err)
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -258,7 +262,7 @@ func measure(cfg config, bin, socket string, n int) (result, error) {
 	span := v1["gpu_agent_last_sample_timestamp_seconds"] - v0["gpu_agent_last_sample_timestamp_seconds"]
 	r.ExpectedTicks = int(span/cfg.Interval.Seconds() + 0.5)
 
-	if err := a.Stop(); err != nil {
+	if err := a.Stop(testutil.StopTimeout); err != nil {
 		return r, err
 	}
 	stopped = true

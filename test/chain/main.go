@@ -24,7 +24,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gpu-telemetry/agent/test/internal/proc"
+	"github.com/gpu-telemetry/agent/internal/testutil"
 )
 
 type config struct {
@@ -182,5 +182,5 @@ var triggerMetadata = map[string]string{
 const promQuery = `max(DCGM_FI_DEV_GPU_UTIL{pod=~"inference-.*"})`
 
 func buildBin(ctx context.Context, dir, pkg string) (string, error) {
-	return proc.Build(ctx, dir, pkg)
+	return testutil.Build(ctx, dir, pkg, testutil.BuildOptions{CGO: true})
 }

@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
-	"github.com/gpu-telemetry/agent/test/internal/proc"
+	"github.com/gpu-telemetry/agent/internal/testutil"
 )
 
 // stepTimeout bounds the wait for one step to be seen on every path.
@@ -24,7 +24,7 @@ const stepTimeout = 30 * time.Second
 
 // node is one simulated node: an agent process.
 type node struct {
-	*proc.Proc
+	*testutil.Proc
 	name, web, grpc, load string
 }
 
@@ -42,7 +42,7 @@ func run(ctx context.Context, cfg config, agentBin, scalerBin string) (*report, 
 	var nodes []*node
 	defer func() {
 		for _, n := range nodes {
-			if err := n.Stop(); err != nil {
+			if err := n.Stop(testutil.StopTimeout); err != nil {
 				log.Print(err)
 			}
 		}
@@ -56,41 +56,41 @@ func run(ctx context.Context, cfg config, agentBin, scalerBin string) (*report, 
 	}
 	var grpcAddrs, webAddrs []string
 	for _, n := range nodes {
-		if err := n.WaitHTTP("http://"+n.web+"/readyz", 30*time.Second); err != nil {
+		if err := n.WaitHTTP(ctx, nil, "http://"+n.web+"/readyz", 30*time.Second); err != nil {
 			return nil, err
 		}
 		grpcAddrs, webAddrs = append(grpcAddrs, n.grpc), append(webAddrs, n.web)
 	}
 
-	scalerAddr, err := proc.FreeAddr()
+	scalerAddr, err := testutil.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	scalerWeb, err := proc.FreeAddr()
+	scalerWeb, err := testutil.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	scaler, err := proc.Start("scaler", scalerBin, "--agents="+strings.Join(grpcAddrs, ","),
+	scaler, err := testutil.Start("scaler", testutil.ProcOptions{}, scalerBin, "--agents="+strings.Join(grpcAddrs, ","),
 		"--grpc.listen-address="+scalerAddr, "--web.listen-address="+scalerWeb)
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
-		if err := scaler.Stop(); err != nil {
+		if err := scaler.Stop(testutil.StopTimeout); err != nil {
 			log.Print(err)
 		}
 	}()
-	if err := scaler.WaitHTTP("http://"+scalerWeb+"/healthz", 30*time.Second); err != nil {
+	if err := scaler.WaitHTTP(ctx, nil, "http://"+scalerWeb+"/healthz", 30*time.Second); err != nil {
 		return nil, err
 	}
 
-	var prom *prometheusServer
+	var prom *testutil.Prometheus
 	if cfg.Mode == "chain" {
-		if prom, err = startPrometheus(dir, webAddrs, cfg.ScrapeInterval); err != nil {
+		if prom, err = testutil.StartPrometheus(ctx, testutil.PrometheusOptions{Dir: dir, Targets: webAddrs, ScrapeInterval: cfg.ScrapeInterval}); err != nil {
 			return nil, err
 		}
 		defer func() {
-			if err := prom.Stop(); err != nil {
+			if err := prom.Stop(testutil.StopTimeout); err != nil {
 				log.Print(err)
 			}
 		}()
@@ -109,7 +109,7 @@ func run(ctx context.Context, cfg config, agentBin, scalerBin string) (*report, 
 	defer k.conn.Close()
 	var promSeen <-chan timedValue
 	if prom != nil {
-		promSeen = prom.poll(ctx, promQuery, cfg.QueryInterval)
+		promSeen = pollPrometheus(ctx, prom, promQuery, cfg.QueryInterval)
 	}
 
 	// Wait until every path sees the low state before the first step.
@@ -162,11 +162,11 @@ func run(ctx context.Context, cfg config, agentBin, scalerBin string) (*report, 
 }
 
 func startNode(dir, bin string, cfg config, i int) (*node, error) {
-	web, err := proc.FreeAddr()
+	web, err := testutil.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	grpcAddr, err := proc.FreeAddr()
+	grpcAddr, err := testutil.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -174,7 +174,7 @@ func startNode(dir, bin string, cfg config, i int) (*node, error) {
 	if err := writeLoad(n.load, cfg.Low); err != nil {
 		return nil, err
 	}
-	n.Proc, err = proc.Start(n.name, bin,
+	n.Proc, err = testutil.Start(n.name, testutil.ProcOptions{}, bin,
 		fmt.Sprintf("--simulate=%d", cfg.GPUs),
 		fmt.Sprintf("--simulate.seed=%d", i+1),
 		"--simulate.load-file="+n.load,
@@ -306,17 +306,13 @@ func (k *keda) metricValue(ctx context.Context) (float64, error) {
 }
 
 func waitSettled(ctx context.Context, k *keda, level float64) error {
-	deadline := time.Now().Add(stepTimeout)
-	var last error
-	for time.Now().Before(deadline) {
+	return testutil.Poll(ctx, stepTimeout, func() (bool, error) {
 		v, err := k.metricValue(ctx)
 		if err == nil && v == level {
-			return nil
+			return true, nil
 		}
-		last = fmt.Errorf("GetMetrics: %v, %v; want %g", v, err, level)
-		time.Sleep(50 * time.Millisecond)
-	}
-	return last
+		return false, fmt.Errorf("GetMetrics: %v, %v; want %g", v, err, level)
+	})
 }
 
 // waitPrometheus waits until the polled query answers level: every

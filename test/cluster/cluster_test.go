@@ -21,6 +21,8 @@ import (
 	"google.golang.org/grpc/status"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/gpu-telemetry/agent/internal/testutil"
 )
 
 // optIn is the environment variable that runs these tests (make
@@ -85,7 +87,7 @@ type env struct {
 	cp     *ControlPlane
 	nodes  []*Node
 	scaler *Scaler
-	prom   *Prometheus
+	prom   *testutil.Prometheus
 	rec    *ReplicaRecorder
 	// agentBin is the agent built for this run.
 	agentBin string
@@ -144,7 +146,7 @@ func TestControlPlane(t *testing.T) {
 	for i := range nodes {
 		n, err := StartNode(e.dir, agentBin, i, gpusPerNode, agentInterval, Load{Base: 10})
 		if n != nil && n.p != nil {
-			t.Cleanup(func() { n.p.stop(5 * time.Second) })
+			t.Cleanup(func() { _ = n.p.Stop(stopGrace) })
 		}
 		if err != nil {
 			t.Fatal(err)
@@ -152,13 +154,13 @@ func TestControlPlane(t *testing.T) {
 		e.nodes = append(e.nodes, n)
 	}
 	if e.scaler, err = StartScaler(e.dir, scalerBin, e.nodes); e.scaler != nil && e.scaler.p != nil {
-		t.Cleanup(func() { e.scaler.p.stop(5 * time.Second) })
+		t.Cleanup(func() { _ = e.scaler.p.Stop(stopGrace) })
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.prom, err = StartPrometheus(e.dir, e.nodes, scrapeEvery); e.prom != nil && e.prom.p != nil {
-		t.Cleanup(func() { e.prom.p.stop(5 * time.Second) })
+	if e.prom, err = StartPrometheus(ctx, e.dir, e.nodes, scrapeEvery); e.prom != nil {
+		t.Cleanup(func() { _ = e.prom.Stop(stopGrace) })
 	}
 	if err != nil {
 		skipOrFail(t, err)
@@ -253,9 +255,12 @@ func (e *env) scaleFromZero(ctx context.Context, t *testing.T) {
 
 		e.remove(ctx, t, push, prom)
 		// The next round's stream is a new one.
-		if err := poll(ctx, 30*time.Second, func() (bool, error) {
+		if err := testutil.Poll(ctx, 30*time.Second, func() (bool, error) {
 			v, err := e.scaler.Metric(ctx, "gpu_scaler_stream_watchers")
-			return v == 0, err
+			if err != nil {
+				return false, err // a failed scrape is not 0 watchers
+			}
+			return v == 0, nil
 		}); err != nil {
 			t.Fatalf("KEDA kept StreamIsActive open after its ScaledObject was deleted: %v", err)
 		}
@@ -287,7 +292,7 @@ func (e *env) scaleOut(ctx context.Context, t *testing.T) {
 		// Each HPA has read its metric through the aggregator, KEDA's
 		// adapter and operator, once before the step.
 		for _, so := range []string{push, prom} {
-			if err := poll(ctx, 60*time.Second, func() (bool, error) {
+			if err := testutil.Poll(ctx, 60*time.Second, func() (bool, error) {
 				hpa, err := e.cp.Client.AutoscalingV2().HorizontalPodAutoscalers(ns).Get(ctx, "keda-hpa-"+so, metav1.GetOptions{})
 				if err != nil {
 					return false, err
@@ -311,11 +316,13 @@ func (e *env) scaleOut(ctx context.Context, t *testing.T) {
 		// formula makes of it.
 		sum := 2*3*40.0 + 3*5.0
 		var pushValue, promValue float64
-		if err := poll(ctx, 30*time.Second, func() (bool, error) {
+		if err := testutil.Poll(ctx, 30*time.Second, func() (bool, error) {
 			var err error
 			pushValue = e.value(ctx, t, outMetadata)
-			promValue, err = e.prom.Query(ctx, outQuery)
-			return pushValue == sum && promValue == sum, err
+			if promValue, err = queryValue(ctx, e.prom, outQuery); err != nil {
+				return false, err
+			}
+			return pushValue == sum && promValue == sum, nil
 		}); err != nil {
 			t.Fatalf("after the step the scaler answers %g and Prometheus %g, want %g: %v", pushValue, promValue, sum, err)
 		}
@@ -364,14 +371,17 @@ func (e *env) scalerRestart(ctx context.Context, t *testing.T, scalerBin string)
 	e.waitReady(ctx, t, name)
 	e.waitWatchers(ctx, t, 1)
 
-	e.scaler.p.kill()
+	e.scaler.p.Kill()
 	killed := time.Now()
 	if err := e.scaler.start(e.dir, scalerBin, e.nodes); err != nil {
 		t.Fatalf("restarting the scaler: %v", err)
 	}
-	if err := poll(ctx, 30*time.Second, func() (bool, error) {
+	if err := testutil.Poll(ctx, 30*time.Second, func() (bool, error) {
 		v, err := e.scaler.Metric(ctx, "gpu_scaler_agents_connected")
-		return v == nodes, err
+		if err != nil {
+			return false, err
+		}
+		return v == nodes, nil
 	}); err != nil {
 		t.Fatalf("the restarted scaler never reconnected to the agents: %v", err)
 	}
@@ -416,9 +426,9 @@ func (e *env) nodeGone(ctx context.Context, t *testing.T) {
 
 	gone := e.nodes[nodes-1]
 	stopped := time.Now()
-	gone.p.stop(5 * time.Second)
+	_ = gone.p.Stop(stopGrace)
 	rest := float64(3 * (nodes - 1) * 40)
-	if err := poll(ctx, 30*time.Second, func() (bool, error) { return e.value(ctx, t, outMetadata) == rest, nil }); err != nil {
+	if err := testutil.Poll(ctx, 30*time.Second, func() (bool, error) { return e.value(ctx, t, outMetadata) == rest, nil }); err != nil {
 		t.Fatalf("the scaler never dropped %s's pods from the aggregate: %v", gone.Name, err)
 	}
 	left := time.Since(stopped)
@@ -442,7 +452,7 @@ func (e *env) fallback(ctx context.Context, t *testing.T) {
 	e.setLoads(t, low, low, low)
 	running := 0 // NodeGone stopped one
 	for _, n := range e.nodes {
-		if n.p.alive() == nil {
+		if n.p.Alive() == nil {
 			running++
 		}
 	}
@@ -458,10 +468,10 @@ func (e *env) fallback(ctx context.Context, t *testing.T) {
 
 	stopped := time.Now()
 	for _, n := range e.nodes {
-		n.p.stop(5 * time.Second)
+		_ = n.p.Stop(stopGrace)
 	}
 	ref := &externalscaler.ScaledObjectRef{Name: name, Namespace: ns, ScalerMetadata: outMetadata}
-	if err := poll(ctx, 30*time.Second, func() (bool, error) {
+	if err := testutil.Poll(ctx, 30*time.Second, func() (bool, error) {
 		_, err := e.keda.IsActive(ctx, ref)
 		return status.Code(err) == codes.Unavailable, nil
 	}); err != nil {
@@ -479,9 +489,12 @@ func (e *env) fallback(ctx context.Context, t *testing.T) {
 
 func (e *env) waitWatchers(ctx context.Context, t *testing.T, atLeast float64) {
 	t.Helper()
-	if err := poll(ctx, 90*time.Second, func() (bool, error) {
+	if err := testutil.Poll(ctx, 90*time.Second, func() (bool, error) {
 		v, err := e.scaler.Metric(ctx, "gpu_scaler_stream_watchers")
-		return v >= atLeast, err
+		if err != nil {
+			return false, err
+		}
+		return v >= atLeast, nil
 	}); err != nil {
 		t.Fatalf("KEDA never opened StreamIsActive: %v", err)
 	}
@@ -554,7 +567,7 @@ func (e *env) settle(ctx context.Context, t *testing.T, md map[string]string, qu
 	name := spec.GetMetricSpecs()[0].GetMetricName()
 	var got, gotProm float64
 	var since time.Time
-	err = poll(ctx, 30*time.Second, func() (bool, error) {
+	err = testutil.Poll(ctx, 30*time.Second, func() (bool, error) {
 		resp, err := e.keda.GetMetrics(ctx, &externalscaler.GetMetricsRequest{ScaledObjectRef: ref, MetricName: name})
 		if err != nil {
 			return false, err
@@ -567,7 +580,7 @@ func (e *env) settle(ctx context.Context, t *testing.T, md map[string]string, qu
 		if got <= 0 { // KEDA reads the float only when above 0
 			got = float64(m.GetMetricValue())
 		}
-		if gotProm, err = e.prom.Query(ctx, query); err != nil {
+		if gotProm, err = queryValue(ctx, e.prom, query); err != nil {
 			return false, err
 		}
 		if got != want || gotProm != want {
@@ -624,7 +637,7 @@ var scaledObjects = schema.GroupVersionResource{Group: "keda.sh", Version: "v1al
 func (e *env) waitReady(ctx context.Context, t *testing.T, names ...string) {
 	t.Helper()
 	for _, n := range names {
-		err := poll(ctx, 60*time.Second, func() (bool, error) {
+		err := testutil.Poll(ctx, 60*time.Second, func() (bool, error) {
 			o, err := e.cp.Dynamic.Resource(scaledObjects).Namespace(ns).Get(ctx, n, metav1.GetOptions{})
 			if err != nil || !hasCondition(o, "Ready") {
 				return false, err
@@ -648,7 +661,7 @@ func (e *env) remove(ctx context.Context, t *testing.T, names ...string) {
 		}
 	}
 	for _, n := range names {
-		if err := poll(ctx, 60*time.Second, func() (bool, error) {
+		if err := testutil.Poll(ctx, 60*time.Second, func() (bool, error) {
 			_, err := e.cp.Dynamic.Resource(scaledObjects).Namespace(ns).Get(ctx, n, metav1.GetOptions{})
 			return err != nil && strings.Contains(err.Error(), "not found"), nil
 		}); err != nil {
@@ -662,7 +675,7 @@ func (e *env) remove(ctx context.Context, t *testing.T, names ...string) {
 
 // dumpLogs prints the end of every process's log after a failure.
 func (e *env) dumpLogs() {
-	var procs []*process
+	var procs []*testutil.Proc
 	if e.cp != nil {
 		procs = append(procs, e.cp.procs...)
 	}
@@ -674,7 +687,7 @@ func (e *env) dumpLogs() {
 	}
 	for _, p := range procs {
 		if p != nil {
-			e.t.Logf("--- the end of %s's log (%s):\n%s", p.name, p.log, p.tail(25))
+			e.t.Logf("--- the end of %s's log (%s):\n%s", p.Name, p.LogFile(), p.Tail(25))
 		}
 	}
 }

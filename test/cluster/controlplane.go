@@ -20,6 +20,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
+
+	"github.com/gpu-telemetry/agent/internal/testutil"
 )
 
 // HPASyncPeriod is kube-controller-manager's
@@ -48,8 +50,8 @@ type ControlPlane struct {
 	ns   *netns
 	port int // the API server's
 
-	procs                             []*process
-	etcd, apiserver, kcm, op, adapter *process
+	procs                             []*testutil.Proc
+	etcd, apiserver, kcm, op, adapter *testutil.Proc
 
 	Config  *rest.Config
 	Client  kubernetes.Interface
@@ -95,7 +97,7 @@ func StartControlPlane(ctx context.Context, dir string, bins *Binaries, logf fun
 // Stop stops every process, newest first, and removes the namespace.
 func (c *ControlPlane) Stop() error {
 	for i := len(c.procs) - 1; i >= 0; i-- {
-		c.procs[i].stop(5 * time.Second)
+		_ = c.procs[i].Stop(stopGrace)
 	}
 	if c.ns != nil {
 		return c.ns.Close()
@@ -106,15 +108,15 @@ func (c *ControlPlane) Stop() error {
 // Alive returns an error naming the first component that exited.
 func (c *ControlPlane) Alive() error {
 	for _, p := range c.procs {
-		if err := p.alive(); err != nil {
+		if err := p.Alive(); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (c *ControlPlane) start(name string, env []string, argv ...string) (*process, error) {
-	p, err := startProcess(c.dir, name, env, argv...)
+func (c *ControlPlane) start(name string, env []string, argv ...string) (*testutil.Proc, error) {
+	p, err := startProcess(c.dir, name, env, argv[0], argv[1:]...)
 	if err != nil {
 		return nil, err
 	}
@@ -127,11 +129,11 @@ func (c *ControlPlane) startEtcd(ctx context.Context, _ *Binaries) error {
 	if err != nil {
 		return err
 	}
-	client, err := freePort("127.0.0.1")
+	client, err := testutil.FreePort("127.0.0.1")
 	if err != nil {
 		return err
 	}
-	peer, err := freePort("127.0.0.1")
+	peer, err := testutil.FreePort("127.0.0.1")
 	if err != nil {
 		return err
 	}
@@ -145,11 +147,11 @@ func (c *ControlPlane) startEtcd(ctx context.Context, _ *Binaries) error {
 	if err != nil {
 		return err
 	}
-	return c.etcd.waitHTTP(ctx, nil, cu+"/health", 30*time.Second)
+	return c.etcd.WaitHTTP(ctx, nil, cu+"/health", 30*time.Second)
 }
 
 func (c *ControlPlane) etcdURL() string {
-	for _, a := range c.etcd.cmd.Args {
+	for _, a := range c.etcd.Args() {
 		if u, ok := strings.CutPrefix(a, "--advertise-client-urls="); ok {
 			return u
 		}
@@ -161,7 +163,7 @@ func (c *ControlPlane) startAPIServer(ctx context.Context, bins *Binaries) error
 	var err error
 	// Bound on every address: loopback for the tests and the host-side
 	// processes, the veth address for the adapter in its namespace.
-	if c.port, err = freePort("0.0.0.0"); err != nil {
+	if c.port, err = testutil.FreePort("0.0.0.0"); err != nil {
 		return err
 	}
 	p := c.pki
@@ -202,7 +204,7 @@ func (c *ControlPlane) startAPIServer(ctx context.Context, bins *Binaries) error
 	if err != nil {
 		return err
 	}
-	if err := c.apiserver.waitHTTP(ctx, hc, c.Config.Host+"/readyz", 90*time.Second); err != nil {
+	if err := c.apiserver.WaitHTTP(ctx, hc, c.Config.Host+"/readyz", 90*time.Second); err != nil {
 		return err
 	}
 	if c.Client, err = kubernetes.NewForConfig(c.Config); err != nil {
@@ -267,7 +269,7 @@ func (c *ControlPlane) startControllerManager(ctx context.Context, bins *Binarie
 		return err
 	}
 	time.Sleep(500 * time.Millisecond)
-	return c.kcm.alive()
+	return c.kcm.Alive()
 }
 
 // installKEDACRDs applies KEDA's CRDs from its module, as its release
@@ -303,7 +305,7 @@ func (c *ControlPlane) InstallCRDs(ctx context.Context, files ...string) error {
 	}
 	crds := c.Dynamic.Resource(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"})
 	for _, n := range names {
-		if err := poll(ctx, 30*time.Second, func() (bool, error) {
+		if err := testutil.Poll(ctx, 30*time.Second, func() (bool, error) {
 			o, err := crds.Get(ctx, n, metav1.GetOptions{})
 			if err != nil {
 				return false, err
@@ -322,15 +324,15 @@ func kedaEnv(kubeconfig string) []string {
 }
 
 func (c *ControlPlane) startOperator(ctx context.Context, bins *Binaries) error {
-	metrics, err := freePort("127.0.0.1")
+	metrics, err := testutil.FreePort("127.0.0.1")
 	if err != nil {
 		return err
 	}
-	probe, err := freePort("127.0.0.1")
+	probe, err := testutil.FreePort("127.0.0.1")
 	if err != nil {
 		return err
 	}
-	grpcPort, err := freePort(c.ns.HostIP.String())
+	grpcPort, err := testutil.FreePort(c.ns.HostIP.String())
 	if err != nil {
 		return err
 	}
@@ -350,7 +352,7 @@ func (c *ControlPlane) startOperator(ctx context.Context, bins *Binaries) error 
 	if err != nil {
 		return err
 	}
-	return c.op.waitHTTP(ctx, nil, "http://127.0.0.1:"+strconv.Itoa(probe)+"/readyz", 60*time.Second)
+	return c.op.WaitHTTP(ctx, nil, "http://127.0.0.1:"+strconv.Itoa(probe)+"/readyz", 60*time.Second)
 }
 
 // adapterPort is the adapter's HTTPS port inside its namespace.
@@ -382,7 +384,7 @@ func (c *ControlPlane) startAdapter(ctx context.Context, bins *Binaries) error {
 		RootCAs: pool, ServerName: "keda-metrics-apiserver.keda.svc",
 	}}}
 	url := "https://" + net.JoinHostPort(c.ns.NSIP.String(), strconv.Itoa(adapterPort)) + "/readyz"
-	if err := c.adapter.waitHTTP(ctx, hc, url, 60*time.Second); err != nil {
+	if err := c.adapter.WaitHTTP(ctx, hc, url, 60*time.Second); err != nil {
 		return err
 	}
 	// Registered as KEDA's release manifests register it, except that the
@@ -423,7 +425,7 @@ spec:
 		}
 	}
 	apisvc := c.Dynamic.Resource(schema.GroupVersionResource{Group: "apiregistration.k8s.io", Version: "v1", Resource: "apiservices"})
-	err = poll(ctx, 60*time.Second, func() (bool, error) {
+	err = testutil.Poll(ctx, 60*time.Second, func() (bool, error) {
 		o, err := apisvc.Get(ctx, "v1beta1.external.metrics.k8s.io", metav1.GetOptions{})
 		if err != nil {
 			return false, err
@@ -431,10 +433,10 @@ spec:
 		return hasCondition(o, "Available"), nil
 	})
 	if err != nil {
-		return fmt.Errorf("APIService v1beta1.external.metrics.k8s.io not Available: %w\nthe end of the adapter's log:\n%s", err, c.adapter.tail(20))
+		return fmt.Errorf("APIService v1beta1.external.metrics.k8s.io not Available: %w\nthe end of the adapter's log:\n%s", err, c.adapter.Tail(20))
 	}
 	// And through the aggregator, as the HPA controller will ask.
-	return poll(ctx, 30*time.Second, func() (bool, error) {
+	return testutil.Poll(ctx, 30*time.Second, func() (bool, error) {
 		err := c.Client.Discovery().RESTClient().Get().AbsPath("/apis/external.metrics.k8s.io/v1beta1").Do(ctx).Error()
 		return err == nil, nil
 	})
@@ -481,31 +483,6 @@ func (c *ControlPlane) resourceFor(gvk schema.GroupVersionKind) (schema.GroupVer
 		time.Sleep(100 * time.Millisecond) // a CRD just established
 	}
 	return schema.GroupVersionResource{}, false, last
-}
-
-// poll calls cond every 50 ms until it is true, fails, or timeout; a
-// transient error is kept as the reason.
-func poll(ctx context.Context, timeout time.Duration, cond func() (bool, error)) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	var last error
-	for {
-		ok, err := cond()
-		if ok {
-			return nil
-		}
-		if err != nil {
-			last = err
-		}
-		select {
-		case <-ctx.Done():
-			if last != nil {
-				return fmt.Errorf("%w (last: %v)", ctx.Err(), last)
-			}
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }
 
 func hasCondition(o *unstructured.Unstructured, typ string) bool {

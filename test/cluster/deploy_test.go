@@ -26,6 +26,7 @@ import (
 	"k8s.io/client-go/rest"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
+	"github.com/gpu-telemetry/agent/internal/testutil"
 	fk "github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
 )
 
@@ -551,13 +552,13 @@ func (e *env) agentPodWatch(ctx context.Context, t *testing.T, d *deployed) {
 		t.Fatal(err)
 	}
 
-	agent := func(name string, cfg *rest.Config) (metrics func() string, p *process) {
+	agent := func(name string, cfg *rest.Config) (metrics func() string, p *testutil.Proc) {
 		t.Helper()
 		kc, err := e.cp.WriteTokenKubeconfig(cfg, name+".kubeconfig")
 		if err != nil {
 			t.Fatal(err)
 		}
-		port, err := freePort("127.0.0.1")
+		port, err := testutil.FreePort("127.0.0.1")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -571,12 +572,12 @@ func (e *env) agentPodWatch(ctx context.Context, t *testing.T, d *deployed) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() {
-			p.stop(5 * time.Second)
+			_ = p.Stop(stopGrace)
 			if t.Failed() {
-				t.Logf("--- the end of %s's log (%s):\n%s", name, p.log, p.tail(25))
+				t.Logf("--- the end of %s's log (%s):\n%s", name, p.LogFile(), p.Tail(25))
 			}
 		})
-		if err := p.waitHTTP(ctx, nil, "http://"+web+"/readyz", 30*time.Second); err != nil {
+		if err := p.WaitHTTP(ctx, nil, "http://"+web+"/readyz", 30*time.Second); err != nil {
 			t.Fatal(err)
 		}
 		return func() string {
@@ -595,7 +596,7 @@ func (e *env) agentPodWatch(ctx context.Context, t *testing.T, d *deployed) {
 	waitShares := func(metrics func() string, pods int) {
 		t.Helper()
 		var body string
-		if err := poll(ctx, 20*time.Second, func() (bool, error) {
+		if err := testutil.Poll(ctx, 20*time.Second, func() (bool, error) {
 			body = metrics()
 			for i := range pods {
 				if v, ok := util(body, names[i]); !ok || v != float64(procs[i].sm) {
@@ -625,9 +626,9 @@ func (e *env) agentPodWatch(ctx context.Context, t *testing.T, d *deployed) {
 	}
 	waitShares(metrics, 2) // watched
 	watched := time.Since(created)
-	log := readFile(t, p.log)
+	log := p.Output()
 	if !regexp.MustCompile(`msg="pod watch synced" .*node=`+rbacNode+` pods=1\n`).MatchString(log) || strings.Contains(log, "pod watch failed") {
-		t.Errorf("the agent's log does not say its pod watch synced without failing:\n%s", p.tail(25))
+		t.Errorf("the agent's log does not say its pod watch synced without failing:\n%s", p.Tail(25))
 	}
 
 	// The control: a token RBAC grants nothing (the default
@@ -638,11 +639,11 @@ func (e *env) agentPodWatch(ctx context.Context, t *testing.T, d *deployed) {
 		t.Fatal(err)
 	}
 	denied, dp := agent("agent-no-rbac", baseCfg)
-	if err := poll(ctx, 10*time.Second, func() (bool, error) {
-		l := readFile(t, dp.log)
+	if err := testutil.Poll(ctx, 10*time.Second, func() (bool, error) {
+		l := dp.Output()
 		return strings.Contains(l, "pod watch failed") && strings.Contains(l, "forbidden"), nil
 	}); err != nil {
-		t.Fatalf("the agent without RBAC never logged a forbidden pod watch:\n%s", dp.tail(25))
+		t.Fatalf("the agent without RBAC never logged a forbidden pod watch:\n%s", dp.Tail(25))
 	}
 	time.Sleep(500 * time.Millisecond) // five ticks
 	body := denied()

@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -18,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
+	"github.com/gpu-telemetry/agent/internal/testutil"
 )
 
 // Node is one simulated node: an agent on --simulate with a load file.
@@ -25,7 +24,7 @@ import (
 // media/webrtc-sfu-0 and -1 (see docs/agent.md, The simulated node).
 type Node struct {
 	Name, Web, GRPC, LoadFile string
-	p                         *process
+	p                         *testutil.Proc
 }
 
 // Load is a node's GPU utilization: Base on every GPU, GPUs overriding it
@@ -48,7 +47,7 @@ func (l Load) At(i int) float64 {
 func StartNode(dir, bin string, i, gpus int, interval time.Duration, l Load) (*Node, error) {
 	n := &Node{Name: fmt.Sprintf("node-%d", i), LoadFile: filepath.Join(dir, fmt.Sprintf("load-node-%d.json", i))}
 	for _, a := range []*string{&n.Web, &n.GRPC} {
-		port, err := freePort("127.0.0.1")
+		port, err := testutil.FreePort("127.0.0.1")
 		if err != nil {
 			return nil, err
 		}
@@ -70,7 +69,7 @@ func StartNode(dir, bin string, i, gpus int, interval time.Duration, l Load) (*N
 	if err != nil {
 		return nil, err
 	}
-	return n, n.p.waitHTTP(context.Background(), nil, "http://"+n.Web+"/readyz", 30*time.Second)
+	return n, n.p.WaitHTTP(context.Background(), nil, "http://"+n.Web+"/readyz", 30*time.Second)
 }
 
 // SetLoad steps the node's GPUs to l, atomically (the agent polls the
@@ -200,14 +199,14 @@ func carries(snap *telemetryv1.NodeSnapshot, l Load) bool {
 // Scaler is cmd/scaler subscribed to the agents.
 type Scaler struct {
 	Addr, Web string
-	p         *process
+	p         *testutil.Proc
 }
 
 // StartScaler starts the scaler on the agents' streams.
 func StartScaler(dir, bin string, nodes []*Node) (*Scaler, error) {
 	s := &Scaler{}
 	for _, a := range []*string{&s.Addr, &s.Web} {
-		port, err := freePort("127.0.0.1")
+		port, err := testutil.FreePort("127.0.0.1")
 		if err != nil {
 			return nil, err
 		}
@@ -230,7 +229,7 @@ func (s *Scaler) start(dir, bin string, nodes []*Node) error {
 	if err != nil {
 		return err
 	}
-	return s.p.waitHTTP(context.Background(), nil, "http://"+s.Web+"/healthz", 30*time.Second)
+	return s.p.WaitHTTP(context.Background(), nil, "http://"+s.Web+"/healthz", 30*time.Second)
 }
 
 // Metric returns the value of one unlabelled series of the scaler's
@@ -257,114 +256,40 @@ func (s *Scaler) Metric(ctx context.Context, name string) (float64, error) {
 	return 0, nil
 }
 
-// Prometheus is a real Prometheus scraping the agents, as a dcgm-exporter
-// user runs it for KEDA's prometheus trigger.
-type Prometheus struct {
-	Addr string
-	p    *process
-}
-
 // StartPrometheus starts Debian's prometheus scraping nodes every
-// interval.
-func StartPrometheus(dir string, nodes []*Node, every time.Duration) (*Prometheus, error) {
+// interval, as a dcgm-exporter user runs it for KEDA's prometheus
+// trigger.
+func StartPrometheus(ctx context.Context, dir string, nodes []*Node, every time.Duration) (*testutil.Prometheus, error) {
 	bin, err := lookTool("prometheus", "prometheus")
 	if err != nil {
 		return nil, err
 	}
 	var targets []string
 	for _, n := range nodes {
-		targets = append(targets, strconv.Quote(n.Web))
+		targets = append(targets, n.Web)
 	}
-	config := filepath.Join(dir, "prometheus.yml")
-	if err := os.WriteFile(config, fmt.Appendf(nil, `global:
-  scrape_interval: %[1]s
-  scrape_timeout: %[1]s
-scrape_configs:
-  - job_name: gpu-agent
-    honor_labels: true
-    static_configs:
-      - targets: [%[2]s]
-`, every, strings.Join(targets, ", ")), 0o644); err != nil {
-		return nil, err
-	}
-	port, err := freePort("127.0.0.1")
-	if err != nil {
-		return nil, err
-	}
-	pr := &Prometheus{Addr: "127.0.0.1:" + strconv.Itoa(port)}
-	pr.p, err = startProcess(dir, "prometheus", nil, bin, "--config.file="+config,
-		"--storage.tsdb.path="+filepath.Join(dir, "prometheus-data"), "--web.listen-address="+pr.Addr)
-	if err != nil {
-		return nil, err
-	}
-	return pr, pr.p.waitHTTP(context.Background(), nil, "http://"+pr.Addr+"/-/ready", 30*time.Second)
+	return testutil.StartPrometheus(ctx, testutil.PrometheusOptions{
+		Bin: bin, Dir: dir, Targets: targets, ScrapeInterval: every,
+		Proc: testutil.ProcOptions{Group: true, LogFile: filepath.Join(dir, "prometheus.log")},
+	})
 }
 
-// Query runs an instant query that must reduce to one value.
-func (pr *Prometheus) Query(ctx context.Context, q string) (float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+pr.Addr+"/api/v1/query?query="+url.QueryEscape(q), nil)
-	if err != nil {
-		return 0, err
+// queryValue runs an instant query that must reduce to one value: an
+// empty answer (not scraped yet) is an error.
+func queryValue(ctx context.Context, p *testutil.Prometheus, q string) (float64, error) {
+	v, ok, err := p.Query(ctx, q)
+	if err == nil && !ok {
+		err = fmt.Errorf("%s: no sample yet", q)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	var body struct {
-		Status string `json:"status"`
-		Data   struct {
-			Result []struct {
-				Value [2]any `json:"value"`
-			} `json:"result"`
-		} `json:"data"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-		return 0, err
-	}
-	if body.Status != "success" || len(body.Data.Result) != 1 {
-		return 0, fmt.Errorf("%s answered %s with %d series", q, body.Status, len(body.Data.Result))
-	}
-	str, _ := body.Data.Result[0].Value[1].(string)
-	return strconv.ParseFloat(str, 64)
+	return v, err
 }
 
-// agentBinaries builds the agent and the scaler of this module into dir.
+// agentBinaries builds the agent (with cgo: go-nvml needs it) and the
+// scaler (without, as its image is built) of this module into dir.
 func agentBinaries(ctx context.Context, dir string) (agent, scaler string, err error) {
-	root, err := moduleRoot()
-	if err != nil {
+	if agent, err = testutil.Build(ctx, dir, "./cmd/agent", testutil.BuildOptions{CGO: true}); err != nil {
 		return "", "", err
 	}
-	for _, b := range []struct {
-		out *string
-		pkg string
-		env []string
-	}{
-		{&agent, "./cmd/agent", []string{"CGO_ENABLED=1"}},
-		{&scaler, "./cmd/scaler", []string{"CGO_ENABLED=0"}},
-	} {
-		*b.out = filepath.Join(dir, filepath.Base(b.pkg))
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", *b.out, b.pkg)
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), b.env...)
-		if os.Getenv("CGO_CFLAGS") == "" {
-			cmd.Env = append(cmd.Env, "CGO_CFLAGS=-O2 -g -Wno-deprecated-declarations")
-		}
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return "", "", fmt.Errorf("go build %s: %w\n%s", b.pkg, err, out)
-		}
-	}
-	return agent, scaler, nil
-}
-
-func moduleRoot() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", err
-	}
-	mod := strings.TrimSpace(string(out))
-	if mod == "" || mod == os.DevNull {
-		return "", fmt.Errorf("not inside the module")
-	}
-	return filepath.Dir(mod), nil
+	scaler, err = testutil.Build(ctx, dir, "./cmd/scaler", testutil.BuildOptions{})
+	return agent, scaler, err
 }

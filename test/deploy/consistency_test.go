@@ -133,8 +133,25 @@ func checkAgent(t *testing.T, d deployment) (*appsv1.DaemonSet, *agent.Config) {
 	c := container(t, spec, "gpu-agent")
 	env := envMap(t, c)
 
-	// The arguments are flags the agent accepts and validates, read by
-	// its own flag set, with NODE_NAME as the Downward API sets it.
+	cfg := agentConfig(t, c)
+	checkAgentPorts(t, c, cfg)
+	checkAgentProbes(t, d, c)
+	checkAgentPaths(t, d, spec, c, cfg)
+	checkAgentEnv(t, env)
+	checkAgentHardening(t, d, spec, c, env)
+	checkAgentScheduling(t, ds)
+	checkAgentResources(t, c)
+	if cfg.PodWatch {
+		checkAgentRBAC(t, d, ds)
+	}
+	return ds, cfg
+}
+
+// agentConfig reads the container's arguments with the agent's own flag
+// set, NODE_NAME as the Downward API sets it: they must be flags the
+// agent accepts and validates.
+func agentConfig(t *testing.T, c corev1.Container) *agent.Config {
+	t.Helper()
 	if len(c.Command) > 0 {
 		t.Errorf("agent container overrides the image's ENTRYPOINT with command %v", c.Command)
 	}
@@ -153,8 +170,13 @@ func checkAgent(t *testing.T, d deployment) (*appsv1.DaemonSet, *agent.Config) {
 	if cfg.Simulate != 0 {
 		t.Errorf("agent runs --simulate=%d", cfg.Simulate)
 	}
+	return cfg
+}
 
-	// Ports: the flags' ports are the container's named ports.
+// checkAgentPorts checks that the flags' ports are the container's named
+// ports.
+func checkAgentPorts(t *testing.T, c corev1.Container, cfg *agent.Config) {
+	t.Helper()
 	if got, want := namedPort(c, "metrics"), listenPort(t, "--web.listen-address", cfg.ListenAddress); got != want {
 		t.Errorf("agent containerPort metrics=%d, --web.listen-address=%s", got, cfg.ListenAddress)
 	}
@@ -163,9 +185,13 @@ func checkAgent(t *testing.T, d deployment) (*appsv1.DaemonSet, *agent.Config) {
 	} else if got, want := namedPort(c, "grpc"), listenPort(t, "--grpc.listen-address", cfg.GRPCListenAddress); got != want {
 		t.Errorf("agent containerPort grpc=%d, --grpc.listen-address=%s", got, cfg.GRPCListenAddress)
 	}
+}
 
-	// Probes: on the web port, on the agent's liveness and readiness
-	// paths (TestProbesHitEndpoints asks the real agent), short delays.
+// checkAgentProbes checks the probes: on the web port, on the agent's
+// liveness and readiness paths (TestProbesHitEndpoints asks the real
+// agent), short delays, HTTPS where the agent serves TLS.
+func checkAgentProbes(t *testing.T, d deployment, c corev1.Container) {
+	t.Helper()
 	for name, p := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
 		if p == nil || p.HTTPGet == nil {
 			t.Errorf("agent %s probe: want an httpGet, got %+v", name, p)
@@ -191,9 +217,13 @@ func checkAgent(t *testing.T, d deployment) (*appsv1.DaemonSet, *agent.Config) {
 	if c.ReadinessProbe != nil && c.ReadinessProbe.HTTPGet != nil && c.ReadinessProbe.HTTPGet.Path != "/readyz" {
 		t.Errorf("agent readiness probe on %s, want /readyz", c.ReadinessProbe.HTTPGet.Path)
 	}
+}
 
-	// Paths: the socket's and /proc's are read-only host mounts of the
-	// right host paths; every file flag lies under a mount.
+// checkAgentPaths checks the mounts: the socket's and /proc's are
+// read-only host mounts of the right host paths, every file flag lies
+// under a mount, and no other host path is mounted.
+func checkAgentPaths(t *testing.T, d deployment, spec corev1.PodSpec, c corev1.Container, cfg *agent.Config) {
+	t.Helper()
 	for _, f := range []struct{ flag, path, host string }{
 		{"--kubelet.pod-resources-socket", cfg.PodResourcesSocket, "/var/lib/kubelet/pod-resources"},
 		{"--path.procfs", cfg.ProcFS, "/proc"},
@@ -241,16 +271,26 @@ func checkAgent(t *testing.T, d deployment) (*appsv1.DaemonSet, *agent.Config) {
 			}
 		}
 	}
+}
 
-	// Environment: the node's name from the Downward API, every GPU.
+// checkAgentEnv checks the environment: the node's name from the
+// Downward API, every GPU.
+func checkAgentEnv(t *testing.T, env map[string]corev1.EnvVar) {
+	t.Helper()
 	if e := env["NODE_NAME"]; e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
 		t.Errorf("NODE_NAME is not the Downward API's spec.nodeName: %+v", e)
 	}
 	if env["NVIDIA_VISIBLE_DEVICES"].Value != "all" {
 		t.Errorf("NVIDIA_VISIBLE_DEVICES=%q, want all", env["NVIDIA_VISIBLE_DEVICES"].Value)
 	}
+}
 
-	// Hardening.
+// checkAgentHardening checks the security context: read-only root, no
+// escalation, no host namespaces, every capability dropped but
+// SYS_ADMIN where (and only where) MIG monitoring needs it, the
+// RuntimeDefault seccomp profile.
+func checkAgentHardening(t *testing.T, d deployment, spec corev1.PodSpec, c corev1.Container, env map[string]corev1.EnvVar) {
+	t.Helper()
 	sc := c.SecurityContext
 	if sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
 		t.Error("agent root filesystem is not read-only")
@@ -286,8 +326,13 @@ func checkAgent(t *testing.T, d deployment) (*appsv1.DaemonSet, *agent.Config) {
 	if spec.SecurityContext == nil || spec.SecurityContext.SeccompProfile == nil || spec.SecurityContext.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
 		t.Error("agent pod without the RuntimeDefault seccomp profile")
 	}
+}
 
-	// Scheduling: GPU nodes only, past their taint, last to be evicted.
+// checkAgentScheduling checks the agent runs on GPU nodes only, past
+// their taint, last to be evicted, and rolls out a few nodes at a time.
+func checkAgentScheduling(t *testing.T, ds *appsv1.DaemonSet) {
+	t.Helper()
+	spec := ds.Spec.Template.Spec
 	if spec.NodeSelector["nvidia.com/gpu.present"] != "true" {
 		t.Errorf("nodeSelector %v: not the GPU nodes", spec.NodeSelector)
 	}
@@ -302,17 +347,20 @@ func checkAgent(t *testing.T, d deployment) (*appsv1.DaemonSet, *agent.Config) {
 	if u := ds.Spec.UpdateStrategy; u.Type != appsv1.RollingUpdateDaemonSetStrategyType || u.RollingUpdate == nil || u.RollingUpdate.MaxUnavailable == nil {
 		t.Errorf("updateStrategy %+v: want RollingUpdate with maxUnavailable", u)
 	}
+}
 
-	// Resources from the measured RSS, with headroom.
+// checkAgentResources checks the resources against the measured RSS,
+// with headroom, and that no CPU limit throttles the ticks.
+func checkAgentResources(t *testing.T, c corev1.Container) {
+	t.Helper()
 	req, lim := c.Resources.Requests.Memory(), c.Resources.Limits.Memory()
 	if req.Cmp(agentRSS) < 0 {
 		t.Errorf("agent memory request %s below the measured %s RSS", req, &agentRSS)
 	}
-	if peak3 := agentPeakRSS.DeepCopy(); true {
-		peak3.Mul(3)
-		if lim.Cmp(peak3) < 0 {
-			t.Errorf("agent memory limit %s under 3x the measured peak %s", lim, &agentPeakRSS)
-		}
+	peak3 := agentPeakRSS.DeepCopy()
+	peak3.Mul(3)
+	if lim.Cmp(peak3) < 0 {
+		t.Errorf("agent memory limit %s under 3x the measured peak %s", lim, &agentPeakRSS)
 	}
 	if c.Resources.Requests.Cpu().IsZero() {
 		t.Error("agent requests no CPU")
@@ -320,33 +368,34 @@ func checkAgent(t *testing.T, d deployment) (*appsv1.DaemonSet, *agent.Config) {
 	if !c.Resources.Limits.Cpu().IsZero() {
 		t.Errorf("agent CPU limit %s: throttling makes ticks late", c.Resources.Limits.Cpu())
 	}
+}
 
-	// RBAC: the pod watch and nothing more.
-	if cfg.PodWatch {
-		sa := spec.ServiceAccountName
-		var bound bool
-		for _, b := range d.objs {
-			crb, ok := b.Obj.(*rbacv1.ClusterRoleBinding)
-			if !ok || !slices.ContainsFunc(crb.Subjects, func(s rbacv1.Subject) bool {
-				return s.Kind == "ServiceAccount" && s.Name == sa && s.Namespace == ds.Namespace
-			}) {
-				continue
-			}
-			bound = true
-			role := one[*rbacv1.ClusterRole](t, d.objs, "ClusterRole", crb.RoleRef.Name)
-			for _, r := range role.Rules {
-				if !slices.Equal(r.APIGroups, []string{""}) || !slices.Equal(r.Resources, []string{"pods"}) ||
-					!slices.Equal(slices.Sorted(slices.Values(r.Verbs)), []string{"get", "list", "watch"}) || len(r.ResourceNames) > 0 {
-					t.Errorf("ClusterRole %s grants %+v; want get, list, watch on pods only", role.Name, r)
-				}
+// checkAgentRBAC checks the agent's service account may do the pod watch
+// and nothing more.
+func checkAgentRBAC(t *testing.T, d deployment, ds *appsv1.DaemonSet) {
+	t.Helper()
+	sa := ds.Spec.Template.Spec.ServiceAccountName
+	var bound bool
+	for _, b := range d.objs {
+		crb, ok := b.Obj.(*rbacv1.ClusterRoleBinding)
+		if !ok || !slices.ContainsFunc(crb.Subjects, func(s rbacv1.Subject) bool {
+			return s.Kind == "ServiceAccount" && s.Name == sa && s.Namespace == ds.Namespace
+		}) {
+			continue
+		}
+		bound = true
+		role := one[*rbacv1.ClusterRole](t, d.objs, "ClusterRole", crb.RoleRef.Name)
+		for _, r := range role.Rules {
+			if !slices.Equal(r.APIGroups, []string{""}) || !slices.Equal(r.Resources, []string{"pods"}) ||
+				!slices.Equal(slices.Sorted(slices.Values(r.Verbs)), []string{"get", "list", "watch"}) || len(r.ResourceNames) > 0 {
+				t.Errorf("ClusterRole %s grants %+v; want get, list, watch on pods only", role.Name, r)
 			}
 		}
-		if !bound {
-			t.Errorf("service account %s/%s is bound to no role: the pod watch would be forbidden", ds.Namespace, sa)
-		}
-		one[*corev1.ServiceAccount](t, d.objs, "ServiceAccount", sa)
 	}
-	return ds, cfg
+	if !bound {
+		t.Errorf("service account %s/%s is bound to no role: the pod watch would be forbidden", ds.Namespace, sa)
+	}
+	one[*corev1.ServiceAccount](t, d.objs, "ServiceAccount", sa)
 }
 
 // service returns the Service whose selector picks the pods and has a

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
+	"github.com/gpu-telemetry/agent/internal/testutil"
 	"github.com/gpu-telemetry/agent/pkg/scaler/scalertest"
 )
 
@@ -68,14 +69,14 @@ func TestIdleTimeoutAndReconnect(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- p.Run(ctx) }()
-	waitFor(t, "first snapshot", func() bool { return s.count("n") >= 1 })
+	testutil.Eventually(t, 10*time.Second, "first snapshot", func() bool { return s.count("n") >= 1 })
 	// Silent for longer than the idle timeout: the pool reconnects, and
 	// the agent's Watch sends its latest snapshot again.
-	waitFor(t, "a reconnection after idling", func() bool { return s.count("n") >= 2 && p.Stats().Failures >= 1 })
+	testutil.Eventually(t, 10*time.Second, "a reconnection after idling", func() bool { return s.count("n") >= 2 && p.Stats().Failures >= 1 })
 
 	addr := a.Addr()
 	a.Stop()
-	waitFor(t, "the disconnection", func() bool { return p.Stats().Connected == 0 })
+	testutil.Eventually(t, 10*time.Second, "the disconnection", func() bool { return p.Stats().Connected == 0 })
 	b, err := scalertest.StartAgent("n", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -83,7 +84,7 @@ func TestIdleTimeoutAndReconnect(t *testing.T) {
 	defer b.Stop()
 	before := s.count("n")
 	b.Publish(scalertest.Device("GPU-1", 2, "default/p"))
-	waitFor(t, "the restarted agent", func() bool { return s.count("n") > before && p.Stats().Connected == 1 })
+	testutil.Eventually(t, 10*time.Second, "the restarted agent", func() bool { return s.count("n") > before && p.Stats().Connected == 1 })
 	if st := p.Stats(); st.Targets != 1 {
 		t.Errorf("stats %+v", st)
 	}
@@ -104,16 +105,5 @@ func TestIdleTimeoutAndReconnect(t *testing.T) {
 func TestBadDNSName(t *testing.T) {
 	if _, err := New(&sink{}, Options{DNS: "no-port"}); err == nil {
 		t.Error("a DNS name without a port accepted")
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

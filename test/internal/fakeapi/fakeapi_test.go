@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpu-telemetry/agent/internal/testutil"
 	"github.com/gpu-telemetry/agent/pkg/podwatch"
 )
 
@@ -34,12 +35,8 @@ func TestAgentPodWatch(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
 	defer func() { cancel(); <-done }()
-	deadline := time.Now().Add(10 * time.Second)
-	for !w.HasSynced() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not synced after 10s; requests %+v", s.Requests())
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := testutil.Poll(t.Context(), 10*time.Second, func() (bool, error) { return w.HasSynced(), nil }); err != nil {
+		t.Fatalf("not synced: %v; requests %+v", err, s.Requests())
 	}
 	if p, ok := w.Lookup("11111111-2222-4333-8444-555555555555"); !ok || p.Name != "sfu-0" || p.Namespace != "media" {
 		t.Errorf("Lookup = %+v, %v; want media/sfu-0", p, ok)
