@@ -7,6 +7,7 @@ import (
 	"testing/fstest"
 	"time"
 
+	"github.com/gpu-telemetry/agent/internal/testutil"
 	"github.com/gpu-telemetry/agent/pkg/cgroup"
 	"github.com/gpu-telemetry/agent/pkg/telemetry"
 )
@@ -112,13 +113,7 @@ func TestRunFollowsTheStore(t *testing.T) {
 	}()
 	snap := snapshot(1, 100, 300)
 	store.Publish(snap)
-	deadline := time.Now().Add(5 * time.Second)
-	for s.ProcessPods() == nil {
-		if time.Now().After(deadline) {
-			t.Fatal("no map 5s after a snapshot")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testutil.Eventually(t, 5*time.Second, "a PID-to-pod map after a snapshot", func() bool { return s.ProcessPods() != nil })
 	v := Attribute(snap, nil, s.ProcessPods())
 	if d := v.Devices[0]; !d.ProcessesAttributed || d.Unattributed != 2 {
 		// No pod holds GPU-0 here: both processes are left out.
