@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
+	agenttest "github.com/gpu-telemetry/agent/internal/testutil"
 	"github.com/gpu-telemetry/agent/pkg/attribution"
 	"github.com/gpu-telemetry/agent/pkg/dcgmcsv"
 	"github.com/gpu-telemetry/agent/pkg/podresources"
@@ -321,7 +322,7 @@ func TestKubeletDownPastMaxStale(t *testing.T) {
 	if err := kl.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	testutil.Eventually(t, 5*time.Second, "the kubelet answering again", func() bool { return client.Refresh(ctx) == nil })
+	agenttest.Eventually(t, 5*time.Second, "the kubelet answering again", func() bool { return client.Refresh(ctx) == nil })
 	check("kubelet back", 0, 2)
 }
 
