@@ -74,7 +74,7 @@ bench-go:
 # loopback (the agents in a child process): the scaler's CPU, RSS and
 # GetMetrics p50/p99. FANIN_AGENTS, FANIN_SECONDS change the size.
 bench-fanin:
-	go test -run '^$$' -bench FanIn -benchtime 1x ./pkg/scaler/
+	go test -run '^$$' -bench FanIn -benchtime 1x ./internal/fleet/
 
 # Load step at a fake agent -> GetMetrics / StreamIsActive at KEDA's
 # client, through the real scaler: p50/p99 over PUSH_STEPS (1,000) steps.

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpu-telemetry/agent/internal/nvml/sim"
 	"github.com/gpu-telemetry/agent/internal/testutil"
-	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
 )
 
 // dashboardEnv names NVIDIA's Grafana dashboard for dcgm-exporter

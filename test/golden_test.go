@@ -13,9 +13,9 @@ import (
 
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
-	"github.com/gpu-telemetry/agent/pkg/exporter"
-	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
-	fk "github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
+	"github.com/gpu-telemetry/agent/internal/exporter"
+	"github.com/gpu-telemetry/agent/internal/nvml/sim"
+	fk "github.com/gpu-telemetry/agent/internal/podresources/fakekubelet"
 )
 
 const goldenFile = "testdata/metrics.golden"

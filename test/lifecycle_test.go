@@ -15,9 +15,9 @@ import (
 
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
+	"github.com/gpu-telemetry/agent/internal/nvml/sim"
+	fk "github.com/gpu-telemetry/agent/internal/podresources/fakekubelet"
 	"github.com/gpu-telemetry/agent/internal/testutil"
-	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
-	fk "github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
 )
 
 func TestBadInput(t *testing.T) {

@@ -29,7 +29,7 @@ import (
 // of the profile answers NOT_SUPPORTED; runtime overrides re-read every
 // MOCK_NVML_OVERRIDES_TTL; failure injection (mode: lost answers
 // GPU_IS_LOST). What it does not model, and is tested over go-nvml mocks
-// in pkg/nvml instead: call latency (the real GetPcieThroughput blocks
+// in internal/nvml instead: call latency (the real GetPcieThroughput blocks
 // 20 ms) and calls that hang; the PCIe byte counters (FI 197/198 answer
 // NOT_SUPPORTED, so the agent falls back to GetPcieThroughput, which the
 // mock answers with 0; the energy counter, FI 83, does answer through the

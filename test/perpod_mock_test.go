@@ -20,8 +20,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
+	fk "github.com/gpu-telemetry/agent/internal/podresources/fakekubelet"
 	"github.com/gpu-telemetry/agent/internal/testutil"
-	fk "github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
 	"github.com/gpu-telemetry/agent/test/internal/fakeapi"
 )
 

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
+	"github.com/gpu-telemetry/agent/internal/nvml/sim"
 )
 
 // On the simulated node (its own kubelet, procfs and pod names), the two

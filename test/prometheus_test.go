@@ -4,8 +4,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpu-telemetry/agent/internal/nvml/sim"
 	"github.com/gpu-telemetry/agent/internal/testutil"
-	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
 )
 
 // startPrometheus runs a Prometheus scraping target every second.

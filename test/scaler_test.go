@@ -19,8 +19,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/gpu-telemetry/agent/internal/nvml/sim"
 	"github.com/gpu-telemetry/agent/internal/testutil"
-	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
 )
 
 var (

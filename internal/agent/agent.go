@@ -19,10 +19,10 @@ import (
 	webflag "github.com/prometheus/exporter-toolkit/web"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/gpu-telemetry/agent/pkg/attribution"
-	"github.com/gpu-telemetry/agent/pkg/exporter"
-	"github.com/gpu-telemetry/agent/pkg/nvml"
-	"github.com/gpu-telemetry/agent/pkg/telemetry"
+	"github.com/gpu-telemetry/agent/internal/attribution"
+	"github.com/gpu-telemetry/agent/internal/exporter"
+	"github.com/gpu-telemetry/agent/internal/nvml"
+	"github.com/gpu-telemetry/agent/internal/telemetry"
 )
 
 // Set at build time with -ldflags "-X ...".

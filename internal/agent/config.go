@@ -12,10 +12,10 @@ import (
 
 	"github.com/gpu-telemetry/agent/internal/logging"
 
-	"github.com/gpu-telemetry/agent/pkg/cgroup"
-	"github.com/gpu-telemetry/agent/pkg/dcgmcsv"
-	"github.com/gpu-telemetry/agent/pkg/nvml"
-	"github.com/gpu-telemetry/agent/pkg/podresources"
+	"github.com/gpu-telemetry/agent/internal/cgroup"
+	"github.com/gpu-telemetry/agent/internal/dcgmcsv"
+	"github.com/gpu-telemetry/agent/internal/nvml"
+	"github.com/gpu-telemetry/agent/internal/podresources"
 )
 
 // DefaultPodResourcesSocket is where the kubelet serves the pod-resources API.

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gpu-telemetry/agent/pkg/nvml"
+	"github.com/gpu-telemetry/agent/internal/nvml"
 )
 
 // dcgm-exporter's command line and environment, accepted so that a

@@ -15,7 +15,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
-	"github.com/gpu-telemetry/agent/pkg/telemetry"
+	"github.com/gpu-telemetry/agent/internal/telemetry"
 )
 
 // GRPCStopTimeout bounds GracefulStop on shutdown; then the remaining

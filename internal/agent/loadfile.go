@@ -13,7 +13,7 @@ import (
 
 	"go.yaml.in/yaml/v2"
 
-	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
+	"github.com/gpu-telemetry/agent/internal/nvml/sim"
 )
 
 // LoadFilePoll is how often --simulate.load-file is checked: a stat, and

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpu-telemetry/agent/internal/nvml/sim"
 	"github.com/gpu-telemetry/agent/internal/testutil"
-	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
 )
 
 func val(p *float64) any {

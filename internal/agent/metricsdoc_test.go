@@ -20,14 +20,14 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
-	"github.com/gpu-telemetry/agent/pkg/attribution"
-	"github.com/gpu-telemetry/agent/pkg/exporter"
-	"github.com/gpu-telemetry/agent/pkg/nvml"
-	"github.com/gpu-telemetry/agent/pkg/podresources"
-	"github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
-	"github.com/gpu-telemetry/agent/pkg/podwatch"
-	"github.com/gpu-telemetry/agent/pkg/stream"
-	"github.com/gpu-telemetry/agent/pkg/telemetry"
+	"github.com/gpu-telemetry/agent/internal/attribution"
+	"github.com/gpu-telemetry/agent/internal/exporter"
+	"github.com/gpu-telemetry/agent/internal/nvml"
+	"github.com/gpu-telemetry/agent/internal/podresources"
+	"github.com/gpu-telemetry/agent/internal/podresources/fakekubelet"
+	"github.com/gpu-telemetry/agent/internal/podwatch"
+	"github.com/gpu-telemetry/agent/internal/stream"
+	"github.com/gpu-telemetry/agent/internal/telemetry"
 )
 
 // Every family the agent's /metrics serves, its own (gpu_agent_*) and

@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
-	"github.com/gpu-telemetry/agent/pkg/podresources"
-	"github.com/gpu-telemetry/agent/pkg/telemetry"
+	"github.com/gpu-telemetry/agent/internal/nvml/sim"
+	"github.com/gpu-telemetry/agent/internal/podresources"
+	"github.com/gpu-telemetry/agent/internal/telemetry"
 )
 
 // Outside a cluster without --kubeconfig a real node runs without pod

@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"log/slog"
 
-	"github.com/gpu-telemetry/agent/pkg/attribution"
-	"github.com/gpu-telemetry/agent/pkg/cgroup"
-	"github.com/gpu-telemetry/agent/pkg/nvml"
-	"github.com/gpu-telemetry/agent/pkg/nvml/sim"
-	"github.com/gpu-telemetry/agent/pkg/telemetry"
+	"github.com/gpu-telemetry/agent/internal/attribution"
+	"github.com/gpu-telemetry/agent/internal/cgroup"
+	"github.com/gpu-telemetry/agent/internal/nvml"
+	"github.com/gpu-telemetry/agent/internal/nvml/sim"
+	"github.com/gpu-telemetry/agent/internal/telemetry"
 )
 
 // simSource is the simulated node behind --simulate: its GPUs, its pods

@@ -8,12 +8,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/gpu-telemetry/agent/pkg/attribution"
-	"github.com/gpu-telemetry/agent/pkg/cgroup"
-	"github.com/gpu-telemetry/agent/pkg/nvml"
-	"github.com/gpu-telemetry/agent/pkg/podresources"
-	"github.com/gpu-telemetry/agent/pkg/podwatch"
-	"github.com/gpu-telemetry/agent/pkg/telemetry"
+	"github.com/gpu-telemetry/agent/internal/attribution"
+	"github.com/gpu-telemetry/agent/internal/cgroup"
+	"github.com/gpu-telemetry/agent/internal/nvml"
+	"github.com/gpu-telemetry/agent/internal/podresources"
+	"github.com/gpu-telemetry/agent/internal/podwatch"
+	"github.com/gpu-telemetry/agent/internal/telemetry"
 )
 
 // source is where a node's data comes from: a real node (NVML from the

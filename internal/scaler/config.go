@@ -10,8 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gpu-telemetry/agent/internal/fleet"
 	"github.com/gpu-telemetry/agent/internal/logging"
-	"github.com/gpu-telemetry/agent/pkg/scaler"
 )
 
 // Config is every setting of the scaler, filled from flags and validated in
@@ -75,7 +75,7 @@ func ParseFlags(args []string, stderr io.Writer) (*Config, error) {
 	fs.DurationVar(&c.StaleAfter, "stale-after", 0, "Silence after which a node's pods leave the aggregate; 0: four of the node's sampling intervals, at least 1s.")
 	fs.DurationVar(&c.ForgetAfter, "forget-after", 5*time.Minute, "Silence after which a node is forgotten: until then, a trigger whose pods are all on silent nodes is Unavailable, not 0.")
 	fs.DurationVar(&c.WindowMax, "window.max", 15*time.Second, "Longest `window` a trigger may ask for; bounds the history kept per device.")
-	fs.Float64Var(&c.MaxUnattributedLoad, "pod-share.max-unattributed", scaler.DefaultMaxUnattributedLoad,
+	fs.Float64Var(&c.MaxUnattributedLoad, "pod-share.max-unattributed", fleet.DefaultMaxUnattributedLoad,
 		"Percentage points of a shared GPU's utilization that its pods' processes may leave unexplained before each pod reads the GPU's value instead of its own share; 100: always the shares.")
 	fs.StringVar(&c.LogLevel, "log.level", "info", "Log level: debug, info, warn or error.")
 	fs.StringVar(&c.LogFormat, "log.format", "logfmt", "Log format: logfmt or json.")

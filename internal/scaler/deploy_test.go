@@ -12,7 +12,7 @@ import (
 
 	"go.yaml.in/yaml/v2"
 
-	pkgscaler "github.com/gpu-telemetry/agent/pkg/scaler"
+	"github.com/gpu-telemetry/agent/internal/fleet"
 )
 
 // docs decodes every document of a manifest into its kind -> documents.
@@ -202,7 +202,7 @@ func TestScalerManifests(t *testing.T) {
 			if tr.MetricType != "Value" && tr.MetricType != "AverageValue" {
 				t.Errorf("%s trigger %d: metricType %q", tc.file, i, tr.MetricType)
 			}
-			q, err := pkgscaler.ParseMetadata(tr.Metadata, so.Metadata.Namespace, cfg.WindowMax)
+			q, err := fleet.ParseMetadata(tr.Metadata, so.Metadata.Namespace, cfg.WindowMax)
 			if err != nil {
 				t.Errorf("%s trigger %d: %v", tc.file, i, err)
 				continue
@@ -211,7 +211,7 @@ func TestScalerManifests(t *testing.T) {
 				t.Errorf("%s trigger %d: metric %s, want %s", tc.file, i, q.Metric, tc.metrics[i])
 			}
 			// AverageValue divides by the replicas: only a total is right.
-			if tr.MetricType == "AverageValue" && q.Aggregation != pkgscaler.Sum {
+			if tr.MetricType == "AverageValue" && q.Aggregation != fleet.Sum {
 				t.Errorf("%s trigger %d: AverageValue with aggregation %s; the HPA divides it by the replicas", tc.file, i, q.Aggregation)
 			}
 			if tc.file == "scaledobject-inference.yaml" && (!q.Matches("default", "inference-7f9c-x2") || q.Target != 70) {

@@ -21,8 +21,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/gpu-telemetry/agent/internal/fleet/scalertest"
 	"github.com/gpu-telemetry/agent/internal/testutil"
-	"github.com/gpu-telemetry/agent/pkg/scaler/scalertest"
 )
 
 // harness is the real scaler (flags, Config, Run) on loopback, and KEDA's

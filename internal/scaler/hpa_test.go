@@ -9,7 +9,7 @@ import (
 	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 
 	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
-	"github.com/gpu-telemetry/agent/pkg/scaler/scalertest"
+	"github.com/gpu-telemetry/agent/internal/fleet/scalertest"
 )
 
 // hpaTolerance is the HPA controller's default: no change while the usage

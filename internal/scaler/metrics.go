@@ -5,8 +5,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/gpu-telemetry/agent/pkg/scaler"
-	"github.com/gpu-telemetry/agent/pkg/scaler/agents"
+	"github.com/gpu-telemetry/agent/internal/fleet"
+	"github.com/gpu-telemetry/agent/internal/fleet/agents"
 )
 
 // Namespace prefixes the scaler's own metrics.
@@ -15,12 +15,12 @@ const Namespace = "gpu_scaler"
 // collector reads the pool's and the store's counters once per scrape:
 // neither knows of Prometheus.
 type collector struct {
-	store   *scaler.Store
+	store   *fleet.Store
 	pool    *agents.Pool
-	queries *scaler.QueryCache
+	queries *fleet.QueryCache
 }
 
-func newCollector(s *scaler.Store, p *agents.Pool, q *scaler.QueryCache) prometheus.Collector {
+func newCollector(s *fleet.Store, p *agents.Pool, q *fleet.QueryCache) prometheus.Collector {
 	return &collector{store: s, pool: p, queries: q}
 }
 

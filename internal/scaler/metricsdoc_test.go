@@ -8,8 +8,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
-	pkgscaler "github.com/gpu-telemetry/agent/pkg/scaler"
-	"github.com/gpu-telemetry/agent/pkg/scaler/agents"
+	"github.com/gpu-telemetry/agent/internal/fleet"
+	"github.com/gpu-telemetry/agent/internal/fleet/agents"
 )
 
 // Every metric the scaler serves is documented in docs/metrics.md, and
@@ -24,13 +24,13 @@ func TestMetricsDocumented(t *testing.T) {
 		documented[m[1]] = true
 	}
 	// Gather the real collector, on a pedantic registry, and lint it.
-	store := pkgscaler.NewStore(pkgscaler.Options{})
+	store := fleet.NewStore(fleet.Options{})
 	pool, err := agents.New(store, agents.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(newCollector(store, pool, pkgscaler.NewQueryCache(0, 1, nil)),
+	reg.MustRegister(newCollector(store, pool, fleet.NewQueryCache(0, 1, nil)),
 		prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: Namespace, Name: "get_metrics_duration_seconds", Help: "h"}))
 	mfs, err := reg.Gather()
 	if err != nil {

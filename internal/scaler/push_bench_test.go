@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpu-telemetry/agent/pkg/scaler/scalertest"
+	"github.com/gpu-telemetry/agent/internal/fleet/scalertest"
 )
 
 // BenchmarkPushLatency times a load step from the fake agent's publish to

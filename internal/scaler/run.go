@@ -21,9 +21,9 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	"github.com/gpu-telemetry/agent/pkg/scaler"
-	"github.com/gpu-telemetry/agent/pkg/scaler/agents"
-	"github.com/gpu-telemetry/agent/pkg/scaler/keda"
+	"github.com/gpu-telemetry/agent/internal/fleet"
+	"github.com/gpu-telemetry/agent/internal/fleet/agents"
+	"github.com/gpu-telemetry/agent/internal/fleet/keda"
 )
 
 // Set at build time with -ldflags "-X ...".
@@ -79,7 +79,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger, l Listeners) error 
 		return err
 	}
 
-	store := scaler.NewStore(scaler.Options{
+	store := fleet.NewStore(fleet.Options{
 		StaleAfter:  cfg.StaleAfter,
 		ForgetAfter: cfg.ForgetAfter,
 		MaxWindow:   cfg.WindowMax,
@@ -87,7 +87,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger, l Listeners) error 
 
 		MaxUnattributedLoad: cfg.MaxUnattributedLoad,
 	})
-	queries := scaler.NewQueryCache(cfg.WindowMax, QueryCacheSize, store.Retain)
+	queries := fleet.NewQueryCache(cfg.WindowMax, QueryCacheSize, store.Retain)
 	pool, err := agents.New(store, agents.Options{
 		Static:      cfg.Agents,
 		DNS:         cfg.AgentsDNS,

@@ -20,7 +20,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
-	"github.com/gpu-telemetry/agent/pkg/scaler/scalertest"
+	"github.com/gpu-telemetry/agent/internal/fleet/scalertest"
 )
 
 // pki is a test CA and the certificates it signs, written as PEM files.

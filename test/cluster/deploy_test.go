@@ -26,8 +26,8 @@ import (
 	"k8s.io/client-go/rest"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
+	fk "github.com/gpu-telemetry/agent/internal/podresources/fakekubelet"
 	"github.com/gpu-telemetry/agent/internal/testutil"
-	fk "github.com/gpu-telemetry/agent/pkg/podresources/fakekubelet"
 )
 
 // deployed is what Deploy/Apply stored, for Deploy/RBAC.
@@ -288,7 +288,7 @@ func (e *env) agentRBAC(ctx context.Context, t *testing.T, d *deployed) {
 	}
 
 	// The pod watch's own calls, for real: the list and watch of one
-	// node's pods across namespaces (pkg/podwatch), which sees a pod bound
+	// node's pods across namespaces (internal/podwatch), which sees a pod bound
 	// to the node after the watch began and not one of another node.
 	pods := client.CoreV1().Pods("")
 	sel := metav1.ListOptions{FieldSelector: "spec.nodeName=" + rbacNode}

@@ -2,7 +2,7 @@
 // node-scoped pod informer uses: GET /api/v1/pods as a list and as a
 // watch, filtered by a spec.nodeName field selector, in JSON. client-go
 // talks to it through a kubeconfig (Kubeconfig), so the agent's real
-// client (pkg/podwatch.NewClient: its REST client, content negotiation,
+// client (internal/podwatch.NewClient: its REST client, content negotiation,
 // reflector and watch decoding) runs end to end without a cluster.
 //
 // Both ways a reflector fills its cache are served: the watch-list stream

@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpu-telemetry/agent/internal/podwatch"
 	"github.com/gpu-telemetry/agent/internal/testutil"
-	"github.com/gpu-telemetry/agent/pkg/podwatch"
 )
 
 // The agent's own pod client and watcher, pointed at the fake through a

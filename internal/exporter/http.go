@@ -1,0 +1,198 @@
+package exporter
+
+import (
+	"bufio"
+	"compress/gzip"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/exporter-toolkit/web"
+
+	"github.com/gpu-telemetry/agent/internal/attribution"
+)
+
+// StallIntervals is how many sampling intervals may pass without a new
+// snapshot before /readyz reports the agent unready.
+const StallIntervals = 3
+
+// Readiness says whether the agent is ready to serve: a first snapshot
+// exists and sampling has not stalled. It returns the reason when not.
+func Readiness(src attribution.Snapshots, interval time.Duration, now time.Time) (bool, string) {
+	snap := src.Latest()
+	if snap == nil {
+		return false, "no GPU sample yet"
+	}
+	if age := now.Sub(snap.Time); age > StallIntervals*interval {
+		return false, fmt.Sprintf("sampling stalled: last sample %s ago, interval %s", age.Round(time.Millisecond), interval)
+	}
+	return true, "ok"
+}
+
+// Starting is the agent's HTTP handler from the moment its port is open:
+// until Ready hands it the real handler, /healthz answers 200 (the
+// process is alive, however long NVML takes to come up, so a liveness
+// probe does not restart a pod that waits on a slow GPU) and every other
+// path, /readyz and /metrics included, 503 "starting". /health is
+// dcgm-exporter's liveness path, which its Helm chart probes for liveness
+// and readiness alike: it answers as /healthz, so that a DaemonSet with
+// only its image swapped is not restarted.
+type Starting struct {
+	h atomic.Pointer[http.Handler]
+}
+
+// dcgmHealthPath is dcgm-exporter's health endpoint (always 200 there).
+const dcgmHealthPath = "/health"
+
+// StartingReason is what Starting answers before Ready.
+const StartingReason = "starting: NVML start-up in progress"
+
+// Ready makes h serve every request from now on.
+func (s *Starting) Ready(h http.Handler) { s.h.Store(&h) }
+
+func (s *Starting) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h := s.h.Load(); h != nil {
+		(*h).ServeHTTP(w, r)
+		return
+	}
+	if r.URL.Path == "/healthz" || r.URL.Path == dcgmHealthPath {
+		fmt.Fprintln(w, "ok")
+		return
+	}
+	http.Error(w, StartingReason, http.StatusServiceUnavailable)
+}
+
+// HandlerOptions configures NewHandler.
+type HandlerOptions struct {
+	Interval time.Duration
+	Logger   *slog.Logger
+	Version  string
+}
+
+// NewHandler serves /metrics (Prometheus text and OpenMetrics), /healthz
+// (the process is alive), /readyz (see Readiness) and a landing page.
+// A scrape of /metrics pins one view of c's: it writes what reg gathers
+// (the subsystems' own collectors, registered in one place by the agent)
+// with the agent's own families of that view, then that view's device
+// families (Collector.WriteDevices).
+func NewHandler(reg *prometheus.Registry, c *Collector, opts HandlerOptions) (http.Handler, error) {
+	src := c.views.Snapshots()
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.InstrumentMetricHandler(reg, &metricsHandler{
+		reg: reg, c: c, log: opts.Logger,
+	}))
+	live := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
+	mux.HandleFunc("/healthz", live)
+	mux.HandleFunc(dcgmHealthPath, live)
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		ok, reason := Readiness(src, opts.Interval, time.Now())
+		if !ok {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		fmt.Fprintln(w, reason)
+	})
+	landing, err := web.NewLandingPage(web.LandingConfig{
+		Name:        "GPU telemetry agent",
+		Description: "Sub-second NVML telemetry with pod attribution, dcgm-exporter compatible",
+		Version:     opts.Version,
+		Links: []web.LandingLinks{
+			{Address: "/metrics", Text: "Metrics"},
+			{Address: "/healthz", Text: "Liveness"},
+			{Address: "/readyz", Text: "Readiness"},
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("building landing page: %w", err)
+	}
+	mux.Handle("/", landing)
+	return mux, nil
+}
+
+// metricsHandler writes a scrape: the registry's families and the agent's
+// own through expfmt, then the device families straight from the same
+// view.
+type metricsHandler struct {
+	reg prometheus.Gatherer
+	c   *Collector
+	log *slog.Logger
+}
+
+// textFormats are the formats /metrics offers, by preference: the text
+// ones, since the device families are written as text. Clients that
+// prefer protobuf (Prometheus with native histograms) accept text too.
+var textFormats = []expfmt.Format{expfmt.FmtOpenMetrics_1_0_0, expfmt.FmtOpenMetrics_0_0_1, expfmt.FmtText}
+
+// gzipWriters compress at BestSpeed: /metrics is long and repetitive (a
+// 500 kB scrape compresses to 20 kB at any level), so the default level
+// would only spend more CPU per scrape for a few kB.
+var gzipWriters = newFreeList(2, func() *gzip.Writer {
+	w, _ := gzip.NewWriterLevel(nil, gzip.BestSpeed)
+	return w
+})
+
+var bufWriters = newFreeList(2, func() *bufio.Writer { return bufio.NewWriterSize(nil, 64<<10) })
+
+func (h *metricsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	format := expfmt.NegotiateAccept(r.Header, textFormats...)
+	view := h.c.views.Latest()
+	mfs, err := prometheus.Gatherers{h.reg, h.c.gatherer(view)}.Gather()
+	if err != nil {
+		// A failing collector leaves the rest served (promhttp's
+		// ContinueOnError).
+		h.log.Error("gathering metrics", "err", err)
+	}
+
+	w.Header().Set("Content-Type", string(format))
+	var out io.Writer = w
+	if acceptsGzip(r.Header.Get("Accept-Encoding")) {
+		w.Header().Set("Content-Encoding", "gzip")
+		gz := gzipWriters.get()
+		gz.Reset(w)
+		defer func() { _ = gz.Close(); gzipWriters.put(gz) }()
+		out = gz
+	}
+	bw := bufWriters.get()
+	bw.Reset(out)
+	defer func() { bw.Reset(nil); bufWriters.put(bw) }()
+
+	enc := expfmt.NewEncoder(bw, format)
+	for _, mf := range mfs {
+		if err := enc.Encode(mf); err != nil {
+			h.log.Debug("writing metrics", "err", err) // the client went away
+			return
+		}
+	}
+	if err := h.c.WriteDevices(bw, view, format.FormatType() == expfmt.TypeOpenMetrics); err != nil {
+		h.log.Debug("writing metrics", "err", err)
+		return
+	}
+	if closer, ok := enc.(expfmt.Closer); ok {
+		_ = closer.Close() // OpenMetrics' "# EOF"
+	}
+	_ = bw.Flush()
+}
+
+// acceptsGzip reports whether an Accept-Encoding header allows gzip.
+func acceptsGzip(header string) bool {
+	for part := range strings.SplitSeq(header, ",") {
+		coding, params, _ := strings.Cut(part, ";")
+		if strings.TrimSpace(coding) != "gzip" {
+			continue
+		}
+		q, ok := strings.CutPrefix(strings.ReplaceAll(params, " ", ""), "q=")
+		if !ok {
+			return true
+		}
+		v, err := strconv.ParseFloat(q, 64)
+		return err == nil && v > 0
+	}
+	return false
+}

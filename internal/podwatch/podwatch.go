@@ -1,0 +1,427 @@
+// Package podwatch turns the pod UIDs and container IDs that internal/cgroup reads
+// from cgroups into namespaces, pod names and container names.
+//
+// The kubelet's pod-resources API names pods but not their UIDs, and the
+// cgroup path names UIDs but not pods, so the join needs a source that has
+// both: the API server. A node-scoped pod informer (field selector
+// spec.nodeName=<node>) lists this node's pods once and then follows a watch,
+// so the sampler's reads every tick are map lookups in memory and never an
+// API call.
+//
+// Cost and failure modes of the external calls: one LIST of the node's pods at
+// start and whenever the watch cannot resume (at most about 110 pods per
+// node by the kubelet's default limit), then one long-lived WATCH. While the API server is
+// unreachable the index keeps what it had and the reflector retries with
+// backoff; pods created meanwhile are not found until it comes back, and
+// callers fall back to the pod UID.
+package podwatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/gpu-telemetry/agent/internal/attribution"
+	"github.com/gpu-telemetry/agent/internal/cgroup"
+)
+
+// ConfigHashAnnotation is set by the kubelet on a static pod's mirror pod.
+// The cgroup path of a static pod carries this hash as its UID (the kubelet
+// derives the UID from the manifest), while the mirror pod the API server
+// holds has a UID of its own: the hash is the only link between the two.
+const ConfigHashAnnotation = "kubernetes.io/config.hash"
+
+// Pod names a pod. UID is the API server's metadata.uid, which for a static
+// pod is not the config hash its cgroup carries.
+type Pod struct {
+	Namespace string
+	Name      string
+	UID       string
+}
+
+// PodsClient is what the watcher calls: List and Watch of pods in all
+// namespaces. NewClient returns one; so does the CoreV1().Pods("") of a
+// kubernetes.Interface, such as client-go's fake clientset in tests.
+//
+// It is this narrow so that the agent need not link client-go's full
+// clientset, whose scheme registers every API group of Kubernetes: with it
+// the stripped agent binary grows from 18 to 55 MB; with NewClient's
+// core/v1-only client, to 28 MB.
+//
+// A client that cannot serve watch-list streams should also have an
+// IsWatchListSemanticsUnSupported method that returns true, as client-go's
+// fakes do; otherwise the reflector waits for the end of a stream such a
+// client never sends.
+type PodsClient interface {
+	List(ctx context.Context, opts metav1.ListOptions) (*corev1.PodList, error)
+	Watch(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error)
+}
+
+// Options tune a Watcher. The zero value is usable.
+type Options struct {
+	// Logger receives the watcher's state changes; nil discards them.
+	Logger *slog.Logger
+	// ResyncPeriod replays the cache to the index at this period; 0, the
+	// default, never does: the index is rebuilt from events alone, and a
+	// resync would only repeat what it already holds.
+	ResyncPeriod time.Duration
+}
+
+// Watcher keeps an index of the pods on one node. Lookup and Container are
+// safe for concurrent use with Run and with each other.
+type Watcher struct {
+	node     string
+	log      *slog.Logger
+	informer cache.SharedIndexInformer
+	reg      cache.ResourceEventHandlerRegistration
+
+	// Writes come from the informer's one handler goroutine; reads come
+	// from the sampler every tick and from collectors. A RWMutex keeps
+	// reads to a map lookup without copying the index on every pod event,
+	// which a copy-on-write snapshot would do for every status change.
+	mu sync.RWMutex
+	// pods is keyed by metadata.uid: it is what an update or a delete
+	// names, and it holds what to remove from the other two maps.
+	pods map[types.UID]*entry
+	// byUID holds each pod under its UID and, for a static pod, also
+	// under its config hash.
+	byUID map[string]*entry
+	// byContainer holds each container's bare ID (no "containerd://").
+	byContainer map[string]containerRef
+
+	running chan struct{}
+	errMu   sync.Mutex
+	lastErr string
+	errors  uint64 // failed lists and watches, under errMu
+}
+
+// Stats is what the watch has done so far, for the agent's metrics.
+type Stats struct {
+	Synced bool   // the first list of the node's pods has been indexed
+	Pods   int    // pods indexed now
+	Errors uint64 // failed lists and watches (a closed watch is not one)
+}
+
+// Stats returns the watch's state; safe for concurrent use.
+func (w *Watcher) Stats() Stats {
+	w.mu.RLock()
+	pods := len(w.pods)
+	w.mu.RUnlock()
+	w.errMu.Lock()
+	errs := w.errors
+	w.errMu.Unlock()
+	return Stats{Synced: w.HasSynced(), Pods: pods, Errors: errs}
+}
+
+type entry struct {
+	pod        Pod
+	hash       string
+	containers []string
+}
+
+type containerRef struct {
+	e    *entry
+	name string
+}
+
+// New builds a Watcher of the pods on node. It makes no API call: Run does.
+func New(client PodsClient, node string, opts Options) (*Watcher, error) {
+	if client == nil {
+		return nil, errors.New("podwatch: nil client")
+	}
+	if node == "" {
+		// Without a node the selector would match every pod of the
+		// cluster: a list the agent's memory limit is not sized for.
+		return nil, errors.New("podwatch: empty node name")
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	w := &Watcher{
+		node:        node,
+		log:         log,
+		pods:        make(map[types.UID]*entry),
+		byUID:       make(map[string]*entry),
+		byContainer: make(map[string]containerRef),
+		running:     make(chan struct{}, 1),
+	}
+	w.informer = cache.NewSharedIndexInformerWithOptions(
+		// The wrapper lets the reflector ask the client whether it
+		// supports watch-list streaming (the fake clientset does not).
+		cache.ToListWatcherWithWatchListSemantics(listWatch(client, node), client),
+		&corev1.Pod{},
+		cache.SharedIndexInformerOptions{ResyncPeriod: opts.ResyncPeriod, ObjectDescription: "pods on " + node},
+	)
+	// Strip pods before they are stored: a full pod is 5 to 20 kB of
+	// specs, managed fields and labels the index never reads.
+	if err := w.informer.SetTransform(strip); err != nil {
+		return nil, fmt.Errorf("podwatch: setting transform: %w", err)
+	}
+	if err := w.informer.SetWatchErrorHandlerWithContext(w.watchError); err != nil {
+		return nil, fmt.Errorf("podwatch: setting watch error handler: %w", err)
+	}
+	reg, err := w.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { w.upsert(obj) },
+		UpdateFunc: func(_, obj any) { w.upsert(obj) },
+		DeleteFunc: w.remove,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("podwatch: adding event handler: %w", err)
+	}
+	w.reg = reg
+	return w, nil
+}
+
+// fieldSelector selects the pods bound to node. The API server filters with
+// it, so neither the list nor the watch carries other nodes' pods.
+func fieldSelector(node string) string {
+	return fields.OneTermEqualSelector("spec.nodeName", node).String()
+}
+
+func listWatch(pods PodsClient, node string) *cache.ListWatch {
+	sel := fieldSelector(node)
+	return &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.FieldSelector = sel
+			return pods.List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.FieldSelector = sel
+			return pods.Watch(ctx, o)
+		},
+	}
+}
+
+// Run lists and watches the node's pods until ctx is done, then returns nil.
+// Call it once.
+func (w *Watcher) Run(ctx context.Context) error {
+	select {
+	case w.running <- struct{}{}:
+	default:
+		return errors.New("podwatch: run called twice")
+	}
+	go func() {
+		if cache.WaitForCacheSync(ctx.Done(), w.HasSynced) {
+			w.mu.RLock()
+			n := len(w.pods)
+			w.mu.RUnlock()
+			w.log.Info("pod watch synced", "node", w.node, "pods", n)
+		}
+	}()
+	w.informer.RunWithContext(ctx)
+	return nil
+}
+
+// HasSynced reports whether the first list of the node's pods has reached
+// the index. Before that a miss means "not known yet", not "not a pod here".
+func (w *Watcher) HasSynced() bool {
+	return w.reg.HasSynced()
+}
+
+// Lookup returns the pod with this UID, or the static pod with this config
+// hash: either form procpod reads from a cgroup path.
+func (w *Watcher) Lookup(uid string) (Pod, bool) {
+	w.mu.RLock()
+	e, ok := w.byUID[uid]
+	w.mu.RUnlock()
+	if !ok {
+		return Pod{}, false
+	}
+	return e.pod, true
+}
+
+// Container returns the pod and the name of the container with this ID,
+// bare as procpod reads it from a cgroup path or with the runtime's scheme
+// as the pod's status writes it ("containerd://<id>"). Init and ephemeral
+// containers are included.
+func (w *Watcher) Container(containerID string) (pod Pod, name string, ok bool) {
+	id := bareID(containerID)
+	w.mu.RLock()
+	c, ok := w.byContainer[id]
+	w.mu.RUnlock()
+	if !ok {
+		return Pod{}, "", false
+	}
+	return c.e.pod, c.name, true
+}
+
+// bareID drops the "<runtime>://" the status puts before a container ID
+// (containerd://, cri-o://, docker://), since cgroup paths carry it bare.
+func bareID(id string) string {
+	if i := strings.Index(id, "://"); i >= 0 {
+		return id[i+3:]
+	}
+	return id
+}
+
+func (w *Watcher) upsert(obj any) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		w.log.Debug("pod watch: unexpected object", "type", fmt.Sprintf("%T", obj))
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	// Replace rather than patch: a restarted container has a new ID and
+	// the old one must stop resolving.
+	w.dropLocked(p.UID)
+	// The selector keeps other nodes' pods out; this check keeps them out
+	// of the index should a server, proxy or fake ignore it.
+	if p.Spec.NodeName != w.node {
+		return
+	}
+	e := &entry{
+		pod:  Pod{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID)},
+		hash: p.Annotations[ConfigHashAnnotation],
+	}
+	w.pods[p.UID] = e
+	w.byUID[string(p.UID)] = e
+	if e.hash != "" {
+		w.byUID[e.hash] = e
+	}
+	for _, list := range [][]corev1.ContainerStatus{p.Status.InitContainerStatuses, p.Status.ContainerStatuses, p.Status.EphemeralContainerStatuses} {
+		for _, s := range list {
+			id := bareID(s.ContainerID)
+			if id == "" {
+				continue // not started yet
+			}
+			e.containers = append(e.containers, id)
+			w.byContainer[id] = containerRef{e: e, name: s.Name}
+		}
+	}
+}
+
+func (w *Watcher) remove(obj any) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		// The watch missed the delete; the tombstone holds the last
+		// state the cache had, stripped like every other.
+		obj = t.Obj
+	}
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		w.log.Debug("pod watch: unexpected deleted object", "type", fmt.Sprintf("%T", obj))
+		return
+	}
+	w.mu.Lock()
+	w.dropLocked(p.UID)
+	w.mu.Unlock()
+}
+
+// dropLocked removes a pod's keys, each only if it still points at this
+// pod: after a relist a static pod's new mirror (new UID, same hash) can be
+// added before its old mirror is deleted.
+func (w *Watcher) dropLocked(uid types.UID) {
+	e, ok := w.pods[uid]
+	if !ok {
+		return
+	}
+	delete(w.pods, uid)
+	if w.byUID[string(uid)] == e {
+		delete(w.byUID, string(uid))
+	}
+	if e.hash != "" && w.byUID[e.hash] == e {
+		delete(w.byUID, e.hash)
+	}
+	for _, id := range e.containers {
+		if w.byContainer[id].e == e {
+			delete(w.byContainer, id)
+		}
+	}
+}
+
+// watchError replaces client-go's default handler, which logs through klog,
+// so that failures reach the agent's logger, each distinct one once: a
+// missing RBAC rule fails every retry with the same message.
+func (w *Watcher) watchError(_ context.Context, _ *cache.Reflector, err error) {
+	if errors.Is(err, io.EOF) {
+		return // the server closed the watch; the reflector reopens it
+	}
+	msg := err.Error()
+	w.errMu.Lock()
+	repeat := msg == w.lastErr
+	w.lastErr = msg
+	w.errors++
+	w.errMu.Unlock()
+	if repeat {
+		w.log.Debug("pod watch failed again", "node", w.node, "err", err)
+		return
+	}
+	w.log.Warn("pod watch failed; pod names may be missing or stale until it recovers", "node", w.node, "err", err)
+}
+
+// strip keeps what the index reads: names, UID, the config hash, the node,
+// and each container's name and ID. It must accept its own output, since
+// client-go may transform an object twice.
+func strip(obj any) (any, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil // tombstones and anything else pass through
+	}
+	out := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      p.Name,
+			Namespace: p.Namespace,
+			UID:       p.UID,
+			// The reflector resumes its watch from the last object's
+			// resource version.
+			ResourceVersion: p.ResourceVersion,
+		},
+		Spec: corev1.PodSpec{NodeName: p.Spec.NodeName},
+		Status: corev1.PodStatus{
+			InitContainerStatuses:      stripStatuses(p.Status.InitContainerStatuses),
+			ContainerStatuses:          stripStatuses(p.Status.ContainerStatuses),
+			EphemeralContainerStatuses: stripStatuses(p.Status.EphemeralContainerStatuses),
+		},
+	}
+	if h, ok := p.Annotations[ConfigHashAnnotation]; ok {
+		out.Annotations = map[string]string{ConfigHashAnnotation: h}
+	}
+	return out, nil
+}
+
+func stripStatuses(in []corev1.ContainerStatus) []corev1.ContainerStatus {
+	if len(in) == 0 {
+		return nil
+	}
+	out := make([]corev1.ContainerStatus, 0, len(in))
+	for _, s := range in {
+		out = append(out, corev1.ContainerStatus{Name: s.Name, ContainerID: s.ContainerID})
+	}
+	return out
+}
+
+var _ attribution.Names = (*Watcher)(nil)
+
+// Ready reports whether the watch has listed the node's pods
+// (attribution.Names): before, a PID's miss means "not known yet".
+func (w *Watcher) Ready() bool { return w.HasSynced() }
+
+// Name names the pod of a cgroup's owner (attribution.Names): by container
+// ID first (it names the container too), then by pod UID (a process in the
+// pod's cgroup but no container's, or a container the watch has not seen
+// yet).
+func (w *Watcher) Name(o cgroup.Owner) (attribution.Pod, bool) {
+	if o.ContainerID != "" {
+		if p, c, ok := w.Container(o.ContainerID); ok {
+			return attribution.Pod{Namespace: p.Namespace, Name: p.Name, Container: c}, true
+		}
+	}
+	if p, ok := w.Lookup(o.PodUID); ok {
+		return attribution.Pod{Namespace: p.Namespace, Name: p.Name}, true
+	}
+	return attribution.Pod{}, false
+}
