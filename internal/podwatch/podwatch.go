@@ -34,6 +34,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/gpu-telemetry/agent/internal/app"
 	"github.com/gpu-telemetry/agent/internal/attribution"
 	"github.com/gpu-telemetry/agent/internal/cgroup"
 )
@@ -130,6 +131,7 @@ type entry struct {
 	pod        Pod
 	hash       string
 	containers []string
+	app        app.PodInfo // what app discovery reads
 }
 
 type containerRef struct {
@@ -287,6 +289,7 @@ func (w *Watcher) upsert(obj any) {
 	e := &entry{
 		pod:  Pod{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID)},
 		hash: p.Annotations[ConfigHashAnnotation],
+		app:  appInfo(p),
 	}
 	w.pods[p.UID] = e
 	w.byUID[string(p.UID)] = e
@@ -364,8 +367,10 @@ func (w *Watcher) watchError(_ context.Context, _ *cache.Reflector, err error) {
 }
 
 // strip keeps what the index reads: names, UID, the config hash, the node,
-// and each container's name and ID. It must accept its own output, since
-// client-go may transform an object twice.
+// and each container's name and ID; and what app discovery reads: the
+// phase, the pod IP, the gpu-agent.io/ annotations and the containers'
+// ports. It must accept its own output, since client-go may transform an
+// object twice.
 func strip(obj any) (any, error) {
 	p, ok := obj.(*corev1.Pod)
 	if !ok {
@@ -380,17 +385,81 @@ func strip(obj any) (any, error) {
 			// resource version.
 			ResourceVersion: p.ResourceVersion,
 		},
-		Spec: corev1.PodSpec{NodeName: p.Spec.NodeName},
+		Spec: corev1.PodSpec{NodeName: p.Spec.NodeName, Containers: stripContainers(p.Spec.Containers)},
 		Status: corev1.PodStatus{
+			Phase:                      p.Status.Phase,
+			PodIP:                      p.Status.PodIP,
 			InitContainerStatuses:      stripStatuses(p.Status.InitContainerStatuses),
 			ContainerStatuses:          stripStatuses(p.Status.ContainerStatuses),
 			EphemeralContainerStatuses: stripStatuses(p.Status.EphemeralContainerStatuses),
 		},
 	}
-	if h, ok := p.Annotations[ConfigHashAnnotation]; ok {
-		out.Annotations = map[string]string{ConfigHashAnnotation: h}
+	for k, v := range p.Annotations {
+		if k == ConfigHashAnnotation || strings.HasPrefix(k, app.AnnotationPrefix) {
+			if out.Annotations == nil {
+				out.Annotations = make(map[string]string)
+			}
+			out.Annotations[k] = v
+		}
 	}
 	return out, nil
+}
+
+// stripContainers keeps each container's name and ports (name, number,
+// protocol): gpu-agent.io/port may name one.
+func stripContainers(in []corev1.Container) []corev1.Container {
+	var out []corev1.Container
+	for _, c := range in {
+		if len(c.Ports) == 0 {
+			continue
+		}
+		ports := make([]corev1.ContainerPort, len(c.Ports))
+		for i, pt := range c.Ports {
+			ports[i] = corev1.ContainerPort{Name: pt.Name, ContainerPort: pt.ContainerPort, Protocol: pt.Protocol}
+		}
+		out = append(out, corev1.Container{Name: c.Name, Ports: ports})
+	}
+	return out
+}
+
+// appInfo is what app discovery reads of a (stripped) pod.
+func appInfo(p *corev1.Pod) app.PodInfo {
+	info := app.PodInfo{
+		Namespace: p.Namespace,
+		Name:      p.Name,
+		UID:       string(p.UID),
+		Phase:     string(p.Status.Phase),
+		IP:        p.Status.PodIP,
+	}
+	for k, v := range p.Annotations {
+		if strings.HasPrefix(k, app.AnnotationPrefix) {
+			if info.Annotations == nil {
+				info.Annotations = make(map[string]string)
+			}
+			info.Annotations[k] = v
+		}
+	}
+	for _, c := range p.Spec.Containers {
+		for _, pt := range c.Ports {
+			info.Ports = append(info.Ports, app.Port{Container: c.Name, Name: pt.Name, Number: pt.ContainerPort, Protocol: string(pt.Protocol)})
+		}
+	}
+	return info
+}
+
+var _ app.Pods = (*Watcher)(nil)
+
+// AppPods lists the node's pods as app discovery reads them (app.Pods).
+// The entries are shared, not copied: they are never modified once
+// indexed (an update replaces the entry).
+func (w *Watcher) AppPods() []app.PodInfo {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	out := make([]app.PodInfo, 0, len(w.pods))
+	for _, e := range w.pods {
+		out = append(out, e.app)
+	}
+	return out
 }
 
 func stripStatuses(in []corev1.ContainerStatus) []corev1.ContainerStatus {

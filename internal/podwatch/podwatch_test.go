@@ -2,6 +2,7 @@ package podwatch
 
 import (
 	"context"
+	"github.com/gpu-telemetry/agent/internal/app"
 	"reflect"
 	"strings"
 	"sync"
@@ -19,6 +20,7 @@ import (
 	clienttesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/gpu-telemetry/agent/internal/app"
 	"github.com/gpu-telemetry/agent/internal/testutil"
 )
 
@@ -448,11 +450,18 @@ func TestStripKeepsOnlyWhatTheIndexReads(t *testing.T) {
 	full := webrtcPod()
 	full.ResourceVersion = "4711"
 	full.Labels = map[string]string{"app": "webrtc"}
-	full.Annotations = map[string]string{ConfigHashAnnotation: staticHash, "kubectl.kubernetes.io/last-applied-configuration": strings.Repeat("x", 4096)}
+	full.Annotations = map[string]string{ConfigHashAnnotation: staticHash, "kubectl.kubernetes.io/last-applied-configuration": strings.Repeat("x", 4096),
+		app.AnnotationScrape: "true", app.AnnotationPort: "metrics", "prometheus.io/scrape": "true"}
 	full.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubelet"}}
 	full.OwnerReferences = []metav1.OwnerReference{{Kind: "StatefulSet", Name: "webrtc"}}
-	full.Spec.Containers = []corev1.Container{{Name: "sfu", Image: "sfu:1", Env: []corev1.EnvVar{{Name: "A", Value: "b"}}}}
+	full.Spec.Containers = []corev1.Container{
+		{Name: "sfu", Image: "sfu:1", Env: []corev1.EnvVar{{Name: "A", Value: "b"}},
+			Ports: []corev1.ContainerPort{{Name: "metrics", ContainerPort: 6789, Protocol: corev1.ProtocolTCP, HostPort: 6789}}},
+		{Name: "sidecar", Image: "s:1"},
+	}
 	full.Status.Phase = corev1.PodRunning
+	full.Status.PodIP = "10.1.2.3"
+	full.Status.PodIPs = []corev1.PodIP{{IP: "10.1.2.3"}}
 	full.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady}}
 	full.Status.ContainerStatuses[0].Image = "sfu:1"
 	full.Status.ContainerStatuses[0].RestartCount = 3
@@ -464,10 +473,14 @@ func TestStripKeepsOnlyWhatTheIndexReads(t *testing.T) {
 	want := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
 			Namespace: "media", Name: "webrtc-0", UID: uidWebRTC, ResourceVersion: "4711",
-			Annotations: map[string]string{ConfigHashAnnotation: staticHash},
+			Annotations: map[string]string{ConfigHashAnnotation: staticHash, app.AnnotationScrape: "true", app.AnnotationPort: "metrics"},
 		},
-		Spec: corev1.PodSpec{NodeName: node},
+		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{
+			{Name: "sfu", Ports: []corev1.ContainerPort{{Name: "metrics", ContainerPort: 6789, Protocol: corev1.ProtocolTCP}}},
+		}},
 		Status: corev1.PodStatus{
+			Phase:                      corev1.PodRunning,
+			PodIP:                      "10.1.2.3",
 			InitContainerStatuses:      []corev1.ContainerStatus{status("fetch-models", "containerd://"+cidInit)},
 			ContainerStatuses:          []corev1.ContainerStatus{status("sfu", "containerd://"+cidMain), status("metrics", "containerd://"+cidSidecar)},
 			EphemeralContainerStatuses: []corev1.ContainerStatus{status("debugger-x7k", "containerd://"+cidDebug)},
@@ -485,6 +498,39 @@ func TestStripKeepsOnlyWhatTheIndexReads(t *testing.T) {
 	if out, _ := strip(tomb); out != tomb {
 		t.Errorf("strip changed a tombstone: %+v", out)
 	}
+}
+
+// App discovery reads the watch's index: a pod's IP, phase, gpu-agent.io/
+// annotations and ports, as updates change them, and nothing once gone.
+func TestAppPods(t *testing.T) {
+	p := webrtcPod()
+	p.Annotations = map[string]string{app.AnnotationScrape: "true", app.AnnotationFamilies: "livekit_.*", "other.io/x": "y"}
+	p.Spec.Containers = []corev1.Container{{Name: "sfu", Ports: []corev1.ContainerPort{{Name: "metrics", ContainerPort: 6789}}}}
+	p.Status.Phase = corev1.PodPending
+	w, client := started(t, p)
+	pods := w.AppPods()
+	want := app.PodInfo{Namespace: "media", Name: "webrtc-0", UID: uidWebRTC, Phase: "Pending",
+		Annotations: map[string]string{app.AnnotationScrape: "true", app.AnnotationFamilies: "livekit_.*"},
+		Ports:       []app.Port{{Container: "sfu", Name: "metrics", Number: 6789}}}
+	if len(pods) != 1 || !reflect.DeepEqual(pods[0], want) {
+		t.Fatalf("AppPods = %+v, want %+v", pods, want)
+	}
+	running := p.DeepCopy()
+	running.Status.Phase, running.Status.PodIP = corev1.PodRunning, "10.1.2.3"
+	if _, err := client.CoreV1().Pods("media").UpdateStatus(context.Background(), running, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, "the update reached AppPods", func() bool {
+		ps := w.AppPods()
+		return len(ps) == 1 && ps[0].Phase == "Running" && ps[0].IP == "10.1.2.3"
+	})
+	if _, err := app.ParseTarget(w.AppPods()[0], app.MinInterval, time.Second); err != nil {
+		t.Fatalf("the watched pod is not a target: %v", err)
+	}
+	if err := client.CoreV1().Pods("media").Delete(context.Background(), "webrtc-0", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, "the deleted pod left AppPods", func() bool { return len(w.AppPods()) == 0 })
 }
 
 func TestBareID(t *testing.T) {
