@@ -2,7 +2,6 @@ package podwatch
 
 import (
 	"context"
-	"github.com/gpu-telemetry/agent/internal/app"
 	"reflect"
 	"strings"
 	"sync"
