@@ -116,7 +116,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	metrics := append([]prometheus.Collector{tick}, st.metrics...)
 	var push *pushServer
 	if grpcLn != nil {
-		if push, err = newPushServer(cfg, store, views, log.With("component", "grpc")); err != nil {
+		if push, err = newPushServer(cfg, store, views, st.apps, log.With("component", "grpc")); err != nil {
 			return abort(err)
 		}
 		push.ln = grpcLn

@@ -50,6 +50,9 @@ type Config struct {
 	Kubeconfig string // empty: in-cluster
 	PodWatch   bool
 
+	// App scraping: the node's opted-in pods' own metrics, on the stream.
+	App AppConfig
+
 	NVMLLibraryPath string
 	Simulate        int
 	SimulateSeed    int64
@@ -118,6 +121,7 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (*C
 	fs.StringVar(&c.ProcFS, "path.procfs", cgroup.DefaultProcFS, "The host's procfs, to map GPU processes to pods through their cgroups (the DaemonSet mounts the host's /proc at /host/proc).")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "Kubeconfig file of the pod watch outside a cluster; empty: the pod's service account.")
 	fs.BoolVar(&c.PodWatch, "kubernetes.pod-watch", true, "Watch this node's pods (get/list/watch pods) to name the pods of GPU processes, for each pod's own share of a shared GPU; off with --simulate, which names its own.")
+	c.App.register(fs)
 	fs.StringVar(&c.NVMLLibraryPath, "nvml.library-path", "", "Path to libnvidia-ml.so.1; empty uses the dynamic loader's search path.")
 	fs.IntVar(&c.Simulate, "simulate", 0, "Simulate N T4-like GPUs instead of using NVML (and their pods, when no kubelet socket exists).")
 	fs.Int64Var(&c.SimulateSeed, "simulate.seed", 1, "Seed of the simulated GPUs' UUIDs and load curves.")
@@ -217,6 +221,7 @@ func (c *Config) Validate() error {
 	if c.Kubeconfig != "" && !c.PodWatch {
 		bad("kubeconfig", c.Kubeconfig, "needs --kubernetes.pod-watch")
 	}
+	errs = append(errs, c.App.validate()...)
 	if c.Simulate < 0 || c.Simulate > MaxSimulatedGPUs {
 		bad("simulate", c.Simulate, fmt.Sprintf("must be between 0 and %d", MaxSimulatedGPUs))
 	}

@@ -193,7 +193,7 @@ func TestGRPCPortTakenFailsTheStart(t *testing.T) {
 func TestHealthServingWithTheFirstSnapshot(t *testing.T) {
 	c := parse(t, "--grpc.listen-address=127.0.0.1:0")
 	store := telemetry.NewStore(c.Interval, c.Window)
-	p, err := newPushServer(c, store, nil, slog.New(slog.DiscardHandler))
+	p, err := newPushServer(c, store, nil, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
+	"github.com/gpu-telemetry/agent/internal/app"
 	"github.com/gpu-telemetry/agent/internal/attribution"
 	"github.com/gpu-telemetry/agent/internal/exporter"
 	"github.com/gpu-telemetry/agent/internal/nvml"
@@ -58,7 +59,7 @@ func TestEveryAgentMetricIsDocumented(t *testing.T) {
 	// The scrape must hold every dcgm-exporter family and the families
 	// of each registry source, or the comparison below proves little.
 	for _, n := range append(exporter.DCGMNames(), "gpu_agent_sample_duration_seconds",
-		"gpu_agent_pod_watch_synced", "gpu_agent_stream_subscribers", "gpu_agent_pod_encoder_latency_seconds") {
+		"gpu_agent_pod_watch_synced", "gpu_agent_stream_subscribers", "gpu_agent_app_targets", "gpu_agent_pod_encoder_latency_seconds") {
 		if !served[n] {
 			t.Errorf("the fixture does not make /metrics serve %s", n)
 		}
@@ -120,7 +121,8 @@ func scrapeEveryFamily(t *testing.T) map[string]bool {
 	}
 	log := slog.New(slog.DiscardHandler)
 	reg := newRegistry(append(watcher.Metrics(), nvml.NewTickHistogram(), podresources.NewMetrics(pods),
-		stream.New(store, stream.Options{Node: "node-a", Interval: interval, Logger: log}))...)
+		stream.New(store, stream.Options{Node: "node-a", Interval: interval, Logger: log}),
+		app.New(watcher, app.Options{}).Metrics())...)
 	handler, err := exporter.NewHandler(reg, collector, exporter.HandlerOptions{Interval: interval, Logger: log, Version: "test"})
 	if err != nil {
 		t.Fatal(err)

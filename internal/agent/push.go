@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/gpu-telemetry/agent/internal/app"
 	"github.com/gpu-telemetry/agent/internal/attribution"
 	"github.com/gpu-telemetry/agent/internal/stream"
 	"github.com/gpu-telemetry/agent/internal/telemetry"
@@ -29,10 +30,14 @@ type pushServer struct {
 	log    *slog.Logger
 }
 
-func newPushServer(cfg *Config, store *telemetry.Store, views *attribution.Attributor, log *slog.Logger) (*pushServer, error) {
+func newPushServer(cfg *Config, store *telemetry.Store, views *attribution.Attributor, apps *app.Manager, log *slog.Logger) (*pushServer, error) {
 	tlsConf, err := cfg.GRPCTLSConfig()
 	if err != nil {
 		return nil, err
+	}
+	var appSrc stream.AppSource // nil, not a nil *app.Manager
+	if apps != nil {
+		appSrc = apps
 	}
 	p := &pushServer{
 		grpc:   newGRPCServer(tlsConf),
@@ -45,6 +50,7 @@ func newPushServer(cfg *Config, store *telemetry.Store, views *attribution.Attri
 			Start:    time.Now(),
 			Views:    views,
 			Logger:   log,
+			Apps:     appSrc,
 		}),
 	}
 	p.stream.Register(p.grpc)

@@ -9,6 +9,7 @@ import (
 	"github.com/gpu-telemetry/agent/internal/cgroup"
 	"github.com/gpu-telemetry/agent/internal/nvml"
 	"github.com/gpu-telemetry/agent/internal/nvml/sim"
+	"github.com/gpu-telemetry/agent/internal/podwatch"
 	"github.com/gpu-telemetry/agent/internal/telemetry"
 )
 
@@ -57,7 +58,20 @@ func (s *simSource) start(store *telemetry.Store) (*stages, error) {
 		st.pods = staticPods{SimulatedPods(s.lib)}
 	}
 	if s.cfg.PodWatch && s.cfg.Kubeconfig != "" {
-		s.log.Info("--simulate names its own pods; the pod watch is off")
+		// The simulated GPUs' processes are named by the simulator; the
+		// watch finds the real pods whose own metrics the agent scrapes.
+		s.log.Info("--simulate names its GPU processes' pods; the pod watch finds app targets only")
+		client, err := podwatch.NewClient(s.cfg.Kubeconfig)
+		if err != nil {
+			return nil, err
+		}
+		w, err := podwatch.New(client, s.cfg.NodeName, podwatch.Options{Logger: s.log.With("component", "podwatch")})
+		if err != nil {
+			return nil, err
+		}
+		st.metrics = append(st.metrics, w.Metrics()...)
+		st.run = append(st.run, w.Run)
+		st.addApps(s.cfg, w, s.log.With("component", "app"))
 	}
 	st.processes = attribution.NewProcessStage(store, cgroup.NewResolverFS(s.lib.ProcFS()), SimulatedNames(s.lib), s.log.With("component", "processes"))
 	st.run = append(st.run, st.processes.Run)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/gpu-telemetry/agent/internal/app"
 	"github.com/gpu-telemetry/agent/internal/attribution"
 	"github.com/gpu-telemetry/agent/internal/cgroup"
 	"github.com/gpu-telemetry/agent/internal/nvml"
@@ -30,8 +31,22 @@ type source interface {
 type stages struct {
 	pods      attribution.PodSource     // nil: no pod attribution
 	processes *attribution.ProcessStage // nil: processes are not attributed
+	apps      *app.Manager              // nil: no app scraping
 	metrics   []prometheus.Collector    // the stages' own metrics
 	run       []func(context.Context) error
+}
+
+// addApps scrapes the pods the watch finds opted in, with --app.*.
+func (st *stages) addApps(cfg *Config, w *podwatch.Watcher, log *slog.Logger) {
+	if !cfg.App.Enabled {
+		log.Info("--app.enabled=false: the node's pods' own metrics are not scraped")
+		return
+	}
+	o := cfg.App.options()
+	o.Logger = log
+	st.apps = app.New(w, o)
+	st.metrics = append(st.metrics, st.apps.Metrics())
+	st.run = append(st.run, st.apps.Run)
 }
 
 // newSource picks the node's source.
@@ -75,6 +90,7 @@ func (s *nodeSource) start(store *telemetry.Store) (*stages, error) {
 	st.processes = attribution.NewProcessStage(store, cgroup.NewResolver(s.cfg.ProcFS), w, plog)
 	st.metrics = append(st.metrics, w.Metrics()...)
 	st.run = append(st.run, w.Run, st.processes.Run)
+	st.addApps(s.cfg, w, s.log.With("component", "app"))
 	return st, nil
 }
 

@@ -95,7 +95,7 @@ func newHTTPClient() *http.Client {
 		MaxIdleConns:          256,
 		IdleConnTimeout:       90 * time.Second,
 		TLSHandshakeTimeout:   10 * time.Second,
-		ResponseHeaderTimeout: 0, // the request's context bounds it
+		ResponseHeaderTimeout: 0,                                     // the request's context bounds it
 		TLSClientConfig:       &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // see above
 	}
 	return &http.Client{

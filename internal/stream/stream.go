@@ -26,6 +26,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
 	"github.com/gpu-telemetry/agent/internal/attribution"
@@ -48,6 +50,9 @@ type Options struct {
 	Views  *attribution.Attributor
 	Buffer int // per-subscriber buffer; 0 means DefaultBuffer
 	Logger *slog.Logger
+	// Apps is the node's app scrapes, for subscribers that name
+	// app_families; nil: none.
+	Apps AppSource
 }
 
 // Server implements telemetryv1.TelemetryServer over a store. Run must
@@ -151,11 +156,13 @@ func (it *item) ownDevices() []*telemetryv1.Device {
 }
 
 type subscriber struct {
-	buf chan *item
+	buf     chan *item
+	apps    bool          // it named app families
+	appWake chan struct{} // a new app set; one slot
 }
 
-func (s *Server) subscribe() *subscriber {
-	sub := &subscriber{buf: make(chan *item, s.opts.Buffer)}
+func (s *Server) subscribe(apps bool) *subscriber {
+	sub := &subscriber{buf: make(chan *item, s.opts.Buffer), apps: apps, appWake: make(chan struct{}, 1)}
 	s.mu.Lock()
 	s.subs[sub] = struct{}{}
 	s.mu.Unlock()
@@ -183,6 +190,9 @@ func (s *Server) Run(ctx context.Context) error {
 		case <-ctx.Done():
 		}
 	}()
+	if s.opts.Apps != nil {
+		go s.runApps(ctx)
+	}
 	var seq uint64
 	for {
 		snap, err := s.store.Wait(ctx, seq)
@@ -228,6 +238,7 @@ type filter struct {
 	pod          *regexp.Regexp // matched against the whole name; nil: any
 	unattributed bool
 	minPeriod    time.Duration
+	families     map[string]bool // app families; nil: none
 }
 
 func newFilter(req *telemetryv1.WatchRequest) (*filter, error) {
@@ -249,6 +260,10 @@ func newFilter(req *telemetryv1.WatchRequest) (*filter, error) {
 	}
 	if f.namespace != "" || f.pod != nil {
 		f.unattributed = false // the proto: ignored when filtering by pod
+	}
+	var err error
+	if f.families, err = appFamilies(req.GetAppFamilies()); err != nil {
+		return nil, err
 	}
 	return f, nil
 }
@@ -284,7 +299,7 @@ func (s *Server) Watch(req *telemetryv1.WatchRequest, stream grpc.ServerStreamin
 	}
 	// Subscribe before reading the latest, so that nothing published in
 	// between is missed; what both give is sent once (by sequence).
-	sub := s.subscribe()
+	sub := s.subscribe(f.families != nil && s.opts.Apps != nil)
 	ctx := stream.Context()
 	log := s.log.With("namespace", f.namespace, "pod_pattern", req.GetPodPattern(), "min_period", f.minPeriod)
 	if p, ok := peer.FromContext(ctx); ok {
@@ -298,16 +313,47 @@ func (s *Server) Watch(req *telemetryv1.WatchRequest, stream grpc.ServerStreamin
 	}()
 
 	var last *telemetry.Snapshot
+	var lastSent time.Time
 	var scratch []*telemetry.Snapshot
+	var apps appCache
 	send := func(it *item) error {
 		var msg *telemetryv1.NodeSnapshot
 		msg, scratch = s.message(it, last, f, scratch[:0])
+		msg.Apps, _ = s.apps(f, &apps)
 		if err := stream.Send(msg); err != nil {
 			return err
 		}
 		s.sent.Inc()
 		sent++
-		last = it.view.Snapshot
+		last, lastSent = it.view.Snapshot, time.Now()
+		return nil
+	}
+	// sendApps sends a new app set between two ticks, as an apps_only
+	// message; with min_period, not sooner than that after the previous
+	// message (the next tick's message carries the set anyway).
+	sendApps := func() error {
+		if last == nil || time.Since(lastSent) < f.minPeriod {
+			return nil
+		}
+		msgs, fresh := s.apps(f, &apps)
+		if !fresh {
+			return nil
+		}
+		msg := &telemetryv1.NodeSnapshot{
+			Node:       s.opts.Node,
+			Sequence:   last.Seq,
+			SampleTime: timestamppb.New(last.Time),
+			Interval:   durationpb.New(s.opts.Interval),
+			AgentStart: timestamppb.New(s.opts.Start),
+			Apps:       msgs,
+			AppsOnly:   true,
+		}
+		if err := stream.Send(msg); err != nil {
+			return err
+		}
+		s.sent.Inc()
+		sent++
+		lastSent = time.Now()
 		return nil
 	}
 	if snap := s.store.Latest(); snap != nil {
@@ -319,6 +365,11 @@ func (s *Server) Watch(req *telemetryv1.WatchRequest, stream grpc.ServerStreamin
 		var it *item
 		select {
 		case it = <-sub.buf:
+		case <-sub.appWake:
+			if err := sendApps(); err != nil {
+				return err
+			}
+			continue
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-s.done:

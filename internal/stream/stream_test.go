@@ -136,6 +136,7 @@ func TestBadRequests(t *testing.T) {
 	}{
 		{&telemetryv1.WatchRequest{PodPattern: "inference-("}, "pod_pattern"},
 		{&telemetryv1.WatchRequest{MinPeriod: durationpb.New(-time.Second)}, "min_period"},
+		{&telemetryv1.WatchRequest{AppFamilies: []string{"livekit_jitter_us", "not a name"}}, "app_families"},
 	} {
 		_, err := h.watch(t, tt.req).Recv()
 		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tt.want) {

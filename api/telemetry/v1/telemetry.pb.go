@@ -30,6 +30,61 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type AppMetricType int32
+
+const (
+	AppMetricType_APP_METRIC_TYPE_UNSPECIFIED AppMetricType = 0
+	AppMetricType_APP_METRIC_TYPE_COUNTER     AppMetricType = 1
+	AppMetricType_APP_METRIC_TYPE_GAUGE       AppMetricType = 2
+	AppMetricType_APP_METRIC_TYPE_HISTOGRAM   AppMetricType = 3
+	AppMetricType_APP_METRIC_TYPE_UNTYPED     AppMetricType = 4
+)
+
+// Enum value maps for AppMetricType.
+var (
+	AppMetricType_name = map[int32]string{
+		0: "APP_METRIC_TYPE_UNSPECIFIED",
+		1: "APP_METRIC_TYPE_COUNTER",
+		2: "APP_METRIC_TYPE_GAUGE",
+		3: "APP_METRIC_TYPE_HISTOGRAM",
+		4: "APP_METRIC_TYPE_UNTYPED",
+	}
+	AppMetricType_value = map[string]int32{
+		"APP_METRIC_TYPE_UNSPECIFIED": 0,
+		"APP_METRIC_TYPE_COUNTER":     1,
+		"APP_METRIC_TYPE_GAUGE":       2,
+		"APP_METRIC_TYPE_HISTOGRAM":   3,
+		"APP_METRIC_TYPE_UNTYPED":     4,
+	}
+)
+
+func (x AppMetricType) Enum() *AppMetricType {
+	p := new(AppMetricType)
+	*p = x
+	return p
+}
+
+func (x AppMetricType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AppMetricType) Descriptor() protoreflect.EnumDescriptor {
+	return file_telemetry_v1_telemetry_proto_enumTypes[0].Descriptor()
+}
+
+func (AppMetricType) Type() protoreflect.EnumType {
+	return &file_telemetry_v1_telemetry_proto_enumTypes[0]
+}
+
+func (x AppMetricType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AppMetricType.Descriptor instead.
+func (AppMetricType) EnumDescriptor() ([]byte, []int) {
+	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{0}
+}
+
 type Engine int32
 
 const (
@@ -69,11 +124,11 @@ func (x Engine) String() string {
 }
 
 func (Engine) Descriptor() protoreflect.EnumDescriptor {
-	return file_telemetry_v1_telemetry_proto_enumTypes[0].Descriptor()
+	return file_telemetry_v1_telemetry_proto_enumTypes[1].Descriptor()
 }
 
 func (Engine) Type() protoreflect.EnumType {
-	return &file_telemetry_v1_telemetry_proto_enumTypes[0]
+	return &file_telemetry_v1_telemetry_proto_enumTypes[1]
 }
 
 func (x Engine) Number() protoreflect.EnumNumber {
@@ -82,7 +137,7 @@ func (x Engine) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Engine.Descriptor instead.
 func (Engine) EnumDescriptor() ([]byte, []int) {
-	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{0}
+	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{1}
 }
 
 type WatchRequest struct {
@@ -99,8 +154,13 @@ type WatchRequest struct {
 	// Also send devices no pod holds. Ignored when namespace or pod_pattern
 	// is set.
 	IncludeUnattributed bool `protobuf:"varint,4,opt,name=include_unattributed,json=includeUnattributed,proto3" json:"include_unattributed,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// The app metric families to receive (exact names, e.g.
+	// "livekit_jitter_us"), from the node's pods that opted in to app
+	// scraping and pass namespace and pod_pattern. Empty: no app data, and
+	// no apps_only messages.
+	AppFamilies   []string `protobuf:"bytes,5,rep,name=app_families,json=appFamilies,proto3" json:"app_families,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WatchRequest) Reset() {
@@ -161,6 +221,13 @@ func (x *WatchRequest) GetIncludeUnattributed() bool {
 	return false
 }
 
+func (x *WatchRequest) GetAppFamilies() []string {
+	if x != nil {
+		return x.AppFamilies
+	}
+	return nil
+}
+
 // NodeSnapshot is one sampling tick of one node, joined with the pods
 // that hold each device.
 type NodeSnapshot struct {
@@ -182,8 +249,20 @@ type NodeSnapshot struct {
 	// True if pod attribution comes from the kubelet's last good answer
 	// because the latest pod-resources call failed.
 	PodsStale bool `protobuf:"varint,7,opt,name=pods_stale,json=podsStale,proto3" json:"pods_stale,omitempty"`
-	// The devices that passed the request's filter.
-	Devices       []*Device `protobuf:"bytes,8,rep,name=devices,proto3" json:"devices,omitempty"`
+	// The devices that passed the request's filter. Empty in an apps_only
+	// message.
+	Devices []*Device `protobuf:"bytes,8,rep,name=devices,proto3" json:"devices,omitempty"`
+	// Every current app target that passes the request's filter, with the
+	// families the request names from its latest scrape. Each message
+	// carries the whole set: a target missing from a message is gone (its
+	// pod left, stopped running or opted out). Sent only to a request that
+	// names app_families.
+	Apps []*AppScrape `protobuf:"bytes,9,rep,name=apps,proto3" json:"apps,omitempty"`
+	// Set on a message sent because an app scrape landed between two ticks,
+	// so that it reaches the subscriber without waiting for the next tick.
+	// It carries apps only: no devices (keep the previous message's), the
+	// latest tick's sequence and sample_time, skipped 0.
+	AppsOnly      bool `protobuf:"varint,10,opt,name=apps_only,json=appsOnly,proto3" json:"apps_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -274,6 +353,350 @@ func (x *NodeSnapshot) GetDevices() []*Device {
 	return nil
 }
 
+func (x *NodeSnapshot) GetApps() []*AppScrape {
+	if x != nil {
+		return x.Apps
+	}
+	return nil
+}
+
+func (x *NodeSnapshot) GetAppsOnly() bool {
+	if x != nil {
+		return x.AppsOnly
+	}
+	return false
+}
+
+// AppScrape is one pod's latest scrape of its own metrics endpoint.
+type AppScrape struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Pod       string                 `protobuf:"bytes,2,opt,name=pod,proto3" json:"pod,omitempty"`
+	// When the scrape whose values these are started (the agent's clock):
+	// the timestamp Prometheus would give its samples. A scrape that
+	// failed leaves the previous good values and their time, with error.
+	ScrapeTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=scrape_time,json=scrapeTime,proto3" json:"scrape_time,omitempty"`
+	// Why the latest scrape failed ("timeout: ..."); empty when it
+	// succeeded.
+	Error string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// The requested families the scrape had, sorted by name.
+	Families      []*AppFamily `protobuf:"bytes,5,rep,name=families,proto3" json:"families,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppScrape) Reset() {
+	*x = AppScrape{}
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppScrape) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppScrape) ProtoMessage() {}
+
+func (x *AppScrape) ProtoReflect() protoreflect.Message {
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppScrape.ProtoReflect.Descriptor instead.
+func (*AppScrape) Descriptor() ([]byte, []int) {
+	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *AppScrape) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *AppScrape) GetPod() string {
+	if x != nil {
+		return x.Pod
+	}
+	return ""
+}
+
+func (x *AppScrape) GetScrapeTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ScrapeTime
+	}
+	return nil
+}
+
+func (x *AppScrape) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *AppScrape) GetFamilies() []*AppFamily {
+	if x != nil {
+		return x.Families
+	}
+	return nil
+}
+
+type AppFamily struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As the app exposes it, e.g. "livekit_jitter_us".
+	Name          string        `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Type          AppMetricType `protobuf:"varint,2,opt,name=type,proto3,enum=gputelemetry.telemetry.v1.AppMetricType" json:"type,omitempty"`
+	Series        []*AppSeries  `protobuf:"bytes,3,rep,name=series,proto3" json:"series,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppFamily) Reset() {
+	*x = AppFamily{}
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppFamily) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppFamily) ProtoMessage() {}
+
+func (x *AppFamily) ProtoReflect() protoreflect.Message {
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppFamily.ProtoReflect.Descriptor instead.
+func (*AppFamily) Descriptor() ([]byte, []int) {
+	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *AppFamily) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AppFamily) GetType() AppMetricType {
+	if x != nil {
+		return x.Type
+	}
+	return AppMetricType_APP_METRIC_TYPE_UNSPECIFIED
+}
+
+func (x *AppFamily) GetSeries() []*AppSeries {
+	if x != nil {
+		return x.Series
+	}
+	return nil
+}
+
+type AppSeries struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sorted by name; a histogram's have no "le".
+	Labels []*Label `protobuf:"bytes,1,rep,name=labels,proto3" json:"labels,omitempty"`
+	// A counter's, gauge's or untyped metric's value.
+	Value float64 `protobuf:"fixed64,2,opt,name=value,proto3" json:"value,omitempty"`
+	// A histogram's buckets; unset for the other types.
+	Histogram     *AppHistogram `protobuf:"bytes,3,opt,name=histogram,proto3" json:"histogram,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppSeries) Reset() {
+	*x = AppSeries{}
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppSeries) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppSeries) ProtoMessage() {}
+
+func (x *AppSeries) ProtoReflect() protoreflect.Message {
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppSeries.ProtoReflect.Descriptor instead.
+func (*AppSeries) Descriptor() ([]byte, []int) {
+	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *AppSeries) GetLabels() []*Label {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *AppSeries) GetValue() float64 {
+	if x != nil {
+		return x.Value
+	}
+	return 0
+}
+
+func (x *AppSeries) GetHistogram() *AppHistogram {
+	if x != nil {
+		return x.Histogram
+	}
+	return nil
+}
+
+// AppHistogram is a classic histogram, as Prometheus stores one.
+type AppHistogram struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Finite upper bounds, ascending; the +Inf bucket is count.
+	UpperBounds []float64 `protobuf:"fixed64,1,rep,packed,name=upper_bounds,json=upperBounds,proto3" json:"upper_bounds,omitempty"`
+	// Cumulative count of each bound, parallel to upper_bounds.
+	CumulativeCounts []float64 `protobuf:"fixed64,2,rep,packed,name=cumulative_counts,json=cumulativeCounts,proto3" json:"cumulative_counts,omitempty"`
+	Sum              float64   `protobuf:"fixed64,3,opt,name=sum,proto3" json:"sum,omitempty"`
+	Count            float64   `protobuf:"fixed64,4,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *AppHistogram) Reset() {
+	*x = AppHistogram{}
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppHistogram) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppHistogram) ProtoMessage() {}
+
+func (x *AppHistogram) ProtoReflect() protoreflect.Message {
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppHistogram.ProtoReflect.Descriptor instead.
+func (*AppHistogram) Descriptor() ([]byte, []int) {
+	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *AppHistogram) GetUpperBounds() []float64 {
+	if x != nil {
+		return x.UpperBounds
+	}
+	return nil
+}
+
+func (x *AppHistogram) GetCumulativeCounts() []float64 {
+	if x != nil {
+		return x.CumulativeCounts
+	}
+	return nil
+}
+
+func (x *AppHistogram) GetSum() float64 {
+	if x != nil {
+		return x.Sum
+	}
+	return 0
+}
+
+func (x *AppHistogram) GetCount() float64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+type Label struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Label) Reset() {
+	*x = Label{}
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Label) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Label) ProtoMessage() {}
+
+func (x *Label) ProtoReflect() protoreflect.Message {
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Label.ProtoReflect.Descriptor instead.
+func (*Label) Descriptor() ([]byte, []int) {
+	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Label) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Label) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
 // Device is a whole GPU or a MIG instance.
 type Device struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -331,7 +754,7 @@ type Device struct {
 
 func (x *Device) Reset() {
 	*x = Device{}
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[2]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -343,7 +766,7 @@ func (x *Device) String() string {
 func (*Device) ProtoMessage() {}
 
 func (x *Device) ProtoReflect() protoreflect.Message {
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[2]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -356,7 +779,7 @@ func (x *Device) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Device.ProtoReflect.Descriptor instead.
 func (*Device) Descriptor() ([]byte, []int) {
-	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{2}
+	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Device) GetUuid() string {
@@ -564,7 +987,7 @@ type Pod struct {
 
 func (x *Pod) Reset() {
 	*x = Pod{}
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[3]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -576,7 +999,7 @@ func (x *Pod) String() string {
 func (*Pod) ProtoMessage() {}
 
 func (x *Pod) ProtoReflect() protoreflect.Message {
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[3]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -589,7 +1012,7 @@ func (x *Pod) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pod.ProtoReflect.Descriptor instead.
 func (*Pod) Descriptor() ([]byte, []int) {
-	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{3}
+	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Pod) GetNamespace() string {
@@ -687,7 +1110,7 @@ type EngineSamples struct {
 
 func (x *EngineSamples) Reset() {
 	*x = EngineSamples{}
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[4]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -699,7 +1122,7 @@ func (x *EngineSamples) String() string {
 func (*EngineSamples) ProtoMessage() {}
 
 func (x *EngineSamples) ProtoReflect() protoreflect.Message {
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[4]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -712,7 +1135,7 @@ func (x *EngineSamples) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EngineSamples.ProtoReflect.Descriptor instead.
 func (*EngineSamples) Descriptor() ([]byte, []int) {
-	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{4}
+	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *EngineSamples) GetEngine() Engine {
@@ -741,7 +1164,7 @@ type Sample struct {
 
 func (x *Sample) Reset() {
 	*x = Sample{}
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[5]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -753,7 +1176,7 @@ func (x *Sample) String() string {
 func (*Sample) ProtoMessage() {}
 
 func (x *Sample) ProtoReflect() protoreflect.Message {
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[5]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -766,7 +1189,7 @@ func (x *Sample) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sample.ProtoReflect.Descriptor instead.
 func (*Sample) Descriptor() ([]byte, []int) {
-	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{5}
+	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Sample) GetTimeUnixMicro() int64 {
@@ -787,14 +1210,15 @@ var File_telemetry_v1_telemetry_proto protoreflect.FileDescriptor
 
 const file_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\n" +
-	"\x1ctelemetry/v1/telemetry.proto\x12\x19gputelemetry.telemetry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x01\n" +
+	"\x1ctelemetry/v1/telemetry.proto\x12\x19gputelemetry.telemetry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdd\x01\n" +
 	"\fWatchRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x1f\n" +
 	"\vpod_pattern\x18\x02 \x01(\tR\n" +
 	"podPattern\x128\n" +
 	"\n" +
 	"min_period\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\tminPeriod\x121\n" +
-	"\x14include_unattributed\x18\x04 \x01(\bR\x13includeUnattributed\"\xe5\x02\n" +
+	"\x14include_unattributed\x18\x04 \x01(\bR\x13includeUnattributed\x12!\n" +
+	"\fapp_families\x18\x05 \x03(\tR\vappFamilies\"\xbc\x03\n" +
 	"\fNodeSnapshot\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1a\n" +
 	"\bsequence\x18\x02 \x01(\x04R\bsequence\x12;\n" +
@@ -806,7 +1230,33 @@ const file_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\askipped\x18\x06 \x01(\x04R\askipped\x12\x1d\n" +
 	"\n" +
 	"pods_stale\x18\a \x01(\bR\tpodsStale\x12;\n" +
-	"\adevices\x18\b \x03(\v2!.gputelemetry.telemetry.v1.DeviceR\adevices\"\xaa\n" +
+	"\adevices\x18\b \x03(\v2!.gputelemetry.telemetry.v1.DeviceR\adevices\x128\n" +
+	"\x04apps\x18\t \x03(\v2$.gputelemetry.telemetry.v1.AppScrapeR\x04apps\x12\x1b\n" +
+	"\tapps_only\x18\n" +
+	" \x01(\bR\bappsOnly\"\xd0\x01\n" +
+	"\tAppScrape\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x10\n" +
+	"\x03pod\x18\x02 \x01(\tR\x03pod\x12;\n" +
+	"\vscrape_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"scrapeTime\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x12@\n" +
+	"\bfamilies\x18\x05 \x03(\v2$.gputelemetry.telemetry.v1.AppFamilyR\bfamilies\"\x9b\x01\n" +
+	"\tAppFamily\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12<\n" +
+	"\x04type\x18\x02 \x01(\x0e2(.gputelemetry.telemetry.v1.AppMetricTypeR\x04type\x12<\n" +
+	"\x06series\x18\x03 \x03(\v2$.gputelemetry.telemetry.v1.AppSeriesR\x06series\"\xa2\x01\n" +
+	"\tAppSeries\x128\n" +
+	"\x06labels\x18\x01 \x03(\v2 .gputelemetry.telemetry.v1.LabelR\x06labels\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value\x12E\n" +
+	"\thistogram\x18\x03 \x01(\v2'.gputelemetry.telemetry.v1.AppHistogramR\thistogram\"\x86\x01\n" +
+	"\fAppHistogram\x12!\n" +
+	"\fupper_bounds\x18\x01 \x03(\x01R\vupperBounds\x12+\n" +
+	"\x11cumulative_counts\x18\x02 \x03(\x01R\x10cumulativeCounts\x12\x10\n" +
+	"\x03sum\x18\x03 \x01(\x01R\x03sum\x12\x14\n" +
+	"\x05count\x18\x04 \x01(\x01R\x05count\"1\n" +
+	"\x05Label\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xaa\n" +
 	"\n" +
 	"\x06Device\x12\x12\n" +
 	"\x04uuid\x18\x01 \x01(\tR\x04uuid\x12\x1b\n" +
@@ -884,7 +1334,13 @@ const file_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\asamples\x18\x02 \x03(\v2!.gputelemetry.telemetry.v1.SampleR\asamples\"F\n" +
 	"\x06Sample\x12&\n" +
 	"\x0ftime_unix_micro\x18\x01 \x01(\x03R\rtimeUnixMicro\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x01R\x05value*k\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value*\xa4\x01\n" +
+	"\rAppMetricType\x12\x1f\n" +
+	"\x1bAPP_METRIC_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n" +
+	"\x17APP_METRIC_TYPE_COUNTER\x10\x01\x12\x19\n" +
+	"\x15APP_METRIC_TYPE_GAUGE\x10\x02\x12\x1d\n" +
+	"\x19APP_METRIC_TYPE_HISTOGRAM\x10\x03\x12\x1b\n" +
+	"\x17APP_METRIC_TYPE_UNTYPED\x10\x04*k\n" +
 	"\x06Engine\x12\x16\n" +
 	"\x12ENGINE_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -907,36 +1363,49 @@ func file_telemetry_v1_telemetry_proto_rawDescGZIP() []byte {
 	return file_telemetry_v1_telemetry_proto_rawDescData
 }
 
-var file_telemetry_v1_telemetry_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_telemetry_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_telemetry_v1_telemetry_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_telemetry_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_telemetry_v1_telemetry_proto_goTypes = []any{
-	(Engine)(0),                   // 0: gputelemetry.telemetry.v1.Engine
-	(*WatchRequest)(nil),          // 1: gputelemetry.telemetry.v1.WatchRequest
-	(*NodeSnapshot)(nil),          // 2: gputelemetry.telemetry.v1.NodeSnapshot
-	(*Device)(nil),                // 3: gputelemetry.telemetry.v1.Device
-	(*Pod)(nil),                   // 4: gputelemetry.telemetry.v1.Pod
-	(*EngineSamples)(nil),         // 5: gputelemetry.telemetry.v1.EngineSamples
-	(*Sample)(nil),                // 6: gputelemetry.telemetry.v1.Sample
-	(*durationpb.Duration)(nil),   // 7: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(AppMetricType)(0),            // 0: gputelemetry.telemetry.v1.AppMetricType
+	(Engine)(0),                   // 1: gputelemetry.telemetry.v1.Engine
+	(*WatchRequest)(nil),          // 2: gputelemetry.telemetry.v1.WatchRequest
+	(*NodeSnapshot)(nil),          // 3: gputelemetry.telemetry.v1.NodeSnapshot
+	(*AppScrape)(nil),             // 4: gputelemetry.telemetry.v1.AppScrape
+	(*AppFamily)(nil),             // 5: gputelemetry.telemetry.v1.AppFamily
+	(*AppSeries)(nil),             // 6: gputelemetry.telemetry.v1.AppSeries
+	(*AppHistogram)(nil),          // 7: gputelemetry.telemetry.v1.AppHistogram
+	(*Label)(nil),                 // 8: gputelemetry.telemetry.v1.Label
+	(*Device)(nil),                // 9: gputelemetry.telemetry.v1.Device
+	(*Pod)(nil),                   // 10: gputelemetry.telemetry.v1.Pod
+	(*EngineSamples)(nil),         // 11: gputelemetry.telemetry.v1.EngineSamples
+	(*Sample)(nil),                // 12: gputelemetry.telemetry.v1.Sample
+	(*durationpb.Duration)(nil),   // 13: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
 }
 var file_telemetry_v1_telemetry_proto_depIdxs = []int32{
-	7,  // 0: gputelemetry.telemetry.v1.WatchRequest.min_period:type_name -> google.protobuf.Duration
-	8,  // 1: gputelemetry.telemetry.v1.NodeSnapshot.sample_time:type_name -> google.protobuf.Timestamp
-	7,  // 2: gputelemetry.telemetry.v1.NodeSnapshot.interval:type_name -> google.protobuf.Duration
-	8,  // 3: gputelemetry.telemetry.v1.NodeSnapshot.agent_start:type_name -> google.protobuf.Timestamp
-	3,  // 4: gputelemetry.telemetry.v1.NodeSnapshot.devices:type_name -> gputelemetry.telemetry.v1.Device
-	4,  // 5: gputelemetry.telemetry.v1.Device.pods:type_name -> gputelemetry.telemetry.v1.Pod
-	5,  // 6: gputelemetry.telemetry.v1.Device.samples:type_name -> gputelemetry.telemetry.v1.EngineSamples
-	0,  // 7: gputelemetry.telemetry.v1.EngineSamples.engine:type_name -> gputelemetry.telemetry.v1.Engine
-	6,  // 8: gputelemetry.telemetry.v1.EngineSamples.samples:type_name -> gputelemetry.telemetry.v1.Sample
-	1,  // 9: gputelemetry.telemetry.v1.Telemetry.Watch:input_type -> gputelemetry.telemetry.v1.WatchRequest
-	2,  // 10: gputelemetry.telemetry.v1.Telemetry.Watch:output_type -> gputelemetry.telemetry.v1.NodeSnapshot
-	10, // [10:11] is the sub-list for method output_type
-	9,  // [9:10] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	13, // 0: gputelemetry.telemetry.v1.WatchRequest.min_period:type_name -> google.protobuf.Duration
+	14, // 1: gputelemetry.telemetry.v1.NodeSnapshot.sample_time:type_name -> google.protobuf.Timestamp
+	13, // 2: gputelemetry.telemetry.v1.NodeSnapshot.interval:type_name -> google.protobuf.Duration
+	14, // 3: gputelemetry.telemetry.v1.NodeSnapshot.agent_start:type_name -> google.protobuf.Timestamp
+	9,  // 4: gputelemetry.telemetry.v1.NodeSnapshot.devices:type_name -> gputelemetry.telemetry.v1.Device
+	4,  // 5: gputelemetry.telemetry.v1.NodeSnapshot.apps:type_name -> gputelemetry.telemetry.v1.AppScrape
+	14, // 6: gputelemetry.telemetry.v1.AppScrape.scrape_time:type_name -> google.protobuf.Timestamp
+	5,  // 7: gputelemetry.telemetry.v1.AppScrape.families:type_name -> gputelemetry.telemetry.v1.AppFamily
+	0,  // 8: gputelemetry.telemetry.v1.AppFamily.type:type_name -> gputelemetry.telemetry.v1.AppMetricType
+	6,  // 9: gputelemetry.telemetry.v1.AppFamily.series:type_name -> gputelemetry.telemetry.v1.AppSeries
+	8,  // 10: gputelemetry.telemetry.v1.AppSeries.labels:type_name -> gputelemetry.telemetry.v1.Label
+	7,  // 11: gputelemetry.telemetry.v1.AppSeries.histogram:type_name -> gputelemetry.telemetry.v1.AppHistogram
+	10, // 12: gputelemetry.telemetry.v1.Device.pods:type_name -> gputelemetry.telemetry.v1.Pod
+	11, // 13: gputelemetry.telemetry.v1.Device.samples:type_name -> gputelemetry.telemetry.v1.EngineSamples
+	1,  // 14: gputelemetry.telemetry.v1.EngineSamples.engine:type_name -> gputelemetry.telemetry.v1.Engine
+	12, // 15: gputelemetry.telemetry.v1.EngineSamples.samples:type_name -> gputelemetry.telemetry.v1.Sample
+	2,  // 16: gputelemetry.telemetry.v1.Telemetry.Watch:input_type -> gputelemetry.telemetry.v1.WatchRequest
+	3,  // 17: gputelemetry.telemetry.v1.Telemetry.Watch:output_type -> gputelemetry.telemetry.v1.NodeSnapshot
+	17, // [17:18] is the sub-list for method output_type
+	16, // [16:17] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_telemetry_v1_telemetry_proto_init() }
@@ -944,15 +1413,15 @@ func file_telemetry_v1_telemetry_proto_init() {
 	if File_telemetry_v1_telemetry_proto != nil {
 		return
 	}
-	file_telemetry_v1_telemetry_proto_msgTypes[2].OneofWrappers = []any{}
-	file_telemetry_v1_telemetry_proto_msgTypes[3].OneofWrappers = []any{}
+	file_telemetry_v1_telemetry_proto_msgTypes[7].OneofWrappers = []any{}
+	file_telemetry_v1_telemetry_proto_msgTypes[8].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_telemetry_v1_telemetry_proto_rawDesc), len(file_telemetry_v1_telemetry_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   6,
+			NumEnums:      2,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,144 @@
+package stream
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
+	"github.com/gpu-telemetry/agent/internal/app"
+)
+
+// AppSource is where the node's app scrapes come from: internal/app's
+// Manager.
+type AppSource interface {
+	Latest() *app.Set
+	Wait(ctx context.Context, seq uint64) (*app.Set, error)
+}
+
+// maxAppFamilies bounds a request's app_families.
+const maxAppFamilies = 256
+
+// familyName is what a Prometheus metric family may be called (the
+// legacy character set; apps that use UTF-8 names are not matched).
+var familyName = regexp.MustCompile(`^[a-zA-Z_:][a-zA-Z0-9_:]*$`)
+
+func appFamilies(names []string) (map[string]bool, error) {
+	if len(names) == 0 {
+		return nil, nil
+	}
+	if len(names) > maxAppFamilies {
+		return nil, status.Errorf(codes.InvalidArgument, "app_families: %d names, at most %d", len(names), maxAppFamilies)
+	}
+	out := make(map[string]bool, len(names))
+	for _, n := range names {
+		if !familyName.MatchString(n) {
+			return nil, status.Errorf(codes.InvalidArgument, "app_families: %q is not a metric family name", n)
+		}
+		out[n] = true
+	}
+	return out, nil
+}
+
+// runApps wakes the subscribers that asked for app families on every new
+// app set. The wake-up is a one-slot signal apart from the snapshot
+// buffer, so app scrapes never push a device snapshot out of it.
+func (s *Server) runApps(ctx context.Context) {
+	var seq uint64
+	for {
+		set, err := s.opts.Apps.Wait(ctx, seq)
+		if err != nil {
+			return
+		}
+		seq = set.Seq
+		s.mu.Lock()
+		for sub := range s.subs {
+			if sub.apps {
+				select {
+				case sub.appWake <- struct{}{}:
+				default: // already signalled
+				}
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// appCache is one subscriber's app messages of the latest set it read:
+// messages are immutable once built, so a set that has not changed is
+// not converted again.
+type appCache struct {
+	seq  uint64
+	msgs []*telemetryv1.AppScrape
+}
+
+// apps returns the subscriber's app messages of the latest set, and
+// whether the set is newer than the one it last got.
+func (s *Server) apps(f *filter, c *appCache) ([]*telemetryv1.AppScrape, bool) {
+	if f.families == nil || s.opts.Apps == nil {
+		return nil, false
+	}
+	set := s.opts.Apps.Latest()
+	if set == nil || set.Seq == c.seq && c.seq != 0 {
+		return c.msgs, false
+	}
+	c.seq = set.Seq
+	c.msgs = c.msgs[:0:0]
+	for _, sc := range set.Scrapes {
+		if (f.namespace != "" && sc.Namespace != f.namespace) || (f.pod != nil && !f.pod.MatchString(sc.Name)) {
+			continue
+		}
+		c.msgs = append(c.msgs, appScrape(sc, f.families))
+	}
+	return c.msgs, true
+}
+
+var appTypes = map[app.Type]telemetryv1.AppMetricType{
+	app.Counter:   telemetryv1.AppMetricType_APP_METRIC_TYPE_COUNTER,
+	app.Gauge:     telemetryv1.AppMetricType_APP_METRIC_TYPE_GAUGE,
+	app.Histogram: telemetryv1.AppMetricType_APP_METRIC_TYPE_HISTOGRAM,
+	app.Untyped:   telemetryv1.AppMetricType_APP_METRIC_TYPE_UNTYPED,
+}
+
+func appScrape(sc *app.Scrape, families map[string]bool) *telemetryv1.AppScrape {
+	m := &telemetryv1.AppScrape{Namespace: sc.Namespace, Pod: sc.Name}
+	if !sc.Time.IsZero() {
+		m.ScrapeTime = timestamppb.New(sc.Time)
+	}
+	if sc.Err != nil {
+		m.Error = sc.Err.Error()
+	}
+	for i := range sc.Families {
+		f := &sc.Families[i]
+		if !families[f.Name] {
+			continue
+		}
+		fm := &telemetryv1.AppFamily{Name: f.Name, Type: appTypes[f.Type], Series: make([]*telemetryv1.AppSeries, len(f.Series))}
+		for j := range f.Series {
+			fm.Series[j] = appSeries(&f.Series[j])
+		}
+		m.Families = append(m.Families, fm)
+	}
+	return m
+}
+
+func appSeries(s *app.Series) *telemetryv1.AppSeries {
+	m := &telemetryv1.AppSeries{Value: s.Value}
+	if len(s.Labels) > 0 {
+		m.Labels = make([]*telemetryv1.Label, len(s.Labels))
+		for i, l := range s.Labels {
+			m.Labels[i] = &telemetryv1.Label{Name: l.Name, Value: l.Value}
+		}
+	}
+	if h := s.Hist; h != nil {
+		m.Histogram = &telemetryv1.AppHistogram{UpperBounds: h.Bounds, CumulativeCounts: h.Counts, Sum: h.Sum, Count: h.Count}
+	}
+	return m
+}
+
+// String is for logs.
+func (c *appCache) String() string { return fmt.Sprintf("apps@%d", c.seq) }
