@@ -171,6 +171,9 @@ func (as *aggregateSet) acquire(s *Store, q *Query, bounded bool) *aggregate {
 // Answer is Evaluate's answer, read from q's aggregate (made on the first
 // call). Staleness is judged now, as Evaluate judges it.
 func (s *Store) Answer(q *Query) (Result, error) {
+	if q.App != nil {
+		return s.evalApp(q)
+	}
 	as := &s.aggs
 	as.mu.Lock()
 	a := as.acquire(s, q, true)
@@ -455,6 +458,9 @@ func (a *aggregate) active(now int64, w *watch) bool {
 // every later transition, latest first (a reader that falls behind gets
 // the newest state, never a stale one). Call cancel when done.
 func (s *Store) Watch(q *Query) (active bool, ch <-chan bool, cancel func()) {
+	if q.App != nil {
+		return s.watchApp(q)
+	}
 	as := &s.aggs
 	as.mu.Lock()
 	defer as.mu.Unlock()
@@ -498,7 +504,7 @@ func (s *Store) Watch(q *Query) (active bool, ch <-chan bool, cancel func()) {
 // Watchers is the number of distinct triggers (query and activation
 // target) StreamIsActive waits on.
 func (s *Store) Watchers() int {
-	n := 0
+	n := s.appWatchers()
 	for _, a := range *s.aggs.list.Load() {
 		a.mu.Lock()
 		n += len(a.watches)

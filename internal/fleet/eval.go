@@ -183,6 +183,9 @@ func reduce(a Aggregation, p *partial) float64 {
 // data behind the answer is missing; 0 with no error means no pod
 // matches while agents are reporting.
 func (s *Store) Evaluate(q *Query) (Result, error) {
+	if q.App != nil {
+		return s.evalApp(q)
+	}
 	nodes := *s.nodes.Load()
 	now := s.now()
 	var p partial // one, reused: combine reads each part before the next

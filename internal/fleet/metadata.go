@@ -80,13 +80,27 @@ const (
 	KeyTarget           = "target"
 	KeyActivationTarget = "activationTarget"
 	KeyWindow           = "window"
+	// metric: app only (app.go).
+	KeyAppMetric = "appMetric"
+	KeyAppLabels = "appLabels"
+	KeyAppType   = "appType"
+	KeyQuantile  = "quantile"
+	KeyScale     = "scale"
 )
+
+// MetricApp is the metric value of a trigger on an app's own metric
+// family, which the agents scrape from the node's pods.
+const MetricApp = "app"
 
 // kedaKeys are KEDA's own keys of an external trigger, which KEDA passes on
 // in scalerMetadata; they are not ours to judge.
 var kedaKeys = map[string]bool{"scalerAddress": true, "enableTLS": true, "unsafeSsl": true}
 
-var ourKeys = []string{KeyMetric, KeyPodPattern, KeyNamespace, KeyAggregation, KeyTarget, KeyActivationTarget, KeyWindow}
+var ourKeys = []string{KeyMetric, KeyPodPattern, KeyNamespace, KeyAggregation, KeyTarget, KeyActivationTarget, KeyWindow,
+	KeyAppMetric, KeyAppLabels, KeyAppType, KeyQuantile, KeyScale}
+
+// appKeys are the keys that only metric: app takes.
+var appKeys = []string{KeyAppMetric, KeyAppLabels, KeyAppType, KeyQuantile, KeyScale}
 
 // MetadataError is a bad trigger: the key, its value and why. The KEDA
 // server answers it with InvalidArgument.
@@ -109,6 +123,9 @@ type Query struct {
 	// Window, when not zero, aggregates every sample of the last Window
 	// (the node's clock) instead of each pod's latest value.
 	Window time.Duration
+	// App is set for metric: app, a trigger on an app's own family; Metric
+	// is then meaningless.
+	App *AppQuery
 
 	pod  *regexp.Regexp
 	name string
@@ -180,12 +197,26 @@ func ParseMetadata(md map[string]string, defaultNamespace string, maxWindow time
 	}
 	q := &Query{Namespace: defaultNamespace, PodPattern: DefaultPodPattern}
 
+	known := strings.Join(metricNames[:], ", ") + ", " + MetricApp
 	m, ok := vals[KeyMetric]
 	if !ok || m == "" {
-		return nil, bad(KeyMetric, "required; one of "+strings.Join(metricNames[:], ", "))
+		return nil, bad(KeyMetric, "required; one of "+known)
 	}
-	if q.Metric, ok = lookup[Metric](metricNames[:], m); !ok {
-		return nil, bad(KeyMetric, "unknown metric; one of "+strings.Join(metricNames[:], ", "))
+	if m == MetricApp {
+		a, err := parseAppQuery(vals, bad)
+		if err != nil {
+			return nil, err
+		}
+		q.App = a
+	} else {
+		if q.Metric, ok = lookup[Metric](metricNames[:], m); !ok {
+			return nil, bad(KeyMetric, "unknown metric; one of "+known)
+		}
+		for _, k := range appKeys {
+			if _, ok := vals[k]; ok {
+				return nil, bad(k, "only with metric: app")
+			}
+		}
 	}
 	if v, ok := vals[KeyNamespace]; ok {
 		q.Namespace = v
@@ -236,8 +267,16 @@ func ParseMetadata(md map[string]string, defaultNamespace string, maxWindow time
 		}
 		q.Window = w
 	}
+	if q.App != nil {
+		if err := q.App.finish(q, vals, bad, maxWindow); err != nil {
+			return nil, err
+		}
+	}
 	q.name = metricName(q)
 	q.key = fmt.Sprintf("%d\x00%s\x00%s\x00%d\x00%d", q.Metric, q.Namespace, q.PodPattern, q.Aggregation, q.Window)
+	if q.App != nil {
+		q.key += "\x00app\x00" + q.App.key()
+	}
 	return q, nil
 }
 
@@ -303,11 +342,17 @@ var nameUnsafe = regexp.MustCompile(`[^a-z0-9]+`)
 func metricName(q *Query) string {
 	h := fnv.New32a()
 	fmt.Fprintf(h, "%s\x00%s\x00%s\x00%s\x00%d", q.Metric, q.Namespace, q.PodPattern, q.Aggregation, q.Window)
+	if q.App != nil {
+		fmt.Fprintf(h, "\x00app\x00%s", q.App.key())
+	}
 	readable := strings.Trim(nameUnsafe.ReplaceAllString(strings.ToLower(q.PodPattern), "-"), "-")
 	if len(readable) > 24 {
 		readable = strings.Trim(readable[:24], "-")
 	}
 	parts := []string{"gpu", strings.ReplaceAll(q.Metric.String(), "_", "-"), q.Aggregation.String()}
+	if q.App != nil {
+		parts = []string{"app", strings.Trim(nameUnsafe.ReplaceAllString(strings.ToLower(q.App.Family), "-"), "-"), q.App.reduction(q)}
+	}
 	if q.Window > 0 {
 		parts = append(parts, "w"+strconv.FormatInt(int64(q.Window/time.Millisecond), 10)+"ms")
 	}

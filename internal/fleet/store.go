@@ -88,6 +88,13 @@ type Store struct {
 
 	base time.Time // the origin of the aggregates' deadlines
 	aggs aggregateSet
+
+	// appRetention is the app history kept, in nanoseconds: the largest
+	// window an app trigger has asked for; 0 until one does, when the
+	// scaler keeps no app data.
+	appRetention atomic.Int64
+	appFamilies  sync.Map // family name -> true: what the agents are asked for
+	appWatch     appWatches
 }
 
 // NewStore returns an empty store.
@@ -114,6 +121,16 @@ func NewStore(o Options) *Store {
 // Retain makes the store keep at least q's window of history (capped by
 // MaxWindow). The query cache calls it for every new query.
 func (s *Store) Retain(q *Query) {
+	if q.App != nil {
+		s.appFamilies.Store(q.App.Family, true)
+		w := int64(min(q.Window, s.opts.MaxWindow))
+		for {
+			cur := s.appRetention.Load()
+			if w <= cur || s.appRetention.CompareAndSwap(cur, w) {
+				return
+			}
+		}
+	}
 	if q.Window > 0 {
 		for bit := uint32(1) << q.Metric; ; {
 			cur := s.windowed.Load()
@@ -143,6 +160,7 @@ type node struct {
 
 	mu   sync.Mutex // one writer at a time (two addresses may claim a node)
 	hist map[string]*devHist
+	apps *nodeApps // read by app evaluations under mu too
 	// touched is the pods of the device being ingested, indices into the
 	// new view's pods; reused, under mu.
 	touched []int32
@@ -255,8 +273,17 @@ func (s *Store) Ingest(snap *telemetryv1.NodeSnapshot) error {
 	}
 	n := s.node(snap.Node)
 	n.mu.Lock()
-	changed := n.ingest(snap, s.now(), s.retention.Load(), uint8(s.windowed.Load()), s.opts.MaxUnattributedLoad, s.log)
+	// App scrapes are deduplicated by their own time, not the snapshot's
+	// sequence: an apps_only message repeats the latest tick's.
+	apps := len(snap.GetApps()) > 0 || snap.GetAppsOnly()
+	if apps {
+		n.ingestApps(snap, max(s.appRetention.Load(), int64(DefaultAppWindow)))
+	}
+	changed := !snap.GetAppsOnly() && n.ingest(snap, s.now(), s.retention.Load(), uint8(s.windowed.Load()), s.opts.MaxUnattributedLoad, s.log)
 	n.mu.Unlock()
+	if apps {
+		s.notifyApps()
+	}
 	if !changed {
 		return nil
 	}
@@ -633,6 +660,18 @@ func (s *Store) staleAfter(v *view) time.Duration {
 	return max(4*v.interval, MinStaleAfter)
 }
 
+// AppFamilies lists the app families the triggers seen so far name: what
+// the scaler asks the agents to stream.
+func (s *Store) AppFamilies() []string {
+	var out []string
+	s.appFamilies.Range(func(k, _ any) bool {
+		out = append(out, k.(string))
+		return true
+	})
+	slices.Sort(out)
+	return out
+}
+
 // Sweep forgets the nodes silent for longer than ForgetAfter, drops the
 // aggregates no longer polled, and re-evaluates the watched ones, whose
 // answer may change by silence alone. The caller runs it about once per
@@ -654,6 +693,7 @@ func (s *Store) Sweep() {
 	}
 	s.mu.Unlock()
 	s.aggs.sweep(s, forgotten, now)
+	s.notifyApps() // windows and staleness move with time alone
 }
 
 // NodeCounts returns how many nodes are fresh and how many are stale but

@@ -87,8 +87,16 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger, l Listeners) error 
 
 		MaxUnattributedLoad: cfg.MaxUnattributedLoad,
 	})
-	queries := fleet.NewQueryCache(cfg.WindowMax, QueryCacheSize, store.Retain)
-	pool, err := agents.New(store, agents.Options{
+	var pool *agents.Pool
+	queries := fleet.NewQueryCache(cfg.WindowMax, QueryCacheSize, func(q *fleet.Query) {
+		store.Retain(q)
+		if q.App != nil {
+			// Ask the agents for the family the trigger names: streams
+			// reopen with it (demand-driven, never all of an app's).
+			pool.SetAppFamilies(store.AppFamilies())
+		}
+	})
+	pool, err = agents.New(store, agents.Options{
 		Static:      cfg.Agents,
 		DNS:         cfg.AgentsDNS,
 		DNSRefresh:  cfg.DNSRefresh,

@@ -11,7 +11,9 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,6 +66,10 @@ type Pool struct {
 	subs map[string]context.CancelFunc
 	wg   sync.WaitGroup
 
+	famMu      sync.Mutex
+	families   []string      // app families every stream asks for
+	famChanged chan struct{} // closed and replaced when families change
+
 	connected atomic.Int64
 	targets   atomic.Int64
 	snapshots atomic.Uint64
@@ -103,7 +109,32 @@ func New(store Ingester, o Options) (*Pool, error) {
 			return nil, fmt.Errorf("agents DNS name %q: %w", o.DNS, err)
 		}
 	}
-	return &Pool{opts: o, store: store, log: o.Logger, subs: make(map[string]context.CancelFunc)}, nil
+	return &Pool{opts: o, store: store, log: o.Logger, subs: make(map[string]context.CancelFunc), famChanged: make(chan struct{})}, nil
+}
+
+// errFamiliesChanged ends a stream whose request no longer names every
+// app family a trigger wants; it is reopened at once with the new set.
+var errFamiliesChanged = errors.New("app families changed")
+
+// SetAppFamilies sets the app families every stream asks the agents for
+// (WatchRequest.app_families); streams open with another set are
+// reopened with this one.
+func (p *Pool) SetAppFamilies(families []string) {
+	p.famMu.Lock()
+	defer p.famMu.Unlock()
+	if slices.Equal(p.families, families) {
+		return
+	}
+	p.families = slices.Clone(families)
+	close(p.famChanged)
+	p.famChanged = make(chan struct{})
+	p.log.Info("app families asked of the agents", "families", strings.Join(families, ","))
+}
+
+func (p *Pool) appFamilies() ([]string, <-chan struct{}) {
+	p.famMu.Lock()
+	defer p.famMu.Unlock()
+	return p.families, p.famChanged
 }
 
 // Stats returns the counters now.
@@ -228,6 +259,10 @@ func (p *Pool) subscribe(ctx context.Context, addr string) {
 		if ctx.Err() != nil {
 			return
 		}
+		if errors.Is(err, errFamiliesChanged) {
+			attempt = 0
+			continue
+		}
 		p.failures.Add(1)
 		// Log the state change once: a stream that worked and ended, or
 		// the first failed attempt; the retries that follow are debug.
@@ -260,7 +295,15 @@ func (p *Pool) watch(ctx context.Context, client telemetryv1.TelemetryClient, lo
 		cancel(errors.New("no snapshot within the idle timeout (--agents.idle-timeout, or three of the agent's intervals)"))
 	})
 	defer idle.Stop()
-	stream, err := client.Watch(ctx, &telemetryv1.WatchRequest{})
+	families, changed := p.appFamilies()
+	go func() {
+		select {
+		case <-changed:
+			cancel(errFamiliesChanged)
+		case <-ctx.Done():
+		}
+	}()
+	stream, err := client.Watch(ctx, &telemetryv1.WatchRequest{AppFamilies: families})
 	if err != nil {
 		return 0, err
 	}

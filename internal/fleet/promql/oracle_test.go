@@ -510,6 +510,12 @@ func (c *tally) check(t *testing.T, what string, got float64, gotOK bool, want f
 	}
 }
 
+// rangeFuncs are the functions compared, by their PromQL names.
+var rangeFuncs = []struct {
+	name string
+	f    func([]promql.Point, int64, time.Duration) (float64, bool)
+}{{"increase", promql.Increase}, {"rate", promql.Rate}}
+
 func TestOracle(t *testing.T) {
 	r := rand.New(rand.NewPCG(oracleSeed, 0))
 	// A few hours back, whole minutes: in the TSDB's retention, before
@@ -528,10 +534,7 @@ func TestOracle(t *testing.T) {
 	for _, e := range evals {
 		w := time.Duration(e.window) * time.Millisecond
 		sel := fmt.Sprintf("x_total[%dms]", e.window)
-		for _, fn := range []struct {
-			name string
-			f    func([]promql.Point, int64, time.Duration) (float64, bool)
-		}{{"increase", promql.Increase}, {"rate", promql.Rate}} {
+		for _, fn := range rangeFuncs {
 			expr := fmt.Sprintf("%s(%s)", fn.name, sel)
 			want := o.byLabel(t, expr, e.at, "series")
 			for _, s := range d.counters {
@@ -541,10 +544,7 @@ func TestOracle(t *testing.T) {
 			}
 		}
 		for _, q := range e.qs {
-			for _, fn := range []struct {
-				name string
-				f    func([]promql.Point, int64, time.Duration) (float64, bool)
-			}{{"increase", promql.Increase}, {"rate", promql.Rate}} {
+			for _, fn := range rangeFuncs {
 				expr := fmt.Sprintf("histogram_quantile(%s, sum by (hist, le) (%s(h_bucket[%dms])))", formatValue(q), fn.name, e.window)
 				want := o.byLabel(t, expr, e.at, "hist")
 				for _, h := range d.hists {

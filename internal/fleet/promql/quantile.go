@@ -14,7 +14,7 @@ type Bucket struct {
 
 // smallBuckets is how many buckets HistogramQuantile sorts on the stack;
 // more are copied to the heap. Classic histograms rarely pass 30.
-const smallBuckets = 64
+const smallBuckets = 32
 
 // HistogramQuantile is PromQL's histogram_quantile(q, ...) over the
 // classic buckets of one histogram: one bucket per le, counts cumulative,
