@@ -104,3 +104,4 @@ bench-push:
 # side in one run (about 1 minute).
 bench-chain:
 	go run ./test/chain -mode chain
+	go run ./test/chain -mode app

@@ -4,96 +4,17 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"math/rand/v2"
-	"net"
-	"net/http"
-	"strconv"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	corev1 "k8s.io/api/core/v1"
 
-	"github.com/gpu-telemetry/agent/internal/app"
 	"github.com/gpu-telemetry/agent/internal/testutil"
 	"github.com/gpu-telemetry/agent/test/internal/fakeapi"
+	"github.com/gpu-telemetry/agent/test/internal/latencyapp"
 )
-
-// latencyBuckets are the test app's histogram bounds, in seconds.
-var latencyBuckets = []float64{0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6}
-
-// latencyApp is a service of the node with its own /metrics: a request
-// latency histogram observed rate times a second around a mean that
-// steps at run time (uniform in [0.5, 1.5] x mean, so that observations
-// spread within and across buckets).
-type latencyApp struct {
-	addr string
-	mean atomic.Uint64 // float64 bits, seconds
-}
-
-func startLatencyApp(t *testing.T, rate int, mean time.Duration) *latencyApp {
-	t.Helper()
-	reg := prometheus.NewRegistry()
-	h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "app_request_latency_seconds", Help: "Request latency.", Buckets: latencyBuckets})
-	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "app_requests_total", Help: "Requests."})
-	reg.MustRegister(h, c)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(ln) }()
-	a := &latencyApp{addr: ln.Addr().String()}
-	a.set(mean)
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(func() { cancel(); srv.Close() })
-	go func() {
-		r := rand.New(rand.NewPCG(1, 2))
-		tick := time.NewTicker(time.Second / time.Duration(rate))
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				h.Observe(math.Float64frombits(a.mean.Load()) * (0.5 + r.Float64()))
-				c.Inc()
-			}
-		}
-	}()
-	return a
-}
-
-func (a *latencyApp) set(mean time.Duration) { a.mean.Store(math.Float64bits(mean.Seconds())) }
-
-// appPod is the fake API server's pod of the app: on the agent's node,
-// Running at 127.0.0.1, opted in by annotation.
-func appPod(addr string) corev1.Pod {
-	_, port, _ := net.SplitHostPort(addr)
-	p := fakeapi.Pod("golden-node", "media", "sfu-0", "5f0c2a3e-1d2b-4c5d-8e9f-0a1b2c3d4e5f", "sfu=0000000000000000000000000000000000000000000000000000000000000001")
-	p.Status.PodIP = "127.0.0.1"
-	p.Spec.Containers[0].Ports = []corev1.ContainerPort{{Name: "metrics", ContainerPort: mustAtoi(port)}}
-	p.Annotations = map[string]string{
-		app.AnnotationScrape:   "true",
-		app.AnnotationPort:     "metrics",
-		app.AnnotationFamilies: "app_.*",
-		app.AnnotationInterval: "250ms",
-	}
-	return p
-}
-
-func mustAtoi(s string) int32 {
-	n, err := strconv.Atoi(s)
-	if err != nil {
-		panic(err)
-	}
-	return int32(n)
-}
 
 // bucketOf returns the bounds of the bucket v falls in.
 func bucketOf(v float64, bounds []float64) (lo, hi float64) {
@@ -115,8 +36,12 @@ func bucketOf(v float64, bounds []float64) (lo, hi float64) {
 // instants); a step in latency wakes StreamIsActive.
 func TestAppLatencyMatchesPrometheus(t *testing.T) {
 	promBin := requireTool(t, "prometheus")
-	appSrv := startLatencyApp(t, 200, 40*time.Millisecond)
-	api := fakeapi.Start(appPod(appSrv.addr))
+	appSrv, err := latencyapp.Start(200, 40*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(appSrv.Close)
+	api := fakeapi.Start(appSrv.Pod("golden-node", 250*time.Millisecond))
 	t.Cleanup(api.Close)
 	kubeconfig, err := api.Kubeconfig(t.TempDir())
 	if err != nil {
@@ -125,7 +50,7 @@ func TestAppLatencyMatchesPrometheus(t *testing.T) {
 	grpcAddr := testutil.FreeAddrT(t)
 	ag := startAgent(t, "--simulate=1", "--kubeconfig="+kubeconfig, "--grpc.listen-address="+grpcAddr,
 		"--kubelet.pod-resources-socket=/nonexistent/kubelet.sock", "--app.interval=250ms")
-	prom := testutil.StartPrometheusT(t, testutil.PrometheusOptions{Bin: promBin, Targets: []string{appSrv.addr}, ScrapeInterval: 250 * time.Millisecond})
+	prom := testutil.StartPrometheusT(t, testutil.PrometheusOptions{Bin: promBin, Targets: []string{appSrv.Addr}, ScrapeInterval: 250 * time.Millisecond})
 
 	scalerAddr, scalerWeb := testutil.FreeAddrT(t), testutil.FreeAddrT(t)
 	scaler := testutil.StartT(t, "gpu-scaler", testutil.ProcOptions{}, scalerBinary(t), "--agents="+grpcAddr,
@@ -169,7 +94,7 @@ func TestAppLatencyMatchesPrometheus(t *testing.T) {
 				return false, fmt.Errorf("prometheus: %v (has value: %v)", err, ok)
 			}
 			got, want = g, w
-			lo, hi := bucketOf(want/1000, latencyBuckets)
+			lo, hi := bucketOf(want/1000, latencyapp.Buckets)
 			if width := (hi - lo) * 1000; math.Abs(got-want) > width {
 				return false, fmt.Errorf("scaler %.2f ms, Prometheus %.2f ms: further apart than the bucket (%g, %g] s", got, want, lo, hi)
 			}
@@ -193,7 +118,7 @@ func TestAppLatencyMatchesPrometheus(t *testing.T) {
 	if m, err := stream.Recv(); err != nil || m.GetResult() {
 		t.Fatalf("StreamIsActive first message %v, %v; want false", m, err)
 	}
-	appSrv.set(400 * time.Millisecond)
+	appSrv.Set(400 * time.Millisecond)
 	if m, err := stream.Recv(); err != nil || !m.GetResult() {
 		t.Fatalf("StreamIsActive after the step: %v, %v; want true", m, err)
 	}

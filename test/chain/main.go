@@ -4,6 +4,7 @@
 //
 //	go run ./test/chain -mode push    # make bench-push: publish -> GetMetrics / StreamIsActive, p50/p99
 //	go run ./test/chain -mode chain   # make bench-chain: the push path and the Prometheus path side by side
+//	go run ./test/chain -mode app     # make bench-chain: an app's p95 latency step, push path and Prometheus path
 //
 // Every delay is measured from the moment the stepped snapshot was
 // published on the agent (its sample time, which the harness reads from
@@ -44,7 +45,8 @@ func main() {
 	log.SetFlags(0)
 	log.SetPrefix("chain: ")
 	cfg := config{Low: 10, High: 90, ScrapeInterval: time.Second, QueryInterval: time.Second}
-	flag.StringVar(&cfg.Mode, "mode", "push", "push: the push path alone, many steps; chain: push and Prometheus paths side by side")
+	flag.StringVar(&cfg.Mode, "mode", "push", "push: the push path alone, many steps; chain: push and Prometheus paths side by side; app: an app's latency step on both paths")
+	check := flag.Bool("check", false, "app mode: exit 1 if the push path's p99 misses the budget (app interval + 5% of the window + 50ms)")
 	flag.IntVar(&cfg.Nodes, "nodes", 3, "simulated nodes, one agent each")
 	flag.IntVar(&cfg.GPUs, "gpus", 4, "simulated GPUs per node")
 	flag.DurationVar(&cfg.Interval, "interval", 100*time.Millisecond, "the agents' sampling interval")
@@ -53,11 +55,11 @@ func main() {
 	agentBin := flag.String("agent", "", "agent binary; empty builds ./cmd/agent")
 	scalerBin := flag.String("scaler", "", "scaler binary; empty builds ./cmd/scaler")
 	flag.Parse()
-	if cfg.Mode != "push" && cfg.Mode != "chain" {
-		log.Fatalf("-mode %q: push or chain", cfg.Mode)
+	if cfg.Mode != "push" && cfg.Mode != "chain" && cfg.Mode != "app" {
+		log.Fatalf("-mode %q: push, chain or app", cfg.Mode)
 	}
 	if cfg.Steps == 0 {
-		cfg.Steps = map[string]int{"push": 1000, "chain": 20}[cfg.Mode]
+		cfg.Steps = map[string]int{"push": 1000, "chain": 20, "app": 50}[cfg.Mode]
 	}
 	if cfg.Nodes < 1 || cfg.GPUs < 1 || cfg.Steps < 1 {
 		log.Fatal("-nodes, -gpus and -steps must be positive")
@@ -65,6 +67,10 @@ func main() {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	run := run
+	if cfg.Mode == "app" {
+		run = runApp
+	}
 	rep, err := run(ctx, cfg, *agentBin, *scalerBin)
 	if rep != nil {
 		fmt.Print(rep.table())
@@ -77,6 +83,18 @@ func main() {
 	}
 	if err != nil {
 		log.Fatalf("FAIL: %v", err)
+	}
+	if cfg.Mode == "app" && len(rep.Stream) > 0 {
+		p99 := time.Duration(max(rep.Stream.quantile(.99), rep.GetMetrics.quantile(.99)) * float64(time.Millisecond))
+		verdict := "within"
+		if p99 > appBudget {
+			verdict = "OVER"
+		}
+		fmt.Printf("\npush path p99 %s: %s the budget of %s (app interval %s + 5%% of window %s + 50ms)\n",
+			p99.Round(time.Millisecond), verdict, appBudget, appInterval, appWindow)
+		if *check && p99 > appBudget {
+			os.Exit(1)
+		}
 	}
 }
 
@@ -119,9 +137,15 @@ func (d durations) max() float64 {
 
 func (r *report) table() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n%d nodes x %d simulated GPUs, sampled every %s; %d steps %g%% <-> %g%%\n\n",
-		r.Config.Nodes, r.Config.GPUs, r.Config.Interval, len(r.Stream), r.Config.Low, r.Config.High)
-	fmt.Fprintln(&b, "| path: snapshot published -> | n | p50 | p99 | max |")
+	if r.Config.Mode == "app" {
+		fmt.Fprintf(&b, "\nan app's latency at %d/s steps %s -> %s; p95 over %s, target %g ms; app scraped every %s; %d steps\n\n",
+			appRate, appLow, appHigh, appWindow, appTarget, appInterval, len(r.Stream))
+		fmt.Fprintln(&b, "| path: latency step -> | n | p50 | p99 | max |")
+	} else {
+		fmt.Fprintf(&b, "\n%d nodes x %d simulated GPUs, sampled every %s; %d steps %g%% <-> %g%%\n\n",
+			r.Config.Nodes, r.Config.GPUs, r.Config.Interval, len(r.Stream), r.Config.Low, r.Config.High)
+		fmt.Fprintln(&b, "| path: snapshot published -> | n | p50 | p99 | max |")
+	}
 	fmt.Fprintln(&b, "|---|---|---|---|---|")
 	row := func(name string, d durations) {
 		if len(d) > 0 {

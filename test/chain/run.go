@@ -102,7 +102,7 @@ func run(ctx context.Context, cfg config, agentBin, scalerBin string) (*report, 
 	if err != nil {
 		return nil, err
 	}
-	k, err := dialKEDA(ctx, scalerAddr)
+	k, err := dialKEDA(ctx, scalerAddr, &externalscaler.ScaledObjectRef{Name: "inference", Namespace: "default", ScalerMetadata: triggerMetadata})
 	if err != nil {
 		return nil, err
 	}
@@ -248,13 +248,12 @@ type keda struct {
 	active <-chan timedValue // StreamIsActive messages: 1 true, 0 false
 }
 
-func dialKEDA(ctx context.Context, addr string) (*keda, error) {
+func dialKEDA(ctx context.Context, addr string, ref *externalscaler.ScaledObjectRef) (*keda, error) {
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, err
 	}
-	k := &keda{conn: conn, client: externalscaler.NewExternalScalerClient(conn),
-		ref: &externalscaler.ScaledObjectRef{Name: "inference", Namespace: "default", ScalerMetadata: triggerMetadata}}
+	k := &keda{conn: conn, client: externalscaler.NewExternalScalerClient(conn), ref: ref}
 	spec, err := k.client.GetMetricSpec(ctx, k.ref)
 	if err != nil {
 		conn.Close()
