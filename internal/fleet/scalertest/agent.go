@@ -30,11 +30,12 @@ type Agent struct {
 	ln  net.Listener
 	srv *grpc.Server
 
-	mu     sync.Mutex
-	start  time.Time
-	seq    uint64
-	latest *telemetryv1.NodeSnapshot
-	subs   map[chan *telemetryv1.NodeSnapshot]struct{}
+	mu       sync.Mutex
+	start    time.Time
+	seq      uint64
+	latest   *telemetryv1.NodeSnapshot
+	subs     map[chan *telemetryv1.NodeSnapshot]struct{}
+	families [][]string // each Watch's app_families, in order
 }
 
 // StartAgent serves a fake agent of node on addr ("127.0.0.1:0" for any
@@ -59,6 +60,13 @@ func (a *Agent) Addr() string { return a.ln.Addr().String() }
 // node or pod dies.
 func (a *Agent) Stop() { a.srv.Stop() }
 
+// AppFamilies returns the app_families of every Watch so far, in order.
+func (a *Agent) AppFamilies() [][]string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([][]string(nil), a.families...)
+}
+
 // Subscribers is the number of open Watch streams.
 func (a *Agent) Subscribers() int {
 	a.mu.Lock()
@@ -69,13 +77,19 @@ func (a *Agent) Subscribers() int {
 // Publish sends a snapshot of devs to every subscriber and returns when it
 // was handed to them (the start of a push-latency measurement).
 func (a *Agent) Publish(devs ...*telemetryv1.Device) time.Time {
+	return a.PublishApps(devs, nil)
+}
+
+// PublishApps is Publish with the node's app scrapes (NodeSnapshot.apps),
+// sent to every subscriber whatever families it asked for.
+func (a *Agent) PublishApps(devs []*telemetryv1.Device, apps []*telemetryv1.AppScrape) time.Time {
 	a.mu.Lock()
 	a.seq++
 	now := time.Now()
 	s := &telemetryv1.NodeSnapshot{
 		Node: a.Node, Sequence: a.seq,
 		SampleTime: timestamppb.New(now), Interval: durationpb.New(a.Interval),
-		AgentStart: timestamppb.New(a.start), Devices: devs,
+		AgentStart: timestamppb.New(a.start), Devices: devs, Apps: apps,
 	}
 	a.latest = s
 	for c := range a.subs {
@@ -94,9 +108,10 @@ func (a *Agent) Publish(devs ...*telemetryv1.Device) time.Time {
 }
 
 // Watch implements telemetryv1.TelemetryServer.
-func (a *Agent) Watch(_ *telemetryv1.WatchRequest, stream grpc.ServerStreamingServer[telemetryv1.NodeSnapshot]) error {
+func (a *Agent) Watch(req *telemetryv1.WatchRequest, stream grpc.ServerStreamingServer[telemetryv1.NodeSnapshot]) error {
 	c := make(chan *telemetryv1.NodeSnapshot, 4)
 	a.mu.Lock()
+	a.families = append(a.families, req.GetAppFamilies())
 	if a.latest != nil {
 		c <- a.latest
 	}
