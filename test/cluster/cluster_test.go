@@ -144,7 +144,13 @@ func TestControlPlane(t *testing.T) {
 	}
 	e.agentBin = agentBin
 	for i := range nodes {
-		n, err := StartNode(e.dir, agentBin, i, gpusPerNode, agentInterval, Load{Base: 10})
+		var extra []string
+		if i == 0 {
+			// node-0's agent watches the API server's pods: the latency
+			// app's pod is its app target (AppLatency).
+			extra = []string{"--kubeconfig=" + cp.Kubeconfig()}
+		}
+		n, err := StartNode(e.dir, agentBin, i, gpusPerNode, agentInterval, Load{Base: 10}, extra...)
 		if n != nil && n.p != nil {
 			t.Cleanup(func() { _ = n.p.Stop(stopGrace) })
 		}
@@ -179,6 +185,7 @@ func TestControlPlane(t *testing.T) {
 
 	t.Run("ScaleFromZero", func(t *testing.T) { e.scaleFromZero(ctx, t) })
 	t.Run("ScaleOut", func(t *testing.T) { e.scaleOut(ctx, t) })
+	t.Run("AppLatency", func(t *testing.T) { e.appLatency(ctx, t) })
 	t.Run("ScalerRestart", func(t *testing.T) { e.scalerRestart(ctx, t, scalerBin) })
 	// Last: they stop agents.
 	t.Run("NodeGone", func(t *testing.T) { e.nodeGone(ctx, t) })
@@ -601,20 +608,28 @@ func (e *env) settle(ctx context.Context, t *testing.T, md map[string]string, qu
 // value is the scaler's answer to a trigger now, as KEDA reads it.
 func (e *env) value(ctx context.Context, t *testing.T, md map[string]string) float64 {
 	t.Helper()
+	v, err := e.valueErr(ctx, md)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func (e *env) valueErr(ctx context.Context, md map[string]string) (float64, error) {
 	ref := &externalscaler.ScaledObjectRef{Name: "value", Namespace: ns, ScalerMetadata: md}
 	spec, err := e.keda.GetMetricSpec(ctx, ref)
 	if err != nil || len(spec.GetMetricSpecs()) != 1 {
-		t.Fatalf("GetMetricSpec: %v %v", spec, err)
+		return 0, fmt.Errorf("GetMetricSpec: %v %v", spec, err)
 	}
 	resp, err := e.keda.GetMetrics(ctx, &externalscaler.GetMetricsRequest{ScaledObjectRef: ref, MetricName: spec.GetMetricSpecs()[0].GetMetricName()})
 	if err != nil || len(resp.GetMetricValues()) != 1 {
-		t.Fatalf("GetMetrics: %v %v", resp, err)
+		return 0, fmt.Errorf("GetMetrics: %v %v", resp, err)
 	}
 	m := resp.GetMetricValues()[0]
 	if f := m.GetMetricValueFloat(); f > 0 {
-		return f
+		return f, nil
 	}
-	return float64(m.GetMetricValue())
+	return float64(m.GetMetricValue()), nil
 }
 
 func (e *env) apply(ctx context.Context, t *testing.T, objs ...map[string]any) {
@@ -752,6 +767,7 @@ type report struct {
 	ScalerRestart     *restart        `json:"scaler_restart,omitempty"`
 	NodeGone          *nodeGoneResult `json:"node_gone,omitempty"`
 	Fallback          *fallbackResult `json:"fallback,omitempty"`
+	App               *appResult      `json:"app_latency,omitempty"`
 }
 
 type restart struct {
@@ -807,6 +823,10 @@ func (r *report) String() string {
 	}
 	row("one GPU 10% -> 90%: 0 -> 1 (KEDA: external-push / prometheus trigger)", r.FromZero)
 	row(fmt.Sprintf("six GPUs 5%% -> 40%%: 1 -> %d / %d (HPA: external / prometheus trigger, AverageValue of a sum)", r.ScaleOutReplicas[0], r.ScaleOutReplicas[1]), r.ScaleOut)
+	if r.App != nil {
+		fmt.Fprintf(&b, "\nAn app's p95 latency %.0f -> %.0f ms (target %g ms, window %s, scraped every %s): 0 -> 1 replica %s after the step (external-push, Value); 1 -> %d %s after it (HPA on GetMetrics, Value).\n",
+			r.App.LowMs, r.App.HighMs, appTarget, appWindow, appInterval, r.App.Wake.Round(time.Millisecond), r.App.OutTo, r.App.Out.Round(time.Millisecond))
+	}
 	if r.ScalerRestart != nil {
 		fmt.Fprintf(&b, "\nScaler killed while KEDA held StreamIsActive: stream reopened %s after the kill; the next step woke a Deployment from 0 %s after its publication.\n",
 			r.ScalerRestart.Reopened.Round(time.Millisecond), r.ScalerRestart.Wake.Round(time.Millisecond))

@@ -44,7 +44,7 @@ func (l Load) At(i int) float64 {
 
 // StartNode starts an agent simulating gpus GPUs sampled every interval,
 // at load l.
-func StartNode(dir, bin string, i, gpus int, interval time.Duration, l Load) (*Node, error) {
+func StartNode(dir, bin string, i, gpus int, interval time.Duration, l Load, extra ...string) (*Node, error) {
 	n := &Node{Name: fmt.Sprintf("node-%d", i), LoadFile: filepath.Join(dir, fmt.Sprintf("load-node-%d.json", i))}
 	for _, a := range []*string{&n.Web, &n.GRPC} {
 		port, err := testutil.FreePort("127.0.0.1")
@@ -57,15 +57,16 @@ func StartNode(dir, bin string, i, gpus int, interval time.Duration, l Load) (*N
 		return nil, err
 	}
 	var err error
-	n.p, err = startProcess(dir, n.Name, nil, bin,
+	args := append([]string{
 		fmt.Sprintf("--simulate=%d", gpus),
 		fmt.Sprintf("--simulate.seed=%d", i+1),
-		"--simulate.load-file="+n.LoadFile,
-		"--node-name="+n.Name,
-		"--interval="+interval.String(),
-		"--web.listen-address="+n.Web,
-		"--grpc.listen-address="+n.GRPC,
-	)
+		"--simulate.load-file=" + n.LoadFile,
+		"--node-name=" + n.Name,
+		"--interval=" + interval.String(),
+		"--web.listen-address=" + n.Web,
+		"--grpc.listen-address=" + n.GRPC,
+	}, extra...)
+	n.p, err = startProcess(dir, n.Name, nil, bin, args...)
 	if err != nil {
 		return nil, err
 	}
