@@ -78,24 +78,27 @@ type Options struct {
 // jitter, RTT and loss histograms over several buckets each (see
 // TestImpairedSFUHistograms for what they showed).
 //
-// 4 publishers at a mean 200 kbit/s, whose pacing phases (1-4 s) draw a
-// load factor of 0.3, 1 or 1.8, a skip probability of 0, 0.3%, 2% or 8%,
-// and a longest hold of 0, 60, 150 or 300 ms (a hold starting on 5% of
-// packets); 3 subscribers, so the SFU forwards 12 streams, a mean of
-// 2.4 Mbit/s of payload. Down: 1.6 Mbit/s with a 200 ms queue, below the
-// mean and far below the 1.8x phases, so the queue fills, drains and
-// overflows as the phases change. Up: 1.2 Mbit/s with a 100 ms queue,
-// which the publishers' 0.8 Mbit/s mean exceeds only when phases of
-// high load coincide.
+// Load: 4 publishers at a mean 200 kbit/s of payload each (about 230
+// kbit/s on the wire), 3 subscribers, so the SFU forwards 12 streams.
+// Load phases of 1-4 s, shared by the publishers, scale them by 0.4,
+// 0.8, 1.1 or 1.4: the forwarded total swings between about 1.3 and 3.7
+// Mbit/s on the wire. Each publisher's own phases skip 0, 0.3%, 2% or 8%
+// of packets and hold packets for up to 0, 60, 150, 300 or 600 ms (a hold
+// starting on 5% of packets), releasing them as a burst.
+//
+// Down: 3 Mbit/s with a 200 ms queue, so the low phases leave the queue
+// empty (RTT under 50 ms), 1.1 sits at the edge (the queue wanders) and
+// 1.4 fills it (RTT near 200 ms, drops). Up: 1.2 Mbit/s with a 100 ms
+// queue, which the publishers (0.4-1.2 Mbit/s) reach only at 1.4.
 func DefaultOptions() Options {
 	return Options{
 		Load: Load{
 			Publishers: 4, Subscribers: 3,
 			Bitrate:  200_000,
 			PhaseMin: time.Second, PhaseMax: 4 * time.Second,
-			Loads:   []float64{0.3, 1, 1.8},
+			Loads:   []float64{0.4, 0.8, 1.1, 1.4},
 			Skips:   []float64{0, 0.003, 0.02, 0.08},
-			Gaps:    []time.Duration{0, 60 * time.Millisecond, 150 * time.Millisecond, 300 * time.Millisecond},
+			Gaps:    []time.Duration{0, 60 * time.Millisecond, 150 * time.Millisecond, 300 * time.Millisecond, 600 * time.Millisecond},
 			GapProb: 0.05,
 			Seed:    1,
 		},

@@ -85,6 +85,7 @@ type Net struct {
 	// PubIP and SubIP are the others'.
 	SFUIP, HostIP, PubIP, SubIP net.IP
 	hostIf                      string
+	veth                        bool     // hostIf exists
 	created                     []string // namespaces to delete
 }
 
@@ -155,6 +156,9 @@ func NewNet(down, up Shaper) (*Net, error) {
 			n.Close()
 			return nil, err
 		}
+		if s[1] == "link" && s[2] == "add" && s[3] == n.hostIf {
+			n.veth = true
+		}
 	}
 	return n, nil
 }
@@ -179,10 +183,19 @@ func (n *Net) QdiscStats() string {
 	return b.String()
 }
 
-// Close removes the namespaces, and with them every link (the host's
-// veth goes with its peer); it is safe to call twice.
+// Close removes the host's veth, then the namespaces and with them every
+// other link; it is safe to call twice. The host's veth goes first and by
+// name because the kernel tears a deleted namespace down asynchronously,
+// which on a busy machine takes a minute or more: until then the
+// namespace's end of the pair, and so the host's, would live on.
 func (n *Net) Close() error {
 	var errs []error
+	if n.veth {
+		if err := run("ip", "link", "del", n.hostIf); err != nil && !strings.Contains(err.Error(), "Cannot find device") {
+			errs = append(errs, err)
+		}
+		n.veth = false
+	}
 	for _, ns := range n.created {
 		if err := run("ip", "netns", "del", ns); err != nil {
 			errs = append(errs, err)

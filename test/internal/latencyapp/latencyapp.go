@@ -34,7 +34,6 @@ var Buckets = []float64{0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6}
 type App struct {
 	Addr   string // host:port of its /metrics
 	mean   atomic.Uint64
-	steps  atomic.Int64 // unix nanos of the latest Set
 	cancel context.CancelFunc
 	srv    *http.Server
 }

@@ -25,9 +25,10 @@ type config struct {
 }
 
 // pacing says how a publisher sends. Time is cut into phases of a random
-// length between PhaseMin and PhaseMax; each phase draws a load factor, a
-// skip probability and a longest hold, independently and uniformly, from
-// Loads, Skips and Gaps.
+// length between PhaseMin and PhaseMax. Load phases, shared by every
+// publisher of a run, draw a load factor from Loads; each publisher's own
+// phases draw a skip probability and a longest hold from Skips and Gaps
+// (uniformly, independently).
 type pacing struct {
 	// Bitrate is one publisher's mean payload bit rate at load factor 1.
 	Bitrate int
@@ -46,7 +47,8 @@ type pacing struct {
 	// scheduler hiccup would.
 	Gaps    []time.Duration
 	GapProb float64
-	// Seed seeds publisher i's randomness with Seed+i.
+	// Seed seeds the shared load phases and, with i, publisher i's own
+	// randomness.
 	Seed int64
 }
 
@@ -83,7 +85,7 @@ func parseFlags(fs *flag.FlagSet, args []string) (*config, error) {
 		return err
 	})
 	fs.Float64Var(&c.GapProb, "gap-prob", 0.05, "probability that a packet starts a hold, in a phase with a gap")
-	fs.Int64Var(&c.Seed, "seed", 1, "seed of publisher 0's randomness (publisher i: seed+i)")
+	fs.Int64Var(&c.Seed, "seed", 1, "seed of the run's randomness")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}

@@ -37,6 +37,7 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 		ctx, cancel = context.WithTimeout(ctx, cfg.Duration)
 		defer cancel()
 	}
+	epoch := time.Now()
 	var c counters
 	var wg sync.WaitGroup
 	var rooms []*lksdk.Room
@@ -60,7 +61,7 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 		}
 		rooms = append(rooms, r)
 		wg.Go(func() {
-			if err := send(ctx, track, newPacer(cfg.pacing, cfg.Seed+int64(i)), cfg.Frame, &c); err != nil {
+			if err := send(ctx, track, newPacer(cfg.pacing, epoch, i), cfg.Frame, &c); err != nil {
 				log.Error("publisher stopped", "identity", identity, "err", err)
 			}
 		})

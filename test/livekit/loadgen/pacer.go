@@ -18,26 +18,47 @@ type packet struct {
 
 // pacer decides, packet by packet, when a publisher sends and what. It
 // knows nothing of WebRTC, so the pacing is tested on its own.
+//
+// Two kinds of phase cut its time. Load phases are the same for every
+// publisher of a run: they start at a shared epoch and draw from a shared
+// seed, so the publishers' loads rise and fall together, as in a
+// congestion episode, and the bottleneck's queue empties and overflows
+// instead of seeing an average. Behaviour phases (skips, holds) are each
+// publisher's own.
 type pacer struct {
-	p   pacing
-	rng *rand.Rand
+	p       pacing
+	rng     *rand.Rand // this publisher's
+	loadRng *rand.Rand // the run's, replayed identically by every publisher
 
-	phaseEnd  time.Time
+	loadEnd   time.Time
 	load      float64
+	phaseEnd  time.Time
 	skip      float64
 	gap       time.Duration
 	holdUntil time.Time
 }
 
-func newPacer(p pacing, seed int64) *pacer {
-	return &pacer{p: p, rng: rand.New(rand.NewPCG(uint64(seed), 0x9e3779b97f4a7c15))}
+// newPacer returns publisher i's pacer for a run that started at epoch.
+func newPacer(p pacing, epoch time.Time, i int) *pacer {
+	return &pacer{
+		p:       p,
+		rng:     rand.New(rand.NewPCG(uint64(p.Seed), uint64(i)+1)),
+		loadRng: rand.New(rand.NewPCG(uint64(p.Seed), 0)),
+		loadEnd: epoch,
+	}
 }
 
 // plan decides the packet whose media time is due; calls come in order of
 // due, one frame apart.
 func (p *pacer) plan(due time.Time) packet {
+	for !due.Before(p.loadEnd) {
+		p.loadEnd = p.loadEnd.Add(phaseLength(p.loadRng, p.p))
+		p.load = p.p.Loads[p.loadRng.IntN(len(p.p.Loads))]
+	}
 	if !due.Before(p.phaseEnd) {
-		p.newPhase(due)
+		p.phaseEnd = due.Add(phaseLength(p.rng, p.p))
+		p.skip = p.p.Skips[p.rng.IntN(len(p.p.Skips))]
+		p.gap = p.p.Gaps[p.rng.IntN(len(p.p.Gaps))]
 	}
 	sendAt := due
 	switch {
@@ -53,14 +74,11 @@ func (p *pacer) plan(due time.Time) packet {
 	return packet{SendAt: sendAt, Skip: p.rng.Float64() < p.skip, Size: min(max(size, 16), maxPayload)}
 }
 
-func (p *pacer) newPhase(now time.Time) {
-	span := p.p.PhaseMax - p.p.PhaseMin
-	length := p.p.PhaseMin
-	if span > 0 {
-		length += time.Duration(p.rng.Int64N(int64(span)))
+// phaseLength draws a phase's length, uniform in [PhaseMin, PhaseMax].
+func phaseLength(rng *rand.Rand, p pacing) time.Duration {
+	span := p.PhaseMax - p.PhaseMin
+	if span <= 0 {
+		return p.PhaseMin
 	}
-	p.phaseEnd = now.Add(length)
-	p.load = p.p.Loads[p.rng.IntN(len(p.p.Loads))]
-	p.skip = p.p.Skips[p.rng.IntN(len(p.p.Skips))]
-	p.gap = p.p.Gaps[p.rng.IntN(len(p.p.Gaps))]
+	return p.PhaseMin + time.Duration(rng.Int64N(int64(span)+1))
 }
