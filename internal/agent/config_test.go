@@ -36,6 +36,17 @@ func TestDefaults(t *testing.T) {
 	}
 }
 
+func TestAppDefaults(t *testing.T) {
+	c := parse(t)
+	want := AppConfig{Enabled: true, Interval: time.Second, MaxBodyBytes: 4 << 20, MaxSeriesPerPod: 2000, MaxTargets: 256, Concurrency: 4}
+	if c.App != want {
+		t.Errorf("app defaults %+v, want %+v", c.App, want)
+	}
+	if err := c.Validate(); err != nil {
+		t.Error(err)
+	}
+}
+
 func TestKubeletMaxStale(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
@@ -101,6 +112,14 @@ func TestValidateNamesTheFlag(t *testing.T) {
 		{[]string{"--kubelet.gpu-resource-names=nvidia.com/t4,t4"}, "--kubelet.gpu-resource-names=t4: want <domain>/<name>"},
 		{[]string{"--path.procfs="}, `--path.procfs="": must not be empty`},
 		{[]string{"--kubernetes.pod-watch=false", "--kubeconfig=/k"}, "--kubeconfig=/k: needs --kubernetes.pod-watch"},
+		{[]string{"--app.interval=50ms"}, "--app.interval=50ms: must be at least 100ms"},
+		{[]string{"--app.timeout=-1s"}, "--app.timeout=-1s: must not be negative"},
+		{[]string{"--app.interval=1s", "--app.timeout=2s"}, "--app.timeout=2s: must be at most --app.interval (1s)"},
+		{[]string{"--app.max-body-bytes=10"}, "--app.max-body-bytes=10"},
+		{[]string{"--app.max-series-per-pod=0"}, "--app.max-series-per-pod=0"},
+		{[]string{"--app.max-targets=0"}, "--app.max-targets=0"},
+		{[]string{"--app.concurrency=0"}, "--app.concurrency=0"},
+		{[]string{"--app.concurrency=65"}, "--app.concurrency=65"},
 	} {
 		err := parse(t, tc.args...).Validate()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
