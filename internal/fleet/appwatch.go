@@ -3,6 +3,8 @@ package fleet
 import (
 	"slices"
 	"sync"
+
+	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
 )
 
 // appWatches are the StreamIsActive subscribers of app triggers. An app
@@ -52,13 +54,18 @@ func (s *Store) watchApp(q *Query) (bool, <-chan bool, func()) {
 	}
 }
 
-// notifyApps re-evaluates every watched app trigger and sends the ones
-// whose state changed.
-func (s *Store) notifyApps() {
+// notifyApps re-evaluates the watched app triggers that snap concerns
+// (one of its scrapes is of a matching pod and names the trigger's
+// family; nil: every trigger, as a sweep does) and sends the ones whose
+// state changed.
+func (s *Store) notifyApps(snap *telemetryv1.NodeSnapshot) {
 	aw := &s.appWatch
 	aw.mu.Lock()
 	defer aw.mu.Unlock()
 	for _, w := range aw.watches {
+		if snap != nil && !concerns(w.q, snap) {
+			continue
+		}
 		active := s.activeNow(w.q)
 		if active == w.active {
 			continue
@@ -72,6 +79,20 @@ func (s *Store) notifyApps() {
 			c <- active
 		}
 	}
+}
+
+func concerns(q *Query, snap *telemetryv1.NodeSnapshot) bool {
+	for _, sc := range snap.GetApps() {
+		if !q.Matches(sc.GetNamespace(), sc.GetPod()) {
+			continue
+		}
+		for _, f := range sc.GetFamilies() {
+			if f.GetName() == q.App.Family {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // appWatchers is the number of app triggers StreamIsActive waits on.

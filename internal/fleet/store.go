@@ -282,7 +282,7 @@ func (s *Store) Ingest(snap *telemetryv1.NodeSnapshot) error {
 	changed := !snap.GetAppsOnly() && n.ingest(snap, s.now(), s.retention.Load(), uint8(s.windowed.Load()), s.opts.MaxUnattributedLoad, s.log)
 	n.mu.Unlock()
 	if apps {
-		s.notifyApps()
+		s.notifyApps(snap)
 	}
 	if !changed {
 		return nil
@@ -693,7 +693,7 @@ func (s *Store) Sweep() {
 	}
 	s.mu.Unlock()
 	s.aggs.sweep(s, forgotten, now)
-	s.notifyApps() // windows and staleness move with time alone
+	s.notifyApps(nil) // windows and staleness move with time alone
 }
 
 // NodeCounts returns how many nodes are fresh and how many are stale but
