@@ -5,11 +5,15 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/gpu-telemetry/agent/internal/fleet/promql"
 )
 
 var update = flag.Bool("update", false, "rewrite deploy/grafana/dashboard.md from the dashboard")
@@ -47,6 +51,9 @@ type dashboard struct {
 			Type       string
 			Definition string
 			AllValue   string `json:"allValue"`
+			Query      any
+			Current    struct{ Value any }
+			Options    []struct{ Text, Value string }
 		}
 	}
 	Panels []panel
@@ -65,13 +72,43 @@ func loadDashboard(t *testing.T) dashboard {
 	return d
 }
 
-// grafanaVars replaces Grafana's variables with what they become at
-// query time: the interval ones with durations, the dashboard's own
-// (used in regular-expression matchers) with their "All" value.
-var grafanaVars = strings.NewReplacer(
+// grafanaVars are Grafana's variables and what they become at query
+// time: the interval ones durations, the dashboard's query variables
+// (used in regular-expression matchers) their "All" value.
+var grafanaVars = []string{
 	"$__rate_interval", "1m", "$__interval", "1m", "$__range", "1h",
 	"$node", ".*", "$namespace", ".*", "$pod", ".+",
-)
+}
+
+// queryVars replaces the variables of a dashboard's queries: those of
+// grafanaVars, and the dashboard's own textbox and custom variables (the
+// application's families and units) with their current values, the
+// defaults a dashboard imported as is queries with.
+func queryVars(t *testing.T, d dashboard) *strings.Replacer {
+	t.Helper()
+	var pairs []string
+	for _, v := range d.Templating.List {
+		switch v.Type {
+		case "textbox", "custom", "constant":
+		default:
+			continue
+		}
+		val, _ := v.Current.Value.(string)
+		if val == "" {
+			t.Errorf("variable %s: no current value", v.Name)
+			continue
+		}
+		if v.Type == "custom" && !slices.ContainsFunc(v.Options, func(o struct{ Text, Value string }) bool { return o.Value == val }) {
+			t.Errorf("variable %s: current value %q is none of its options %v", v.Name, val, v.Options)
+		}
+		pairs = append(pairs, "${"+v.Name+"}", val, "$"+v.Name, val)
+	}
+	return strings.NewReplacer(append(pairs, grafanaVars...)...)
+}
+
+// unitSuffixes are the base-unit suffixes of latency family names and
+// their seconds per unit, as the dashboard's $latency_unit spells them.
+var unitSuffixes = map[string]string{"_seconds": "1", "_ms": "0.001", "_us": "0.000001", "_ns": "0.000000001"}
 
 var labelValues = regexp.MustCompile(`^label_values\((.+), *([a-zA-Z_][a-zA-Z0-9_]*)\)$`)
 
@@ -80,9 +117,12 @@ func TestDashboard(t *testing.T) {
 	if d.UID == "" || d.Title == "" {
 		t.Error("dashboard without uid or title")
 	}
+	expand := queryVars(t, d)
 	vars := map[string]bool{}
+	defaults := map[string]string{}
 	for _, v := range d.Templating.List {
 		vars[v.Name] = true
+		defaults[v.Name], _ = v.Current.Value.(string)
 		if v.Type != "query" {
 			continue
 		}
@@ -91,7 +131,7 @@ func TestDashboard(t *testing.T) {
 			t.Errorf("variable %s: %q is not label_values(selector, label)", v.Name, v.Definition)
 			continue
 		}
-		sel := grafanaVars.Replace(m[1])
+		sel := expand.Replace(m[1])
 		for _, err := range checkExpr(t, sel) {
 			t.Errorf("variable %s: %v", v.Name, err)
 		}
@@ -101,10 +141,19 @@ func TestDashboard(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{"datasource", "node", "namespace", "pod"} {
+	for _, want := range []string{"datasource", "node", "namespace", "pod", "latency_histogram", "latency_unit", "requests_counter"} {
 		if !vars[want] {
 			t.Errorf("no $%s variable", want)
 		}
+	}
+	// The default latency family's name says its unit; the default unit
+	// must be that one, or the p95 panel's seconds are wrong.
+	var unitOK bool
+	for suf, perUnit := range unitSuffixes {
+		unitOK = unitOK || (strings.HasSuffix(defaults["latency_histogram"], suf) && defaults["latency_unit"] == perUnit)
+	}
+	if !unitOK {
+		t.Errorf("$latency_histogram %q with $latency_unit %q: the unit is not the one its name says", defaults["latency_histogram"], defaults["latency_unit"])
 	}
 
 	ids := map[int]bool{}
@@ -142,7 +191,7 @@ func TestDashboard(t *testing.T) {
 		}
 		for _, tg := range p.Targets {
 			all += tg.Expr + "\n"
-			for _, err := range checkExpr(t, grafanaVars.Replace(tg.Expr)) {
+			for _, err := range checkExpr(t, expand.Replace(tg.Expr)) {
 				t.Errorf("panel %q %s: %v", p.Title, tg.RefID, err)
 			}
 		}
@@ -151,6 +200,9 @@ func TestDashboard(t *testing.T) {
 	// The four panels WebRTC operators watch come first, in a row.
 	var first []string
 	for _, p := range d.Panels {
+		if p.Type == "row" && p.GridPos.Y == 0 && p.Title != "Service experience" {
+			t.Errorf("first row %q, want Service experience", p.Title)
+		}
 		if p.Type != "row" && p.GridPos.Y <= 1 {
 			first = append(first, p.Title)
 		}
@@ -174,6 +226,8 @@ func TestDashboard(t *testing.T) {
 		"stalled GPUs":              "gpu_agent_device_stalled",
 		"the scaler":                "gpu_scaler_agents_connected",
 		"replicas":                  "kube_deployment_status_replicas_available",
+		"the app's own latency":     "${latency_histogram}_bucket",
+		"the app's own requests":    "rate(${requests_counter}",
 	} {
 		if !strings.Contains(all, metric) {
 			t.Errorf("no panel shows %s (%s)", what, metric)
@@ -248,7 +302,7 @@ func renderDashboard(d dashboard) string {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "# %s\n\n", d.Title)
-	b.WriteString("Rendered from `gpu-agent.json` by `TestDashboard` (test/deploy; `go test -run Dashboard -update` rewrites it, and the test fails when it is stale). Import the JSON into Grafana with a Prometheus data source; `$node`, `$namespace` and `$pod` filter every panel.\n\n")
+	b.WriteString("Rendered from `gpu-agent.json` by `TestDashboard` (test/deploy; `go test -run Dashboard -update` rewrites it, and the test fails when it is stale). Import the JSON into Grafana with a Prometheus data source; `$node`, `$namespace` and `$pod` filter every panel. The first row reads the application's own families, which Prometheus scrapes from its pods: `$latency_histogram` in `$latency_unit` (seconds per unit: `s`, `ms`, `us`, `ns`) and `$requests_counter`, by default the conventional names listed at the end (for a LiveKit SFU, `livekit_rtt_ms` in `ms`).\n\n")
 	b.WriteString("## Layout\n\n```\n")
 	for _, l := range canvas {
 		b.WriteString(strings.TrimRight(string(l), " ") + "\n")
@@ -301,4 +355,82 @@ func wrap(s string, width int) []string {
 		line += w
 	}
 	return append(lines, line)
+}
+
+// The first row's app panels, set to the latency example's family
+// (deploy/examples/scaledobject-webrtc-latency.yaml: livekit_rtt_ms, in
+// ms) and a LiveKit counter, asked of Prometheus's own engine (promtool
+// test rules) on one SFU pod's series: the p95 panel answers in seconds
+// what the example's trigger reads in ms (the scaler's
+// histogram_quantile of the same buckets, times its scale), and the
+// requests panel the counter's per-second rate.
+func TestDashboardAppPanels(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("promtool not found, and CI=true: install it (Debian: prometheus)")
+		}
+		t.Skip("promtool not found: the app panels are not evaluated (TestDashboard still parses them)")
+	}
+	d := loadDashboard(t)
+	var msPerUnit string
+	for _, v := range d.Templating.List {
+		for _, o := range v.Options {
+			if v.Name == "latency_unit" && o.Text == "ms" {
+				msPerUnit = o.Value
+			}
+		}
+	}
+	trigger := exampleAppTrigger(t, "scaledobject-webrtc-latency.yaml")
+	const counter = "livekit_node_twirp_request_status" // a LiveKit server's API requests
+	expand := strings.NewReplacer(append([]string{
+		"${latency_histogram}", trigger.App.Family, "$latency_unit", msPerUnit, "${requests_counter}", counter,
+	}, grafanaVars...)...)
+	exprOf := func(title string) string {
+		for _, p := range d.Panels {
+			if p.Title == title && len(p.Targets) > 0 {
+				return expand.Replace(p.Targets[0].Expr)
+			}
+		}
+		t.Fatalf("no panel %q", title)
+		return ""
+	}
+
+	// LiveKit v1.13.5's RTT buckets (pkg/telemetry/prometheus/packets.go)
+	// and how many of each scrape's 10 new observations fall at or below
+	// each bound: p95 in (200, 250].
+	bounds := []string{"50", "100", "150", "200", "250", "500", "750", "1000", "5000", "10000", "+Inf"}
+	cum := []float64{0, 0, 1, 5, 10, 10, 10, 10, 10, 10, 10}
+	var in strings.Builder
+	var buckets []promql.Bucket
+	pod := `namespace="media", pod="livekit-sfu-7c9d8f6b5-x2x4q"`
+	for i, b := range bounds {
+		fmt.Fprintf(&in, "      - series: '%s_bucket{le=%q, %s}'\n        values: '0+%gx40'\n", trigger.App.Family, b, pod, cum[i])
+		ub, _ := strconv.ParseFloat(b, 64)
+		buckets = append(buckets, promql.Bucket{UpperBound: ub, Count: cum[i]})
+	}
+	fmt.Fprintf(&in, "      - series: '%s{%s}'\n        values: '0+30x40'\n", counter, pod)
+	triggerMS := promql.HistogramQuantile(trigger.App.Quantile, buckets) * trigger.App.Scale
+	perUnit, err := strconv.ParseFloat(msPerUnit, 64)
+	if err != nil || triggerMS <= 200 || triggerMS >= 250 {
+		t.Fatalf("$latency_unit ms = %q (%v); the trigger reads %g ms", msPerUnit, err, triggerMS)
+	}
+	tests := fmt.Sprintf(`tests:
+  - interval: 15s
+    input_series:
+%s    promql_expr_test:
+      - expr: 'abs((%s) - %g) < bool 1e-9'
+        eval_time: 10m
+        exp_samples: [{labels: '{}', value: 1}]
+      - expr: 'abs((%s) - 2) < bool 1e-9'
+        eval_time: 10m
+        exp_samples: [{labels: '{namespace="media"}', value: 1}]
+`, in.String(), exprOf("p95 latency"), triggerMS*perUnit, exprOf("Requests per second"))
+	f := filepath.Join(t.TempDir(), "app-panels.test.yaml")
+	if err := os.WriteFile(f, []byte(tests), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(promtool, "test", "rules", f).CombinedOutput(); err != nil {
+		t.Errorf("promtool test rules: %v\n%s\n%s", err, out, tests)
+	}
 }

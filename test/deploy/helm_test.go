@@ -2,11 +2,14 @@ package deploy
 
 import (
 	"encoding/json"
+	"fmt"
+	"io"
 	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -21,6 +24,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	sigsyaml "sigs.k8s.io/yaml"
+
+	"github.com/gpu-telemetry/agent/internal/agent"
 )
 
 var chartDir = filepath.Join(repo, "deploy", "helm", "gpu-agent")
@@ -167,6 +172,9 @@ func TestHelmAllOn(t *testing.T) {
 			t.Errorf("agent args %v: no %s", c.Args, want)
 		}
 	}
+	if got, want := appValues(agentConfig(t, c).App), appValuesOf(valuesFile(t, "ci/all-on-values.yaml")); !maps.Equal(got, want) {
+		t.Errorf("the agent's --app.* flags read %v, the values say %v (args %v)", got, want, c.Args)
+	}
 	if env := envMap(t, c); env["GODEBUG"].Value != "madvdontneed=1" {
 		t.Errorf("extraEnv not in the agent's env: %v", c.Env)
 	}
@@ -248,8 +256,8 @@ func TestHelmOptionsOff(t *testing.T) {
 		}
 	}
 	ds := one[*appsv1.DaemonSet](t, objs, "DaemonSet", "")
-	if c := container(t, ds.Spec.Template.Spec, "gpu-agent"); !slices.Contains(c.Args, "--kubernetes.pod-watch=false") {
-		t.Errorf("pod watch off, args %v", c.Args)
+	if c := container(t, ds.Spec.Template.Spec, "gpu-agent"); !slices.Contains(c.Args, "--kubernetes.pod-watch=false") || !slices.Contains(c.Args, "--app.enabled=false") {
+		t.Errorf("pod watch off (and with it app scraping, which reads the pods from it), args %v", c.Args)
 	}
 	if a := ds.Spec.Template.Spec.AutomountServiceAccountToken; a == nil || *a {
 		t.Error("pod watch off, yet the service account token is mounted")
@@ -269,6 +277,10 @@ func TestHelmValuesRejected(t *testing.T) {
 		"tls without its secret": {"webConfig": map[string]any{"tls": map[string]any{"enabled": true}}},
 		"basic auth, no user":    {"webConfig": map[string]any{"basicAuth": map[string]any{"enabled": true, "password": "x"}}},
 		"scaler replicas 0":      {"scaler": map[string]any{"replicas": 0}},
+		"misspelt app key":       {"app": map[string]any{"intervall": "1s"}},
+		"app bad duration":       {"app": map[string]any{"interval": "1"}},
+		"app concurrency 0":      {"app": map[string]any{"concurrency": 0}},
+		"app body under 1 KiB":   {"app": map[string]any{"maxBodyBytes": 100}},
 	} {
 		if _, err := render(t, "gpu-agent", vals); err == nil {
 			t.Errorf("%s: rendered", name)
@@ -276,6 +288,91 @@ func TestHelmValuesRejected(t *testing.T) {
 			t.Logf("%s: %v", name, firstLine(err.Error()))
 		}
 	}
+}
+
+// The app block of values.yaml is the agent's own defaults, which the
+// template leaves out of the arguments (deploy/'s DaemonSet has none):
+// each one changed alone becomes its flag, and the agent reads it back.
+func TestHelmAppFlags(t *testing.T) {
+	def, err := agent.ParseFlags(nil, func(k string) string {
+		if k == "NODE_NAME" {
+			return "node-1"
+		}
+		return ""
+	}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defaults := valuesFile(t, "values.yaml")["app"].(map[string]any)
+	if got, want := appValuesOf(map[string]any{"app": defaults}), appValues(def.App); !maps.Equal(got, want) {
+		t.Errorf("values.yaml app %v; the agent's defaults are %v", got, want)
+	}
+	// The agent's container, and its --app.* arguments.
+	agentOf := func(vals map[string]any) (corev1.Container, []string) {
+		t.Helper()
+		ds := one[*appsv1.DaemonSet](t, mustRender(t, vals), "DaemonSet", "")
+		c := container(t, ds.Spec.Template.Spec, "gpu-agent")
+		var app []string
+		for _, a := range c.Args {
+			if strings.HasPrefix(a, "--app.") {
+				app = append(app, a)
+			}
+		}
+		return c, app
+	}
+	if _, a := agentOf(map[string]any{}); len(a) > 0 {
+		t.Errorf("defaults render %v", a)
+	}
+	for key, c := range map[string]struct {
+		value any
+		arg   string
+	}{
+		"enabled":         {false, "--app.enabled=false"},
+		"interval":        {"2s", "--app.interval=2s"},
+		"timeout":         {"500ms", "--app.timeout=500ms"},
+		"maxBodyBytes":    {1 << 20, "--app.max-body-bytes=1048576"},
+		"maxSeriesPerPod": {10000, "--app.max-series-per-pod=10000"},
+		"maxTargets":      {32, "--app.max-targets=32"},
+		"concurrency":     {2, "--app.concurrency=2"},
+	} {
+		// Go ints, as --set gives them (values files give float64: TestHelmAllOn).
+		ac, a := agentOf(map[string]any{"app": map[string]any{key: c.value}})
+		if !slices.Equal(a, []string{c.arg}) {
+			t.Errorf("app.%s=%v renders %v, want [%s]", key, c.value, a, c.arg)
+		}
+		if got, want := appValues(agentConfig(t, ac).App), fmt.Sprint(c.value); got[key] != want {
+			t.Errorf("app.%s=%v: the agent reads %s", key, c.value, got[key])
+		}
+	}
+}
+
+// appValues is an agent's app configuration keyed and spelt as the
+// chart's app values.
+func appValues(a agent.AppConfig) map[string]string {
+	return map[string]string{
+		"enabled":         strconv.FormatBool(a.Enabled),
+		"interval":        a.Interval.String(),
+		"timeout":         a.Timeout.String(),
+		"maxBodyBytes":    strconv.FormatInt(a.MaxBodyBytes, 10),
+		"maxSeriesPerPod": strconv.Itoa(a.MaxSeriesPerPod),
+		"maxTargets":      strconv.Itoa(a.MaxTargets),
+		"concurrency":     strconv.Itoa(a.Concurrency),
+	}
+}
+
+// appValuesOf reads a values file's app block as appValues spells it
+// (YAML numbers decode as float64).
+func appValuesOf(vals map[string]any) map[string]string {
+	out := map[string]string{}
+	for k, v := range vals["app"].(map[string]any) {
+		switch v := v.(type) {
+		case float64:
+			out[k] = strconv.FormatInt(int64(v), 10)
+		default:
+			out[k] = fmt.Sprint(v)
+		}
+	}
+	return out
 }
 
 func firstLine(s string) string {

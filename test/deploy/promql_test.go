@@ -3,6 +3,7 @@ package deploy
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,7 +18,11 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql/parser"
+	appsv1 "k8s.io/api/apps/v1"
 	sigsyaml "sigs.k8s.io/yaml"
+
+	"github.com/gpu-telemetry/agent/internal/fleet"
+	"github.com/gpu-telemetry/agent/internal/scaler"
 )
 
 // family is a metric family someone exports, with the label names its
@@ -39,8 +44,8 @@ var notOurs = map[string]string{
 	"up": "Prometheus: 1 when the target's last scrape succeeded",
 	"kube_deployment_status_replicas_available":            "kube-state-metrics: the replicas of the scaled Deployment",
 	"kube_horizontalpodautoscaler_status_desired_replicas": "kube-state-metrics: what KEDA's HPA asks for",
-	"http_requests_total":                                  "the WebRTC or inference application's request counter, the conventional name: the dashboard's one panel on an application metric",
-	"http_request_duration_seconds_bucket":                 "the application's request latency histogram, the conventional name: the dashboard's p95 latency panel",
+	"http_requests_total":                                  "the application's request counter, the conventional name: the default of the dashboard's $requests_counter",
+	"http_request_duration_seconds_bucket":                 "the application's request latency histogram, the conventional name: the default of the dashboard's $latency_histogram",
 }
 
 var (
@@ -294,8 +299,11 @@ func TestCheckExprRejects(t *testing.T) {
 
 // The examples' ScaledObjects: the prometheus trigger's query reduces to
 // one value over metrics the agent exports; the external triggers point
-// at the scaler's Service (internal/scaler's test parses their metadata
-// with the scaler's own parser).
+// at the scaler's Service, with metadata the scaler's own parser accepts
+// under deploy/'s --window.max, and metricType AverageValue only for a
+// total; a metric: app trigger's pods opt in as the agent's own parser
+// accepts (checkAppTrigger). Every file of deploy/examples, so that a new
+// example is checked without being listed.
 func TestScaledObjects(t *testing.T) {
 	objs := kustomized(t, "deploy")
 	var scalerAddr string
@@ -304,8 +312,15 @@ func TestScaledObjects(t *testing.T) {
 			scalerAddr = o.Name + "." + o.Namespace + ".svc.cluster.local:9500"
 		}
 	}
+	sc := container(t, one[*appsv1.Deployment](t, objs, "Deployment", "gpu-scaler").Spec.Template.Spec, "gpu-scaler")
+	scfg, err := scaler.ParseFlags(sc.Args, io.Discard)
+	if err != nil {
+		t.Fatalf("scaler args %v: %v", sc.Args, err)
+	}
+	acfg := agentConfig(t, container(t, one[*appsv1.DaemonSet](t, objs, "DaemonSet", "").Spec.Template.Spec, "gpu-agent"))
 	files, _ := filepath.Glob(filepath.Join(repo, "deploy", "examples", "*.yaml"))
 	types := map[string]bool{}
+	var apps int
 	for _, f := range files {
 		raw, err := os.ReadFile(f)
 		if err != nil {
@@ -315,8 +330,16 @@ func TestScaledObjects(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		dep, err := commentedDeployment(f, raw)
+		if err != nil {
+			t.Error(err)
+		}
 		for _, o := range sos {
-			so := o.Obj.(*kedav1alpha1.ScaledObject)
+			so, ok := o.Obj.(*kedav1alpha1.ScaledObject)
+			if !ok {
+				t.Errorf("%s: an example holds ScaledObjects only (show the workload's parts as comments)", o)
+				continue
+			}
 			for i, tr := range so.Spec.Triggers {
 				types[tr.Type] = true
 				switch tr.Type {
@@ -339,6 +362,21 @@ func TestScaledObjects(t *testing.T) {
 					if tr.Metadata["scalerAddress"] != scalerAddr {
 						t.Errorf("%s trigger %d: scalerAddress %s, the scaler is %s", o, i, tr.Metadata["scalerAddress"], scalerAddr)
 					}
+					q, err := fleet.ParseMetadata(tr.Metadata, so.Namespace, scfg.WindowMax)
+					if err != nil {
+						t.Errorf("%s trigger %d: %v", o, i, err)
+						continue
+					}
+					// KEDA's default metricType is AverageValue.
+					if (tr.MetricType == "AverageValue" || tr.MetricType == "") && !averageable(q) {
+						t.Errorf("%s trigger %d: metricType %q divides the answer by the replicas; %s is not a total over the pods", o, i, tr.MetricType, q.MetricName())
+					}
+					if q.App != nil {
+						apps++
+						for _, err := range checkAppTrigger(q, dep, acfg.App.Interval) {
+							t.Errorf("%s trigger %d: %v", o, i, err)
+						}
+					}
 				default:
 					t.Errorf("%s trigger %d: type %s", o, i, tr.Type)
 				}
@@ -349,5 +387,8 @@ func TestScaledObjects(t *testing.T) {
 		if !types[want] {
 			t.Errorf("no example ScaledObject with a %s trigger", want)
 		}
+	}
+	if apps == 0 {
+		t.Error("no example ScaledObject with a metric: app trigger")
 	}
 }

@@ -49,3 +49,23 @@ httpHeaders:
     value: {{ printf "Basic %s" (printf "%s:%s" .Values.webConfig.basicAuth.username .Values.webConfig.basicAuth.password | b64enc) | quote }}
 {{- end }}
 {{- end -}}
+
+{{/*
+The --app.* flags, one per line: those whose values differ from the
+agent's defaults (values.yaml holds the defaults, and test/deploy holds
+them equal to the agent's flag set), so that the defaults render deploy/.
+App scraping reads the pods from the pod watch: off with it.
+*/}}
+{{- define "gpu-agent.appArgs" -}}
+{{- if or (not .Values.app.enabled) (not .Values.podWatch) }}
+- --app.enabled=false
+{{- else }}
+{{- range $f := list (list "interval" "app.interval" "1s") (list "timeout" "app.timeout" "0s") (list "maxBodyBytes" "app.max-body-bytes" "4194304") (list "maxSeriesPerPod" "app.max-series-per-pod" "2000") (list "maxTargets" "app.max-targets" "256") (list "concurrency" "app.concurrency" "4") }}
+{{- $v := index $.Values.app (index $f 0) }}
+{{- if kindIs "float64" $v }}{{ $v = int64 $v }}{{ end }}
+{{- if ne (toString $v) (index $f 2) }}
+- --{{ index $f 1 }}={{ $v }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
