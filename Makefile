@@ -8,7 +8,7 @@ VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 REVISION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -X $(PKG)/internal/agent.Version=$(VERSION) -X $(PKG)/internal/agent.Revision=$(REVISION)
 
-.PHONY: build build-scaler run test test-deploy lint e2e e2e-cluster golden bench bench-go bench-fanin bench-push-fake bench-push bench-chain generate
+.PHONY: build build-scaler run test test-deploy lint e2e e2e-cluster e2e-livekit golden bench bench-go bench-fanin bench-push-fake bench-push bench-chain generate
 
 build: build-scaler
 	go build -ldflags '$(LDFLAGS)' -o bin/gpu-agent ./cmd/agent
@@ -30,11 +30,13 @@ test:
 lint:
 	go vet ./...
 	cd test/deploy && go vet ./...
+	cd test/livekit && go vet ./...
 	@unformatted="$$(gofmt -l .)"; if [ -n "$$unformatted" ]; then \
 		echo "gofmt -l: these files need gofmt -w:"; echo "$$unformatted"; exit 1; fi
 	@if command -v staticcheck >/dev/null 2>&1; then \
-		echo staticcheck ./...; staticcheck ./...; \
-		echo "staticcheck ./... (test/deploy)"; cd test/deploy && staticcheck ./...; \
+		echo staticcheck ./...; staticcheck ./... || exit 1; \
+		echo "staticcheck ./... (test/deploy)"; (cd test/deploy && staticcheck ./...) || exit 1; \
+		echo "staticcheck ./... (test/livekit)"; cd test/livekit && staticcheck ./...; \
 	else \
 		echo "staticcheck not on PATH: skipped (go install honnef.co/go/tools/cmd/staticcheck@latest)"; \
 	fi
@@ -57,6 +59,15 @@ test-deploy:
 # docs/control-plane.md.
 e2e-cluster:
 	GPU_AGENT_CLUSTER=1 go test -count=1 -timeout 60m -v ./test/cluster/
+
+# A real WebRTC SFU (LiveKit's server, built from its module) under load
+# on a tbf-impaired network of namespaces, a real Prometheus scraping it,
+# and the agent and scaler beside it: the scaler's p50/p95 of LiveKit's
+# jitter, RTT and loss equal Prometheus's (test/livekit, its own module).
+# Needs root, ip and tc, prometheus; the first run builds livekit-server
+# into ~/.cache/gpu-agent (minutes).
+e2e-livekit:
+	cd test/livekit && GPU_AGENT_LIVEKIT=1 go test -count=1 -timeout 30m -v ./...
 
 # Rewrites test/testdata/metrics.golden from the running agent; review the diff.
 golden:

@@ -20,9 +20,11 @@
 // a replace directive.
 //
 // Opt in: the tests skip unless GPU_AGENT_LIVEKIT=1, because the first
-// run builds livekit-server (2-3 minutes on 2 cores; cached in
-// ~/.cache/gpu-agent/livekit-<key> after, see BuildServer) and the
-// namespaces need root.
+// run builds livekit-server (2-4 minutes on 2 cores with the module cache
+// warm; cached in ~/.cache/gpu-agent/livekit-<key> after, see
+// BuildServer) and compiles LiveKit's SDK and pion for loadgen (about 2
+// minutes, then in Go's build cache), and the namespaces need root. A
+// warm run takes about 40 s.
 //
 //	cd test/livekit && GPU_AGENT_LIVEKIT=1 go test -count=1 -v ./...
 //

@@ -70,6 +70,10 @@ type Options struct {
 	Down, Up Shaper
 	// ScrapeInterval is Prometheus's; zero: one second.
 	ScrapeInterval time.Duration
+	// ExtraTargets are host:port addresses Prometheus scrapes beside
+	// LiveKit, such as an agent started after Start on an address chosen
+	// before it (testutil.FreeAddrT).
+	ExtraTargets []string
 	// Room is the room everyone joins; empty: "load".
 	Room string
 }
@@ -116,7 +120,8 @@ type Env struct {
 	// MetricsAddr (host:port) and MetricsURL are LiveKit's Prometheus
 	// endpoint, reachable from the host.
 	MetricsAddr, MetricsURL string
-	// PromURL is the Prometheus scraping MetricsAddr every ScrapeInterval.
+	// PromURL is the Prometheus scraping MetricsAddr (and ExtraTargets)
+	// every ScrapeInterval, as job gpu-agent with honor_labels.
 	PromURL string
 	Prom    *testutil.Prometheus
 	// APIKey and APISecret sign access tokens; Room is the room the load
@@ -196,7 +201,7 @@ func Start(t testing.TB, o Options) *Env {
 	}
 
 	e.Prom = testutil.StartPrometheusT(t, testutil.PrometheusOptions{
-		Dir: dir, Targets: []string{e.MetricsAddr}, ScrapeInterval: o.ScrapeInterval,
+		Dir: dir, Targets: append([]string{e.MetricsAddr}, o.ExtraTargets...), ScrapeInterval: o.ScrapeInterval,
 		Proc: testutil.ProcOptions{LogFile: filepath.Join(dir, "prometheus.log")},
 	})
 	e.PromURL = e.Prom.URL()

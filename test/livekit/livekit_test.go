@@ -1,6 +1,8 @@
 package livekit
 
 import (
+	"math"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -81,6 +83,16 @@ func TestImpairedSFUHistograms(t *testing.T) {
 	t.Logf("qdiscs:\n%s", e.Net.QdiscStats())
 	if queryErr != nil {
 		t.Fatalf("reading the histograms: %v", queryErr)
+	}
+	// The bucket layouts the harness documents are the ones LiveKit exports.
+	for _, h := range Histograms {
+		var les []float64
+		for _, b := range spread[h.Name] {
+			les = append(les, b.LE)
+		}
+		if want := append(slices.Clone(h.Buckets), math.Inf(1)); !slices.Equal(les, want) {
+			t.Errorf("%s: LiveKit exports buckets %v, Histograms says %v", h.Name, les, want)
+		}
 	}
 	for _, h := range Histograms {
 		if n := Spread(spread[h.Name]); n < minSpread {

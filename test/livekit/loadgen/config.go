@@ -72,7 +72,7 @@ func parseFlags(fs *flag.FlagSet, args []string) (*config, error) {
 	fs.DurationVar(&c.PhaseMin, "phase-min", time.Second, "shortest pacing phase")
 	fs.DurationVar(&c.PhaseMax, "phase-max", 4*time.Second, "longest pacing phase")
 	c.Loads = []float64{1}
-	fs.Func("loads", "comma-separated load factors, one drawn per phase (default 1)", func(s string) (err error) {
+	fs.Func("loads", "comma-separated load factors, one drawn per load phase, which all publishers share (default 1)", func(s string) (err error) {
 		c.Loads, err = floats(s)
 		return err
 	})
