@@ -84,12 +84,20 @@ func (e *env) appLatency(ctx context.Context, t *testing.T) {
 	md := e.scalerMetadata(appMetadata())
 	var low float64
 	if err := testutil.Poll(ctx, 60*time.Second, func() (bool, error) {
-		low = e.tryValue(ctx, md)
-		return low > 0 && low < appTarget, fmt.Errorf("the scaler answers %g", low)
+		if low = e.tryValue(ctx, md); low > 0 && low < appTarget {
+			return true, nil
+		}
+		return false, fmt.Errorf("the scaler answers %g", low)
 	}); err != nil {
 		t.Fatalf("the app's p95 never reached the scaler below %g ms: %v", appTarget, err)
 	}
 	const wake, out, maxOut = "lat-wake", "lat-out", 4
+	// A Value target scales the ready pods' count (the HPA's replica
+	// calculator: ceil(ratio x ready pods)); there is no kubelet, so the
+	// test plays its part for this Deployment's pods.
+	readyCtx, stopReady := context.WithCancel(ctx)
+	defer stopReady()
+	go e.markReady(readyCtx, out)
 	e.apply(ctx, t, deployment(wake, 0), deployment(out, 1),
 		scaledObject(wake, 0, 1, 30, trigger("external-push", "Value", md)),
 		scaledObject(out, 1, maxOut, 30, trigger("external", "Value", md)))
@@ -125,6 +133,33 @@ func (e *env) appLatency(ctx context.Context, t *testing.T) {
 	e.report.App = &appResult{LowMs: low, HighMs: high, Wake: wakeAt.Sub(t0), Out: outAt.Sub(t0), OutTo: maxOut}
 	lat.Set(50 * time.Millisecond)
 	e.remove(ctx, t, wake, out)
+}
+
+// markReady writes, as a kubelet would, Running and Ready into the status
+// of every pod of Deployment name, until ctx ends.
+func (e *env) markReady(ctx context.Context, name string) {
+	for ctx.Err() == nil {
+		pods, err := e.cp.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + name})
+		if err == nil {
+			for i := range pods.Items {
+				p := &pods.Items[i]
+				if p.Status.Phase == corev1.PodRunning {
+					continue
+				}
+				now := metav1.Now()
+				p.Status.Phase = corev1.PodRunning
+				p.Status.Conditions = append(p.Status.Conditions,
+					corev1.PodCondition{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now},
+					corev1.PodCondition{Type: corev1.ContainersReady, Status: corev1.ConditionTrue, LastTransitionTime: now})
+				p.Status.StartTime = &now
+				_, _ = e.cp.Client.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{})
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // tryValue is value without failing the test: 0 when the scaler has no
