@@ -4,12 +4,18 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/gpu-telemetry/agent/internal/testutil"
 	"github.com/gpu-telemetry/agent/test/internal/fakeapi"
@@ -146,4 +152,97 @@ func containsLine(body, line string) bool {
 		body = body[i+1:]
 	}
 	return false
+}
+
+// hostileApp serves one way an app endpoint can misbehave.
+func hostileApp(t *testing.T, h http.HandlerFunc) string {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv.Listener.Addr().String()
+}
+
+// Hostile app endpoints beside a good one, through the agent's binary:
+// each gets its own error and counter, the good one is scraped all along,
+// and the agent keeps sampling and serving.
+func TestAppHostileEndpoints(t *testing.T) {
+	hang := make(chan struct{})
+	t.Cleanup(func() { close(hang) })
+	good, err := latencyapp.Start(200, 40*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(good.Close)
+	hung := hostileApp(t, func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+	})
+	huge := hostileApp(t, func(w http.ResponseWriter, r *http.Request) {
+		line := []byte("app_x{i=\"0000000000\"} 1\n")
+		for range 1 << 20 {
+			if _, err := w.Write(line); err != nil {
+				return
+			}
+		}
+	})
+	garbage := hostileApp(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprint(w, "<html>{{{ not metrics\n")
+	})
+	redirect := hostileApp(t, func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "http://"+good.Addr+"/metrics", http.StatusFound)
+	})
+	pods := []corev1.Pod{good.Pod("golden-node", 250*time.Millisecond)}
+	for i, addr := range []string{hung, huge, garbage, redirect} {
+		p := good.Pod("golden-node", 250*time.Millisecond)
+		p.Name, p.UID = fmt.Sprintf("bad-%d", i), types.UID(fmt.Sprintf("00000000-0000-4000-8000-00000000000%d", i))
+		_, port, _ := net.SplitHostPort(addr)
+		p.Spec.Containers[0].Ports[0].ContainerPort = mustAtoi(port)
+		pods = append(pods, p)
+	}
+	api := fakeapi.Start(pods...)
+	t.Cleanup(api.Close)
+	kubeconfig, err := api.Kubeconfig(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ag := startAgent(t, "--simulate=1", "--kubeconfig="+kubeconfig, "--kubelet.pod-resources-socket=/nonexistent/kubelet.sock",
+		"--app.interval=250ms", "--app.max-body-bytes=65536", "--app.concurrency=1")
+	reasons := []string{"timeout", "body_too_large", "parse", "redirect"}
+	s := ag.waitMetrics(t, 30*time.Second, "every hostile endpoint counted by its reason", func(s samples) error {
+		for _, r := range reasons {
+			if v, ok := s.labelled("gpu_agent_app_scrape_errors_total", "reason", r); !ok || v < 1 {
+				return fmt.Errorf("gpu_agent_app_scrape_errors_total{reason=%q} = %v", r, v)
+			}
+		}
+		return nil
+	})
+	if v, _ := s.labelled("gpu_agent_app_targets", "state", "scraping"); v != 5 {
+		t.Fatalf("gpu_agent_app_targets{state=\"scraping\"} = %v, want 5", v)
+	}
+	// The good target was scraped all along: one histogram observation
+	// per scrape, each at most its interval, while the hung one waited.
+	before, _ := s.value("gpu_agent_app_scrape_duration_seconds_count")
+	ticks, _ := s.value("gpu_agent_samples_total")
+	ag.waitMetrics(t, 30*time.Second, "scrapes and GPU ticks go on", func(s samples) error {
+		after, _ := s.value("gpu_agent_app_scrape_duration_seconds_count")
+		t2, _ := s.value("gpu_agent_samples_total")
+		if after < before+10 || t2 <= ticks {
+			return fmt.Errorf("scrapes %v -> %v, GPU ticks %v -> %v", before, after, ticks, t2)
+		}
+		return nil
+	})
+	if err := ag.Alive(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustAtoi(s string) int32 {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		panic(err)
+	}
+	return int32(n)
 }

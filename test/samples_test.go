@@ -182,3 +182,13 @@ next:
 	}
 	return 0, false
 }
+
+// labelled returns the value of the sample of name whose label has value v.
+func (ss samples) labelled(name, label, v string) (float64, bool) {
+	for _, s := range ss {
+		if s.name == name && s.labels[label] == v {
+			return s.value, true
+		}
+	}
+	return 0, false
+}
