@@ -180,3 +180,38 @@ func TestDCGMExporterOldNamespace(t *testing.T) {
 		}
 	}
 }
+
+// dcgm-exporter 4.8.4 serves its Go runtime, process and HTTP handler
+// families only when asked (--enable-exporter-metrics or its variable);
+// the agent does the same with its own, and always serves gpu_agent_*.
+func TestDCGMExporterExporterMetrics(t *testing.T) {
+	has := func(a *agent, prefix string) bool {
+		for _, s := range parseSamples(t, a.scrape(t)) {
+			if strings.HasPrefix(s.name, prefix) {
+				return true
+			}
+		}
+		return false
+	}
+	off := startDCGMAgent(t, nil)
+	for _, p := range []string{"go_", "process_", "promhttp_"} {
+		if has(off, p) {
+			t.Errorf("by default /metrics serves %s* families", p)
+		}
+	}
+	if !has(off, "gpu_agent_") {
+		t.Error("gpu_agent_* families missing by default")
+	}
+	for name, a := range map[string]*agent{
+		"flag":     startDCGMAgent(t, nil, "--enable-exporter-metrics"),
+		"variable": startDCGMAgent(t, []string{"DCGM_EXPORTER_ENABLE_EXPORTER_METRICS=true"}),
+		"native":   startDCGMAgent(t, nil, "--web.enable-exporter-metrics"),
+	} {
+		a.scrape(t) // promhttp counts the scrape before
+		for _, p := range []string{"go_", "process_", "promhttp_"} {
+			if !has(a, p) {
+				t.Errorf("%s: no %s* families", name, p)
+			}
+		}
+	}
+}

@@ -122,8 +122,9 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		push.ln = grpcLn
 		metrics = append(metrics, push.stream)
 	}
-	handler, err := exporter.NewHandler(newRegistry(metrics...), collector, exporter.HandlerOptions{
+	handler, err := exporter.NewHandler(newRegistry(cfg.ExporterMetrics, metrics...), collector, exporter.HandlerOptions{
 		Interval: cfg.Interval, Logger: log.With("component", "http"), Version: Version,
+		ExporterMetrics: cfg.ExporterMetrics,
 	})
 	if err != nil {
 		return abort(err)
@@ -243,17 +244,21 @@ func newCollector(cfg *Config, views *attribution.Attributor, driver string, log
 }
 
 // newRegistry is the one place every subsystem's own metrics are
-// registered: the Go and process collectors, then those given (the
-// sampler's tick histogram, the kubelet client's, the pod watch's and the
-// push stream's where they run). /metrics serves them beside what the
+// registered: those given (the sampler's tick histogram, the kubelet
+// client's, the pod watch's, the app scraper's and the push stream's where
+// they run), and the Go runtime and process collectors when exporterMetrics
+// is set (--web.enable-exporter-metrics; dcgm-exporter serves neither
+// unless asked, since 4.8.4). /metrics serves them beside what the
 // exporter writes of each scrape's view (exporter.NewHandler). Run and the
 // test that every family is documented both build it here.
-func newRegistry(subsystems ...prometheus.Collector) *prometheus.Registry {
+func newRegistry(exporterMetrics bool, subsystems ...prometheus.Collector) *prometheus.Registry {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-	)
+	if exporterMetrics {
+		reg.MustRegister(
+			collectors.NewGoCollector(),
+			collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		)
+	}
 	reg.MustRegister(subsystems...)
 	return reg
 }

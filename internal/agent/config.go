@@ -29,6 +29,9 @@ const MaxSimulatedGPUs = 64
 type Config struct {
 	ListenAddress string
 	WebConfigFile string
+	// ExporterMetrics serves the Go runtime, process and promhttp
+	// families (dcgm-exporter's --enable-exporter-metrics).
+	ExporterMetrics bool
 
 	GRPCListenAddress   string // empty: no gRPC server
 	GRPCTLSCertFile     string
@@ -104,6 +107,7 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (*C
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.ListenAddress, "web.listen-address", ":9400", "Address to serve /metrics, /healthz and /readyz on.")
 	fs.StringVar(&c.WebConfigFile, "web.config.file", "", "Path to an exporter-toolkit web config file (TLS, basic auth).")
+	fs.BoolVar(&c.ExporterMetrics, "web.enable-exporter-metrics", false, "Also serve the agent process's Go runtime, process and HTTP handler metrics (go_*, process_*, promhttp_*); the gpu_agent_* families are always served.")
 	fs.StringVar(&c.GRPCListenAddress, "grpc.listen-address", ":9401", "Address of the gRPC push API (Watch) and gRPC health; empty disables it.")
 	fs.StringVar(&c.GRPCTLSCertFile, "grpc.tls-cert-file", "", "Serve gRPC over TLS with this certificate (PEM); needs --grpc.tls-key-file.")
 	fs.StringVar(&c.GRPCTLSKeyFile, "grpc.tls-key-file", "", "Private key (PEM) of --grpc.tls-cert-file.")

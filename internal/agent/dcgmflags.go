@@ -99,6 +99,13 @@ func dcgmOptions() []dcgmOption {
 		}},
 		{name: "pod-resources-kubelet-socket", env: "DCGM_POD_RESOURCES_KUBELET_SOCKET", native: "kubelet.pod-resources-socket",
 			toNative: func(v string, _ *Config) (string, error) { return v, nil }},
+		// 4.8.4: off by default, go_*, process_* and promhttp_* together
+		// (dcgm-exporter's deployment/README.md, "Exporter metrics").
+		{name: "enable-exporter-metrics", env: "DCGM_EXPORTER_ENABLE_EXPORTER_METRICS", isBool: true, native: "web.enable-exporter-metrics",
+			toNative: func(v string, _ *Config) (string, error) {
+				on, err := parseBool(v)
+				return strconv.FormatBool(on), err
+			}},
 		{name: "web-config-file", env: "DCGM_EXPORTER_WEB_CONFIG_FILE", native: "web.config.file",
 			toNative: func(v string, _ *Config) (string, error) { return v, nil }},
 		{name: "no-hostname", short: "n", env: "DCGM_EXPORTER_NO_HOSTNAME", isBool: true, set: func(v string, c *Config) error {

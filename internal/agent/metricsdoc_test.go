@@ -120,10 +120,10 @@ func scrapeEveryFamily(t *testing.T) map[string]bool {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.DiscardHandler)
-	reg := newRegistry(append(watcher.Metrics(), nvml.NewTickHistogram(), podresources.NewMetrics(pods),
+	reg := newRegistry(true, append(watcher.Metrics(), nvml.NewTickHistogram(), podresources.NewMetrics(pods),
 		stream.New(store, stream.Options{Node: "node-a", Interval: interval, Logger: log}),
 		app.New(watcher, app.Options{}).Metrics())...)
-	handler, err := exporter.NewHandler(reg, collector, exporter.HandlerOptions{Interval: interval, Logger: log, Version: "test"})
+	handler, err := exporter.NewHandler(reg, collector, exporter.HandlerOptions{Interval: interval, Logger: log, Version: "test", ExporterMetrics: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -75,6 +75,10 @@ type HandlerOptions struct {
 	Interval time.Duration
 	Logger   *slog.Logger
 	Version  string
+	// ExporterMetrics adds promhttp's own families of the /metrics
+	// handler (promhttp_metric_handler_*) to reg, as dcgm-exporter does
+	// with --enable-exporter-metrics; off, the handler is not instrumented.
+	ExporterMetrics bool
 }
 
 // NewHandler serves /metrics (Prometheus text and OpenMetrics), /healthz
@@ -86,9 +90,11 @@ type HandlerOptions struct {
 func NewHandler(reg *prometheus.Registry, c *Collector, opts HandlerOptions) (http.Handler, error) {
 	src := c.views.Snapshots()
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.InstrumentMetricHandler(reg, &metricsHandler{
-		reg: reg, c: c, log: opts.Logger,
-	}))
+	var metrics http.Handler = &metricsHandler{reg: reg, c: c, log: opts.Logger}
+	if opts.ExporterMetrics {
+		metrics = promhttp.InstrumentMetricHandler(reg, metrics)
+	}
+	mux.Handle("/metrics", metrics)
 	live := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") }
 	mux.HandleFunc("/healthz", live)
 	mux.HandleFunc(dcgmHealthPath, live)
