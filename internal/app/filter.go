@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 )
 
@@ -26,6 +27,7 @@ type familyFilter struct {
 	curKeep bool
 	out     []byte // kept bytes not yet read
 	err     error
+	lines   int
 }
 
 func newFamilyFilter(r io.Reader, keep func(string) bool) *familyFilter {
@@ -51,7 +53,13 @@ func (f *familyFilter) Read(p []byte) (int, error) {
 			f.err = err
 			continue
 		}
-		if len(line) > 0 && f.line(line) {
+		f.lines++
+		keep, lerr := f.line(line)
+		if lerr != nil {
+			f.err = fmt.Errorf("text format parsing error in line %d: %w", f.lines, lerr)
+			continue
+		}
+		if len(line) > 0 && keep {
 			f.out = append(f.out[:0], line...)
 			if line[len(line)-1] != '\n' {
 				f.out = append(f.out, '\n')
@@ -67,40 +75,63 @@ func (f *familyFilter) Read(p []byte) (int, error) {
 }
 
 // line reports whether to keep a line, following the families it names.
-func (f *familyFilter) line(line []byte) bool {
+// A sample line that does not start with a metric name is an error, so
+// that a body that is not an exposition at all (HTML, JSON) still fails
+// the scrape, as the parser would fail it.
+func (f *familyFilter) line(line []byte) (bool, error) {
 	s := bytes.TrimLeft(line, " \t")
 	if len(bytes.TrimSpace(s)) == 0 {
-		return false
+		return false, nil
 	}
 	if s[0] == '#' {
 		fields := bytes.Fields(s[1:])
 		if len(fields) < 2 || (!bytes.Equal(fields[0], []byte("HELP")) && !bytes.Equal(fields[0], []byte("TYPE"))) {
-			return false // a plain comment
+			return false, nil // a plain comment
 		}
 		if !bytes.Equal(fields[1], f.cur) {
 			f.cur = append(f.cur[:0], fields[1]...)
 			f.curKeep = f.keep(string(f.cur))
 		}
-		return f.curKeep
+		return f.curKeep, nil
 	}
 	end := bytes.IndexAny(s, "{ \t")
 	if end < 0 {
 		end = len(bytes.TrimRight(s, "\r\n"))
 	}
 	name := s[:end]
+	if !metricName(name) {
+		return false, fmt.Errorf("%q does not start with a metric name", bytes.TrimRight(line, "\r\n"))
+	}
 	if len(f.cur) > 0 && bytes.HasPrefix(name, f.cur) {
 		rest := name[len(f.cur):]
 		if len(rest) == 0 {
-			return f.curKeep
+			return f.curKeep, nil
 		}
 		for _, suf := range suffixes {
 			if bytes.Equal(rest, suf) {
-				return f.curKeep
+				return f.curKeep, nil
 			}
 		}
 	}
 	// A sample of no family named so far: an untyped family of its own.
 	f.cur = append(f.cur[:0], name...)
 	f.curKeep = f.keep(string(f.cur))
-	return f.curKeep
+	return f.curKeep, nil
+}
+
+// metricName reports whether b is a metric name of the text format's
+// legacy character set.
+func metricName(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	for i, c := range b {
+		switch {
+		case c == '_' || c == ':' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z':
+		case i > 0 && c >= '0' && c <= '9':
+		default:
+			return false
+		}
+	}
+	return true
 }

@@ -87,3 +87,14 @@ func TestFamilyFilterPassesReadErrors(t *testing.T) {
 		t.Fatalf("err = %v, want the body cap", err)
 	}
 }
+
+// A body that is not an exposition still fails the scrape, even when no
+// family it could name is kept.
+func TestFamilyFilterRefusesGarbage(t *testing.T) {
+	tg := &Target{Families: regexp.MustCompile(`^app_.*$`), Interval: time.Second}
+	for _, body := range []string{"<html>{{{ not metrics\n", `{"json": true}` + "\n", "app_x 1\n<html>\n"} {
+		if _, err := parse(strings.NewReader(body), expfmt.NewFormat(expfmt.TypeTextPlain), tg, 100); err == nil {
+			t.Errorf("%q parsed", body)
+		}
+	}
+}
