@@ -169,6 +169,17 @@ func scrape(ctx context.Context, client *http.Client, t *Target, timeout time.Du
 // kept whole or not at all: one that would take the pod past maxSeries is
 // dropped (a family cut short would make every sum over it wrong).
 func parse(r io.Reader, format expfmt.Format, t *Target, maxSeries int) (*result, error) {
+	return parseFiltered(r, format, t, maxSeries, true)
+}
+
+// parseFiltered is parse, with the text body's line filter on or off (the
+// test that holds the two equal turns it off).
+func parseFiltered(r io.Reader, format expfmt.Format, t *Target, maxSeries int, prefilter bool) (*result, error) {
+	if prefilter && format.FormatType() != expfmt.TypeProtoDelim && format.FormatType() != expfmt.TypeOpenMetrics {
+		// The text decoder (also for an unknown format): drop the lines
+		// of families nobody named before it builds them.
+		r = newFamilyFilter(r, t.Families.MatchString)
+	}
 	dec := expfmt.NewDecoder(r, format)
 	var kept []*dto.MetricFamily
 	for {
