@@ -41,7 +41,7 @@ func bucketOf(v float64, bounds []float64) (lo, hi float64) {
 // within the interpolation of one bucket (the two scrape at different
 // instants); a step in latency wakes StreamIsActive.
 func TestAppLatencyMatchesPrometheus(t *testing.T) {
-	promBin := requireTool(t, "prometheus")
+	promBin := testutil.RequireTool(t, "prometheus", "prometheus")
 	appSrv, err := latencyapp.Start(200, 40*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)

@@ -54,7 +54,7 @@ var grafanaBuiltins = map[string]string{
 // for a DCGM backend. With -o the KEDA query on the old pod label answers
 // and the new one does not.
 func TestGrafanaDashboard(t *testing.T) {
-	bin := requireTool(t, "prometheus")
+	bin := testutil.RequireTool(t, "prometheus", "prometheus")
 	dash := loadDashboard(t)
 
 	// The simulated node of TestPrometheusScrape: GPUs 0 and 1 held by

@@ -16,6 +16,7 @@ import (
 	"github.com/gpu-telemetry/agent/internal/exporter"
 	"github.com/gpu-telemetry/agent/internal/nvml/sim"
 	fk "github.com/gpu-telemetry/agent/internal/podresources/fakekubelet"
+	"github.com/gpu-telemetry/agent/internal/testutil"
 )
 
 const goldenFile = "testdata/metrics.golden"
@@ -212,7 +213,7 @@ func dropped(name string) bool {
 // labels (UUID, modelName, Hostname) that the agent's own device metrics
 // share with them so the series join.
 func promtoolCheck(t *testing.T, raw string) {
-	path := requireTool(t, "promtool")
+	path := testutil.RequireTool(t, "promtool", "prometheus")
 	cmd := exec.Command(path, "check", "metrics")
 	cmd.Stdin = strings.NewReader(raw)
 	out, err := cmd.CombinedOutput()

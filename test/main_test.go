@@ -51,21 +51,6 @@ func buildAndRun(m *testing.M) int {
 	return m.Run()
 }
 
-// requireTool returns the path of a tool the test needs. Without it the
-// test skips, unless CI=true, where a missing tool is a broken CI image.
-func requireTool(t *testing.T, name string) string {
-	t.Helper()
-	path, err := exec.LookPath(name)
-	if err == nil {
-		return path
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s is not on PATH and CI=true: install it (Debian package prometheus)", name)
-	}
-	t.Skipf("%s is not on PATH: skipping (install Debian's prometheus package; with CI=true this fails)", name)
-	return ""
-}
-
 // agent is a running agent process serving on addr.
 type agent struct {
 	*testutil.Proc

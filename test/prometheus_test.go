@@ -18,7 +18,7 @@ func startPrometheus(t *testing.T, bin, target string) *testutil.Prometheus {
 // simulated node (no kubelet): GPU i is held by default/inference-i,
 // except the last, time-sliced between media/webrtc-sfu-0 and -1.
 func TestPrometheusScrape(t *testing.T) {
-	bin := requireTool(t, "prometheus")
+	bin := testutil.RequireTool(t, "prometheus", "prometheus")
 	a := startAgent(t, "--simulate=3", "--simulate.seed=11", "--simulate.static", "--interval=100ms",
 		"--kubelet.pod-resources-socket=/nonexistent/kubelet.sock")
 	prom := startPrometheus(t, bin, a.addr)
@@ -59,7 +59,7 @@ func TestPrometheusScrape(t *testing.T) {
 // samples. Queries by the name, rate() included, answer; the _total names
 // do not exist; Prometheus's metadata says what it was told.
 func TestPrometheusCounters(t *testing.T) {
-	bin := requireTool(t, "prometheus")
+	bin := testutil.RequireTool(t, "prometheus", "prometheus")
 	a := startAgent(t, "--simulate=2", "--simulate.seed=11", "--interval=100ms",
 		"--kubelet.pod-resources-socket=/nonexistent/kubelet.sock")
 	prom := startPrometheus(t, bin, a.addr)

@@ -8,6 +8,8 @@ import (
 
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	sigsyaml "sigs.k8s.io/yaml"
+
+	"github.com/gpu-telemetry/agent/internal/testutil"
 )
 
 // The app-scraping alerts, evaluated by promtool on deploy/'s own rules:
@@ -15,13 +17,7 @@ import (
 // GPUAgentAppScrapeFailing (one that recovers does not), and an opted-in
 // pod left unscraped for 10 minutes fires GPUAgentAppTargetNotScraped.
 func TestAppAlertsFire(t *testing.T) {
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("promtool not found, and CI=true: install it (Debian: prometheus)")
-		}
-		t.Skip("promtool not found")
-	}
+	promtool := testutil.RequireTool(t, "promtool", "prometheus")
 	var groups []monitoringv1.RuleGroup
 	for _, o := range kustomized(t, "deploy") {
 		if pr, ok := o.Obj.(*monitoringv1.PrometheusRule); ok {

@@ -339,21 +339,6 @@ func (d *dataset) openMetrics() []byte {
 	return b.Bytes()
 }
 
-// requireTool returns the path of a binary; without it the test skips,
-// except under CI=true, where it fails.
-func requireTool(t *testing.T, name string) string {
-	t.Helper()
-	path, err := exec.LookPath(name)
-	if err == nil {
-		return path
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s is not on PATH and CI=true: install it (Debian package prometheus)", name)
-	}
-	t.Skipf("%s is not on PATH: skipping (install Debian's prometheus package; with CI=true this fails)", name)
-	return ""
-}
-
 // oracle is a Prometheus serving a backfilled TSDB.
 type oracle struct {
 	addr    string
@@ -366,7 +351,7 @@ type oracle struct {
 // with StartPrometheus's retry on a port taken in the meantime.
 func startOracle(t *testing.T, d *dataset) *oracle {
 	t.Helper()
-	prometheus, promtool := requireTool(t, "prometheus"), requireTool(t, "promtool")
+	prometheus, promtool := testutil.RequireTool(t, "prometheus", "prometheus"), testutil.RequireTool(t, "promtool", "prometheus")
 	dir := t.TempDir()
 	in, tsdb := filepath.Join(dir, "data.om"), filepath.Join(dir, "tsdb")
 	if err := os.WriteFile(in, d.openMetrics(), 0o644); err != nil {
