@@ -74,56 +74,31 @@ type Manager struct {
 	lim  *limits
 	met  *Metrics
 
-	mu      sync.Mutex
-	loops   map[string]*loop // by pod UID
-	set     *Set
-	changed chan struct{} // closed and replaced on every publication
-	logged  map[string]string
+	*Board // the latest scrapes, as one Set
+
+	mu     sync.Mutex
+	loops  map[string]*loop // by pod UID
+	logged map[string]string
 }
 
 // New returns a manager of pods' targets. Run starts it.
 func New(pods Pods, opts Options) *Manager {
 	opts.defaults()
 	m := &Manager{
-		pods:    pods,
-		opts:    opts,
-		log:     opts.Logger,
-		lim:     &limits{maxBody: opts.MaxBodyBytes, maxSeries: opts.MaxSeriesPerPod, slots: make(chan struct{}, opts.Concurrency)},
-		met:     newMetrics(),
-		loops:   make(map[string]*loop),
-		set:     &Set{},
-		changed: make(chan struct{}),
-		logged:  make(map[string]string),
+		pods:   pods,
+		opts:   opts,
+		log:    opts.Logger,
+		lim:    &limits{maxBody: opts.MaxBodyBytes, maxSeries: opts.MaxSeriesPerPod, slots: make(chan struct{}, opts.Concurrency)},
+		met:    newMetrics(),
+		Board:  NewBoard(),
+		loops:  make(map[string]*loop),
+		logged: make(map[string]string),
 	}
 	return m
 }
 
 // Metrics returns the manager's own metrics, for the agent's registry.
 func (m *Manager) Metrics() *Metrics { return m.met }
-
-// Latest returns the latest published set; never nil.
-func (m *Manager) Latest() *Set {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.set
-}
-
-// Wait returns the first set published after seq, or ctx's error.
-func (m *Manager) Wait(ctx context.Context, seq uint64) (*Set, error) {
-	for {
-		m.mu.Lock()
-		set, ch := m.set, m.changed
-		m.mu.Unlock()
-		if set.Seq > seq {
-			return set, nil
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
-}
 
 // Run discovers targets every interval until ctx ends, starting a loop
 // for each new target and stopping the loops of those gone, so that a pod
@@ -239,23 +214,15 @@ func (m *Manager) logOnce(uid, msg string, f func()) {
 	f()
 }
 
-// publishLocked builds the set from every loop's latest scrape.
+// publishLocked publishes every loop's latest scrape; m.mu held.
 func (m *Manager) publishLocked() {
-	set := &Set{Seq: m.set.Seq + 1, Scrapes: make([]*Scrape, 0, len(m.loops))}
+	scrapes := make([]*Scrape, 0, len(m.loops))
 	for _, l := range m.loops {
 		if s := l.latest; s != nil {
-			set.Scrapes = append(set.Scrapes, s)
+			scrapes = append(scrapes, s)
 		}
 	}
-	slices.SortFunc(set.Scrapes, func(a, b *Scrape) int {
-		if c := strings.Compare(a.Namespace, b.Namespace); c != 0 {
-			return c
-		}
-		return strings.Compare(a.Name, b.Name)
-	})
-	m.set = set
-	close(m.changed)
-	m.changed = make(chan struct{})
+	m.Publish(scrapes)
 }
 
 // loop scrapes one target every interval until cancelled.

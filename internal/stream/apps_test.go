@@ -1,54 +1,13 @@
 package stream
 
 import (
-	"context"
 	"errors"
-	"sync"
 	"testing"
 	"time"
 
 	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
 	"github.com/gpu-telemetry/agent/internal/app"
 )
-
-// fakeApps is an app.Manager's publishing side.
-type fakeApps struct {
-	mu      sync.Mutex
-	set     *app.Set
-	changed chan struct{}
-}
-
-func newFakeApps() *fakeApps { return &fakeApps{set: &app.Set{}, changed: make(chan struct{})} }
-
-func (f *fakeApps) Latest() *app.Set {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.set
-}
-
-func (f *fakeApps) Wait(ctx context.Context, seq uint64) (*app.Set, error) {
-	for {
-		f.mu.Lock()
-		set, ch := f.set, f.changed
-		f.mu.Unlock()
-		if set.Seq > seq {
-			return set, nil
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
-}
-
-func (f *fakeApps) publish(scrapes ...*app.Scrape) {
-	f.mu.Lock()
-	f.set = &app.Set{Seq: f.set.Seq + 1, Scrapes: scrapes}
-	close(f.changed)
-	f.changed = make(chan struct{})
-	f.mu.Unlock()
-}
 
 func sfuScrape(name string, at time.Time, jitterCount float64) *app.Scrape {
 	return &app.Scrape{Namespace: "media", Name: name, Time: at, Series: 2, Families: []app.Family{
@@ -64,9 +23,9 @@ func sfuScrape(name string, at time.Time, jitterCount float64) *app.Scrape {
 // whole set), and a new scrape between two ticks at once, as an
 // apps_only message; one that names none gets no app data at all.
 func TestAppFamilies(t *testing.T) {
-	apps := newFakeApps()
+	apps := app.NewBoard()
 	h := newHarness(t, Options{Apps: apps})
-	apps.publish(sfuScrape("sfu-0", epoch, 10), sfuScrape("other-0", epoch, 4))
+	apps.Publish([]*app.Scrape{sfuScrape("sfu-0", epoch, 10), sfuScrape("other-0", epoch, 4)})
 	h.store.Publish(snapshot(1))
 
 	plain := h.watch(t, &telemetryv1.WatchRequest{IncludeUnattributed: true})
@@ -92,14 +51,14 @@ func TestAppFamilies(t *testing.T) {
 
 	// A scrape lands between ticks: an apps_only message, at once.
 	later := epoch.Add(250 * time.Millisecond)
-	apps.publish(sfuScrape("sfu-0", later, 20))
+	apps.Publish([]*app.Scrape{sfuScrape("sfu-0", later, 20)})
 	m = recv(t, w)
 	if !m.GetAppsOnly() || len(m.GetDevices()) != 0 || m.GetSequence() != 1 || len(m.GetApps()) != 1 ||
 		!m.GetApps()[0].GetScrapeTime().AsTime().Equal(later) || m.GetApps()[0].GetFamilies()[0].GetSeries()[0].GetHistogram().GetCount() != 20 {
 		t.Fatalf("apps_only message %+v", m)
 	}
 	// The next tick carries the set again; the pod gone leaves it.
-	apps.publish(sfuScrape("other-0", later, 4))
+	apps.Publish([]*app.Scrape{sfuScrape("other-0", later, 4)})
 	m = recv(t, w)
 	if !m.GetAppsOnly() || len(m.GetApps()) != 0 {
 		t.Fatalf("after sfu-0 left: %+v", m)
@@ -117,13 +76,13 @@ func TestAppFamilies(t *testing.T) {
 
 // App scrapes never push a device snapshot out of a subscriber's buffer.
 func TestAppWakeupsKeepTheSnapshots(t *testing.T) {
-	apps := newFakeApps()
+	apps := app.NewBoard()
 	h := newHarness(t, Options{Apps: apps})
 	h.store.Publish(snapshot(1))
 	w := h.watch(t, &telemetryv1.WatchRequest{IncludeUnattributed: true, AppFamilies: []string{"livekit_jitter_us"}})
 	recv(t, w)
 	for i := range 50 {
-		apps.publish(sfuScrape("sfu-0", epoch.Add(time.Duration(i)*time.Millisecond), 10))
+		apps.Publish([]*app.Scrape{sfuScrape("sfu-0", epoch.Add(time.Duration(i)*time.Millisecond), 10)})
 	}
 	h.store.Publish(snapshot(2))
 	deadline := time.Now().Add(5 * time.Second)
