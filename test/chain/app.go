@@ -2,12 +2,10 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log"
 	"math/rand/v2"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
@@ -172,50 +170,9 @@ func runApp(ctx context.Context, cfg config, agentBin, scalerBin string) (*repor
 func timeAppStep(ctx context.Context, k *keda, promSeen <-chan timedValue, t0 time.Time, rep *report) error {
 	ctx, cancel := context.WithTimeout(ctx, stepTimeout)
 	defer cancel()
-	var wg sync.WaitGroup
-	var gmAt, promAt time.Time
-	var gmErr, promErr error
-	wg.Go(func() {
-		for ctx.Err() == nil {
-			if v, err := k.metricValue(ctx); err == nil && v > appTarget {
-				gmAt = time.Now()
-				return
-			}
-			time.Sleep(time.Millisecond)
-		}
-		gmErr = fmt.Errorf("GetMetrics never answered above %g: %w", appTarget, ctx.Err())
-	})
-	wg.Go(func() {
-		for {
-			select {
-			case p := <-promSeen:
-				if p.at.After(t0) && p.value > appTarget {
-					promAt = p.at
-					return
-				}
-			case <-ctx.Done():
-				promErr = fmt.Errorf("the Prometheus query never crossed %g: %w", appTarget, ctx.Err())
-				return
-			}
-		}
-	})
-	var streamAt time.Time
-	for streamAt.IsZero() {
-		select {
-		case m, ok := <-k.active:
-			if !ok {
-				return errors.New("StreamIsActive ended")
-			}
-			if m.value == 1 {
-				streamAt = m.at
-			}
-		case <-ctx.Done():
-			wg.Wait()
-			return fmt.Errorf("no StreamIsActive true: %w", ctx.Err())
-		}
-	}
-	wg.Wait()
-	if err := errors.Join(gmErr, promErr); err != nil {
+	above := func(v float64) bool { return v > appTarget }
+	streamAt, gmAt, promAt, err := timeAnswers(ctx, k, promSeen, t0, true, above, above)
+	if err != nil {
 		return err
 	}
 	rep.Stream.add(streamAt.Sub(t0))
@@ -228,16 +185,10 @@ func timeAppStep(ctx context.Context, k *keda, promSeen <-chan timedValue, t0 ti
 func waitBelow(ctx context.Context, seen <-chan timedValue, v float64) error {
 	ctx, cancel := context.WithTimeout(ctx, stepTimeout)
 	defer cancel()
-	for {
-		select {
-		case p := <-seen:
-			if p.value < v {
-				return nil
-			}
-		case <-ctx.Done():
-			return fmt.Errorf("the Prometheus query never went back below %g: %w", v, ctx.Err())
-		}
+	if _, err := firstSeen(ctx, seen, time.Time{}, func(x float64) bool { return x < v }); err != nil {
+		return fmt.Errorf("the Prometheus query never went back below %g: %w", v, err)
 	}
+	return nil
 }
 
 func stopLogged(p *testutil.Proc) {

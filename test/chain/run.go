@@ -319,16 +319,72 @@ func waitSettled(ctx context.Context, k *keda, level float64) error {
 func waitPrometheus(ctx context.Context, seen <-chan timedValue, level float64) error {
 	ctx, cancel := context.WithTimeout(ctx, stepTimeout)
 	defer cancel()
+	_, err := firstSeen(ctx, seen, time.Time{}, func(v float64) bool { return v == level })
+	if err != nil {
+		return fmt.Errorf("the Prometheus query never answered %g: %w", level, err)
+	}
+	return nil
+}
+
+// firstSeen returns when ch first carried a value ok accepts, seen after
+// the given time.
+func firstSeen(ctx context.Context, ch <-chan timedValue, after time.Time, ok func(float64) bool) (time.Time, error) {
 	for {
 		select {
-		case p := <-seen:
-			if p.value == level {
-				return nil
+		case p, open := <-ch:
+			if !open {
+				return time.Time{}, errors.New("the source ended")
+			}
+			if p.at.After(after) && ok(p.value) {
+				return p.at, nil
 			}
 		case <-ctx.Done():
-			return fmt.Errorf("the Prometheus query never answered %g: %w", level, ctx.Err())
+			return time.Time{}, ctx.Err()
 		}
 	}
+}
+
+// firstGetMetrics polls GetMetrics back to back (every 1 ms) and returns
+// when it first answered a value ok accepts.
+func firstGetMetrics(ctx context.Context, k *keda, ok func(float64) bool) (time.Time, error) {
+	for ctx.Err() == nil {
+		if v, err := k.metricValue(ctx); err == nil && ok(v) {
+			return time.Now(), nil
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return time.Time{}, ctx.Err()
+}
+
+// timeAnswers waits for a step on the three paths KEDA can read: the
+// StreamIsActive message saying want, GetMetrics answering a value ok
+// accepts, and, with promSeen, the polled Prometheus query crossing after
+// since.
+func timeAnswers(ctx context.Context, k *keda, promSeen <-chan timedValue, since time.Time, want bool, ok, promOK func(float64) bool) (streamAt, gmAt, promAt time.Time, err error) {
+	var wg sync.WaitGroup
+	var gmErr, promErr error
+	wg.Go(func() {
+		if gmAt, gmErr = firstGetMetrics(ctx, k, ok); gmErr != nil {
+			gmErr = fmt.Errorf("GetMetrics never answered the step: %w", gmErr)
+		}
+	})
+	if promSeen != nil {
+		wg.Go(func() {
+			if promAt, promErr = firstSeen(ctx, promSeen, since, promOK); promErr != nil {
+				promErr = fmt.Errorf("the Prometheus query never crossed: %w", promErr)
+			}
+		})
+	}
+	active := 0.0
+	if want {
+		active = 1
+	}
+	streamAt, err = firstSeen(ctx, k.active, time.Time{}, func(v float64) bool { return v == active })
+	if err != nil {
+		err = fmt.Errorf("no StreamIsActive %v: %w", want, err)
+	}
+	wg.Wait()
+	return streamAt, gmAt, promAt, errors.Join(err, gmErr, promErr)
 }
 
 // drain empties ch without blocking and says how many values it held.
@@ -350,74 +406,13 @@ func timeStep(ctx context.Context, cfg config, k *keda, published, promSeen <-ch
 	crossed := func(v float64) bool { return (v >= threshold) == high }
 
 	// The sample time of the first snapshot that carries the step.
-	var pub time.Time
-	for pub.IsZero() {
-		select {
-		case p, ok := <-published:
-			if !ok {
-				return errors.New("the harness's watch of node-0 ended")
-			}
-			if p.value == level {
-				pub = p.at
-			}
-		case <-ctx.Done():
-			return fmt.Errorf("node-0 never published the step: %w", ctx.Err())
-		}
+	pub, err := firstSeen(ctx, published, time.Time{}, func(v float64) bool { return v == level })
+	if err != nil {
+		return fmt.Errorf("node-0 never published the step: %w", err)
 	}
 
-	var wg sync.WaitGroup
-	var gmAt time.Time
-	var gmErr error
-	wg.Go(func() {
-		for ctx.Err() == nil {
-			v, err := k.metricValue(ctx)
-			if err == nil && v == level {
-				gmAt = time.Now()
-				return
-			}
-			time.Sleep(time.Millisecond)
-		}
-		gmErr = fmt.Errorf("GetMetrics never answered %g: %w", level, ctx.Err())
-	})
-	var promAt time.Time
-	var promErr error
-	if promSeen != nil {
-		wg.Go(func() {
-			for {
-				select {
-				case p := <-promSeen:
-					if p.at.After(pub) && crossed(p.value) {
-						promAt = p.at
-						return
-					}
-				case <-ctx.Done():
-					promErr = fmt.Errorf("the Prometheus query never crossed %g: %w", threshold, ctx.Err())
-					return
-				}
-			}
-		})
-	}
-	var streamAt time.Time
-	want := 0.0
-	if high {
-		want = 1
-	}
-	for streamAt.IsZero() {
-		select {
-		case m, ok := <-k.active:
-			if !ok {
-				return errors.New("StreamIsActive ended")
-			}
-			if m.value == want {
-				streamAt = m.at
-			}
-		case <-ctx.Done():
-			wg.Wait()
-			return fmt.Errorf("no StreamIsActive %v: %w", high, ctx.Err())
-		}
-	}
-	wg.Wait()
-	if err := errors.Join(gmErr, promErr); err != nil {
+	streamAt, gmAt, promAt, err := timeAnswers(ctx, k, promSeen, pub, high, func(v float64) bool { return v == level }, crossed)
+	if err != nil {
 		return err
 	}
 	if os.Getenv("CHAIN_DEBUG") != "" {
