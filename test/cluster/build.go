@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/gpu-telemetry/agent/internal/testutil"
 )
 
 // buildFlags and buildEnv are how every tool is built; they are part of
@@ -55,16 +57,7 @@ func cacheKey(buildDir string) (string, error) {
 
 // cacheRoot is where built tools live: outside the repository (they are
 // 100-250 MB each), beside the NVML mock the other tests build.
-func cacheRoot() (string, error) {
-	if d := os.Getenv("GPU_AGENT_CLUSTER_CACHE"); d != "" {
-		return d, nil
-	}
-	d, err := os.UserCacheDir()
-	if err != nil {
-		return "", err
-	}
-	return filepath.Join(d, "gpu-agent"), nil
-}
+func cacheRoot() (string, error) { return testutil.CacheDir("GPU_AGENT_CLUSTER_CACHE") }
 
 // Build returns the control-plane binaries, building them into the cache
 // first when this set of versions has not been built on this machine.

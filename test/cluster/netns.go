@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+
+	"github.com/gpu-telemetry/agent/internal/testutil"
 )
 
 // The API server refuses loopback addresses in Endpoints and
@@ -92,25 +94,8 @@ func (n *netns) Close() error {
 }
 
 // removeStaleNetns deletes this harness's namespaces whose process is
-// gone (a run killed by a timeout or SIGKILL); deleting one deletes its
-// end of the pair, and with it the host's.
-func removeStaleNetns() {
-	out, err := exec.Command("ip", "netns", "list").Output()
-	if err != nil {
-		return
-	}
-	for _, line := range strings.Split(string(out), "\n") {
-		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
-		pid, ok := strings.CutPrefix(name, netnsPrefix)
-		if !ok {
-			continue
-		}
-		if _, err := os.Stat("/proc/" + pid); err == nil {
-			continue
-		}
-		_ = ip("netns", "del", name)
-	}
-}
+// gone (a run killed by a timeout or SIGKILL).
+func removeStaleNetns() { testutil.RemoveStaleNetns(netnsPrefix) }
 
 func ip(args ...string) error {
 	out, err := exec.Command("ip", args...).CombinedOutput()

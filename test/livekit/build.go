@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/gpu-telemetry/agent/internal/testutil"
 )
 
 // ServerVersion is github.com/livekit/livekit-server, whose cmd/server the
@@ -47,16 +49,7 @@ func serverCacheKey(ctx context.Context) (string, error) {
 
 // cacheRoot is where built tools live: outside the repository (the server
 // is 75 MB), beside test/cluster's control plane.
-func cacheRoot() (string, error) {
-	if d := os.Getenv("GPU_AGENT_LIVEKIT_CACHE"); d != "" {
-		return d, nil
-	}
-	d, err := os.UserCacheDir()
-	if err != nil {
-		return "", err
-	}
-	return filepath.Join(d, "gpu-agent"), nil
-}
+func cacheRoot() (string, error) { return testutil.CacheDir("GPU_AGENT_LIVEKIT_CACHE") }
 
 // BuildServer returns the path of livekit-server ServerVersion, building it
 // into the cache first when this machine has not built it with this Go

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/gpu-telemetry/agent/internal/testutil"
 )
 
 // The SFU, the publishers and the subscribers each run in a network
@@ -207,27 +209,7 @@ func (n *Net) Close() error {
 
 // removeStaleNetns deletes this harness's namespaces whose process is
 // gone (a run killed by a timeout or SIGKILL).
-func removeStaleNetns() {
-	out, err := exec.Command("ip", "netns", "list").Output()
-	if err != nil {
-		return
-	}
-	for _, line := range strings.Split(string(out), "\n") {
-		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
-		rest, ok := strings.CutPrefix(name, netnsPrefix)
-		if !ok {
-			continue
-		}
-		pid, _, _ := strings.Cut(rest, "-")
-		if _, err := strconv.Atoi(pid); err != nil {
-			continue
-		}
-		if _, err := os.Stat("/proc/" + pid); err == nil {
-			continue
-		}
-		_ = run("ip", "netns", "del", name)
-	}
-}
+func removeStaleNetns() { testutil.RemoveStaleNetns(netnsPrefix) }
 
 func run(bin string, args ...string) error {
 	out, err := exec.Command(bin, args...).CombinedOutput()
