@@ -186,12 +186,15 @@ func seriesKey(family string, labels []*telemetryv1.Label) string {
 // ingestApps records a message's app scrapes: each new scrape's values
 // append to its series' histories, kept for retention (ms). Pods missing
 // from the message are gone from the node, but their points stay while in
-// the window, as a PromQL range over a gone target's series does.
-func (n *node) ingestApps(snap *telemetryv1.NodeSnapshot, retention int64) {
+// the window, as a PromQL range over a gone target's series does. It
+// reports whether a scrape was new: every message repeats the whole set,
+// and one that brings nothing new changes no answer.
+func (n *node) ingestApps(snap *telemetryv1.NodeSnapshot, retention int64) bool {
 	if n.apps == nil {
 		n.apps = &nodeApps{pods: make(map[string]*podApps)}
 	}
 	newest := int64(math.MinInt64)
+	fresh := false
 	for _, sc := range snap.GetApps() {
 		key := sc.GetNamespace() + "/" + sc.GetPod()
 		p := n.apps.pods[key]
@@ -208,7 +211,7 @@ func (n *node) ingestApps(snap *telemetryv1.NodeSnapshot, retention int64) {
 		if t <= p.last {
 			continue // seen: the whole set comes with every message
 		}
-		p.last = t
+		p.last, fresh = t, true
 		for _, f := range sc.GetFamilies() {
 			for _, s := range f.GetSeries() {
 				k := seriesKey(f.GetName(), s.GetLabels())
@@ -221,8 +224,8 @@ func (n *node) ingestApps(snap *telemetryv1.NodeSnapshot, retention int64) {
 			}
 		}
 	}
-	if newest == math.MinInt64 {
-		return
+	if !fresh {
+		return false
 	}
 	horizon := newest - retention/int64(time.Millisecond) - 1
 	for key, p := range n.apps.pods {
@@ -235,6 +238,7 @@ func (n *node) ingestApps(snap *telemetryv1.NodeSnapshot, retention int64) {
 			delete(n.apps.pods, key)
 		}
 	}
+	return true
 }
 
 // record appends one scrape's value of the series. A histogram whose

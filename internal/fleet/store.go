@@ -275,10 +275,8 @@ func (s *Store) Ingest(snap *telemetryv1.NodeSnapshot) error {
 	n.mu.Lock()
 	// App scrapes are deduplicated by their own time, not the snapshot's
 	// sequence: an apps_only message repeats the latest tick's.
-	apps := len(snap.GetApps()) > 0 || snap.GetAppsOnly()
-	if apps {
+	apps := (len(snap.GetApps()) > 0 || snap.GetAppsOnly()) &&
 		n.ingestApps(snap, max(s.appRetention.Load(), int64(DefaultAppWindow)))
-	}
 	changed := !snap.GetAppsOnly() && n.ingest(snap, s.now(), s.retention.Load(), uint8(s.windowed.Load()), s.opts.MaxUnattributedLoad, s.log)
 	n.mu.Unlock()
 	if apps {
