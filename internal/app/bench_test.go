@@ -63,7 +63,10 @@ func BenchmarkParse(b *testing.B) {
 	text := body(b)
 	bodies := map[string][]byte{"text": text, "protobuf": protoBody(b, text)}
 	formats := map[string]expfmt.Format{"text": expfmt.NewFormat(expfmt.TypeTextPlain), "protobuf": expfmt.NewFormat(expfmt.TypeProtoDelim)}
-	for _, format := range []string{"text", "protobuf"} {
+	// text-unfiltered is the text body without the line filter: the
+	// baseline the filter is measured against, in the same run.
+	bodies["text-unfiltered"], formats["text-unfiltered"] = text, formats["text"]
+	for _, format := range []string{"text", "text-unfiltered", "protobuf"} {
 		for _, tc := range []struct{ name, families string }{{"all", "sfu_.*"}, {"one", "sfu_family_00"}} {
 			b.Run(format+"/"+tc.name, func(b *testing.B) {
 				raw := bodies[format]
@@ -71,7 +74,7 @@ func BenchmarkParse(b *testing.B) {
 				b.SetBytes(int64(len(raw)))
 				b.ReportAllocs()
 				for b.Loop() {
-					res, err := parse(bytes.NewReader(raw), formats[format], t, DefaultMaxSeriesPerPod)
+					res, err := parseFiltered(bytes.NewReader(raw), formats[format], t, DefaultMaxSeriesPerPod, format != "text-unfiltered")
 					if err != nil || res.series == 0 {
 						b.Fatal(err, res)
 					}

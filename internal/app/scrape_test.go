@@ -234,9 +234,11 @@ func TestScrapeBusy(t *testing.T) {
 	defer srv.Close()
 	l := lim(1<<20, 100, 1)
 	l.slots <- struct{}{} // the only slot is taken
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	// The slot is never freed: busy whatever the timeout, which is long
+	// enough for the answer's headers on a loaded machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	_, err := scrape(ctx, newHTTPClient(), target(t, srv.URL, ".*"), 200*time.Millisecond, l)
+	_, err := scrape(ctx, newHTTPClient(), target(t, srv.URL, ".*"), 2*time.Second, l)
 	var se *ScrapeError
 	if !errors.As(err, &se) || se.Reason != ReasonBusy {
 		t.Fatalf("err = %v, want busy", err)
