@@ -14,6 +14,7 @@ import (
 
 	"github.com/gpu-telemetry/agent/internal/cgroup"
 	"github.com/gpu-telemetry/agent/internal/dcgmcsv"
+	"github.com/gpu-telemetry/agent/internal/exporter"
 	"github.com/gpu-telemetry/agent/internal/nvml"
 	"github.com/gpu-telemetry/agent/internal/podresources"
 )
@@ -72,9 +73,12 @@ type Config struct {
 
 	// dcgm-exporter's options with no dotted flag of the agent's (see
 	// dcgmflags.go).
-	CollectorsFile  string // -f: its CSV of fields to export; empty: the default set
-	UseOldNamespace bool   // -o: pod_name, pod_namespace, container_name (its source)
-	NoHostname      bool   // --no-hostname: no Hostname label
+	CollectorsFile string // -f: its CSV of fields to export; empty: the default set
+	// Compat is the dcgm-exporter generation /metrics imitates
+	// (--compat.dcgm-exporter).
+	Compat          exporter.Generation
+	UseOldNamespace bool // -o: pod_name, pod_namespace, container_name (its source)
+	NoHostname      bool // --no-hostname: no Hostname label
 
 	counters []dcgmcsv.Field // CollectorsFile, once read
 
@@ -121,7 +125,13 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (*C
 		c.GPUResourceNames = append(c.GPUResourceNames, splitList(v)...)
 		return nil
 	})
-	fs.StringVar(&c.NodeName, "node-name", getenv("NODE_NAME"), "Value of the Hostname label; defaults to $NODE_NAME, else the host name.")
+	c.Compat = exporter.DefaultGeneration
+	fs.Func("compat.dcgm-exporter", "The dcgm-exporter generation whose /metrics to imitate: 4.8.2 (Hostname label, DCGM_FI_DEV_GPU_UTIL, ...), 4.8 (4.8.3 and 4.8.4: hostname), 4.9 (DCGM 4.7's field names and base units, DCGM_FI_SYSTEM_DRIVER_VERSION) or 4.10 (default "+exporter.DefaultGeneration.String()+").", func(v string) error {
+		g, err := exporter.ParseGeneration(v)
+		c.Compat = g
+		return err
+	})
+	fs.StringVar(&c.NodeName, "node-name", getenv("NODE_NAME"), "Value of the host label (Hostname, or hostname from --compat.dcgm-exporter=4.8 on); defaults to $NODE_NAME, else the host name.")
 	fs.StringVar(&c.ProcFS, "path.procfs", cgroup.DefaultProcFS, "The host's procfs, to map GPU processes to pods through their cgroups (the DaemonSet mounts the host's /proc at /host/proc).")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "Kubeconfig file of the pod watch outside a cluster; empty: the pod's service account.")
 	fs.BoolVar(&c.PodWatch, "kubernetes.pod-watch", true, "Watch this node's pods (get/list/watch pods) to name the pods of GPU processes, for each pod's own share of a shared GPU; off with --simulate, which names its own.")

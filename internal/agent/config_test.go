@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpu-telemetry/agent/internal/exporter"
 	"github.com/gpu-telemetry/agent/internal/podresources"
 )
 
@@ -175,5 +176,23 @@ func TestRunStopsOnCancel(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "the simulated pods hold the simulated GPUs") {
 		t.Errorf("simulated pods not served:\n%s", logs.String())
+	}
+}
+
+// --compat.dcgm-exporter: the default generation, each generation and a
+// release of one, and an unknown one refused with the flag named.
+func TestCompatGeneration(t *testing.T) {
+	if got := parse(t).Compat; got != exporter.DefaultGeneration || got.String() != "4.8.2" {
+		t.Errorf("default generation %v, want 4.8.2", got)
+	}
+	for in, want := range map[string]string{"4.8.2": "4.8.2", "4.8": "4.8", "4.8.4": "4.8", "4.9": "4.9", "4.10.1": "4.10"} {
+		if got := parse(t, "--compat.dcgm-exporter="+in).Compat.String(); got != want {
+			t.Errorf("--compat.dcgm-exporter=%s: %s, want %s", in, got, want)
+		}
+	}
+	var stderr bytes.Buffer
+	_, err := ParseFlags([]string{"--compat.dcgm-exporter=4.11"}, func(string) string { return "" }, &stderr)
+	if err == nil || !strings.Contains(err.Error(), "compat.dcgm-exporter") || !strings.Contains(err.Error(), "4.8.2, 4.8, 4.9, 4.10") {
+		t.Errorf("--compat.dcgm-exporter=4.11: %v", err)
 	}
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/gpu-telemetry/agent/internal/app"
 	"github.com/gpu-telemetry/agent/internal/attribution"
+	"github.com/gpu-telemetry/agent/internal/dcgmcsv"
 	"github.com/gpu-telemetry/agent/internal/exporter"
 	"github.com/gpu-telemetry/agent/internal/nvml"
 	"github.com/gpu-telemetry/agent/internal/podresources"
@@ -111,8 +112,14 @@ func scrapeEveryFamily(t *testing.T) map[string]bool {
 		11: {Namespace: "media", Name: "sfu-1", Container: "sfu"},
 	}}}
 
+	// A field list of every name, so that the names of every generation
+	// are served.
+	every := []dcgmcsv.Field{{Name: "DCGM_FI_DRIVER_VERSION", Type: dcgmcsv.TypeLabel}}
+	for _, n := range exporter.DCGMNames() {
+		every = append(every, dcgmcsv.Field{Name: n, Type: dcgmcsv.TypeGauge})
+	}
 	collector := exporter.NewCollector(attribution.NewAttributor(store, pods, procs), exporter.Options{
-		Hostname: "node-a", Interval: interval,
+		Hostname: "node-a", Interval: interval, Counters: every,
 		Build: exporter.BuildInfo{Version: "test", Revision: "abc"}, DriverVersion: "550.54.15",
 	})
 	watcher, err := podwatch.New(noPods{}, "node-a", podwatch.Options{})

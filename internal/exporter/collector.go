@@ -32,16 +32,19 @@ type BuildInfo struct {
 
 // Options configures a Collector.
 type Options struct {
-	Hostname string // the Hostname label: the node's name; "" leaves it out (--no-hostname)
-	Interval time.Duration
-	Build    BuildInfo
+	Hostname string // the host label's value: the node's name; "" leaves it out (--no-hostname)
+	// Generation is the dcgm-exporter generation imitated: the host and
+	// driver labels' names, and the default field names.
+	Generation Generation
+	Interval   time.Duration
+	Build      BuildInfo
 
 	// Counters is a dcgm-exporter field list (its -f file): if not nil,
 	// only the listed fields are served (the agent's own families always
 	// are), and its label rows that the agent can fill become labels of
 	// every device series. Nil serves every field.
 	Counters      []dcgmcsv.Field
-	DriverVersion string // NVML's; the DCGM_FI_DRIVER_VERSION label
+	DriverVersion string // NVML's; the DCGM_FI_DRIVER_VERSION (DCGM_FI_SYSTEM_DRIVER_VERSION) label
 	// UseOldNamespace names labels as dcgm-exporter's -o does: pod_name,
 	// pod_namespace, container_name, and uuid for UUID.
 	UseOldNamespace bool
@@ -61,9 +64,9 @@ type Collector struct {
 	// The device families, emitted once per pod holding the device;
 	// families lists them all, in the order the text writer writes them.
 	// dcgm[i] is dcgmMetrics[i]'s family, nil if the field list leaves it
-	// out; so is xid.
+	// out; so is xid[i], xidMetrics[i]'s.
 	dcgm                            []*family
-	xid                             *family
+	xid                             []*family
 	encSessions, encFPS, encLatency *family
 	// The per-pod encoder families, by codec: only on pod series of a GPU
 	// with per-pod values.
@@ -90,7 +93,7 @@ func NewCollector(views *attribution.Attributor, opts Options) *Collector {
 	// labels every series with the driver's version.
 	labels := opts.Counters
 	if labels == nil {
-		labels = []dcgmcsv.Field{{Name: driverVersionLabel, Type: dcgmcsv.TypeLabel}}
+		labels = []dcgmcsv.Field{{Name: opts.Generation.driverLabel(), Type: dcgmcsv.TypeLabel}}
 	}
 	var names, extra []string
 	for _, f := range labels {
@@ -150,14 +153,19 @@ func NewCollector(views *attribution.Attributor, opts Options) *Collector {
 		buildInfo: prometheus.NewDesc(name("build_info"), "Build of the running agent; always 1.",
 			[]string{"version", "revision", "goversion"}, nil),
 	}
-	listed := func(name string) bool {
-		return opts.Counters == nil || slices.ContainsFunc(opts.Counters, func(f dcgmcsv.Field) bool {
+	// A name is served if the field list names it or, without one, if
+	// the generation's default list has it.
+	listed := func(name string, def genSet) bool {
+		if opts.Counters == nil {
+			return def.has(opts.Generation)
+		}
+		return slices.ContainsFunc(opts.Counters, func(f dcgmcsv.Field) bool {
 			return f.Name == name && f.Type != dcgmcsv.TypeLabel
 		})
 	}
 	for _, m := range dcgmMetrics {
 		var f *family
-		if listed(m.Name) {
+		if listed(m.Name, m.Default) {
 			f = newFamily(m.Name, m.Help, m.Type)
 			c.families = append(c.families, f)
 		}
@@ -166,9 +174,13 @@ func NewCollector(views *attribution.Attributor, opts Options) *Collector {
 	for _, n := range Unsupported(opts.Counters) {
 		c.unproduced = append(c.unproduced, &dto.LabelPair{Name: new("field"), Value: new(n)})
 	}
-	if listed(dcgmXIDName) {
-		c.xid = newFamily(dcgmXIDName, dcgmXIDHelp, prometheus.GaugeValue, "err_code", "err_msg")
-		c.families = append(c.families, c.xid)
+	for _, m := range xidMetrics {
+		var f *family
+		if listed(m.Name, m.Default) {
+			f = newFamily(m.Name, xidHelp, prometheus.GaugeValue, "err_code", "err_msg")
+			c.families = append(c.families, f)
+		}
+		c.xid = append(c.xid, f)
 	}
 	c.families = append(c.families, c.encSessions, c.encFPS, c.encLatency, c.podEncSessions, c.podEncFPS, c.podEncLatency, c.samplingPeriod, c.windowMax, c.windowMean, c.windowN)
 	for i, f := range c.families {
@@ -376,18 +388,32 @@ func (c *Collector) collectDevice(e sink, d *attribution.Device) {
 			continue
 		}
 		c.collectReading(e, t, d, pod, only)
-		if c.xid != nil && deviceWide {
-			var last uint64
-			if st.XID != nil {
-				last = st.XID.Last
-			}
-			code, msg := xidLabels(last)
-			e.emit(c.xid, t.with(code).with(msg), float64(last))
+		if deviceWide {
+			c.collectXID(e, t, st)
 		}
 		c.collectAgentDevice(e, t, st)
 		if pod >= 0 {
 			c.collectPodEncoder(e, t, &d.PerPod[pod])
 		}
+	}
+}
+
+// collectXID emits the last XID under each of its names served.
+func (c *Collector) collectXID(e sink, t target, st *telemetry.DeviceState) {
+	var last uint64
+	if st.XID != nil {
+		last = st.XID.Last
+	}
+	var tx target
+	for _, f := range c.xid {
+		if f == nil {
+			continue
+		}
+		if tx.labels == nil {
+			code, msg := xidLabels(last)
+			tx = t.with(code).with(msg)
+		}
+		e.emit(f, tx, float64(last))
 	}
 }
 

@@ -2,6 +2,7 @@ package exporter
 
 import (
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -10,50 +11,110 @@ import (
 	"github.com/gpu-telemetry/agent/internal/telemetry"
 )
 
-// dcgmMetric maps a snapshot field to the dcgm-exporter metric that means
-// the same thing, in the same unit, so dashboards and KEDA triggers written
-// for dcgm-exporter work unchanged. This table is the one place those
-// names live: the exporter, the docs/metrics.md check and the lint
-// exemptions all read it.
+// dcgmMetric maps a snapshot field to a dcgm-exporter metric name that
+// means the same thing, in that name's unit, so dashboards and KEDA
+// triggers written for dcgm-exporter work unchanged. A field that DCGM
+// renamed has a row for each name, each in its own unit (a name means one
+// unit): DCGM_FI_DEV_GPU_UTIL in percent, DCGM_FI_DEV_GPU_UTIL_RATIO 0 to
+// 1. This table is the one place those names live: the exporter, the
+// docs/metrics.md and docs/dcgm-exporter.md checks and the lint exemptions
+// all read it.
 type dcgmMetric struct {
 	Name  string
 	Help  string
 	Field telemetry.Field
-	Scale float64 // multiplies the snapshot value into the metric's unit
+	Scale float64 // multiplies the snapshot value into the name's unit
 	Type  prometheus.ValueType
+	Unit  string // the name's unit, for the docs
+	// Default is the generations whose default field list holds the
+	// name (without -f); -f serves any row it names.
+	Default genSet
+	// Source is what the name (and unit) of a generation-specific row
+	// rests on: a line of go-dcgm v1.4611.2's pkg/dcgm/dcgm_fields.h (DCGM
+	// 4.7's header) or a release note; empty for the 4.8 names, which are
+	// default-counters.csv's.
+	Source string
 }
 
 const bytesPerMiB = 1 << 20
 
-// dcgmMetrics are dcgm-exporter's names, help texts, units and types (its
-// default-counters.csv), in that file's order. One deliberate type
-// difference: dcgm-exporter declares the PCIe throughputs counters, but
-// they are rates that go up and down, so they are gauges here. The
-// counters keep their names under OpenMetrics: expfmt (and the text
-// writer, see appendHeader) types a counter whose name lacks _total
-// "unknown" there rather than renaming its samples.
+// header cites a line of go-dcgm v1.4611.2's pkg/dcgm/dcgm_fields.h.
+func header(line int, what string) string {
+	return "go-dcgm v1.4611.2 `dcgm_fields.h:" + strconv.Itoa(line) + "`: " + what
+}
+
+// dcgmMetrics are dcgm-exporter's names, help texts, units and types: the
+// 4.8 names of its default-counters.csv, in that file's order, then the
+// DCGM 4.7 names that 4.9 serves in their place (see docs/dcgm-exporter.md,
+// "Generations"). The 4.9 and 4.10 default lists are not available
+// offline: their names are derived from the 4.8 list through DCGM 4.7's
+// header, where each deprecated name is defined as an alias of its new
+// one, or has a base-unit field of its own. A field whose new name that
+// header does not give (MEM_COPY_UTIL, ENC_UTIL, DEC_UTIL and the
+// framebuffer fields, which 4.9 renames to ratios and bytes) keeps its
+// 4.8 name and unit in every generation.
+//
+// One deliberate type difference: dcgm-exporter declares the PCIe
+// throughputs counters, but they are rates that go up and down, so they
+// are gauges here. The counters keep their names under OpenMetrics:
+// expfmt (and the text writer, see appendHeader) types a counter whose
+// name lacks _total "unknown" there rather than renaming its samples.
 var dcgmMetrics = []dcgmMetric{
-	{"DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz).", telemetry.SMClock, 1, prometheus.GaugeValue},
-	{"DCGM_FI_DEV_MEM_CLOCK", "Memory clock frequency (in MHz).", telemetry.MemClock, 1, prometheus.GaugeValue},
-	{"DCGM_FI_DEV_MEMORY_TEMP", "Memory temperature (in C).", telemetry.MemoryTemp, 1, prometheus.GaugeValue},
-	{"DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", telemetry.Temperature, 1, prometheus.GaugeValue},
-	{"DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", telemetry.Power, 1, prometheus.GaugeValue},
-	{"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "Total energy consumption since boot (in mJ).", telemetry.Energy, 1, prometheus.CounterValue},
-	{"DCGM_FI_DEV_PCIE_REPLAY_COUNTER", "Total number of PCIe retries.", telemetry.PCIeReplay, 1, prometheus.CounterValue},
-	{"DCGM_FI_DEV_PCIE_TX_THROUGHPUT", "PCIe TX throughput (in KB/s) via NVML.", telemetry.PCIeTX, 1, prometheus.GaugeValue},
-	{"DCGM_FI_DEV_PCIE_RX_THROUGHPUT", "PCIe RX throughput (in KB/s) via NVML.", telemetry.PCIeRX, 1, prometheus.GaugeValue},
-	{"DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", telemetry.GPUUtil, 1, prometheus.GaugeValue},
-	{"DCGM_FI_DEV_MEM_COPY_UTIL", "Memory utilization (in %).", telemetry.MemCopyUtil, 1, prometheus.GaugeValue},
-	{"DCGM_FI_DEV_ENC_UTIL", "Encoder utilization (in %).", telemetry.EncUtil, 1, prometheus.GaugeValue},
-	{"DCGM_FI_DEV_DEC_UTIL", "Decoder utilization (in %).", telemetry.DecUtil, 1, prometheus.GaugeValue},
-	{"DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", telemetry.FBFree, 1.0 / bytesPerMiB, prometheus.GaugeValue},
-	{"DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", telemetry.FBUsed, 1.0 / bytesPerMiB, prometheus.GaugeValue},
-	{"DCGM_FI_DEV_FB_RESERVED", "Framebuffer memory reserved (in MiB).", telemetry.FBReserved, 1.0 / bytesPerMiB, prometheus.GaugeValue},
-	{"DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", "Total number of NVLink bandwidth counters for all lanes.", telemetry.NVLinkBandwidth, 1, prometheus.CounterValue},
-	{"DCGM_FI_DEV_VGPU_LICENSE_STATUS", "vGPU License status", telemetry.VGPULicense, 1, prometheus.GaugeValue},
-	{"DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", "Number of remapped rows for uncorrectable errors", telemetry.RemappedRowsUnc, 1, prometheus.CounterValue},
-	{"DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", "Number of remapped rows for correctable errors", telemetry.RemappedRowsCorr, 1, prometheus.CounterValue},
-	{"DCGM_FI_DEV_ROW_REMAP_FAILURE", "Whether remapping of rows has failed", telemetry.RowRemapFailure, 1, prometheus.GaugeValue},
+	{"DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz).", telemetry.SMClock, 1, prometheus.GaugeValue, "MHz", oldNames, ""},
+	{"DCGM_FI_DEV_MEM_CLOCK", "Memory clock frequency (in MHz).", telemetry.MemClock, 1, prometheus.GaugeValue, "MHz", oldNames, ""},
+	{"DCGM_FI_DEV_MEMORY_TEMP", "Memory temperature (in C).", telemetry.MemoryTemp, 1, prometheus.GaugeValue, "°C", oldNames, ""},
+	{"DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", telemetry.Temperature, 1, prometheus.GaugeValue, "°C", oldNames, ""},
+	{"DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", telemetry.Power, 1, prometheus.GaugeValue, "W", oldNames, ""},
+	{"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "Total energy consumption since boot (in mJ).", telemetry.Energy, 1, prometheus.CounterValue, "mJ", oldNames, ""},
+	{"DCGM_FI_DEV_PCIE_REPLAY_COUNTER", "Total number of PCIe retries.", telemetry.PCIeReplay, 1, prometheus.CounterValue, "", oldNames, ""},
+	{"DCGM_FI_DEV_PCIE_TX_THROUGHPUT", "PCIe TX throughput (in KB/s) via NVML.", telemetry.PCIeTX, 1, prometheus.GaugeValue, "KB/s", allGens, ""},
+	{"DCGM_FI_DEV_PCIE_RX_THROUGHPUT", "PCIe RX throughput (in KB/s) via NVML.", telemetry.PCIeRX, 1, prometheus.GaugeValue, "KB/s", allGens, ""},
+	{"DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", telemetry.GPUUtil, 1, prometheus.GaugeValue, "%", oldNames, ""},
+	{"DCGM_FI_DEV_MEM_COPY_UTIL", "Memory utilization (in %).", telemetry.MemCopyUtil, 1, prometheus.GaugeValue, "%", allGens, ""},
+	{"DCGM_FI_DEV_ENC_UTIL", "Encoder utilization (in %).", telemetry.EncUtil, 1, prometheus.GaugeValue, "%", allGens, ""},
+	{"DCGM_FI_DEV_DEC_UTIL", "Decoder utilization (in %).", telemetry.DecUtil, 1, prometheus.GaugeValue, "%", allGens, ""},
+	{"DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", telemetry.FBFree, 1.0 / bytesPerMiB, prometheus.GaugeValue, "MiB", allGens, ""},
+	{"DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", telemetry.FBUsed, 1.0 / bytesPerMiB, prometheus.GaugeValue, "MiB", allGens, ""},
+	{"DCGM_FI_DEV_FB_RESERVED", "Framebuffer memory reserved (in MiB).", telemetry.FBReserved, 1.0 / bytesPerMiB, prometheus.GaugeValue, "MiB", allGens, ""},
+	{"DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", "Total number of NVLink bandwidth counters for all lanes.", telemetry.NVLinkBandwidth, 1, prometheus.CounterValue, "KiB", oldNames, ""},
+	{"DCGM_FI_DEV_VGPU_LICENSE_STATUS", "vGPU License status", telemetry.VGPULicense, 1, prometheus.GaugeValue, "0/1", allGens, ""},
+	{"DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", "Number of remapped rows for uncorrectable errors", telemetry.RemappedRowsUnc, 1, prometheus.CounterValue, "", oldNames, ""},
+	{"DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", "Number of remapped rows for correctable errors", telemetry.RemappedRowsCorr, 1, prometheus.CounterValue, "", oldNames, ""},
+	{"DCGM_FI_DEV_ROW_REMAP_FAILURE", "Whether remapping of rows has failed", telemetry.RowRemapFailure, 1, prometheus.GaugeValue, "0/1", oldNames, ""},
+
+	// 4.9's names for the rows above (DCGM 4.7), in the same order.
+	{"DCGM_FI_DEV_SM_CLOCK_HERTZ", "SM clock for the device (in Hz).", telemetry.SMClock, 1e6, prometheus.GaugeValue, "Hz", newNames,
+		header(3559, "`DCGM_FI_DEV_SM_CLOCK_HERTZ 1603`, \"in hertz\"; `base_unit_fields_test.go` pairs it with `DCGM_FI_DEV_SM_CLOCK` (100)")},
+	{"DCGM_FI_DEV_MEMORY_CLOCK_HERTZ", "Memory clock for the device (in Hz).", telemetry.MemClock, 1e6, prometheus.GaugeValue, "Hz", newNames,
+		header(3564, "`DCGM_FI_DEV_MEMORY_CLOCK_HERTZ 1604`, \"in hertz\"; `base_unit_fields_test.go` pairs it with `DCGM_FI_DEV_MEM_CLOCK` (101)")},
+	{"DCGM_FI_DEV_MEMORY_TEMP_CELSIUS", "Memory temperature for the device (in C).", telemetry.MemoryTemp, 1, prometheus.GaugeValue, "°C", newNames,
+		header(3726, "`DCGM_FI_DEV_MEMORY_TEMP` is an alias of `DCGM_FI_DEV_MEMORY_TEMP_CELSIUS` (140)")},
+	{"DCGM_FI_DEV_GPU_TEMP_CELSIUS", "GPU temperature (in C).", telemetry.Temperature, 1, prometheus.GaugeValue, "°C", newNames,
+		header(3727, "`DCGM_FI_DEV_GPU_TEMP` is an alias of `DCGM_FI_DEV_GPU_TEMP_CELSIUS` (150)")},
+	{"DCGM_FI_DEV_BOARD_POWER_WATTS", "Power usage for the device (in W).", telemetry.Power, 1, prometheus.GaugeValue, "W", newNames,
+		header(3731, "`DCGM_FI_DEV_POWER_USAGE` is an alias of `DCGM_FI_DEV_BOARD_POWER_WATTS` (155)")},
+	{"DCGM_FI_DEV_GPU_ENERGY_JOULES_TOTAL", "Total GPU energy consumption since the driver was last reloaded (in J).", telemetry.Energy, 1e-3, prometheus.CounterValue, "J", newNames,
+		header(3599, "`DCGM_FI_DEV_GPU_ENERGY_JOULES_TOTAL 1611`, \"in joules\"; `base_unit_fields_test.go` pairs it with `DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION` (156)")},
+	{"DCGM_FI_DEV_PCIE_REPLAY_TOTAL", "Total number of PCIe retries.", telemetry.PCIeReplay, 1, prometheus.CounterValue, "", newNames,
+		header(3745, "`DCGM_FI_DEV_PCIE_REPLAY_COUNTER` is an alias of `DCGM_FI_DEV_PCIE_REPLAY_TOTAL` (202)")},
+	{"DCGM_FI_DEV_GPU_UTIL_RATIO", "GPU utilization (ratio, 0 to 1).", telemetry.GPUUtil, 0.01, prometheus.GaugeValue, "0-1", newNames,
+		header(3746, "`DCGM_FI_DEV_GPU_UTIL` is an alias of `DCGM_FI_DEV_GPU_UTIL_RATIO` (203); the ratio is 4.9's release note (\"utilization from a percentage to a 0 to 1 ratio\")")},
+	{"DCGM_FI_DEV_NVLINK_THROUGHPUT_TOTAL", "NVLink throughput total for all lanes (in B/s).", telemetry.NVLinkBandwidth, 1, prometheus.GaugeValue, "B/s", newNames,
+		header(3658, "`DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL` is an alias of `DCGM_FI_DEV_NVLINK_THROUGHPUT_TOTAL` (449); bytes per second is 4.9's release note (\"NVLink throughput from MB/s to bytes per second\")")},
+	{"DCGM_FI_DEV_ROW_REMAP_UNCORRECTABLE_TOTAL", "Number of remapped rows for uncorrectable errors", telemetry.RemappedRowsUnc, 1, prometheus.CounterValue, "", newNames,
+		header(3761, "`DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS` is an alias of `DCGM_FI_DEV_ROW_REMAP_UNCORRECTABLE_TOTAL` (393)")},
+	{"DCGM_FI_DEV_ROW_REMAP_CORRECTABLE_TOTAL", "Number of remapped rows for correctable errors", telemetry.RemappedRowsCorr, 1, prometheus.CounterValue, "", newNames,
+		header(3762, "`DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS` is an alias of `DCGM_FI_DEV_ROW_REMAP_CORRECTABLE_TOTAL` (394)")},
+	{"DCGM_FI_DEV_ROW_REMAP_FAILED", "Whether remapping of rows has failed", telemetry.RowRemapFailure, 1, prometheus.GaugeValue, "0/1", newNames,
+		header(3763, "`DCGM_FI_DEV_ROW_REMAP_FAILURE` is an alias of `DCGM_FI_DEV_ROW_REMAP_FAILED` (395)")},
+
+	// Not in any default list: served when -f names it. In 4.9 and 4.10
+	// DCGM_FI_DEV_FB_TOTAL stands in for DCGM_FI_DEV_FB_CAPACITY_BYTES,
+	// whose name only 4.9's release note gives (go-dcgm v1.4611.2 has no
+	// bytes-named framebuffer field): the field under its old name and
+	// unit, listed in docs/dcgm-exporter.md as not yet known.
+	{"DCGM_FI_DEV_FB_TOTAL", "Framebuffer memory total (in MiB).", telemetry.FBTotal, 1.0 / bytesPerMiB, prometheus.GaugeValue, "MiB", newNames,
+		"4.9's release note collects `DCGM_FI_DEV_FB_CAPACITY_BYTES` by default; go-dcgm v1.4611.2 has no bytes-named framebuffer field, so `dcgm_fields.h:884` `DCGM_FI_DEV_FB_TOTAL` (250) stands in, under its old name and unit"},
 }
 
 // podFields are the dcgm-exporter fields a pod's series carries on a GPU
@@ -74,28 +135,38 @@ func fields(fs ...telemetry.Field) telemetry.FieldSet {
 	return s
 }
 
-// dcgmXIDName is dcgm-exporter's last-XID gauge. It is not a field of the
-// reading but of the device's XID history.
-const (
-	dcgmXIDName = "DCGM_FI_DEV_XID_ERRORS"
-	dcgmXIDHelp = "Value of the last XID error encountered."
-)
+// xidMetrics are dcgm-exporter's last-XID gauge under its names. It is
+// not a field of the reading but of the device's XID history, and carries
+// err_code and err_msg.
+var xidMetrics = []struct {
+	Name    string
+	Default genSet
+	Source  string
+}{
+	{"DCGM_FI_DEV_XID_ERRORS", oldNames, ""},
+	{"DCGM_FI_DEV_XID_ERROR", newNames, header(3748, "`DCGM_FI_DEV_XID_ERRORS` is an alias of `DCGM_FI_DEV_XID_ERROR` (230)")},
+}
 
-// DCGMNames lists every dcgm-exporter metric name the agent serves. They
-// break Prometheus naming conventions on purpose (compatibility), so lint
-// checks exempt exactly these.
+const xidHelp = "Value of the last XID error encountered."
+
+// DCGMNames lists every dcgm-exporter metric name the agent serves, in
+// any generation. They break Prometheus naming conventions on purpose
+// (compatibility), so lint checks exempt exactly these.
 func DCGMNames() []string {
-	names := make([]string, 0, len(dcgmMetrics)+1)
+	names := make([]string, 0, len(dcgmMetrics)+len(xidMetrics))
 	for _, m := range dcgmMetrics {
 		names = append(names, m.Name)
 	}
-	return append(names, dcgmXIDName)
+	for _, m := range xidMetrics {
+		names = append(names, m.Name)
+	}
+	return names
 }
 
 // The labels dcgm-exporter puts on every device metric, in its order.
 var (
-	idLabels     = []string{"gpu", "UUID"} // the agent's per-GPU health metrics
-	deviceLabels = []string{"gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname"}
+	idLabels     = []string{"gpu", "UUID"}                                      // the agent's per-GPU health metrics
+	deviceLabels = []string{"gpu", "UUID", "pci_bus_id", "device", "modelName"} // then the host label
 	migLabels    = []string{"GPU_I_PROFILE", "GPU_I_ID"}
 	podLabels    = []string{"namespace", "pod", "container"}
 
@@ -106,14 +177,20 @@ var (
 	oldPodLabels = []string{"pod_namespace", "pod_name", "container_name"}
 )
 
-// driverVersionLabel is the label field dcgm-exporter's default field list
-// (default-counters.csv) puts on every series.
-const driverVersionLabel = "DCGM_FI_DRIVER_VERSION"
+// The driver's version is a label field of dcgm-exporter's default field
+// list, on every series: DCGM_FI_DRIVER_VERSION until 4.9, which names it
+// DCGM_FI_SYSTEM_DRIVER_VERSION (go-dcgm v1.4611.2 dcgm_fields.h:3694:
+// the old name is an alias of the new).
+const (
+	driverVersionLabel       = "DCGM_FI_DRIVER_VERSION"
+	systemDriverVersionLabel = "DCGM_FI_SYSTEM_DRIVER_VERSION"
+)
 
 // labelFields are the label-type fields of dcgm-exporter's field lists
 // the agent can fill: each becomes a label of every device series.
 var labelFields = map[string]func(o *Options) string{
-	driverVersionLabel: func(o *Options) string { return o.DriverVersion },
+	driverVersionLabel:       func(o *Options) string { return o.DriverVersion },
+	systemDriverVersionLabel: func(o *Options) string { return o.DriverVersion },
 }
 
 // Unsupported returns the names of the fields in a dcgm-exporter field
@@ -141,8 +218,8 @@ type layout struct {
 }
 
 // newLayout is dcgm-exporter's labels as the options ask: uuid and the old
-// pod labels with -o, no Hostname without a host name (its template leaves
-// an empty Hostname out), then the label fields.
+// pod labels with -o, the generation's host label, none without a host
+// name (its template leaves an empty one out), then the label fields.
 func newLayout(opts *Options, labelFields []string) layout {
 	l := layout{id: idLabels, pod: podLabels}
 	if opts.UseOldNamespace {
@@ -150,10 +227,9 @@ func newLayout(opts *Options, labelFields []string) layout {
 		l.pod = oldPodLabels
 	}
 	l.device = append(l.device, l.id...)
-	for _, n := range deviceLabels[len(idLabels):] {
-		if n != "Hostname" || opts.Hostname != "" {
-			l.device = append(l.device, n)
-		}
+	l.device = append(l.device, deviceLabels[len(idLabels):]...)
+	if opts.Hostname != "" {
+		l.device = append(l.device, opts.Generation.HostLabel())
 	}
 	l.device = append(l.device, labelFields...)
 	return l

@@ -1,0 +1,341 @@
+package exporter
+
+import (
+	"math"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/gpu-telemetry/agent/internal/attribution"
+	"github.com/gpu-telemetry/agent/internal/dcgmcsv"
+	"github.com/gpu-telemetry/agent/internal/telemetry"
+)
+
+func TestParseGeneration(t *testing.T) {
+	for in, want := range map[string]Generation{
+		"4.8.2": Gen482, "4.8.1": Gen482, "4.8": Gen48, "4.8.3": Gen48, "4.8.4": Gen48,
+		"4.9": Gen49, "4.9.0": Gen49, "4.10": Gen410, "4.10.0": Gen410,
+	} {
+		got, err := ParseGeneration(in)
+		if err != nil || got != want {
+			t.Errorf("ParseGeneration(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "4", "4.7", "4.11", "latest", "4.9x", "3.3.9"} {
+		if g, err := ParseGeneration(in); err == nil {
+			t.Errorf("ParseGeneration(%q) = %v, want an error", in, g)
+		}
+	}
+	for g := range numGenerations {
+		if back, err := ParseGeneration(g.String()); err != nil || back != g {
+			t.Errorf("%v does not parse back: %v, %v", g, back, err)
+		}
+	}
+}
+
+// generationScrape gathers the device families of testSnapshot served as
+// generation g, with field list fields (nil: the default list).
+func generationScrape(t *testing.T, g Generation, fields []dcgmcsv.Field) map[string]*dto.MetricFamily {
+	t.Helper()
+	snap := testSnapshot()
+	for f, v := range map[telemetry.Field]float64{telemetry.SMClock: 1590, telemetry.MemCopyUtil: 20, telemetry.FBTotal: 15 << 30} {
+		snap.States[0].Set(f, v)
+	}
+	c := NewCollector(attribution.NewAttributor(snapshots{snap}, testPods(t), nil),
+		Options{Hostname: "node-a", Interval: time.Second, DriverVersion: "550.54.15", Generation: g, Counters: fields})
+	out := map[string]*dto.MetricFamily{}
+	for n, mf := range gather(t, c.Latest()) {
+		if strings.HasPrefix(n, "DCGM_") {
+			out[n] = mf
+		}
+	}
+	return out
+}
+
+// labelOf is the value of label name on m, and whether it has it.
+func labelOf(m *dto.Metric, name string) (string, bool) {
+	for _, p := range m.GetLabel() {
+		if p.GetName() == name {
+			return p.GetValue(), true
+		}
+	}
+	return "", false
+}
+
+// Each generation serves its default names, never both names of a field,
+// with its host and driver labels.
+func TestGenerationDefaults(t *testing.T) {
+	for _, c := range []struct {
+		g                   Generation
+		host, driver        string
+		has, lacks          []string
+		hostLabelMissing    string
+		driverLabelMissing  string
+		fbTotalUnderOldName bool
+	}{
+		{Gen482, "Hostname", "DCGM_FI_DRIVER_VERSION",
+			[]string{"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_SM_CLOCK", "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "DCGM_FI_DEV_XID_ERRORS"},
+			[]string{"DCGM_FI_DEV_GPU_UTIL_RATIO", "DCGM_FI_DEV_SM_CLOCK_HERTZ", "DCGM_FI_DEV_BOARD_POWER_WATTS", "DCGM_FI_DEV_XID_ERROR", "DCGM_FI_DEV_FB_TOTAL"},
+			"hostname", "DCGM_FI_SYSTEM_DRIVER_VERSION", false},
+		{Gen48, "hostname", "DCGM_FI_DRIVER_VERSION",
+			[]string{"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_XID_ERRORS"},
+			[]string{"DCGM_FI_DEV_GPU_UTIL_RATIO", "DCGM_FI_DEV_XID_ERROR"},
+			"Hostname", "DCGM_FI_SYSTEM_DRIVER_VERSION", false},
+		{Gen49, "hostname", "DCGM_FI_SYSTEM_DRIVER_VERSION",
+			[]string{"DCGM_FI_DEV_GPU_UTIL_RATIO", "DCGM_FI_DEV_SM_CLOCK_HERTZ", "DCGM_FI_DEV_BOARD_POWER_WATTS", "DCGM_FI_DEV_GPU_ENERGY_JOULES_TOTAL",
+				"DCGM_FI_DEV_XID_ERROR", "DCGM_FI_DEV_MEM_COPY_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_TOTAL"},
+			[]string{"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_SM_CLOCK", "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "DCGM_FI_DEV_XID_ERRORS"},
+			"Hostname", "DCGM_FI_DRIVER_VERSION", true},
+		{Gen410, "hostname", "DCGM_FI_SYSTEM_DRIVER_VERSION",
+			[]string{"DCGM_FI_DEV_GPU_UTIL_RATIO", "DCGM_FI_DEV_XID_ERROR"},
+			[]string{"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_XID_ERRORS"},
+			"Hostname", "DCGM_FI_DRIVER_VERSION", true},
+	} {
+		t.Run(c.g.String(), func(t *testing.T) {
+			mfs := generationScrape(t, c.g, nil)
+			for _, n := range c.has {
+				if mfs[n] == nil {
+					t.Errorf("%s is not served", n)
+				}
+			}
+			for _, n := range c.lacks {
+				if mfs[n] != nil {
+					t.Errorf("%s is served", n)
+				}
+			}
+			for n, mf := range mfs {
+				for _, m := range mf.GetMetric() {
+					if v, ok := labelOf(m, c.host); !ok || v != "node-a" {
+						t.Errorf("%s %v: no %s=node-a", n, m.GetLabel(), c.host)
+					}
+					if v, ok := labelOf(m, c.driver); !ok || v != "550.54.15" {
+						t.Errorf("%s %v: no %s=550.54.15", n, m.GetLabel(), c.driver)
+					}
+					for _, l := range []string{c.hostLabelMissing, c.driverLabelMissing} {
+						if _, ok := labelOf(m, l); ok {
+							t.Errorf("%s %v: has %s", n, m.GetLabel(), l)
+						}
+					}
+				}
+			}
+			// Never two names of one field by default.
+			byField := map[telemetry.Field][]string{}
+			for _, m := range dcgmMetrics {
+				if mfs[m.Name] != nil {
+					byField[m.Field] = append(byField[m.Field], m.Name)
+				}
+			}
+			for f, names := range byField {
+				if len(names) > 1 {
+					t.Errorf("field %s served under %v", f, names)
+				}
+			}
+		})
+	}
+}
+
+// A field list may mix the generations' names: each row is served under
+// its name, in its unit, whatever the generation.
+func TestFieldListMixesGenerations(t *testing.T) {
+	var fields []dcgmcsv.Field
+	for _, m := range dcgmMetrics {
+		fields = append(fields, dcgmcsv.Field{Name: m.Name, Type: dcgmcsv.TypeGauge})
+	}
+	fields = append(fields, dcgmcsv.Field{Name: "DCGM_FI_DEV_XID_ERRORS", Type: dcgmcsv.TypeGauge},
+		dcgmcsv.Field{Name: "DCGM_FI_DEV_XID_ERROR", Type: dcgmcsv.TypeGauge},
+		dcgmcsv.Field{Name: "DCGM_FI_DRIVER_VERSION", Type: dcgmcsv.TypeLabel},
+		dcgmcsv.Field{Name: "DCGM_FI_SYSTEM_DRIVER_VERSION", Type: dcgmcsv.TypeLabel})
+	if u := Unsupported(fields); len(u) != 0 {
+		t.Errorf("Unsupported = %v, want none", u)
+	}
+	snap := testSnapshot()
+	for _, g := range []Generation{Gen482, Gen410} {
+		mfs := generationScrape(t, g, fields)
+		// GPU 0 (held by inference-0): the values of testSnapshot.
+		value := func(name string) float64 {
+			t.Helper()
+			mf := mfs[name]
+			if mf == nil {
+				t.Fatalf("%s: %s not served", g, name)
+			}
+			for _, m := range mf.GetMetric() {
+				if gpu, _ := labelOf(m, "gpu"); gpu == "0" {
+					if _, ok := labelOf(m, "DCGM_FI_SYSTEM_DRIVER_VERSION"); !ok {
+						t.Errorf("%s %v: the list's second driver label is missing", name, m.GetLabel())
+					}
+					switch {
+					case m.Gauge != nil:
+						return m.GetGauge().GetValue()
+					case m.Counter != nil:
+						return m.GetCounter().GetValue()
+					}
+				}
+			}
+			t.Fatalf("%s: %s has no series of GPU 0", g, name)
+			return 0
+		}
+		st := &snap.States[0]
+		util, _ := st.Get(telemetry.GPUUtil)
+		energy, _ := st.Get(telemetry.Energy)
+		for _, c := range []struct {
+			name string
+			want float64
+		}{
+			{"DCGM_FI_DEV_GPU_UTIL", util},
+			{"DCGM_FI_DEV_GPU_UTIL_RATIO", util / 100},
+			{"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", energy},
+			{"DCGM_FI_DEV_GPU_ENERGY_JOULES_TOTAL", energy / 1000},
+			{"DCGM_FI_DEV_POWER_USAGE", 42.5},
+			{"DCGM_FI_DEV_BOARD_POWER_WATTS", 42.5},
+			{"DCGM_FI_DEV_XID_ERRORS", 79},
+			{"DCGM_FI_DEV_XID_ERROR", 79},
+		} {
+			if got := value(c.name); math.Abs(got-c.want) > 1e-9 {
+				t.Errorf("%s: %s = %v, want %v", g, c.name, got, c.want)
+			}
+		}
+	}
+}
+
+// The clocks in MHz and in hertz, and memory in MiB, over a reading that
+// has them.
+func TestGenerationUnits(t *testing.T) {
+	snap := testSnapshot()
+	snap.States[0].Set(telemetry.SMClock, 1590)
+	snap.States[0].Set(telemetry.MemClock, 5001)
+	snap.States[0].Set(telemetry.FBTotal, 15<<30)
+	c := NewCollector(attribution.NewAttributor(snapshots{snap}, nil, nil), Options{Interval: time.Second, Counters: []dcgmcsv.Field{
+		{Name: "DCGM_FI_DEV_SM_CLOCK"}, {Name: "DCGM_FI_DEV_SM_CLOCK_HERTZ"},
+		{Name: "DCGM_FI_DEV_MEM_CLOCK"}, {Name: "DCGM_FI_DEV_MEMORY_CLOCK_HERTZ"}, {Name: "DCGM_FI_DEV_FB_TOTAL"},
+	}})
+	got := map[string]float64{}
+	for n, mf := range gather(t, c.Latest()) {
+		for _, m := range mf.GetMetric() {
+			if gpu, _ := labelOf(m, "gpu"); gpu == "0" && strings.HasPrefix(n, "DCGM_") {
+				got[n] = m.GetGauge().GetValue()
+			}
+		}
+	}
+	want := map[string]float64{
+		"DCGM_FI_DEV_SM_CLOCK": 1590, "DCGM_FI_DEV_SM_CLOCK_HERTZ": 1590e6,
+		"DCGM_FI_DEV_MEM_CLOCK": 5001, "DCGM_FI_DEV_MEMORY_CLOCK_HERTZ": 5001e6,
+		"DCGM_FI_DEV_FB_TOTAL": 15 * 1024,
+	}
+	for n, w := range want {
+		if got[n] != w {
+			t.Errorf("%s = %v, want %v", n, got[n], w)
+		}
+	}
+}
+
+// The table's invariants: names unique; a row of a renamed field cites
+// its source; every field served by default in one generation is served
+// by default in all, under one name or another (a swap loses nothing).
+func TestDCGMMetricsTable(t *testing.T) {
+	seen := map[string]bool{}
+	for _, n := range DCGMNames() {
+		if seen[n] {
+			t.Errorf("%s is in the table twice", n)
+		}
+		seen[n] = true
+	}
+	for _, m := range dcgmMetrics {
+		if m.Default != allGens && m.Default.has(Gen49) && m.Source == "" {
+			t.Errorf("%s: a 4.9 name without a source", m.Name)
+		}
+		if m.Type != prometheus.CounterValue && m.Type != prometheus.GaugeValue {
+			t.Errorf("%s: type %v", m.Name, m.Type)
+		}
+	}
+	fieldsOf := func(g Generation) []telemetry.Field {
+		var fs []telemetry.Field
+		for _, m := range dcgmMetrics {
+			if m.Default.has(g) && !slices.Contains(fs, m.Field) {
+				fs = append(fs, m.Field)
+			}
+		}
+		slices.Sort(fs)
+		return fs
+	}
+	old := fieldsOf(Gen482)
+	for g := range numGenerations {
+		got := fieldsOf(g)
+		for _, f := range old {
+			if !slices.Contains(got, f) {
+				t.Errorf("generation %s serves no name of %s by default", g, f)
+			}
+		}
+	}
+}
+
+// generationRows are the lines of docs/dcgm-exporter.md's table of the
+// names 4.9 renamed: the 4.8 name, the 4.9 name, its unit and the source
+// it rests on, for each row of the tables with a source.
+func generationRows() []string {
+	type row struct{ old, new, unit, source string }
+	var rows []row
+	for _, m := range dcgmMetrics {
+		if m.Source == "" {
+			continue
+		}
+		old := "—"
+		for _, o := range dcgmMetrics {
+			if o.Field == m.Field && o.Default == oldNames {
+				old = "`" + o.Name + "` (" + unitOrCount(o.Unit) + ")"
+			}
+		}
+		rows = append(rows, row{old, m.Name, unitOrCount(m.Unit), m.Source})
+	}
+	for _, m := range xidMetrics {
+		if m.Source != "" {
+			rows = append(rows, row{"`" + xidMetrics[0].Name + "` (XID)", m.Name, "XID", m.Source})
+		}
+	}
+	rows = append(rows, row{"`" + driverVersionLabel + "` (label)", systemDriverVersionLabel, "label",
+		header(3694, "`DCGM_FI_DRIVER_VERSION` is an alias of `DCGM_FI_SYSTEM_DRIVER_VERSION` (1)")})
+	var out []string
+	for _, r := range rows {
+		out = append(out, "| "+r.old+" | `"+r.new+"` | "+r.unit+" | "+r.source+" |")
+	}
+	return out
+}
+
+func unitOrCount(u string) string {
+	if u == "" {
+		return "count"
+	}
+	return u
+}
+
+// docs/dcgm-exporter.md's table of renamed fields is the code's.
+func TestGenerationsDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/dcgm-exporter.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(doc), "\n## Generations\n")
+	if !ok {
+		t.Fatal(`docs/dcgm-exporter.md has no "## Generations" section`)
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	var got []string
+	for _, l := range strings.Split(section, "\n") {
+		if strings.HasPrefix(l, "| `DCGM_FI_") || strings.HasPrefix(l, "| — |") {
+			got = append(got, l)
+		}
+	}
+	want := generationRows()
+	if !slices.Equal(got, want) {
+		t.Errorf("docs/dcgm-exporter.md's renamed fields table differs from the code's; want:\n%s", strings.Join(want, "\n"))
+	}
+	for g := range numGenerations {
+		if !strings.Contains(section, "| `"+g.String()+"` |") {
+			t.Errorf("generation %s has no row in docs/dcgm-exporter.md's generations table", g)
+		}
+	}
+}
