@@ -236,6 +236,7 @@ func newCollector(cfg *Config, views *attribution.Attributor, driver string, log
 	return exporter.NewCollector(views, exporter.Options{
 		Hostname:        hostname,
 		Generation:      cfg.Compat,
+		XIDWindow:       cfg.XIDCountWindow,
 		UseOldNamespace: cfg.UseOldNamespace,
 		Interval:        cfg.Interval,
 		Build:           exporter.BuildInfo{Version: Version, Revision: Revision},

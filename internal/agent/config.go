@@ -77,8 +77,9 @@ type Config struct {
 	// Compat is the dcgm-exporter generation /metrics imitates
 	// (--compat.dcgm-exporter).
 	Compat          exporter.Generation
-	UseOldNamespace bool // -o: pod_name, pod_namespace, container_name (its source)
-	NoHostname      bool // --no-hostname: no Hostname label
+	UseOldNamespace bool          // -o: pod_name, pod_namespace, container_name (its source)
+	NoHostname      bool          // --no-hostname: no Hostname label
+	XIDCountWindow  time.Duration // -x: the window of DCGM_EXP_XID_ERRORS_COUNT; 0: the exporter default
 
 	counters []dcgmcsv.Field // CollectorsFile, once read
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gpu-telemetry/agent/internal/nvml"
+	"github.com/gpu-telemetry/agent/internal/telemetry"
 )
 
 // dcgm-exporter's command line and environment, accepted so that a
@@ -113,6 +114,20 @@ func dcgmOptions() []dcgmOption {
 			c.NoHostname, err = parseBool(v)
 			return err
 		}},
+		// The window of DCGM_EXP_XID_ERRORS_COUNT: milliseconds, a
+		// cli.IntFlag, default 300000 (5 minutes).
+		{name: "xid-count-window-size", short: "x", env: "DCGM_EXPORTER_XID_COUNT_WINDOW_SIZE", set: func(v string, c *Config) error {
+			ms, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return errors.New("want a whole number of milliseconds")
+			}
+			w := time.Duration(ms) * time.Millisecond
+			if w <= 0 || w > telemetry.XIDRetention {
+				return fmt.Errorf("must be between 1 and %d milliseconds (%s: the agent keeps the XIDs of the last %s)", telemetry.XIDRetention.Milliseconds(), telemetry.XIDRetention, telemetry.XIDRetention)
+			}
+			c.XIDCountWindow = w
+			return nil
+		}},
 		{name: "log-format", env: "DCGM_EXPORTER_LOG_FORMAT", native: "log.format", toNative: func(v string, _ *Config) (string, error) {
 			switch v {
 			case "text": // slog's text handler: logfmt
@@ -137,7 +152,6 @@ func dcgmOptions() []dcgmOption {
 		{name: "devices", short: "d", env: "DCGM_EXPORTER_DEVICES_STR", ignored: "the agent monitors every GPU and MIG instance"},
 		{name: "switch-devices", short: "s", env: "DCGM_EXPORTER_OTHER_DEVICES_STR", ignored: "the agent monitors GPUs only, not NVSwitches"},
 		{name: "fake-gpus", env: "DCGM_EXPORTER_USE_FAKE_GPUS", isBool: true, ignored: "use --simulate N for GPUs that are not there"},
-		{name: "xid-count-window-size", short: "x", env: "DCGM_EXPORTER_XID_COUNT_WINDOW_SIZE", ignored: "DCGM_EXP_XID_ERRORS_COUNT is not served; see gpu_agent_xid_errors_total"},
 		{name: "replace-blanks-in-model-name", short: "rbmn", env: "DCGM_EXPORTER_REPLACE_BLANKS_IN_MODEL_NAME", isBool: true, ignored: "modelName is NVML's name as it is"},
 		{name: "debug", env: "DCGM_EXPORTER_DEBUG", isBool: true, ignored: "use --log.level=debug"},
 		{name: "clock-events-count-window-size", env: "DCGM_EXPORTER_CLOCK_EVENTS_COUNT_WINDOW_SIZE", ignored: "DCGM_EXP_CLOCK_EVENTS_COUNT is not served"},

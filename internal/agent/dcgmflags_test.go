@@ -78,6 +78,18 @@ func TestDCGMFlags(t *testing.T) {
 			}
 			return nil
 		}},
+		{"xid window", []string{"-x", "60000"}, nil, func(c *Config) error {
+			if c.XIDCountWindow != time.Minute {
+				return fmt.Errorf("-x 60000: window %v, want 1m", c.XIDCountWindow)
+			}
+			return nil
+		}},
+		{"xid window from the environment", nil, map[string]string{"DCGM_EXPORTER_XID_COUNT_WINDOW_SIZE": "900000"}, func(c *Config) error {
+			if c.XIDCountWindow != 15*time.Minute {
+				return fmt.Errorf("window %v, want 15m", c.XIDCountWindow)
+			}
+			return nil
+		}},
 		{"interval clamped", []string{"-c", "10"}, nil, func(c *Config) error {
 			if c.Interval != 100*time.Millisecond {
 				return fmt.Errorf("interval %v", c.Interval)
@@ -128,6 +140,9 @@ func TestDCGMFlagErrors(t *testing.T) {
 		{nil, map[string]string{"DCGM_EXPORTER_KUBERNETES": "yes"}, "$DCGM_EXPORTER_KUBERNETES=yes"},
 		{[]string{"--kubernetes-gpu-id-type=serial"}, nil, `--kubernetes-gpu-id-type=serial (dcgm-exporter's): must be "uid" or "device-name"`},
 		{[]string{"--log-format=xml"}, nil, "--log-format=xml"},
+		{[]string{"-x", "5m"}, nil, "--xid-count-window-size=5m (dcgm-exporter's): want a whole number of milliseconds"},
+		{[]string{"-x", "0"}, nil, "--xid-count-window-size=0 (dcgm-exporter's): must be between 1 and 3600000 milliseconds"},
+		{nil, map[string]string{"DCGM_EXPORTER_XID_COUNT_WINDOW_SIZE": "7200000"}, "must be between 1 and 3600000 milliseconds"},
 		{[]string{"-f", "testdata/malformed.csv"}, nil, "--collectors=testdata/malformed.csv: testdata/malformed.csv:4: 2 fields"},
 		{nil, map[string]string{"DCGM_EXPORTER_COLLECTORS": "testdata/none.csv"}, "--collectors=testdata/none.csv: reading dcgm-exporter field list"},
 	} {

@@ -46,14 +46,14 @@ func TestEveryAgentMetricIsDocumented(t *testing.T) {
 		t.Fatal(err)
 	}
 	documented := map[string]bool{}
-	row := regexp.MustCompile("(?m)^\\| `((?:gpu_agent|DCGM_FI)_[A-Za-z0-9_]+)` \\|")
+	row := regexp.MustCompile("(?m)^\\| `((?:gpu_agent|DCGM_FI|DCGM_EXP)_[A-Za-z0-9_]+)` \\|")
 	for _, m := range row.FindAllStringSubmatch(string(doc), -1) {
 		documented[m[1]] = true
 	}
 
 	served := map[string]bool{}
 	for name := range scrapeEveryFamily(t) {
-		if strings.HasPrefix(name, exporter.Namespace+"_") || strings.HasPrefix(name, "DCGM_FI_") {
+		if strings.HasPrefix(name, exporter.Namespace+"_") || strings.HasPrefix(name, "DCGM_") {
 			served[name] = true
 		}
 	}
@@ -176,7 +176,8 @@ func everyFamilySnapshot() *telemetry.Snapshot {
 		gpu0.Windows[e] = telemetry.Window{Count: 60, Max: 90, Mean: 40}
 	}
 	gpu0.Errors[0] = 2
-	gpu0.XID = &telemetry.XIDCounts{Last: 79, Counts: map[uint64]uint64{31: 2, 79: 1}}
+	gpu0.XID = &telemetry.XIDCounts{Last: 79, Counts: map[uint64]uint64{31: 2, 79: 1},
+		Recent: []telemetry.XIDEvent{{XID: 79, At: time.Now()}}}
 
 	gpu1 := &states[1]
 	gpu1.Supported = telemetry.AllFields

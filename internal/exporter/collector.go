@@ -8,6 +8,7 @@
 package exporter
 
 import (
+	"maps"
 	"runtime"
 	"slices"
 	"strconv"
@@ -45,6 +46,9 @@ type Options struct {
 	// every device series. Nil serves every field.
 	Counters      []dcgmcsv.Field
 	DriverVersion string // NVML's; the DCGM_FI_DRIVER_VERSION (DCGM_FI_SYSTEM_DRIVER_VERSION) label
+	// XIDWindow is the window of DCGM_EXP_XID_ERRORS_COUNT (-x); 0 is
+	// DefaultXIDWindow.
+	XIDWindow time.Duration
 	// UseOldNamespace names labels as dcgm-exporter's -o does: pod_name,
 	// pod_namespace, container_name, and uuid for UUID.
 	UseOldNamespace bool
@@ -67,6 +71,7 @@ type Collector struct {
 	// out; so is xid[i], xidMetrics[i]'s.
 	dcgm                            []*family
 	xid                             []*family
+	expXIDCount, expXIDTotal        *family // DCGM_EXP_XID_ERRORS_COUNT and _TOTAL, nil unless listed
 	encSessions, encFPS, encLatency *family
 	// The per-pod encoder families, by codec: only on pod series of a GPU
 	// with per-pod values.
@@ -181,6 +186,17 @@ func NewCollector(views *attribution.Attributor, opts Options) *Collector {
 			c.families = append(c.families, f)
 		}
 		c.xid = append(c.xid, f)
+	}
+	if listed(xidCountName, 0) {
+		c.expXIDCount = newFamily(xidCountName, xidCountHelp, prometheus.GaugeValue, "xid")
+		c.families = append(c.families, c.expXIDCount)
+	}
+	if listed(xidTotalName, 0) {
+		c.expXIDTotal = newFamily(xidTotalName, xidTotalHelp, prometheus.CounterValue, "xid")
+		c.families = append(c.families, c.expXIDTotal)
+	}
+	if c.opts.XIDWindow <= 0 {
+		c.opts.XIDWindow = DefaultXIDWindow
 	}
 	c.families = append(c.families, c.encSessions, c.encFPS, c.encLatency, c.podEncSessions, c.podEncFPS, c.podEncLatency, c.samplingPeriod, c.windowMax, c.windowMean, c.windowN)
 	for i, f := range c.families {
@@ -415,6 +431,26 @@ func (c *Collector) collectXID(e sink, t target, st *telemetry.DeviceState) {
 		}
 		e.emit(f, tx, float64(last))
 	}
+	if st.XID == nil || c.expXIDCount == nil && c.expXIDTotal == nil {
+		return
+	}
+	// By XID, in order, the ones seen within the window and since start.
+	if c.expXIDCount != nil {
+		counts := st.XID.CountSince(time.Now().Add(-c.opts.XIDWindow))
+		for _, xid := range slices.Sorted(maps.Keys(counts)) {
+			e.emit(c.expXIDCount, t.with(xidPair(xid)), float64(counts[xid]))
+		}
+	}
+	if c.expXIDTotal != nil {
+		for _, xid := range slices.Sorted(maps.Keys(st.XID.Counts)) {
+			e.emit(c.expXIDTotal, t.with(xidPair(xid)), float64(st.XID.Counts[xid]))
+		}
+	}
+}
+
+// xidPair is the xid label of an XID.
+func xidPair(xid uint64) *dto.LabelPair {
+	return &dto.LabelPair{Name: new("xid"), Value: new(strconv.FormatUint(xid, 10))}
 }
 
 // collectReading emits the dcgm-exporter families of the fields in only,

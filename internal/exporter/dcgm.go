@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -149,6 +150,18 @@ var xidMetrics = []struct {
 
 const xidHelp = "Value of the last XID error encountered."
 
+// dcgm-exporter's own XID families (its DCGM_EXP_* fields, in no default
+// list): the XIDs seen within the window of -x/--xid-count-window-size,
+// and since the exporter started, labelled xid. Their help texts are its
+// etc/default-counters.csv comments'.
+const (
+	xidCountName     = "DCGM_EXP_XID_ERRORS_COUNT"
+	xidCountHelp     = "XID errors observed during the configured time window."
+	xidTotalName     = "DCGM_EXP_XID_ERRORS_TOTAL"
+	xidTotalHelp     = "Total XID errors observed since exporter start."
+	DefaultXIDWindow = 5 * time.Minute // dcgm-exporter's -x default, 300000 ms
+)
+
 // DCGMNames lists every dcgm-exporter metric name the agent serves, in
 // any generation. They break Prometheus naming conventions on purpose
 // (compatibility), so lint checks exempt exactly these.
@@ -160,7 +173,7 @@ func DCGMNames() []string {
 	for _, m := range xidMetrics {
 		names = append(names, m.Name)
 	}
-	return names
+	return append(names, xidCountName, xidTotalName)
 }
 
 // The labels dcgm-exporter puts on every device metric, in its order.

@@ -1,6 +1,7 @@
 package exporter
 
 import (
+	"maps"
 	"math"
 	"os"
 	"slices"
@@ -336,6 +337,55 @@ func TestGenerationsDocumented(t *testing.T) {
 	for g := range numGenerations {
 		if !strings.Contains(section, "| `"+g.String()+"` |") {
 			t.Errorf("generation %s has no row in docs/dcgm-exporter.md's generations table", g)
+		}
+	}
+}
+
+// dcgm-exporter's XID families, when the field list names them: the
+// XIDs of the window by XID, and every XID since start.
+func TestXIDCountAndTotal(t *testing.T) {
+	snap := testSnapshot()
+	now := time.Now()
+	snap.States[0].XID = &telemetry.XIDCounts{Last: 79, Counts: map[uint64]uint64{31: 2, 79: 1},
+		Recent: []telemetry.XIDEvent{{XID: 31, At: now.Add(-20 * time.Minute)}, {XID: 31, At: now.Add(-time.Minute)}, {XID: 79, At: now.Add(-time.Second)}}}
+	fields := []dcgmcsv.Field{{Name: "DCGM_EXP_XID_ERRORS_COUNT", Type: dcgmcsv.TypeGauge}, {Name: "DCGM_EXP_XID_ERRORS_TOTAL", Type: dcgmcsv.TypeCounter}}
+	for _, c := range []struct {
+		window time.Duration
+		count  map[string]float64
+	}{
+		{0, map[string]float64{"31": 1, "79": 1}}, // the default, 5 minutes
+		{30 * time.Minute, map[string]float64{"31": 2, "79": 1}},
+		{30 * time.Second, map[string]float64{"79": 1}},
+	} {
+		col := NewCollector(attribution.NewAttributor(snapshots{snap}, testPods(t), nil),
+			Options{Interval: time.Second, Counters: fields, XIDWindow: c.window})
+		if u := Unsupported(fields); len(u) != 0 {
+			t.Fatalf("Unsupported = %v", u)
+		}
+		mfs := gather(t, col.Latest())
+		byXID := func(name string) map[string]float64 {
+			out := map[string]float64{}
+			for _, m := range mfs[name].GetMetric() {
+				gpu, _ := labelOf(m, "gpu")
+				xid, _ := labelOf(m, "xid")
+				if gpu != "0" {
+					t.Errorf("%s on GPU %s, which has no XIDs", name, gpu)
+				}
+				if pod, _ := labelOf(m, "pod"); pod != "inference-0" {
+					t.Errorf("%s %v: not on the pod's series", name, m.GetLabel())
+				}
+				out[xid] = m.GetGauge().GetValue() + m.GetCounter().GetValue()
+			}
+			return out
+		}
+		if got := byXID("DCGM_EXP_XID_ERRORS_COUNT"); !maps.Equal(got, c.count) {
+			t.Errorf("window %v: count %v, want %v", c.window, got, c.count)
+		}
+		if got, want := byXID("DCGM_EXP_XID_ERRORS_TOTAL"), map[string]float64{"31": 2, "79": 1}; !maps.Equal(got, want) {
+			t.Errorf("total %v, want %v", got, want)
+		}
+		if mfs["DCGM_EXP_XID_ERRORS_TOTAL"].GetType() != dto.MetricType_COUNTER {
+			t.Errorf("DCGM_EXP_XID_ERRORS_TOTAL type %v", mfs["DCGM_EXP_XID_ERRORS_TOTAL"].GetType())
 		}
 	}
 }

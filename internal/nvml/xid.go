@@ -24,12 +24,30 @@ func (x *xidState) record(xid uint64) {
 		next.Counts = maps.Clone(prev.Counts)
 	}
 	next.Counts[xid]++
+	next.Recent = appendRecentXID(prev, telemetry.XIDEvent{XID: xid, At: time.Now()})
 	x.p.Store(next)
 }
 
 // xidWaitTimeout is how long one EventSet.Wait waits for an event. A Wait
 // that returns keeps within Close's ShutdownWait, so NVML is shut down
 // cleanly; one that never returns is left behind (see watchXID).
+// appendRecentXID is prev's recent XIDs, less those older than
+// telemetry.XIDRetention and beyond telemetry.MaxRecentXIDs, plus ev, in
+// a new slice (prev's is shared by published snapshots).
+func appendRecentXID(prev *telemetry.XIDCounts, ev telemetry.XIDEvent) []telemetry.XIDEvent {
+	var old []telemetry.XIDEvent
+	if prev != nil {
+		old = prev.Recent
+	}
+	cut := ev.At.Add(-telemetry.XIDRetention)
+	i := 0
+	for i < len(old) && (old[i].At.Before(cut) || len(old)-i >= telemetry.MaxRecentXIDs) {
+		i++
+	}
+	out := make([]telemetry.XIDEvent, 0, len(old)-i+1)
+	return append(append(out, old[i:]...), ev)
+}
+
 const xidWaitTimeout = 500 * time.Millisecond
 
 // registerXID registers d with the sampler's event set for XID critical

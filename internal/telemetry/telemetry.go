@@ -258,6 +258,34 @@ const StallIntervals = 2
 type XIDCounts struct {
 	Last   uint64            // the last XID seen
 	Counts map[uint64]uint64 // XID -> occurrences since start
+	// Recent are the latest XIDs, oldest first: those of the last
+	// XIDRetention, at most MaxRecentXIDs of them, for counts over a
+	// window (dcgm-exporter's DCGM_EXP_XID_ERRORS_COUNT).
+	Recent []XIDEvent
+}
+
+// XIDEvent is one XID error and when the agent saw it.
+type XIDEvent struct {
+	XID uint64
+	At  time.Time
+}
+
+// How long and how many recent XIDs XIDCounts keeps: a window count over
+// a longer window, or of a GPU raising more XIDs within it, would be
+// short; the longest window is XIDRetention.
+const (
+	XIDRetention  = time.Hour
+	MaxRecentXIDs = 4096
+)
+
+// CountSince returns, by XID, how many of the recent XIDs were seen at
+// or after since.
+func (x *XIDCounts) CountSince(since time.Time) map[uint64]uint64 {
+	out := map[uint64]uint64{}
+	for i := len(x.Recent) - 1; i >= 0 && !x.Recent[i].At.Before(since); i-- {
+		out[x.Recent[i].XID]++
+	}
+	return out
 }
 
 // Snapshot is everything one tick measured. It is immutable once published.
