@@ -96,6 +96,13 @@ type mockProfile struct {
 			MemoryCurrent int `yaml:"memory_current"`
 		} `yaml:"clocks"`
 	} `yaml:"device_defaults"`
+	NVLink struct {
+		LinksPerGPU   int     `yaml:"links_per_gpu"`
+		BandwidthMbps float64 `yaml:"bandwidth_per_link_mbps"`
+		Defaults      struct {
+			DutyCycle float64 `yaml:"duty_cycle"`
+		} `yaml:"defaults"`
+	} `yaml:"nvlink"`
 	Devices []struct {
 		Index int    `yaml:"index"`
 		UUID  string `yaml:"uuid"`
@@ -275,18 +282,26 @@ func TestMockNVMLProfiles(t *testing.T) {
 		name, file string
 		// unsupported are the fields the profile does not model: no
 		// vGPU licensing in either (its calls are stubs answering
-		// NOT_SUPPORTED, as bare metal does), no NVLink fabric on the T4.
+		// NOT_SUPPORTED, as bare metal does), no NVLink fabric on the T4,
+		// no fan on either (a passively cooled T4, a liquid-cooled SXM
+		// H100: fan count 0, NOT_SUPPORTED).
 		unsupported []string
 		nvlink      bool
 	}{
-		{"T4", "mock-nvml-config-t4.yaml", []string{"vgpu_license", "nvlink_bandwidth"}, false},
-		{"H100", "mock-nvml-config-h100.yaml", []string{"vgpu_license"}, true},
+		{"T4", "mock-nvml-config-t4.yaml", []string{"vgpu_license", "nvlink_bandwidth", "fan_speed"}, false},
+		{"H100", "mock-nvml-config-h100.yaml", []string{"vgpu_license", "fan_speed"}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := startMockNode(t, tc.file, nil)
-			s := n.waitMetrics(t, 10*time.Second, "PCIe throughput from the fallback", func(s samples) error {
+			s := n.waitMetrics(t, 10*time.Second, "PCIe throughput from the fallback, and the NVLink rate", func(s samples) error {
 				if s.find("DCGM_FI_DEV_PCIE_TX_THROUGHPUT", n.profile.Devices[0].UUID) == nil {
 					return fmt.Errorf("no PCIe TX yet")
+				}
+				// A rate needs two slow reads: absent until the second.
+				for _, d := range n.profile.Devices {
+					if tc.nvlink && s.find("DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", d.UUID) == nil {
+						return fmt.Errorf("no NVLink rate of GPU %d yet", d.Index)
+					}
 				}
 				return nil
 			})
@@ -319,12 +334,27 @@ func TestMockNVMLProfiles(t *testing.T) {
 				t.Error("the profile has no memory temperature: the check above proves nothing")
 			}
 			if tc.nvlink {
-				// The mock's NVLink data counters accrue with time: the
-				// total grows from one slow period to the next.
-				first := s.get("DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", uuid)
-				n.waitMetrics(t, 10*time.Second, "the NVLink counter to grow", func(s samples) error {
-					if v := s.get("DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", uuid); v <= first {
-						return fmt.Errorf("NVLink total %v, first %v", v, first)
+				// The mock's NVLink data counters accrue at the link's
+				// line rate times its duty cycle (default 0.05), TX and
+				// RX alike, on every link (its engine/topology.go). It
+				// takes bandwidth_per_link_mbps as MB/s and accrues those
+				// bytes into counters NVML documents in KiB, so a
+				// second's increase is 1024 times the profile's line
+				// rate: the agent reads them as NVML says (KiB), and the
+				// rate, once two slow reads are in, in DCGM's unit
+				// (KiB/s / 1000), is that increase / 1000.
+				nv := n.profile.NVLink
+				duty := nv.Defaults.DutyCycle
+				if duty == 0 {
+					duty = 0.05
+				}
+				want := float64(nv.LinksPerGPU) * 2 * nv.BandwidthMbps * 1e6 * duty / 1000
+				if want == 0 {
+					t.Fatal("the profile has no NVLink rate: the check below proves nothing")
+				}
+				n.waitMetrics(t, 10*time.Second, "the NVLink rate", func(s samples) error {
+					if v := s.get("DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", uuid); !(math.Abs(v-want) <= want/100) {
+						return fmt.Errorf("NVLink bandwidth %v, want the profile's %v within 1%%", v, want)
 					}
 					return nil
 				})

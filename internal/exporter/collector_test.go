@@ -643,7 +643,7 @@ func TestSlowFieldsExported(t *testing.T) {
 		{"DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", "counter", "3"},
 		{"DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", "counter", "1"},
 		{"DCGM_FI_DEV_ROW_REMAP_FAILURE", "gauge", "0"},
-		{"DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", "counter", "1.23456789e+08"},
+		{"DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", "gauge", "120.5632705078125"}, // DCGM's rate: B/s / 1024 / 1000
 		{"DCGM_FI_DEV_VGPU_LICENSE_STATUS", "gauge", "1"},
 	} {
 		if !strings.Contains(body, "# TYPE "+m.name+" "+m.typ+"\n") {

@@ -56,8 +56,9 @@ func header(line int, what string) string {
 // 4.8 name and unit in every generation.
 //
 // One deliberate type difference: dcgm-exporter declares the PCIe
-// throughputs counters, but they are rates that go up and down, so they
-// are gauges here. The counters keep their names under OpenMetrics:
+// throughputs and the NVLink bandwidth counters, but they are rates that
+// go up and down (DCGM computes field 449 from NVML's KiB counters, per
+// second, divided by 1000), so they are gauges here. The counters keep their names under OpenMetrics:
 // expfmt (and the text writer, see appendHeader) types a counter whose
 // name lacks _total "unknown" there rather than renaming its samples.
 var dcgmMetrics = []dcgmMetric{
@@ -77,7 +78,7 @@ var dcgmMetrics = []dcgmMetric{
 	{"DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", telemetry.FBFree, 1.0 / bytesPerMiB, prometheus.GaugeValue, "MiB", allGens, ""},
 	{"DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", telemetry.FBUsed, 1.0 / bytesPerMiB, prometheus.GaugeValue, "MiB", allGens, ""},
 	{"DCGM_FI_DEV_FB_RESERVED", "Framebuffer memory reserved (in MiB).", telemetry.FBReserved, 1.0 / bytesPerMiB, prometheus.GaugeValue, "MiB", allGens, ""},
-	{"DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", "Total number of NVLink bandwidth counters for all lanes.", telemetry.NVLinkBandwidth, 1, prometheus.CounterValue, "KiB", oldNames, ""},
+	{"DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", "Total number of NVLink bandwidth counters for all lanes.", telemetry.NVLinkBandwidth, 1.0 / 1024 / 1000, prometheus.GaugeValue, "MB/s", oldNames, ""},
 	{"DCGM_FI_DEV_VGPU_LICENSE_STATUS", "vGPU License status", telemetry.VGPULicense, 1, prometheus.GaugeValue, "0/1", allGens, ""},
 	{"DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", "Number of remapped rows for uncorrectable errors", telemetry.RemappedRowsUnc, 1, prometheus.CounterValue, "", oldNames, ""},
 	{"DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", "Number of remapped rows for correctable errors", telemetry.RemappedRowsCorr, 1, prometheus.CounterValue, "", oldNames, ""},
@@ -108,6 +109,48 @@ var dcgmMetrics = []dcgmMetric{
 		header(3762, "`DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS` is an alias of `DCGM_FI_DEV_ROW_REMAP_CORRECTABLE_TOTAL` (394)")},
 	{"DCGM_FI_DEV_ROW_REMAP_FAILED", "Whether remapping of rows has failed", telemetry.RowRemapFailure, 1, prometheus.GaugeValue, "0/1", newNames,
 		header(3763, "`DCGM_FI_DEV_ROW_REMAP_FAILURE` is an alias of `DCGM_FI_DEV_ROW_REMAP_FAILED` (395)")},
+
+	// The health fields: in no default list (commented out in
+	// default-counters.csv, whose names, types and help texts these are),
+	// served when -f names them, under either generation's name.
+	{"DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", "Total number of single-bit volatile ECC errors.", telemetry.ECCSBEVolatile, 1, prometheus.CounterValue, "", 0, ""},
+	{"DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "Total number of double-bit volatile ECC errors.", telemetry.ECCDBEVolatile, 1, prometheus.CounterValue, "", 0, ""},
+	{"DCGM_FI_DEV_ECC_SBE_AGG_TOTAL", "Total number of single-bit persistent ECC errors.", telemetry.ECCSBEAggregate, 1, prometheus.CounterValue, "", 0, ""},
+	{"DCGM_FI_DEV_ECC_DBE_AGG_TOTAL", "Total number of double-bit persistent ECC errors.", telemetry.ECCDBEAggregate, 1, prometheus.CounterValue, "", 0, ""},
+	{"DCGM_FI_DEV_RETIRED_SBE", "Total number of retired pages due to single-bit errors.", telemetry.RetiredPagesSBE, 1, prometheus.CounterValue, "", 0, ""},
+	{"DCGM_FI_DEV_RETIRED_DBE", "Total number of retired pages due to double-bit errors.", telemetry.RetiredPagesDBE, 1, prometheus.CounterValue, "", 0, ""},
+	{"DCGM_FI_DEV_RETIRED_PENDING", "Total number of pages pending retirement.", telemetry.RetiredPagesPending, 1, prometheus.CounterValue, "0/1", 0, ""},
+	{"DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", "Current clock throttle reasons (bitmask of NVML's clocks event reasons).", telemetry.ClocksEventReasons, 1, prometheus.GaugeValue, "bitmask", 0, ""},
+	{"DCGM_FI_DEV_POWER_VIOLATION", "Throttling duration due to power constraints (in ns).", telemetry.PowerViolation, 1e9, prometheus.CounterValue, "ns", 0, ""},
+	{"DCGM_FI_DEV_THERMAL_VIOLATION", "Throttling duration due to thermal constraints (in ns).", telemetry.ThermalViolation, 1e9, prometheus.CounterValue, "ns", 0, ""},
+	{"DCGM_FI_DEV_SYNC_BOOST_VIOLATION", "Throttling duration due to sync-boost constraints (in ns).", telemetry.SyncBoostViolation, 1e9, prometheus.CounterValue, "ns", 0, ""},
+	{"DCGM_FI_DEV_BOARD_LIMIT_VIOLATION", "Throttling duration due to board limit constraints (in ns).", telemetry.BoardLimitViolation, 1e9, prometheus.CounterValue, "ns", 0, ""},
+	{"DCGM_FI_DEV_LOW_UTIL_VIOLATION", "Throttling duration due to low utilization (in ns).", telemetry.LowUtilViolation, 1e9, prometheus.CounterValue, "ns", 0, ""},
+	{"DCGM_FI_DEV_RELIABILITY_VIOLATION", "Throttling duration due to reliability constraints (in ns).", telemetry.ReliabilityViolation, 1e9, prometheus.CounterValue, "ns", 0, ""},
+	{"DCGM_FI_DEV_POWER_MGMT_LIMIT", "Power management limit (in W).", telemetry.PowerMgmtLimit, 1, prometheus.GaugeValue, "W", 0, ""},
+	{"DCGM_FI_DEV_ENFORCED_POWER_LIMIT", "Effective power limit that the driver enforces after taking into account all limiters (in W).", telemetry.EnforcedPowerLimit, 1, prometheus.GaugeValue, "W", 0, ""},
+	{"DCGM_FI_DEV_PSTATE", "Performance state (P-state) 0-15. 0=highest.", telemetry.PState, 1, prometheus.GaugeValue, "P-state", 0, ""},
+	{"DCGM_FI_DEV_FAN_SPEED", "Fan speed for the device in percent 0-100.", telemetry.FanSpeed, 1, prometheus.GaugeValue, "%", 0, ""},
+
+	// Their DCGM 4.7 names, where the header renames them; the ECC totals
+	// and violation counters keep their names (dcgm_fields.h:937-954,
+	// 844-869, defined by number, no alias).
+	{"DCGM_FI_DEV_PAGE_RETIRED_SBE_TOTAL", "Total number of retired pages due to single-bit errors.", telemetry.RetiredPagesSBE, 1, prometheus.CounterValue, "", 0,
+		header(3758, "`DCGM_FI_DEV_RETIRED_SBE` is an alias of `DCGM_FI_DEV_PAGE_RETIRED_SBE_TOTAL` (390)")},
+	{"DCGM_FI_DEV_PAGE_RETIRED_DBE_TOTAL", "Total number of retired pages due to double-bit errors.", telemetry.RetiredPagesDBE, 1, prometheus.CounterValue, "", 0,
+		header(3759, "`DCGM_FI_DEV_RETIRED_DBE` is an alias of `DCGM_FI_DEV_PAGE_RETIRED_DBE_TOTAL` (391)")},
+	{"DCGM_FI_DEV_PAGE_RETIRED_PENDING", "Total number of pages pending retirement.", telemetry.RetiredPagesPending, 1, prometheus.CounterValue, "0/1", 0,
+		header(3760, "`DCGM_FI_DEV_RETIRED_PENDING` is an alias of `DCGM_FI_DEV_PAGE_RETIRED_PENDING` (392)")},
+	{"DCGM_FI_DEV_CLOCKS_EVENT_REASONS", "Current clock event reasons (bitmask).", telemetry.ClocksEventReasons, 1, prometheus.GaugeValue, "bitmask", 0,
+		header(592, "`DCGM_FI_DEV_CLOCK_THROTTLE_REASONS` is an alias of `DCGM_FI_DEV_CLOCKS_EVENT_REASONS` (112)")},
+	{"DCGM_FI_DEV_BOARD_POWER_LIMIT_REQUESTED_WATTS", "Power management limit (in W).", telemetry.PowerMgmtLimit, 1, prometheus.GaugeValue, "W", 0,
+		header(3735, "`DCGM_FI_DEV_POWER_MGMT_LIMIT` is an alias of `DCGM_FI_DEV_BOARD_POWER_LIMIT_REQUESTED_WATTS` (160)")},
+	{"DCGM_FI_DEV_BOARD_POWER_LIMIT_ENFORCED_WATTS", "Effective power limit that the driver enforces (in W).", telemetry.EnforcedPowerLimit, 1, prometheus.GaugeValue, "W", 0,
+		header(3739, "`DCGM_FI_DEV_ENFORCED_POWER_LIMIT` is an alias of `DCGM_FI_DEV_BOARD_POWER_LIMIT_ENFORCED_WATTS` (164)")},
+	{"DCGM_FI_DEV_GPU_PSTATE", "Performance state (P-state) 0-15. 0=highest.", telemetry.PState, 1, prometheus.GaugeValue, "P-state", 0,
+		header(3744, "`DCGM_FI_DEV_PSTATE` is an alias of `DCGM_FI_DEV_GPU_PSTATE` (190)")},
+	{"DCGM_FI_DEV_FAN_SPEED_RATIO", "Fan speed for the device as a ratio of the maximum noise-tolerance fan speed.", telemetry.FanSpeed, 0.01, prometheus.GaugeValue, "0-1", 0,
+		header(3604, "`DCGM_FI_DEV_FAN_SPEED_RATIO 1612`, \"as a ratio\"; `base_unit_fields_test.go` pairs it with `DCGM_FI_DEV_FAN_SPEED` (191)")},
 
 	// Not in any default list: served when -f names it. In 4.9 and 4.10
 	// DCGM_FI_DEV_FB_TOTAL stands in for DCGM_FI_DEV_FB_CAPACITY_BYTES,

@@ -286,7 +286,7 @@ func generationRows() []string {
 		}
 		old := "—"
 		for _, o := range dcgmMetrics {
-			if o.Field == m.Field && o.Default == oldNames {
+			if o.Field == m.Field && o.Source == "" && o.Name != m.Name {
 				old = "`" + o.Name + "` (" + unitOrCount(o.Unit) + ")"
 			}
 		}
@@ -386,6 +386,40 @@ func TestXIDCountAndTotal(t *testing.T) {
 		}
 		if mfs["DCGM_EXP_XID_ERRORS_TOTAL"].GetType() != dto.MetricType_COUNTER {
 			t.Errorf("DCGM_EXP_XID_ERRORS_TOTAL type %v", mfs["DCGM_EXP_XID_ERRORS_TOTAL"].GetType())
+		}
+	}
+}
+
+// The health fields, with -f, under both names and in each name's unit.
+func TestHealthFieldsServedWithFieldList(t *testing.T) {
+	snap := testSnapshot()
+	for f, v := range map[telemetry.Field]float64{telemetry.ECCSBEVolatile: 3, telemetry.RetiredPagesDBE: 1,
+		telemetry.PowerViolation: 1.5, telemetry.FanSpeed: 40, telemetry.PState: 8, telemetry.EnforcedPowerLimit: 65,
+		telemetry.ClocksEventReasons: 0xA} {
+		snap.States[0].Set(f, v)
+	}
+	want := map[string]float64{
+		"DCGM_FI_DEV_ECC_SBE_VOL_TOTAL": 3, "DCGM_FI_DEV_RETIRED_DBE": 1, "DCGM_FI_DEV_PAGE_RETIRED_DBE_TOTAL": 1,
+		"DCGM_FI_DEV_POWER_VIOLATION": 1.5e9, "DCGM_FI_DEV_FAN_SPEED": 40, "DCGM_FI_DEV_FAN_SPEED_RATIO": 0.4,
+		"DCGM_FI_DEV_PSTATE": 8, "DCGM_FI_DEV_GPU_PSTATE": 8, "DCGM_FI_DEV_ENFORCED_POWER_LIMIT": 65,
+		"DCGM_FI_DEV_BOARD_POWER_LIMIT_ENFORCED_WATTS": 65, "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS": 10, "DCGM_FI_DEV_CLOCKS_EVENT_REASONS": 10,
+	}
+	var fields []dcgmcsv.Field
+	for n := range want {
+		fields = append(fields, dcgmcsv.Field{Name: n, Type: dcgmcsv.TypeGauge})
+	}
+	c := NewCollector(attribution.NewAttributor(snapshots{snap}, nil, nil), Options{Interval: time.Second, Counters: fields})
+	got := map[string]float64{}
+	for n, mf := range gather(t, c.Latest()) {
+		for _, m := range mf.GetMetric() {
+			if gpu, _ := labelOf(m, "gpu"); gpu == "0" && strings.HasPrefix(n, "DCGM_") {
+				got[n] = m.GetGauge().GetValue() + m.GetCounter().GetValue()
+			}
+		}
+	}
+	for n, w := range want {
+		if g, ok := got[n]; !ok || math.Abs(g-w) > 1e-9*max(1, w) {
+			t.Errorf("%s = %v (served %v), want %v", n, g, ok, w)
 		}
 	}
 }

@@ -39,6 +39,38 @@ const (
 	remappedCorr, remappedUnc = 2, 1
 )
 
+// The health fields of newGPU: ECC counts by (type, counter), pages
+// retired by cause, a retirement pending, the reasons bitmask (software
+// power cap and software thermal slowdown), violation times (ns) by
+// policy, power limits (mW), P2 and a fan at 35%.
+var (
+	eccCounts = map[[2]int]uint64{
+		{int(nvml.MEMORY_ERROR_TYPE_CORRECTED), int(nvml.VOLATILE_ECC)}:    4,
+		{int(nvml.MEMORY_ERROR_TYPE_UNCORRECTED), int(nvml.VOLATILE_ECC)}:  1,
+		{int(nvml.MEMORY_ERROR_TYPE_CORRECTED), int(nvml.AGGREGATE_ECC)}:   17,
+		{int(nvml.MEMORY_ERROR_TYPE_UNCORRECTED), int(nvml.AGGREGATE_ECC)}: 2,
+	}
+	retiredPages = map[nvml.PageRetirementCause][]uint64{
+		nvml.PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS: {0x1000, 0x2000, 0x3000},
+		nvml.PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR:           {0x9000},
+	}
+	violationNs = map[nvml.PerfPolicyType]uint64{
+		nvml.PERF_POLICY_POWER:           2_500_000_000,
+		nvml.PERF_POLICY_THERMAL:         750_000_000,
+		nvml.PERF_POLICY_SYNC_BOOST:      1_000,
+		nvml.PERF_POLICY_BOARD_LIMIT:     0,
+		nvml.PERF_POLICY_LOW_UTILIZATION: 60_000_000_000,
+		nvml.PERF_POLICY_RELIABILITY:     3,
+	}
+)
+
+const (
+	clocksEventReasons           = nvml.ClocksEventReasonSwPowerCap | nvml.ClocksEventReasonSwThermalSlowdown
+	powerMgmtLimitMW, enforcedMW = 70000, 65500
+	pstate                       = nvml.PSTATE_2
+	fanPercent                   = 35
+)
+
 func newGPU(s gpuSpec) *mock.Device {
 	var mu sync.Mutex
 	var pcieReads uint64
@@ -116,6 +148,22 @@ func newGPU(s gpuSpec) *mock.Device {
 		GetGridLicensableFeaturesFunc: func() (nvml.GridLicensableFeatures, nvml.Return) {
 			return nvml.GridLicensableFeatures{}, nvml.ERROR_NOT_SUPPORTED
 		},
+		// The health fields: every one answered.
+		GetTotalEccErrorsFunc: func(t nvml.MemoryErrorType, c nvml.EccCounterType) (uint64, nvml.Return) {
+			return eccCounts[[2]int{int(t), int(c)}], nvml.SUCCESS
+		},
+		GetRetiredPagesFunc: func(c nvml.PageRetirementCause) ([]uint64, nvml.Return) {
+			return retiredPages[c], nvml.SUCCESS
+		},
+		GetRetiredPagesPendingStatusFunc: func() (nvml.EnableState, nvml.Return) { return nvml.FEATURE_ENABLED, nvml.SUCCESS },
+		GetCurrentClocksEventReasonsFunc: func() (uint64, nvml.Return) { return clocksEventReasons, nvml.SUCCESS },
+		GetViolationStatusFunc: func(p nvml.PerfPolicyType) (nvml.ViolationTime, nvml.Return) {
+			return nvml.ViolationTime{ReferenceTime: 1, ViolationTime: violationNs[p]}, nvml.SUCCESS
+		},
+		GetPowerManagementLimitFunc: func() (uint32, nvml.Return) { return powerMgmtLimitMW, nvml.SUCCESS },
+		GetEnforcedPowerLimitFunc:   func() (uint32, nvml.Return) { return enforcedMW, nvml.SUCCESS },
+		GetPerformanceStateFunc:     func() (nvml.Pstates, nvml.Return) { return pstate, nvml.SUCCESS },
+		GetFanSpeedFunc:             func() (uint32, nvml.Return) { return fanPercent, nvml.SUCCESS },
 		// No process runs: tests about processes set these.
 		GetProcessUtilizationFunc: func(uint64) ([]nvml.ProcessUtilizationSample, nvml.Return) {
 			return nil, nvml.ERROR_NOT_FOUND

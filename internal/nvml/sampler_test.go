@@ -76,6 +76,7 @@ func TestTickConvertsUnits(t *testing.T) {
 		telemetry.EncUtil:           20,
 		telemetry.DecUtil:           10,
 		telemetry.EncSamplingPeriod: 0.167,
+		telemetry.DecSamplingPeriod: 0.167,
 		telemetry.FBUsed:            4 << 30,
 		telemetry.FBReserved:        1 << 30,
 		telemetry.FBFree:            11 << 30,
@@ -95,11 +96,37 @@ func TestTickConvertsUnits(t *testing.T) {
 		telemetry.RemappedRowsCorr:  remappedCorr,
 		telemetry.RemappedRowsUnc:   remappedUnc,
 		telemetry.RowRemapFailure:   0,
+		// The health fields, in their units: counts, 0/1, the bitmask,
+		// seconds, watts, the P-state, percent.
+		telemetry.ECCSBEVolatile:       4,
+		telemetry.ECCDBEVolatile:       1,
+		telemetry.ECCSBEAggregate:      17,
+		telemetry.ECCDBEAggregate:      2,
+		telemetry.RetiredPagesSBE:      3,
+		telemetry.RetiredPagesDBE:      1,
+		telemetry.RetiredPagesPending:  1,
+		telemetry.ClocksEventReasons:   0x24,
+		telemetry.PowerViolation:       2.5,
+		telemetry.ThermalViolation:     0.75,
+		telemetry.SyncBoostViolation:   1e-6,
+		telemetry.BoardLimitViolation:  0,
+		telemetry.LowUtilViolation:     60,
+		telemetry.ReliabilityViolation: 3e-9,
+		telemetry.PowerMgmtLimit:       70,
+		telemetry.EnforcedPowerLimit:   65.5,
+		telemetry.PState:               2,
+		telemetry.FanSpeed:             35,
 	}
 	for f, w := range want {
 		got, ok := st.Get(f)
-		if !ok || math.Abs(got-w) > 1e-9 {
+		if !ok || math.Abs(got-w) > 1e-12*max(1, math.Abs(w)) {
 			t.Errorf("%s = %v (present %v), want %v", f, got, ok, w)
+		}
+	}
+	// And nothing present that the table does not check.
+	for f := range telemetry.NumFields {
+		if _, listed := want[f]; !listed && st.Has.Has(f) {
+			t.Errorf("%s present but not checked", f)
 		}
 	}
 	// newFullGPU has no NVLink and no vGPU licensing.

@@ -10,16 +10,20 @@ import (
 )
 
 // The slow fields (telemetry.SlowFields) change over seconds (memory
-// temperature) or only on a hardware event (PCIe replays, remapped rows,
-// the vGPU license), or are counters a scrape takes a rate of (NVLink):
-// dcgm-exporter reads them every 30 s. They are read on a goroutine of
-// each GPU's own, every SlowPeriod, never on the tick, so that however
-// long their calls take, the fast fields keep their cadence; the tick
-// copies the latest answer. A slow call that never returns leaves those
-// fields absent once their answer is older than slowStaleAfter periods,
-// and holds up nothing else.
+// temperature, throttled time, the performance state) or only on a
+// hardware event (PCIe replays, remapped rows, ECC errors, retired pages,
+// the vGPU license, the power limits), or come from counters whose rate
+// takes time to move (NVLink): dcgm-exporter reads them every 30 s. They
+// are read on a goroutine of each GPU's own, every SlowPeriod, never on
+// the tick, so that however long their calls take, the fast fields keep
+// their cadence; the tick copies the latest answer. A slow call that never
+// returns leaves those fields absent once their answer is older than
+// slowStaleAfter periods, and holds up nothing else. Each call is probed
+// once at start and left out where the GPU answers NOT_SUPPORTED.
 //
-// Where the values come from, as DCGM reads them:
+// Where the values come from, as DCGM reads them (its
+// dcgmlib/src/DcgmCacheManager.cpp, BufferOrCacheLatestGpuValue, and the
+// NVML field ids it maps fields to in dcgmlib/src/dcgm_fields.cpp):
 //   - DCGM_FI_DEV_MEMORY_TEMP: field NVML_FI_DEV_MEMORY_TEMP (82), °C;
 //   - DCGM_FI_DEV_PCIE_REPLAY_COUNTER: nvmlDeviceGetPcieReplayCounter;
 //   - DCGM_FI_DEV_{CORRECTABLE,UNCORRECTABLE}_REMAPPED_ROWS and
@@ -29,11 +33,56 @@ import (
 //     (the vGPU guest driver's view): 1 if a licensable feature is
 //     licensed; a GPU without vGPU licensing (bare metal) answers
 //     NOT_SUPPORTED or isGridLicenseSupported 0, and the field is left out;
-//   - DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL: NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX
-//     plus _RX (138/139, KiB, cumulative) summed over the GPU's links
-//     (NVML_FI_DEV_NVLINK_LINK_COUNT, 91, probed once), in one
-//     GetFieldValues call with the memory temperature. NVML deprecates the
-//     older NVML_FI_DEV_NVLINK_BANDWIDTH_* counters for these.
+//   - DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL (449, an alias of
+//     DCGM_FI_DEV_NVLINK_THROUGHPUT_TOTAL): a rate, not a counter. DCGM's
+//     ReadAndCacheNvLinkBandwidth reads NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX
+//     and _RX (138/139, KiB, cumulative) and publishes the difference from
+//     its previous read over the time between the two values' timestamps,
+//     divided by 1000 ("KiB/sec -> MiB/sec", approximately). Here: the same
+//     counters summed over the GPU's links (NVML_FI_DEV_NVLINK_LINK_COUNT,
+//     91, probed once), in one GetFieldValues call with the memory
+//     temperature, as bytes per second (delta KiB * 1024 / delta seconds,
+//     the values' driver timestamps as DCGM takes them). The first read
+//     only primes the rate, and so does a read whose sum went backwards (a
+//     driver reload resets the counters), where DCGM would publish a
+//     negative rate. NVML deprecates the older NVML_FI_DEV_NVLINK_BANDWIDTH_*
+//     counters for these;
+//   - DCGM_FI_DEV_ECC_{SBE,DBE}_{VOL,AGG}_TOTAL: the totals of corrected
+//     (single-bit) and uncorrected (double-bit) ECC errors, volatile (since
+//     the driver loaded) and aggregate (the GPU's life, kept in its
+//     InfoROM). DCGM reads them as NVML fields NVML_FI_DEV_ECC_*_TOTAL
+//     through nvmlDeviceGetFieldValues, the same counters
+//     nvmlDeviceGetTotalEccErrors returns, which is what is called here.
+//     A GPU without ECC, or with ECC off, answers NOT_SUPPORTED;
+//   - DCGM_FI_DEV_RETIRED_SBE and _DBE: pages retired (Kepler to Turing;
+//     Ampere and later remap rows instead and answer NOT_SUPPORTED), the
+//     count of nvmlDeviceGetRetiredPages by cause (multiple single-bit
+//     errors, a double-bit error); DCGM_FI_DEV_RETIRED_PENDING:
+//     nvmlDeviceGetRetiredPagesPendingStatus, 1 if a retirement waits for
+//     the next driver load;
+//   - DCGM_FI_DEV_CLOCKS_EVENT_REASONS (112, DCGM_FI_DEV_CLOCK_THROTTLE_REASONS
+//     before DCGM 3.3): nvmlDeviceGetCurrentClocksEventReasons, the bitmask
+//     as it is (nvmlClocksEventReason*: 0x1 idle, 0x4 software power cap,
+//     0x8 hardware slowdown, 0x20 software thermal slowdown, ...);
+//   - DCGM_FI_DEV_{POWER,THERMAL,SYNC_BOOST,BOARD_LIMIT,LOW_UTIL,RELIABILITY}_VIOLATION:
+//     nvmlDeviceGetViolationStatus with NVML_PERF_POLICY_POWER, _THERMAL,
+//     _SYNC_BOOST, _BOARD_LIMIT, _LOW_UTILIZATION, _RELIABILITY: the time
+//     the GPU was held below its application clocks, cumulative. NVML's
+//     violationTime is in nanoseconds, and DCGM serves it as it is, in
+//     nanoseconds: dcgm_fields.cpp maps these fields to NVML fields
+//     NVML_FI_DEV_PERF_POLICY_* (74-79) with no unit and no conversion,
+//     its dcgm_fields.h says "Power Violation time in ns", and
+//     dcgm-exporter's etc/default-counters.csv says "(in ns)" (its older
+//     lists said "(in us)", wrongly). Kept here in seconds, the base unit;
+//   - DCGM_FI_DEV_POWER_MGMT_LIMIT and DCGM_FI_DEV_ENFORCED_POWER_LIMIT:
+//     nvmlDeviceGetPowerManagementLimit and nvmlDeviceGetEnforcedPowerLimit,
+//     mW, in watts (DCGM divides as integers, dropping the fraction of a
+//     watt; kept here);
+//   - DCGM_FI_DEV_PSTATE: nvmlDeviceGetPerformanceState, 0-15;
+//     NVML_PSTATE_UNKNOWN (32) leaves it absent that read;
+//   - DCGM_FI_DEV_FAN_SPEED: nvmlDeviceGetFanSpeed, percent of the fan's
+//     maximum (it may exceed 100); a passively cooled GPU (a T4) answers
+//     NOT_SUPPORTED.
 
 // MinSlowPeriod is the shortest period of the slow fields; it is also at
 // least SlowIntervals sampling intervals.
@@ -58,11 +107,31 @@ type slowReader struct {
 	read   func(d *device, r *slowReading) nvml.Return
 }
 
+// slowReaders is the whole slow work for a device, one NVML call each, so
+// that a call a GPU does not answer leaves out its own fields only.
 var slowReaders = []slowReader{
 	{"GetFieldValues(memory temperature, NVLink)", fields(telemetry.MemoryTemp, telemetry.NVLinkBandwidth), readSlowFieldValues},
 	{"GetPcieReplayCounter", fields(telemetry.PCIeReplay), readPCIeReplay},
 	{"GetRemappedRows", fields(telemetry.RemappedRowsCorr, telemetry.RemappedRowsUnc, telemetry.RowRemapFailure), readRemappedRows},
 	{"GetGridLicensableFeatures", fields(telemetry.VGPULicense), readVGPULicense},
+	eccReader("corrected, volatile", telemetry.ECCSBEVolatile, nvml.MEMORY_ERROR_TYPE_CORRECTED, nvml.VOLATILE_ECC),
+	eccReader("uncorrected, volatile", telemetry.ECCDBEVolatile, nvml.MEMORY_ERROR_TYPE_UNCORRECTED, nvml.VOLATILE_ECC),
+	eccReader("corrected, aggregate", telemetry.ECCSBEAggregate, nvml.MEMORY_ERROR_TYPE_CORRECTED, nvml.AGGREGATE_ECC),
+	eccReader("uncorrected, aggregate", telemetry.ECCDBEAggregate, nvml.MEMORY_ERROR_TYPE_UNCORRECTED, nvml.AGGREGATE_ECC),
+	retiredReader("multiple single-bit", telemetry.RetiredPagesSBE, nvml.PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS),
+	retiredReader("double-bit", telemetry.RetiredPagesDBE, nvml.PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR),
+	{"GetRetiredPagesPendingStatus", fields(telemetry.RetiredPagesPending), readRetiredPending},
+	{"GetCurrentClocksEventReasons", fields(telemetry.ClocksEventReasons), readClocksEventReasons},
+	violationReader("power", telemetry.PowerViolation, nvml.PERF_POLICY_POWER),
+	violationReader("thermal", telemetry.ThermalViolation, nvml.PERF_POLICY_THERMAL),
+	violationReader("sync boost", telemetry.SyncBoostViolation, nvml.PERF_POLICY_SYNC_BOOST),
+	violationReader("board limit", telemetry.BoardLimitViolation, nvml.PERF_POLICY_BOARD_LIMIT),
+	violationReader("low utilization", telemetry.LowUtilViolation, nvml.PERF_POLICY_LOW_UTILIZATION),
+	violationReader("reliability", telemetry.ReliabilityViolation, nvml.PERF_POLICY_RELIABILITY),
+	{"GetPowerManagementLimit", fields(telemetry.PowerMgmtLimit), readPowerMgmtLimit},
+	{"GetEnforcedPowerLimit", fields(telemetry.EnforcedPowerLimit), readEnforcedPowerLimit},
+	{"GetPerformanceState", fields(telemetry.PState), readPState},
+	{"GetFanSpeed", fields(telemetry.FanSpeed), readFanSpeed},
 }
 
 // slowReading is one pass over the slow readers, immutable once stored.
@@ -70,7 +139,7 @@ type slowReading struct {
 	seq  uint64
 	at   time.Time
 	vals telemetry.Reading
-	rets [4]nvml.Return // by slowReaders
+	rets []nvml.Return // by slowReaders
 	// unsup are fields a call that succeeded answered NOT_SUPPORTED for
 	// (one entry of a GetFieldValues batch).
 	unsup telemetry.FieldSet
@@ -87,6 +156,32 @@ type slowState struct {
 	req    []nvml.FieldValue
 	links  int
 	active telemetry.FieldSet // fields the loop still reads
+	nvlink rateCounter        // the NVLink data counters' previous sum
+}
+
+// rateCounter turns successive reads of a cumulative counter into a rate.
+type rateCounter struct {
+	prev   uint64 // the previous read's value
+	prevUs int64  // its timestamp, µs
+	primed bool
+}
+
+// next takes a read of the counter (its value and timestamp, µs) and
+// returns the rate per second since the previous read. The first read
+// only primes it, as does a value below the previous one (a driver
+// reload resets the counters): no rate that read. A read no later than
+// the previous one gives none either and is dropped.
+func (c *rateCounter) next(v uint64, us int64) (float64, bool) {
+	if !c.primed || v < c.prev {
+		c.prev, c.prevUs, c.primed = v, us, true
+		return 0, false
+	}
+	if us <= c.prevUs {
+		return 0, false
+	}
+	rate := float64(v-c.prev) / (float64(us-c.prevUs) * microsecond)
+	c.prev, c.prevUs = v, us
+	return rate, true
 }
 
 // probeSlow reads the slow fields once, on the worker during the probe,
@@ -132,7 +227,7 @@ func (d *device) getFieldValue(id uint32, scope uint32) (uint64, nvml.Return) {
 
 // readSlow makes one pass of the slow calls the device still answers.
 func (d *device) readSlow(seq uint64) *slowReading {
-	r := &slowReading{seq: seq}
+	r := &slowReading{seq: seq, rets: make([]nvml.Return, len(slowReaders))}
 	for i, rd := range slowReaders {
 		if d.slow.active&rd.fields == 0 {
 			r.rets[i] = nvml.ERROR_NOT_SUPPORTED
@@ -202,7 +297,10 @@ func (d *device) applySlow(r *telemetry.Reading) bool {
 	if time.Since(last.at) > slowStaleAfter*sl.period {
 		return true
 	}
-	for f := telemetry.MemoryTemp; f < telemetry.NumFields; f++ {
+	for f := range telemetry.NumFields {
+		if !telemetry.SlowFields.Has(f) {
+			continue
+		}
 		if v, ok := last.vals.Get(f); ok && d.supported.Has(f) {
 			r.Set(f, v)
 		}
@@ -240,21 +338,33 @@ func readSlowFieldValues(d *device, r *slowReading) nvml.Return {
 	}
 	if sl.active.Has(telemetry.NVLinkBandwidth) {
 		var kib uint64
+		var us int64
 		e := nvml.SUCCESS
 		for _, v := range req[1:] {
 			if e = nvml.Return(v.NvmlReturn); e != nvml.SUCCESS {
 				break
 			}
 			kib += counterValue(v)
+			us = max(us, v.Timestamp)
 		}
-		if e == nvml.SUCCESS {
-			r.vals.Set(telemetry.NVLinkBandwidth, float64(kib))
-		} else {
+		switch {
+		case e != nvml.SUCCESS:
 			note(telemetry.NVLinkBandwidth, e)
+		case us == 0:
+			// No driver timestamp: the time of the read, as DCGM does.
+			us = time.Now().UnixMicro()
+			fallthrough
+		default:
+			if perSec, ok := sl.nvlink.next(kib, us); ok {
+				r.vals.Set(telemetry.NVLinkBandwidth, perSec*kibibyte)
+			}
 		}
 	}
 	return ret
 }
+
+// kibibyte is the unit of NVML's NVLink data counters.
+const kibibyte = 1024
 
 func readPCIeReplay(d *device, r *slowReading) nvml.Return {
 	n, ret := d.handle.GetPcieReplayCounter()
@@ -288,6 +398,93 @@ func readVGPULicense(d *device, r *slowReading) nvml.Return {
 	}
 	r.vals.Set(telemetry.VGPULicense, boolFloat(licensed))
 	return nvml.SUCCESS
+}
+
+func eccReader(what string, f telemetry.Field, t nvml.MemoryErrorType, c nvml.EccCounterType) slowReader {
+	return slowReader{"GetTotalEccErrors(" + what + ")", fields(f), func(d *device, r *slowReading) nvml.Return {
+		n, ret := d.handle.GetTotalEccErrors(t, c)
+		if ret == nvml.SUCCESS {
+			r.vals.Set(f, float64(n))
+		}
+		return ret
+	}}
+}
+
+// retiredReader counts the pages retired for a cause. go-nvml asks for
+// the addresses (growing its buffer until they fit); a GPU retires at
+// most a few dozen pages before it is replaced, so the list stays small.
+func retiredReader(cause string, f telemetry.Field, c nvml.PageRetirementCause) slowReader {
+	return slowReader{"GetRetiredPages(" + cause + ")", fields(f), func(d *device, r *slowReading) nvml.Return {
+		pages, ret := d.handle.GetRetiredPages(c)
+		if ret == nvml.SUCCESS {
+			r.vals.Set(f, float64(len(pages)))
+		}
+		return ret
+	}}
+}
+
+func readRetiredPending(d *device, r *slowReading) nvml.Return {
+	pending, ret := d.handle.GetRetiredPagesPendingStatus()
+	if ret == nvml.SUCCESS {
+		r.vals.Set(telemetry.RetiredPagesPending, boolFloat(pending == nvml.FEATURE_ENABLED))
+	}
+	return ret
+}
+
+func readClocksEventReasons(d *device, r *slowReading) nvml.Return {
+	mask, ret := d.handle.GetCurrentClocksEventReasons()
+	if ret == nvml.SUCCESS {
+		// Exact in a float64: NVML's reasons use the low 11 bits.
+		r.vals.Set(telemetry.ClocksEventReasons, float64(mask))
+	}
+	return ret
+}
+
+// nanosecond is the unit of NVML's violation times.
+const nanosecond = 1e-9
+
+func violationReader(policy string, f telemetry.Field, p nvml.PerfPolicyType) slowReader {
+	return slowReader{"GetViolationStatus(" + policy + ")", fields(f), func(d *device, r *slowReading) nvml.Return {
+		v, ret := d.handle.GetViolationStatus(p)
+		if ret == nvml.SUCCESS {
+			r.vals.Set(f, float64(v.ViolationTime)*nanosecond)
+		}
+		return ret
+	}}
+}
+
+func readPowerMgmtLimit(d *device, r *slowReading) nvml.Return {
+	mw, ret := d.handle.GetPowerManagementLimit()
+	if ret == nvml.SUCCESS {
+		r.vals.Set(telemetry.PowerMgmtLimit, float64(mw)/1000)
+	}
+	return ret
+}
+
+func readEnforcedPowerLimit(d *device, r *slowReading) nvml.Return {
+	mw, ret := d.handle.GetEnforcedPowerLimit()
+	if ret == nvml.SUCCESS {
+		r.vals.Set(telemetry.EnforcedPowerLimit, float64(mw)/1000)
+	}
+	return ret
+}
+
+// readPState leaves the state out of a read that answers
+// NVML_PSTATE_UNKNOWN (or anything past P15): absent, not an error.
+func readPState(d *device, r *slowReading) nvml.Return {
+	p, ret := d.handle.GetPerformanceState()
+	if ret == nvml.SUCCESS && p >= nvml.PSTATE_0 && p <= nvml.PSTATE_15 {
+		r.vals.Set(telemetry.PState, float64(p))
+	}
+	return ret
+}
+
+func readFanSpeed(d *device, r *slowReading) nvml.Return {
+	pct, ret := d.handle.GetFanSpeed()
+	if ret == nvml.SUCCESS {
+		r.vals.Set(telemetry.FanSpeed, float64(pct))
+	}
+	return ret
 }
 
 // fieldNames lists the names of the fields in s.

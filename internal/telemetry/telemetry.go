@@ -13,7 +13,8 @@ import (
 // Field identifies one per-device measurement. Values are kept in the unit
 // NVML reports, converted once here so that readers never guess:
 // percentages for utilization, bytes for memory, watts, millijoules, MHz,
-// KB/s for PCIe and seconds for periods and latencies.
+// KB/s for PCIe, bytes per second for NVLink and seconds for periods,
+// latencies and throttled time.
 type Field uint8
 
 // The fields a device reading can carry.
@@ -48,10 +49,33 @@ const (
 	RemappedRowsUnc  // rows remapped for uncorrectable errors (a counter)
 	RowRemapFailure  // 1 if a row remapping failed, else 0
 	VGPULicense      // 1 if the vGPU software license is held, else 0
-	NVLinkBandwidth  // KiB of NVLink data sent and received, over all links (a counter)
+	NVLinkBandwidth  // bytes per second of NVLink data sent and received, over all links (a rate)
+
+	// The health fields, slow too.
+	ECCSBEVolatile       // corrected (single-bit) ECC errors since driver load (a counter)
+	ECCDBEVolatile       // uncorrected (double-bit) ECC errors since driver load (a counter)
+	ECCSBEAggregate      // corrected ECC errors over the GPU's life (a counter)
+	ECCDBEAggregate      // uncorrected ECC errors over the GPU's life (a counter)
+	RetiredPagesSBE      // pages retired for multiple single-bit errors
+	RetiredPagesDBE      // pages retired for a double-bit error
+	RetiredPagesPending  // 1 if a page retirement waits for the next driver load, else 0
+	ClocksEventReasons   // bitmask of NVML's nvmlClocksEventReason* (clock throttle reasons)
+	PowerViolation       // seconds held below application clocks by the power limit (a counter)
+	ThermalViolation     // seconds held below application clocks by temperature (a counter)
+	SyncBoostViolation   // seconds held below application clocks by sync boost (a counter)
+	BoardLimitViolation  // seconds held below application clocks by the board limit (a counter)
+	LowUtilViolation     // seconds held below application clocks by low utilization (a counter)
+	ReliabilityViolation // seconds held below application clocks by the reliability limit (a counter)
+	PowerMgmtLimit       // watts: the power management limit asked for
+	EnforcedPowerLimit   // watts: the power limit the GPU enforces (the lowest of every limiter)
+	PState               // performance state, 0 (fastest) to 15
+	FanSpeed             // percent of the fan's maximum (may exceed 100)
 
 	NumFields
 )
+
+// A FieldSet holds every field as one bit.
+const _ = uint(64 - NumFields) // a compile error once there are more than 64 fields
 
 var fieldNames = [NumFields]string{
 	GPUUtil:           "gpu_util",
@@ -81,11 +105,40 @@ var fieldNames = [NumFields]string{
 	RowRemapFailure:   "row_remap_failure",
 	VGPULicense:       "vgpu_license",
 	NVLinkBandwidth:   "nvlink_bandwidth",
+
+	ECCSBEVolatile:       "ecc_sbe_volatile",
+	ECCDBEVolatile:       "ecc_dbe_volatile",
+	ECCSBEAggregate:      "ecc_sbe_aggregate",
+	ECCDBEAggregate:      "ecc_dbe_aggregate",
+	RetiredPagesSBE:      "retired_pages_sbe",
+	RetiredPagesDBE:      "retired_pages_dbe",
+	RetiredPagesPending:  "retired_pages_pending",
+	ClocksEventReasons:   "clocks_event_reasons",
+	PowerViolation:       "power_violation",
+	ThermalViolation:     "thermal_violation",
+	SyncBoostViolation:   "sync_boost_violation",
+	BoardLimitViolation:  "board_limit_violation",
+	LowUtilViolation:     "low_util_violation",
+	ReliabilityViolation: "reliability_violation",
+	PowerMgmtLimit:       "power_mgmt_limit",
+	EnforcedPowerLimit:   "enforced_power_limit",
+	PState:               "pstate",
+	FanSpeed:             "fan_speed",
 }
 
 // SlowFields are the fields read off the tick, every few seconds.
 const SlowFields = FieldSet(1<<MemoryTemp | 1<<PCIeReplay | 1<<RemappedRowsCorr |
-	1<<RemappedRowsUnc | 1<<RowRemapFailure | 1<<VGPULicense | 1<<NVLinkBandwidth)
+	1<<RemappedRowsUnc | 1<<RowRemapFailure | 1<<VGPULicense | 1<<NVLinkBandwidth |
+	HealthFields)
+
+// HealthFields are the slow fields that tell a GPU's health: ECC errors,
+// retired pages, why its clocks are held back and for how long, its power
+// limits, performance state and fan.
+const HealthFields = FieldSet(1<<ECCSBEVolatile | 1<<ECCDBEVolatile | 1<<ECCSBEAggregate |
+	1<<ECCDBEAggregate | 1<<RetiredPagesSBE | 1<<RetiredPagesDBE | 1<<RetiredPagesPending |
+	1<<ClocksEventReasons | 1<<PowerViolation | 1<<ThermalViolation | 1<<SyncBoostViolation |
+	1<<BoardLimitViolation | 1<<LowUtilViolation | 1<<ReliabilityViolation |
+	1<<PowerMgmtLimit | 1<<EnforcedPowerLimit | 1<<PState | 1<<FanSpeed)
 
 // String returns the field's stable snake_case name, used in labels and logs.
 func (f Field) String() string {
@@ -95,8 +148,9 @@ func (f Field) String() string {
 	return "unknown"
 }
 
-// FieldSet is a bit set of fields.
-type FieldSet uint32
+// FieldSet is a bit set of fields, one bit per Field: at most 64 fields
+// (the check beside NumFields).
+type FieldSet uint64
 
 // Has reports whether f is in the set.
 func (s FieldSet) Has(f Field) bool { return s&(1<<f) != 0 }

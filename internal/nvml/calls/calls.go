@@ -52,6 +52,15 @@ type Device interface {
 	GetPcieReplayCounter() (int, nvml.Return)
 	GetRemappedRows() (int, int, bool, bool, nvml.Return)
 	GetGridLicensableFeatures() (nvml.GridLicensableFeatures, nvml.Return)
+	GetTotalEccErrors(nvml.MemoryErrorType, nvml.EccCounterType) (uint64, nvml.Return)
+	GetRetiredPages(nvml.PageRetirementCause) ([]uint64, nvml.Return)
+	GetRetiredPagesPendingStatus() (nvml.EnableState, nvml.Return)
+	GetCurrentClocksEventReasons() (uint64, nvml.Return)
+	GetViolationStatus(nvml.PerfPolicyType) (nvml.ViolationTime, nvml.Return)
+	GetPowerManagementLimit() (uint32, nvml.Return)
+	GetEnforcedPowerLimit() (uint32, nvml.Return)
+	GetPerformanceState() (nvml.Pstates, nvml.Return)
+	GetFanSpeed() (uint32, nvml.Return)
 }
 
 // EventSet is the part of an NVML event set the XID watcher uses.

@@ -30,6 +30,15 @@ const (
 	callGetPcieReplayCounter
 	callGetRemappedRows
 	callGetGridLicensableFeatures
+	callGetTotalEccErrors
+	callGetRetiredPages
+	callGetRetiredPagesPendingStatus
+	callGetCurrentClocksEventReasons
+	callGetViolationStatus
+	callGetPowerManagementLimit
+	callGetEnforcedPowerLimit
+	callGetPerformanceState
+	callGetFanSpeed
 	numCalls
 )
 
@@ -70,6 +79,18 @@ var callCosts = [numCalls]time.Duration{
 	callGetPcieReplayCounter:      30 * time.Microsecond,
 	callGetRemappedRows:           30 * time.Microsecond,
 	callGetGridLicensableFeatures: 30 * time.Microsecond,
+	// The health fields' getters, one ioctl each (estimates too).
+	// GetRetiredPages is go-nvml's loop, one ioctl while the pages fit
+	// its buffer (none retired: one).
+	callGetTotalEccErrors:            30 * time.Microsecond,
+	callGetRetiredPages:              30 * time.Microsecond,
+	callGetRetiredPagesPendingStatus: 30 * time.Microsecond,
+	callGetCurrentClocksEventReasons: 30 * time.Microsecond,
+	callGetViolationStatus:           30 * time.Microsecond,
+	callGetPowerManagementLimit:      30 * time.Microsecond,
+	callGetEnforcedPowerLimit:        30 * time.Microsecond,
+	callGetPerformanceState:          30 * time.Microsecond,
+	callGetFanSpeed:                  30 * time.Microsecond,
 }
 
 // minSleep is the shortest wait cost makes: a Go sleep of tens of µs

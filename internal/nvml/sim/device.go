@@ -252,3 +252,112 @@ func (d *Device) GetGridLicensableFeatures() (nvml.GridLicensableFeatures, nvml.
 	d.cost(callGetGridLicensableFeatures)
 	return nvml.GridLicensableFeatures{}, nvml.ERROR_NOT_SUPPORTED
 }
+
+// The health fields, as a T4 answers them: ECC on (a data-center T4 ships
+// with it), a few corrected errors and no uncorrected ones, seeded per
+// GPU; page retirement (Turing retires pages; row remapping is Ampere's)
+// with nothing retired or pending; the clock event reasons, P-state and
+// time throttled following the load; a 70 W power limit; no fan (a T4 is
+// passively cooled: NVML answers NOT_SUPPORTED).
+
+// eccErrors is the GPU's ECC count of a kind: 0-2 corrected errors since
+// the driver loaded, a few more over its life, no uncorrected ones.
+func (d *Device) eccErrors(t nvml.MemoryErrorType, c nvml.EccCounterType) uint64 {
+	if t != nvml.MEMORY_ERROR_TYPE_CORRECTED {
+		return 0
+	}
+	vol := mix(d.seed^0xecc) % 3
+	if c == nvml.AGGREGATE_ECC {
+		return vol + mix(d.seed^0xecca)%6
+	}
+	return vol
+}
+
+func (d *Device) GetTotalEccErrors(t nvml.MemoryErrorType, c nvml.EccCounterType) (uint64, nvml.Return) {
+	d.cost(callGetTotalEccErrors)
+	return d.eccErrors(t, c), d.ret()
+}
+
+func (d *Device) GetRetiredPages(nvml.PageRetirementCause) ([]uint64, nvml.Return) {
+	d.cost(callGetRetiredPages)
+	return []uint64{}, d.ret()
+}
+
+func (d *Device) GetRetiredPagesPendingStatus() (nvml.EnableState, nvml.Return) {
+	d.cost(callGetRetiredPagesPendingStatus)
+	return nvml.FEATURE_DISABLED, d.ret()
+}
+
+// The load below which the simulated GPU idles (P8, reason GpuIdle), and
+// above which it draws enough to be held at its power cap (reason
+// SwPowerCap): 20 W + 0.5 W per percent reaches 90% of 70 W at 86%.
+const idleBelow, powerCapAbove = 10.0, 86.0
+
+// powerLimitMilliwatts is a T4's board power limit, its default and the
+// most it can be set to.
+const powerLimitMilliwatts = 70000
+
+func (d *Device) GetCurrentClocksEventReasons() (uint64, nvml.Return) {
+	d.cost(callGetCurrentClocksEventReasons)
+	var reasons uint64
+	switch u := d.gpu.smooth(d.t()); {
+	case u < idleBelow:
+		reasons = nvml.ClocksEventReasonGpuIdle
+	case u > powerCapAbove:
+		reasons = nvml.ClocksEventReasonSwPowerCap
+	}
+	return reasons, d.ret()
+}
+
+// Time held below the application clocks grows with the square of the
+// load, so it accumulates slowly under load and hardly when idle: at full
+// load 50 ms per second for power, 10 ms for temperature (a T4 relies on
+// the server's airflow). The other limiters never engage: 0.
+const powerViolationPerSec, thermalViolationPerSec = 0.05, 0.01
+
+func (d *Device) GetViolationStatus(p nvml.PerfPolicyType) (nvml.ViolationTime, nvml.Return) {
+	d.cost(callGetViolationStatus)
+	now := d.lib.now()
+	var perSec float64
+	switch p {
+	case nvml.PERF_POLICY_POWER:
+		perSec = powerViolationPerSec
+	case nvml.PERF_POLICY_THERMAL:
+		perSec = thermalViolationPerSec
+	case nvml.PERF_POLICY_SYNC_BOOST, nvml.PERF_POLICY_BOARD_LIMIT,
+		nvml.PERF_POLICY_LOW_UTILIZATION, nvml.PERF_POLICY_RELIABILITY:
+	default:
+		return nvml.ViolationTime{}, nvml.ERROR_INVALID_ARGUMENT
+	}
+	// ∫ perSec·(u/100)² dt, in seconds.
+	seconds := perSec * d.gpu.integralSq(d.lib.elapsed(now)) / (100 * 100)
+	return nvml.ViolationTime{
+		ReferenceTime: uint64(now.UnixMicro()),
+		ViolationTime: uint64(seconds * 1e9),
+	}, d.ret()
+}
+
+func (d *Device) GetPowerManagementLimit() (uint32, nvml.Return) {
+	d.cost(callGetPowerManagementLimit)
+	return powerLimitMilliwatts, d.ret()
+}
+
+func (d *Device) GetEnforcedPowerLimit() (uint32, nvml.Return) {
+	d.cost(callGetEnforcedPowerLimit)
+	return powerLimitMilliwatts, d.ret()
+}
+
+// GetPerformanceState: P0 under load, P8 (the T4's idle state) when idle.
+func (d *Device) GetPerformanceState() (nvml.Pstates, nvml.Return) {
+	d.cost(callGetPerformanceState)
+	if d.gpu.smooth(d.t()) < idleBelow {
+		return nvml.PSTATE_8, d.ret()
+	}
+	return nvml.PSTATE_0, d.ret()
+}
+
+// GetFanSpeed: a T4 has no fan of its own.
+func (d *Device) GetFanSpeed() (uint32, nvml.Return) {
+	d.cost(callGetFanSpeed)
+	return 0, nvml.ERROR_NOT_SUPPORTED
+}

@@ -168,6 +168,15 @@ func (c curve) integral(t float64) float64 {
 	return c.mean*t - c.amp/w*(math.Cos(w*t+c.phase)-math.Cos(c.phase))
 }
 
+// integralSq is ∫₀ᵗ smooth², for counters that grow faster the higher
+// the load (the time throttled).
+func (c curve) integralSq(t float64) float64 {
+	w := 2 * math.Pi / c.period
+	m, a, p := c.mean, c.amp, c.phase
+	return m*m*t - 2*m*a/w*(math.Cos(w*t+p)-math.Cos(p)) +
+		a*a*(t/2-(math.Sin(2*(w*t+p))-math.Sin(2*p))/(4*w))
+}
+
 // splitmix64: a tiny, stable hash, so UUIDs and curves depend on the seed
 // alone, not on the Go version's math/rand.
 func mix(x uint64) uint64 {
@@ -193,6 +202,7 @@ type Device struct {
 	lib   *Library
 	index int
 	uuid  string
+	seed  uint64 // the GPU's own, from the node's seed and its index
 	lost  atomic.Bool
 
 	gpu, enc, dec curve
@@ -211,6 +221,7 @@ func newDevice(l *Library, seed int64, index int, static bool) *Device {
 		lib:   l,
 		index: index,
 		uuid:  uuidFor(s),
+		seed:  s,
 		gpu:   newCurve(mix(s^1), 25, 75, 20, 6, static),
 		enc:   newCurve(mix(s^2), 15, 60, 15, 4, static),
 		dec:   newCurve(mix(s^3), 10, 45, 10, 4, static),
