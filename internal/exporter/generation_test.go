@@ -423,3 +423,36 @@ func TestHealthFieldsServedWithFieldList(t *testing.T) {
 		}
 	}
 }
+
+// -o keeps its meaning in every generation: uuid and the old pod labels,
+// beside the generation's host and driver labels.
+func TestOldNamespaceInEveryGeneration(t *testing.T) {
+	for g := range numGenerations {
+		c := NewCollector(attribution.NewAttributor(snapshots{testSnapshot()}, testPods(t), nil),
+			Options{Hostname: "node-a", Interval: time.Second, DriverVersion: "550.54.15", Generation: g, UseOldNamespace: true})
+		mfs := gather(t, c.Latest())
+		name := "DCGM_FI_DEV_GPU_UTIL"
+		if g >= Gen49 {
+			name = "DCGM_FI_DEV_GPU_UTIL_RATIO"
+		}
+		var held *dto.Metric
+		for _, m := range mfs[name].GetMetric() {
+			if p, _ := labelOf(m, "pod_name"); p == "inference-0" {
+				held = m
+			}
+		}
+		if held == nil {
+			t.Fatalf("%s: no %s series with pod_name=inference-0", g, name)
+		}
+		for _, l := range []string{"uuid", "pod_namespace", "container_name", g.HostLabel(), g.driverLabel()} {
+			if _, ok := labelOf(held, l); !ok {
+				t.Errorf("%s: %s lacks %s: %v", g, name, l, held.GetLabel())
+			}
+		}
+		for _, l := range []string{"UUID", "pod", "namespace"} {
+			if _, ok := labelOf(held, l); ok {
+				t.Errorf("%s: %s has %s with -o", g, name, l)
+			}
+		}
+	}
+}
