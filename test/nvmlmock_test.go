@@ -125,6 +125,12 @@ type mockNode struct {
 // file, after edit (if not nil) rewrote the profile's YAML.
 func startMockNode(t *testing.T, profileFile string, edit func(yaml.MapSlice) yaml.MapSlice) *mockNode {
 	t.Helper()
+	return startMockNodeArgs(t, profileFile, edit)
+}
+
+// startMockNodeArgs is startMockNode with more agent flags.
+func startMockNodeArgs(t *testing.T, profileFile string, edit func(yaml.MapSlice) yaml.MapSlice, args ...string) *mockNode {
+	t.Helper()
 	lib, configs := requireMockNVML(t)
 	raw, err := os.ReadFile(filepath.Join(configs, profileFile))
 	if err != nil {
@@ -154,8 +160,8 @@ func startMockNode(t *testing.T, profileFile string, edit func(yaml.MapSlice) ya
 		"MOCK_NVML_CONFIG=" + profile,
 		"MOCK_NVML_OVERRIDES=" + n.overrides,
 		"MOCK_NVML_OVERRIDES_TTL=" + mockTTL.String(),
-	}, "--nvml.library-path="+lib, "--interval="+n.interval.String(),
-		"--kubelet.pod-resources-socket=/nonexistent/kubelet.sock")
+	}, append([]string{"--nvml.library-path=" + lib, "--interval=" + n.interval.String(),
+		"--kubelet.pod-resources-socket=/nonexistent/kubelet.sock"}, args...)...)
 	return n
 }
 
