@@ -86,7 +86,7 @@ var intendedDifferences = []intendedDifference{
 		Why: "OpenMetrics wants counters named `_total`; prometheus/common types them `unknown` rather than rename them", Test: "TestPrometheusCounters"},
 	{What: "other fields in `-f` the agent does not serve (ECC, retired pages, violations, power limits, ...)",
 		DCGM: "served", Agent: "left out: named in one warning at start, `gpu_agent_field_supported{field=...} 0`",
-		Why: "not on `/metrics` yet (ECC, retired pages, clock event reasons, violations, power limits, P-state and fan are read from NVML; `gpu_agent_field_supported` says which a GPU answers)", Test: "TestFieldList"},
+		Why: "not on `/metrics` yet (ECC, retired pages, clock event reasons, violations, power limits, P-state and fan are read from NVML and pushed on the stream; `gpu_agent_field_supported` says which a GPU answers)", Test: "TestFieldList"},
 	{What: "`label` rows other than `DCGM_FI_DRIVER_VERSION`",
 		DCGM: "labels", Agent: "left out, named in the warning",
 		Why: "not read from NVML yet", Test: "TestFieldList"},
