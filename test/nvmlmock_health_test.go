@@ -14,7 +14,10 @@ import (
 
 	gonvml "github.com/NVIDIA/go-nvml/pkg/nvml"
 	"go.yaml.in/yaml/v2"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
+	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
 	"github.com/gpu-telemetry/agent/internal/nvml"
 	"github.com/gpu-telemetry/agent/internal/telemetry"
 	"github.com/gpu-telemetry/agent/internal/testutil"
@@ -62,6 +65,9 @@ type healthProfile struct {
 			Count int `yaml:"count"`
 		} `yaml:"fan"`
 	} `yaml:"device_defaults"`
+	Devices []struct {
+		UUID string `yaml:"uuid"`
+	} `yaml:"devices"`
 }
 
 type eccCounts struct {
@@ -99,7 +105,8 @@ func setPath(doc yaml.MapSlice, v any, path ...string) yaml.MapSlice {
 // libnvidia-ml.so.1, with a T4 profile edited so that nothing is zero by
 // default: ECC errors of every kind, pages retired and one pending, clock
 // event reasons, time throttled, a power limit below the default, P8.
-// Each value must be the profile's, in the agent's units.
+// Each value must be the profile's, in the agent's units: read by the
+// sampler, and pushed on the binary's stream.
 //
 // The sampler runs in a child process (this test binary again, see
 // mockHealthChild): the mock is a Go library whose runtime reads the
@@ -234,6 +241,80 @@ func TestMockNVMLHealthFields(t *testing.T) {
 	for f := range telemetry.NumFields {
 		if telemetry.HealthFields.Has(f) && got.Errors[f.String()] != 0 {
 			t.Errorf("%s: %d read errors", f, got.Errors[f.String()])
+		}
+	}
+
+	// The same values through the agent's binary over the library, as its
+	// push stream carries them (the proto's units are the agent's here).
+	grpcAddr := testutil.FreeAddrT(t)
+	startAgentEnv(t, []string{"MOCK_NVML_CONFIG=" + profile}, "--nvml.library-path="+lib, "--interval=250ms",
+		"--kubelet.pod-resources-socket=/nonexistent/kubelet.sock", "--grpc.listen-address="+grpcAddr)
+	d := watchDevice(t, grpcAddr, p.Devices[0].UUID, func(d *telemetryv1.Device) bool {
+		return d.EccSbeVolatile != nil && d.EnforcedPowerLimitWatts != nil
+	})
+	pending := 0.0
+	if d.GetRetiredPagesPending() {
+		pending = 1
+	}
+	streamed := map[telemetry.Field]float64{
+		telemetry.ECCSBEVolatile:       float64(d.GetEccSbeVolatile()),
+		telemetry.ECCDBEVolatile:       float64(d.GetEccDbeVolatile()),
+		telemetry.ECCSBEAggregate:      float64(d.GetEccSbeAggregate()),
+		telemetry.ECCDBEAggregate:      float64(d.GetEccDbeAggregate()),
+		telemetry.ClocksEventReasons:   float64(d.GetClocksEventReasons()),
+		telemetry.PowerViolation:       d.GetPowerViolationSeconds(),
+		telemetry.ThermalViolation:     d.GetThermalViolationSeconds(),
+		telemetry.SyncBoostViolation:   d.GetSyncBoostViolationSeconds(),
+		telemetry.BoardLimitViolation:  d.GetBoardLimitViolationSeconds(),
+		telemetry.LowUtilViolation:     d.GetLowUtilViolationSeconds(),
+		telemetry.ReliabilityViolation: d.GetReliabilityViolationSeconds(),
+		telemetry.EnforcedPowerLimit:   d.GetEnforcedPowerLimitWatts(),
+		telemetry.PState:               float64(d.GetPstate()),
+		telemetry.RetiredPagesSBE:      float64(d.GetRetiredPagesSbe()),
+		telemetry.RetiredPagesDBE:      float64(d.GetRetiredPagesDbe()),
+		telemetry.RetiredPagesPending:  pending,
+		telemetry.PowerMgmtLimit:       d.GetPowerManagementLimitWatts(),
+	}
+	for f, w := range want {
+		if v := streamed[f]; math.Abs(v-w) > 1e-9 {
+			t.Errorf("streamed %s = %v, want %v", f, v, w)
+		}
+	}
+	if d.FanSpeedPercent != nil {
+		t.Errorf("streamed a fan speed (%v) of a GPU without fans", d.GetFanSpeedPercent())
+	}
+}
+
+// watchDevice subscribes to the agent's push stream at addr and returns
+// the first message's device uuid for which ready holds.
+func watchDevice(t *testing.T, addr, uuid string, ready func(*telemetryv1.Device) bool) *telemetryv1.Device {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	var w telemetryv1.Telemetry_WatchClient
+	if err := testutil.Poll(ctx, 10*time.Second, func() (bool, error) {
+		w, err = telemetryv1.NewTelemetryClient(conn).Watch(ctx, &telemetryv1.WatchRequest{IncludeUnattributed: true})
+		if err != nil {
+			return false, err
+		}
+		return true, nil
+	}); err != nil {
+		t.Fatalf("Watch: %v", err)
+	}
+	for {
+		m, err := w.Recv()
+		if err != nil {
+			t.Fatalf("no message with device %s ready: %v", uuid, err)
+		}
+		for _, d := range m.GetDevices() {
+			if d.GetUuid() == uuid && ready(d) {
+				return d
+			}
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	gonvml "github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -183,6 +184,7 @@ func TestPushPathThreeNodes(t *testing.T) {
 	metric := spec.GetMetricSpecs()[0].GetMetricName()
 	k.waitValue(t, avg, metric, mean(all), 20*time.Second, "avg over 9 inference pods on 3 nodes")
 	checkSharedGPUPods(t, k, nodes)
+	checkDeviceWideMetrics(t, k, nodes)
 
 	// A load step on node-1's GPU 0: StreamIsActive says false first (the
 	// state), then true on the crossing.
@@ -342,5 +344,57 @@ func checkSharedGPUPods(t *testing.T, k kedaClient, nodes []*simNode) {
 	for metric, want := range map[string]float64{"enc_util": deviceEnc, "gpu_util": deviceSM} {
 		r, name := ref(metric, "webrtc-sfu-.*", "sum")
 		k.waitValue(t, r, name, want, 10*time.Second, "sum of "+metric+" over the WebRTC pods, the shared GPUs' total")
+	}
+}
+
+// checkDeviceWideMetrics: the scaler answers the GPUs' own figures that
+// the agents push (temperature, power against the enforced limit, PCIe
+// throughput) as the simulated GPUs give them, each pod reading its GPU's
+// value: the two WebRTC pods of a shared GPU read the same temperature,
+// and a sum of power over them counts the GPU once per pod.
+func checkDeviceWideMetrics(t *testing.T, k kedaClient, nodes []*simNode) {
+	t.Helper()
+	var temps, ratios, pcieTX, sharedTemps []float64
+	var sharedWatts float64
+	for _, n := range nodes {
+		for i, d := range sim.New(sim.Options{Devices: simGPUs, Seed: n.seed, Static: true}).Devices() {
+			c, _ := d.GetTemperature(gonvml.TEMPERATURE_GPU)
+			mw, _ := d.GetPowerUsage()
+			limit, _ := d.GetEnforcedPowerLimit()
+			kbps, _ := d.GetPcieThroughput(gonvml.PCIE_UTIL_TX_BYTES) // KB/s: the byte counters' rate on a static load
+			if i == simGPUs-1 {
+				sharedTemps = append(sharedTemps, float64(c), float64(c)) // one per WebRTC pod
+				sharedWatts += 2 * float64(mw) / 1000
+				continue
+			}
+			temps = append(temps, float64(c))
+			ratios = append(ratios, float64(mw)/float64(limit))
+			pcieTX = append(pcieTX, float64(kbps)*1024)
+		}
+	}
+	var txSum float64
+	for _, v := range pcieTX {
+		txSum += v
+	}
+	for _, c := range []struct {
+		ns, metric, pattern, agg string
+		want                     float64
+	}{
+		{"default", "temperature", "inference-.*", "avg", mean(temps)},
+		{"default", "power_ratio", "inference-.*", "max", slices.Max(ratios)},
+		{"default", "pcie_tx", "inference-.*", "sum", txSum},
+		{"media", "temperature", "webrtc-sfu-.*", "avg", mean(sharedTemps)},
+		{"media", "power", "webrtc-sfu-.*", "sum", sharedWatts},
+	} {
+		r := &externalscaler.ScaledObjectRef{Name: "gpu", Namespace: c.ns, ScalerMetadata: map[string]string{
+			"metric": c.metric, "podPattern": c.pattern, "aggregation": c.agg, "target": "1"}}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		spec, err := k.GetMetricSpec(ctx, r)
+		cancel()
+		if err != nil || len(spec.GetMetricSpecs()) != 1 {
+			t.Fatalf("GetMetricSpec %v: %v, %v", r.ScalerMetadata, spec, err)
+		}
+		k.waitValue(t, r, spec.GetMetricSpecs()[0].GetMetricName(), c.want, 10*time.Second,
+			fmt.Sprintf("%s %s over %s/%s on 3 nodes", c.agg, c.metric, c.ns, c.pattern))
 	}
 }

@@ -29,17 +29,47 @@ const (
 	EncoderFPS                   // frames per second, average over sessions
 	EncoderLatency               // seconds, average over sessions
 
+	// The GPU's own figures: no pod has a share of them, so every pod
+	// holding the GPU reads the GPU's value; a MIG instance has none.
+	Temperature       // degrees Celsius
+	MemoryTemperature // degrees Celsius (HBM)
+	Power             // watts
+	PowerRatio        // power / enforced power limit, 0-1
+	PCIeTX            // bytes per second
+	PCIeRX            // bytes per second
+	NVLink            // bytes per second, sent and received over all links
+
 	numMetrics
 )
 
+// metricSet holds a bit per metric.
+type metricSet uint32
+
+// A metricSet holds every metric.
+const _ = uint(32 - numMetrics) // a compile error past 32 metrics
+
+// has reports whether m is in the set.
+func (s metricSet) has(m Metric) bool { return s&(1<<m) != 0 }
+
+// deviceWide are the metrics that are figures of the whole GPU.
+const deviceWide = metricSet(1<<Temperature | 1<<MemoryTemperature | 1<<Power | 1<<PowerRatio |
+	1<<PCIeTX | 1<<PCIeRX | 1<<NVLink)
+
 var metricNames = [numMetrics]string{
-	GPUUtil:        "gpu_util",
-	MemCopyUtil:    "mem_copy_util",
-	EncUtil:        "enc_util",
-	DecUtil:        "dec_util",
-	FBUsedRatio:    "fb_used_ratio",
-	EncoderFPS:     "encoder_fps",
-	EncoderLatency: "encoder_latency",
+	GPUUtil:           "gpu_util",
+	MemCopyUtil:       "mem_copy_util",
+	EncUtil:           "enc_util",
+	DecUtil:           "dec_util",
+	FBUsedRatio:       "fb_used_ratio",
+	EncoderFPS:        "encoder_fps",
+	EncoderLatency:    "encoder_latency",
+	Temperature:       "temperature",
+	MemoryTemperature: "memory_temperature",
+	Power:             "power",
+	PowerRatio:        "power_ratio",
+	PCIeTX:            "pcie_tx",
+	PCIeRX:            "pcie_rx",
+	NVLink:            "nvlink",
 }
 
 func (m Metric) String() string {

@@ -82,8 +82,10 @@ type Store struct {
 	// query has asked for, so that no history is kept until one does.
 	retention atomic.Int64
 	// windowed has bit m set once a query has asked for a window of metric
-	// m: pods' share histories are kept of those metrics only (a device's
-	// are kept of every metric, its hardware samples being a handful).
+	// m: pods' share histories, and devices' of the device-wide metrics,
+	// are kept of those metrics only (a device's utilizations, framebuffer
+	// and encoder figures are kept whatever the window's metric, its
+	// hardware samples being a handful).
 	windowed atomic.Uint32
 
 	base time.Time // the origin of the aggregates' deadlines
@@ -180,7 +182,7 @@ type view struct {
 type device struct {
 	uuid   string
 	values [numMetrics]float64
-	has    uint8 // bit m: values[m] is set
+	has    metricSet // bit m: values[m] is set
 	// series[m] is the history of metric m: hardware samples where the
 	// agent sent them, else the snapshot's value; oldest first.
 	series [numMetrics][]point
@@ -200,7 +202,7 @@ type pod struct {
 // process there this tick.
 type share struct {
 	values [numMetrics]float64
-	has    uint8 // bit m: values[m] is the pod's own
+	has    metricSet // bit m: values[m] is the pod's own
 	// sessions weighs the encoder fps and latency, means over sessions,
 	// when two containers of the pod hold the device.
 	sessions uint32
@@ -277,7 +279,7 @@ func (s *Store) Ingest(snap *telemetryv1.NodeSnapshot) error {
 	// sequence: an apps_only message repeats the latest tick's.
 	apps := (len(snap.GetApps()) > 0 || snap.GetAppsOnly()) &&
 		n.ingestApps(snap, max(s.appRetention.Load(), int64(DefaultAppWindow)))
-	changed := !snap.GetAppsOnly() && n.ingest(snap, s.now(), s.retention.Load(), uint8(s.windowed.Load()), s.opts.MaxUnattributedLoad, s.log)
+	changed := !snap.GetAppsOnly() && n.ingest(snap, s.now(), s.retention.Load(), metricSet(s.windowed.Load()), s.opts.MaxUnattributedLoad, s.log)
 	n.mu.Unlock()
 	if apps {
 		s.notifyApps(snap)
@@ -313,7 +315,7 @@ func (s *Store) publishNodes() {
 
 // ingest publishes snap as the node's new view and reports whether it
 // did: a snapshot of a replaced agent, or a duplicate, changes nothing.
-func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention int64, windowed uint8, maxUnattributed float64, log *slog.Logger) bool {
+func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention int64, windowed metricSet, maxUnattributed float64, log *slog.Logger) bool {
 	if !n.accept(snap, log) {
 		return false
 	}
@@ -435,14 +437,14 @@ func (n *node) attachPods(v *view, slab *podSlab, i int, d *telemetryv1.Device, 
 // it has them, else the snapshot's values) to its history, trims it to
 // horizon and gives it to the view; then the same for its pods' shares
 // (n.touched) when the agent sent any.
-func (n *node) recordHistory(v *view, i int, d *telemetryv1.Device, horizon int64, windowed uint8, shared bool) {
+func (n *node) recordHistory(v *view, i int, d *telemetryv1.Device, horizon int64, windowed metricSet, shared bool) {
 	dv := &v.devices[i]
 	h := n.hist[dv.uuid]
 	if h == nil {
 		h = &devHist{}
 		n.hist[dv.uuid] = h
 	}
-	var sampled uint8
+	var sampled metricSet
 	for _, es := range d.GetSamples() {
 		m, ok := engineMetric(es.GetEngine())
 		if !ok || len(es.GetSamples()) == 0 {
@@ -454,7 +456,11 @@ func (n *node) recordHistory(v *view, i int, d *telemetryv1.Device, horizon int6
 		}
 	}
 	for m := range numMetrics {
-		if sampled&(1<<m) == 0 && dv.has&(1<<m) != 0 {
+		// A device-wide metric's history is a point per snapshot, kept
+		// only once a window of it is asked for: most triggers are on
+		// utilization.
+		keep := !deviceWide.has(m) || windowed.has(m)
+		if keep && !sampled.has(m) && dv.has.has(m) {
 			h.series[m] = append(h.series[m], point{v.sampleTime, dv.values[m]})
 		}
 		h.series[m] = trim(h.series[m], horizon)
@@ -485,7 +491,7 @@ func (n *node) dropGoneDevices(v *view) {
 // them to the view: a pod's point is its value at the snapshot, its own
 // where it had a share of the metric, the device's where not. Pods no
 // longer holding the device lose their history.
-func (n *node) shareHistory(v *view, h *devHist, i int, horizon int64, windowed uint8) {
+func (n *node) shareHistory(v *view, h *devHist, i int, horizon int64, windowed metricSet) {
 	dv := &v.devices[i]
 	for _, j := range n.touched {
 		pd := &v.pods[j]
@@ -528,11 +534,11 @@ func hasShare(p *telemetryv1.Pod) bool {
 // unexplained is the metrics of d whose unattributed load exceeds max
 // percentage points (none when max is negative): the pods' shares of them
 // are not used, the device's value stands for each pod.
-func unexplained(d *telemetryv1.Device, max float64) uint8 {
+func unexplained(d *telemetryv1.Device, max float64) metricSet {
 	if max < 0 {
 		return 0
 	}
-	var m uint8
+	var m metricSet
 	for _, u := range [...]struct {
 		metric Metric
 		v      *float64
@@ -551,7 +557,7 @@ func unexplained(d *telemetryv1.Device, max float64) uint8 {
 // the pod's containers, encoder fps and latency are means over their
 // sessions. fbTotal is the device's framebuffer, 0 if unknown; the metrics
 // in skip are left to the device's value.
-func (s *share) add(p *telemetryv1.Pod, fbTotal uint64, skip uint8) {
+func (s *share) add(p *telemetryv1.Pod, fbTotal uint64, skip metricSet) {
 	sum := func(m Metric, v float64) {
 		if skip&(1<<m) != 0 {
 			return
@@ -629,6 +635,22 @@ func readDevice(dv *device, d *telemetryv1.Device) {
 	}
 	if d.EncoderLatencySeconds != nil {
 		set(EncoderLatency, d.GetEncoderLatencySeconds())
+	}
+	// The GPU's own figures (a MIG instance's message has none).
+	for _, f := range [...]struct {
+		m Metric
+		v *float64
+	}{
+		{Temperature, d.TemperatureCelsius}, {MemoryTemperature, d.MemoryTemperatureCelsius},
+		{Power, d.PowerWatts}, {PCIeTX, d.PcieTxBytesPerSecond}, {PCIeRX, d.PcieRxBytesPerSecond},
+		{NVLink, d.NvlinkBytesPerSecond},
+	} {
+		if f.v != nil {
+			set(f.m, *f.v)
+		}
+	}
+	if d.PowerWatts != nil && d.GetEnforcedPowerLimitWatts() > 0 {
+		set(PowerRatio, d.GetPowerWatts()/d.GetEnforcedPowerLimitWatts())
 	}
 }
 

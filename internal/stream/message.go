@@ -97,9 +97,67 @@ func deviceMessage(d *attribution.Device, snaps []*telemetry.Snapshot) *telemetr
 		m.UnattributedDecUtil = value(u, telemetry.DecUtil)
 	}
 	if d.MIG == nil {
+		deviceWide(m, r)
 		m.Samples = samples(d, snaps)
 	}
 	return m
+}
+
+// The snapshot's units converted to the proto's base units.
+const (
+	megahertzToHertz  = 1e6
+	millijouleToJoule = 1e-3
+	bytesPerKB        = 1024 // NVML's KB/s of PCIe throughput (dcgm-exporter's too)
+)
+
+// deviceWide fills the figures of the whole GPU: a MIG instance has
+// none (they are its GPU's).
+func deviceWide(m *telemetryv1.Device, r *telemetry.Reading) {
+	scaled := func(f telemetry.Field, k float64) *float64 {
+		if v, ok := r.Get(f); ok {
+			v *= k
+			return &v
+		}
+		return nil
+	}
+	flag := func(f telemetry.Field) *bool {
+		if v, ok := r.Get(f); ok {
+			return new(v != 0)
+		}
+		return nil
+	}
+	m.TemperatureCelsius = value(r, telemetry.Temperature)
+	m.MemoryTemperatureCelsius = value(r, telemetry.MemoryTemp)
+	m.PowerWatts = value(r, telemetry.Power)
+	m.SmClockHertz = scaled(telemetry.SMClock, megahertzToHertz)
+	m.MemClockHertz = scaled(telemetry.MemClock, megahertzToHertz)
+	m.EnergyJoules = scaled(telemetry.Energy, millijouleToJoule)
+	m.PcieReplays = integer[uint64](r, telemetry.PCIeReplay)
+	m.RemappedRowsCorrectable = integer[uint64](r, telemetry.RemappedRowsCorr)
+	m.RemappedRowsUncorrectable = integer[uint64](r, telemetry.RemappedRowsUnc)
+	m.RowRemapFailure = flag(telemetry.RowRemapFailure)
+	m.NvlinkBytesPerSecond = value(r, telemetry.NVLinkBandwidth)
+	m.PcieTxBytesPerSecond = scaled(telemetry.PCIeTX, bytesPerKB)
+	m.PcieRxBytesPerSecond = scaled(telemetry.PCIeRX, bytesPerKB)
+
+	m.EccSbeVolatile = integer[uint64](r, telemetry.ECCSBEVolatile)
+	m.EccDbeVolatile = integer[uint64](r, telemetry.ECCDBEVolatile)
+	m.EccSbeAggregate = integer[uint64](r, telemetry.ECCSBEAggregate)
+	m.EccDbeAggregate = integer[uint64](r, telemetry.ECCDBEAggregate)
+	m.RetiredPagesSbe = integer[uint32](r, telemetry.RetiredPagesSBE)
+	m.RetiredPagesDbe = integer[uint32](r, telemetry.RetiredPagesDBE)
+	m.RetiredPagesPending = flag(telemetry.RetiredPagesPending)
+	m.ClocksEventReasons = integer[uint64](r, telemetry.ClocksEventReasons)
+	m.PowerViolationSeconds = value(r, telemetry.PowerViolation)
+	m.ThermalViolationSeconds = value(r, telemetry.ThermalViolation)
+	m.SyncBoostViolationSeconds = value(r, telemetry.SyncBoostViolation)
+	m.BoardLimitViolationSeconds = value(r, telemetry.BoardLimitViolation)
+	m.LowUtilViolationSeconds = value(r, telemetry.LowUtilViolation)
+	m.ReliabilityViolationSeconds = value(r, telemetry.ReliabilityViolation)
+	m.PowerManagementLimitWatts = value(r, telemetry.PowerMgmtLimit)
+	m.EnforcedPowerLimitWatts = value(r, telemetry.EnforcedPowerLimit)
+	m.Pstate = integer[uint32](r, telemetry.PState)
+	m.FanSpeedPercent = value(r, telemetry.FanSpeed)
 }
 
 // podShare fills the pod's own values, as the exporter's pod series carry

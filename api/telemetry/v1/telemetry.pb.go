@@ -748,8 +748,67 @@ type Device struct {
 	UnattributedMemCopyUtil *float64 `protobuf:"fixed64,24,opt,name=unattributed_mem_copy_util,json=unattributedMemCopyUtil,proto3,oneof" json:"unattributed_mem_copy_util,omitempty"`
 	UnattributedEncUtil     *float64 `protobuf:"fixed64,25,opt,name=unattributed_enc_util,json=unattributedEncUtil,proto3,oneof" json:"unattributed_enc_util,omitempty"`
 	UnattributedDecUtil     *float64 `protobuf:"fixed64,26,opt,name=unattributed_dec_util,json=unattributedDecUtil,proto3,oneof" json:"unattributed_dec_util,omitempty"`
-	unknownFields           protoimpl.UnknownFields
-	sizeCache               protoimpl.SizeCache
+	// Figures of the whole GPU, in base units. A MIG instance carries none
+	// of them: they are its GPU's. Absent where the GPU does not answer the
+	// field (probed once), where its read failed this tick, or, for the slow
+	// ones (memory temperature, PCIe replays, remapped rows, NVLink and
+	// every health field below), where their latest answer is too old; the
+	// slow ones are read every few seconds (the agent's metrics.md, "Slow
+	// fields"). Counters count since the driver loaded unless said.
+	TemperatureCelsius       *float64 `protobuf:"fixed64,27,opt,name=temperature_celsius,json=temperatureCelsius,proto3,oneof" json:"temperature_celsius,omitempty"`
+	MemoryTemperatureCelsius *float64 `protobuf:"fixed64,28,opt,name=memory_temperature_celsius,json=memoryTemperatureCelsius,proto3,oneof" json:"memory_temperature_celsius,omitempty"` // HBM only
+	PowerWatts               *float64 `protobuf:"fixed64,29,opt,name=power_watts,json=powerWatts,proto3,oneof" json:"power_watts,omitempty"`
+	SmClockHertz             *float64 `protobuf:"fixed64,30,opt,name=sm_clock_hertz,json=smClockHertz,proto3,oneof" json:"sm_clock_hertz,omitempty"`
+	MemClockHertz            *float64 `protobuf:"fixed64,31,opt,name=mem_clock_hertz,json=memClockHertz,proto3,oneof" json:"mem_clock_hertz,omitempty"`
+	EnergyJoules             *float64 `protobuf:"fixed64,32,opt,name=energy_joules,json=energyJoules,proto3,oneof" json:"energy_joules,omitempty"`
+	PcieReplays              *uint64  `protobuf:"varint,33,opt,name=pcie_replays,json=pcieReplays,proto3,oneof" json:"pcie_replays,omitempty"`
+	// Rows remapped for correctable and uncorrectable errors (Ampere and
+	// later), and whether a remapping failed.
+	RemappedRowsCorrectable   *uint64 `protobuf:"varint,34,opt,name=remapped_rows_correctable,json=remappedRowsCorrectable,proto3,oneof" json:"remapped_rows_correctable,omitempty"`
+	RemappedRowsUncorrectable *uint64 `protobuf:"varint,35,opt,name=remapped_rows_uncorrectable,json=remappedRowsUncorrectable,proto3,oneof" json:"remapped_rows_uncorrectable,omitempty"`
+	RowRemapFailure           *bool   `protobuf:"varint,36,opt,name=row_remap_failure,json=rowRemapFailure,proto3,oneof" json:"row_remap_failure,omitempty"`
+	// Data sent and received over all the GPU's NVLink links.
+	NvlinkBytesPerSecond *float64 `protobuf:"fixed64,37,opt,name=nvlink_bytes_per_second,json=nvlinkBytesPerSecond,proto3,oneof" json:"nvlink_bytes_per_second,omitempty"`
+	PcieTxBytesPerSecond *float64 `protobuf:"fixed64,38,opt,name=pcie_tx_bytes_per_second,json=pcieTxBytesPerSecond,proto3,oneof" json:"pcie_tx_bytes_per_second,omitempty"`
+	PcieRxBytesPerSecond *float64 `protobuf:"fixed64,39,opt,name=pcie_rx_bytes_per_second,json=pcieRxBytesPerSecond,proto3,oneof" json:"pcie_rx_bytes_per_second,omitempty"`
+	// The GPU's health. ECC errors corrected (single-bit) and uncorrected
+	// (double-bit): volatile since the driver loaded, aggregate over the
+	// GPU's life.
+	EccSbeVolatile  *uint64 `protobuf:"varint,40,opt,name=ecc_sbe_volatile,json=eccSbeVolatile,proto3,oneof" json:"ecc_sbe_volatile,omitempty"`
+	EccDbeVolatile  *uint64 `protobuf:"varint,41,opt,name=ecc_dbe_volatile,json=eccDbeVolatile,proto3,oneof" json:"ecc_dbe_volatile,omitempty"`
+	EccSbeAggregate *uint64 `protobuf:"varint,42,opt,name=ecc_sbe_aggregate,json=eccSbeAggregate,proto3,oneof" json:"ecc_sbe_aggregate,omitempty"`
+	EccDbeAggregate *uint64 `protobuf:"varint,43,opt,name=ecc_dbe_aggregate,json=eccDbeAggregate,proto3,oneof" json:"ecc_dbe_aggregate,omitempty"`
+	// Pages retired for multiple single-bit errors and for a double-bit
+	// error (up to Turing; later GPUs remap rows), and whether a retirement
+	// waits for the next driver load.
+	RetiredPagesSbe     *uint32 `protobuf:"varint,44,opt,name=retired_pages_sbe,json=retiredPagesSbe,proto3,oneof" json:"retired_pages_sbe,omitempty"`
+	RetiredPagesDbe     *uint32 `protobuf:"varint,45,opt,name=retired_pages_dbe,json=retiredPagesDbe,proto3,oneof" json:"retired_pages_dbe,omitempty"`
+	RetiredPagesPending *bool   `protobuf:"varint,46,opt,name=retired_pages_pending,json=retiredPagesPending,proto3,oneof" json:"retired_pages_pending,omitempty"`
+	// Why the clocks are held back now: NVML's nvmlClocksEventReason* bits
+	// (0x1 idle, 0x2 application clocks setting, 0x4 software power cap,
+	// 0x8 hardware slowdown, 0x10 sync boost, 0x20 software thermal
+	// slowdown, 0x40 hardware thermal slowdown, 0x80 hardware power brake,
+	// ...).
+	ClocksEventReasons *uint64 `protobuf:"varint,47,opt,name=clocks_event_reasons,json=clocksEventReasons,proto3,oneof" json:"clocks_event_reasons,omitempty"`
+	// Time the GPU was held below its application clocks by each limiter,
+	// cumulative (NVML's violation status; DCGM serves it in ns).
+	PowerViolationSeconds       *float64 `protobuf:"fixed64,48,opt,name=power_violation_seconds,json=powerViolationSeconds,proto3,oneof" json:"power_violation_seconds,omitempty"`
+	ThermalViolationSeconds     *float64 `protobuf:"fixed64,49,opt,name=thermal_violation_seconds,json=thermalViolationSeconds,proto3,oneof" json:"thermal_violation_seconds,omitempty"`
+	SyncBoostViolationSeconds   *float64 `protobuf:"fixed64,50,opt,name=sync_boost_violation_seconds,json=syncBoostViolationSeconds,proto3,oneof" json:"sync_boost_violation_seconds,omitempty"`
+	BoardLimitViolationSeconds  *float64 `protobuf:"fixed64,51,opt,name=board_limit_violation_seconds,json=boardLimitViolationSeconds,proto3,oneof" json:"board_limit_violation_seconds,omitempty"`
+	LowUtilViolationSeconds     *float64 `protobuf:"fixed64,52,opt,name=low_util_violation_seconds,json=lowUtilViolationSeconds,proto3,oneof" json:"low_util_violation_seconds,omitempty"`
+	ReliabilityViolationSeconds *float64 `protobuf:"fixed64,53,opt,name=reliability_violation_seconds,json=reliabilityViolationSeconds,proto3,oneof" json:"reliability_violation_seconds,omitempty"`
+	// The power limit asked for, and the one enforced (the lowest of every
+	// limiter).
+	PowerManagementLimitWatts *float64 `protobuf:"fixed64,54,opt,name=power_management_limit_watts,json=powerManagementLimitWatts,proto3,oneof" json:"power_management_limit_watts,omitempty"`
+	EnforcedPowerLimitWatts   *float64 `protobuf:"fixed64,55,opt,name=enforced_power_limit_watts,json=enforcedPowerLimitWatts,proto3,oneof" json:"enforced_power_limit_watts,omitempty"`
+	// Performance state, 0 (fastest) to 15; absent when NVML does not know.
+	Pstate *uint32 `protobuf:"varint,56,opt,name=pstate,proto3,oneof" json:"pstate,omitempty"`
+	// Percent of the fan's maximum speed (it may exceed 100); absent on a
+	// GPU without fans of its own (a passively cooled T4, an SXM module).
+	FanSpeedPercent *float64 `protobuf:"fixed64,57,opt,name=fan_speed_percent,json=fanSpeedPercent,proto3,oneof" json:"fan_speed_percent,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Device) Reset() {
@@ -953,6 +1012,223 @@ func (x *Device) GetUnattributedEncUtil() float64 {
 func (x *Device) GetUnattributedDecUtil() float64 {
 	if x != nil && x.UnattributedDecUtil != nil {
 		return *x.UnattributedDecUtil
+	}
+	return 0
+}
+
+func (x *Device) GetTemperatureCelsius() float64 {
+	if x != nil && x.TemperatureCelsius != nil {
+		return *x.TemperatureCelsius
+	}
+	return 0
+}
+
+func (x *Device) GetMemoryTemperatureCelsius() float64 {
+	if x != nil && x.MemoryTemperatureCelsius != nil {
+		return *x.MemoryTemperatureCelsius
+	}
+	return 0
+}
+
+func (x *Device) GetPowerWatts() float64 {
+	if x != nil && x.PowerWatts != nil {
+		return *x.PowerWatts
+	}
+	return 0
+}
+
+func (x *Device) GetSmClockHertz() float64 {
+	if x != nil && x.SmClockHertz != nil {
+		return *x.SmClockHertz
+	}
+	return 0
+}
+
+func (x *Device) GetMemClockHertz() float64 {
+	if x != nil && x.MemClockHertz != nil {
+		return *x.MemClockHertz
+	}
+	return 0
+}
+
+func (x *Device) GetEnergyJoules() float64 {
+	if x != nil && x.EnergyJoules != nil {
+		return *x.EnergyJoules
+	}
+	return 0
+}
+
+func (x *Device) GetPcieReplays() uint64 {
+	if x != nil && x.PcieReplays != nil {
+		return *x.PcieReplays
+	}
+	return 0
+}
+
+func (x *Device) GetRemappedRowsCorrectable() uint64 {
+	if x != nil && x.RemappedRowsCorrectable != nil {
+		return *x.RemappedRowsCorrectable
+	}
+	return 0
+}
+
+func (x *Device) GetRemappedRowsUncorrectable() uint64 {
+	if x != nil && x.RemappedRowsUncorrectable != nil {
+		return *x.RemappedRowsUncorrectable
+	}
+	return 0
+}
+
+func (x *Device) GetRowRemapFailure() bool {
+	if x != nil && x.RowRemapFailure != nil {
+		return *x.RowRemapFailure
+	}
+	return false
+}
+
+func (x *Device) GetNvlinkBytesPerSecond() float64 {
+	if x != nil && x.NvlinkBytesPerSecond != nil {
+		return *x.NvlinkBytesPerSecond
+	}
+	return 0
+}
+
+func (x *Device) GetPcieTxBytesPerSecond() float64 {
+	if x != nil && x.PcieTxBytesPerSecond != nil {
+		return *x.PcieTxBytesPerSecond
+	}
+	return 0
+}
+
+func (x *Device) GetPcieRxBytesPerSecond() float64 {
+	if x != nil && x.PcieRxBytesPerSecond != nil {
+		return *x.PcieRxBytesPerSecond
+	}
+	return 0
+}
+
+func (x *Device) GetEccSbeVolatile() uint64 {
+	if x != nil && x.EccSbeVolatile != nil {
+		return *x.EccSbeVolatile
+	}
+	return 0
+}
+
+func (x *Device) GetEccDbeVolatile() uint64 {
+	if x != nil && x.EccDbeVolatile != nil {
+		return *x.EccDbeVolatile
+	}
+	return 0
+}
+
+func (x *Device) GetEccSbeAggregate() uint64 {
+	if x != nil && x.EccSbeAggregate != nil {
+		return *x.EccSbeAggregate
+	}
+	return 0
+}
+
+func (x *Device) GetEccDbeAggregate() uint64 {
+	if x != nil && x.EccDbeAggregate != nil {
+		return *x.EccDbeAggregate
+	}
+	return 0
+}
+
+func (x *Device) GetRetiredPagesSbe() uint32 {
+	if x != nil && x.RetiredPagesSbe != nil {
+		return *x.RetiredPagesSbe
+	}
+	return 0
+}
+
+func (x *Device) GetRetiredPagesDbe() uint32 {
+	if x != nil && x.RetiredPagesDbe != nil {
+		return *x.RetiredPagesDbe
+	}
+	return 0
+}
+
+func (x *Device) GetRetiredPagesPending() bool {
+	if x != nil && x.RetiredPagesPending != nil {
+		return *x.RetiredPagesPending
+	}
+	return false
+}
+
+func (x *Device) GetClocksEventReasons() uint64 {
+	if x != nil && x.ClocksEventReasons != nil {
+		return *x.ClocksEventReasons
+	}
+	return 0
+}
+
+func (x *Device) GetPowerViolationSeconds() float64 {
+	if x != nil && x.PowerViolationSeconds != nil {
+		return *x.PowerViolationSeconds
+	}
+	return 0
+}
+
+func (x *Device) GetThermalViolationSeconds() float64 {
+	if x != nil && x.ThermalViolationSeconds != nil {
+		return *x.ThermalViolationSeconds
+	}
+	return 0
+}
+
+func (x *Device) GetSyncBoostViolationSeconds() float64 {
+	if x != nil && x.SyncBoostViolationSeconds != nil {
+		return *x.SyncBoostViolationSeconds
+	}
+	return 0
+}
+
+func (x *Device) GetBoardLimitViolationSeconds() float64 {
+	if x != nil && x.BoardLimitViolationSeconds != nil {
+		return *x.BoardLimitViolationSeconds
+	}
+	return 0
+}
+
+func (x *Device) GetLowUtilViolationSeconds() float64 {
+	if x != nil && x.LowUtilViolationSeconds != nil {
+		return *x.LowUtilViolationSeconds
+	}
+	return 0
+}
+
+func (x *Device) GetReliabilityViolationSeconds() float64 {
+	if x != nil && x.ReliabilityViolationSeconds != nil {
+		return *x.ReliabilityViolationSeconds
+	}
+	return 0
+}
+
+func (x *Device) GetPowerManagementLimitWatts() float64 {
+	if x != nil && x.PowerManagementLimitWatts != nil {
+		return *x.PowerManagementLimitWatts
+	}
+	return 0
+}
+
+func (x *Device) GetEnforcedPowerLimitWatts() float64 {
+	if x != nil && x.EnforcedPowerLimitWatts != nil {
+		return *x.EnforcedPowerLimitWatts
+	}
+	return 0
+}
+
+func (x *Device) GetPstate() uint32 {
+	if x != nil && x.Pstate != nil {
+		return *x.Pstate
+	}
+	return 0
+}
+
+func (x *Device) GetFanSpeedPercent() float64 {
+	if x != nil && x.FanSpeedPercent != nil {
+		return *x.FanSpeedPercent
 	}
 	return 0
 }
@@ -1256,8 +1532,7 @@ const file_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\x05count\x18\x04 \x01(\x01R\x05count\"1\n" +
 	"\x05Label\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xaa\n" +
-	"\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xee\x1d\n" +
 	"\x06Device\x12\x12\n" +
 	"\x04uuid\x18\x01 \x01(\tR\x04uuid\x12\x1b\n" +
 	"\tgpu_index\x18\x02 \x01(\rR\bgpuIndex\x12\x1d\n" +
@@ -1290,7 +1565,39 @@ const file_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"R\x13unattributedGpuUtil\x88\x01\x01\x12@\n" +
 	"\x1aunattributed_mem_copy_util\x18\x18 \x01(\x01H\vR\x17unattributedMemCopyUtil\x88\x01\x01\x127\n" +
 	"\x15unattributed_enc_util\x18\x19 \x01(\x01H\fR\x13unattributedEncUtil\x88\x01\x01\x127\n" +
-	"\x15unattributed_dec_util\x18\x1a \x01(\x01H\rR\x13unattributedDecUtil\x88\x01\x01B\v\n" +
+	"\x15unattributed_dec_util\x18\x1a \x01(\x01H\rR\x13unattributedDecUtil\x88\x01\x01\x124\n" +
+	"\x13temperature_celsius\x18\x1b \x01(\x01H\x0eR\x12temperatureCelsius\x88\x01\x01\x12A\n" +
+	"\x1amemory_temperature_celsius\x18\x1c \x01(\x01H\x0fR\x18memoryTemperatureCelsius\x88\x01\x01\x12$\n" +
+	"\vpower_watts\x18\x1d \x01(\x01H\x10R\n" +
+	"powerWatts\x88\x01\x01\x12)\n" +
+	"\x0esm_clock_hertz\x18\x1e \x01(\x01H\x11R\fsmClockHertz\x88\x01\x01\x12+\n" +
+	"\x0fmem_clock_hertz\x18\x1f \x01(\x01H\x12R\rmemClockHertz\x88\x01\x01\x12(\n" +
+	"\renergy_joules\x18  \x01(\x01H\x13R\fenergyJoules\x88\x01\x01\x12&\n" +
+	"\fpcie_replays\x18! \x01(\x04H\x14R\vpcieReplays\x88\x01\x01\x12?\n" +
+	"\x19remapped_rows_correctable\x18\" \x01(\x04H\x15R\x17remappedRowsCorrectable\x88\x01\x01\x12C\n" +
+	"\x1bremapped_rows_uncorrectable\x18# \x01(\x04H\x16R\x19remappedRowsUncorrectable\x88\x01\x01\x12/\n" +
+	"\x11row_remap_failure\x18$ \x01(\bH\x17R\x0frowRemapFailure\x88\x01\x01\x12:\n" +
+	"\x17nvlink_bytes_per_second\x18% \x01(\x01H\x18R\x14nvlinkBytesPerSecond\x88\x01\x01\x12;\n" +
+	"\x18pcie_tx_bytes_per_second\x18& \x01(\x01H\x19R\x14pcieTxBytesPerSecond\x88\x01\x01\x12;\n" +
+	"\x18pcie_rx_bytes_per_second\x18' \x01(\x01H\x1aR\x14pcieRxBytesPerSecond\x88\x01\x01\x12-\n" +
+	"\x10ecc_sbe_volatile\x18( \x01(\x04H\x1bR\x0eeccSbeVolatile\x88\x01\x01\x12-\n" +
+	"\x10ecc_dbe_volatile\x18) \x01(\x04H\x1cR\x0eeccDbeVolatile\x88\x01\x01\x12/\n" +
+	"\x11ecc_sbe_aggregate\x18* \x01(\x04H\x1dR\x0feccSbeAggregate\x88\x01\x01\x12/\n" +
+	"\x11ecc_dbe_aggregate\x18+ \x01(\x04H\x1eR\x0feccDbeAggregate\x88\x01\x01\x12/\n" +
+	"\x11retired_pages_sbe\x18, \x01(\rH\x1fR\x0fretiredPagesSbe\x88\x01\x01\x12/\n" +
+	"\x11retired_pages_dbe\x18- \x01(\rH R\x0fretiredPagesDbe\x88\x01\x01\x127\n" +
+	"\x15retired_pages_pending\x18. \x01(\bH!R\x13retiredPagesPending\x88\x01\x01\x125\n" +
+	"\x14clocks_event_reasons\x18/ \x01(\x04H\"R\x12clocksEventReasons\x88\x01\x01\x12;\n" +
+	"\x17power_violation_seconds\x180 \x01(\x01H#R\x15powerViolationSeconds\x88\x01\x01\x12?\n" +
+	"\x19thermal_violation_seconds\x181 \x01(\x01H$R\x17thermalViolationSeconds\x88\x01\x01\x12D\n" +
+	"\x1csync_boost_violation_seconds\x182 \x01(\x01H%R\x19syncBoostViolationSeconds\x88\x01\x01\x12F\n" +
+	"\x1dboard_limit_violation_seconds\x183 \x01(\x01H&R\x1aboardLimitViolationSeconds\x88\x01\x01\x12@\n" +
+	"\x1alow_util_violation_seconds\x184 \x01(\x01H'R\x17lowUtilViolationSeconds\x88\x01\x01\x12G\n" +
+	"\x1dreliability_violation_seconds\x185 \x01(\x01H(R\x1breliabilityViolationSeconds\x88\x01\x01\x12D\n" +
+	"\x1cpower_management_limit_watts\x186 \x01(\x01H)R\x19powerManagementLimitWatts\x88\x01\x01\x12@\n" +
+	"\x1aenforced_power_limit_watts\x187 \x01(\x01H*R\x17enforcedPowerLimitWatts\x88\x01\x01\x12\x1b\n" +
+	"\x06pstate\x188 \x01(\rH+R\x06pstate\x88\x01\x01\x12/\n" +
+	"\x11fan_speed_percent\x189 \x01(\x01H,R\x0ffanSpeedPercent\x88\x01\x01B\v\n" +
 	"\t_gpu_utilB\x10\n" +
 	"\x0e_mem_copy_utilB\v\n" +
 	"\t_enc_utilB\v\n" +
@@ -1304,7 +1611,38 @@ const file_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\x16_unattributed_gpu_utilB\x1d\n" +
 	"\x1b_unattributed_mem_copy_utilB\x18\n" +
 	"\x16_unattributed_enc_utilB\x18\n" +
-	"\x16_unattributed_dec_util\"\x8a\x05\n" +
+	"\x16_unattributed_dec_utilB\x16\n" +
+	"\x14_temperature_celsiusB\x1d\n" +
+	"\x1b_memory_temperature_celsiusB\x0e\n" +
+	"\f_power_wattsB\x11\n" +
+	"\x0f_sm_clock_hertzB\x12\n" +
+	"\x10_mem_clock_hertzB\x10\n" +
+	"\x0e_energy_joulesB\x0f\n" +
+	"\r_pcie_replaysB\x1c\n" +
+	"\x1a_remapped_rows_correctableB\x1e\n" +
+	"\x1c_remapped_rows_uncorrectableB\x14\n" +
+	"\x12_row_remap_failureB\x1a\n" +
+	"\x18_nvlink_bytes_per_secondB\x1b\n" +
+	"\x19_pcie_tx_bytes_per_secondB\x1b\n" +
+	"\x19_pcie_rx_bytes_per_secondB\x13\n" +
+	"\x11_ecc_sbe_volatileB\x13\n" +
+	"\x11_ecc_dbe_volatileB\x14\n" +
+	"\x12_ecc_sbe_aggregateB\x14\n" +
+	"\x12_ecc_dbe_aggregateB\x14\n" +
+	"\x12_retired_pages_sbeB\x14\n" +
+	"\x12_retired_pages_dbeB\x18\n" +
+	"\x16_retired_pages_pendingB\x17\n" +
+	"\x15_clocks_event_reasonsB\x1a\n" +
+	"\x18_power_violation_secondsB\x1c\n" +
+	"\x1a_thermal_violation_secondsB\x1f\n" +
+	"\x1d_sync_boost_violation_secondsB \n" +
+	"\x1e_board_limit_violation_secondsB\x1d\n" +
+	"\x1b_low_util_violation_secondsB \n" +
+	"\x1e_reliability_violation_secondsB\x1f\n" +
+	"\x1d_power_management_limit_wattsB\x1d\n" +
+	"\x1b_enforced_power_limit_wattsB\t\n" +
+	"\a_pstateB\x14\n" +
+	"\x12_fan_speed_percent\"\x8a\x05\n" +
 	"\x03Pod\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n" +
