@@ -108,7 +108,11 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if st.processes != nil {
 		processes = st.processes
 	}
-	views := attribution.NewAttributor(store, st.pods, processes)
+	var viewOpts []attribution.Option
+	if st.metas != nil {
+		viewOpts = append(viewOpts, attribution.WithPodMetas(st.metas))
+	}
+	views := attribution.NewAttributor(store, st.pods, processes, viewOpts...)
 	collector, err := newCollector(cfg, views, sampler.DriverVersion(), log)
 	if err != nil {
 		return abort(err)

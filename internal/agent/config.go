@@ -12,11 +12,13 @@ import (
 
 	"github.com/gpu-telemetry/agent/internal/logging"
 
+	"github.com/gpu-telemetry/agent/internal/attribution"
 	"github.com/gpu-telemetry/agent/internal/cgroup"
 	"github.com/gpu-telemetry/agent/internal/dcgmcsv"
 	"github.com/gpu-telemetry/agent/internal/exporter"
 	"github.com/gpu-telemetry/agent/internal/nvml"
 	"github.com/gpu-telemetry/agent/internal/podresources"
+	"github.com/gpu-telemetry/agent/internal/podwatch"
 )
 
 // DefaultPodResourcesSocket is where the kubelet serves the pod-resources API.
@@ -80,6 +82,12 @@ type Config struct {
 	UseOldNamespace bool          // -o: pod_name, pod_namespace, container_name (its source)
 	NoHostname      bool          // --no-hostname: no Hostname label
 	XIDCountWindow  time.Duration // -x: the window of DCGM_EXP_XID_ERRORS_COUNT; 0: the exporter default
+	// --kubernetes-enable-pod-labels, --kubernetes-pod-label-allowlist-regex
+	// and --kubernetes-enable-pod-uid: the pods' labels and UIDs, from the
+	// pod watch, on their series.
+	PodLabels         bool
+	PodLabelAllowlist *attribution.LabelAllowlist // nil: every label
+	PodUID            bool
 
 	counters []dcgmcsv.Field // CollectorsFile, once read
 
@@ -159,6 +167,9 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (*C
 	if err := dcgm.apply(fs, c, getenv); err != nil {
 		return nil, err
 	}
+	if c.PodLabelAllowlist != nil && !c.PodLabels {
+		c.notices = append(c.notices, notice{warn: true, msg: "--kubernetes-pod-label-allowlist-regex has no effect without --kubernetes-enable-pod-labels"})
+	}
 	if c.NodeName == "" {
 		c.NodeName, _ = os.Hostname()
 	}
@@ -236,6 +247,11 @@ func (c *Config) Validate() error {
 	if c.Kubeconfig != "" && !c.PodWatch {
 		bad("kubeconfig", c.Kubeconfig, "needs --kubernetes.pod-watch")
 	}
+	if f := c.podMetaFlags(); f != "" && !c.PodWatch && c.Simulate == 0 {
+		// --simulate names its own pods, unless a kubelet socket exists
+		// (simSource.start says so then).
+		bad("kubernetes.pod-watch", false, "pod labels and UIDs ("+f+") come from the pod watch")
+	}
 	errs = append(errs, c.App.validate()...)
 	if c.Simulate < 0 || c.Simulate > MaxSimulatedGPUs {
 		bad("simulate", c.Simulate, fmt.Sprintf("must be between 0 and %d", MaxSimulatedGPUs))
@@ -256,6 +272,32 @@ func (c *Config) Validate() error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// podMetaFlags names dcgm-exporter's flags that ask for pods' labels or
+// UIDs, as given; "" when neither was.
+func (c *Config) podMetaFlags() string {
+	var fs []string
+	if c.PodLabels {
+		fs = append(fs, "--kubernetes-enable-pod-labels")
+	}
+	if c.PodUID {
+		fs = append(fs, "--kubernetes-enable-pod-uid")
+	}
+	return strings.Join(fs, ", ")
+}
+
+// podWatchOptions are the pod watch's options of the pod labels and UIDs
+// asked for.
+func (c *Config) podWatchOptions(log *slog.Logger) podwatch.Options {
+	o := podwatch.Options{Logger: log, PodUID: c.PodUID}
+	if c.PodLabels {
+		o.PodLabels = c.PodLabelAllowlist
+		if o.PodLabels == nil {
+			o.PodLabels = &attribution.LabelAllowlist{} // every label
+		}
+	}
+	return o
 }
 
 // Counters reads the dcgm-exporter field list of --collectors, once: nil

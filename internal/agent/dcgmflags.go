@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gpu-telemetry/agent/internal/attribution"
 	"github.com/gpu-telemetry/agent/internal/nvml"
 	"github.com/gpu-telemetry/agent/internal/telemetry"
 )
@@ -138,6 +139,20 @@ func dcgmOptions() []dcgmOption {
 			return "", errors.New(`must be "text" or "json"`)
 		}},
 
+		// Pods' labels and UIDs on their series, from the pod watch
+		// (--kubernetes.pod-watch; internal/exporter/podlabels.go).
+		{name: "kubernetes-enable-pod-labels", env: "DCGM_EXPORTER_KUBERNETES_ENABLE_POD_LABELS", isBool: true, set: func(v string, c *Config) error {
+			var err error
+			c.PodLabels, err = parseBool(v)
+			return err
+		}},
+		{name: "kubernetes-pod-label-allowlist-regex", env: "DCGM_EXPORTER_KUBERNETES_POD_LABEL_ALLOWLIST_REGEX", slice: true, set: podLabelAllowlist},
+		{name: "kubernetes-enable-pod-uid", env: "DCGM_EXPORTER_KUBERNETES_ENABLE_POD_UID", isBool: true, set: func(v string, c *Config) error {
+			var err error
+			c.PodUID, err = parseBool(v)
+			return err
+		}},
+
 		// Options with no meaning here: accepted, each with a warning.
 		{name: "config-file", env: "DCGM_EXPORTER_CONFIG_FILE", ignored: "dcgm-exporter's YAML configuration is not read; pass its settings as flags"},
 		{name: "web-read-timeout", env: "DCGM_EXPORTER_WEB_READ_TIMEOUT", ignored: "the agent's HTTP server sets its own timeouts"},
@@ -146,9 +161,6 @@ func dcgmOptions() []dcgmOption {
 		{name: "cpu-devices", short: "p", env: "DCGM_EXPORTER_CPU_DEVICES_STR", ignored: "the agent monitors GPUs only"},
 		{name: "configmap-data", short: "m", env: "DCGM_EXPORTER_CONFIGMAP_DATA", ignored: "the field list is read from --collectors only"},
 		{name: "remote-hostengine-info", short: "r", env: "DCGM_REMOTE_HOSTENGINE_INFO", ignored: noDCGM},
-		{name: "kubernetes-enable-pod-labels", env: "DCGM_EXPORTER_KUBERNETES_ENABLE_POD_LABELS", isBool: true, ignored: "pod labels are not copied yet: the pod watch (--kubernetes.pod-watch) reads pods' names, UIDs and gpu-agent.io/ annotations, not their labels"},
-		{name: "kubernetes-enable-pod-uid", env: "DCGM_EXPORTER_KUBERNETES_ENABLE_POD_UID", isBool: true, ignored: "no pod_uid label is added yet, though the pod watch (--kubernetes.pod-watch) knows each pod's UID"},
-		{name: "kubernetes-pod-label-allowlist-regex", env: "DCGM_EXPORTER_KUBERNETES_POD_LABEL_ALLOWLIST_REGEX", slice: true, ignored: "pod labels are not copied yet"},
 		{name: "devices", short: "d", env: "DCGM_EXPORTER_DEVICES_STR", ignored: "the agent monitors every GPU and MIG instance"},
 		{name: "switch-devices", short: "s", env: "DCGM_EXPORTER_OTHER_DEVICES_STR", ignored: "the agent monitors GPUs only, not NVSwitches"},
 		{name: "fake-gpus", env: "DCGM_EXPORTER_USE_FAKE_GPUS", isBool: true, ignored: "use --simulate N for GPUs that are not there"},
@@ -171,6 +183,28 @@ func dcgmOptions() []dcgmOption {
 		{name: "gpu-bind-unbind-poll-interval", env: "DCGM_EXPORTER_GPU_BIND_UNBIND_POLL_INTERVAL", ignored: noDCGM},
 		{name: "enable-pprof", env: "DCGM_EXPORTER_ENABLE_PPROF", isBool: true, ignored: "the agent serves no pprof endpoints"},
 	}
+}
+
+// podLabelAllowlist compiles --kubernetes-pod-label-allowlist-regex, a
+// cli.StringSliceFlag in dcgm-exporter: repeated or comma-separated (so a
+// pattern cannot hold a comma, there as here), each pattern trimmed of
+// spaces as urfave/cli trims those of the environment. A pattern that does
+// not compile fails the start, where dcgm-exporter logs it and goes on.
+func podLabelAllowlist(v string, c *Config) error {
+	patterns := strings.Split(v, ",")
+	for i := range patterns {
+		patterns[i] = strings.TrimSpace(patterns[i])
+	}
+	a, err := attribution.NewLabelAllowlist(patterns)
+	if err != nil {
+		return err
+	}
+	if slices.Contains(patterns, "") {
+		c.notices = append(c.notices, notice{warn: true, msg: "an empty pattern in --kubernetes-pod-label-allowlist-regex matches every pod label (as in dcgm-exporter): every label is kept",
+			args: []any{"patterns", v}})
+	}
+	c.PodLabelAllowlist = a
+	return nil
 }
 
 // collectInterval turns dcgm-exporter's -c (milliseconds) into --interval,

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gpu-telemetry/agent/internal/attribution"
 )
 
 func parseEnv(args []string, env map[string]string) (*Config, error) {
@@ -114,6 +116,51 @@ func TestDCGMFlags(t *testing.T) {
 				}
 				return c.Validate()
 			}},
+		{"pod labels and UIDs", []string{"--kubernetes-enable-pod-labels", "--kubernetes-enable-pod-uid",
+			`--kubernetes-pod-label-allowlist-regex=^app\.kubernetes\.io/`, "--kubernetes-pod-label-allowlist-regex", "team, ^tier$ "}, nil,
+			func(c *Config) error {
+				if !c.PodLabels || !c.PodUID {
+					return fmt.Errorf("labels %v, UIDs %v", c.PodLabels, c.PodUID)
+				}
+				if err := allows(c.PodLabelAllowlist, []string{"app.kubernetes.io/name", "my-team", "tier"}, []string{"tiers", "app_kubernetes_io_name", "pod-template-hash"}); err != nil {
+					return err
+				}
+				if n := notices(c); n != "" {
+					return fmt.Errorf("notices:\n%s", n)
+				}
+				return c.Validate()
+			}},
+		{"pod labels and UIDs from the environment", nil, map[string]string{
+			"DCGM_EXPORTER_KUBERNETES_ENABLE_POD_LABELS": "true", "DCGM_EXPORTER_KUBERNETES_ENABLE_POD_UID": "1",
+			"DCGM_EXPORTER_KUBERNETES_POD_LABEL_ALLOWLIST_REGEX": " ^team$ ,^app",
+		}, func(c *Config) error {
+			if !c.PodLabels || !c.PodUID {
+				return fmt.Errorf("labels %v, UIDs %v", c.PodLabels, c.PodUID)
+			}
+			return allows(c.PodLabelAllowlist, []string{"team", "app"}, []string{"my-team"})
+		}},
+		{"pod label flags win over the environment", []string{"--kubernetes-enable-pod-labels=false", "--kubernetes-pod-label-allowlist-regex=^a$"}, map[string]string{
+			"DCGM_EXPORTER_KUBERNETES_ENABLE_POD_LABELS": "true", "DCGM_EXPORTER_KUBERNETES_POD_LABEL_ALLOWLIST_REGEX": "^b$",
+		}, func(c *Config) error {
+			if c.PodLabels || c.PodUID {
+				return fmt.Errorf("labels %v, UIDs %v", c.PodLabels, c.PodUID)
+			}
+			if err := allows(c.PodLabelAllowlist, []string{"a"}, []string{"b"}); err != nil {
+				return err
+			}
+			// An allowlist without labels does nothing, and says so.
+			if n := notices(c); strings.Count(n, "has no effect without --kubernetes-enable-pod-labels") != 1 {
+				return fmt.Errorf("notices:\n%s", n)
+			}
+			return nil
+		}},
+		{"an empty allowlist pattern keeps every label", []string{"--kubernetes-enable-pod-labels", "--kubernetes-pod-label-allowlist-regex=^team$,"}, nil,
+			func(c *Config) error {
+				if n := notices(c); strings.Count(n, "matches every pod label") != 1 {
+					return fmt.Errorf("notices:\n%s", n)
+				}
+				return allows(c.PodLabelAllowlist, []string{"team", "anything"}, nil)
+			}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := parseEnv(tc.args, tc.env)
@@ -145,6 +192,11 @@ func TestDCGMFlagErrors(t *testing.T) {
 		{nil, map[string]string{"DCGM_EXPORTER_XID_COUNT_WINDOW_SIZE": "7200000"}, "must be between 1 and 3600000 milliseconds"},
 		{[]string{"-f", "testdata/malformed.csv"}, nil, "--collectors=testdata/malformed.csv: testdata/malformed.csv:4: 2 fields"},
 		{nil, map[string]string{"DCGM_EXPORTER_COLLECTORS": "testdata/none.csv"}, "--collectors=testdata/none.csv: reading dcgm-exporter field list"},
+		{[]string{"--kubernetes-pod-label-allowlist-regex=^app,a(b"}, nil,
+			`--kubernetes-pod-label-allowlist-regex=^app,a(b (dcgm-exporter's): pattern "a(b": error parsing regexp: missing closing )`},
+		{nil, map[string]string{"DCGM_EXPORTER_KUBERNETES_POD_LABEL_ALLOWLIST_REGEX": "[z-a]"},
+			`$DCGM_EXPORTER_KUBERNETES_POD_LABEL_ALLOWLIST_REGEX=[z-a] (dcgm-exporter's): pattern "[z-a]": error parsing regexp: invalid character class range`},
+		{[]string{"--kubernetes-enable-pod-uid=maybe"}, nil, `"maybe" for -kubernetes-enable-pod-uid: must be true or false`},
 	} {
 		c, err := parseEnv(tc.args, tc.env)
 		if err == nil {
@@ -175,4 +227,22 @@ func TestDCGMFlagsExitCodes(t *testing.T) {
 	if code := Main(ctx, []string{"--fake-gpus", "--version"}, &stdout, &stderr); code != 0 {
 		t.Errorf("ignored flag: exit %d, stderr %q", code, stderr.String())
 	}
+}
+
+// allows checks an allowlist keeps the keys in yes and none in no.
+func allows(a *attribution.LabelAllowlist, yes, no []string) error {
+	if a == nil {
+		return fmt.Errorf("no allowlist")
+	}
+	for _, k := range yes {
+		if !a.Allows(k) {
+			return fmt.Errorf("%q refused", k)
+		}
+	}
+	for _, k := range no {
+		if a.Allows(k) {
+			return fmt.Errorf("%q allowed", k)
+		}
+	}
+	return nil
 }

@@ -2,8 +2,10 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"github.com/gpu-telemetry/agent/internal/attribution"
 	"github.com/gpu-telemetry/agent/internal/cgroup"
@@ -49,29 +51,45 @@ func (s *simSource) library() nvml.Library {
 
 func (s *simSource) start(store *telemetry.Store) (*stages, error) {
 	st := &stages{}
-	if exists(s.cfg.PodResourcesSocket) {
+	kubelet := exists(s.cfg.PodResourcesSocket)
+	if kubelet {
 		if err := st.addKubelet(s.cfg, store, s.log); err != nil {
 			return nil, err
 		}
 	} else {
 		s.log.Info("no kubelet socket: the simulated pods hold the simulated GPUs", "socket", s.cfg.PodResourcesSocket)
 		st.pods = staticPods{SimulatedPods(s.lib)}
+		if s.cfg.podMetaFlags() != "" {
+			st.metas = SimulatedMetas(s.lib, s.cfg)
+		}
 	}
 	if s.cfg.PodWatch && s.cfg.Kubeconfig != "" {
 		// The simulated GPUs' processes are named by the simulator; the
-		// watch finds the real pods whose own metrics the agent scrapes.
-		s.log.Info("--simulate names its GPU processes' pods; the pod watch finds app targets only")
+		// watch finds the real pods whose own metrics the agent scrapes,
+		// and the labels and UIDs of the pods a real kubelet names.
+		if kubelet && s.cfg.podMetaFlags() != "" {
+			s.log.Info("--simulate names its GPU processes' pods; the pod watch finds app targets and the labels and UIDs of the kubelet's pods")
+		} else {
+			s.log.Info("--simulate names its GPU processes' pods; the pod watch finds app targets only")
+		}
 		client, err := podwatch.NewClient(s.cfg.Kubeconfig)
 		if err != nil {
 			return nil, err
 		}
-		w, err := podwatch.New(client, s.cfg.NodeName, podwatch.Options{Logger: s.log.With("component", "podwatch")})
+		w, err := podwatch.New(client, s.cfg.NodeName, s.cfg.podWatchOptions(s.log.With("component", "podwatch")))
 		if err != nil {
 			return nil, err
+		}
+		if kubelet && s.cfg.podMetaFlags() != "" {
+			st.metas = w
 		}
 		st.metrics = append(st.metrics, w.Metrics()...)
 		st.run = append(st.run, w.Run)
 		st.addApps(s.cfg, w, s.log.With("component", "app"))
+	} else if f := s.cfg.podMetaFlags(); kubelet && f != "" {
+		// A real kubelet's pods are the API server's, and --simulate
+		// watches it only with --kubeconfig.
+		return nil, podMetaNeedsWatch(f, errors.New("--simulate with a kubelet socket watches the API server only with --kubernetes.pod-watch and --kubeconfig"))
 	}
 	st.processes = attribution.NewProcessStage(store, cgroup.NewResolverFS(s.lib.ProcFS()), SimulatedNames(s.lib), s.log.With("component", "processes"))
 	st.run = append(st.run, st.processes.Run)
@@ -100,6 +118,41 @@ func SimulatedNames(l *sim.Library) *attribution.NameTable {
 	}
 	return t
 }
+
+// SimulatedMetas gives the simulated pods' UIDs (their processes' cgroups
+// name them) and labels, as the pod watch gives a real node's, for
+// --kubernetes-enable-pod-uid and --kubernetes-enable-pod-labels: each
+// pod is labelled app.kubernetes.io/name (its name without the ordinal)
+// and app.kubernetes.io/instance (its name), through the allowlist.
+func SimulatedMetas(l *sim.Library, cfg *Config) attribution.PodMetas {
+	t := metaTable{}
+	for _, p := range l.Processes() {
+		var uid string
+		if cfg.PodUID {
+			uid = p.PodUID
+		}
+		var labels map[string]string
+		if cfg.PodLabels {
+			name := p.Pod
+			if i := strings.LastIndexByte(name, '-'); i > 0 {
+				name = name[:i]
+			}
+			labels = map[string]string{"app.kubernetes.io/name": name, "app.kubernetes.io/instance": p.Pod}
+			if f := cfg.PodLabelAllowlist.Filter(labels); f != nil {
+				labels = f
+			} else {
+				labels = map[string]string{}
+			}
+		}
+		t[p.Namespace+"/"+p.Pod] = attribution.NewPodMeta(uid, labels)
+	}
+	return t
+}
+
+// metaTable holds pods' metadata by namespace/name.
+type metaTable map[string]*attribution.PodMeta
+
+func (t metaTable) PodMeta(namespace, name string) *attribution.PodMeta { return t[namespace+"/"+name] }
 
 // SimulatedPods returns the pods of a simulated node: GPU i is held by pod
 // default/inference-i (container "server"), except that with two or more

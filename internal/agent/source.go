@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 
@@ -31,6 +32,7 @@ type source interface {
 type stages struct {
 	pods      attribution.PodSource     // nil: no pod attribution
 	processes *attribution.ProcessStage // nil: processes are not attributed
+	metas     attribution.PodMetas      // nil: no pod labels or UIDs asked for
 	apps      *app.Manager              // nil: no app scraping
 	metrics   []prometheus.Collector    // the stages' own metrics
 	run       []func(context.Context) error
@@ -72,20 +74,27 @@ func (s *nodeSource) start(store *telemetry.Store) (*stages, error) {
 	}
 	plog := s.log.With("component", "processes")
 	if !s.cfg.PodWatch {
+		// Validate refuses pod labels and UIDs without the watch.
 		plog.Info("--kubernetes.pod-watch=false: GPU processes are not attributed to pods; the pods of a shared GPU see its device-level values")
 		return st, nil
 	}
 	client, err := podwatch.NewClient(s.cfg.Kubeconfig)
 	if errors.Is(err, podwatch.ErrNoCluster) {
+		if f := s.cfg.podMetaFlags(); f != "" {
+			return nil, podMetaNeedsWatch(f, err)
+		}
 		plog.Info("not in a cluster and no --kubeconfig: GPU processes are not attributed to pods; the pods of a shared GPU see its device-level values")
 		return st, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	w, err := podwatch.New(client, s.cfg.NodeName, podwatch.Options{Logger: s.log.With("component", "podwatch")})
+	w, err := podwatch.New(client, s.cfg.NodeName, s.cfg.podWatchOptions(s.log.With("component", "podwatch")))
 	if err != nil {
 		return nil, err
+	}
+	if s.cfg.podMetaFlags() != "" {
+		st.metas = w
 	}
 	st.processes = attribution.NewProcessStage(store, cgroup.NewResolver(s.cfg.ProcFS), w, plog)
 	st.metrics = append(st.metrics, w.Metrics()...)
@@ -111,6 +120,16 @@ func (st *stages) addKubelet(cfg *Config, store *telemetry.Store, log *slog.Logg
 	st.metrics = append(st.metrics, podresources.NewMetrics(client))
 	st.run = append(st.run, client.Run)
 	return nil
+}
+
+// podMetaNeedsWatch is the start error of pod labels or UIDs (flags) asked
+// for where the pod watch cannot reach the API server (err). dcgm-exporter
+// logs a warning and serves its series without them; a swapped image
+// whose dashboards group by a pod label would then show nothing, with no
+// error to say why.
+func podMetaNeedsWatch(flags string, err error) error {
+	return fmt.Errorf("%s: pod labels and UIDs come from the pod watch, which needs the API server: %w "+
+		"(run in a pod whose service account deploy/rbac.yaml's role is bound to, or pass --kubeconfig)", flags, err)
 }
 
 func exists(path string) bool {

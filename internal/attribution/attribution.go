@@ -173,7 +173,18 @@ type Attributor struct {
 	src   Snapshots
 	pods  PodSource // nil: no pod attribution
 	procs Processes // nil: no per-process attribution
+	metas PodMetas  // nil: pods without UIDs or labels
 	last  atomic.Pointer[cached]
+}
+
+// Option configures an Attributor.
+type Option func(*Attributor)
+
+// WithPodMetas joins each view's pods with their UID and labels from m
+// (Pod.Meta), by namespace and name. The join is made with each view, so
+// a pod's new labels reach its series with the next snapshot.
+func WithPodMetas(m PodMetas) Option {
+	return func(at *Attributor) { at.metas = m }
 }
 
 type cached struct {
@@ -184,8 +195,12 @@ type cached struct {
 
 // NewAttributor returns an Attributor over src, pods (nil when pod
 // attribution is off) and procs (nil when per-process attribution is).
-func NewAttributor(src Snapshots, pods PodSource, procs Processes) *Attributor {
-	return &Attributor{src: src, pods: pods, procs: procs}
+func NewAttributor(src Snapshots, pods PodSource, procs Processes, opts ...Option) *Attributor {
+	at := &Attributor{src: src, pods: pods, procs: procs}
+	for _, o := range opts {
+		o(at)
+	}
+	return at
 }
 
 // Snapshots returns the snapshot source the views are built on.
@@ -219,6 +234,25 @@ func (at *Attributor) View(snap *telemetry.Snapshot) *View {
 	}
 	v := Attribute(snap, a, pp)
 	v.PodsStale = stale
+	if at.metas != nil {
+		joinMetas(v, at.metas)
+	}
 	at.last.Store(&cached{view: v, a: a, pp: pp})
 	return v
+}
+
+// joinMetas gives every pod of v its metadata from m. The devices' pod
+// slices are the pod map's, shared by every view: each device gets a copy.
+func joinMetas(v *View, m PodMetas) {
+	for i := range v.Devices {
+		d := &v.Devices[i]
+		if len(d.Pods) == 0 {
+			continue
+		}
+		pods := slices.Clone(d.Pods)
+		for k := range pods {
+			pods[k].Meta = m.PodMeta(pods[k].Namespace, pods[k].Name)
+		}
+		d.Pods = pods
+	}
 }

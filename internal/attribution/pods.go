@@ -12,7 +12,14 @@ import (
 // node) speaks it; readers (the exporter, the stream) see it only through
 // a View. The pod-resources API carries no pod UID, so namespace and name
 // are the identity. Container is empty where only the pod is known.
-type Pod struct{ Namespace, Name, Container string }
+type Pod struct {
+	Namespace, Name, Container string
+	// Meta is the pod's UID and labels from the pod watch, joined by
+	// namespace and name into a View's pods where they were asked for
+	// (WithPodMetas); nil otherwise, and in every pod map. It is not part
+	// of the identity: ComparePods and the joins ignore it.
+	Meta *PodMeta
+}
 
 // ComparePods orders pods by namespace, name and container.
 func ComparePods(a, b Pod) int {

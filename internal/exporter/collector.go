@@ -215,10 +215,13 @@ func NewCollector(views *attribution.Attributor, opts Options) *Collector {
 type target struct {
 	labels   labelSet
 	mig, pod bool
+	meta     bool // pod labels beyond the layout's: pod_uid, the pod's labels (podlabels.go)
 }
 
 func (f *family) desc(t target) *prometheus.Desc {
 	switch {
+	case t.meta:
+		return f.metaDesc(t)
 	case t.mig && t.pod:
 		return f.migPod
 	case t.mig:
@@ -247,6 +250,10 @@ func targets(names, values []string, mig bool, pods []attribution.Pod, podNames 
 	for i, p := range pods {
 		v := make([]string, len(values), len(names))
 		copy(v, values)
+		if p.Meta != nil {
+			ts[i] = podMetaTarget(names, append(v, p.Namespace, p.Name, p.Container), p.Meta, mig)
+			continue
+		}
 		ts[i] = target{labels: newLabelSet(names, append(v, p.Namespace, p.Name, p.Container)), mig: mig, pod: true}
 	}
 	return ts

@@ -37,6 +37,7 @@ func TestWriteDevicesMatchesCollect(t *testing.T) {
 	type variantOptions struct {
 		Options
 		procs attribution.Processes
+		metas attribution.PodMetas
 	}
 	opts := variantOptions{Options: Options{Hostname: "node \"a\"\\b\nc", Interval: 250 * time.Millisecond, Build: BuildInfo{Version: "v", Revision: "r"}}}
 	// The label layouts the options make: the default, and a field list
@@ -62,10 +63,19 @@ func TestWriteDevicesMatchesCollect(t *testing.T) {
 			o.UseOldNamespace, o.Hostname, o.DriverVersion = true, "", "550.54.15"
 			return o
 		}},
+		{"pod labels and UIDs, per-pod shares", func(o variantOptions) variantOptions {
+			_, o.procs = withProcesses(snap)
+			o.metas, o.DriverVersion = testMetas(), "550.54.15"
+			return o
+		}},
 	} {
 		t.Run(variant.name, func(t *testing.T) {
 			opts := variant.opts(opts)
-			c := NewCollector(attribution.NewAttributor(snapshots{snap}, testPods(t), opts.procs), opts.Options)
+			var viewOpts []attribution.Option
+			if opts.metas != nil {
+				viewOpts = append(viewOpts, attribution.WithPodMetas(opts.metas))
+			}
+			c := NewCollector(attribution.NewAttributor(snapshots{snap}, testPods(t), opts.procs, viewOpts...), opts.Options)
 
 			full := prometheus.NewRegistry()
 			full.MustRegister(c.Latest())

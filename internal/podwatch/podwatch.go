@@ -1,5 +1,8 @@
 // Package podwatch turns the pod UIDs and container IDs that internal/cgroup reads
-// from cgroups into namespaces, pod names and container names.
+// from cgroups into namespaces, pod names and container names; and, when
+// asked (Options.PodLabels, Options.PodUID), gives the pods' UIDs and
+// labels by namespace and name (PodMeta), which the kubelet's
+// pod-resources API does not carry.
 //
 // The kubelet's pod-resources API names pods but not their UIDs, and the
 // cgroup path names UIDs but not pods, so the join needs a source that has
@@ -79,6 +82,16 @@ type Options struct {
 	// default, never does: the index is rebuilt from events alone, and a
 	// resync would only repeat what it already holds.
 	ResyncPeriod time.Duration
+
+	// PodLabels keeps each pod's labels that it allows, for PodMeta
+	// (dcgm-exporter's --kubernetes-enable-pod-labels, its allowlist
+	// --kubernetes-pod-label-allowlist-regex); nil, the default, keeps
+	// none: on a node of many pods their labels are most of what a
+	// stripped pod would hold, so they are stripped unless asked for.
+	PodLabels *attribution.LabelAllowlist
+	// PodUID puts each pod's UID in PodMeta (--kubernetes-enable-pod-uid).
+	// The index holds UIDs either way: cgroups name pods by UID.
+	PodUID bool
 }
 
 // Watcher keeps an index of the pods on one node. Lookup and Container are
@@ -102,6 +115,11 @@ type Watcher struct {
 	byUID map[string]*entry
 	// byContainer holds each container's bare ID (no "containerd://").
 	byContainer map[string]containerRef
+	// byName holds each pod under namespace/name, for PodMeta; nil when
+	// neither labels nor UIDs were asked for.
+	byName map[string]*entry
+	labels *attribution.LabelAllowlist // Options.PodLabels
+	uid    bool                        // Options.PodUID
 
 	running chan struct{}
 	errMu   sync.Mutex
@@ -131,7 +149,8 @@ type entry struct {
 	pod        Pod
 	hash       string
 	containers []string
-	app        app.PodInfo // what app discovery reads
+	app        app.PodInfo          // what app discovery reads
+	meta       *attribution.PodMeta // nil unless labels or UIDs were asked for
 }
 
 type containerRef struct {
@@ -160,6 +179,11 @@ func New(client PodsClient, node string, opts Options) (*Watcher, error) {
 		byUID:       make(map[string]*entry),
 		byContainer: make(map[string]containerRef),
 		running:     make(chan struct{}, 1),
+		labels:      opts.PodLabels,
+		uid:         opts.PodUID,
+	}
+	if w.labels != nil || w.uid {
+		w.byName = make(map[string]*entry)
 	}
 	w.informer = cache.NewSharedIndexInformerWithOptions(
 		// The wrapper lets the reflector ask the client whether it
@@ -169,8 +193,9 @@ func New(client PodsClient, node string, opts Options) (*Watcher, error) {
 		cache.SharedIndexInformerOptions{ResyncPeriod: opts.ResyncPeriod, ObjectDescription: "pods on " + node},
 	)
 	// Strip pods before they are stored: a full pod is 5 to 20 kB of
-	// specs, managed fields and labels the index never reads.
-	if err := w.informer.SetTransform(strip); err != nil {
+	// specs, managed fields and labels the index never reads (labels
+	// only when asked for, and only the allowed ones).
+	if err := w.informer.SetTransform(stripper(w.labels)); err != nil {
 		return nil, fmt.Errorf("podwatch: setting transform: %w", err)
 	}
 	if err := w.informer.SetWatchErrorHandlerWithContext(w.watchError); err != nil {
@@ -276,6 +301,10 @@ func (w *Watcher) upsert(obj any) {
 		w.log.Debug("pod watch: unexpected object", "type", fmt.Sprintf("%T", obj))
 		return
 	}
+	var meta *attribution.PodMeta
+	if w.byName != nil {
+		meta = w.meta(p) // outside the lock: it sorts and sanitises
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	// Replace rather than patch: a restarted container has a new ID and
@@ -295,6 +324,10 @@ func (w *Watcher) upsert(obj any) {
 	w.byUID[string(p.UID)] = e
 	if e.hash != "" {
 		w.byUID[e.hash] = e
+	}
+	if w.byName != nil {
+		e.meta = meta
+		w.byName[nameKey(p.Namespace, p.Name)] = e
 	}
 	for _, list := range [][]corev1.ContainerStatus{p.Status.InitContainerStatuses, p.Status.ContainerStatuses, p.Status.EphemeralContainerStatuses} {
 		for _, s := range list {
@@ -339,6 +372,11 @@ func (w *Watcher) dropLocked(uid types.UID) {
 	if e.hash != "" && w.byUID[e.hash] == e {
 		delete(w.byUID, e.hash)
 	}
+	// A pod deleted and created again under its name (a StatefulSet's)
+	// may be added before the old one is deleted.
+	if k := nameKey(e.pod.Namespace, e.pod.Name); w.byName != nil && w.byName[k] == e {
+		delete(w.byName, k)
+	}
 	for _, id := range e.containers {
 		if w.byContainer[id].e == e {
 			delete(w.byContainer, id)
@@ -369,9 +407,18 @@ func (w *Watcher) watchError(_ context.Context, _ *cache.Reflector, err error) {
 // strip keeps what the index reads: names, UID, the config hash, the node,
 // and each container's name and ID; and what app discovery reads: the
 // phase, the pod IP, the gpu-agent.io/ annotations and the containers'
-// ports. It must accept its own output, since client-go may transform an
-// object twice.
-func strip(obj any) (any, error) {
+// ports. No labels: see stripper.
+func strip(obj any) (any, error) { return stripper(nil)(obj) }
+
+// stripper is strip that also keeps the labels that labels allows, when
+// not nil (for PodMeta). The transform must accept its own output, since
+// client-go may transform an object twice: the allowlist reads the keys
+// as the API server gives them, and so does a second pass.
+func stripper(labels *attribution.LabelAllowlist) cache.TransformFunc {
+	return func(obj any) (any, error) { return stripPod(obj, labels) }
+}
+
+func stripPod(obj any, labels *attribution.LabelAllowlist) (any, error) {
 	p, ok := obj.(*corev1.Pod)
 	if !ok {
 		return obj, nil // tombstones and anything else pass through
@@ -402,7 +449,48 @@ func strip(obj any) (any, error) {
 			out.Annotations[k] = v
 		}
 	}
+	if labels != nil {
+		out.Labels = labels.Filter(p.Labels)
+	}
 	return out, nil
+}
+
+// meta is a pod's PodMeta as the options ask: its UID, its allowed labels.
+func (w *Watcher) meta(p *corev1.Pod) *attribution.PodMeta {
+	var uid string
+	if w.uid {
+		uid = string(p.UID)
+	}
+	var labels map[string]string
+	if w.labels != nil {
+		// The transform has filtered them already, but upsert also
+		// takes pods that did not pass through it.
+		labels = w.labels.Filter(p.Labels)
+		if labels == nil {
+			labels = map[string]string{}
+		}
+	}
+	return attribution.NewPodMeta(uid, labels)
+}
+
+func nameKey(namespace, name string) string { return namespace + "/" + name }
+
+var _ attribution.PodMetas = (*Watcher)(nil)
+
+// PodMeta returns the UID and labels of the pod with this namespace and
+// name (attribution.PodMetas), as Options asked for them; nil for a pod not
+// known (yet), and when neither was asked for.
+func (w *Watcher) PodMeta(namespace, name string) *attribution.PodMeta {
+	if w.byName == nil {
+		return nil
+	}
+	w.mu.RLock()
+	e, ok := w.byName[nameKey(namespace, name)]
+	w.mu.RUnlock()
+	if !ok {
+		return nil
+	}
+	return e.meta
 }
 
 // stripContainers keeps each container's name and ports (name, number,
