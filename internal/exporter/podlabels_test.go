@@ -162,7 +162,7 @@ func TestPodLabelsNeverClash(t *testing.T) {
 	}{{false, Gen482}, {true, Gen482}, {false, Gen49}, {true, Gen410}} {
 		oldNamespace := c.oldNamespace
 		opts := Options{Hostname: "node-a", DriverVersion: "550.54.15", UseOldNamespace: oldNamespace, Generation: c.gen, Counters: every}
-		snap, procs := withProcesses(testSnapshot()) // the per-pod encoder families too
+		snap, procs := withProcesses(testSnapshot())                                // the per-pod encoder families too
 		snap.States[0].XID.Recent = []telemetry.XIDEvent{{XID: 79, At: time.Now()}} // and the XID window's
 		plain := gatherSeries(t, NewCollector(attribution.NewAttributor(snapshots{snap}, testPods(t), procs), opts).Latest())
 
