@@ -202,6 +202,7 @@ func openSampler(ctx, gctx context.Context, lib nvml.Library, cfg *Config, store
 		Logger:       log.With("component", "nvml"),
 		TickObserver: tick,
 		Store:        store,
+		XIDRetention: cfg.XIDCountWindow,
 	})
 	switch {
 	case err != nil && ctx.Err() != nil:

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -11,7 +12,6 @@ import (
 
 	"github.com/gpu-telemetry/agent/internal/attribution"
 	"github.com/gpu-telemetry/agent/internal/nvml"
-	"github.com/gpu-telemetry/agent/internal/telemetry"
 )
 
 // dcgm-exporter's command line and environment, accepted so that a
@@ -122,11 +122,10 @@ func dcgmOptions() []dcgmOption {
 			if err != nil {
 				return errors.New("want a whole number of milliseconds")
 			}
-			w := time.Duration(ms) * time.Millisecond
-			if w <= 0 || w > telemetry.XIDRetention {
-				return fmt.Errorf("must be between 1 and %d milliseconds (%s: the agent keeps the XIDs of the last %s)", telemetry.XIDRetention.Milliseconds(), telemetry.XIDRetention, telemetry.XIDRetention)
+			if ms <= 0 || ms > math.MaxInt64/int64(time.Millisecond) {
+				return errors.New("must be a positive number of milliseconds")
 			}
-			c.XIDCountWindow = w
+			c.XIDCountWindow = time.Duration(ms) * time.Millisecond
 			return nil
 		}},
 		{name: "log-format", env: "DCGM_EXPORTER_LOG_FORMAT", native: "log.format", toNative: func(v string, _ *Config) (string, error) {

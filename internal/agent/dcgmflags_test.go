@@ -86,9 +86,9 @@ func TestDCGMFlags(t *testing.T) {
 			}
 			return nil
 		}},
-		{"xid window from the environment", nil, map[string]string{"DCGM_EXPORTER_XID_COUNT_WINDOW_SIZE": "900000"}, func(c *Config) error {
-			if c.XIDCountWindow != 15*time.Minute {
-				return fmt.Errorf("window %v, want 15m", c.XIDCountWindow)
+		{"xid window from the environment", nil, map[string]string{"DCGM_EXPORTER_XID_COUNT_WINDOW_SIZE": "86400000"}, func(c *Config) error {
+			if c.XIDCountWindow != 24*time.Hour {
+				return fmt.Errorf("window %v, want 24h", c.XIDCountWindow)
 			}
 			return nil
 		}},
@@ -188,8 +188,8 @@ func TestDCGMFlagErrors(t *testing.T) {
 		{[]string{"--kubernetes-gpu-id-type=serial"}, nil, `--kubernetes-gpu-id-type=serial (dcgm-exporter's): must be "uid" or "device-name"`},
 		{[]string{"--log-format=xml"}, nil, "--log-format=xml"},
 		{[]string{"-x", "5m"}, nil, "--xid-count-window-size=5m (dcgm-exporter's): want a whole number of milliseconds"},
-		{[]string{"-x", "0"}, nil, "--xid-count-window-size=0 (dcgm-exporter's): must be between 1 and 3600000 milliseconds"},
-		{nil, map[string]string{"DCGM_EXPORTER_XID_COUNT_WINDOW_SIZE": "7200000"}, "must be between 1 and 3600000 milliseconds"},
+		{[]string{"-x", "0"}, nil, "--xid-count-window-size=0 (dcgm-exporter's): must be a positive number of milliseconds"},
+		{nil, map[string]string{"DCGM_EXPORTER_XID_COUNT_WINDOW_SIZE": "-1"}, "must be a positive number of milliseconds"},
 		{[]string{"-f", "testdata/malformed.csv"}, nil, "--collectors=testdata/malformed.csv: testdata/malformed.csv:4: 2 fields"},
 		{nil, map[string]string{"DCGM_EXPORTER_COLLECTORS": "testdata/none.csv"}, "--collectors=testdata/none.csv: reading dcgm-exporter field list"},
 		{[]string{"--kubernetes-pod-label-allowlist-regex=^app,a(b"}, nil,

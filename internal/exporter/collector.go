@@ -72,6 +72,7 @@ type Collector struct {
 	dcgm                            []*family
 	xid                             []*family
 	expXIDCount, expXIDTotal        *family // DCGM_EXP_XID_ERRORS_COUNT and _TOTAL, nil unless listed
+	xidWindowPair                   *dto.LabelPair
 	encSessions, encFPS, encLatency *family
 	// The per-pod encoder families, by codec: only on pod series of a GPU
 	// with per-pod values.
@@ -188,7 +189,7 @@ func NewCollector(views *attribution.Attributor, opts Options) *Collector {
 		c.xid = append(c.xid, f)
 	}
 	if listed(xidCountName, 0) {
-		c.expXIDCount = newFamily(xidCountName, xidCountHelp, prometheus.GaugeValue, "xid")
+		c.expXIDCount = newFamily(xidCountName, xidCountHelp, prometheus.GaugeValue, "window_size_in_ms")
 		c.families = append(c.families, c.expXIDCount)
 	}
 	if listed(xidTotalName, 0) {
@@ -198,6 +199,7 @@ func NewCollector(views *attribution.Attributor, opts Options) *Collector {
 	if c.opts.XIDWindow <= 0 {
 		c.opts.XIDWindow = DefaultXIDWindow
 	}
+	c.xidWindowPair = &dto.LabelPair{Name: new("window_size_in_ms"), Value: new(strconv.FormatInt(c.opts.XIDWindow.Milliseconds(), 10))}
 	c.families = append(c.families, c.encSessions, c.encFPS, c.encLatency, c.podEncSessions, c.podEncFPS, c.podEncLatency, c.samplingPeriod, c.windowMax, c.windowMean, c.windowN)
 	for i, f := range c.families {
 		f.idx = i
@@ -438,15 +440,25 @@ func (c *Collector) collectXID(e sink, t target, st *telemetry.DeviceState) {
 		}
 		e.emit(f, tx, float64(last))
 	}
-	if st.XID == nil || c.expXIDCount == nil && c.expXIDTotal == nil {
-		return
-	}
-	// By XID, in order, the ones seen within the window and since start.
+	// The XIDs of the window by XID, labelled with the window as
+	// dcgm-exporter's expCollector does (window_size_in_ms); a GPU with
+	// none in the window has one series, 0, without xid.
 	if c.expXIDCount != nil {
-		counts := st.XID.CountSince(time.Now().Add(-c.opts.XIDWindow))
-		for _, xid := range slices.Sorted(maps.Keys(counts)) {
-			e.emit(c.expXIDCount, t.with(xidPair(xid)), float64(counts[xid]))
+		tw := t.with(c.xidWindowPair)
+		tw.meta = true // with or without xid: a Desc per series
+		var counts map[uint64]uint64
+		if st.XID != nil {
+			counts = st.XID.CountSince(time.Now().Add(-c.opts.XIDWindow))
 		}
+		if len(counts) == 0 {
+			e.emit(c.expXIDCount, tw, 0)
+		}
+		for _, xid := range slices.Sorted(maps.Keys(counts)) {
+			e.emit(c.expXIDCount, tw.with(xidPair(xid)), float64(counts[xid]))
+		}
+	}
+	if st.XID == nil {
+		return
 	}
 	if c.expXIDTotal != nil {
 		for _, xid := range slices.Sorted(maps.Keys(st.XID.Counts)) {

@@ -342,47 +342,72 @@ func TestGenerationsDocumented(t *testing.T) {
 }
 
 // dcgm-exporter's XID families, when the field list names them: the
-// XIDs of the window by XID, and every XID since start.
+// XIDs of the window by XID, labelled with the window (a GPU with none
+// in it: one series, 0, without xid), and every XID since start.
 func TestXIDCountAndTotal(t *testing.T) {
 	snap := testSnapshot()
 	now := time.Now()
 	snap.States[0].XID = &telemetry.XIDCounts{Last: 79, Counts: map[uint64]uint64{31: 2, 79: 1},
 		Recent: []telemetry.XIDEvent{{XID: 31, At: now.Add(-20 * time.Minute)}, {XID: 31, At: now.Add(-time.Minute)}, {XID: 79, At: now.Add(-time.Second)}}}
 	fields := []dcgmcsv.Field{{Name: "DCGM_EXP_XID_ERRORS_COUNT", Type: dcgmcsv.TypeGauge}, {Name: "DCGM_EXP_XID_ERRORS_TOTAL", Type: dcgmcsv.TypeCounter}}
+	if u := Unsupported(fields); len(u) != 0 {
+		t.Fatalf("Unsupported = %v", u)
+	}
 	for _, c := range []struct {
 		window time.Duration
-		count  map[string]float64
+		ms     string
+		count  map[string]float64 // GPU 0's by xid
 	}{
-		{0, map[string]float64{"31": 1, "79": 1}}, // the default, 5 minutes
-		{30 * time.Minute, map[string]float64{"31": 2, "79": 1}},
-		{30 * time.Second, map[string]float64{"79": 1}},
+		{0, "300000", map[string]float64{"31": 1, "79": 1}}, // the default, 5 minutes
+		{30 * time.Minute, "1800000", map[string]float64{"31": 2, "79": 1}},
+		{30 * time.Second, "30000", map[string]float64{"79": 1}},
+		{100 * time.Millisecond, "100", map[string]float64{"": 0}},
 	} {
 		col := NewCollector(attribution.NewAttributor(snapshots{snap}, testPods(t), nil),
 			Options{Interval: time.Second, Counters: fields, XIDWindow: c.window})
-		if u := Unsupported(fields); len(u) != 0 {
-			t.Fatalf("Unsupported = %v", u)
-		}
 		mfs := gather(t, col.Latest())
-		byXID := func(name string) map[string]float64 {
-			out := map[string]float64{}
+		// byGPU is each GPU's series by xid label ("" without one).
+		byGPU := func(name string) map[string]map[string]float64 {
+			out := map[string]map[string]float64{}
 			for _, m := range mfs[name].GetMetric() {
 				gpu, _ := labelOf(m, "gpu")
 				xid, _ := labelOf(m, "xid")
-				if gpu != "0" {
-					t.Errorf("%s on GPU %s, which has no XIDs", name, gpu)
+				if out[gpu] == nil {
+					out[gpu] = map[string]float64{}
 				}
-				if pod, _ := labelOf(m, "pod"); pod != "inference-0" {
-					t.Errorf("%s %v: not on the pod's series", name, m.GetLabel())
+				out[gpu][xid] = m.GetGauge().GetValue() + m.GetCounter().GetValue()
+				if name == "DCGM_EXP_XID_ERRORS_COUNT" {
+					if w, _ := labelOf(m, "window_size_in_ms"); w != c.ms {
+						t.Errorf("%s %v: window_size_in_ms=%q, want %s", name, m.GetLabel(), w, c.ms)
+					}
 				}
-				out[xid] = m.GetGauge().GetValue() + m.GetCounter().GetValue()
+				if gpu == "0" {
+					if pod, _ := labelOf(m, "pod"); pod != "inference-0" {
+						t.Errorf("%s %v: not on the pod's series", name, m.GetLabel())
+					}
+				}
 			}
 			return out
 		}
-		if got := byXID("DCGM_EXP_XID_ERRORS_COUNT"); !maps.Equal(got, c.count) {
-			t.Errorf("window %v: count %v, want %v", c.window, got, c.count)
+		count := byGPU("DCGM_EXP_XID_ERRORS_COUNT")
+		if !maps.Equal(count["0"], c.count) {
+			t.Errorf("window %v: GPU 0's count %v, want %v", c.window, count["0"], c.count)
 		}
-		if got, want := byXID("DCGM_EXP_XID_ERRORS_TOTAL"), map[string]float64{"31": 2, "79": 1}; !maps.Equal(got, want) {
-			t.Errorf("total %v, want %v", got, want)
+		// GPUs 1 (shared) and 2 (MIG-enabled) have no XIDs: a 0 on the
+		// device series; a MIG instance has none of its own.
+		for _, gpu := range []string{"1", "2"} {
+			if want := map[string]float64{"": 0}; !maps.Equal(count[gpu], want) {
+				t.Errorf("GPU %s's count %v, want %v", gpu, count[gpu], want)
+			}
+		}
+		for _, m := range mfs["DCGM_EXP_XID_ERRORS_COUNT"].GetMetric() {
+			if _, ok := labelOf(m, "GPU_I_ID"); ok {
+				t.Errorf("a MIG instance's series: %v", m.GetLabel())
+			}
+		}
+		total := byGPU("DCGM_EXP_XID_ERRORS_TOTAL")
+		if got, want := total["0"], map[string]float64{"31": 2, "79": 1}; !maps.Equal(got, want) || len(total) != 1 {
+			t.Errorf("total %v, want GPU 0's %v only", total, want)
 		}
 		if mfs["DCGM_EXP_XID_ERRORS_TOTAL"].GetType() != dto.MetricType_COUNTER {
 			t.Errorf("DCGM_EXP_XID_ERRORS_TOTAL type %v", mfs["DCGM_EXP_XID_ERRORS_TOTAL"].GetType())

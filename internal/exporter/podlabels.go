@@ -36,7 +36,7 @@ const podUIDLabel = "pod_uid"
 // those families only, so it is left out of every series, for a pod's
 // series to carry the same pod labels in every family.
 // TestPodLabelsNeverClash finds any family label missing here.
-var familyLabels = []string{"err_code", "err_msg", "engine", "codec", "stat", "xid"}
+var familyLabels = []string{"err_code", "err_msg", "engine", "codec", "stat", "xid", "window_size_in_ms"}
 
 // podMetaTarget is the target of a pod with metadata: names and values
 // (the device's labels and the pod's namespace, pod and container), then

@@ -62,6 +62,10 @@ type Config struct {
 	ProbeTimeout time.Duration // see DefaultProbeTimeout
 	ShutdownWait time.Duration // see DefaultShutdownWait
 	MIGRescan    time.Duration // see DefaultMIGRescan
+	// XIDRetention is how long each GPU's recent XIDs are kept for counts
+	// over a window (telemetry.XIDCounts.Recent): at least
+	// telemetry.XIDRetention, longer for a longer window.
+	XIDRetention time.Duration
 	// Store, if set, is where snapshots are published, so readers can
 	// wait on it and read its history (telemetry.NewStore); nil keeps
 	// only the latest snapshot.
@@ -167,6 +171,7 @@ func Open(ctx context.Context, lib Library, cfg Config) (*Sampler, error) {
 	if cfg.ShutdownWait <= 0 {
 		cfg.ShutdownWait = DefaultShutdownWait
 	}
+	cfg.XIDRetention = max(cfg.XIDRetention, telemetry.XIDRetention)
 	if cfg.MIGRescan <= 0 {
 		cfg.MIGRescan = DefaultMIGRescan
 	}

@@ -17,37 +17,38 @@ type xidState struct {
 	p atomic.Pointer[telemetry.XIDCounts]
 }
 
-func (x *xidState) record(xid uint64) {
+func (x *xidState) record(xid uint64, retention time.Duration) {
 	prev := x.p.Load()
 	next := &telemetry.XIDCounts{Last: xid, Counts: map[uint64]uint64{}}
 	if prev != nil {
 		next.Counts = maps.Clone(prev.Counts)
 	}
 	next.Counts[xid]++
-	next.Recent = appendRecentXID(prev, telemetry.XIDEvent{XID: xid, At: time.Now()})
+	next.Recent = appendRecentXID(prev, telemetry.XIDEvent{XID: xid, At: time.Now()}, retention)
 	x.p.Store(next)
+}
+
+// appendRecentXID is prev's recent XIDs, less those older than retention
+// and beyond telemetry.MaxRecentXIDs, plus ev. It appends to prev's array
+// when it has room: a published record reads only its own length, so
+// writing past it is safe, and an XID storm costs no copy per XID (only
+// when append grows the array).
+func appendRecentXID(prev *telemetry.XIDCounts, ev telemetry.XIDEvent, retention time.Duration) []telemetry.XIDEvent {
+	var old []telemetry.XIDEvent
+	if prev != nil {
+		old = prev.Recent
+	}
+	cut := ev.At.Add(-retention)
+	i := 0
+	for i < len(old) && (old[i].At.Before(cut) || len(old)-i >= telemetry.MaxRecentXIDs) {
+		i++
+	}
+	return append(old[i:len(old):cap(old)], ev)
 }
 
 // xidWaitTimeout is how long one EventSet.Wait waits for an event. A Wait
 // that returns keeps within Close's ShutdownWait, so NVML is shut down
 // cleanly; one that never returns is left behind (see watchXID).
-// appendRecentXID is prev's recent XIDs, less those older than
-// telemetry.XIDRetention and beyond telemetry.MaxRecentXIDs, plus ev, in
-// a new slice (prev's is shared by published snapshots).
-func appendRecentXID(prev *telemetry.XIDCounts, ev telemetry.XIDEvent) []telemetry.XIDEvent {
-	var old []telemetry.XIDEvent
-	if prev != nil {
-		old = prev.Recent
-	}
-	cut := ev.At.Add(-telemetry.XIDRetention)
-	i := 0
-	for i < len(old) && (old[i].At.Before(cut) || len(old)-i >= telemetry.MaxRecentXIDs) {
-		i++
-	}
-	out := make([]telemetry.XIDEvent, 0, len(old)-i+1)
-	return append(append(out, old[i:]...), ev)
-}
-
 const xidWaitTimeout = 500 * time.Millisecond
 
 // registerXID registers d with the sampler's event set for XID critical
@@ -119,7 +120,7 @@ func (s *Sampler) recordXID(data nvml.EventData) {
 	}
 	for _, w := range s.workers {
 		if d := w.d; d.handle == data.Device {
-			d.xid.record(data.EventData)
+			d.xid.record(data.EventData, s.cfg.XIDRetention)
 			d.log.Warn("XID error", "xid", data.EventData)
 			return
 		}

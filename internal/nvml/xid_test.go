@@ -7,28 +7,33 @@ import (
 	"github.com/gpu-telemetry/agent/internal/telemetry"
 )
 
-// The recent XIDs keep the last hour, at most MaxRecentXIDs of them, and
-// never share a backing array with the record they came from.
+// The recent XIDs keep the retention's (an hour, or longer), at most
+// MaxRecentXIDs of them, and a record once published never changes.
 func TestAppendRecentXID(t *testing.T) {
 	t0 := time.Unix(1_700_000_000, 0)
 	prev := &telemetry.XIDCounts{Recent: []telemetry.XIDEvent{
 		{XID: 13, At: t0.Add(-2 * time.Hour)}, {XID: 31, At: t0.Add(-30 * time.Minute)},
 	}}
-	got := appendRecentXID(prev, telemetry.XIDEvent{XID: 79, At: t0})
+	got := appendRecentXID(prev, telemetry.XIDEvent{XID: 79, At: t0}, telemetry.XIDRetention)
 	if len(got) != 2 || got[0].XID != 31 || got[1].XID != 79 {
 		t.Errorf("recent %v, want 31 then 79 (13 is older than an hour)", got)
 	}
-	if &prev.Recent[1] == &got[0] {
-		t.Error("the new record shares the old one's array")
+	// The old record still reads what it held.
+	if len(prev.Recent) != 2 || prev.Recent[0].XID != 13 || prev.Recent[1].XID != 31 {
+		t.Errorf("the old record changed: %v", prev.Recent)
 	}
-	if got := appendRecentXID(nil, telemetry.XIDEvent{XID: 48, At: t0}); len(got) != 1 || got[0].XID != 48 {
+	// A longer retention keeps the two-hour-old one.
+	if got := appendRecentXID(prev, telemetry.XIDEvent{XID: 79, At: t0}, 3*time.Hour); len(got) != 3 {
+		t.Errorf("3h retention: %v", got)
+	}
+	if got := appendRecentXID(nil, telemetry.XIDEvent{XID: 48, At: t0}, telemetry.XIDRetention); len(got) != 1 || got[0].XID != 48 {
 		t.Errorf("first XID: %v", got)
 	}
 	full := &telemetry.XIDCounts{}
 	for i := range telemetry.MaxRecentXIDs {
 		full.Recent = append(full.Recent, telemetry.XIDEvent{XID: uint64(i), At: t0})
 	}
-	got = appendRecentXID(full, telemetry.XIDEvent{XID: 99999, At: t0})
+	got = appendRecentXID(full, telemetry.XIDEvent{XID: 99999, At: t0}, telemetry.XIDRetention)
 	if len(got) != telemetry.MaxRecentXIDs || got[0].XID != 1 || got[len(got)-1].XID != 99999 {
 		t.Errorf("at the cap: %d kept, first %d, last %d", len(got), got[0].XID, got[len(got)-1].XID)
 	}

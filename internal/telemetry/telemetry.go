@@ -324,9 +324,9 @@ type XIDEvent struct {
 	At  time.Time
 }
 
-// How long and how many recent XIDs XIDCounts keeps: a window count over
-// a longer window, or of a GPU raising more XIDs within it, would be
-// short; the longest window is XIDRetention.
+// How long (at least; the sampler keeps them for the XID window when it
+// is longer) and how many recent XIDs XIDCounts keeps: a count over a
+// GPU raising more XIDs than that within its window is short.
 const (
 	XIDRetention  = time.Hour
 	MaxRecentXIDs = 4096
