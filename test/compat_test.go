@@ -2,6 +2,7 @@ package test
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -64,7 +65,9 @@ var intendedDifferences = []intendedDifference{
 		Families: []string{"DCGM_FI_DEV_FB_CAPACITY_BYTES", "DCGM_FI_DEV_FB_TOTAL"}},
 	{What: "4.9's new names of `MEM_COPY_UTIL`, `ENC_UTIL`, `DEC_UTIL` (ratios) and `FB_FREE`, `FB_USED`, `FB_RESERVED` (bytes)",
 		DCGM: "renamed, in the new units", Agent: "the 4.8 names and units, in every generation",
-		Why: "not yet known: go-dcgm v1.4611.2's header does not give the new names", Test: "TestGenerationDefaults"},
+		Why: "not yet known: go-dcgm v1.4611.2's header does not give the new names", Aspect: "family",
+		Families: []string{"DCGM_FI_DEV_MEM_COPY_UTIL", "DCGM_FI_DEV_ENC_UTIL", "DCGM_FI_DEV_DEC_UTIL",
+			"DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_RESERVED"}},
 	{What: "a 4.8 name in a field list (`-f`) under 4.9 or 4.10 (`DCGM_FI_DEV_GPU_UTIL`, `DCGM_FI_DEV_SM_CLOCK`, ...)",
 		DCGM: "may be served in DCGM 4.7's unit (the old name is an alias of the renamed field)", Agent: "the name's 4.8 unit; the new name in the new unit",
 		Why: "a name means one unit: a query or alert written for a name keeps its meaning", Test: "TestFieldListMixesGenerations"},
@@ -92,8 +95,8 @@ var intendedDifferences = []intendedDifference{
 		DCGM:  "matched only in the spelling `--kubernetes-gpu-id-type` names; `gpu.shared` only with `--nvidia-resource-names`",
 		Agent: "every spelling resolved, `gpu.shared` always a GPU; `--kubernetes-gpu-id-type` checked, no effect",
 		Why:   "a swapped image must not lose pods", Test: "TestParseDeviceID"},
-	{What: "`DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL` type",
-		DCGM: "counter (its default list)", Agent: "gauge, in DCGM's unit (KiB/s / 1000)",
+	{What: "`DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL` type (and 4.9's `DCGM_FI_DEV_NVLINK_THROUGHPUT_TOTAL`)",
+		DCGM: "counter (its default list)", Agent: "gauge, in DCGM's unit (KiB/s / 1000; the 4.9 name in bytes/s)",
 		Why: "DCGM serves field 449 as a rate (the data counters' delta over time, `ReadAndCacheNvLinkBandwidth`): it goes up and down, and `rate()` of it means nothing", Test: "TestSlowFieldsExported"},
 	{What: "the counters (`DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION`, `PCIE_REPLAY_COUNTER`, remapped rows) as Prometheus records them",
 		DCGM: "counter (it serves the classic text format only)", Agent: "`unknown` under OpenMetrics, which Prometheus asks for first; counter in the text format; names unchanged",
@@ -141,11 +144,16 @@ var intendedDifferences = []intendedDifference{
 func TestDCGMExporterCompat(t *testing.T) {
 	devs := sim.New(sim.Options{Devices: 4, Seed: 7, Static: true}).Devices()
 	kubelet := startKubelet(t, goldenPods(devs))
-	// One agent per generation, over the same kubelet.
+	// One agent per generation, over the same kubelet; and, as
+	// dcgm-exporter's chart runs it, with -f the field list the image
+	// ships (4.8's, which stands for each generation's own).
 	gens := map[string]*agent{}
+	shipped := filepath.Join("..", "deploy", "dcgm-exporter", "dcp-metrics-included.csv")
 	for _, g := range []string{"4.8.2", "4.8", "4.9", "4.10"} {
 		gens[g] = startAgent(t, "--simulate=4", "--simulate.seed=7", "--simulate.static",
 			"--compat.dcgm-exporter="+g, "--kubelet.pod-resources-socket="+kubelet.Path())
+		gens[g+" -f"] = startAgent(t, "--simulate=4", "--simulate.seed=7", "--simulate.static",
+			"--compat.dcgm-exporter="+g, "--kubelet.pod-resources-socket="+kubelet.Path(), "-f", shipped)
 	}
 	// dcgm-exporter's scrape with -f has no pods: neither has this
 	// agent's kubelet (without one, --simulate would simulate pods).
@@ -165,6 +173,37 @@ func TestDCGMExporterCompat(t *testing.T) {
 		return s.expect("gpu_agent_kubelet_up", 1)
 	})
 
+	// The same field in each generation's name and unit: the simulated
+	// node is static, so 4.9's value is 4.8.2's in the new unit, series
+	// by series (every pod's and device's).
+	old, renamed := parseSamples(t, gens["4.8.2"].scrape(t)), parseSamples(t, gens["4.9"].scrape(t))
+	for _, u := range []struct {
+		old, new string
+		factor   float64
+	}{
+		{"DCGM_FI_DEV_SM_CLOCK", "DCGM_FI_DEV_SM_CLOCK_HERTZ", 1e6},
+		{"DCGM_FI_DEV_MEM_CLOCK", "DCGM_FI_DEV_MEMORY_CLOCK_HERTZ", 1e6},
+		{"DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_GPU_TEMP_CELSIUS", 1},
+		{"DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_BOARD_POWER_WATTS", 1},
+		{"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_GPU_UTIL_RATIO", 0.01},
+	} {
+		n := 0
+		for _, o := range old.series(u.old) {
+			v, ok := renamed.podSeries(u.new, o.labels["UUID"], o.labels["pod"])
+			if !ok {
+				t.Errorf("%s{UUID=%s,pod=%q}: no %s", u.old, o.labels["UUID"], o.labels["pod"], u.new)
+				continue
+			}
+			if want := o.value * u.factor; math.Abs(v-want) > 1e-9*math.Max(1, math.Abs(want)) {
+				t.Errorf("%s{UUID=%s,pod=%q} = %v, want %s × %g = %v", u.new, o.labels["UUID"], o.labels["pod"], v, u.old, u.factor, want)
+			}
+			n++
+		}
+		if n == 0 {
+			t.Errorf("no %s series to compare", u.old)
+		}
+	}
+
 	found := map[string]bool{} // aspect + " " + family
 	for _, c := range []struct {
 		name, dcgm string
@@ -177,6 +216,10 @@ func TestDCGMExporterCompat(t *testing.T) {
 		{"4.8, default field list, kubelet", "dcgm-exporter-4.8.prom", gens["4.8"], nil},
 		{"4.9, default field list, kubelet", "dcgm-exporter-4.9.prom", gens["4.9"], nil},
 		{"4.10, default field list, kubelet", "dcgm-exporter-4.10.prom", gens["4.10"], nil},
+		{"4.8.2, -f dcp-metrics-included.csv, kubelet", "dcgm-exporter-4.8.2.prom", gens["4.8.2 -f"], nil},
+		{"4.8, -f dcp-metrics-included.csv, kubelet", "dcgm-exporter-4.8.prom", gens["4.8 -f"], nil},
+		{"4.9, -f dcp-metrics-included.csv, kubelet", "dcgm-exporter-4.9.prom", gens["4.9 -f"], nil},
+		{"4.10, -f dcp-metrics-included.csv, kubelet", "dcgm-exporter-4.10.prom", gens["4.10 -f"], nil},
 		{"-f pcie-throughput.csv", "dcgm-exporter-pcie-list.prom", list, []string{"DCGM_FI_DEV_PCIE_TX_THROUGHPUT", "DCGM_FI_DEV_PCIE_RX_THROUGHPUT"}},
 	} {
 		want := parseFamilies(t, readTestdata(t, c.dcgm))

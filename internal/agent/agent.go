@@ -230,6 +230,14 @@ func newCollector(cfg *Config, views *attribution.Attributor, driver string, log
 	if err != nil {
 		return nil, err
 	}
+	if list, ok := exporter.GenerationList(counters, cfg.Compat); ok {
+		log.Info("the field list is dcgm-exporter 4.8's default list, as this image ships it; serving generation "+cfg.Compat.String()+"'s default list in its place, as that generation's image ships it",
+			"collectors", cfg.CollectorsFile)
+		counters = list
+	} else if old := exporter.OldNames(counters, cfg.Compat); len(old) > 0 {
+		log.Info("the field list names fields by their 4.8 names; each is served under that name, in its 4.8 unit",
+			"collectors", cfg.CollectorsFile, "generation", cfg.Compat.String(), "fields", strings.Join(old, ","))
+	}
 	if missing := exporter.Unsupported(counters); len(missing) > 0 {
 		log.Warn("the field list names fields the agent cannot serve; they are left out",
 			"collectors", cfg.CollectorsFile, "fields", strings.Join(missing, ","))

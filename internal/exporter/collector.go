@@ -484,7 +484,7 @@ func (c *Collector) collectReading(e sink, t target, d *attribution.Device, pod 
 			v, ok = d.PodValue(pod, m.Field)
 		}
 		if ok {
-			e.emit(c.dcgm[i], t, v*m.Scale)
+			e.emit(c.dcgm[i], t, m.value(v))
 		}
 	}
 }

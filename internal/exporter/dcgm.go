@@ -1,6 +1,7 @@
 package exporter
 
 import (
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -179,6 +180,21 @@ func fields(fs ...telemetry.Field) telemetry.FieldSet {
 	return s
 }
 
+// value is a snapshot value in the row's unit, as DCGM writes it: the
+// violation times as whole nanoseconds (the snapshot keeps seconds), the
+// power limits as whole watts (DCGM divides NVML's milliwatts as
+// integers, DcgmCacheManager.cpp).
+func (m *dcgmMetric) value(v float64) float64 {
+	v *= m.Scale
+	switch {
+	case m.Unit == "ns":
+		return math.Round(v)
+	case m.Field == telemetry.PowerMgmtLimit || m.Field == telemetry.EnforcedPowerLimit:
+		return math.Trunc(v)
+	}
+	return v
+}
+
 // xidMetrics are dcgm-exporter's last-XID gauge under its names. It is
 // not a field of the reading but of the device's XID history, and carries
 // err_code and err_msg.
@@ -195,8 +211,8 @@ const xidHelp = "Value of the last XID error encountered."
 
 // dcgm-exporter's own XID families (its DCGM_EXP_* fields, in no default
 // list): the XIDs seen within the window of -x/--xid-count-window-size,
-// and since the exporter started, labelled xid. Their help texts are its
-// etc/default-counters.csv comments'.
+// and since the exporter started, labelled xid. dcgm-exporter takes a
+// family's help text from the field list's row; these are the agent's.
 const (
 	xidCountName     = "DCGM_EXP_XID_ERRORS_COUNT"
 	xidCountHelp     = "XID errors observed during the configured time window."

@@ -2,7 +2,14 @@ package exporter
 
 import (
 	"fmt"
+	"regexp"
+	"slices"
+	"strconv"
 	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gpu-telemetry/agent/internal/dcgmcsv"
 )
 
 // Generation is a release generation of dcgm-exporter whose default
@@ -48,26 +55,40 @@ func (g Generation) String() string {
 }
 
 // ParseGeneration reads a --compat.dcgm-exporter value: a generation's
-// name, or a release of it (4.8.3 is 4.8, 4.9.1 is 4.9).
+// name, or a 4.x release (4.5.1 and 4.8.2 are 4.8.2, 4.8.3 is 4.8, 4.9.1
+// is 4.9).
 func ParseGeneration(s string) (Generation, error) {
-	for g, n := range generationNames {
-		if s == n {
-			return Generation(g), nil
+	m := releasePattern.FindStringSubmatch(s)
+	if m != nil {
+		minor, _ := strconv.Atoi(m[1])
+		patch := -1
+		if m[2] != "" {
+			patch, _ = strconv.Atoi(m[2])
+		}
+		switch {
+		case minor < 8:
+			return Gen482, nil
+		case minor == 8 && patch < 0:
+			return Gen48, nil // the generation's name
+		case minor == 8 && patch <= 2:
+			return Gen482, nil
+		case minor == 8 && patch <= 4:
+			return Gen48, nil
+		case minor == 9:
+			return Gen49, nil
+		case minor == 10:
+			return Gen410, nil
 		}
 	}
-	switch {
-	case s == "4.8.0" || s == "4.8.1":
+	if s == generationNames[Gen482] {
 		return Gen482, nil
-	case s == "4.8.3" || s == "4.8.4":
-		return Gen48, nil
-	case strings.HasPrefix(s, "4.9."):
-		return Gen49, nil
-	case strings.HasPrefix(s, "4.10."):
-		return Gen410, nil
 	}
-	return 0, fmt.Errorf("unknown dcgm-exporter generation %q: want one of %s (a release of one: 4.8.3, 4.9.1, ...)",
+	return 0, fmt.Errorf("unknown dcgm-exporter generation %q: want one of %s (or a 4.x release up to 4.10: 4.5.1, 4.8.3, 4.9.1, ...)",
 		s, strings.Join(generationNames[:], ", "))
 }
+
+// releasePattern is a 4.x release: its minor and patch numbers.
+var releasePattern = regexp.MustCompile(`^4\.(\d{1,2})(?:\.(\d{1,3}))?$`)
 
 // HostLabel is the name of the label holding the node's name: Hostname
 // until 4.8.2, hostname from 4.8.3 on.
@@ -106,3 +127,105 @@ var (
 	newNames = gens(Gen49, Gen410)
 	allGens  = oldNames | newNames
 )
+
+// defaultList48 is dcgm-exporter 4.8's default field list: the uncommented
+// rows of its etc/default-counters.csv and etc/dcp-metrics-included.csv,
+// which hold the same fields (TestDefaultList48 reads the copies the
+// agent's image ships in /etc/dcgm-exporter/).
+var defaultList48 = []string{
+	"DCGM_FI_DEV_SM_CLOCK", "DCGM_FI_DEV_MEM_CLOCK", "DCGM_FI_DEV_MEMORY_TEMP", "DCGM_FI_DEV_GPU_TEMP",
+	"DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "DCGM_FI_DEV_PCIE_REPLAY_COUNTER",
+	"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_MEM_COPY_UTIL", "DCGM_FI_DEV_ENC_UTIL", "DCGM_FI_DEV_DEC_UTIL",
+	"DCGM_FI_DEV_XID_ERRORS", "DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_RESERVED",
+	"DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", "DCGM_FI_DEV_VGPU_LICENSE_STATUS",
+	"DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", "DCGM_FI_DEV_ROW_REMAP_FAILURE",
+	driverVersionLabel,
+	"DCGM_FI_PROF_GR_ENGINE_ACTIVE", "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", "DCGM_FI_PROF_DRAM_ACTIVE",
+	"DCGM_FI_PROF_PCIE_TX_BYTES", "DCGM_FI_PROF_PCIE_RX_BYTES",
+}
+
+// profNames are the profiling fields of the default list under each
+// generation's names (4.9: dcgm_fields.h:3910-3914 aliases; 4.10: its
+// release note), which the agent names in its warning and in
+// gpu_agent_field_supported until it has a DCGM backend.
+func profNames(g Generation) []string {
+	switch {
+	case g >= Gen410:
+		return []string{"DCGM_FI_PROF_GR_ENGINE_UTIL_RATIO", "DCGM_FI_PROF_TENSOR_UTIL_RATIO", "DCGM_FI_PROF_DRAM_UTIL_RATIO",
+			"DCGM_FI_PROF_PCIE_TX_BYTES_PER_SECOND", "DCGM_FI_PROF_PCIE_RX_BYTES_PER_SECOND"}
+	case g >= Gen49:
+		return []string{"DCGM_FI_PROF_GR_ENGINE_UTIL_RATIO", "DCGM_FI_PROF_TENSOR_UTIL_RATIO", "DCGM_FI_PROF_DRAM_UTIL_RATIO",
+			"DCGM_FI_PROF_PCIE_TX_BYTES", "DCGM_FI_PROF_PCIE_RX_BYTES"}
+	}
+	return defaultList48[len(defaultList48)-5:]
+}
+
+// GenerationList returns the field list as generation g serves it. The
+// agent's image ships dcgm-exporter 4.8's lists where dcgm-exporter's
+// image has its own (/etc/dcgm-exporter/, which its chart passes to -f by
+// default), so a list naming exactly 4.8's default fields is, from 4.9
+// on, taken for that generation's image's list: g's default fields under
+// g's names, and ok is true. Any other list is served as written, each
+// name in its own unit.
+func GenerationList(fields []dcgmcsv.Field, g Generation) (_ []dcgmcsv.Field, ok bool) {
+	if fields == nil || g < Gen49 || !isDefaultList48(fields) {
+		return fields, false
+	}
+	var out []dcgmcsv.Field
+	for _, m := range dcgmMetrics {
+		// The default list's fields in g's names: the agent's own
+		// additions to its default (the PCIe throughputs) are not in it.
+		if m.Default.has(g) && (slices.Contains(defaultList48, m.Name) || m.Source != "") {
+			out = append(out, dcgmcsv.Field{Name: m.Name, Type: promType(m.Type), Help: m.Help})
+		}
+	}
+	for _, m := range xidMetrics {
+		if m.Default.has(g) {
+			out = append(out, dcgmcsv.Field{Name: m.Name, Type: dcgmcsv.TypeGauge, Help: xidHelp})
+		}
+	}
+	out = append(out, dcgmcsv.Field{Name: g.driverLabel(), Type: dcgmcsv.TypeLabel})
+	for _, n := range profNames(g) {
+		out = append(out, dcgmcsv.Field{Name: n, Type: dcgmcsv.TypeGauge})
+	}
+	return out, true
+}
+
+func isDefaultList48(fields []dcgmcsv.Field) bool {
+	names := make([]string, 0, len(fields))
+	for _, f := range fields {
+		names = append(names, f.Name)
+	}
+	slices.Sort(names)
+	want := slices.Clone(defaultList48)
+	slices.Sort(want)
+	return slices.Equal(names, want)
+}
+
+// OldNames lists the names of a field list that generation g renamed
+// (4.8 names, from 4.9 on): each is served under that name, in its 4.8
+// unit, which a user who moved to g may not expect.
+func OldNames(fields []dcgmcsv.Field, g Generation) []string {
+	if g < Gen49 {
+		return nil
+	}
+	var out []string
+	for _, f := range fields {
+		for _, m := range dcgmMetrics {
+			if m.Name == f.Name && m.Default == oldNames {
+				out = append(out, f.Name)
+			}
+		}
+		if f.Name == xidMetrics[0].Name || f.Name == driverVersionLabel {
+			out = append(out, f.Name)
+		}
+	}
+	return out
+}
+
+func promType(t prometheus.ValueType) dcgmcsv.Type {
+	if t == prometheus.CounterValue {
+		return dcgmcsv.TypeCounter
+	}
+	return dcgmcsv.TypeGauge
+}

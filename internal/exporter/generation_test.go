@@ -20,14 +20,14 @@ import (
 func TestParseGeneration(t *testing.T) {
 	for in, want := range map[string]Generation{
 		"4.8.2": Gen482, "4.8.1": Gen482, "4.8": Gen48, "4.8.3": Gen48, "4.8.4": Gen48,
-		"4.9": Gen49, "4.9.0": Gen49, "4.10": Gen410, "4.10.0": Gen410,
+		"4.9": Gen49, "4.9.0": Gen49, "4.10": Gen410, "4.10.0": Gen410, "4.7": Gen482, "4.2.3": Gen482, "4.0.0": Gen482,
 	} {
 		got, err := ParseGeneration(in)
 		if err != nil || got != want {
 			t.Errorf("ParseGeneration(%q) = %v, %v; want %v", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"", "4", "4.7", "4.11", "latest", "4.9x", "3.3.9"} {
+	for _, in := range []string{"", "4", "4.11", "latest", "4.9x", "3.3.9", "4.7.", "4.7.x", "4.77", "4.8.5"} {
 		if g, err := ParseGeneration(in); err == nil {
 			t.Errorf("ParseGeneration(%q) = %v, want an error", in, g)
 		}
@@ -420,7 +420,7 @@ func TestHealthFieldsServedWithFieldList(t *testing.T) {
 	snap := testSnapshot()
 	for f, v := range map[telemetry.Field]float64{telemetry.ECCSBEVolatile: 3, telemetry.RetiredPagesDBE: 1,
 		telemetry.PowerViolation: 1.5, telemetry.FanSpeed: 40, telemetry.PState: 8, telemetry.EnforcedPowerLimit: 65,
-		telemetry.ClocksEventReasons: 0xA} {
+		telemetry.ClocksEventReasons: 0xA, telemetry.PowerMgmtLimit: 72.5, telemetry.ThermalViolation: 0.1 + 0.2} {
 		snap.States[0].Set(f, v)
 	}
 	want := map[string]float64{
@@ -428,6 +428,8 @@ func TestHealthFieldsServedWithFieldList(t *testing.T) {
 		"DCGM_FI_DEV_POWER_VIOLATION": 1.5e9, "DCGM_FI_DEV_FAN_SPEED": 40, "DCGM_FI_DEV_FAN_SPEED_RATIO": 0.4,
 		"DCGM_FI_DEV_PSTATE": 8, "DCGM_FI_DEV_GPU_PSTATE": 8, "DCGM_FI_DEV_ENFORCED_POWER_LIMIT": 65,
 		"DCGM_FI_DEV_BOARD_POWER_LIMIT_ENFORCED_WATTS": 65, "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS": 10, "DCGM_FI_DEV_CLOCKS_EVENT_REASONS": 10,
+		// Whole watts and whole nanoseconds, as DCGM writes them.
+		"DCGM_FI_DEV_POWER_MGMT_LIMIT": 72, "DCGM_FI_DEV_THERMAL_VIOLATION": 300000000,
 	}
 	var fields []dcgmcsv.Field
 	for n := range want {
@@ -443,7 +445,7 @@ func TestHealthFieldsServedWithFieldList(t *testing.T) {
 		}
 	}
 	for n, w := range want {
-		if g, ok := got[n]; !ok || math.Abs(g-w) > 1e-9*max(1, w) {
+		if g, ok := got[n]; !ok || g != w {
 			t.Errorf("%s = %v (served %v), want %v", n, g, ok, w)
 		}
 	}
@@ -479,5 +481,67 @@ func TestOldNamespaceInEveryGeneration(t *testing.T) {
 				t.Errorf("%s: %s has %s with -o", g, name, l)
 			}
 		}
+	}
+}
+
+// defaultList48 is the field list the image ships, both files of it.
+func TestDefaultList48(t *testing.T) {
+	want := slices.Clone(defaultList48)
+	slices.Sort(want)
+	for _, f := range []string{"default-counters.csv", "dcp-metrics-included.csv"} {
+		fields, err := dcgmcsv.ReadFile("../../deploy/dcgm-exporter/" + f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, f := range fields {
+			got = append(got, f.Name)
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, want) {
+			t.Errorf("%s names %v, want %v", f, got, want)
+		}
+		if !isDefaultList48(fields) {
+			t.Errorf("%s is not taken for the default list", f)
+		}
+	}
+}
+
+// The shipped 4.8 list, given with -f, serves each generation's default
+// list from 4.9 on: the same families as no -f (less the agent's own
+// PCIe throughputs, which the list leaves out), and the PROF fields named
+// unsupported under the generation's names. Another list is untouched.
+func TestGenerationList(t *testing.T) {
+	fields, err := dcgmcsv.ReadFile("../../deploy/dcgm-exporter/dcp-metrics-included.csv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for g := range numGenerations {
+		list, ok := GenerationList(fields, g)
+		if ok != (g >= Gen49) {
+			t.Errorf("%s: translated %v", g, ok)
+		}
+		names := func(mfs map[string]*dto.MetricFamily) []string {
+			out := slices.Sorted(maps.Keys(mfs))
+			return slices.DeleteFunc(out, func(n string) bool {
+				return strings.HasPrefix(n, "DCGM_FI_DEV_PCIE_") && strings.HasSuffix(n, "_THROUGHPUT")
+			})
+		}
+		if got, want := names(generationScrape(t, g, list)), names(generationScrape(t, g, nil)); !slices.Equal(got, want) {
+			t.Errorf("%s: -f the shipped list serves %v, without -f %v", g, got, want)
+		}
+		if want := profNames(g); !slices.Equal(Unsupported(list), want) {
+			t.Errorf("%s: unsupported %v, want %v", g, Unsupported(list), want)
+		}
+	}
+	custom := []dcgmcsv.Field{{Name: "DCGM_FI_DEV_GPU_UTIL", Type: dcgmcsv.TypeGauge}, {Name: "DCGM_FI_DEV_SM_CLOCK_HERTZ", Type: dcgmcsv.TypeGauge}}
+	if list, ok := GenerationList(custom, Gen410); ok || !slices.Equal(list, custom) {
+		t.Errorf("a custom list was rewritten: %v", list)
+	}
+	if got := OldNames(custom, Gen49); !slices.Equal(got, []string{"DCGM_FI_DEV_GPU_UTIL"}) {
+		t.Errorf("OldNames = %v", got)
+	}
+	if got := OldNames(custom, Gen48); got != nil {
+		t.Errorf("OldNames under 4.8 = %v", got)
 	}
 }

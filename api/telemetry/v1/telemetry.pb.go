@@ -769,6 +769,8 @@ type Device struct {
 	RowRemapFailure           *bool   `protobuf:"varint,36,opt,name=row_remap_failure,json=rowRemapFailure,proto3,oneof" json:"row_remap_failure,omitempty"`
 	// Data sent and received over all the GPU's NVLink links.
 	NvlinkBytesPerSecond *float64 `protobuf:"fixed64,37,opt,name=nvlink_bytes_per_second,json=nvlinkBytesPerSecond,proto3,oneof" json:"nvlink_bytes_per_second,omitempty"`
+	// PCIe throughput: NVML's KB/s (nvmlDeviceGetPcieThroughput) times
+	// 1024; NVML does not say whether its KB is 1000 or 1024 bytes.
 	PcieTxBytesPerSecond *float64 `protobuf:"fixed64,38,opt,name=pcie_tx_bytes_per_second,json=pcieTxBytesPerSecond,proto3,oneof" json:"pcie_tx_bytes_per_second,omitempty"`
 	PcieRxBytesPerSecond *float64 `protobuf:"fixed64,39,opt,name=pcie_rx_bytes_per_second,json=pcieRxBytesPerSecond,proto3,oneof" json:"pcie_rx_bytes_per_second,omitempty"`
 	// The GPU's health. ECC errors corrected (single-bit) and uncorrected
