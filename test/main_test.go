@@ -39,6 +39,9 @@ func buildAndRun(m *testing.M) int {
 	if os.Getenv(mockHealthChildEnv) != "" {
 		return m.Run() // a child of TestMockNVMLHealthFields: no agent to run
 	}
+	if os.Getenv(dcgmChildEnv) != "" {
+		return m.Run() // a child of a DCGM Source test: no agent to run
+	}
 	dir, err := os.MkdirTemp("", "gpu-agent-e2e")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/gpu-telemetry/agent/internal/attribution"
+	"github.com/gpu-telemetry/agent/internal/dcgm"
 	"github.com/gpu-telemetry/agent/internal/exporter"
 	"github.com/gpu-telemetry/agent/internal/nvml"
 	"github.com/gpu-telemetry/agent/internal/telemetry"
@@ -118,6 +119,13 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return abort(err)
 	}
 	metrics := append([]prometheus.Collector{tick}, st.metrics...)
+	var profiling *dcgm.Source
+	if cfg.DCGM != dcgm.Off {
+		// Its values are read but not yet merged into the snapshot.
+		profiling = dcgm.New(dcgm.Options{Mode: cfg.DCGM, Address: cfg.DCGMAddress, Interval: cfg.Interval,
+			Logger: log.With("component", "dcgm")})
+		metrics = append(metrics, profiling.Metrics())
+	}
 	var push *pushServer
 	if grpcLn != nil {
 		if push, err = newPushServer(cfg, store, views, st.apps, log.With("component", "grpc")); err != nil {
@@ -138,6 +146,11 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	g.Go(func() error { return sampler.Run(gctx) })
 	for _, run := range st.run {
 		g.Go(func() error { return run(gctx) })
+	}
+	if profiling != nil {
+		// DCGM's failures are its own (gpu_agent_dcgm_up): Run returns
+		// only when gctx ends, within a second, however DCGM behaves.
+		g.Go(func() error { return profiling.Run(gctx) })
 	}
 	if push != nil {
 		push.run(gctx, g)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/gpu-telemetry/agent/internal/attribution"
 	"github.com/gpu-telemetry/agent/internal/cgroup"
+	"github.com/gpu-telemetry/agent/internal/dcgm"
 	"github.com/gpu-telemetry/agent/internal/dcgmcsv"
 	"github.com/gpu-telemetry/agent/internal/exporter"
 	"github.com/gpu-telemetry/agent/internal/nvml"
@@ -60,6 +61,13 @@ type Config struct {
 	App AppConfig
 
 	NVMLLibraryPath string
+
+	// DCGM: the profiling fields, from an embedded host engine or a
+	// standalone nv-hostengine (--dcgm; dcgm-exporter's -r selects
+	// standalone). Read, not yet served.
+	DCGM            dcgm.Mode
+	DCGMAddress     string // standalone: host:port or a unix socket path
+	dcgmRemote      string // dcgm-exporter's -r, as given
 	Simulate        int
 	SimulateSeed    int64
 	SimulateStatic  bool
@@ -145,6 +153,12 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (*C
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "Kubeconfig file of the pod watch outside a cluster; empty: the pod's service account.")
 	fs.BoolVar(&c.PodWatch, "kubernetes.pod-watch", true, "Watch this node's pods (get/list/watch pods) to name the pods of GPU processes, for each pod's own share of a shared GPU; off with --simulate, which names its own.")
 	c.App.register(fs)
+	fs.Func("dcgm", `Read DCGM's profiling fields: "off", "embedded" (a host engine in the agent) or "standalone" (nv-hostengine at --dcgm.hostengine-address). Default off; read but not yet served.`, func(v string) error {
+		m, err := dcgm.ParseMode(v)
+		c.DCGM = m
+		return err
+	})
+	fs.StringVar(&c.DCGMAddress, "dcgm.hostengine-address", DefaultHostengineAddress, "Address of nv-hostengine with --dcgm=standalone: host:port, or a unix socket path (absolute or unix://).")
 	fs.StringVar(&c.NVMLLibraryPath, "nvml.library-path", "", "Path to libnvidia-ml.so.1; empty uses the dynamic loader's search path.")
 	fs.IntVar(&c.Simulate, "simulate", 0, "Simulate N T4-like GPUs instead of using NVML (and their pods, when no kubelet socket exists).")
 	fs.Int64Var(&c.SimulateSeed, "simulate.seed", 1, "Seed of the simulated GPUs' UUIDs and load curves.")
@@ -165,6 +179,9 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (*C
 		return nil, fmt.Errorf("unexpected argument %q: the agent takes flags only", fs.Arg(0))
 	}
 	if err := dcgm.apply(fs, c, getenv); err != nil {
+		return nil, err
+	}
+	if err := c.applyRemoteHostengine(fs); err != nil {
 		return nil, err
 	}
 	if c.PodLabelAllowlist != nil && !c.PodLabels {
@@ -259,6 +276,7 @@ func (c *Config) Validate() error {
 	if h := c.SimulateHangGPU; h != -1 && (h < 0 || h >= c.Simulate) {
 		bad("simulate.hang-gpu", c.SimulateHangGPU, fmt.Sprintf("must be -1 or the index of a simulated GPU (0 to %d)", c.Simulate-1))
 	}
+	errs = append(errs, c.validateDCGM()...)
 	if c.SimulateHangAt < 0 {
 		bad("simulate.hang-after", c.SimulateHangAt, "must not be negative")
 	}

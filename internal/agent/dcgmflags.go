@@ -159,7 +159,15 @@ func dcgmOptions() []dcgmOption {
 		{name: "web-systemd-socket", env: "DCGM_EXPORTER_SYSTEMD_SOCKET", isBool: true, ignored: "the agent listens on --web.listen-address"},
 		{name: "cpu-devices", short: "p", env: "DCGM_EXPORTER_CPU_DEVICES_STR", ignored: "the agent monitors GPUs only"},
 		{name: "configmap-data", short: "m", env: "DCGM_EXPORTER_CONFIGMAP_DATA", ignored: "the field list is read from --collectors only"},
-		{name: "remote-hostengine-info", short: "r", env: "DCGM_REMOTE_HOSTENGINE_INFO", ignored: noDCGM},
+		// The host engine to connect to: selects --dcgm=standalone
+		// (applyRemoteHostengine).
+		{name: "remote-hostengine-info", short: "r", env: "DCGM_REMOTE_HOSTENGINE_INFO", set: func(v string, c *Config) error {
+			if strings.TrimSpace(v) == "" {
+				return errors.New("must be host:port or a unix socket path")
+			}
+			c.dcgmRemote = v
+			return nil
+		}},
 		{name: "devices", short: "d", env: "DCGM_EXPORTER_DEVICES_STR", ignored: "the agent monitors every GPU and MIG instance"},
 		{name: "switch-devices", short: "s", env: "DCGM_EXPORTER_OTHER_DEVICES_STR", ignored: "the agent monitors GPUs only, not NVSwitches"},
 		{name: "fake-gpus", env: "DCGM_EXPORTER_USE_FAKE_GPUS", isBool: true, ignored: "use --simulate N for GPUs that are not there"},

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gpu-telemetry/agent/internal/attribution"
+	"github.com/gpu-telemetry/agent/internal/dcgm"
 )
 
 func parseEnv(args []string, env map[string]string) (*Config, error) {
@@ -101,11 +102,29 @@ func TestDCGMFlags(t *testing.T) {
 			}
 			return c.Validate()
 		}},
-		{"ignored options warn once each", []string{"--remote-hostengine-info", "localhost:5555", "--fake-gpus", "-d", "f", "--dump-enabled",
+		{"remote host engine selects standalone", []string{"-r", "/run/nvidia/hostengine.sock"}, nil, func(c *Config) error {
+			if c.DCGM != dcgm.Standalone || c.DCGMAddress != "/run/nvidia/hostengine.sock" {
+				return fmt.Errorf("dcgm %v at %q", c.DCGM, c.DCGMAddress)
+			}
+			return c.Validate()
+		}},
+		{"remote host engine from the environment", nil, map[string]string{"DCGM_REMOTE_HOSTENGINE_INFO": "10.0.0.1:5555"}, func(c *Config) error {
+			if c.DCGM != dcgm.Standalone || c.DCGMAddress != "10.0.0.1:5555" {
+				return fmt.Errorf("dcgm %v at %q", c.DCGM, c.DCGMAddress)
+			}
+			return c.Validate()
+		}},
+		{"dcgm off by default", nil, nil, func(c *Config) error {
+			if c.DCGM != dcgm.Off {
+				return fmt.Errorf("dcgm %v", c.DCGM)
+			}
+			return c.Validate()
+		}},
+		{"ignored options warn once each", []string{"--fake-gpus", "-d", "f", "--dump-enabled",
 			"--dump-directory=/tmp/d", "-rbmn", "--debug", "--enable-dcgm-log=false"}, map[string]string{"KUBERNETES_ENABLE_DRA": "true", "DCGM_EXPORTER_DEBUG": "true"},
 			func(c *Config) error {
 				n := notices(c)
-				for _, want := range []string{"--remote-hostengine-info", "--fake-gpus", "--devices", "--dump-enabled", "--dump-directory",
+				for _, want := range []string{"--fake-gpus", "--devices", "--dump-enabled", "--dump-directory",
 					"--replace-blanks-in-model-name", "--debug", "$KUBERNETES_ENABLE_DRA"} {
 					if strings.Count(n, "option="+want+" ") != 1 {
 						return fmt.Errorf("want one warning for %s in:\n%s", want, n)
@@ -197,6 +216,12 @@ func TestDCGMFlagErrors(t *testing.T) {
 		{nil, map[string]string{"DCGM_EXPORTER_KUBERNETES_POD_LABEL_ALLOWLIST_REGEX": "[z-a]"},
 			`$DCGM_EXPORTER_KUBERNETES_POD_LABEL_ALLOWLIST_REGEX=[z-a] (dcgm-exporter's): pattern "[z-a]": error parsing regexp: invalid character class range`},
 		{[]string{"--kubernetes-enable-pod-uid=maybe"}, nil, `"maybe" for -kubernetes-enable-pod-uid: must be true or false`},
+		{[]string{"--dcgm=on"}, nil, `invalid value "on" for flag -dcgm: must be "off", "embedded" or "standalone"`},
+		{[]string{"--dcgm=embedded", "-r", "localhost:5555"}, nil, "--dcgm=embedded and dcgm-exporter's --remote-hostengine-info=localhost:5555 say different things"},
+		{[]string{"--dcgm.hostengine-address=h:1"}, map[string]string{"DCGM_REMOTE_HOSTENGINE_INFO": "h:2"}, "--dcgm.hostengine-address=h:1 and dcgm-exporter's --remote-hostengine-info=h:2 say different things"},
+		{[]string{"-r", "nv-hostengine"}, nil, "--dcgm.hostengine-address=nv-hostengine: want host:port"},
+		{[]string{"--dcgm=standalone", "--dcgm.hostengine-address="}, nil, `--dcgm.hostengine-address="": must be host:port or a unix socket path`},
+		{[]string{"--dcgm=embedded", "--simulate=2"}, nil, "--dcgm=embedded: not with --simulate"},
 	} {
 		c, err := parseEnv(tc.args, tc.env)
 		if err == nil {

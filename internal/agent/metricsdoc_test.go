@@ -22,6 +22,7 @@ import (
 
 	"github.com/gpu-telemetry/agent/internal/app"
 	"github.com/gpu-telemetry/agent/internal/attribution"
+	"github.com/gpu-telemetry/agent/internal/dcgm"
 	"github.com/gpu-telemetry/agent/internal/dcgmcsv"
 	"github.com/gpu-telemetry/agent/internal/exporter"
 	"github.com/gpu-telemetry/agent/internal/nvml"
@@ -60,7 +61,7 @@ func TestEveryAgentMetricIsDocumented(t *testing.T) {
 	// The scrape must hold every dcgm-exporter family and the families
 	// of each registry source, or the comparison below proves little.
 	for _, n := range append(exporter.DCGMNames(), "gpu_agent_sample_duration_seconds",
-		"gpu_agent_pod_watch_synced", "gpu_agent_stream_subscribers", "gpu_agent_app_targets", "gpu_agent_pod_encoder_latency_seconds") {
+		"gpu_agent_pod_watch_synced", "gpu_agent_stream_subscribers", "gpu_agent_app_targets", "gpu_agent_pod_encoder_latency_seconds", "gpu_agent_dcgm_up", "gpu_agent_dcgm_errors_total") {
 		if !served[n] {
 			t.Errorf("the fixture does not make /metrics serve %s", n)
 		}
@@ -129,7 +130,7 @@ func scrapeEveryFamily(t *testing.T) map[string]bool {
 	log := slog.New(slog.DiscardHandler)
 	reg := newRegistry(true, append(watcher.Metrics(), nvml.NewTickHistogram(), podresources.NewMetrics(pods),
 		stream.New(store, stream.Options{Node: "node-a", Interval: interval, Logger: log}),
-		app.New(watcher, app.Options{}).Metrics())...)
+		app.New(watcher, app.Options{}).Metrics(), dcgm.New(dcgm.Options{Mode: dcgm.Embedded}).Metrics())...)
 	handler, err := exporter.NewHandler(reg, collector, exporter.HandlerOptions{Interval: interval, Logger: log, Version: "test", ExporterMetrics: true})
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,68 @@
+package agent
+
+import (
+	"flag"
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/gpu-telemetry/agent/internal/dcgm"
+)
+
+// DefaultHostengineAddress is nv-hostengine's default listening address.
+const DefaultHostengineAddress = "localhost:5555"
+
+// applyRemoteHostengine makes dcgm-exporter's -r (or
+// $DCGM_REMOTE_HOSTENGINE_INFO) select --dcgm=standalone at its address,
+// as it does in dcgm-exporter; the agent's own flags, where given, must
+// agree with it.
+func (c *Config) applyRemoteHostengine(fs *flag.FlagSet) error {
+	if c.dcgmRemote == "" {
+		return nil
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	if c.Simulate > 0 && !given["dcgm"] {
+		// A dcgm-exporter DaemonSet tried on the simulated node: warn as
+		// for the options with no meaning here, rather than fail.
+		c.notices = append(c.notices, notice{warn: true, msg: "ignoring a dcgm-exporter option that has no meaning here",
+			args: []any{"option", "--remote-hostengine-info", "value", c.dcgmRemote, "why", "the simulated node has no DCGM"}})
+		return nil
+	}
+	if given["dcgm"] && c.DCGM != dcgm.Standalone {
+		return fmt.Errorf("--dcgm=%s and dcgm-exporter's --remote-hostengine-info=%s say different things: the remote host engine needs --dcgm=standalone", c.DCGM, c.dcgmRemote)
+	}
+	if given["dcgm.hostengine-address"] && c.DCGMAddress != c.dcgmRemote {
+		return fmt.Errorf("--dcgm.hostengine-address=%s and dcgm-exporter's --remote-hostengine-info=%s say different things: give one of them", c.DCGMAddress, c.dcgmRemote)
+	}
+	c.DCGM, c.DCGMAddress = dcgm.Standalone, c.dcgmRemote
+	return nil
+}
+
+// validateDCGM checks the DCGM flags, each error naming its flag.
+func (c *Config) validateDCGM() []error {
+	var errs []error
+	if c.DCGM == dcgm.Off {
+		return nil
+	}
+	if c.Simulate > 0 {
+		errs = append(errs, fmt.Errorf("--dcgm=%s: not with --simulate (the simulated node has no DCGM)", c.DCGM))
+	}
+	if c.DCGM != dcgm.Standalone {
+		return errs
+	}
+	a := c.DCGMAddress
+	switch {
+	case a == "":
+		errs = append(errs, fmt.Errorf(`--dcgm.hostengine-address="": must be host:port or a unix socket path with --dcgm=standalone`))
+	case strings.HasPrefix(a, "/"), strings.HasPrefix(a, "unix:///"):
+		if len(strings.TrimPrefix(a, "unix://")) > 107 {
+			errs = append(errs, fmt.Errorf("--dcgm.hostengine-address=%s: unix socket paths are limited to 107 bytes", a))
+		}
+	default:
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			errs = append(errs, fmt.Errorf("--dcgm.hostengine-address=%s: want host:port (nv-hostengine listens on port 5555) or an absolute unix socket path", a))
+		}
+	}
+	return errs
+}
