@@ -53,9 +53,9 @@ var (
 // intendedDifferences is the one table of intended differences;
 // docs/dcgm-exporter.md shows the same rows (TestIntendedDifferencesDocumented).
 var intendedDifferences = []intendedDifference{
-	{What: "`DCGM_FI_PROF_*` (its default list: `GR_ENGINE_ACTIVE`, `PIPE_TENSOR_ACTIVE`, `DRAM_ACTIVE`, `PCIE_TX_BYTES`, `PCIE_RX_BYTES`, and their 4.9 and 4.10 names)",
+	{What: "`DCGM_FI_PROF_*` without `--dcgm` (its default list: `GR_ENGINE_ACTIVE`, `PIPE_TENSOR_ACTIVE`, `DRAM_ACTIVE`, `PCIE_TX_BYTES`, `PCIE_RX_BYTES`, and their 4.9 and 4.10 names)",
 		DCGM: "served (DCGM's profiling module)", Agent: "absent; with `-f`, named in one warning and `gpu_agent_field_supported{field=...} 0`",
-		Why: "no DCGM backend yet", Aspect: "family", Families: []string{"DCGM_FI_PROF_*"}},
+		Why: "DCGM is optional: NVML alone unless `--dcgm` asks for an embedded host engine or `nv-hostengine`; with it they are served per whole GPU while DCGM is up", Aspect: "family", Families: []string{"DCGM_FI_PROF_*"}},
 	{What: "a field the GPU does not answer (`DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL` on a GPU without NVLink)",
 		DCGM: "0", Agent: "absent, `gpu_agent_field_supported` 0",
 		Why: "probed once; absent is not zero", Aspect: "family", Families: []string{"DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", "DCGM_FI_DEV_NVLINK_THROUGHPUT_TOTAL"}},

@@ -50,8 +50,8 @@ var grafanaBuiltins = map[string]string{
 // TestGrafanaDashboard runs a real Prometheus against the agent, as
 // dcgm-exporter users scrape it, and asks it every query of NVIDIA's
 // dashboard the way Grafana would with every template variable on "All":
-// each must answer with data, except the DCGM_FI_PROF_* ones, which wait
-// for a DCGM backend. With -o the KEDA query on the old pod label answers
+// each must answer with data, except the DCGM_FI_PROF_* ones, which need
+// --dcgm (the simulated node has no DCGM). With -o the KEDA query on the old pod label answers
 // and the new one does not.
 func TestGrafanaDashboard(t *testing.T) {
 	bin := testutil.RequireTool(t, "prometheus", "prometheus")

@@ -65,7 +65,8 @@ func TestDCGMExporterCommandLine(t *testing.T) {
 			t.Errorf("%d warnings about %s, want 1:\n%s", n, opt, out)
 		}
 	}
-	// Its profiling fields wait for the DCGM backend: one warning names them.
+	// Its profiling fields need --dcgm (the simulated node has no DCGM):
+	// one warning names them.
 	if n := strings.Count(out, "DCGM_FI_PROF_GR_ENGINE_ACTIVE"); n != 1 {
 		t.Errorf("%d mentions of DCGM_FI_PROF_GR_ENGINE_ACTIVE, want one warning:\n%s", n, out)
 	}

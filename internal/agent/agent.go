@@ -95,8 +95,16 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return err
 	}
 
+	var profiling *dcgm.Source
+	var extra nvml.ExtraSource
+	if cfg.DCGM != dcgm.Off {
+		// Its values reach the snapshot through the sampler, on the tick.
+		profiling = dcgm.New(dcgm.Options{Mode: cfg.DCGM, Address: cfg.DCGMAddress, Interval: cfg.Interval,
+			Logger: log.With("component", "dcgm")})
+		extra = newDCGMExtra(profiling)
+	}
 	tick := nvml.NewTickHistogram()
-	sampler, err := openSampler(ctx, gctx, src.library(), cfg, store, tick, log)
+	sampler, err := openSampler(ctx, gctx, src.library(), cfg, store, tick, extra, log)
 	if sampler == nil {
 		return abort(err)
 	}
@@ -119,11 +127,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return abort(err)
 	}
 	metrics := append([]prometheus.Collector{tick}, st.metrics...)
-	var profiling *dcgm.Source
-	if cfg.DCGM != dcgm.Off {
-		// Its values are read but not yet merged into the snapshot.
-		profiling = dcgm.New(dcgm.Options{Mode: cfg.DCGM, Address: cfg.DCGMAddress, Interval: cfg.Interval,
-			Logger: log.With("component", "dcgm")})
+	if profiling != nil {
 		metrics = append(metrics, profiling.Metrics())
 	}
 	var push *pushServer
@@ -208,7 +212,8 @@ func (w *web) serve(ctx context.Context, g *errgroup.Group, log *slog.Logger) {
 // sampler and the error to stop with (nil for SIGTERM during start-up, a
 // normal stop: Open has shut NVML down, or left it with a log line if a
 // call was in flight).
-func openSampler(ctx, gctx context.Context, lib nvml.Library, cfg *Config, store *telemetry.Store, tick prometheus.Histogram, log *slog.Logger) (*nvml.Sampler, error) {
+func openSampler(ctx, gctx context.Context, lib nvml.Library, cfg *Config, store *telemetry.Store, tick prometheus.Histogram,
+	extra nvml.ExtraSource, log *slog.Logger) (*nvml.Sampler, error) {
 	sampler, err := nvml.Open(gctx, lib, nvml.Config{
 		Interval:     cfg.Interval,
 		Window:       cfg.Window,
@@ -216,6 +221,7 @@ func openSampler(ctx, gctx context.Context, lib nvml.Library, cfg *Config, store
 		TickObserver: tick,
 		Store:        store,
 		XIDRetention: cfg.XIDCountWindow,
+		Extra:        extra,
 	})
 	switch {
 	case err != nil && ctx.Err() != nil:
@@ -255,6 +261,10 @@ func newCollector(cfg *Config, views *attribution.Attributor, driver string, log
 		log.Warn("the field list names fields the agent cannot serve; they are left out",
 			"collectors", cfg.CollectorsFile, "fields", strings.Join(missing, ","))
 	}
+	if prof := exporter.ProfilingNames(counters); len(prof) > 0 && cfg.DCGM == dcgm.Off {
+		log.Warn("the field list names DCGM's profiling fields; they are left out without --dcgm=embedded or --dcgm=standalone",
+			"collectors", cfg.CollectorsFile, "fields", strings.Join(prof, ","))
+	}
 	hostname := cfg.NodeName
 	if cfg.NoHostname {
 		hostname = "" // the exporter leaves the label out
@@ -268,6 +278,7 @@ func newCollector(cfg *Config, views *attribution.Attributor, driver string, log
 		Build:           exporter.BuildInfo{Version: Version, Revision: Revision},
 		Counters:        counters,
 		DriverVersion:   driver,
+		Profiling:       cfg.DCGM != dcgm.Off,
 	}), nil
 }
 

@@ -64,7 +64,7 @@ type Config struct {
 
 	// DCGM: the profiling fields, from an embedded host engine or a
 	// standalone nv-hostengine (--dcgm; dcgm-exporter's -r selects
-	// standalone). Read, not yet served.
+	// standalone), served beside NVML's fields.
 	DCGM            dcgm.Mode
 	DCGMAddress     string // standalone: host:port or a unix socket path
 	dcgmRemote      string // dcgm-exporter's -r, as given
@@ -153,7 +153,7 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (*C
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "Kubeconfig file of the pod watch outside a cluster; empty: the pod's service account.")
 	fs.BoolVar(&c.PodWatch, "kubernetes.pod-watch", true, "Watch this node's pods (get/list/watch pods) to name the pods of GPU processes, for each pod's own share of a shared GPU; off with --simulate, which names its own.")
 	c.App.register(fs)
-	fs.Func("dcgm", `Read DCGM's profiling fields: "off", "embedded" (a host engine in the agent) or "standalone" (nv-hostengine at --dcgm.hostengine-address). Default off; read but not yet served.`, func(v string) error {
+	fs.Func("dcgm", `Read DCGM's profiling fields: "off", "embedded" (a host engine in the agent) or "standalone" (nv-hostengine at --dcgm.hostengine-address). Default off: the DCGM_FI_PROF_* fields are absent.`, func(v string) error {
 		m, err := dcgm.ParseMode(v)
 		c.DCGM = m
 		return err

@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"time"
 
 	"github.com/gpu-telemetry/agent/internal/dcgm"
+	"github.com/gpu-telemetry/agent/internal/nvml"
+	"github.com/gpu-telemetry/agent/internal/telemetry"
 )
 
 // DefaultHostengineAddress is nv-hostengine's default listening address.
@@ -65,4 +68,54 @@ func (c *Config) validateDCGM() []error {
 		}
 	}
 	return errs
+}
+
+// profilingFields are the snapshot's fields of the DCGM fields the
+// Source watches (dcgm.ProfilingFields), in the same units.
+var profilingFields = map[dcgm.Field]telemetry.Field{
+	dcgm.ProfGrEngineActive:   telemetry.ProfGrEngineActive,
+	dcgm.ProfSMActive:         telemetry.ProfSMActive,
+	dcgm.ProfSMOccupancy:      telemetry.ProfSMOccupancy,
+	dcgm.ProfPipeTensorActive: telemetry.ProfTensorActive,
+	dcgm.ProfDRAMActive:       telemetry.ProfDRAMActive,
+	dcgm.ProfPCIeTxBytes:      telemetry.ProfPCIeTX,
+	dcgm.ProfPCIeRxBytes:      telemetry.ProfPCIeRX,
+}
+
+// staleDCGMIntervals is how many DCGM intervals old a value may be and
+// still be served: DCGM stops updating a field it cannot read any more
+// (the profiling module lost, a GPU that went away) without saying so.
+const staleDCGMIntervals = 3
+
+// dcgmExtra hands the sampler DCGM's latest values (nvml.ExtraSource):
+// the sampler stays the one writer of the snapshot, and nvml knows
+// nothing of DCGM. A field is supported while DCGM is up and has a
+// current value of it for the GPU; absent, not zero, otherwise.
+type dcgmExtra struct {
+	latest func() *dcgm.Reading // dcgm.Source.Latest: an atomic load
+	maxAge time.Duration
+	now    func() time.Time
+}
+
+var _ nvml.ExtraSource = dcgmExtra{}
+
+func newDCGMExtra(src *dcgm.Source) dcgmExtra {
+	return dcgmExtra{latest: src.Latest, maxAge: staleDCGMIntervals * src.Interval(), now: time.Now}
+}
+
+// Fill sets the GPU's profiling fields that DCGM has a current value of.
+func (x dcgmExtra) Fill(uuid string, r *telemetry.Reading, supported *telemetry.FieldSet) {
+	latest := x.latest()
+	if latest == nil {
+		return // DCGM is down, or not up yet
+	}
+	now := x.now()
+	for f, v := range latest.GPUs[uuid] {
+		tf, ok := profilingFields[f]
+		if !ok || now.Sub(v.Time) > x.maxAge {
+			continue
+		}
+		r.Set(tf, v.Number())
+		*supported = supported.With(tf)
+	}
 }

@@ -151,6 +151,10 @@ func newSource(opts Options, lib library) *Source {
 // Metrics is the Source's own metrics, for the agent's registry.
 func (s *Source) Metrics() *Metrics { return s.metrics }
 
+// Interval is the time between two reads (Options.Interval, at least
+// MinInterval).
+func (s *Source) Interval() time.Duration { return s.opts.Interval }
+
 // Latest is the newest reading; nil while DCGM is not up.
 func (s *Source) Latest() *Reading { return s.latest.Load() }
 

@@ -52,6 +52,10 @@ type Options struct {
 	// UseOldNamespace names labels as dcgm-exporter's -o does: pod_name,
 	// pod_namespace, container_name, and uuid for UUID.
 	UseOldNamespace bool
+	// Profiling says DCGM's profiling fields are read (--dcgm): without
+	// it, those the field list names are gpu_agent_field_supported 0
+	// under their DCGM names, as the fields the agent cannot serve are.
+	Profiling bool
 }
 
 // Collector writes the metrics of attributed snapshots. It is not a
@@ -177,7 +181,11 @@ func NewCollector(views *attribution.Attributor, opts Options) *Collector {
 		}
 		c.dcgm = append(c.dcgm, f)
 	}
-	for _, n := range Unsupported(opts.Counters) {
+	unproduced := Unsupported(opts.Counters)
+	if !opts.Profiling {
+		unproduced = append(unproduced, ProfilingNames(opts.Counters)...)
+	}
+	for _, n := range unproduced {
 		c.unproduced = append(c.unproduced, &dto.LabelPair{Name: new("field"), Value: new(n)})
 	}
 	for _, m := range xidMetrics {

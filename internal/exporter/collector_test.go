@@ -525,8 +525,11 @@ func TestFieldList(t *testing.T) {
 		{Name: "DCGM_FI_DEV_SERIAL", Type: dcgmcsv.TypeLabel},
 		{Name: "DCGM_FI_DEV_FB_USED", Type: dcgmcsv.TypeLabel}, // a metric field cannot be a label here
 	}
-	if got, want := Unsupported(fields), []string{"DCGM_FI_PROF_GR_ENGINE_ACTIVE", "DCGM_FI_DEV_SERIAL", "DCGM_FI_DEV_FB_USED"}; !slices.Equal(got, want) {
+	if got, want := Unsupported(fields), []string{"DCGM_FI_DEV_SERIAL", "DCGM_FI_DEV_FB_USED"}; !slices.Equal(got, want) {
 		t.Errorf("Unsupported = %v, want %v", got, want)
+	}
+	if got, want := ProfilingNames(fields), []string{"DCGM_FI_PROF_GR_ENGINE_ACTIVE"}; !slices.Equal(got, want) {
+		t.Errorf("ProfilingNames = %v, want %v", got, want)
 	}
 	c := NewCollector(attribution.NewAttributor(snapshots{testSnapshot()}, testPods(t), nil), Options{Hostname: "node-a", Interval: time.Second, Counters: fields, DriverVersion: "550.54.15"})
 	reg := prometheus.NewPedanticRegistry()
@@ -563,7 +566,7 @@ func TestFieldList(t *testing.T) {
 	// What it cannot produce is 0 in gpu_agent_field_supported, per GPU;
 	// what it can is not named there by its DCGM name.
 	supported := grep(scrape(t, c), `gpu_agent_field_supported{`)
-	for _, n := range Unsupported(fields) {
+	for _, n := range append(Unsupported(fields), ProfilingNames(fields)...) {
 		for _, g := range []string{`UUID="GPU-00000000-0000-0000-0000-000000000000",field="` + n + `",gpu="0"} 0`,
 			`UUID="GPU-22222222-2222-2222-2222-222222222222",field="` + n + `",gpu="2"} 0`} {
 			if !strings.Contains(supported, g) {

@@ -153,6 +153,37 @@ var dcgmMetrics = []dcgmMetric{
 	{"DCGM_FI_DEV_FAN_SPEED_RATIO", "Fan speed for the device as a ratio of the maximum noise-tolerance fan speed.", telemetry.FanSpeed, 0.01, prometheus.GaugeValue, "0-1", 0,
 		header(3604, "`DCGM_FI_DEV_FAN_SPEED_RATIO 1612`, \"as a ratio\"; `base_unit_fields_test.go` pairs it with `DCGM_FI_DEV_FAN_SPEED` (191)")},
 
+	// DCGM's profiling fields (--dcgm): 4.8's names, in the order of
+	// default-counters.csv, then DCGM 4.7's (4.9) and 4.10's. SM_ACTIVE and
+	// SM_OCCUPANCY are commented out of the default list: served when -f
+	// names them. Device-wide, like the clocks: DCGM measures the GPU.
+	{"DCGM_FI_PROF_GR_ENGINE_ACTIVE", "Ratio of time the graphics engine is active.", telemetry.ProfGrEngineActive, 1, prometheus.GaugeValue, "0-1", oldNames, ""},
+	{"DCGM_FI_PROF_SM_ACTIVE", "The ratio of cycles an SM has at least 1 warp assigned.", telemetry.ProfSMActive, 1, prometheus.GaugeValue, "0-1", 0, ""},
+	{"DCGM_FI_PROF_SM_OCCUPANCY", "The ratio of number of warps resident on an SM.", telemetry.ProfSMOccupancy, 1, prometheus.GaugeValue, "0-1", 0, ""},
+	{"DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", "Ratio of cycles the tensor (HMMA) pipe is active.", telemetry.ProfTensorActive, 1, prometheus.GaugeValue, "0-1", oldNames, ""},
+	{"DCGM_FI_PROF_DRAM_ACTIVE", "Ratio of cycles the device memory interface is active sending or receiving data.", telemetry.ProfDRAMActive, 1, prometheus.GaugeValue, "0-1", oldNames, ""},
+	{"DCGM_FI_PROF_PCIE_TX_BYTES", "The rate of data transmitted over the PCIe bus - including both protocol headers and data payloads - in bytes per second.",
+		telemetry.ProfPCIeTX, 1, prometheus.GaugeValue, "B/s", gens(Gen482, Gen48, Gen49), ""},
+	{"DCGM_FI_PROF_PCIE_RX_BYTES", "The rate of data received over the PCIe bus - including both protocol headers and data payloads - in bytes per second.",
+		telemetry.ProfPCIeRX, 1, prometheus.GaugeValue, "B/s", gens(Gen482, Gen48, Gen49), ""},
+
+	{"DCGM_FI_PROF_GR_ENGINE_UTIL_RATIO", "Ratio of time the graphics engine is active.", telemetry.ProfGrEngineActive, 1, prometheus.GaugeValue, "0-1", newNames,
+		header(3910, "`DCGM_FI_PROF_GR_ENGINE_ACTIVE` is an alias of `DCGM_FI_PROF_GR_ENGINE_UTIL_RATIO` (1001)")},
+	{"DCGM_FI_PROF_SM_UTIL_RATIO", "The ratio of cycles an SM has at least 1 warp assigned.", telemetry.ProfSMActive, 1, prometheus.GaugeValue, "0-1", 0,
+		header(3911, "`DCGM_FI_PROF_SM_ACTIVE` is an alias of `DCGM_FI_PROF_SM_UTIL_RATIO` (1002)")},
+	{"DCGM_FI_PROF_SM_OCCUPANCY_RATIO", "The ratio of number of warps resident on an SM.", telemetry.ProfSMOccupancy, 1, prometheus.GaugeValue, "0-1", 0,
+		header(3912, "`DCGM_FI_PROF_SM_OCCUPANCY` is an alias of `DCGM_FI_PROF_SM_OCCUPANCY_RATIO` (1003)")},
+	{"DCGM_FI_PROF_TENSOR_UTIL_RATIO", "The ratio of cycles any tensor pipe is active.", telemetry.ProfTensorActive, 1, prometheus.GaugeValue, "0-1", newNames,
+		header(3913, "`DCGM_FI_PROF_PIPE_TENSOR_ACTIVE` is an alias of `DCGM_FI_PROF_TENSOR_UTIL_RATIO` (1004)")},
+	{"DCGM_FI_PROF_DRAM_UTIL_RATIO", "Ratio of cycles the device memory interface is active sending or receiving data.", telemetry.ProfDRAMActive, 1, prometheus.GaugeValue, "0-1", newNames,
+		header(3914, "`DCGM_FI_PROF_DRAM_ACTIVE` is an alias of `DCGM_FI_PROF_DRAM_UTIL_RATIO` (1005)")},
+	{"DCGM_FI_PROF_PCIE_TX_BYTES_PER_SECOND", "The rate of data transmitted over the PCIe bus - including both protocol headers and data payloads - in bytes per second.",
+		telemetry.ProfPCIeTX, 1, prometheus.GaugeValue, "B/s", gens(Gen410),
+		"4.10's release note: \"DCGM_FI_PROF_PCIE_TX_BYTES -> DCGM_FI_PROF_PCIE_TX_BYTES_PER_SECOND\"; 4.9 keeps `DCGM_FI_PROF_PCIE_TX_BYTES` (1009, `dcgm_fields.h:2599`)"},
+	{"DCGM_FI_PROF_PCIE_RX_BYTES_PER_SECOND", "The rate of data received over the PCIe bus - including both protocol headers and data payloads - in bytes per second.",
+		telemetry.ProfPCIeRX, 1, prometheus.GaugeValue, "B/s", gens(Gen410),
+		"4.10's release note: \"DCGM_FI_PROF_PCIE_RX_BYTES -> DCGM_FI_PROF_PCIE_RX_BYTES_PER_SECOND\"; 4.9 keeps `DCGM_FI_PROF_PCIE_RX_BYTES` (1010, `dcgm_fields.h:2607`)"},
+
 	// Not in any default list: served when -f names it. In 4.9 and 4.10
 	// DCGM_FI_DEV_FB_TOTAL stands in for DCGM_FI_DEV_FB_CAPACITY_BYTES,
 	// whose name only 4.9's release note gives (go-dcgm v1.4611.2 has no
@@ -265,9 +296,28 @@ var labelFields = map[string]func(o *Options) string{
 	systemDriverVersionLabel: func(o *Options) string { return o.DriverVersion },
 }
 
+// ProfilingNames returns the names of the fields in a dcgm-exporter field
+// list that only DCGM's profiling module produces (--dcgm), in the list's
+// order: without DCGM they are absent, and the agent says so.
+func ProfilingNames(fields []dcgmcsv.Field) []string {
+	var out []string
+	for _, f := range fields {
+		if f.Type == dcgmcsv.TypeLabel {
+			continue
+		}
+		for _, m := range dcgmMetrics {
+			if m.Name == f.Name && telemetry.ProfilingFields.Has(m.Field) {
+				out = append(out, f.Name)
+			}
+		}
+	}
+	return out
+}
+
 // Unsupported returns the names of the fields in a dcgm-exporter field
 // list that the agent cannot serve, in the list's order: fields it does
-// not read, and label rows it cannot fill.
+// not read, and label rows it cannot fill. The profiling fields are not
+// among them: they need DCGM (ProfilingNames).
 func Unsupported(fields []dcgmcsv.Field) []string {
 	var out []string
 	for _, f := range fields {

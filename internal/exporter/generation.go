@@ -144,22 +144,6 @@ var defaultList48 = []string{
 	"DCGM_FI_PROF_PCIE_TX_BYTES", "DCGM_FI_PROF_PCIE_RX_BYTES",
 }
 
-// profNames are the profiling fields of the default list under each
-// generation's names (4.9: dcgm_fields.h:3910-3914 aliases; 4.10: its
-// release note), which the agent names in its warning and in
-// gpu_agent_field_supported until it has a DCGM backend.
-func profNames(g Generation) []string {
-	switch {
-	case g >= Gen410:
-		return []string{"DCGM_FI_PROF_GR_ENGINE_UTIL_RATIO", "DCGM_FI_PROF_TENSOR_UTIL_RATIO", "DCGM_FI_PROF_DRAM_UTIL_RATIO",
-			"DCGM_FI_PROF_PCIE_TX_BYTES_PER_SECOND", "DCGM_FI_PROF_PCIE_RX_BYTES_PER_SECOND"}
-	case g >= Gen49:
-		return []string{"DCGM_FI_PROF_GR_ENGINE_UTIL_RATIO", "DCGM_FI_PROF_TENSOR_UTIL_RATIO", "DCGM_FI_PROF_DRAM_UTIL_RATIO",
-			"DCGM_FI_PROF_PCIE_TX_BYTES", "DCGM_FI_PROF_PCIE_RX_BYTES"}
-	}
-	return defaultList48[len(defaultList48)-5:]
-}
-
 // GenerationList returns the field list as generation g serves it. The
 // agent's image ships dcgm-exporter 4.8's lists where dcgm-exporter's
 // image has its own (/etc/dcgm-exporter/, which its chart passes to -f by
@@ -173,8 +157,9 @@ func GenerationList(fields []dcgmcsv.Field, g Generation) (_ []dcgmcsv.Field, ok
 	}
 	var out []dcgmcsv.Field
 	for _, m := range dcgmMetrics {
-		// The default list's fields in g's names: the agent's own
-		// additions to its default (the PCIe throughputs) are not in it.
+		// The default list's fields in g's names, the profiling fields
+		// included: the agent's own additions to its default (the PCIe
+		// throughputs) are not in it.
 		if m.Default.has(g) && (slices.Contains(defaultList48, m.Name) || m.Source != "") {
 			out = append(out, dcgmcsv.Field{Name: m.Name, Type: promType(m.Type), Help: m.Help})
 		}
@@ -185,9 +170,6 @@ func GenerationList(fields []dcgmcsv.Field, g Generation) (_ []dcgmcsv.Field, ok
 		}
 	}
 	out = append(out, dcgmcsv.Field{Name: g.driverLabel(), Type: dcgmcsv.TypeLabel})
-	for _, n := range profNames(g) {
-		out = append(out, dcgmcsv.Field{Name: n, Type: dcgmcsv.TypeGauge})
-	}
 	return out, true
 }
 

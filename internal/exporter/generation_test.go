@@ -246,8 +246,8 @@ func TestDCGMMetricsTable(t *testing.T) {
 		seen[n] = true
 	}
 	for _, m := range dcgmMetrics {
-		if m.Default != allGens && m.Default.has(Gen49) && m.Source == "" {
-			t.Errorf("%s: a 4.9 name without a source", m.Name)
+		if m.Default != 0 && m.Default&oldNames == 0 && m.Source == "" {
+			t.Errorf("%s: a name new in 4.9 or 4.10 without a source", m.Name)
 		}
 		if m.Type != prometheus.CounterValue && m.Type != prometheus.GaugeValue {
 			t.Errorf("%s: type %v", m.Name, m.Type)
@@ -507,10 +507,25 @@ func TestDefaultList48(t *testing.T) {
 	}
 }
 
+// profNames are the profiling fields of each generation's default list,
+// written out apart from the table (4.9: dcgm_fields.h:3910-3914 aliases;
+// 4.10: its release note), that GenerationList must give.
+func profNames(g Generation) []string {
+	switch {
+	case g >= Gen410:
+		return []string{"DCGM_FI_PROF_GR_ENGINE_UTIL_RATIO", "DCGM_FI_PROF_TENSOR_UTIL_RATIO", "DCGM_FI_PROF_DRAM_UTIL_RATIO",
+			"DCGM_FI_PROF_PCIE_TX_BYTES_PER_SECOND", "DCGM_FI_PROF_PCIE_RX_BYTES_PER_SECOND"}
+	case g >= Gen49:
+		return []string{"DCGM_FI_PROF_GR_ENGINE_UTIL_RATIO", "DCGM_FI_PROF_TENSOR_UTIL_RATIO", "DCGM_FI_PROF_DRAM_UTIL_RATIO",
+			"DCGM_FI_PROF_PCIE_TX_BYTES", "DCGM_FI_PROF_PCIE_RX_BYTES"}
+	}
+	return defaultList48[len(defaultList48)-5:]
+}
+
 // The shipped 4.8 list, given with -f, serves each generation's default
 // list from 4.9 on: the same families as no -f (less the agent's own
-// PCIe throughputs, which the list leaves out), and the PROF fields named
-// unsupported under the generation's names. Another list is untouched.
+// PCIe throughputs, which the list leaves out), the PROF fields under the
+// generation's names. Another list is untouched.
 func TestGenerationList(t *testing.T) {
 	fields, err := dcgmcsv.ReadFile("../../deploy/dcgm-exporter/dcp-metrics-included.csv")
 	if err != nil {
@@ -530,8 +545,14 @@ func TestGenerationList(t *testing.T) {
 		if got, want := names(generationScrape(t, g, list)), names(generationScrape(t, g, nil)); !slices.Equal(got, want) {
 			t.Errorf("%s: -f the shipped list serves %v, without -f %v", g, got, want)
 		}
-		if want := profNames(g); !slices.Equal(Unsupported(list), want) {
-			t.Errorf("%s: unsupported %v, want %v", g, Unsupported(list), want)
+		if u := Unsupported(list); len(u) != 0 {
+			t.Errorf("%s: unsupported %v, want none", g, u)
+		}
+		got, want := ProfilingNames(list), profNames(g)
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: profiling fields %v, want %v", g, got, want)
 		}
 	}
 	custom := []dcgmcsv.Field{{Name: "DCGM_FI_DEV_GPU_UTIL", Type: dcgmcsv.TypeGauge}, {Name: "DCGM_FI_DEV_SM_CLOCK_HERTZ", Type: dcgmcsv.TypeGauge}}

@@ -95,6 +95,43 @@ func TestDeviceWideMetrics(t *testing.T) {
 	}
 }
 
+// DCGM's profiling ratios are the GPU's own figures too: every pod holding
+// the GPU reads its value; a GPU without one (no DCGM, DCGM down) is left
+// out, not read as 0.
+func TestProfilingMetrics(t *testing.T) {
+	s, _ := newTestStore(t)
+	withProf := func(d *telemetryv1.Device, gr, sm, tensor, dram float64) *telemetryv1.Device {
+		d.GrEngineActiveRatio, d.SmActiveRatio, d.TensorActiveRatio, d.DramActiveRatio = &gr, &sm, &tensor, &dram
+		return d
+	}
+	shared := withProf(gpu("GPU-T4", 80, 66, 50, 70, 0), 0.9, 0.8, 0.1, 0.3)
+	shared.Pods = []*telemetryv1.Pod{shareOf("default", "webrtc-0", 25, 30), shareOf("default", "webrtc-1", 55, 50)}
+	ingest(t, s, snap("n1", 1, epoch,
+		withProf(gpu("GPU-1", 40, 60, 35, 70, 0, "default/inference-0"), 0.5, 0.4, 0.25, 0.2),
+		gpu("GPU-2", 90, 80, 70, 70, 0, "default/inference-1"), // no DCGM values
+		shared))
+	for _, c := range []struct {
+		metric, pattern, agg string
+		want                 float64
+		pods                 int
+	}{
+		{"gr_engine_active", "inference-.*", "avg", 0.5, 1},
+		{"sm_active", "inference-.*", "max", 0.4, 1},
+		{"tensor_active", "inference-.*", "avg", 0.25, 1},
+		{"dram_active", "inference-.*", "avg", 0.2, 1},
+		{"gr_engine_active", "webrtc-.*", "avg", 0.9, 2},
+		{"tensor_active", "webrtc-.*", "max", 0.1, 2},
+	} {
+		res, err := evaluate(t, s, "metric", c.metric, "podPattern", c.pattern, "aggregation", c.agg, "target", "1")
+		if err != nil || math.Abs(res.Value-c.want) > 1e-9 || res.Pods != c.pods {
+			t.Errorf("%s %s over %s = %v, %v; want %v over %d pods", c.agg, c.metric, c.pattern, res, err, c.want, c.pods)
+		}
+	}
+	if _, err := evaluate(t, s, "metric", "gr_engine_active", "podPattern", "inference-1", "target", "1"); !errors.Is(err, ErrNoReading) {
+		t.Errorf("gr_engine_active of a GPU without DCGM values: %v, want ErrNoReading", err)
+	}
+}
+
 // A window over a device-wide metric reduces the snapshots' values in it;
 // their history is kept only once a window of that metric is asked for
 // (a point per device per snapshot, for metrics few triggers name).
@@ -123,7 +160,8 @@ func TestDeviceWideWindow(t *testing.T) {
 
 // The new metrics parse, by name, with every aggregation.
 func TestParseDeviceWideMetrics(t *testing.T) {
-	for _, name := range []string{"temperature", "memory_temperature", "power", "power_ratio", "pcie_tx", "pcie_rx", "nvlink"} {
+	for _, name := range []string{"temperature", "memory_temperature", "power", "power_ratio", "pcie_tx", "pcie_rx", "nvlink",
+		"gr_engine_active", "sm_active", "tensor_active", "dram_active"} {
 		q, err := ParseMetadata(md("metric", name, "target", "1", "aggregation", "p95"), "default", time.Minute)
 		if err != nil || q.Metric.String() != name || !deviceWide.has(q.Metric) {
 			t.Errorf("metric %s: %v, %v", name, q, err)

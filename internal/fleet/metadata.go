@@ -38,6 +38,11 @@ const (
 	PCIeTX            // bytes per second
 	PCIeRX            // bytes per second
 	NVLink            // bytes per second, sent and received over all links
+	// DCGM's profiling fields (the agent's --dcgm), ratios 0-1.
+	GrEngineActive // time the graphics or compute engine is active
+	SMActive       // cycles an SM has at least one warp assigned
+	TensorActive   // cycles a tensor pipe is active
+	DRAMActive     // cycles the memory interface is sending or receiving
 
 	numMetrics
 )
@@ -53,7 +58,7 @@ func (s metricSet) has(m Metric) bool { return s&(1<<m) != 0 }
 
 // deviceWide are the metrics that are figures of the whole GPU.
 const deviceWide = metricSet(1<<Temperature | 1<<MemoryTemperature | 1<<Power | 1<<PowerRatio |
-	1<<PCIeTX | 1<<PCIeRX | 1<<NVLink)
+	1<<PCIeTX | 1<<PCIeRX | 1<<NVLink | 1<<GrEngineActive | 1<<SMActive | 1<<TensorActive | 1<<DRAMActive)
 
 var metricNames = [numMetrics]string{
 	GPUUtil:           "gpu_util",
@@ -70,6 +75,10 @@ var metricNames = [numMetrics]string{
 	PCIeTX:            "pcie_tx",
 	PCIeRX:            "pcie_rx",
 	NVLink:            "nvlink",
+	GrEngineActive:    "gr_engine_active",
+	SMActive:          "sm_active",
+	TensorActive:      "tensor_active",
+	DRAMActive:        "dram_active",
 }
 
 func (m Metric) String() string {

@@ -644,6 +644,8 @@ func readDevice(dv *device, d *telemetryv1.Device) {
 		{Temperature, d.TemperatureCelsius}, {MemoryTemperature, d.MemoryTemperatureCelsius},
 		{Power, d.PowerWatts}, {PCIeTX, d.PcieTxBytesPerSecond}, {PCIeRX, d.PcieRxBytesPerSecond},
 		{NVLink, d.NvlinkBytesPerSecond},
+		{GrEngineActive, d.GrEngineActiveRatio}, {SMActive, d.SmActiveRatio},
+		{TensorActive, d.TensorActiveRatio}, {DRAMActive, d.DramActiveRatio},
 	} {
 		if f.v != nil {
 			set(f.m, *f.v)

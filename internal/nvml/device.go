@@ -53,7 +53,7 @@ func openDevice(lib Library, index int, log *slog.Logger) (*device, error) {
 	if ret != nvml.SUCCESS {
 		return nil, nvmlError("DeviceGetHandleByIndex", ret)
 	}
-	d := &device{handle: h, supported: telemetry.AllFields}
+	d := &device{handle: h, supported: nvmlFields}
 	d.Index = index
 	if d.UUID, ret = h.GetUUID(); ret != nvml.SUCCESS {
 		return nil, nvmlError("GetUUID", ret)
@@ -172,7 +172,7 @@ func (s *Sampler) probe(d *device) {
 	}
 	var missing []string
 	for f := telemetry.Field(0); f < telemetry.NumFields; f++ {
-		if !d.supported.Has(f) {
+		if nvmlFields.Has(f) && !d.supported.Has(f) {
 			missing = append(missing, f.String())
 		}
 	}

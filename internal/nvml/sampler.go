@@ -70,7 +70,26 @@ type Config struct {
 	// wait on it and read its history (telemetry.NewStore); nil keeps
 	// only the latest snapshot.
 	Store *telemetry.Store
+	// Extra, if set, adds another source's values (DCGM's profiling
+	// fields) to each whole GPU's reading, on the tick, so that one
+	// snapshot holds everything and the sampler stays its only writer.
+	Extra ExtraSource
 }
+
+// ExtraSource is a source of per-GPU values that NVML does not give
+// (telemetry.ProfilingFields). Fill is called on the ticking goroutine,
+// once per tick for each whole GPU (never a MIG instance) that is neither
+// lost nor stalled, with the reading about to be published: it sets the
+// fields it has a current value of and adds them to supported, and
+// leaves the others absent. It must return at once: it reads what its
+// source has already fetched, never the source itself.
+type ExtraSource interface {
+	Fill(uuid string, r *telemetry.Reading, supported *telemetry.FieldSet)
+}
+
+// nvmlFields are the fields read from NVML: every field but those an
+// ExtraSource fills.
+const nvmlFields = telemetry.AllFields &^ telemetry.ProfilingFields
 
 // Sampler owns NVML: it reads every GPU at a fixed interval and publishes
 // one immutable snapshot per tick. Each GPU is read by its own worker
@@ -422,6 +441,9 @@ wait:
 	var changed []telemetry.Device
 	for i, w := range s.workers {
 		gen, migs := w.collect(&snap.States[i])
+		if st := &snap.States[i]; s.cfg.Extra != nil && !st.Lost && !st.Stalled {
+			s.cfg.Extra.Fill(inv[i].UUID, &st.Reading, &st.Supported)
+		}
 		if gen != s.migGen[i] {
 			if changed == nil {
 				changed = append([]telemetry.Device(nil), inv...)

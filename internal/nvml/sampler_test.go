@@ -130,7 +130,7 @@ func TestTickConvertsUnits(t *testing.T) {
 		}
 	}
 	// newFullGPU has no NVLink and no vGPU licensing.
-	if want := telemetry.AllFields.Without(telemetry.NVLinkBandwidth).Without(telemetry.VGPULicense); st.Supported != want {
+	if want := nvmlFields.Without(telemetry.NVLinkBandwidth).Without(telemetry.VGPULicense); st.Supported != want {
 		t.Errorf("supported = %v, want %v", fieldNames(st.Supported), fieldNames(want))
 	}
 }

@@ -44,6 +44,13 @@ var deviceWideReading = map[telemetry.Field]float64{
 	telemetry.EnforcedPowerLimit:   65.5,
 	telemetry.PState:               8,
 	telemetry.FanSpeed:             35,
+	telemetry.ProfGrEngineActive:   0.5,
+	telemetry.ProfSMActive:         0.25,
+	telemetry.ProfSMOccupancy:      0.125,
+	telemetry.ProfTensorActive:     0.75,
+	telemetry.ProfDRAMActive:       0.0625,
+	telemetry.ProfPCIeTX:           3e9, // B/s
+	telemetry.ProfPCIeRX:           4e9,
 }
 
 // The device-wide fields reach a subscriber in the proto's base units:
@@ -96,6 +103,13 @@ func TestDeviceWideFieldsInBaseUnits(t *testing.T) {
 		"enforced_power_limit_watts":    {d.EnforcedPowerLimitWatts, 65.5},
 		"pstate":                        {d.Pstate, uint32(8)},
 		"fan_speed_percent":             {d.FanSpeedPercent, 35.0},
+		"gr_engine_active_ratio":        {d.GrEngineActiveRatio, 0.5},
+		"sm_active_ratio":               {d.SmActiveRatio, 0.25},
+		"sm_occupancy_ratio":            {d.SmOccupancyRatio, 0.125},
+		"tensor_active_ratio":           {d.TensorActiveRatio, 0.75},
+		"dram_active_ratio":             {d.DramActiveRatio, 0.0625},
+		"prof_pcie_tx_bytes_per_second": {d.ProfPcieTxBytesPerSecond, 3e9},
+		"prof_pcie_rx_bytes_per_second": {d.ProfPcieRxBytesPerSecond, 4e9},
 	} {
 		if !sameValue(c.got, c.want) {
 			t.Errorf("%s = %v, want %v", name, deref(c.got), c.want)
@@ -103,8 +117,8 @@ func TestDeviceWideFieldsInBaseUnits(t *testing.T) {
 	}
 	// Every device-wide field of the proto is checked above: a field
 	// added to the proto and not to this test fails here.
-	if n := countSet(d, deviceWideFirst); n != 31 {
-		t.Errorf("%d device-wide fields set, want the 31 checked", n)
+	if n := countSet(d, deviceWideFirst); n != 38 {
+		t.Errorf("%d device-wide fields set, want the 38 checked", n)
 	}
 
 	if mig := device(m, migA); countSet(mig, deviceWideFirst) != 0 {

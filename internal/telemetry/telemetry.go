@@ -14,7 +14,8 @@ import (
 // NVML reports, converted once here so that readers never guess:
 // percentages for utilization, bytes for memory, watts, millijoules, MHz,
 // KB/s for PCIe, bytes per second for NVLink and seconds for periods,
-// latencies and throttled time.
+// latencies and throttled time; DCGM's profiling fields as ratios (0-1)
+// and bytes per second.
 type Field uint8
 
 // The fields a device reading can carry.
@@ -71,6 +72,18 @@ const (
 	PState               // performance state, 0 (fastest) to 15
 	FanSpeed             // percent of the fan's maximum (may exceed 100)
 
+	// The profiling fields: DCGM's, not NVML's (DCGM's profiling module
+	// reads the GPU's performance counters). The sampler takes them from
+	// an extra source on the tick (nvml.Config.Extra); absent while DCGM
+	// is off or down.
+	ProfGrEngineActive // ratio 0-1 of time the graphics or compute engine is active
+	ProfSMActive       // ratio 0-1 of cycles an SM has at least one warp assigned
+	ProfSMOccupancy    // ratio 0-1 of warps resident on an SM to the maximum
+	ProfTensorActive   // ratio 0-1 of cycles a tensor pipe is active
+	ProfDRAMActive     // ratio 0-1 of cycles the memory interface is sending or receiving
+	ProfPCIeTX         // bytes per second sent over PCIe, headers included
+	ProfPCIeRX         // bytes per second received over PCIe, headers included
+
 	NumFields
 )
 
@@ -124,6 +137,14 @@ var fieldNames = [NumFields]string{
 	EnforcedPowerLimit:   "enforced_power_limit",
 	PState:               "pstate",
 	FanSpeed:             "fan_speed",
+
+	ProfGrEngineActive: "prof_gr_engine_active",
+	ProfSMActive:       "prof_sm_active",
+	ProfSMOccupancy:    "prof_sm_occupancy",
+	ProfTensorActive:   "prof_tensor_active",
+	ProfDRAMActive:     "prof_dram_active",
+	ProfPCIeTX:         "prof_pcie_tx",
+	ProfPCIeRX:         "prof_pcie_rx",
 }
 
 // SlowFields are the fields read off the tick, every few seconds.
@@ -139,6 +160,10 @@ const HealthFields = FieldSet(1<<ECCSBEVolatile | 1<<ECCDBEVolatile | 1<<ECCSBEA
 	1<<ClocksEventReasons | 1<<PowerViolation | 1<<ThermalViolation | 1<<SyncBoostViolation |
 	1<<BoardLimitViolation | 1<<LowUtilViolation | 1<<ReliabilityViolation |
 	1<<PowerMgmtLimit | 1<<EnforcedPowerLimit | 1<<PState | 1<<FanSpeed)
+
+// ProfilingFields are DCGM's profiling fields: never read from NVML.
+const ProfilingFields = FieldSet(1<<ProfGrEngineActive | 1<<ProfSMActive | 1<<ProfSMOccupancy |
+	1<<ProfTensorActive | 1<<ProfDRAMActive | 1<<ProfPCIeTX | 1<<ProfPCIeRX)
 
 // String returns the field's stable snake_case name, used in labels and logs.
 func (f Field) String() string {

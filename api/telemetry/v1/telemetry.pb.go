@@ -809,8 +809,21 @@ type Device struct {
 	// Percent of the fan's maximum speed (it may exceed 100); absent on a
 	// GPU without fans of its own (a passively cooled T4, an SXM module).
 	FanSpeedPercent *float64 `protobuf:"fixed64,57,opt,name=fan_speed_percent,json=fanSpeedPercent,proto3,oneof" json:"fan_speed_percent,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// DCGM's profiling fields (the agent's --dcgm), absent without DCGM or
+	// while it is down: ratios 0-1 of time the graphics or compute engine
+	// is active, of cycles an SM has a warp assigned, of warps resident on
+	// an SM to the maximum, of cycles a tensor pipe and the memory
+	// interface are active; and PCIe data sent and received as DCGM counts
+	// it, headers included (pcie_tx_bytes_per_second is NVML's).
+	GrEngineActiveRatio      *float64 `protobuf:"fixed64,58,opt,name=gr_engine_active_ratio,json=grEngineActiveRatio,proto3,oneof" json:"gr_engine_active_ratio,omitempty"`
+	SmActiveRatio            *float64 `protobuf:"fixed64,59,opt,name=sm_active_ratio,json=smActiveRatio,proto3,oneof" json:"sm_active_ratio,omitempty"`
+	SmOccupancyRatio         *float64 `protobuf:"fixed64,60,opt,name=sm_occupancy_ratio,json=smOccupancyRatio,proto3,oneof" json:"sm_occupancy_ratio,omitempty"`
+	TensorActiveRatio        *float64 `protobuf:"fixed64,61,opt,name=tensor_active_ratio,json=tensorActiveRatio,proto3,oneof" json:"tensor_active_ratio,omitempty"`
+	DramActiveRatio          *float64 `protobuf:"fixed64,62,opt,name=dram_active_ratio,json=dramActiveRatio,proto3,oneof" json:"dram_active_ratio,omitempty"`
+	ProfPcieTxBytesPerSecond *float64 `protobuf:"fixed64,63,opt,name=prof_pcie_tx_bytes_per_second,json=profPcieTxBytesPerSecond,proto3,oneof" json:"prof_pcie_tx_bytes_per_second,omitempty"`
+	ProfPcieRxBytesPerSecond *float64 `protobuf:"fixed64,64,opt,name=prof_pcie_rx_bytes_per_second,json=profPcieRxBytesPerSecond,proto3,oneof" json:"prof_pcie_rx_bytes_per_second,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
 }
 
 func (x *Device) Reset() {
@@ -1235,6 +1248,55 @@ func (x *Device) GetFanSpeedPercent() float64 {
 	return 0
 }
 
+func (x *Device) GetGrEngineActiveRatio() float64 {
+	if x != nil && x.GrEngineActiveRatio != nil {
+		return *x.GrEngineActiveRatio
+	}
+	return 0
+}
+
+func (x *Device) GetSmActiveRatio() float64 {
+	if x != nil && x.SmActiveRatio != nil {
+		return *x.SmActiveRatio
+	}
+	return 0
+}
+
+func (x *Device) GetSmOccupancyRatio() float64 {
+	if x != nil && x.SmOccupancyRatio != nil {
+		return *x.SmOccupancyRatio
+	}
+	return 0
+}
+
+func (x *Device) GetTensorActiveRatio() float64 {
+	if x != nil && x.TensorActiveRatio != nil {
+		return *x.TensorActiveRatio
+	}
+	return 0
+}
+
+func (x *Device) GetDramActiveRatio() float64 {
+	if x != nil && x.DramActiveRatio != nil {
+		return *x.DramActiveRatio
+	}
+	return 0
+}
+
+func (x *Device) GetProfPcieTxBytesPerSecond() float64 {
+	if x != nil && x.ProfPcieTxBytesPerSecond != nil {
+		return *x.ProfPcieTxBytesPerSecond
+	}
+	return 0
+}
+
+func (x *Device) GetProfPcieRxBytesPerSecond() float64 {
+	if x != nil && x.ProfPcieRxBytesPerSecond != nil {
+		return *x.ProfPcieRxBytesPerSecond
+	}
+	return 0
+}
+
 type Pod struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
@@ -1534,7 +1596,7 @@ const file_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\x05count\x18\x04 \x01(\x01R\x05count\"1\n" +
 	"\x05Label\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xee\x1d\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xb2\"\n" +
 	"\x06Device\x12\x12\n" +
 	"\x04uuid\x18\x01 \x01(\tR\x04uuid\x12\x1b\n" +
 	"\tgpu_index\x18\x02 \x01(\rR\bgpuIndex\x12\x1d\n" +
@@ -1599,7 +1661,14 @@ const file_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\x1cpower_management_limit_watts\x186 \x01(\x01H)R\x19powerManagementLimitWatts\x88\x01\x01\x12@\n" +
 	"\x1aenforced_power_limit_watts\x187 \x01(\x01H*R\x17enforcedPowerLimitWatts\x88\x01\x01\x12\x1b\n" +
 	"\x06pstate\x188 \x01(\rH+R\x06pstate\x88\x01\x01\x12/\n" +
-	"\x11fan_speed_percent\x189 \x01(\x01H,R\x0ffanSpeedPercent\x88\x01\x01B\v\n" +
+	"\x11fan_speed_percent\x189 \x01(\x01H,R\x0ffanSpeedPercent\x88\x01\x01\x128\n" +
+	"\x16gr_engine_active_ratio\x18: \x01(\x01H-R\x13grEngineActiveRatio\x88\x01\x01\x12+\n" +
+	"\x0fsm_active_ratio\x18; \x01(\x01H.R\rsmActiveRatio\x88\x01\x01\x121\n" +
+	"\x12sm_occupancy_ratio\x18< \x01(\x01H/R\x10smOccupancyRatio\x88\x01\x01\x123\n" +
+	"\x13tensor_active_ratio\x18= \x01(\x01H0R\x11tensorActiveRatio\x88\x01\x01\x12/\n" +
+	"\x11dram_active_ratio\x18> \x01(\x01H1R\x0fdramActiveRatio\x88\x01\x01\x12D\n" +
+	"\x1dprof_pcie_tx_bytes_per_second\x18? \x01(\x01H2R\x18profPcieTxBytesPerSecond\x88\x01\x01\x12D\n" +
+	"\x1dprof_pcie_rx_bytes_per_second\x18@ \x01(\x01H3R\x18profPcieRxBytesPerSecond\x88\x01\x01B\v\n" +
 	"\t_gpu_utilB\x10\n" +
 	"\x0e_mem_copy_utilB\v\n" +
 	"\t_enc_utilB\v\n" +
@@ -1644,7 +1713,14 @@ const file_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\x1d_power_management_limit_wattsB\x1d\n" +
 	"\x1b_enforced_power_limit_wattsB\t\n" +
 	"\a_pstateB\x14\n" +
-	"\x12_fan_speed_percent\"\x8a\x05\n" +
+	"\x12_fan_speed_percentB\x19\n" +
+	"\x17_gr_engine_active_ratioB\x12\n" +
+	"\x10_sm_active_ratioB\x15\n" +
+	"\x13_sm_occupancy_ratioB\x16\n" +
+	"\x14_tensor_active_ratioB\x14\n" +
+	"\x12_dram_active_ratioB \n" +
+	"\x1e_prof_pcie_tx_bytes_per_secondB \n" +
+	"\x1e_prof_pcie_rx_bytes_per_second\"\x8a\x05\n" +
 	"\x03Pod\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n" +
