@@ -71,9 +71,10 @@ type Collector struct {
 
 	// The device families, emitted once per pod holding the device;
 	// families lists them all, in the order the text writer writes them.
-	// dcgm[i] is dcgmMetrics[i]'s family, nil if the field list leaves it
-	// out; so is xid[i], xidMetrics[i]'s.
-	dcgm                            []*family
+	// dcgm are the rows of dcgmMetrics served (the field list's or the
+	// generation's), in the table's order, each with its family; xid[i] is
+	// xidMetrics[i]'s family, nil if it is not served.
+	dcgm                            []servedMetric
 	xid                             []*family
 	expXIDCount, expXIDTotal        *family // DCGM_EXP_XID_ERRORS_COUNT and _TOTAL, nil unless listed
 	xidWindowPair                   *dto.LabelPair
@@ -173,13 +174,12 @@ func NewCollector(views *attribution.Attributor, opts Options) *Collector {
 			return f.Name == name && f.Type != dcgmcsv.TypeLabel
 		})
 	}
-	for _, m := range dcgmMetrics {
-		var f *family
-		if listed(m.Name, m.Default) {
-			f = newFamily(m.Name, m.Help, m.Type)
+	for i := range dcgmMetrics {
+		if m := &dcgmMetrics[i]; listed(m.Name, m.Default) {
+			f := newFamily(m.Name, m.Help, m.Type)
 			c.families = append(c.families, f)
+			c.dcgm = append(c.dcgm, servedMetric{m, f})
 		}
-		c.dcgm = append(c.dcgm, f)
 	}
 	unproduced := Unsupported(opts.Counters)
 	if !opts.Profiling {
@@ -483,8 +483,9 @@ func xidPair(xid uint64) *dto.LabelPair {
 // collectReading emits the dcgm-exporter families of the fields in only,
 // of the device's values (pod < 0) or of its pod-th pod (attribution.Device.PodValue).
 func (c *Collector) collectReading(e sink, t target, d *attribution.Device, pod int, only telemetry.FieldSet) {
-	for i, m := range dcgmMetrics {
-		if c.dcgm[i] == nil || !only.Has(m.Field) {
+	for _, s := range c.dcgm {
+		m := s.metric
+		if !only.Has(m.Field) {
 			continue
 		}
 		v, ok := d.Reading.Get(m.Field)
@@ -492,9 +493,16 @@ func (c *Collector) collectReading(e sink, t target, d *attribution.Device, pod 
 			v, ok = d.PodValue(pod, m.Field)
 		}
 		if ok {
-			e.emit(c.dcgm[i], t, m.value(v))
+			e.emit(s.family, t, m.value(v))
 		}
 	}
+}
+
+// servedMetric is a row of dcgmMetrics that the collector serves, and its
+// family.
+type servedMetric struct {
+	metric *dcgmMetric
+	family *family
 }
 
 // collectPodEncoder emits a pod's own encoder sessions, every codec
