@@ -8,8 +8,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"go.yaml.in/yaml/v2"
 )
 
 // The health fields on /metrics, through the agent binary over NVIDIA's
@@ -33,28 +31,7 @@ func TestMockNVMLHealthMetrics(t *testing.T) {
 	if err := os.WriteFile(list, []byte(csv.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	dd := "device_defaults"
-	n := startMockNodeArgs(t, "mock-nvml-config-t4.yaml", func(doc yaml.MapSlice) yaml.MapSlice {
-		for _, e := range []struct {
-			v    any
-			path []string
-		}{
-			{3, []string{dd, "ecc", "errors", "volatile", "single_bit", "total"}},
-			{1, []string{dd, "ecc", "errors", "volatile", "double_bit", "total"}},
-			{41, []string{dd, "ecc", "errors", "aggregate", "single_bit", "total"}},
-			{2, []string{dd, "ecc", "errors", "aggregate", "double_bit", "total"}},
-			{false, []string{dd, "clocks_throttle_reasons", "gpu_idle"}},
-			{true, []string{dd, "clocks_throttle_reasons", "applications_clocks_setting"}},
-			{true, []string{dd, "clocks_throttle_reasons", "hw_slowdown"}},
-			{1_500_000, []string{dd, "clocks_throttle_reasons", "counters", "sw_power_cap_us"}},
-			{250_000, []string{dd, "clocks_throttle_reasons", "counters", "sw_thermal_slowdown_us"}},
-			{65000, []string{dd, "power", "enforced_limit_mw"}},
-			{"P8", []string{dd, "performance_state"}},
-		} {
-			doc = setPath(doc, e.v, e.path...)
-		}
-		return doc
-	}, "-f", list, "--compat.dcgm-exporter=4.9")
+	n := startMockNodeArgs(t, "mock-nvml-config-t4.yaml", withHealthErrors, "-f", list, "--compat.dcgm-exporter=4.9")
 	uuid := n.profile.Devices[0].UUID
 	want := map[string]float64{
 		"DCGM_FI_DEV_ECC_SBE_VOL_TOTAL": 3, "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL": 1,

@@ -137,33 +137,7 @@ func TestMockNVMLHealthFields(t *testing.T) {
 	if err := yaml.Unmarshal(raw, &doc); err != nil {
 		t.Fatal(err)
 	}
-	dd := "device_defaults"
-	for _, e := range []struct {
-		v    any
-		path []string
-	}{
-		{3, []string{dd, "ecc", "errors", "volatile", "single_bit", "total"}},
-		{1, []string{dd, "ecc", "errors", "volatile", "double_bit", "total"}},
-		{41, []string{dd, "ecc", "errors", "aggregate", "single_bit", "total"}},
-		{2, []string{dd, "ecc", "errors", "aggregate", "double_bit", "total"}},
-		{2, []string{dd, "retired_pages", "single_bit_retirement", "count"}},
-		{[]string{"0x1000", "0x2000"}, []string{dd, "retired_pages", "single_bit_retirement", "addresses"}},
-		{1, []string{dd, "retired_pages", "double_bit_retirement", "count"}},
-		{[]string{"0x9000"}, []string{dd, "retired_pages", "double_bit_retirement", "addresses"}},
-		{true, []string{dd, "retired_pages", "pending_retirement"}},
-		// Flags whose time is not accrued while the test runs (no
-		// counter of their own), so the counters stay the profile's.
-		{false, []string{dd, "clocks_throttle_reasons", "gpu_idle"}},
-		{true, []string{dd, "clocks_throttle_reasons", "applications_clocks_setting"}},
-		{true, []string{dd, "clocks_throttle_reasons", "hw_slowdown"}},
-		{1_500_000, []string{dd, "clocks_throttle_reasons", "counters", "sw_power_cap_us"}},
-		{250_000, []string{dd, "clocks_throttle_reasons", "counters", "sw_thermal_slowdown_us"}},
-		{7, []string{dd, "clocks_throttle_reasons", "counters", "sync_boost_us"}},
-		{65000, []string{dd, "power", "enforced_limit_mw"}},
-		{"P8", []string{dd, "performance_state"}},
-	} {
-		doc = setPath(doc, e.v, e.path...)
-	}
+	doc = withHealthErrors(doc)
 	if raw, err = yaml.Marshal(doc); err != nil {
 		t.Fatal(err)
 	}
@@ -406,4 +380,39 @@ func mockHealthChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	fmt.Println(mockHealthMarker + string(b))
+}
+
+// withHealthErrors edits a mock profile so that its health fields are not
+// zero: ECC 3/1/41/2, retired pages (which the mock ignores), clock event
+// reasons 0xA, power and thermal violations 1.5 s and 0.25 s, sync boost
+// 7 us, enforced limit 65 W, P8.
+func withHealthErrors(doc yaml.MapSlice) yaml.MapSlice {
+	dd := "device_defaults"
+	for _, e := range []struct {
+		v    any
+		path []string
+	}{
+		{3, []string{dd, "ecc", "errors", "volatile", "single_bit", "total"}},
+		{1, []string{dd, "ecc", "errors", "volatile", "double_bit", "total"}},
+		{41, []string{dd, "ecc", "errors", "aggregate", "single_bit", "total"}},
+		{2, []string{dd, "ecc", "errors", "aggregate", "double_bit", "total"}},
+		{2, []string{dd, "retired_pages", "single_bit_retirement", "count"}},
+		{[]string{"0x1000", "0x2000"}, []string{dd, "retired_pages", "single_bit_retirement", "addresses"}},
+		{1, []string{dd, "retired_pages", "double_bit_retirement", "count"}},
+		{[]string{"0x9000"}, []string{dd, "retired_pages", "double_bit_retirement", "addresses"}},
+		{true, []string{dd, "retired_pages", "pending_retirement"}},
+		// Flags whose time is not accrued while the test runs (no
+		// counter of their own), so the counters stay the profile's.
+		{false, []string{dd, "clocks_throttle_reasons", "gpu_idle"}},
+		{true, []string{dd, "clocks_throttle_reasons", "applications_clocks_setting"}},
+		{true, []string{dd, "clocks_throttle_reasons", "hw_slowdown"}},
+		{1_500_000, []string{dd, "clocks_throttle_reasons", "counters", "sw_power_cap_us"}},
+		{250_000, []string{dd, "clocks_throttle_reasons", "counters", "sw_thermal_slowdown_us"}},
+		{7, []string{dd, "clocks_throttle_reasons", "counters", "sync_boost_us"}},
+		{65000, []string{dd, "power", "enforced_limit_mw"}},
+		{"P8", []string{dd, "performance_state"}},
+	} {
+		doc = setPath(doc, e.v, e.path...)
+	}
+	return doc
 }
