@@ -130,6 +130,49 @@ func dcgmFakeChild(t *testing.T) {
 		}
 	})
 
+	// MIG: GPU B's GPU instances 3 and 5 (entities 8 and 9, as the host
+	// engine numbers them) are read under B's UUID and their GPU instance
+	// IDs, never mistaken for GPUs; a MIG reconfiguration and a GPU listed
+	// late are watched at the next relist, without a reconnect.
+	t.Run("MIG instances, and GPUs and instances that change", func(t *testing.T) {
+		set("gpus="+gpuA, "instances=0/3")
+		src, stop := startDCGM(t, dcgm.Embedded, "")
+		defer stop()
+		instance := func(gpu string, gi int, f dcgm.Field) (float64, bool) {
+			r := src.Latest()
+			if r == nil {
+				return 0, false
+			}
+			v, ok := r.Instances[dcgm.InstanceKey{GPU: gpu, GI: gi}][f]
+			return v.Number(), ok
+		}
+		waitDCGM(t, src, "GPU A's instance", func() bool { _, ok := instance(gpuA, 3, dcgm.ProfSMActive); return ok })
+		set(gpus, "instances=1/3,1/5", "value.i8.1004=0.625", "value.1.1004=0.25")
+		waitDCGM(t, src, "GPU B and its two instances", func() bool {
+			v3, ok3 := instance(gpuB, 3, dcgm.ProfPipeTensorActive)
+			v5, ok5 := instance(gpuB, 5, dcgm.ProfPipeTensorActive)
+			b, okB := value(src, gpuB, dcgm.ProfPipeTensorActive)
+			return ok3 && ok5 && okB && v3 == 0.625 && v5 == 0.4+0.05+0.009 && b.Number() == 0.25
+		})
+		r := src.Latest()
+		if _, ok := r.Instances[dcgm.InstanceKey{GPU: gpuA, GI: 3}]; ok || len(r.Instances) != 2 {
+			t.Errorf("instances %v: want GPU B's 3 and 5 only (GPU A's went with the reconfiguration)", r.Instances)
+		}
+		if v, ok := r.Instances[dcgm.InstanceKey{GPU: gpuB, GI: 5}][dcgm.ProfPCIeTxBytes]; !ok || !v.Integer || v.Int != 1009*1000+500+9 {
+			t.Errorf("instance 5's PCIe TX bytes %+v (%v)", v, ok)
+		}
+		if c := dcgmCounts(t, src); dcgmUp(t, src) != 1 || c["gpu_agent_dcgm_errors_total{reason=connect}"] != 0 ||
+			c["gpu_agent_dcgm_errors_total{reason=read}"] != 0 {
+			t.Errorf("a relist went through a failure: %v", c)
+		}
+		// An old driver's DCGM without a MIG hierarchy: GPUs still read.
+		set(gpus, "instances=1/3", "fail.dcgmGetGpuInstanceHierarchy=-6")
+		waitDCGM(t, src, "no instances without a hierarchy", func() bool {
+			r := src.Latest()
+			return r != nil && len(r.Instances) == 0 && len(r.GPUs) == 2
+		})
+	})
+
 	t.Run("refused, then accepted, then lost and reconnected", func(t *testing.T) {
 		set(gpus, "fail.dcgmConnect_v2=-21")
 		src, stop := startDCGM(t, dcgm.Standalone, "localhost:5555")
@@ -194,7 +237,8 @@ func dcgmFakeChild(t *testing.T) {
 func startDCGM(t *testing.T, mode dcgm.Mode, addr string) (*dcgm.Source, func()) {
 	t.Helper()
 	src := dcgm.New(dcgm.Options{Mode: mode, Address: addr, Interval: dcgm.MinInterval,
-		CallTimeout: 500 * time.Millisecond, MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond})
+		CallTimeout: 500 * time.Millisecond, MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
+		Relist: 300 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- src.Run(ctx) }()

@@ -60,3 +60,41 @@ func TestDCGMExtraFill(t *testing.T) {
 		}
 	}
 }
+
+// A MIG instance gets its GPU instance entity's values, matched by its
+// GPU's UUID and GPU instance ID: not its GPU's, not another instance's,
+// not a stale one.
+func TestDCGMExtraFillInstance(t *testing.T) {
+	now := time.Date(2026, 12, 7, 18, 0, 0, 0, time.UTC)
+	fresh, stale := now.Add(-time.Second), now.Add(-4*time.Second)
+	latest := &dcgm.Reading{Time: now,
+		GPUs: map[string]map[dcgm.Field]dcgm.Value{"GPU-a": {dcgm.ProfSMActive: {Float: 0.9, Time: fresh}}},
+		Instances: map[dcgm.InstanceKey]map[dcgm.Field]dcgm.Value{
+			{GPU: "GPU-a", GI: 3}: {dcgm.ProfSMActive: {Float: 0.25, Time: fresh}, dcgm.ProfDRAMActive: {Float: 0.5, Time: stale}},
+			{GPU: "GPU-a", GI: 5}: {dcgm.ProfSMActive: {Float: 0.75, Time: fresh}},
+			{GPU: "GPU-b", GI: 3}: {dcgm.ProfSMActive: {Float: 0.125, Time: fresh}},
+		}}
+	x := dcgmExtra{latest: func() *dcgm.Reading { return latest }, maxAge: staleDCGMIntervals * time.Second,
+		now: func() time.Time { return now }}
+	for _, c := range []struct {
+		gpu  string
+		gi   int
+		want float64
+		has  bool
+	}{{"GPU-a", 3, 0.25, true}, {"GPU-a", 5, 0.75, true}, {"GPU-b", 3, 0.125, true}, {"GPU-a", 4, 0, false}, {"GPU-c", 3, 0, false}} {
+		var r telemetry.Reading
+		x.FillInstance(c.gpu, c.gi, &r)
+		if v, ok := r.Get(telemetry.ProfSMActive); ok != c.has || v != c.want {
+			t.Errorf("%s GI %d: prof_sm_active = %v (%v), want %v (%v)", c.gpu, c.gi, v, ok, c.want, c.has)
+		}
+		if r.Has.Has(telemetry.ProfDRAMActive) || r.Has&^telemetry.ProfilingFields != 0 {
+			t.Errorf("%s GI %d: fields %b beyond the fresh profiling ones", c.gpu, c.gi, r.Has)
+		}
+	}
+	latest = nil
+	var r telemetry.Reading
+	x.FillInstance("GPU-a", 3, &r)
+	if r.Has != 0 {
+		t.Errorf("DCGM down: fields %b", r.Has)
+	}
+}

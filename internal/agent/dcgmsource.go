@@ -99,23 +99,41 @@ type dcgmExtra struct {
 
 var _ nvml.ExtraSource = dcgmExtra{}
 
+// NewDCGMExtra is the sampler's extra source over src: what the agent
+// wires, for tests that assemble the stages themselves.
+func NewDCGMExtra(src *dcgm.Source) nvml.ExtraSource { return newDCGMExtra(src) }
+
 func newDCGMExtra(src *dcgm.Source) dcgmExtra {
 	return dcgmExtra{latest: src.Latest, maxAge: staleDCGMIntervals * src.Interval(), now: time.Now}
 }
 
 // Fill sets the GPU's profiling fields that DCGM has a current value of.
 func (x dcgmExtra) Fill(uuid string, r *telemetry.Reading, supported *telemetry.FieldSet) {
-	latest := x.latest()
-	if latest == nil {
-		return // DCGM is down, or not up yet
+	if latest := x.latest(); latest != nil { // else DCGM is down, or not up yet
+		x.fill(latest.GPUs[uuid], r, supported)
 	}
+}
+
+// FillInstance sets the MIG instance's profiling fields that DCGM has a
+// current value of: its GPU instance entity's (DCGM's per-instance
+// activity, which NVML does not report), matched by its GPU's UUID and
+// GPU instance ID.
+func (x dcgmExtra) FillInstance(gpuUUID string, gi int, r *telemetry.Reading) {
+	if latest := x.latest(); latest != nil {
+		x.fill(latest.Instances[dcgm.InstanceKey{GPU: gpuUUID, GI: gi}], r, nil)
+	}
+}
+
+func (x dcgmExtra) fill(values map[dcgm.Field]dcgm.Value, r *telemetry.Reading, supported *telemetry.FieldSet) {
 	now := x.now()
-	for f, v := range latest.GPUs[uuid] {
+	for f, v := range values {
 		tf, ok := profilingFields[f]
 		if !ok || now.Sub(v.Time) > x.maxAge {
 			continue
 		}
 		r.Set(tf, v.Number())
-		*supported = supported.With(tf)
+		if supported != nil {
+			*supported = supported.With(tf)
+		}
 	}
 }

@@ -23,9 +23,13 @@ type library interface {
 	Disconnect() error
 	// GPUs lists the GPUs DCGM supports, with their UUIDs.
 	GPUs() ([]GPU, error)
-	// Watch creates a group of gpus and a field group of fields and
-	// watches them every period.
-	Watch(gpus []GPU, fields []Field, period time.Duration) error
+	// Instances lists the MIG GPU instances (DCGM's GPU_I entities) of
+	// the GPUs; none on a GPU without MIG.
+	Instances() ([]Instance, error)
+	// Watch creates a group of the gpus and instances and a field group
+	// of fields, and watches them every period, in place of any earlier
+	// watch.
+	Watch(gpus []GPU, instances []Instance, fields []Field, period time.Duration) error
 	// Read returns the watched values since since, and the time to pass
 	// next.
 	Read(since time.Time) ([]Sample, time.Time, error)
@@ -37,11 +41,28 @@ type GPU struct {
 	UUID string
 }
 
-// Sample is one value of a field of a GPU, as DCGM read it.
+// Instance is a MIG GPU instance as DCGM numbers it (a GPU_I entity),
+// with what NVML knows it by: its GPU's UUID and its GPU instance ID.
+// dcgm-exporter watches GPU instances, not compute instances, on a MIG
+// GPU; so does the agent, whose MIG devices are GPU instances.
+type Instance struct {
+	ID      uint // DCGM's GPU_I entity ID
+	GPU     uint // DCGM's ID of its GPU
+	GPUUUID string
+	GI      uint // NVML's GPU instance ID
+}
+
+// Entity is what a sample is of: a GPU, or a GPU instance.
+type Entity struct {
+	Instance bool // a GPU_I entity, else a GPU
+	ID       uint // DCGM's ID of it
+}
+
+// Sample is one value of a field of an entity, as DCGM read it.
 type Sample struct {
-	GPU   uint // DCGM's GPU ID
-	Field Field
-	Value Value
+	Entity Entity
+	Field  Field
+	Value  Value
 }
 
 // goDCGM is the library over go-dcgm, the only importer of it. go-dcgm
@@ -123,7 +144,29 @@ func (l *goDCGM) GPUs() ([]GPU, error) {
 	return gpus, nil
 }
 
-func (l *goDCGM) Watch(gpus []GPU, fields []Field, period time.Duration) error {
+// Instances reads DCGM's MIG hierarchy and keeps its GPU instances.
+func (l *goDCGM) Instances() ([]Instance, error) {
+	h, err := godcgm.GetGPUInstanceHierarchy()
+	if err != nil {
+		return nil, err
+	}
+	var out []Instance
+	for _, e := range h.EntityList[:min(h.Count, uint(len(h.EntityList)))] {
+		if e.Entity.EntityGroupId != godcgm.FE_GPU_I || e.Parent.EntityGroupId != godcgm.FE_GPU {
+			continue // a compute instance: its GPU instance is watched
+		}
+		out = append(out, Instance{ID: e.Entity.EntityId, GPU: e.Parent.EntityId, GPUUUID: e.Info.GpuUuid, GI: e.Info.NvmlInstanceId})
+	}
+	return out, nil
+}
+
+func (l *goDCGM) Watch(gpus []GPU, instances []Instance, fields []Field, period time.Duration) error {
+	if l.watched {
+		// A new inventory: the old groups go (their errors do not matter:
+		// the new watch is what counts).
+		_, _ = godcgm.DestroyGroup(l.group), godcgm.FieldGroupDestroy(l.fields)
+		l.watched = false
+	}
 	name := fmt.Sprintf("gpu-agent-%d-%d", os.Getpid(), groupSeq.Add(1))
 	group, err := godcgm.CreateGroup(name)
 	if err != nil {
@@ -133,6 +176,12 @@ func (l *goDCGM) Watch(gpus []GPU, fields []Field, period time.Duration) error {
 		if err := godcgm.AddEntityToGroup(group, godcgm.FE_GPU, g.ID); err != nil {
 			_ = godcgm.DestroyGroup(group)
 			return fmt.Errorf("adding GPU %d to the group: %w", g.ID, err)
+		}
+	}
+	for _, in := range instances {
+		if err := godcgm.AddEntityToGroup(group, godcgm.FE_GPU_I, in.ID); err != nil {
+			_ = godcgm.DestroyGroup(group)
+			return fmt.Errorf("adding GPU instance %d (GPU %d, GI %d) to the group: %w", in.ID, in.GPU, in.GI, err)
 		}
 	}
 	ids := make([]godcgm.Short, len(fields))
@@ -158,10 +207,11 @@ func (l *goDCGM) Read(since time.Time) ([]Sample, time.Time, error) {
 	}
 	out := make([]Sample, 0, len(vals))
 	for _, v := range vals {
-		if v.EntityGroupId != godcgm.FE_GPU || v.Status != 0 {
+		if (v.EntityGroupId != godcgm.FE_GPU && v.EntityGroupId != godcgm.FE_GPU_I) || v.Status != 0 {
 			continue
 		}
-		s := Sample{GPU: v.EntityID, Field: Field(v.FieldID), Value: Value{Time: time.UnixMicro(v.TS)}}
+		s := Sample{Entity: Entity{Instance: v.EntityGroupId == godcgm.FE_GPU_I, ID: v.EntityID},
+			Field: Field(v.FieldID), Value: Value{Time: time.UnixMicro(v.TS)}}
 		switch v.FieldType {
 		case godcgm.DCGM_FT_DOUBLE:
 			f := v.Float64()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"sync/atomic"
 	"time"
 )
@@ -78,11 +79,20 @@ func (v Value) Number() float64 {
 	return v.Float
 }
 
-// Reading is the latest value of each field of each GPU, by GPU UUID. It
+// Reading is the latest value of each field of each GPU, by GPU UUID,
+// and of each MIG GPU instance, by its GPU's UUID and GPU instance ID. It
 // is immutable once published.
 type Reading struct {
-	Time time.Time // when it was read
-	GPUs map[string]map[Field]Value
+	Time      time.Time // when it was read
+	GPUs      map[string]map[Field]Value
+	Instances map[InstanceKey]map[Field]Value
+}
+
+// InstanceKey names a MIG GPU instance as NVML does: by its GPU's UUID
+// and its GPU instance ID (telemetry.MIGDevice.GI).
+type InstanceKey struct {
+	GPU string
+	GI  int
 }
 
 // Options configure a Source.
@@ -99,7 +109,12 @@ type Options struct {
 	// MinBackoff and MaxBackoff bound the wait between two connection
 	// attempts, doubling from one to the other. Defaults 1 s and 1 min.
 	MinBackoff, MaxBackoff time.Duration
-	Logger                 *slog.Logger
+	// Relist is how often the GPUs and MIG instances are listed again
+	// while connected, so that a GPU DCGM lists late (hot-plugged, or
+	// back after a driver reload) and a MIG reconfiguration are watched
+	// without a reconnect. Default 1 min (NVML's MIG rescan's).
+	Relist time.Duration
+	Logger *slog.Logger
 }
 
 // closeTimeout bounds the disconnect on shutdown, so that a hung call or
@@ -119,9 +134,10 @@ type Source struct {
 	latest atomic.Pointer[Reading]
 
 	// Owned by Run.
-	open   bool   // Connect may have succeeded: Disconnect before the next
-	gpus   []GPU  // of the current connection
-	reason string // of the current failure; "" while up
+	open      bool       // Connect may have succeeded: Disconnect before the next
+	gpus      []GPU      // watched on the current connection
+	instances []Instance // watched on the current connection
+	reason    string     // of the current failure; "" while up
 }
 
 // New returns a Source over go-dcgm. Nothing is loaded until Run.
@@ -141,6 +157,9 @@ func newSource(opts Options, lib library) *Source {
 	}
 	if opts.MaxBackoff < opts.MinBackoff {
 		opts.MaxBackoff = max(time.Minute, opts.MinBackoff)
+	}
+	if opts.Relist <= 0 {
+		opts.Relist = time.Minute
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -213,23 +232,69 @@ func (s *Source) connect(ctx context.Context) error {
 	if err != nil {
 		return &failure{phaseConnect, fmt.Errorf("connecting: %w", err)}
 	}
+	gpus, instances, err := s.list(ctx)
+	if err != nil {
+		return &failure{phaseConnect, err}
+	}
+	return s.watch(ctx, phaseConnect, gpus, instances)
+}
+
+// list lists the GPUs and their MIG instances. A MIG hierarchy DCGM
+// cannot give (an old driver, a GPU without MIG answering an error) costs
+// the instances only; a call that hangs fails the whole.
+func (s *Source) list(ctx context.Context) ([]GPU, []Instance, error) {
 	var gpus []GPU
-	err = s.calls.do(ctx, s.opts.CallTimeout, func() (err error) {
+	err := s.calls.do(ctx, s.opts.CallTimeout, func() (err error) {
 		gpus, err = s.lib.GPUs()
 		return err
 	})
 	if err != nil {
-		return &failure{phaseConnect, err}
+		return nil, nil, err
 	}
 	if len(gpus) == 0 {
-		return &failure{phaseConnect, fmt.Errorf("DCGM lists no GPU: %w", errNoGPU)}
+		return nil, nil, fmt.Errorf("DCGM lists no GPU: %w", errNoGPU)
 	}
-	err = s.calls.do(ctx, s.opts.CallTimeout, func() error { return s.lib.Watch(gpus, ProfilingFields, s.opts.Interval) })
+	var instances []Instance
+	err = s.calls.do(ctx, s.opts.CallTimeout, func() (err error) {
+		instances, err = s.lib.Instances()
+		return err
+	})
+	switch {
+	case isTimeout(err):
+		return nil, nil, fmt.Errorf("reading the MIG hierarchy: %w", err)
+	case err != nil:
+		s.log.Debug("DCGM gives no MIG hierarchy: MIG instances have no profiling fields", "err", err)
+		instances = nil
+	}
+	return gpus, instances, nil
+}
+
+// watch watches the profiling fields of gpus and instances, in place of
+// any earlier watch.
+func (s *Source) watch(ctx context.Context, p phase, gpus []GPU, instances []Instance) error {
+	err := s.calls.do(ctx, s.opts.CallTimeout, func() error {
+		return s.lib.Watch(gpus, instances, ProfilingFields, s.opts.Interval)
+	})
 	if err != nil {
-		return &failure{phaseConnect, fmt.Errorf("watching the profiling fields: %w", err)}
+		return &failure{p, fmt.Errorf("watching the profiling fields: %w", err)}
 	}
-	s.gpus = gpus
+	s.gpus, s.instances = gpus, instances
 	return nil
+}
+
+// relist lists the GPUs and MIG instances again and, when they changed,
+// watches the new ones; changed says whether it did.
+func (s *Source) relist(ctx context.Context) (changed bool, err error) {
+	gpus, instances, err := s.list(ctx)
+	if err != nil {
+		return false, &failure{phaseRead, err}
+	}
+	if slices.Equal(gpus, s.gpus) && slices.Equal(instances, s.instances) {
+		return false, nil
+	}
+	s.log.Info("DCGM's GPUs or MIG instances changed; watching the new ones",
+		"gpus", len(gpus), "was_gpus", len(s.gpus), "instances", len(instances), "was_instances", len(s.instances))
+	return true, s.watch(ctx, phaseRead, gpus, instances)
 }
 
 // read reads every interval until a read fails or ctx ends; the first
@@ -238,7 +303,18 @@ func (s *Source) read(ctx context.Context) error {
 	var since time.Time // zero: everything kept
 	tick := time.NewTicker(s.opts.Interval)
 	defer tick.Stop()
+	relisted := time.Now()
 	for {
+		if time.Since(relisted) >= s.opts.Relist {
+			relisted = time.Now()
+			changed, err := s.relist(ctx)
+			if err != nil {
+				return err
+			}
+			if changed {
+				since = time.Time{} // a new group: everything it kept
+			}
+		}
 		var samples []Sample
 		var next time.Time
 		err := s.calls.do(ctx, s.opts.CallTimeout, func() (err error) {
@@ -265,21 +341,51 @@ func (s *Source) publish(samples []Sample) {
 	for _, g := range s.gpus {
 		uuid[g.ID] = g.UUID
 	}
+	inst := make(map[uint]InstanceKey, len(s.instances))
+	for _, in := range s.instances {
+		inst[in.ID] = InstanceKey{GPU: in.GPUUUID, GI: int(in.GI)}
+	}
 	r := &Reading{Time: time.Now(), GPUs: map[string]map[Field]Value{}}
 	if old := s.latest.Load(); old != nil {
+		// Only what is still watched: a GPU or instance gone with a
+		// relist takes its values with it.
 		for u, fs := range old.GPUs {
-			r.GPUs[u] = maps.Clone(fs)
+			if slices.ContainsFunc(s.gpus, func(g GPU) bool { return g.UUID == u }) {
+				r.GPUs[u] = maps.Clone(fs)
+			}
+		}
+		for k, fs := range old.Instances {
+			if slices.ContainsFunc(s.instances, func(in Instance) bool { return in.GPUUUID == k.GPU && int(in.GI) == k.GI }) {
+				if r.Instances == nil {
+					r.Instances = map[InstanceKey]map[Field]Value{}
+				}
+				r.Instances[k] = maps.Clone(fs)
+			}
 		}
 	}
 	for _, sm := range samples {
-		u, ok := uuid[sm.GPU]
-		if !ok {
-			continue
-		}
-		fs := r.GPUs[u]
-		if fs == nil {
-			fs = map[Field]Value{}
-			r.GPUs[u] = fs
+		var fs map[Field]Value
+		if sm.Entity.Instance {
+			k, ok := inst[sm.Entity.ID]
+			if !ok {
+				continue
+			}
+			if r.Instances == nil {
+				r.Instances = map[InstanceKey]map[Field]Value{}
+			}
+			if fs = r.Instances[k]; fs == nil {
+				fs = map[Field]Value{}
+				r.Instances[k] = fs
+			}
+		} else {
+			u, ok := uuid[sm.Entity.ID]
+			if !ok {
+				continue
+			}
+			if fs = r.GPUs[u]; fs == nil {
+				fs = map[Field]Value{}
+				r.GPUs[u] = fs
+			}
 		}
 		if cur, ok := fs[sm.Field]; !ok || !sm.Value.Time.Before(cur.Time) {
 			fs[sm.Field] = sm.Value
@@ -287,7 +393,7 @@ func (s *Source) publish(samples []Sample) {
 	}
 	s.latest.Store(r)
 	if s.reason != "" || !s.metrics.isUp() {
-		s.log.Info("DCGM is up", "mode", s.opts.Mode.String(), "gpus", len(s.gpus))
+		s.log.Info("DCGM is up", "mode", s.opts.Mode.String(), "gpus", len(s.gpus), "mig_instances", len(s.instances))
 		s.reason = ""
 	}
 	s.metrics.setUp(true)

@@ -636,7 +636,8 @@ func readDevice(dv *device, d *telemetryv1.Device) {
 	if d.EncoderLatencySeconds != nil {
 		set(EncoderLatency, d.GetEncoderLatencySeconds())
 	}
-	// The GPU's own figures (a MIG instance's message has none).
+	// The GPU's own figures (a MIG instance's message has only its own
+	// profiling values, DCGM's GPU instance entity's).
 	for _, f := range [...]struct {
 		m Metric
 		v *float64

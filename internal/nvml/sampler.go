@@ -78,13 +78,16 @@ type Config struct {
 
 // ExtraSource is a source of per-GPU values that NVML does not give
 // (telemetry.ProfilingFields). Fill is called on the ticking goroutine,
-// once per tick for each whole GPU (never a MIG instance) that is neither
-// lost nor stalled, with the reading about to be published: it sets the
-// fields it has a current value of and adds them to supported, and
-// leaves the others absent. It must return at once: it reads what its
-// source has already fetched, never the source itself.
+// once per tick for each whole GPU that is neither lost nor stalled, with
+// the reading about to be published: it sets the fields it has a current
+// value of and adds them to supported, and leaves the others absent.
+// FillInstance does the same for each MIG instance of such a GPU, named
+// by its GPU's UUID and its GPU instance ID (a MIG reading has no
+// supported set of its own). Both must return at once: they read what
+// their source has already fetched, never the source itself.
 type ExtraSource interface {
 	Fill(uuid string, r *telemetry.Reading, supported *telemetry.FieldSet)
+	FillInstance(gpuUUID string, gi int, r *telemetry.Reading)
 }
 
 // nvmlFields are the fields read from NVML: every field but those an
@@ -443,6 +446,9 @@ wait:
 		gen, migs := w.collect(&snap.States[i])
 		if st := &snap.States[i]; s.cfg.Extra != nil && !st.Lost && !st.Stalled {
 			s.cfg.Extra.Fill(inv[i].UUID, &st.Reading, &st.Supported)
+			for j := range min(len(st.MIG), len(migs)) { // aligned: both the worker's
+				s.cfg.Extra.FillInstance(inv[i].UUID, migs[j].GI, &st.MIG[j])
+			}
 		}
 		if gen != s.migGen[i] {
 			if changed == nil {

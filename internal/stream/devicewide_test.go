@@ -55,8 +55,9 @@ var deviceWideReading = map[telemetry.Field]float64{
 
 // The device-wide fields reach a subscriber in the proto's base units:
 // hertz, joules, bytes per second; counts as integers, flags as bools. A
-// MIG instance carries none of them (they are its GPU's, which has them),
-// and a GPU that lacks one has it absent, not zero.
+// MIG instance carries none of them (they are its GPU's, which has them)
+// but its own profiling values, and a GPU that lacks one has it absent,
+// not zero.
 func TestDeviceWideFieldsInBaseUnits(t *testing.T) {
 	h := newHarness(t, Options{}, newTestPods())
 	snap := snapshot(1)
@@ -64,6 +65,9 @@ func TestDeviceWideFieldsInBaseUnits(t *testing.T) {
 		snap.States[0].Set(f, v)
 		snap.States[3].Set(f, v) // the MIG instance's GPU
 	}
+	// The MIG instance's own profiling values (DCGM's GPU instance entity).
+	snap.States[3].MIG[0].Set(telemetry.ProfGrEngineActive, 0.3)
+	snap.States[3].MIG[0].Set(telemetry.ProfTensorActive, 0.2)
 	h.store.Publish(snap)
 	m := recv(t, h.watch(t, &telemetryv1.WatchRequest{IncludeUnattributed: true}))
 
@@ -121,8 +125,10 @@ func TestDeviceWideFieldsInBaseUnits(t *testing.T) {
 		t.Errorf("%d device-wide fields set, want the 38 checked", n)
 	}
 
-	if mig := device(m, migA); countSet(mig, deviceWideFirst) != 0 {
-		t.Errorf("MIG instance carries device-wide fields: %v", mig)
+	// A MIG instance carries its own profiling values, and nothing else.
+	if mig := device(m, migA); countSet(mig, deviceWideFirst) != 2 || !sameValue(mig.GrEngineActiveRatio, 0.3) ||
+		!sameValue(mig.TensorActiveRatio, 0.2) {
+		t.Errorf("MIG instance: want its own GR engine and tensor activity only: %v", mig)
 	}
 	if parent := device(m, uuid3); parent.GetTemperatureCelsius() != 61 || parent.GetEccSbeAggregate() != 17 {
 		t.Errorf("the MIG instance's GPU lacks its figures: %v", parent)

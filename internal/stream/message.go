@@ -100,6 +100,15 @@ func deviceMessage(d *attribution.Device, snaps []*telemetry.Snapshot) *telemetr
 		deviceWide(m, r)
 		m.Samples = samples(d, snaps)
 	}
+	// DCGM's profiling fields: ratios and bytes per second already; a MIG
+	// instance's are its own (DCGM's GPU instance entity's).
+	m.GrEngineActiveRatio = value(r, telemetry.ProfGrEngineActive)
+	m.SmActiveRatio = value(r, telemetry.ProfSMActive)
+	m.SmOccupancyRatio = value(r, telemetry.ProfSMOccupancy)
+	m.TensorActiveRatio = value(r, telemetry.ProfTensorActive)
+	m.DramActiveRatio = value(r, telemetry.ProfDRAMActive)
+	m.ProfPcieTxBytesPerSecond = value(r, telemetry.ProfPCIeTX)
+	m.ProfPcieRxBytesPerSecond = value(r, telemetry.ProfPCIeRX)
 	return m
 }
 
@@ -159,14 +168,6 @@ func deviceWide(m *telemetryv1.Device, r *telemetry.Reading) {
 	m.Pstate = integer[uint32](r, telemetry.PState)
 	m.FanSpeedPercent = value(r, telemetry.FanSpeed)
 
-	// DCGM's profiling fields: ratios and bytes per second already.
-	m.GrEngineActiveRatio = value(r, telemetry.ProfGrEngineActive)
-	m.SmActiveRatio = value(r, telemetry.ProfSMActive)
-	m.SmOccupancyRatio = value(r, telemetry.ProfSMOccupancy)
-	m.TensorActiveRatio = value(r, telemetry.ProfTensorActive)
-	m.DramActiveRatio = value(r, telemetry.ProfDRAMActive)
-	m.ProfPcieTxBytesPerSecond = value(r, telemetry.ProfPCIeTX)
-	m.ProfPcieRxBytesPerSecond = value(r, telemetry.ProfPCIeRX)
 }
 
 // podShare fills the pod's own values, as the exporter's pod series carry

@@ -810,7 +810,8 @@ type Device struct {
 	// GPU without fans of its own (a passively cooled T4, an SXM module).
 	FanSpeedPercent *float64 `protobuf:"fixed64,57,opt,name=fan_speed_percent,json=fanSpeedPercent,proto3,oneof" json:"fan_speed_percent,omitempty"`
 	// DCGM's profiling fields (the agent's --dcgm), absent without DCGM or
-	// while it is down: ratios 0-1 of time the graphics or compute engine
+	// while it is down; a MIG instance's are its own (DCGM's GPU instance
+	// entity's), the only fields from 27 on that it carries: ratios 0-1 of time the graphics or compute engine
 	// is active, of cycles an SM has a warp assigned, of warps resident on
 	// an SM to the maximum, of cycles a tensor pipe and the memory
 	// interface are active; and PCIe data sent and received as DCGM counts

@@ -65,8 +65,12 @@ func Build(dir string) (string, error) {
 // Control is the fake's control file: one key=value a line.
 //
 //	gpus=GPU-a,GPU-b           the GPUs' UUIDs (default two fixed ones)
-//	value.<field>=<v>          every GPU's value of a profiling field (1001-1012)
+//	instances=0/1,0/2          MIG GPU instances, <DCGM GPU ID>/<NVML GPU instance ID>
+//	                           (none by default); entity IDs are GPU ID * 8 + place,
+//	                           as the host engine numbers them; each has one compute instance
+//	value.<field>=<v>          every entity's value of a profiling field (1001-1012)
 //	value.<gpu>.<field>=<v>    one GPU's (its DCGM ID, 0-based)
+//	value.i<entity>.<field>=<v> one GPU instance's (its entity ID)
 //	fail.<function>=<code>     the function returns that dcgmReturn_t (-21: disconnected, -34: in use)
 //	fail.*=<code>              every function but dcgmShutdown and errorString does
 //	hang.<function>=<ms>       the function sleeps that long before answering

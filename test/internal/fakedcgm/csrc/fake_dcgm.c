@@ -20,11 +20,12 @@
 
 #define MAXG 64
 #define MAXGPU 16
+#define MAXINST 32
 #define EXPORT __attribute__((visibility("default")))
 typedef dcgmGroupEntityPair_t EP;
 
 static int inited;
-static struct { int used, n; EP e[MAXGPU]; } grp[MAXG];
+static struct { int used, n; EP e[MAXGPU + MAXINST]; } grp[MAXG];
 static struct { int used, n, watched; unsigned short f[DCGM_MAX_FIELD_IDS_PER_FIELD_GROUP]; } fgrp[MAXG];
 
 /* The control file ($FAKEDCGM_CONTROL), read on every call: key=value lines. */
@@ -104,6 +105,42 @@ static int ngpus(void)
 {
     char u[MAXGPU][DCGM_MAX_STR_LENGTH];
     return gpus(u);
+}
+
+/*
+ * The profile's MIG GPU instances (instances=<gpu>/<gi>,...; none by
+ * default). As the real host engine numbers them, a GPU instance's entity
+ * ID is its GPU's ID times DCGM_MAX_INSTANCES_PER_GPU plus its place among
+ * the GPU's instances, not NVML's GPU instance ID. Each has one compute
+ * instance (DCGM_FE_GPU_CI), numbered the same way.
+ */
+typedef struct { unsigned gpu, gi, eid; } inst;
+
+static int instances(inst out[MAXINST])
+{
+    control c;
+    char v[4096];
+    int n = 0, per[MAXGPU] = { 0 };
+    ctl_read(&c);
+    if (!ctl_get(&c, "instances", v, sizeof v)) return 0;
+    for (char *s = strtok(v, ","); s && n < MAXINST; s = strtok(NULL, ",")) {
+        unsigned g, i;
+        if (sscanf(s, "%u/%u", &g, &i) != 2 || g >= MAXGPU || per[g] == DCGM_MAX_INSTANCES_PER_GPU) continue;
+        out[n++] = (inst){ g, i, g * DCGM_MAX_INSTANCES_PER_GPU + per[g]++ };
+    }
+    return n;
+}
+
+/* instance finds the GPU instance of entity eid; -1 if none. */
+static int instance(unsigned eid, inst *out)
+{
+    inst in[MAXINST];
+    for (int i = 0, n = instances(in); i < n; i++)
+        if (in[i].eid == eid) {
+            *out = in[i];
+            return 0;
+        }
+    return -1;
 }
 
 /* Texts from NVIDIA/DCGM dcgmlib/src/dcgm_errors.c. */
@@ -198,6 +235,34 @@ EXPORT dcgmReturn_t dcgmGetAllDevices(dcgmHandle_t h, unsigned int ids[DCGM_MAX_
     return DCGM_ST_OK;
 }
 
+EXPORT dcgmReturn_t dcgmGetGpuInstanceHierarchy(dcgmHandle_t h, dcgmMigHierarchy_v2 *out)
+{
+    (void)h;
+    ENTER("dcgmGetGpuInstanceHierarchy");
+    if (out->version != dcgmMigHierarchy_version2) return DCGM_ST_VER_MISMATCH;
+    char u[MAXGPU][DCGM_MAX_STR_LENGTH];
+    int ng = gpus(u);
+    inst in[MAXINST];
+    int n = instances(in), k = 0;
+    for (int i = 0; i < n; i++) {
+        if ((int)in[i].gpu >= ng) continue;
+        for (int ci = 0; ci < 2; ci++) { /* the GPU instance, then its compute instance */
+            dcgmMigHierarchyInfo_v2 *e = &out->entityList[k++];
+            memset(e, 0, sizeof *e);
+            e->entity = ci ? (EP){ DCGM_FE_GPU_CI, in[i].eid } : (EP){ DCGM_FE_GPU_I, in[i].eid };
+            e->parent = ci ? (EP){ DCGM_FE_GPU_I, in[i].eid } : (EP){ DCGM_FE_GPU, in[i].gpu };
+            snprintf(e->info.gpuUuid, sizeof e->info.gpuUuid, "%s", u[in[i].gpu]);
+            e->info.nvmlGpuIndex = in[i].gpu;
+            e->info.nvmlInstanceId = in[i].gi;
+            e->info.nvmlComputeInstanceId = ci ? 0 : (unsigned)-1;
+            e->info.nvmlMigProfileId = 19; /* NVML_GPU_INSTANCE_PROFILE_1_SLICE's */
+            e->info.nvmlProfileSlices = 1;
+        }
+    }
+    out->count = k;
+    return DCGM_ST_OK;
+}
+
 EXPORT dcgmReturn_t dcgmGroupCreate(dcgmHandle_t h, dcgmGroupType_t t, const char *name, dcgmGpuGrp_t *id)
 {
     (void)h;
@@ -223,7 +288,10 @@ EXPORT dcgmReturn_t dcgmGroupAddEntity(dcgmHandle_t h, dcgmGpuGrp_t g, dcgm_fiel
     (void)h;
     ENTER("dcgmGroupAddEntity");
     int i = gi(g);
-    if (i < 0 || grp[i].n == MAXGPU || (eg == DCGM_FE_GPU && (int)e >= ngpus())) return DCGM_ST_BADPARAM;
+    inst in;
+    if (i < 0 || grp[i].n == MAXGPU + MAXINST) return DCGM_ST_BADPARAM;
+    if ((eg == DCGM_FE_GPU && (int)e >= ngpus()) || (eg == DCGM_FE_GPU_I && instance(e, &in) < 0)) return DCGM_ST_BADPARAM;
+    if (eg != DCGM_FE_GPU && eg != DCGM_FE_GPU_I) return DCGM_ST_NOT_SUPPORTED;
     grp[i].e[grp[i].n++] = (EP){ eg, e };
     return DCGM_ST_OK;
 }
@@ -308,36 +376,42 @@ static long long now_us(void)
 }
 
 /*
- * fill answers one field of one GPU: value.<gpu>.<field>, else value.<field>,
- * else a default. The profiling ratios (1001-1008) are doubles, the
- * counters (1009-1012) int64; the UUID (54) a string; others NO_DATA.
+ * fill answers one field of one entity: for a GPU value.<gpu>.<field>, for a
+ * GPU instance value.i<entity>.<field>, else value.<field>, else a default.
+ * The profiling ratios (1001-1008) are doubles, the counters (1009-1012)
+ * int64; a GPU's UUID (54) a string; others NO_DATA.
  */
-static void fill(const control *c, unsigned short id, unsigned gpu, long long ts, unsigned short *type, int *st, int64_t *tsout, void *val)
+static void fill(const control *c, unsigned short id, EP e, long long ts, unsigned short *type, int *st, int64_t *tsout, void *val)
 {
     char key[64], v[64];
     double d;
+    inst in;
+    int gpu = e.entityGroupId == DCGM_FE_GPU ? (int)e.entityId : -1;
+    int known = gpu >= 0 ? gpu < ngpus() : e.entityGroupId == DCGM_FE_GPU_I && instance(e.entityId, &in) == 0;
     *tsout = ts;
     *st = DCGM_ST_OK;
     *type = DCGM_FT_INT64;
-    if (id == DCGM_FI_DEV_UUID) {
+    if (id == DCGM_FI_DEV_UUID && gpu >= 0) {
         char u[MAXGPU][DCGM_MAX_STR_LENGTH];
         int n = gpus(u);
         *type = DCGM_FT_STRING;
-        if ((int)gpu < n) snprintf((char *)val, DCGM_MAX_STR_LENGTH, "%s", u[gpu]);
+        if (gpu < n) snprintf((char *)val, DCGM_MAX_STR_LENGTH, "%s", u[gpu]);
         else *st = DCGM_ST_NO_DATA;
         return;
     }
-    if (id < 1001 || id > 1012 || (int)gpu >= ngpus()) {
+    if (id < 1001 || id > 1012 || !known) {
         *st = DCGM_ST_NO_DATA;
         *(int64_t *)val = DCGM_INT64_BLANK;
         return;
     }
-    snprintf(key, sizeof key, "value.%u.%u", gpu, id);
+    if (gpu >= 0) snprintf(key, sizeof key, "value.%d.%u", gpu, id);
+    else snprintf(key, sizeof key, "value.i%u.%u", e.entityId, id);
     if (ctl_get(c, key, v, sizeof v)) d = atof(v);
     else {
         snprintf(key, sizeof key, "value.%u", id);
         if (ctl_get(c, key, v, sizeof v)) d = atof(v);
-        else d = id <= 1008 ? (id - 1000) / 10.0 + gpu / 100.0 : (double)(id * 1000 + gpu);
+        else if (gpu >= 0) d = id <= 1008 ? (id - 1000) / 10.0 + gpu / 100.0 : (double)(id * 1000 + gpu);
+        else d = id <= 1008 ? (id - 1000) / 10.0 + 0.05 + e.entityId / 1000.0 : (double)(id * 1000 + 500 + e.entityId);
     }
     if (id <= 1008) {
         *type = DCGM_FT_DOUBLE;
@@ -365,7 +439,7 @@ EXPORT dcgmReturn_t dcgmGetValuesSince_v2(dcgmHandle_t h, dcgmGpuGrp_t g, dcgmFi
         for (int k = 0; k < fgrp[F].n; k++) {
             v[k].version = dcgmFieldValue_version1;
             v[k].fieldId = fgrp[F].f[k];
-            fill(&c, v[k].fieldId, ent.entityGroupId == DCGM_FE_GPU ? ent.entityId : 99, ts, &v[k].fieldType, &v[k].status, &v[k].ts, &v[k].value);
+            fill(&c, v[k].fieldId, ent, ts, &v[k].fieldType, &v[k].status, &v[k].ts, &v[k].value);
         }
         if (cb(ent.entityGroupId, ent.entityId, v, fgrp[F].n, ud) < 0) break;
     }
@@ -389,7 +463,7 @@ EXPORT dcgmReturn_t dcgmEntitiesGetLatestValues(dcgmHandle_t h, EP ents[], unsig
             v->entityGroupId = ents[e].entityGroupId;
             v->entityId = ents[e].entityId;
             v->fieldId = fl[k];
-            fill(&c, fl[k], ents[e].entityGroupId == DCGM_FE_GPU ? ents[e].entityId : 99, ts, &v->fieldType, &v->status, &v->ts, &v->value);
+            fill(&c, fl[k], ents[e], ts, &v->fieldType, &v->status, &v->ts, &v->value);
         }
     }
     return DCGM_ST_OK;
