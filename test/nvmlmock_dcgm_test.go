@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -19,7 +20,8 @@ import (
 // lists the mock's GPUs: each GPU's values under the 4.8 names and, with
 // --compat.dcgm-exporter=4.9, DCGM 4.7's; stepped values followed; DCGM
 // failing takes the profiling series away (gpu_agent_dcgm_up 0) while
-// NVML's stay.
+// NVML's stay, and returning brings them back; a hung DCGM read neither
+// stops NVML's sampling nor holds up SIGTERM.
 func TestMockNVMLWithDCGM(t *testing.T) {
 	_, configs := requireMockNVML(t)
 	dir, err := fakedcgm.Build(t.TempDir())
@@ -140,4 +142,60 @@ func TestMockNVMLWithDCGM(t *testing.T) {
 			}
 		}
 	}
+
+	// The host engine returns: reconnected (backoff from 1 s), served again.
+	if err := ctl.Set(values(0.75)...); err != nil {
+		t.Fatal(err)
+	}
+	n48.waitMetrics(t, wait, "the profiling series back", func(s samples) error {
+		if err := s.expect("gpu_agent_dcgm_up", 1); err != nil {
+			return err
+		}
+		return profSeries(s, names48, "DCGM_FI_PROF_GR_ENGINE_ACTIVE", 0.75)
+	})
+
+	// A read that never returns: DCGM down after the call timeout (10 s),
+	// NVML sampled and served on, and SIGTERM still ends the agent within
+	// 5 s with the call in flight.
+	if err := ctl.Set(values(0.75, "hang.dcgmGetValuesSince_v2=600000")...); err != nil {
+		t.Fatal(err)
+	}
+	s := n48.waitMetrics(t, wait, "DCGM down on a hung read", func(s samples) error {
+		timeouts := 0.0
+		for _, x := range s {
+			if x.name == "gpu_agent_dcgm_errors_total" && x.labels["reason"] == "timeout" {
+				timeouts = x.value
+			}
+		}
+		if timeouts < 1 {
+			return fmt.Errorf("no timeout counted")
+		}
+		return s.expect("gpu_agent_dcgm_up", 0)
+	})
+	ticks, _ := s.value("gpu_agent_samples_total")
+	const more = 5
+	s = n48.waitMetrics(t, wait, fmt.Sprintf("%d more ticks while DCGM's read hangs", more), func(s samples) error {
+		if n, _ := s.value("gpu_agent_samples_total"); n < ticks+more {
+			return fmt.Errorf("%v ticks since DCGM hung", n-ticks)
+		}
+		return nil
+	})
+	for _, u := range uuids {
+		if len(s.values("DCGM_FI_DEV_POWER_USAGE", u)) == 0 {
+			t.Errorf("GPU %s: NVML's power series gone while DCGM's read hangs", u)
+		}
+	}
+	sent := time.Now()
+	if err := n48.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-n48.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatalf("agent still running 5s after SIGTERM with a DCGM call in flight")
+	}
+	if code := n48.ExitCode(); code != 0 {
+		t.Errorf("exit code %d after SIGTERM, want 0", code)
+	}
+	t.Logf("exited %s after SIGTERM with DCGM's read hung", time.Since(sent).Round(time.Millisecond))
 }
