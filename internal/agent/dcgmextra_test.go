@@ -98,3 +98,30 @@ func TestDCGMExtraFillInstance(t *testing.T) {
 		t.Errorf("DCGM down: fields %b", r.Has)
 	}
 }
+
+// BenchmarkDCGMExtraFill8GPUs is what DCGM adds to a tick on an 8-GPU
+// node: the sampler asks the extra source for each GPU's profiling values
+// (map lookups in the Source's latest reading; DCGM itself is read on the
+// Source's own goroutine, whose cost is the bench harness's -dcgm=both).
+func BenchmarkDCGMExtraFill8GPUs(b *testing.B) {
+	now := time.Now()
+	latest := &dcgm.Reading{Time: now, GPUs: map[string]map[dcgm.Field]dcgm.Value{}}
+	var uuids []string
+	for i := range 8 {
+		u := "GPU-" + string(rune('a'+i))
+		uuids = append(uuids, u)
+		fs := map[dcgm.Field]dcgm.Value{}
+		for _, f := range dcgm.ProfilingFields {
+			fs[f] = dcgm.Value{Float: 0.5, Time: now}
+		}
+		latest.GPUs[u] = fs
+	}
+	x := dcgmExtra{latest: func() *dcgm.Reading { return latest }, maxAge: time.Second, now: func() time.Time { return now }}
+	var states [8]telemetry.DeviceState
+	b.ReportAllocs()
+	for b.Loop() {
+		for i, u := range uuids {
+			x.Fill(u, &states[i].Reading, &states[i].Supported)
+		}
+	}
+}

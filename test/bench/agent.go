@@ -23,12 +23,12 @@ type agentProc struct {
 	addr string
 }
 
-func startAgent(bin string, args ...string) (*agentProc, error) {
+func startAgent(bin string, env []string, args ...string) (*agentProc, error) {
 	addr, err := testutil.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	p, err := testutil.Start("the agent", testutil.ProcOptions{}, bin, append([]string{"--web.listen-address=" + addr, "--grpc.listen-address=127.0.0.1:0"}, args...)...)
+	p, err := testutil.Start("the agent", testutil.ProcOptions{Env: env}, bin, append([]string{"--web.listen-address=" + addr, "--grpc.listen-address=127.0.0.1:0"}, args...)...)
 	if err != nil {
 		return nil, err
 	}

@@ -22,18 +22,31 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
+
+	"go.yaml.in/yaml/v2"
 
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
 	"github.com/gpu-telemetry/agent/internal/nvml/sim"
 	fk "github.com/gpu-telemetry/agent/internal/podresources/fakekubelet"
 	"github.com/gpu-telemetry/agent/internal/testutil"
+	"github.com/gpu-telemetry/agent/test/internal/fakedcgm"
+	"github.com/gpu-telemetry/agent/test/internal/nvmlmock"
 )
 
 // config is the bench's shape; the defaults are BENCHMARKS.md's.
 type config struct {
+	// NVML is "sim" (the simulated node, GPUs and Pods as set) or "mock"
+	// (NVIDIA's mock libnvidia-ml.so.1 with its T4 profile: its GPUs, no
+	// pods).
+	NVML string `json:"nvml"`
+	// DCGM is "off", "fake" (--dcgm=embedded over the fake libdcgm.so.4,
+	// which lists the mock's GPUs) or "both" (each run twice, DCGM off
+	// then on); not with NVML "sim", which has no DCGM.
+	DCGM       string        `json:"dcgm"`
 	GPUs       int           `json:"gpus"`
 	Pods       int           `json:"pods"`
 	Interval   time.Duration `json:"interval_ns"`
@@ -54,7 +67,17 @@ func main() {
 	jsonOut := flag.String("json", "bench-result.json", "where to write the JSON report")
 	bin := flag.String("agent", "", "agent binary to run; empty builds ./cmd/agent")
 	strict := flag.Bool("strict", false, "exit non-zero when a target is missed, too")
+	flag.StringVar(&cfg.NVML, "nvml", "sim", `"sim": the simulated node; "mock": NVIDIA's mock NVML library (T4 profile, no pods)`)
+	flag.StringVar(&cfg.DCGM, "dcgm", "off", `with -nvml=mock: "off", "fake" (--dcgm=embedded over the fake libdcgm.so.4), or "both" (each run with DCGM off, then on)`)
 	flag.Parse()
+	switch {
+	case cfg.NVML != "sim" && cfg.NVML != "mock":
+		log.Fatalf(`-nvml %q: want "sim" or "mock"`, cfg.NVML)
+	case cfg.DCGM != "off" && cfg.DCGM != "fake" && cfg.DCGM != "both":
+		log.Fatalf(`-dcgm %q: want "off", "fake" or "both"`, cfg.DCGM)
+	case cfg.NVML == "sim" && cfg.DCGM != "off":
+		log.Fatalf("-dcgm %s: needs -nvml=mock (the simulated node has no DCGM)", cfg.DCGM)
+	}
 	for _, s := range strings.Split(*scrapers, ",") {
 		var n int
 		if _, err := fmt.Sscan(strings.TrimSpace(s), &n); err != nil || n < 1 {
@@ -105,23 +128,109 @@ func run(cfg config, bin string) (*report, error) {
 		}
 	}
 
+	var b backend
+	if cfg.NVML == "mock" {
+		if b, err = mockBackend(dir); err != nil {
+			return nil, err
+		}
+		cfg.GPUs, cfg.Pods = b.gpus, 0
+	}
+
 	kubelet, err := fk.Start(filepath.Join(dir, "kubelet.sock"))
 	if err != nil {
 		return nil, err
 	}
 	defer kubelet.Stop()
-	kubelet.SetPods(benchPods(cfg))
+	if cfg.NVML == "sim" {
+		kubelet.SetPods(benchPods(cfg))
+	}
 
+	variants := []string{cfg.NVML}
+	switch cfg.DCGM {
+	case "fake":
+		variants = []string{cfg.NVML + "+dcgm"}
+	case "both":
+		variants = append(variants, cfg.NVML+"+dcgm")
+	}
 	rep := &report{Machine: describeMachine(), Config: cfg, Command: "go run ./test/bench " + strings.Join(os.Args[1:], " ")}
 	for _, n := range cfg.Scrapers {
-		log.Printf("run: %d scraper(s) at 1 Hz, %s warm-up, %s measured", n, cfg.Warmup, cfg.Duration)
-		r, err := measure(cfg, bin, kubelet.Path(), n)
-		if err != nil {
-			return rep, fmt.Errorf("run with %d scraper(s): %w", n, err)
+		for _, v := range variants {
+			log.Printf("run: %s, %d scraper(s) at 1 Hz, %s warm-up, %s measured", v, n, cfg.Warmup, cfg.Duration)
+			r, err := measure(cfg, bin, kubelet.Path(), n, b.forVariant(cfg, v))
+			if err != nil {
+				return rep, fmt.Errorf("run %s with %d scraper(s): %w", v, n, err)
+			}
+			r.Variant = v
+			rep.Runs = append(rep.Runs, r)
 		}
-		rep.Runs = append(rep.Runs, r)
 	}
 	return rep, nil
+}
+
+// backend is how the agent reaches its GPUs: the simulated node's flags,
+// or the mock library's, with the fake DCGM's where a variant has it.
+type backend struct {
+	gpus     int
+	mockArgs []string // --nvml.library-path=...
+	mockEnv  []string // MOCK_NVML_CONFIG=...
+	fakeDCGM string   // the fake libdcgm.so.4's folder
+	dcgmCtl  string   // its control file
+}
+
+// mockBackend builds NVIDIA's mock NVML library and the fake DCGM, which
+// lists the mock profile's GPUs (its default values).
+func mockBackend(dir string) (backend, error) {
+	lib, configs, err := nvmlmock.Build()
+	if err != nil {
+		return backend{}, err
+	}
+	profile := filepath.Join(configs, "mock-nvml-config-t4.yaml")
+	raw, err := os.ReadFile(profile)
+	if err != nil {
+		return backend{}, err
+	}
+	var doc struct {
+		Devices []struct {
+			UUID string `yaml:"uuid"`
+		} `yaml:"devices"`
+	}
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
+		return backend{}, fmt.Errorf("reading %s: %w", profile, err)
+	}
+	var uuids []string
+	for _, d := range doc.Devices {
+		uuids = append(uuids, d.UUID)
+	}
+	fake, err := fakedcgm.Build(dir)
+	if err != nil {
+		return backend{}, err
+	}
+	ctl := fakedcgm.Control{Path: filepath.Join(dir, "dcgm-control")}
+	if err := ctl.Set("gpus=" + strings.Join(uuids, ",")); err != nil {
+		return backend{}, err
+	}
+	return backend{gpus: len(uuids), mockArgs: []string{"--nvml.library-path=" + lib},
+		mockEnv: []string{"MOCK_NVML_CONFIG=" + profile}, fakeDCGM: fake, dcgmCtl: ctl.Path}, nil
+}
+
+// variant is one run's agent flags and environment.
+type variant struct {
+	args []string
+	env  []string
+	dcgm bool
+}
+
+func (b backend) forVariant(cfg config, v string) variant {
+	if cfg.NVML == "sim" {
+		return variant{args: []string{fmt.Sprintf("--simulate=%d", cfg.GPUs), fmt.Sprintf("--simulate.seed=%d", cfg.Seed)}}
+	}
+	out := variant{args: b.mockArgs, env: b.mockEnv}
+	if strings.HasSuffix(v, "+dcgm") {
+		out.args = append(slices.Clone(out.args), "--dcgm=embedded")
+		out.env = append(slices.Clone(out.env), "LD_LIBRARY_PATH="+b.fakeDCGM, fakedcgm.ControlEnv+"="+b.dcgmCtl)
+		out.dcgm = true
+	}
+	return out
 }
 
 // benchPods time-slices every simulated GPU between pods/gpus pods, as the
@@ -154,12 +263,11 @@ func describeMachine() machine {
 }
 
 // measure runs the agent once with n scrapers and returns what it saw.
-func measure(cfg config, bin, socket string, n int) (result, error) {
+func measure(cfg config, bin, socket string, n int, v variant) (result, error) {
 	r := result{Scrapers: n}
-	a, err := startAgent(bin,
-		fmt.Sprintf("--simulate=%d", cfg.GPUs), fmt.Sprintf("--simulate.seed=%d", cfg.Seed),
+	a, err := startAgent(bin, v.env, append(slices.Clone(v.args),
 		"--interval="+cfg.Interval.String(), "--kubelet.pod-resources-socket="+socket,
-		"--node-name=bench-node", "--log.level=warn")
+		"--node-name=bench-node", "--log.level=warn")...)
 	if err != nil {
 		return r, err
 	}
@@ -179,12 +287,15 @@ func measure(cfg config, bin, socket string, n int) (result, error) {
 		if err := a.Alive(); err != nil {
 			return true, err
 		}
-		_, v, err := textScrape(client, url)
+		_, vals, err := textScrape(client, url)
 		if err != nil {
 			return false, err
 		}
-		if got := v["count:DCGM_FI_DEV_GPU_UTIL"]; got != float64(cfg.Pods+cfg.GPUs) || v["gpu_agent_kubelet_up"] != 1 {
-			return false, fmt.Errorf("%v GPU-utilization series, kubelet_up %v", got, v["gpu_agent_kubelet_up"])
+		if got := vals["count:DCGM_FI_DEV_GPU_UTIL"]; got != float64(cfg.Pods+cfg.GPUs) || vals["gpu_agent_kubelet_up"] != 1 {
+			return false, fmt.Errorf("%v GPU-utilization series, kubelet_up %v", got, vals["gpu_agent_kubelet_up"])
+		}
+		if v.dcgm && (vals["gpu_agent_dcgm_up"] != 1 || vals["count:DCGM_FI_PROF_GR_ENGINE_ACTIVE"] != float64(cfg.GPUs)) {
+			return false, fmt.Errorf("DCGM up %v, %v GR_ENGINE_ACTIVE series", vals["gpu_agent_dcgm_up"], vals["count:DCGM_FI_PROF_GR_ENGINE_ACTIVE"])
 		}
 		return true, nil
 	}); err != nil {

@@ -17,6 +17,7 @@ type machine struct {
 
 // result is one run: one agent process, n scrapers.
 type result struct {
+	Variant          string  `json:"variant"` // sim, mock or mock+dcgm
 	Scrapers         int     `json:"scrapers"`
 	CPUPercent       float64 `json:"cpu_percent_of_one_core"`
 	TickPercent      float64 `json:"sampling_ticks_percent_of_wall"`
@@ -77,12 +78,16 @@ func (r *report) missedTargets() []string {
 // table renders the runs as a Markdown table, one column per run.
 func (r *report) table() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n%d simulated GPUs sampled every %s, %d pods, %s measured per run after %s warm-up\n",
-		r.Config.GPUs, r.Config.Interval, r.Config.Pods, r.Config.Duration, r.Config.Warmup)
+	what := "simulated GPUs"
+	if r.Config.NVML == "mock" {
+		what = "GPUs of NVIDIA's mock NVML (T4 profile)"
+	}
+	fmt.Fprintf(&b, "\n%d %s sampled every %s, %d pods, %s measured per run after %s warm-up\n",
+		r.Config.GPUs, what, r.Config.Interval, r.Config.Pods, r.Config.Duration, r.Config.Warmup)
 	fmt.Fprintf(&b, "machine: %s, %d CPUs, %s, Linux %s, %s\n\n", r.Machine.CPU, r.Machine.CPUs, r.Machine.OS, r.Machine.Kernel, r.Machine.GoVersion)
 	b.WriteString("| |")
 	for _, run := range r.Runs {
-		fmt.Fprintf(&b, " %d scraper(s) at 1 Hz |", run.Scrapers)
+		fmt.Fprintf(&b, " %s, %d scraper(s) at 1 Hz |", run.Variant, run.Scrapers)
 	}
 	b.WriteString(" target (1 scraper) |\n|---|")
 	for range r.Runs {
