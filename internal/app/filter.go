@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 )
 
 // familyFilter passes through the lines of a text-format body that belong
@@ -14,27 +16,42 @@ import (
 // body before any is dropped, which for a large body with one family
 // named was most of a scrape's cost (BenchmarkParse).
 //
-// A line belongs to the family its # HELP or # TYPE line last named when
-// its metric name is that family's name or the name plus a histogram's,
-// summary's or counter's suffix, as the text parser groups them;
-// otherwise it starts an untyped family of its own name. Other comments
-// and blank lines are dropped. A family that is dropped is not parsed
-// either, so a syntax error inside it no longer fails the scrape.
+// A line belongs to a family as prometheus/common's text parser groups
+// them (TextParser.setOrCreateCurrentMF): a HELP or TYPE line names its
+// family; a sample belongs to the family of its own name if one was named
+// or seen before, else to a summary named by it less _sum or _count, else
+// to a histogram named by it less _sum, _count or _bucket, else it starts
+// an untyped family of its own name. Other comments and blank lines are
+// dropped. A family that is dropped is not parsed either, so a syntax
+// error inside it no longer fails the scrape.
 type familyFilter struct {
-	r       *bufio.Reader
-	keep    func(string) bool
-	cur     []byte // the family the last HELP or TYPE line named
-	curKeep bool
-	out     []byte // kept bytes not yet read
-	err     error
-	lines   int
+	r        *bufio.Reader
+	keep     func(string) bool
+	families map[string]family // every family named or seen so far
+	last     []byte            // the name of the last sample line, and its family's
+	lastFam  family
+	out      []byte // kept bytes not yet read
+	err      error
+	lines    int
+}
+
+// family is what the filter knows of a family: its type as its TYPE line
+// gave it (uppercased, as the parser reads it; "" untyped), and whether
+// it is kept.
+type family struct {
+	typ  string
+	keep bool
 }
 
 func newFamilyFilter(r io.Reader, keep func(string) bool) *familyFilter {
-	return &familyFilter{r: bufio.NewReaderSize(r, 32<<10), keep: keep}
+	return &familyFilter{r: bufio.NewReaderSize(r, 32<<10), keep: keep, families: map[string]family{}}
 }
 
-var suffixes = [][]byte{[]byte("_bucket"), []byte("_sum"), []byte("_count"), []byte("_total"), []byte("_created")}
+// The suffixes of a summary's and a histogram's samples.
+var (
+	summarySuffixes   = [][]byte{[]byte("_sum"), []byte("_count")}
+	histogramSuffixes = [][]byte{[]byte("_sum"), []byte("_count"), []byte("_bucket")}
+)
 
 func (f *familyFilter) Read(p []byte) (int, error) {
 	for len(f.out) == 0 {
@@ -88,11 +105,13 @@ func (f *familyFilter) line(line []byte) (bool, error) {
 		if len(fields) < 2 || (!bytes.Equal(fields[0], []byte("HELP")) && !bytes.Equal(fields[0], []byte("TYPE"))) {
 			return false, nil // a plain comment
 		}
-		if !bytes.Equal(fields[1], f.cur) {
-			f.cur = append(f.cur[:0], fields[1]...)
-			f.curKeep = f.keep(string(f.cur))
+		f.last = f.last[:0] // a TYPE line may change what a name belongs to
+		fam := f.family(fields[1])
+		if bytes.Equal(fields[0], []byte("TYPE")) && len(fields) > 2 {
+			fam.typ = strings.ToUpper(string(fields[2]))
+			f.families[string(fields[1])] = fam
 		}
-		return f.curKeep, nil
+		return fam.keep, nil
 	}
 	end := bytes.IndexAny(s, "{ \t")
 	if end < 0 {
@@ -102,21 +121,45 @@ func (f *familyFilter) line(line []byte) (bool, error) {
 	if !metricName(name) {
 		return false, fmt.Errorf("%q does not start with a metric name", bytes.TrimRight(line, "\r\n"))
 	}
-	if len(f.cur) > 0 && bytes.HasPrefix(name, f.cur) {
-		rest := name[len(f.cur):]
-		if len(rest) == 0 {
-			return f.curKeep, nil
+	if bytes.Equal(name, f.last) {
+		return f.lastFam.keep, nil // most lines: the next sample of the same name
+	}
+	fam := f.sampleFamily(name)
+	f.last, f.lastFam = append(f.last[:0], name...), fam
+	return fam.keep, nil
+}
+
+// sampleFamily is the family a sample of this name belongs to.
+func (f *familyFilter) sampleFamily(name []byte) family {
+	if fam, ok := f.families[string(name)]; ok {
+		return fam
+	}
+	for _, suf := range histogramSuffixes {
+		base, ok := bytes.CutSuffix(name, suf)
+		if !ok {
+			continue
 		}
-		for _, suf := range suffixes {
-			if bytes.Equal(rest, suf) {
-				return f.curKeep, nil
+		if fam, ok := f.families[string(base)]; ok {
+			switch {
+			case fam.typ == "SUMMARY" && slices.ContainsFunc(summarySuffixes, func(x []byte) bool { return bytes.Equal(x, suf) }):
+				return fam
+			case fam.typ == "HISTOGRAM" || fam.typ == "GAUGE_HISTOGRAM":
+				return fam
 			}
 		}
 	}
 	// A sample of no family named so far: an untyped family of its own.
-	f.cur = append(f.cur[:0], name...)
-	f.curKeep = f.keep(string(f.cur))
-	return f.curKeep, nil
+	return f.family(name)
+}
+
+// family returns the family named name, recording it (untyped) if new.
+func (f *familyFilter) family(name []byte) family {
+	if fam, ok := f.families[string(name)]; ok {
+		return fam
+	}
+	fam := family{keep: f.keep(string(name))}
+	f.families[string(name)] = fam
+	return fam
 }
 
 // metricName reports whether b is a metric name of the text format's
