@@ -125,7 +125,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger, l Listeners) error 
 		newCollector(store, pool, queries),
 	)
 
-	gs := grpc.NewServer(grpc.Creds(serverCreds))
+	gs := newGRPCServer(serverCreds, grpcMaxConcurrentStreams)
 	ks.Register(gs)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
