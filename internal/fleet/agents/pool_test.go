@@ -124,7 +124,7 @@ func TestBadDNSName(t *testing.T) {
 // what no real agent would: a message too large, or not a NodeSnapshot.
 type rawCodec struct{}
 
-func (rawCodec) Marshal(v any) ([]byte, error)  { return v.([]byte), nil }
+func (rawCodec) Marshal(v any) ([]byte, error)   { return v.([]byte), nil }
 func (rawCodec) Unmarshal(_ []byte, _ any) error { return nil } // the WatchRequest is ignored
 func (rawCodec) Name() string                    { return "proto" }
 
