@@ -24,6 +24,7 @@ import (
 	"github.com/gpu-telemetry/agent/internal/exporter"
 	"github.com/gpu-telemetry/agent/internal/nvml"
 	"github.com/gpu-telemetry/agent/internal/telemetry"
+	"github.com/gpu-telemetry/agent/internal/webserver"
 )
 
 // Set at build time with -ldflags "-X ...".
@@ -140,7 +141,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	}
 	handler, err := exporter.NewHandler(newRegistry(cfg.ExporterMetrics, metrics...), collector, exporter.HandlerOptions{
 		Interval: cfg.Interval, Logger: log.With("component", "http"), Version: Version,
-		ExporterMetrics: cfg.ExporterMetrics,
+		ExporterMetrics: cfg.ExporterMetrics, MaxRequests: cfg.WebLimits.MaxRequests,
 	})
 	if err != nil {
 		return abort(err)
@@ -176,13 +177,15 @@ type web struct {
 	srv      *http.Server
 }
 
+// Its limits (internal/webserver): header, body, stall and idle
+// timeouts, a header size bound, --web.max-connections on the listener.
 func listenWeb(cfg *Config) (*web, error) {
-	ln, err := net.Listen("tcp", cfg.ListenAddress)
+	ln, err := webserver.Listen(cfg.ListenAddress, cfg.WebLimits.MaxConnections)
 	if err != nil {
 		return nil, fmt.Errorf("--web.listen-address=%s: %w", cfg.ListenAddress, err)
 	}
 	starting := &exporter.Starting{}
-	return &web{cfg: cfg, ln: ln, starting: starting, srv: &http.Server{Handler: starting, ReadHeaderTimeout: 10 * time.Second}}, nil
+	return &web{cfg: cfg, ln: ln, starting: starting, srv: webserver.NewServer(starting, webserver.Limits{})}, nil
 }
 
 // serve serves until ctx ends, then drains within ShutdownTimeout.

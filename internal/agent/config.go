@@ -20,6 +20,7 @@ import (
 	"github.com/gpu-telemetry/agent/internal/nvml"
 	"github.com/gpu-telemetry/agent/internal/podresources"
 	"github.com/gpu-telemetry/agent/internal/podwatch"
+	"github.com/gpu-telemetry/agent/internal/webserver"
 )
 
 // DefaultPodResourcesSocket is where the kubelet serves the pod-resources API.
@@ -36,6 +37,9 @@ type Config struct {
 	// ExporterMetrics serves the Go runtime, process and promhttp
 	// families (dcgm-exporter's --enable-exporter-metrics).
 	ExporterMetrics bool
+	// WebLimits caps the HTTP server's connections and concurrent
+	// scrapes (--web.max-connections, --web.max-requests).
+	WebLimits webserver.Flags
 
 	GRPCListenAddress   string // empty: no gRPC server
 	GRPCTLSCertFile     string
@@ -129,6 +133,7 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (*C
 	fs.StringVar(&c.ListenAddress, "web.listen-address", ":9400", "Address to serve /metrics, /healthz and /readyz on.")
 	fs.StringVar(&c.WebConfigFile, "web.config.file", "", "Path to an exporter-toolkit web config file (TLS, basic auth).")
 	fs.BoolVar(&c.ExporterMetrics, "web.enable-exporter-metrics", false, "Also serve the agent process's Go runtime, process and HTTP handler metrics (go_*, process_*, promhttp_*); the gpu_agent_* families are always served.")
+	c.WebLimits.Register(fs)
 	fs.StringVar(&c.GRPCListenAddress, "grpc.listen-address", ":9401", "Address of the gRPC push API (Watch) and gRPC health; empty disables it.")
 	fs.StringVar(&c.GRPCTLSCertFile, "grpc.tls-cert-file", "", "Serve gRPC over TLS with this certificate (PEM); needs --grpc.tls-key-file.")
 	fs.StringVar(&c.GRPCTLSKeyFile, "grpc.tls-key-file", "", "Private key (PEM) of --grpc.tls-cert-file.")
@@ -224,6 +229,7 @@ func (c *Config) Validate() error {
 	if c.ListenAddress == "" {
 		bad("web.listen-address", `""`, "must not be empty")
 	}
+	errs = append(errs, c.WebLimits.Validate()...)
 	if c.GRPCListenAddress != "" && c.GRPCListenAddress == c.ListenAddress && !strings.HasSuffix(c.ListenAddress, ":0") {
 		bad("grpc.listen-address", c.GRPCListenAddress, "must differ from --web.listen-address")
 	}

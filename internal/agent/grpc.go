@@ -34,6 +34,24 @@ const (
 	grpcMinClientPing    = 5 * time.Second
 )
 
+// Message and stream limits. A WatchRequest is a few filters and at most
+// 256 family names, a health request a service name: 1 MiB is ample. A
+// NodeSnapshot's devices are at most about 1.4 MB (64 devices of 10 pods
+// each, with 1,024 snapshots' driver samples of 8 GPUs after a long
+// skip); the rest is app scrapes, about 300 bytes a histogram series of
+// the families a subscriber names: grpcMaxSendBytes leaves room for some
+// 50,000 of them, and is what the scaler accepts
+// (agents.MaxMessageBytes). A larger message ends the Watch with
+// RESOURCE_EXHAUSTED rather than reach a client that would refuse it. One
+// connection carries one Watch per subscriber (the scaler opens one per
+// agent); 16 streams leave room for tools, and a client that opens more
+// waits for one to end.
+const (
+	grpcMaxRecvBytes      = 1 << 20
+	grpcMaxSendBytes      = 16 << 20
+	grpcMaxStreamsPerConn = 16
+)
+
 // GRPCTLSConfig builds the gRPC server's TLS configuration from the flags,
 // nil when TLS is off. Errors name the flag.
 func (c *Config) GRPCTLSConfig() (*tls.Config, error) {
@@ -60,12 +78,15 @@ func (c *Config) GRPCTLSConfig() (*tls.Config, error) {
 	return conf, nil
 }
 
-// newGRPCServer returns the gRPC server with keepalive and, if tlsConf is
-// set, TLS.
+// newGRPCServer returns the gRPC server with keepalive, the message and
+// stream limits and, if tlsConf is set, TLS.
 func newGRPCServer(tlsConf *tls.Config) *grpc.Server {
 	opts := []grpc.ServerOption{
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: grpcKeepaliveTime, Timeout: grpcKeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: grpcMinClientPing, PermitWithoutStream: true}),
+		grpc.MaxRecvMsgSize(grpcMaxRecvBytes),
+		grpc.MaxSendMsgSize(grpcMaxSendBytes),
+		grpc.MaxConcurrentStreams(grpcMaxStreamsPerConn),
 	}
 	if tlsConf != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsConf)))

@@ -712,3 +712,64 @@ func TestScrapeReadsOneSnapshot(t *testing.T) {
 		}
 	}
 }
+
+// blockingCollector holds a scrape in Collect until released.
+type blockingCollector struct {
+	entered chan struct{} // one slot: says a scrape is in Collect
+	release chan struct{}
+}
+
+func (b *blockingCollector) Describe(chan<- *prometheus.Desc) {}
+func (b *blockingCollector) Collect(chan<- prometheus.Metric) {
+	select {
+	case b.entered <- struct{}{}:
+	default:
+	}
+	<-b.release
+}
+
+// Past --web.max-requests a scrape is answered 503 at once, and counted
+// by promhttp's handler metrics (--web.enable-exporter-metrics); the
+// health endpoints are not limited.
+func TestMaxRequests(t *testing.T) {
+	block := &blockingCollector{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	reg := prometheus.NewRegistry()
+	h, err := NewHandler(reg, NewCollector(attribution.NewAttributor(&snapshots{snap: testSnapshot()}, nil, nil), Options{Hostname: "n", Interval: time.Second}),
+		HandlerOptions{Interval: time.Second, Logger: discardLogger(), ExporterMetrics: true, MaxRequests: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.MustRegister(block)
+	get := func(path string) (int, string) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		return rec.Code, rec.Body.String()
+	}
+	first := make(chan int)
+	go func() { code, _ := get("/metrics"); first <- code }()
+	<-block.entered
+	if code, body := get("/metrics"); code != http.StatusServiceUnavailable || !strings.Contains(body, "Limit of concurrent requests reached (1)") {
+		t.Errorf("a second scrape while one runs, limit 1: %d %q, want 503", code, body)
+	}
+	if code, _ := get("/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz while a scrape runs: %d", code)
+	}
+	close(block.release)
+	if code := <-first; code != http.StatusOK {
+		t.Errorf("the first scrape: %d", code)
+	}
+	code, body := get("/metrics")
+	if code != http.StatusOK || !strings.Contains(body, `promhttp_metric_handler_requests_total{code="503"} 1`) {
+		t.Errorf("the next scrape: %d, want 200 counting the 503 once; body has %q", code, grepLines(body, "promhttp_metric_handler_requests_total"))
+	}
+}
+
+func grepLines(s, substr string) []string {
+	var out []string
+	for l := range strings.SplitSeq(s, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return out
+}

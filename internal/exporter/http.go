@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 
 	"github.com/gpu-telemetry/agent/internal/attribution"
+	"github.com/gpu-telemetry/agent/internal/webserver"
 )
 
 // StallIntervals is how many sampling intervals may pass without a new
@@ -79,6 +80,11 @@ type HandlerOptions struct {
 	// handler (promhttp_metric_handler_*) to reg, as dcgm-exporter does
 	// with --enable-exporter-metrics; off, the handler is not instrumented.
 	ExporterMetrics bool
+	// MaxRequests is how many /metrics scrapes run at once; one more is
+	// answered 503 at once (--web.max-requests, node_exporter's). 0: no
+	// limit. Counted as promhttp_metric_handler_requests_total{code="503"}
+	// with ExporterMetrics.
+	MaxRequests int
 }
 
 // NewHandler serves /metrics (Prometheus text and OpenMetrics), /healthz
@@ -90,7 +96,7 @@ type HandlerOptions struct {
 func NewHandler(reg *prometheus.Registry, c *Collector, opts HandlerOptions) (http.Handler, error) {
 	src := c.views.Snapshots()
 	mux := http.NewServeMux()
-	var metrics http.Handler = &metricsHandler{reg: reg, c: c, log: opts.Logger}
+	metrics := webserver.LimitRequests(&metricsHandler{reg: reg, c: c, log: opts.Logger}, opts.MaxRequests)
 	if opts.ExporterMetrics {
 		metrics = promhttp.InstrumentMetricHandler(reg, metrics)
 	}

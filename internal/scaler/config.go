@@ -12,6 +12,7 @@ import (
 
 	"github.com/gpu-telemetry/agent/internal/fleet"
 	"github.com/gpu-telemetry/agent/internal/logging"
+	"github.com/gpu-telemetry/agent/internal/webserver"
 )
 
 // Config is every setting of the scaler, filled from flags and validated in
@@ -33,6 +34,9 @@ type Config struct {
 	GRPCTLSClientCA   string
 
 	WebListenAddress string
+	// WebLimits caps the HTTP server's connections and concurrent
+	// scrapes (--web.max-connections, --web.max-requests).
+	WebLimits webserver.Flags
 
 	StaleAfter  time.Duration
 	ForgetAfter time.Duration
@@ -72,6 +76,7 @@ func ParseFlags(args []string, stderr io.Writer) (*Config, error) {
 	fs.StringVar(&c.GRPCTLSKey, "grpc.tls-key-file", "", "Key of --grpc.tls-cert-file.")
 	fs.StringVar(&c.GRPCTLSClientCA, "grpc.tls-client-ca-file", "", "CA of the client certificates KEDA must present (mutual TLS).")
 	fs.StringVar(&c.WebListenAddress, "web.listen-address", ":9501", "Address of the scaler's own /metrics and /healthz.")
+	c.WebLimits.Register(fs)
 	fs.DurationVar(&c.StaleAfter, "stale-after", 0, "Silence after which a node's pods leave the aggregate; 0: four of the node's sampling intervals, at least 1s.")
 	fs.DurationVar(&c.ForgetAfter, "forget-after", 5*time.Minute, "Silence after which a node is forgotten: until then, a trigger whose pods are all on silent nodes is Unavailable, not 0.")
 	fs.DurationVar(&c.WindowMax, "window.max", 15*time.Second, "Longest `window` a trigger may ask for; bounds the history kept per device.")
@@ -138,6 +143,7 @@ func (c *Config) Validate() error {
 	if c.WebListenAddress == "" {
 		bad("web.listen-address", `""`, "must not be empty")
 	}
+	errs = append(errs, c.WebLimits.Validate()...)
 	if c.StaleAfter != 0 && c.StaleAfter < 100*time.Millisecond {
 		bad("stale-after", c.StaleAfter, "must be 0 (derived) or at least 100ms")
 	}

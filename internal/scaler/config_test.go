@@ -39,6 +39,8 @@ func TestConfigErrorsNameTheFlag(t *testing.T) {
 		{[]string{"--agents=a:1", "--grpc.tls-key-file=k.pem"}, "--grpc.tls-cert-file="},
 		{[]string{"--agents=a:1", "--grpc.tls-client-ca-file=ca.pem"}, "--grpc.tls-client-ca-file=ca.pem"},
 		{[]string{"--agents=a:1", "--web.listen-address="}, "--web.listen-address="},
+		{[]string{"--agents=a:1", "--web.max-connections=-1"}, "--web.max-connections=-1"},
+		{[]string{"--agents=a:1", "--web.max-requests=-1"}, "--web.max-requests=-1"},
 		{[]string{"--agents=a:1", "--stale-after=1ms"}, "--stale-after=1ms"},
 		{[]string{"--agents=a:1", "--pod-share.max-unattributed=0"}, "--pod-share.max-unattributed=0"},
 		{[]string{"--agents=a:1", "--pod-share.max-unattributed=101"}, "--pod-share.max-unattributed=101"},

@@ -35,12 +35,14 @@ var (
 	descConnected  = desc("agents_connected", "Agent streams open that have delivered a snapshot.")
 	descSnapshots  = desc("snapshots_received_total", "Snapshots received from every agent.")
 	descFailures   = desc("agent_stream_failures_total", "Agent streams that failed or ended, and failed connection attempts.")
+	descRejected   = desc("agent_messages_rejected_total", "Agent messages refused, by reason: too_large (over the scaler's 16 MiB) or malformed (not a snapshot, or one without a node); each ends its stream, reconnected with backoff.", "reason")
+	descThrottled  = desc("agent_messages_throttled_total", "Reads of an agent's stream that waited because the agent sent more than 50 messages a second.")
 	descNodes      = desc("nodes", "Nodes known, by state: fresh (reported within the stale timeout) or stale (silent, not yet forgotten).", "state")
 	descWatchers   = desc("stream_watchers", "Distinct triggers StreamIsActive streams wait on.")
 	descTriggers   = desc("triggers_cached", "Distinct triggers parsed and cached.")
 	descAggregates = desc("aggregates", "Distinct triggers kept answered on ingest, polled or streamed; past 128 polled ones, GetMetrics and IsActive evaluate on every call.")
 	descBuild      = desc("build_info", "Build of the scaler; always 1.", "version", "revision", "goversion")
-	collectorDescs = []*prometheus.Desc{descAgents, descConnected, descSnapshots, descFailures, descNodes, descWatchers, descTriggers, descAggregates, descBuild}
+	collectorDescs = []*prometheus.Desc{descAgents, descConnected, descSnapshots, descFailures, descRejected, descThrottled, descNodes, descWatchers, descTriggers, descAggregates, descBuild}
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
@@ -56,6 +58,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descConnected, prometheus.GaugeValue, float64(st.Connected))
 	ch <- prometheus.MustNewConstMetric(descSnapshots, prometheus.CounterValue, float64(st.Snapshots))
 	ch <- prometheus.MustNewConstMetric(descFailures, prometheus.CounterValue, float64(st.Failures))
+	ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(st.TooLarge), agents.RejectTooLarge)
+	ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(st.Malformed), agents.RejectMalformed)
+	ch <- prometheus.MustNewConstMetric(descThrottled, prometheus.CounterValue, float64(st.Throttled))
 	ch <- prometheus.MustNewConstMetric(descNodes, prometheus.GaugeValue, float64(fresh), "fresh")
 	ch <- prometheus.MustNewConstMetric(descNodes, prometheus.GaugeValue, float64(stale), "stale")
 	ch <- prometheus.MustNewConstMetric(descWatchers, prometheus.GaugeValue, float64(c.store.Watchers()))

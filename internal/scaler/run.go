@@ -24,6 +24,7 @@ import (
 	"github.com/gpu-telemetry/agent/internal/fleet"
 	"github.com/gpu-telemetry/agent/internal/fleet/agents"
 	"github.com/gpu-telemetry/agent/internal/fleet/keda"
+	"github.com/gpu-telemetry/agent/internal/webserver"
 )
 
 // Set at build time with -ldflags "-X ...".
@@ -124,7 +125,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger, l Listeners) error 
 		newCollector(store, pool, queries),
 	)
 
-	gs := grpc.NewServer(grpc.Creds(serverCreds))
+	gs := newGRPCServer(serverCreds, grpcMaxConcurrentStreams)
 	ks.Register(gs)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
@@ -142,12 +143,15 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger, l Listeners) error 
 			return fmt.Errorf("--web.listen-address=%s: %w", cfg.WebListenAddress, err)
 		}
 	}
+	// The agent's HTTP limits (internal/webserver): timeouts, a header
+	// bound, --web.max-connections and --web.max-requests.
+	webLn = webserver.LimitListener(webLn, cfg.WebLimits.MaxConnections)
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg, MaxRequestsInFlight: cfg.WebLimits.MaxRequests}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
-	hsrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	hsrv := webserver.NewServer(mux, webserver.Limits{})
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return pool.Run(gctx) })

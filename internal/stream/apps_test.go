@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
+
 	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
 	"github.com/gpu-telemetry/agent/internal/app"
 )
@@ -97,4 +99,36 @@ func TestAppWakeupsKeepTheSnapshots(t *testing.T) {
 		return
 	}
 	t.Fatal(errors.New("tick 2 never came"))
+}
+
+// A min_period below the sampling interval is the interval: apps_only
+// messages come no closer together than that after the previous message
+// (here: none within the test, with a 10 s interval), where a 1 ms period
+// taken as is would send one per app scrape.
+func TestMinPeriodBelowTheIntervalIsTheInterval(t *testing.T) {
+	apps := app.NewBoard()
+	h := newHarness(t, Options{Apps: apps, Interval: 10 * time.Second})
+	h.store.Publish(snapshot(1))
+	w := h.watch(t, &telemetryv1.WatchRequest{IncludeUnattributed: true, MinPeriod: durationpb.New(time.Millisecond), AppFamilies: []string{"livekit_jitter_us"}})
+	if m := recv(t, w); m.GetSequence() != 1 {
+		t.Fatalf("first message %d", m.GetSequence())
+	}
+	start := time.Now()
+	for i := range 20 {
+		apps.Publish([]*app.Scrape{sfuScrape("sfu-0", epoch.Add(time.Duration(i)*time.Millisecond), 10)})
+		time.Sleep(5 * time.Millisecond)
+	}
+	got := make(chan *telemetryv1.NodeSnapshot, 1)
+	go func() {
+		if m, err := w.Recv(); err == nil {
+			got <- m
+		}
+	}()
+	select {
+	case m := <-got:
+		if time.Since(start) < 10*time.Second {
+			t.Errorf("a message (apps_only %v) within the clamped min_period of 10s", m.GetAppsOnly())
+		}
+	case <-time.After(500 * time.Millisecond):
+	}
 }

@@ -292,6 +292,14 @@ func (s *Server) Watch(req *telemetryv1.WatchRequest, stream grpc.ServerStreamin
 	if err != nil {
 		return err
 	}
+	// Snapshots come one per interval, so a shorter period means every
+	// snapshot; it would still let an apps_only message through on every
+	// app scrape, many a second on a node of many targets. The interval
+	// is the floor; 0 keeps its meaning (every snapshot, and every app
+	// scrape at once).
+	if f.minPeriod > 0 && f.minPeriod < s.opts.Interval {
+		f.minPeriod = s.opts.Interval
+	}
 	select {
 	case <-s.done:
 		return status.Error(codes.Unavailable, "the agent is shutting down")

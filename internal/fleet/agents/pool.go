@@ -18,9 +18,39 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
+)
+
+// MaxMessageBytes is the largest snapshot accepted from an agent, the
+// agent's own limit on what it sends (its grpcMaxSendBytes): a node's
+// devices are at most about 1.4 MB (64 devices of 10 pods, 1,024
+// snapshots' driver samples of 8 GPUs), and the rest is room for some
+// 50,000 app histogram series of the families the triggers name. gRPC's
+// default of 4 MiB is less than a node of 100 LiveKit pods with a few
+// dozen series each. A larger message fails that agent's stream
+// (RESOURCE_EXHAUSTED): counted, logged once, retried with backoff.
+const MaxMessageBytes = 16 << 20
+
+// DefaultMaxMessageRate is how many messages a second one agent's stream
+// is read at most, in bursts of as many. An agent sends one per sampling
+// interval (at least 100 ms) and, between them, one per new set of app
+// scrapes; past the rate the scaler reads no faster, gRPC's flow control
+// holds the agent back, and the agent merges what it cannot send (its
+// slow-subscriber path: the newest snapshot, with the skipped ones'
+// samples). So an agent that storms costs the scaler a bounded share and
+// delays no other agent's snapshots.
+const DefaultMaxMessageRate = 50
+
+// Why an agent's message was refused, the reason label of
+// gpu_scaler_agent_messages_rejected_total.
+const (
+	RejectTooLarge  = "too_large" // over MaxMessageBytes
+	RejectMalformed = "malformed" // not a NodeSnapshot, or one the store refuses
 )
 
 // Ingester receives the snapshots (scaler.Store).
@@ -52,6 +82,9 @@ type Options struct {
 	IdleTimeout time.Duration
 	// BackoffBase and BackoffMax bound the reconnection delay.
 	BackoffBase, BackoffMax time.Duration
+	// MaxMessageRate caps the messages read a second from one agent;
+	// 0: DefaultMaxMessageRate.
+	MaxMessageRate float64
 
 	Logger *slog.Logger
 }
@@ -74,6 +107,9 @@ type Pool struct {
 	targets   atomic.Int64
 	snapshots atomic.Uint64
 	failures  atomic.Uint64
+	tooLarge  atomic.Uint64
+	malformed atomic.Uint64
+	throttled atomic.Uint64
 }
 
 // Stats are the pool's counters, for the scaler's /metrics.
@@ -82,6 +118,10 @@ type Stats struct {
 	Connected int    // streams that delivered a snapshot and are open
 	Snapshots uint64 // snapshots received
 	Failures  uint64 // streams that failed or ended
+	// Messages refused, by reason: each also ends its stream.
+	TooLarge, Malformed uint64
+	// Throttled counts the reads that waited for MaxMessageRate.
+	Throttled uint64
 }
 
 // New returns a pool; Run starts it.
@@ -104,6 +144,11 @@ func New(store Ingester, o Options) (*Pool, error) {
 	if o.BackoffMax < o.BackoffBase {
 		o.BackoffMax = 30 * time.Second
 	}
+	if o.MaxMessageRate <= 0 {
+		o.MaxMessageRate = DefaultMaxMessageRate
+	}
+	// The agents' snapshots may exceed gRPC's default 4 MiB.
+	o.DialOptions = append(slices.Clip(o.DialOptions), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes)))
 	if o.DNS != "" {
 		if _, _, err := net.SplitHostPort(o.DNS); err != nil {
 			return nil, fmt.Errorf("agents DNS name %q: %w", o.DNS, err)
@@ -144,6 +189,9 @@ func (p *Pool) Stats() Stats {
 		Connected: int(p.connected.Load()),
 		Snapshots: p.snapshots.Load(),
 		Failures:  p.failures.Load(),
+		TooLarge:  p.tooLarge.Load(),
+		Malformed: p.malformed.Load(),
+		Throttled: p.throttled.Load(),
 	}
 }
 
@@ -253,9 +301,10 @@ func (p *Pool) subscribe(ctx context.Context, addr string) {
 	}
 	defer conn.Close()
 	client := telemetryv1.NewTelemetryClient(conn)
+	st := &subState{log: log}
 	attempt := 0
 	for {
-		got, err := p.watch(ctx, client, log)
+		got, err := p.watch(ctx, client, st)
 		if ctx.Err() != nil {
 			return
 		}
@@ -264,9 +313,21 @@ func (p *Pool) subscribe(ctx context.Context, addr string) {
 			continue
 		}
 		p.failures.Add(1)
-		// Log the state change once: a stream that worked and ended, or
-		// the first failed attempt; the retries that follow are debug.
+		reason := p.rejected(err)
+		// Log the state change once: a stream that worked and ended, the
+		// first failed attempt, or the first refused message of a kind;
+		// the retries that follow are debug.
 		switch {
+		case reason != "":
+			// An agent that sends what the scaler refuses would send it
+			// again at once: back off as from a failed attempt, however
+			// many good snapshots came before.
+			if reason != st.rejecting {
+				log.Warn("agent sent a message the scaler refuses; reconnecting with backoff", "reason", reason, "err", err,
+					"snapshots", got, "max_message_bytes", MaxMessageBytes)
+			} else {
+				log.Debug("agent sent a refused message again", "reason", reason, "err", err, "attempt", attempt)
+			}
 		case got > 0:
 			attempt = 0
 			log.Warn("agent stream ended; reconnecting", "err", err, "snapshots", got)
@@ -275,6 +336,7 @@ func (p *Pool) subscribe(ctx context.Context, addr string) {
 		default:
 			log.Debug("agent still unreachable", "err", err, "attempt", attempt)
 		}
+		st.rejecting = reason
 		d := backoff(p.opts.BackoffBase, p.opts.BackoffMax, attempt)
 		attempt++
 		select {
@@ -285,9 +347,38 @@ func (p *Pool) subscribe(ctx context.Context, addr string) {
 	}
 }
 
+// subState is what one agent's subscription remembers across its streams,
+// so that each kind of misbehaviour is logged once, not per stream.
+type subState struct {
+	log       *slog.Logger
+	rejecting string // the reason the last stream's message was refused; "" if it was not
+	throttled bool   // the rate cap was logged
+}
+
+// errMalformed wraps a snapshot the store refuses.
+var errMalformed = errors.New("malformed snapshot")
+
+// rejected counts err if it is a refused message and returns its reason,
+// "" otherwise. gRPC reports a message over the receive limit as
+// RESOURCE_EXHAUSTED and one it cannot decode as INTERNAL ("grpc: failed
+// to unmarshal the received message").
+func (p *Pool) rejected(err error) string {
+	s, _ := status.FromError(err)
+	switch {
+	case s.Code() == codes.ResourceExhausted:
+		p.tooLarge.Add(1)
+		return RejectTooLarge
+	case s.Code() == codes.Internal && strings.Contains(s.Message(), "unmarshal"), errors.Is(err, errMalformed):
+		p.malformed.Add(1)
+		return RejectMalformed
+	}
+	return ""
+}
+
 // watch runs one stream until it fails; it returns how many snapshots it
 // delivered.
-func (p *Pool) watch(ctx context.Context, client telemetryv1.TelemetryClient, log *slog.Logger) (int, error) {
+func (p *Pool) watch(ctx context.Context, client telemetryv1.TelemetryClient, st *subState) (int, error) {
+	log := st.log
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	timeout := p.opts.IdleTimeout
@@ -313,7 +404,18 @@ func (p *Pool) watch(ctx context.Context, client telemetryv1.TelemetryClient, lo
 			p.connected.Add(-1)
 		}
 	}()
+	limit := rate.NewLimiter(rate.Limit(p.opts.MaxMessageRate), max(1, int(p.opts.MaxMessageRate)))
 	for {
+		if !limit.Allow() {
+			p.throttled.Add(1)
+			if !st.throttled {
+				st.throttled = true
+				log.Warn("agent sends faster than the scaler reads one agent; reading it at that rate", "max_messages_per_second", p.opts.MaxMessageRate)
+			}
+			if err := limit.Wait(ctx); err != nil {
+				return n, context.Cause(ctx)
+			}
+		}
 		snap, err := stream.Recv()
 		if err != nil {
 			if c := context.Cause(ctx); c != nil && ctx.Err() != nil {
@@ -332,7 +434,7 @@ func (p *Pool) watch(ctx context.Context, client telemetryv1.TelemetryClient, lo
 		n++
 		p.snapshots.Add(1)
 		if err := p.store.Ingest(snap); err != nil {
-			return n, fmt.Errorf("ingesting a snapshot: %w", err)
+			return n, fmt.Errorf("%w: %w", errMalformed, err)
 		}
 	}
 }
