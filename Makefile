@@ -8,7 +8,7 @@ VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 REVISION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -X $(PKG)/internal/agent.Version=$(VERSION) -X $(PKG)/internal/agent.Revision=$(REVISION)
 
-.PHONY: build build-scaler run test test-deploy lint e2e e2e-cluster e2e-livekit golden bench bench-go bench-fanin bench-push-fake bench-push bench-chain generate
+.PHONY: build build-scaler run test test-deploy lint fuzz e2e e2e-cluster e2e-livekit golden bench bench-go bench-fanin bench-push-fake bench-push bench-chain generate
 
 build: build-scaler
 	go build -ldflags '$(LDFLAGS)' -o bin/gpu-agent ./cmd/agent
@@ -40,6 +40,14 @@ lint:
 	else \
 		echo "staticcheck not on PATH: skipped (go install honnef.co/go/tools/cmd/staticcheck@latest)"; \
 	fi
+
+# Every fuzz target (the parsers of what the agent and the scaler are
+# handed: flags and environment, field lists, load files, cgroup lines,
+# device IDs, KEDA's trigger metadata, an app's exposition), $(FUZZTIME)
+# each; CI runs it at 10s. Seeds and past crashers run in `make test`.
+FUZZTIME ?= 10s
+fuzz:
+	FUZZTIME=$(FUZZTIME) bash .ci/fuzz
 
 e2e:
 	go test -race -count=1 ./test/...

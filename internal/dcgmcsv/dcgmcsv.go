@@ -14,6 +14,7 @@
 package dcgmcsv
 
 import (
+	"bytes"
 	"encoding/csv"
 	"errors"
 	"fmt"
@@ -74,8 +75,24 @@ func ReadFile(path string) ([]Field, error) {
 		return nil, fmt.Errorf("reading dcgm-exporter field list: %w", err)
 	}
 	defer f.Close()
-	return Parse(f, path)
+	// A device or a pipe given by mistake (-f /dev/zero) would be read
+	// forever; a list is a few KiB.
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("reading dcgm-exporter field list %s: not a regular file", path)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading dcgm-exporter field list: %w", err)
+	}
+	if len(data) > MaxFileSize {
+		return nil, fmt.Errorf("reading dcgm-exporter field list %s: larger than %d bytes", path, MaxFileSize)
+	}
+	return Parse(bytes.NewReader(data), path)
 }
+
+// MaxFileSize bounds a field list file: dcgm-exporter's own are under
+// 10 KiB.
+const MaxFileSize = 1 << 20
 
 // Parse reads a field list; name is the file's, for errors. A field listed
 // twice is kept once, at its first line, as the series it names can be

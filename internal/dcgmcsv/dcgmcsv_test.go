@@ -1,7 +1,10 @@
 package dcgmcsv
 
 import (
+	"bytes"
 	"errors"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -128,4 +131,18 @@ func FuzzParse(f *testing.F) {
 			seen[fl.Name] = true
 		}
 	})
+}
+
+// A path that is not a regular file (a device, a directory) or a file
+// past the size bound is refused, not read forever.
+func TestReadFileRefusesWhatIsNotAList(t *testing.T) {
+	big := filepath.Join(t.TempDir(), "big.csv")
+	if err := os.WriteFile(big, bytes.Repeat([]byte("# comment\n"), MaxFileSize/10+1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"/dev/zero", t.TempDir(), big} {
+		if _, err := ReadFile(p); err == nil {
+			t.Errorf("ReadFile(%s) succeeded", p)
+		}
+	}
 }

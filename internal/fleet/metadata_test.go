@@ -175,3 +175,43 @@ func FuzzParseMetadata(f *testing.F) {
 		}
 	})
 }
+
+// The metadata map as a whole, as KEDA hands it over: any keys (ours,
+// KEDA's, their FromEnv forms, unknown ones) with any values. The parser
+// never panics; an error names a key of the map; an accepted query has a
+// name, a compiled pattern, a positive target and a window in bounds, and
+// parsing the same map again gives the same name.
+func FuzzParseMetadataMap(f *testing.F) {
+	f.Add("metric=gpu_util\ntarget=70\npodPattern=inference-.*")
+	f.Add("metric=app\nappMetric=lat_seconds\nappType=histogram\nquantile=0.99\ntarget=0.3\nwindow=10s")
+	f.Add("metricFromEnv=enc_util\ntarget=50\nscalerAddress=x:9500\nenableTLS=true")
+	f.Add("metric=gpu_util\nmetricFromEnv=gpu_util\ntarget=1")
+	f.Add("metric=app\nappMetric=rooms\nappLabels=a=b,c!=d\nscale=0.001\ntarget=1e-300")
+	f.Add("bogus=1\nmetric=gpu_util")
+	f.Fuzz(func(t *testing.T, in string) {
+		md := map[string]string{}
+		for _, line := range strings.Split(in, "\n") {
+			if k, v, ok := strings.Cut(line, "="); ok {
+				md[k] = v
+			}
+		}
+		q, err := ParseMetadata(md, "default", time.Minute)
+		if err != nil {
+			var me *MetadataError
+			if !errors.As(err, &me) {
+				t.Fatalf("error %v is not a MetadataError", err)
+			}
+			if _, ok := md[me.Key]; !ok && !isOurKey(me.Key) {
+				t.Fatalf("error %v names key %q, neither in the map nor ours", err, me.Key)
+			}
+			return
+		}
+		if q.MetricName() == "" || q.pod == nil || !(q.Target > 0) || q.Window < 0 || q.Window > time.Minute {
+			t.Fatalf("accepted a bad query %+v", q)
+		}
+		again, err := ParseMetadata(md, "default", time.Minute)
+		if err != nil || again.MetricName() != q.MetricName() {
+			t.Fatalf("parsed again: %v, name %q vs %q", err, again.MetricName(), q.MetricName())
+		}
+	})
+}
