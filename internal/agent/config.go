@@ -20,6 +20,7 @@ import (
 	"github.com/gpu-telemetry/agent/internal/nvml"
 	"github.com/gpu-telemetry/agent/internal/podresources"
 	"github.com/gpu-telemetry/agent/internal/podwatch"
+	"github.com/gpu-telemetry/agent/internal/tlsfiles"
 )
 
 // DefaultPodResourcesSocket is where the kubelet serves the pod-resources API.
@@ -346,7 +347,7 @@ func (c *Config) validateGRPCTLS() []error {
 	case c.GRPCTLSCertFile == "" || c.GRPCTLSKeyFile == "":
 		errs = append(errs, fmt.Errorf("--grpc.tls-cert-file=%q, --grpc.tls-key-file=%q: set both, or neither", c.GRPCTLSCertFile, c.GRPCTLSKeyFile))
 	default:
-		if _, err := c.GRPCTLSConfig(); err != nil {
+		if _, err := c.GRPCTLSConfig(tlsfiles.NewSet(tlsfiles.Options{})); err != nil {
 			errs = append(errs, err)
 		}
 	}
