@@ -8,7 +8,7 @@ VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 REVISION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -X $(PKG)/internal/agent.Version=$(VERSION) -X $(PKG)/internal/agent.Revision=$(REVISION)
 
-.PHONY: build build-scaler run test test-deploy lint fuzz e2e e2e-cluster e2e-livekit golden bench bench-go bench-fanin bench-push-fake bench-push bench-chain generate
+.PHONY: build build-scaler run test test-deploy lint fuzz e2e e2e-cluster e2e-livekit e2e-keda-tls golden bench bench-go bench-fanin bench-push-fake bench-push bench-chain generate
 
 build: build-scaler
 	go build -ldflags '$(LDFLAGS)' -o bin/gpu-agent ./cmd/agent
@@ -31,12 +31,14 @@ lint:
 	go vet ./...
 	cd test/deploy && go vet ./...
 	cd test/livekit && go vet ./...
+	cd test/kedatls && go vet ./...
 	@unformatted="$$(gofmt -l .)"; if [ -n "$$unformatted" ]; then \
 		echo "gofmt -l: these files need gofmt -w:"; echo "$$unformatted"; exit 1; fi
 	@if command -v staticcheck >/dev/null 2>&1; then \
 		echo staticcheck ./...; staticcheck ./... || exit 1; \
 		echo "staticcheck ./... (test/deploy)"; (cd test/deploy && staticcheck ./...) || exit 1; \
-		echo "staticcheck ./... (test/livekit)"; cd test/livekit && staticcheck ./...; \
+		echo "staticcheck ./... (test/livekit)"; (cd test/livekit && staticcheck ./...) || exit 1; \
+		echo "staticcheck ./... (test/kedatls)"; cd test/kedatls && staticcheck ./...; \
 	else \
 		echo "staticcheck not on PATH: skipped (go install honnef.co/go/tools/cmd/staticcheck@latest)"; \
 	fi
@@ -76,6 +78,14 @@ e2e-cluster:
 # into ~/.cache/gpu-agent (minutes).
 e2e-livekit:
 	cd test/livekit && GPU_AGENT_LIVEKIT=1 go test -count=1 -timeout 30m -v ./...
+
+# KEDA's own external scaler client (pkg/scalers) against the scaler's
+# mutual TLS through a certificate rotation (test/kedatls, its own
+# module). Without -race: KEDA's scalers link every cloud SDK, and the
+# first build takes minutes as it is; internal/tlsfiles and
+# internal/scaler test the same paths under -race.
+e2e-keda-tls:
+	cd test/kedatls && go test -count=1 ./...
 
 # Rewrites test/testdata/metrics.golden from the running agent; review the diff.
 golden:

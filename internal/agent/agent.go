@@ -137,7 +137,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 			return abort(err)
 		}
 		push.ln = grpcLn
-		metrics = append(metrics, push.stream)
+		metrics = append(metrics, push.stream, push.tls)
 	}
 	handler, err := exporter.NewHandler(newRegistry(cfg.ExporterMetrics, metrics...), collector, exporter.HandlerOptions{
 		Interval: cfg.Interval, Logger: log.With("component", "http"), Version: Version,

@@ -20,6 +20,7 @@ import (
 	"github.com/gpu-telemetry/agent/internal/nvml"
 	"github.com/gpu-telemetry/agent/internal/podresources"
 	"github.com/gpu-telemetry/agent/internal/podwatch"
+	"github.com/gpu-telemetry/agent/internal/tlsfiles"
 	"github.com/gpu-telemetry/agent/internal/webserver"
 )
 
@@ -352,7 +353,7 @@ func (c *Config) validateGRPCTLS() []error {
 	case c.GRPCTLSCertFile == "" || c.GRPCTLSKeyFile == "":
 		errs = append(errs, fmt.Errorf("--grpc.tls-cert-file=%q, --grpc.tls-key-file=%q: set both, or neither", c.GRPCTLSCertFile, c.GRPCTLSKeyFile))
 	default:
-		if _, err := c.GRPCTLSConfig(); err != nil {
+		if _, err := c.GRPCTLSConfig(tlsfiles.NewSet(tlsfiles.Options{})); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -3,9 +3,6 @@ package agent
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
-	"fmt"
-	"os"
 	"time"
 
 	"google.golang.org/grpc"
@@ -51,32 +48,6 @@ const (
 	grpcMaxSendBytes      = 16 << 20
 	grpcMaxStreamsPerConn = 16
 )
-
-// GRPCTLSConfig builds the gRPC server's TLS configuration from the flags,
-// nil when TLS is off. Errors name the flag.
-func (c *Config) GRPCTLSConfig() (*tls.Config, error) {
-	if c.GRPCTLSCertFile == "" && c.GRPCTLSKeyFile == "" {
-		return nil, nil
-	}
-	cert, err := tls.LoadX509KeyPair(c.GRPCTLSCertFile, c.GRPCTLSKeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("--grpc.tls-cert-file=%s, --grpc.tls-key-file=%s: %w", c.GRPCTLSCertFile, c.GRPCTLSKeyFile, err)
-	}
-	conf := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	if c.GRPCTLSClientCAFile != "" {
-		pem, err := os.ReadFile(c.GRPCTLSClientCAFile)
-		if err != nil {
-			return nil, fmt.Errorf("--grpc.tls-client-ca-file=%s: %w", c.GRPCTLSClientCAFile, err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--grpc.tls-client-ca-file=%s: no PEM certificate in it", c.GRPCTLSClientCAFile)
-		}
-		conf.ClientCAs = pool
-		conf.ClientAuth = tls.RequireAndVerifyClientCert
-	}
-	return conf, nil
-}
 
 // newGRPCServer returns the gRPC server with keepalive, the message and
 // stream limits and, if tlsConf is set, TLS.

@@ -26,6 +26,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/gpu-telemetry/agent/internal/telemetry"
+	"github.com/gpu-telemetry/agent/internal/tlsfiles"
 )
 
 // pki is a throwaway CA with a server and a client certificate, as PEM
@@ -123,7 +124,7 @@ func TestValidateGRPCFlags(t *testing.T) {
 func TestGRPCMutualTLS(t *testing.T) {
 	p := newPKI(t)
 	c := parse(t, "--grpc.tls-cert-file="+p.serverCert, "--grpc.tls-key-file="+p.serverKey, "--grpc.tls-client-ca-file="+p.caFile)
-	tlsConf, err := c.GRPCTLSConfig()
+	tlsConf, err := c.GRPCTLSConfig(tlsfiles.NewSet(tlsfiles.Options{}))
 	if err != nil {
 		t.Fatal(err)
 	}

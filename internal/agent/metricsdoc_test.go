@@ -31,6 +31,8 @@ import (
 	"github.com/gpu-telemetry/agent/internal/podwatch"
 	"github.com/gpu-telemetry/agent/internal/stream"
 	"github.com/gpu-telemetry/agent/internal/telemetry"
+	"github.com/gpu-telemetry/agent/internal/tlsfiles"
+	"github.com/gpu-telemetry/agent/internal/tlsfiles/tlstest"
 )
 
 // Every family the agent's /metrics serves, its own (gpu_agent_*) and
@@ -61,7 +63,8 @@ func TestEveryAgentMetricIsDocumented(t *testing.T) {
 	// The scrape must hold every dcgm-exporter family and the families
 	// of each registry source, or the comparison below proves little.
 	for _, n := range append(exporter.DCGMNames(), "gpu_agent_sample_duration_seconds",
-		"gpu_agent_pod_watch_synced", "gpu_agent_stream_subscribers", "gpu_agent_app_targets", "gpu_agent_pod_encoder_latency_seconds", "gpu_agent_dcgm_up", "gpu_agent_dcgm_errors_total") {
+		"gpu_agent_pod_watch_synced", "gpu_agent_stream_subscribers", "gpu_agent_app_targets", "gpu_agent_pod_encoder_latency_seconds", "gpu_agent_dcgm_up", "gpu_agent_dcgm_errors_total",
+		"gpu_agent_tls_reloads_total") {
 		if !served[n] {
 			t.Errorf("the fixture does not make /metrics serve %s", n)
 		}
@@ -128,8 +131,15 @@ func scrapeEveryFamily(t *testing.T) map[string]bool {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.DiscardHandler)
+	ca := tlstest.NewCA(t, "ca")
+	vol := tlstest.NewSecretVolume(t, tlstest.Secret(ca, ca.Issue(t, "agent")))
+	tlsFiles := tlsfiles.NewSet(tlsfiles.Options{Namespace: exporter.Namespace})
+	if _, err := parse(t, "--grpc.tls-cert-file="+vol.Path("tls.crt"), "--grpc.tls-key-file="+vol.Path("tls.key"),
+		"--grpc.tls-client-ca-file="+vol.Path("ca.crt")).GRPCTLSConfig(tlsFiles); err != nil {
+		t.Fatal(err)
+	}
 	reg := newRegistry(true, append(watcher.Metrics(), nvml.NewTickHistogram(), podresources.NewMetrics(pods),
-		stream.New(store, stream.Options{Node: "node-a", Interval: interval, Logger: log}),
+		stream.New(store, stream.Options{Node: "node-a", Interval: interval, Logger: log}), tlsFiles,
 		app.New(watcher, app.Options{}).Metrics(), dcgm.New(dcgm.Options{Mode: dcgm.Embedded}).Metrics())...)
 	handler, err := exporter.NewHandler(reg, collector, exporter.HandlerOptions{Interval: interval, Logger: log, Version: "test", ExporterMetrics: true})
 	if err != nil {

@@ -15,8 +15,10 @@ import (
 
 	"github.com/gpu-telemetry/agent/internal/app"
 	"github.com/gpu-telemetry/agent/internal/attribution"
+	"github.com/gpu-telemetry/agent/internal/exporter"
 	"github.com/gpu-telemetry/agent/internal/stream"
 	"github.com/gpu-telemetry/agent/internal/telemetry"
+	"github.com/gpu-telemetry/agent/internal/tlsfiles"
 )
 
 // pushServer is the gRPC side of the agent: the Watch stream and gRPC
@@ -25,13 +27,15 @@ type pushServer struct {
 	grpc   *grpc.Server
 	health *health.Server
 	stream *stream.Server
+	tls    *tlsfiles.Set // the TLS files' metrics; none without TLS
 	store  *telemetry.Store
 	ln     net.Listener
 	log    *slog.Logger
 }
 
 func newPushServer(cfg *Config, store *telemetry.Store, views *attribution.Attributor, apps *app.Manager, log *slog.Logger) (*pushServer, error) {
-	tlsConf, err := cfg.GRPCTLSConfig()
+	files := tlsfiles.NewSet(tlsfiles.Options{Namespace: exporter.Namespace, Logger: log.With("component", "tls")})
+	tlsConf, err := cfg.GRPCTLSConfig(files)
 	if err != nil {
 		return nil, err
 	}
@@ -42,6 +46,7 @@ func newPushServer(cfg *Config, store *telemetry.Store, views *attribution.Attri
 	p := &pushServer{
 		grpc:   newGRPCServer(tlsConf),
 		health: health.NewServer(),
+		tls:    files,
 		store:  store,
 		log:    log,
 		stream: stream.New(store, stream.Options{

@@ -1,6 +1,7 @@
 package scaler
 
 import (
+	"log/slog"
 	"os"
 	"regexp"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/gpu-telemetry/agent/internal/fleet"
 	"github.com/gpu-telemetry/agent/internal/fleet/agents"
+	"github.com/gpu-telemetry/agent/internal/tlsfiles/tlstest"
 )
 
 // Every metric the scaler serves is documented in docs/metrics.md, and
@@ -29,8 +31,14 @@ func TestMetricsDocumented(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ca := tlstest.NewCA(t, "ca")
+	vol := tlstest.NewSecretVolume(t, tlstest.Secret(ca, ca.Issue(t, "scaler")))
+	_, _, files, err := tlsCredentials(&Config{GRPCTLSCert: vol.Path("tls.crt"), GRPCTLSKey: vol.Path("tls.key")}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
 	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(newCollector(store, pool, fleet.NewQueryCache(0, 1, nil)),
+	reg.MustRegister(newCollector(store, pool, fleet.NewQueryCache(0, 1, nil)), files,
 		prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: Namespace, Name: "get_metrics_duration_seconds", Help: "h"}))
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -43,8 +51,8 @@ func TestMetricsDocumented(t *testing.T) {
 	for _, mf := range mfs {
 		served[mf.GetName()] = true
 	}
-	if len(served) != len(collectorDescs)+1 {
-		t.Errorf("gathered %d families, want %d", len(served), len(collectorDescs)+1)
+	if len(served) != len(collectorDescs)+4 {
+		t.Errorf("gathered %d families, want %d", len(served), len(collectorDescs)+4)
 	}
 	for m := range served {
 		if !documented[m] {

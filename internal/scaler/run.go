@@ -71,11 +71,7 @@ type Listeners struct {
 // Run runs the scaler with a validated config until ctx is done.
 func Run(ctx context.Context, cfg *Config, log *slog.Logger, l Listeners) error {
 	log.Info("starting gpu-scaler", "version", Version, "revision", Revision)
-	serverCreds, err := serverCredentials(cfg)
-	if err != nil {
-		return err
-	}
-	agentCreds, err := agentCredentials(cfg)
+	serverCreds, agentCreds, tlsFiles, err := tlsCredentials(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -123,6 +119,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger, l Listeners) error 
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		getMetrics,
 		newCollector(store, pool, queries),
+		tlsFiles,
 	)
 
 	gs := newGRPCServer(serverCreds, grpcMaxConcurrentStreams)

@@ -1,67 +1,67 @@
 package scaler
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
-	"os"
+	"log/slog"
 
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/gpu-telemetry/agent/internal/tlsfiles"
 )
 
-// serverCredentials: TLS when --grpc.tls-cert-file is set, mutual TLS when
+// tlsCredentials returns the scaler's two sides' transport credentials
+// and the set of their files, whose metrics the scaler serves. Every
+// certificate, key and CA is read again when it changes on disk
+// (internal/tlsfiles): a rotated Secret applies from the next connection,
+// and established streams stay up.
+//
+// Towards KEDA: TLS when --grpc.tls-cert-file is set, mutual TLS when
 // --grpc.tls-client-ca-file is set too (KEDA's caCert, tlsClientCert,
-// tlsClientKey auth parameters on the trigger).
-func serverCredentials(c *Config) (credentials.TransportCredentials, error) {
+// tlsClientKey auth parameters on the trigger). Towards the agents: TLS
+// when --agents.tls-ca-file is set, with a client certificate when
+// --agents.tls-cert-file is set (mutual TLS).
+func tlsCredentials(c *Config, log *slog.Logger) (server, agents credentials.TransportCredentials, files *tlsfiles.Set, err error) {
+	files = tlsfiles.NewSet(tlsfiles.Options{Namespace: Namespace, Logger: log.With("component", "tls")})
+	if server, err = serverCredentials(c, files); err != nil {
+		return nil, nil, nil, err
+	}
+	if agents, err = agentCredentials(c, files); err != nil {
+		return nil, nil, nil, err
+	}
+	return server, agents, files, nil
+}
+
+func serverCredentials(c *Config, files *tlsfiles.Set) (credentials.TransportCredentials, error) {
 	if c.GRPCTLSCert == "" {
 		return insecure.NewCredentials(), nil
 	}
-	cert, err := tls.LoadX509KeyPair(c.GRPCTLSCert, c.GRPCTLSKey)
+	kp, err := files.KeyPair(c.GRPCTLSCert, c.GRPCTLSKey)
 	if err != nil {
 		return nil, fmt.Errorf("--grpc.tls-cert-file=%s, --grpc.tls-key-file=%s: %w", c.GRPCTLSCert, c.GRPCTLSKey, err)
 	}
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	var clientCAs *tlsfiles.CAPool
 	if c.GRPCTLSClientCA != "" {
-		pool, err := loadCA(c.GRPCTLSClientCA)
-		if err != nil {
+		if clientCAs, err = files.CAPool(c.GRPCTLSClientCA); err != nil {
 			return nil, fmt.Errorf("--grpc.tls-client-ca-file=%s: %w", c.GRPCTLSClientCA, err)
 		}
-		cfg.ClientCAs = pool
-		cfg.ClientAuth = tls.RequireAndVerifyClientCert
 	}
-	return credentials.NewTLS(cfg), nil
+	return credentials.NewTLS(tlsfiles.ServerConfig(kp, clientCAs)), nil
 }
 
-// agentCredentials: TLS to the agents when --agents.tls-ca-file is set, with a
-// client certificate when --agents.tls-cert-file is set (mutual TLS).
-func agentCredentials(c *Config) (credentials.TransportCredentials, error) {
+func agentCredentials(c *Config, files *tlsfiles.Set) (credentials.TransportCredentials, error) {
 	if c.AgentsTLSCA == "" {
 		return insecure.NewCredentials(), nil
 	}
-	pool, err := loadCA(c.AgentsTLSCA)
+	roots, err := files.CAPool(c.AgentsTLSCA)
 	if err != nil {
 		return nil, fmt.Errorf("--agents.tls-ca-file=%s: %w", c.AgentsTLSCA, err)
 	}
-	cfg := &tls.Config{RootCAs: pool, ServerName: c.AgentsTLSServer, MinVersion: tls.VersionTLS12}
+	var kp *tlsfiles.KeyPair
 	if c.AgentsTLSCert != "" {
-		cert, err := tls.LoadX509KeyPair(c.AgentsTLSCert, c.AgentsTLSKey)
-		if err != nil {
+		if kp, err = files.KeyPair(c.AgentsTLSCert, c.AgentsTLSKey); err != nil {
 			return nil, fmt.Errorf("--agents.tls-cert-file=%s, --agents.tls-key-file=%s: %w", c.AgentsTLSCert, c.AgentsTLSKey, err)
 		}
-		cfg.Certificates = []tls.Certificate{cert}
 	}
-	return credentials.NewTLS(cfg), nil
-}
-
-func loadCA(path string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("no PEM certificate in %s", path)
-	}
-	return pool, nil
+	return tlsfiles.ClientCredentials(roots, kp, c.AgentsTLSServer), nil
 }

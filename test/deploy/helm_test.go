@@ -275,6 +275,7 @@ func TestHelmValuesRejected(t *testing.T) {
 		"bad log format":         {"logFormat": "text"},
 		"extra arg not a flag":   {"extraArgs": []any{"simulate"}},
 		"tls without its secret": {"webConfig": map[string]any{"tls": map[string]any{"enabled": true}}},
+		"gRPC TLS, no secrets":   {"grpcTLS": map[string]any{"enabled": true}},
 		"basic auth, no user":    {"webConfig": map[string]any{"basicAuth": map[string]any{"enabled": true, "password": "x"}}},
 		"scaler replicas 0":      {"scaler": map[string]any{"replicas": 0}},
 		"misspelt app key":       {"app": map[string]any{"intervall": "1s"}},

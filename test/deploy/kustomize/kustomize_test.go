@@ -20,9 +20,9 @@ var update = flag.Bool("update", false, "rewrite ../testdata/kustomize from the 
 
 const deployDir = "../../../deploy"
 
-// migOverlay writes an overlay of deploy/ with the MIG component, as
+// overlay writes an overlay of deploy/ with one of its components, as
 // docs/deploy.md tells users to, and returns its directory.
-func migOverlay(t *testing.T) string {
+func overlay(t *testing.T, component string) string {
 	t.Helper()
 	deploy, err := filepath.Abs(deployDir)
 	if err != nil {
@@ -33,7 +33,7 @@ func migOverlay(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := fmt.Sprintf("resources: [%s]\ncomponents: [%s]\n", rel, filepath.Join(rel, "components", "mig-monitor"))
+	k := fmt.Sprintf("resources: [%s]\ncomponents: [%s]\n", rel, filepath.Join(rel, "components", component))
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +41,7 @@ func migOverlay(t *testing.T) string {
 }
 
 func TestBuildsCommitted(t *testing.T) {
-	for name, dir := range map[string]string{"deploy": deployDir, "mig": migOverlay(t)} {
+	for name, dir := range map[string]string{"deploy": deployDir, "mig": overlay(t, "mig-monitor"), "grpc-tls": overlay(t, "grpc-tls")} {
 		k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
 		m, err := k.Run(filesys.MakeFsOnDisk(), dir)
 		if err != nil {
@@ -51,7 +51,7 @@ func TestBuildsCommitted(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		y = append([]byte("# kustomize build of "+map[string]string{"deploy": "deploy/", "mig": "deploy/ with components/mig-monitor"}[name]+"; rewritten by: go test ./kustomize -update\n"), y...)
+		y = append([]byte("# kustomize build of "+map[string]string{"deploy": "deploy/", "mig": "deploy/ with components/mig-monitor", "grpc-tls": "deploy/ with components/grpc-tls"}[name]+"; rewritten by: go test ./kustomize -update\n"), y...)
 		golden := filepath.Join("..", "testdata", "kustomize", name+".yaml")
 		if *update {
 			if err := os.WriteFile(golden, y, 0o644); err != nil {

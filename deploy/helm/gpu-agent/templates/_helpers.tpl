@@ -69,3 +69,8 @@ App scraping reads the pods from the pod watch: off with it.
 {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/* The name the scaler expects in the agents' certificates. */}}
+{{- define "gpu-agent.agentServerName" -}}
+{{- .Values.grpcTLS.agentServerName | default (printf "%s-stream.%s.svc" (include "gpu-agent.fullname" .) .Release.Namespace) -}}
+{{- end -}}
