@@ -8,7 +8,7 @@ VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 REVISION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -X $(PKG)/internal/agent.Version=$(VERSION) -X $(PKG)/internal/agent.Revision=$(REVISION)
 
-.PHONY: build build-scaler run test test-deploy lint fuzz e2e e2e-cluster e2e-livekit e2e-keda-tls golden bench bench-go bench-fanin bench-push-fake bench-push bench-chain generate
+.PHONY: build build-scaler run test test-deploy lint fuzz e2e e2e-cluster e2e-livekit e2e-keda-tls golden bench bench-peer bench-go bench-fanin bench-push-fake bench-push bench-chain generate
 
 build: build-scaler
 	go build -ldflags '$(LDFLAGS)' -o bin/gpu-agent ./cmd/agent
@@ -94,6 +94,14 @@ golden:
 # The whole-process harness: BENCHMARKS.md's table (about 2.5 minutes).
 bench:
 	go run ./test/bench
+
+# The agent beside utkuozdemir/nvidia_gpu_exporter (its NVML backend,
+# built from ../shared/third_party/nvidia_gpu_exporter) on NVIDIA's mock
+# NVML, 4 T4s, one scraper at 1 Hz, at 100 ms and at 250 ms: both CPUs,
+# both RSS and the ratios.
+bench-peer:
+	go run ./test/bench -nvml=mock -peer -scrapers 1 -interval 100ms -json bench-peer-100ms.json
+	go run ./test/bench -nvml=mock -peer -scrapers 1 -interval 250ms -json bench-peer-250ms.json
 
 # The Go benchmarks of the hot paths.
 bench-go:

@@ -35,6 +35,19 @@ func startAgent(bin string, env []string, args ...string) (*agentProc, error) {
 	return &agentProc{Proc: p, addr: addr}, nil
 }
 
+// startPeer runs nvidia_gpu_exporter on a free loopback port.
+func startPeer(bin string, env []string, args ...string) (*agentProc, error) {
+	addr, err := testutil.FreeAddr()
+	if err != nil {
+		return nil, err
+	}
+	p, err := testutil.Start("nvidia_gpu_exporter", testutil.ProcOptions{Env: env}, bin, append([]string{"--web.listen-address=" + addr}, args...)...)
+	if err != nil {
+		return nil, err
+	}
+	return &agentProc{Proc: p, addr: addr}, nil
+}
+
 // promAccept is the Accept header of a Prometheus 2.x scrape: OpenMetrics
 // first, the text format as a fallback.
 const promAccept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
@@ -82,6 +95,9 @@ func timedScrape(ctx context.Context, client *http.Client, url string) scrapeRes
 			r.err = fmt.Errorf("scrape body: %w", err)
 			return r
 		}
+	}
+	if !bytes.Contains(plain, []byte("\ngpu_agent_last_sample_timestamp_seconds ")) && bytes.Contains(plain, []byte("\nnvidia_smi_")) {
+		return r // the peer: it serves no sample time, so no age
 	}
 	ts, err := lastSampleTime(plain)
 	if err != nil {

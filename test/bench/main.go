@@ -46,7 +46,9 @@ type config struct {
 	// DCGM is "off", "fake" (--dcgm=embedded over the fake libdcgm.so.4,
 	// which lists the mock's GPUs) or "both" (each run twice, DCGM off
 	// then on); not with NVML "sim", which has no DCGM.
-	DCGM       string        `json:"dcgm"`
+	DCGM string `json:"dcgm"`
+	// Peer adds a run of nvidia_gpu_exporter per scraper count.
+	Peer       bool          `json:"peer"`
 	GPUs       int           `json:"gpus"`
 	Pods       int           `json:"pods"`
 	Interval   time.Duration `json:"interval_ns"`
@@ -62,6 +64,7 @@ func main() {
 	log.SetPrefix("bench: ")
 	cfg := config{GPUs: 8, Pods: 64, Interval: 100 * time.Millisecond, ScrapeRate: time.Second, Seed: 1}
 	flag.DurationVar(&cfg.Duration, "duration", 60*time.Second, "measured time of each run")
+	flag.DurationVar(&cfg.Interval, "interval", cfg.Interval, "the agent's --interval (and the peer's --collect.interval)")
 	flag.DurationVar(&cfg.Warmup, "warmup", 10*time.Second, "time each run scrapes before measuring, so the heap is at its steady size")
 	scrapers := flag.String("scrapers", "1,20", "comma-separated scraper counts, one run each; every scraper scrapes once a second, all at the same instant")
 	jsonOut := flag.String("json", "bench-result.json", "where to write the JSON report")
@@ -69,6 +72,8 @@ func main() {
 	strict := flag.Bool("strict", false, "exit non-zero when a target is missed, too")
 	flag.StringVar(&cfg.NVML, "nvml", "sim", `"sim": the simulated node; "mock": NVIDIA's mock NVML library (T4 profile, no pods)`)
 	flag.StringVar(&cfg.DCGM, "dcgm", "off", `with -nvml=mock: "off", "fake" (--dcgm=embedded over the fake libdcgm.so.4), or "both" (each run with DCGM off, then on)`)
+	flag.BoolVar(&cfg.Peer, "peer", false, "with -nvml=mock: also run utkuozdemir/nvidia_gpu_exporter (NVML backend, --collect.interval = -interval) on the same mock library, built from ../shared/third_party/nvidia_gpu_exporter")
+	peerBin := flag.String("peer-bin", "", "the peer's binary; empty builds it")
 	flag.Parse()
 	switch {
 	case cfg.NVML != "sim" && cfg.NVML != "mock":
@@ -77,7 +82,10 @@ func main() {
 		log.Fatalf(`-dcgm %q: want "off", "fake" or "both"`, cfg.DCGM)
 	case cfg.NVML == "sim" && cfg.DCGM != "off":
 		log.Fatalf("-dcgm %s: needs -nvml=mock (the simulated node has no DCGM)", cfg.DCGM)
+	case cfg.NVML == "sim" && cfg.Peer:
+		log.Fatal("-peer: needs -nvml=mock (the peer reads NVML only)")
 	}
+	peerBinary = *peerBin
 	for _, s := range strings.Split(*scrapers, ",") {
 		var n int
 		if _, err := fmt.Sscan(strings.TrimSpace(s), &n); err != nil || n < 1 {
@@ -152,6 +160,12 @@ func run(cfg config, bin string) (*report, error) {
 	case "both":
 		variants = append(variants, cfg.NVML+"+dcgm")
 	}
+	if cfg.Peer {
+		if b.peerBin, err = buildPeer(dir, peerBinary); err != nil {
+			return nil, err
+		}
+		variants = append(variants, "peer")
+	}
 	rep := &report{Machine: describeMachine(), Config: cfg, Command: "go run ./test/bench " + strings.Join(os.Args[1:], " ")}
 	for _, n := range cfg.Scrapers {
 		for _, v := range variants {
@@ -173,8 +187,10 @@ type backend struct {
 	gpus     int
 	mockArgs []string // --nvml.library-path=...
 	mockEnv  []string // MOCK_NVML_CONFIG=...
-	fakeDCGM string   // the fake libdcgm.so.4's folder
-	dcgmCtl  string   // its control file
+	mockDir  string   // the mock library's folder, for the peer's LD_LIBRARY_PATH
+	peerBin  string
+	fakeDCGM string // the fake libdcgm.so.4's folder
+	dcgmCtl  string // its control file
 }
 
 // mockBackend builds NVIDIA's mock NVML library and the fake DCGM, which
@@ -209,7 +225,7 @@ func mockBackend(dir string) (backend, error) {
 	if err := ctl.Set("gpus=" + strings.Join(uuids, ",")); err != nil {
 		return backend{}, err
 	}
-	return backend{gpus: len(uuids), mockArgs: []string{"--nvml.library-path=" + lib},
+	return backend{gpus: len(uuids), mockArgs: []string{"--nvml.library-path=" + lib}, mockDir: filepath.Dir(lib),
 		mockEnv: []string{"MOCK_NVML_CONFIG=" + profile}, fakeDCGM: fake, dcgmCtl: ctl.Path}, nil
 }
 
@@ -218,9 +234,42 @@ type variant struct {
 	args []string
 	env  []string
 	dcgm bool
+	peer string // the peer's binary: the run is the peer's, not the agent's
+}
+
+// peerBinary is -peer-bin.
+var peerBinary string
+
+// buildPeer builds nvidia_gpu_exporter from its source beside this
+// repository (MIT; the module proxy does not serve it), unless bin is set.
+func buildPeer(dir, bin string) (string, error) {
+	if bin != "" {
+		return bin, nil
+	}
+	root, err := testutil.ModuleRoot()
+	if err != nil {
+		return "", err
+	}
+	src := filepath.Join(root, "..", "shared", "third_party", "nvidia_gpu_exporter")
+	if _, err := os.Stat(filepath.Join(src, "go.mod")); err != nil {
+		return "", fmt.Errorf("-peer: no nvidia_gpu_exporter source at %s: %w", src, err)
+	}
+	out := filepath.Join(dir, "nvidia_gpu_exporter")
+	log.Printf("building nvidia_gpu_exporter from %s", src)
+	cmd := exec.Command("go", "build", "-o", out, "./cmd/nvidia_gpu_exporter")
+	cmd.Dir = src
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=1", "CGO_CFLAGS=-O2 -g -Wno-deprecated-declarations")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building nvidia_gpu_exporter: %v\n%s", err, b)
+	}
+	return out, nil
 }
 
 func (b backend) forVariant(cfg config, v string) variant {
+	if v == "peer" {
+		return variant{peer: b.peerBin, env: append(slices.Clone(b.mockEnv), "LD_LIBRARY_PATH="+b.mockDir),
+			args: []string{"--collect.backend=nvml", "--collect.interval=" + cfg.Interval.String(), "--log.level=warn"}}
+	}
 	if cfg.NVML == "sim" {
 		return variant{args: []string{fmt.Sprintf("--simulate=%d", cfg.GPUs), fmt.Sprintf("--simulate.seed=%d", cfg.Seed)}}
 	}
@@ -265,9 +314,15 @@ func describeMachine() machine {
 // measure runs the agent once with n scrapers and returns what it saw.
 func measure(cfg config, bin, socket string, n int, v variant) (result, error) {
 	r := result{Scrapers: n}
-	a, err := startAgent(bin, v.env, append(slices.Clone(v.args),
-		"--interval="+cfg.Interval.String(), "--kubelet.pod-resources-socket="+socket,
-		"--node-name=bench-node", "--log.level=warn")...)
+	var a *agentProc
+	var err error
+	if v.peer != "" {
+		a, err = startPeer(v.peer, v.env, v.args...)
+	} else {
+		a, err = startAgent(bin, v.env, append(slices.Clone(v.args),
+			"--interval="+cfg.Interval.String(), "--kubelet.pod-resources-socket="+socket,
+			"--node-name=bench-node", "--log.level=warn")...)
+	}
 	if err != nil {
 		return r, err
 	}
@@ -290,6 +345,12 @@ func measure(cfg config, bin, socket string, n int, v variant) (result, error) {
 		_, vals, err := textScrape(client, url)
 		if err != nil {
 			return false, err
+		}
+		if v.peer != "" {
+			if got := vals["count:nvidia_smi_count"]; got != float64(cfg.GPUs) {
+				return false, fmt.Errorf("the peer serves %v GPUs", got)
+			}
+			return true, nil
 		}
 		if got := vals["count:DCGM_FI_DEV_GPU_UTIL"]; got != float64(cfg.Pods+cfg.GPUs) || vals["gpu_agent_kubelet_up"] != 1 {
 			return false, fmt.Errorf("%v GPU-utilization series, kubelet_up %v", got, vals["gpu_agent_kubelet_up"])
@@ -367,6 +428,14 @@ func measure(cfg config, bin, socket string, n int, v variant) (result, error) {
 	r.MetricsBytes = len(body)
 	r.MetricsGzipBytes = wire
 	r.Series = countSeries(body)
+	if v.peer != "" {
+		// No sampling ticks of its own to count: its cost is the CPU.
+		if err := a.Stop(testutil.StopTimeout); err != nil {
+			return r, err
+		}
+		stopped = true
+		return r, nil
+	}
 	r.Ticks = int(v1["gpu_agent_samples_total"] - v0["gpu_agent_samples_total"])
 	r.MissedTicks = int(v1["gpu_agent_missed_samples_total"] - v0["gpu_agent_missed_samples_total"])
 	// Ticks expected between the two snapshots the window's ends read.
