@@ -141,7 +141,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	}
 	handler, err := exporter.NewHandler(newRegistry(cfg.ExporterMetrics, metrics...), collector, exporter.HandlerOptions{
 		Interval: cfg.Interval, Logger: log.With("component", "http"), Version: Version,
-		ExporterMetrics: cfg.ExporterMetrics, MaxRequests: cfg.WebLimits.MaxRequests,
+		ExporterMetrics: cfg.ExporterMetrics, MaxRequests: cfg.WebLimits.MaxRequests, Pprof: cfg.Pprof,
 	})
 	if err != nil {
 		return abort(err)

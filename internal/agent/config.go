@@ -38,6 +38,8 @@ type Config struct {
 	// ExporterMetrics serves the Go runtime, process and promhttp
 	// families (dcgm-exporter's --enable-exporter-metrics).
 	ExporterMetrics bool
+	// Pprof serves Go's profiles under /debug/pprof/ (--web.enable-pprof).
+	Pprof bool
 	// WebLimits caps the HTTP server's connections and concurrent
 	// scrapes (--web.max-connections, --web.max-requests).
 	WebLimits webserver.Flags
@@ -133,6 +135,7 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (*C
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.ListenAddress, "web.listen-address", ":9400", "Address to serve /metrics, /healthz and /readyz on.")
 	fs.StringVar(&c.WebConfigFile, "web.config.file", "", "Path to an exporter-toolkit web config file (TLS, basic auth).")
+	fs.BoolVar(&c.Pprof, "web.enable-pprof", false, "Serve Go's runtime profiles (CPU, heap, allocations, goroutines) under /debug/pprof/ on the web port, behind --web.config.file's TLS and authentication.")
 	fs.BoolVar(&c.ExporterMetrics, "web.enable-exporter-metrics", false, "Also serve the agent process's Go runtime, process and HTTP handler metrics (go_*, process_*, promhttp_*); the gpu_agent_* families are always served.")
 	c.WebLimits.Register(fs)
 	fs.StringVar(&c.GRPCListenAddress, "grpc.listen-address", ":9401", "Address of the gRPC push API (Watch) and gRPC health; empty disables it.")

@@ -188,7 +188,7 @@ func dcgmOptions() []dcgmOption {
 		{name: "disable-startup-validate", env: "DISABLE_STARTUP_VALIDATE", isBool: true, ignored: "the agent validates only its flags at start"},
 		{name: "enable-gpu-bind-unbind-watch", env: "DCGM_EXPORTER_ENABLE_GPU_BIND_UNBIND_WATCH", isBool: true, ignored: noDCGM},
 		{name: "gpu-bind-unbind-poll-interval", env: "DCGM_EXPORTER_GPU_BIND_UNBIND_POLL_INTERVAL", ignored: noDCGM},
-		{name: "enable-pprof", env: "DCGM_EXPORTER_ENABLE_PPROF", isBool: true, ignored: "the agent serves no pprof endpoints"},
+		{name: "enable-pprof", env: "DCGM_EXPORTER_ENABLE_PPROF", isBool: true, ignored: "the agent's --web.enable-pprof serves Go's profiles under /debug/pprof/ on the web port"},
 	}
 }
 

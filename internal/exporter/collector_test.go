@@ -773,3 +773,23 @@ func grepLines(s, substr string) []string {
 	}
 	return out
 }
+
+// --web.enable-pprof mounts Go's profiles on the agent's mux; off, they
+// are not there.
+func TestPprof(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		h, err := NewHandler(prometheus.NewRegistry(), NewCollector(attribution.NewAttributor(&snapshots{snap: testSnapshot()}, nil, nil), Options{Hostname: "n", Interval: time.Second}),
+			HandlerOptions{Interval: time.Second, Logger: discardLogger(), Pprof: on})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, path := range []string{"/debug/pprof/", "/debug/pprof/heap?debug=1", "/debug/pprof/goroutine?debug=1"} {
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+			served := rec.Code == http.StatusOK && (strings.Contains(rec.Body.String(), "goroutine") || strings.Contains(rec.Body.String(), "heap profile"))
+			if served != on {
+				t.Errorf("pprof %v: GET %s = %d, served %v", on, path, rec.Code, served)
+			}
+		}
+	}
+}

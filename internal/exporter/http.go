@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/pprof" // #nosec G108 -- mounted on the agent's own mux only with --web.enable-pprof; http.DefaultServeMux is never served
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -85,6 +86,8 @@ type HandlerOptions struct {
 	// limit. Counted as promhttp_metric_handler_requests_total{code="503"}
 	// with ExporterMetrics.
 	MaxRequests int
+	// Pprof serves net/http/pprof's profiles under /debug/pprof/.
+	Pprof bool
 }
 
 // NewHandler serves /metrics (Prometheus text and OpenMetrics), /healthz
@@ -125,6 +128,13 @@ func NewHandler(reg *prometheus.Registry, c *Collector, opts HandlerOptions) (ht
 		return nil, fmt.Errorf("building landing page: %w", err)
 	}
 	mux.Handle("/", landing)
+	if opts.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	return mux, nil
 }
 
