@@ -78,7 +78,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	var grpcLn net.Listener
 	if cfg.GRPCListenAddress != "" {
 		if grpcLn, err = listenGRPC(cfg.GRPCListenAddress); err != nil {
-			web.ln.Close()
+			_ = web.ln.Close()
 			return err
 		}
 		defer grpcLn.Close() // closed already if the server ran

@@ -101,6 +101,11 @@ func watchLoadFile(ctx context.Context, path string, ctl *sim.Control, log *slog
 		last = info
 		var data []byte
 		if info != nil {
+			if !info.Mode().IsRegular() {
+				log.Warn("load file ignored, the last step is kept", "path", path, "err", "not a regular file")
+				return
+			}
+			// #nosec G304 -- the path is the operator's --simulate.load-file
 			if data, err = os.ReadFile(path); err != nil {
 				log.Warn("reading the load file", "path", path, "err", err)
 				return

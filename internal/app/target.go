@@ -154,7 +154,7 @@ func targetPort(p PodInfo) (int32, error) {
 		if n < 1 || n > 65535 {
 			return 0, errors.New("not a port number (1-65535)")
 		}
-		return int32(n), nil
+		return int32(n), nil // #nosec G109 G115 -- 1-65535, checked above
 	}
 	for _, pt := range p.Ports {
 		if pt.Name == v && tcp(pt) {

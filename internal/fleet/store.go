@@ -420,12 +420,13 @@ func (n *node) attachPods(v *view, slab *podSlab, i int, d *telemetryv1.Device, 
 		pd := &v.pods[j]
 		// Several containers of one pod on one device count once, their
 		// shares merged.
+		// #nosec G115 -- i and j index a node's devices and pods: far below 2^31
 		if ds := pd.devices; len(ds) == 0 || ds[len(ds)-1] != int32(i) {
-			pd.devices = append(pd.devices, int32(i))
+			pd.devices = append(pd.devices, int32(i)) // #nosec G115 -- as above
 			if slab.shared {
 				pd.shares = append(pd.shares, share{})
 			}
-			n.touched = append(n.touched, int32(j))
+			n.touched = append(n.touched, int32(j)) // #nosec G115 -- as above
 		}
 		if slab.shared && current {
 			pd.shares[len(pd.shares)-1].add(p, fbTotal, distrust)

@@ -136,7 +136,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger, l Listeners) error 
 	}
 	if webLn == nil {
 		if webLn, err = net.Listen("tcp", cfg.WebListenAddress); err != nil {
-			grpcLn.Close()
+			_ = grpcLn.Close()
 			return fmt.Errorf("--web.listen-address=%s: %w", cfg.WebListenAddress, err)
 		}
 	}
@@ -146,7 +146,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger, l Listeners) error 
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg, MaxRequestsInFlight: cfg.WebLimits.MaxRequests}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Write([]byte("ok\n"))
+		_, _ = w.Write([]byte("ok\n"))
 	})
 	hsrv := webserver.NewServer(mux, webserver.Limits{})
 

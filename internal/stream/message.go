@@ -55,7 +55,7 @@ func deviceMessage(d *attribution.Device, snaps []*telemetry.Snapshot) *telemetr
 	g := d.GPU
 	m := &telemetryv1.Device{
 		Uuid:      d.UUID(),
-		GpuIndex:  uint32(g.Index),
+		GpuIndex:  uint32(g.Index), // #nosec G115 -- NVML's index, 0 to the GPU count
 		ModelName: g.Name,
 		PciBusId:  g.PCIBusID,
 		Lost:      d.Lost(),
@@ -64,7 +64,7 @@ func deviceMessage(d *attribution.Device, snaps []*telemetry.Snapshot) *telemetr
 	if d.MIG != nil {
 		m.ParentUuid = g.UUID
 		m.MigProfile = d.MIG.Profile
-		m.GpuInstanceId = uint32(d.MIG.GI)
+		m.GpuInstanceId = uint32(d.MIG.GI) // #nosec G115 -- NVML's GPU instance ID, 0-14
 	}
 	if len(d.Pods) > 0 {
 		m.Pods = make([]*telemetryv1.Pod, len(d.Pods))

@@ -45,6 +45,6 @@ func RemoveStaleNetns(prefix string) {
 		if _, err := os.Stat("/proc/" + pid); err == nil {
 			continue
 		}
-		_ = exec.Command("ip", "netns", "del", name).Run()
+		_ = exec.Command("ip", "netns", "del", name).Run() // #nosec G204 -- a namespace the tests named
 	}
 }

@@ -22,7 +22,7 @@ func PingFlood(ctx context.Context, addr string, gap time.Duration) (http2.ErrCo
 		return 0, "", err
 	}
 	defer c.Close()
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
 	defer stop()
 	if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
 		return 0, "", err

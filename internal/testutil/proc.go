@@ -49,6 +49,7 @@ type Proc struct {
 
 // Start runs bin with args as name.
 func Start(name string, o ProcOptions, bin string, args ...string) (*Proc, error) {
+	// #nosec G204 -- tests run the binaries they built, with the flags under test
 	p := &Proc{Name: name, opts: o, cmd: exec.Command(bin, args...), done: make(chan struct{})}
 	if o.Env != nil {
 		p.cmd.Env = append(os.Environ(), o.Env...)
@@ -70,14 +71,14 @@ func Start(name string, o ProcOptions, bin string, args ...string) (*Proc, error
 	}
 	if err := p.cmd.Start(); err != nil {
 		if log != nil {
-			log.Close()
+			_ = log.Close()
 		}
 		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
 	go func() {
 		p.err = p.cmd.Wait()
 		if log != nil {
-			log.Close()
+			_ = log.Close()
 		}
 		close(p.done)
 	}()
@@ -247,7 +248,7 @@ func (p *Proc) WaitHTTP(ctx context.Context, client *http.Client, url string, ti
 			return false, err
 		}
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		resp.Body.Close()
+		_ = resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
 			return false, fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(body))
 		}

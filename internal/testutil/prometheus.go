@@ -69,7 +69,7 @@ scrape_configs:
     honor_labels: true
     static_configs:
       - targets: [%[2]s]
-`, every, strings.Join(quoted, ", ")), 0o644); err != nil {
+`, every, strings.Join(quoted, ", ")), 0o600); err != nil {
 		return nil, err
 	}
 	for attempt := 1; ; attempt++ {

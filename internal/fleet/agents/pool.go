@@ -451,5 +451,5 @@ func backoff(base, max time.Duration, attempt int) time.Duration {
 			break
 		}
 	}
-	return d/2 + rand.N(d/2+1)
+	return d/2 + rand.N(d/2+1) // #nosec G404 -- jitter, not a secret
 }

@@ -234,6 +234,6 @@ func TempSocketPath(tb TB) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { os.RemoveAll(dir) })
+	tb.Cleanup(func() { _ = os.RemoveAll(dir) })
 	return filepath.Join(dir, "kubelet.sock")
 }

@@ -157,7 +157,7 @@ func (v *SecretVolume) Update(files map[string][]byte) {
 	v.t.Helper()
 	v.gen++
 	gen := fmt.Sprintf("..%d", v.gen)
-	if err := os.Mkdir(filepath.Join(v.Dir, gen), 0o755); err != nil {
+	if err := os.Mkdir(filepath.Join(v.Dir, gen), 0o750); err != nil {
 		v.t.Fatalf("tlstest: %v", err)
 	}
 	for name, b := range files {
