@@ -8,7 +8,7 @@
 //	go run ./test/bench -duration 10s       # a quick look
 //
 // It exits non-zero if the agent crashes, fails to shut down cleanly, a
-// scrape fails, or more than 1% of ticks are missed. Targets it misses are
+// scrape fails, or more than 1% of ticks are missed (-max-missed-percent). Targets it misses are
 // reported, not failed, unless -strict.
 package main
 
@@ -74,6 +74,7 @@ func main() {
 	flag.StringVar(&cfg.DCGM, "dcgm", "off", `with -nvml=mock: "off", "fake" (--dcgm=embedded over the fake libdcgm.so.4), or "both" (each run with DCGM off, then on)`)
 	flag.BoolVar(&cfg.Peer, "peer", false, "with -nvml=mock: also run utkuozdemir/nvidia_gpu_exporter (NVML backend, --collect.interval = -interval) on the same mock library, built from ../shared/third_party/nvidia_gpu_exporter")
 	peerBin := flag.String("peer-bin", "", "the peer's binary; empty builds it")
+	flag.Float64Var(&maxMissedPercent, "max-missed-percent", maxMissedPercent, "fail a run that misses more than this percentage of its ticks (CI's short run, on a shared machine, allows more)")
 	flag.Parse()
 	switch {
 	case cfg.NVML != "sim" && cfg.NVML != "mock":
@@ -239,6 +240,9 @@ type variant struct {
 
 // peerBinary is -peer-bin.
 var peerBinary string
+
+// maxMissedPercent is -max-missed-percent.
+var maxMissedPercent = 1.0
 
 // buildPeer builds nvidia_gpu_exporter from its source beside this
 // repository (MIT; the module proxy does not serve it), unless bin is set.
@@ -449,8 +453,9 @@ func measure(cfg config, bin, socket string, n int, v variant) (result, error) {
 	if r.Scrapes == 0 {
 		return r, errors.New("no scrape completed in the window")
 	}
-	if lost := r.ExpectedTicks - r.Ticks; r.MissedTicks*100 > r.ExpectedTicks || lost*100 > r.ExpectedTicks {
-		return r, fmt.Errorf("%d ticks taken of %d expected (%d reported missed): more than 1%% missed", r.Ticks, r.ExpectedTicks, r.MissedTicks)
+	if lost := r.ExpectedTicks - r.Ticks; float64(r.MissedTicks*100) > maxMissedPercent*float64(r.ExpectedTicks) ||
+		float64(lost*100) > maxMissedPercent*float64(r.ExpectedTicks) {
+		return r, fmt.Errorf("%d ticks taken of %d expected (%d reported missed): more than %g%% missed", r.Ticks, r.ExpectedTicks, r.MissedTicks, maxMissedPercent)
 	}
 	return r, nil
 }
