@@ -25,9 +25,10 @@ import (
 
 // driverConfig: a clock the test moves, backoff from 1 s doubling to 4 s,
 // and an interval long enough that a tick never gives up on a worker that
-// answers at once.
+// answers (its budget is 3/4 of it, in real time), however loaded the
+// machine: what a tick sees is then what its workers answered.
 func driverConfig(c *fakeClock, logs *logBuffer) Config {
-	return Config{Interval: time.Second, Now: c.now, ReinitBackoff: time.Second, ReinitBackoffMax: 4 * time.Second,
+	return Config{Interval: 10 * time.Second, Now: c.now, ReinitBackoff: time.Second, ReinitBackoffMax: 4 * time.Second,
 		ShutdownWait: 100 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(logs, nil))}
 }
 
@@ -340,12 +341,13 @@ func TestReinitWaitsForAHungCall(t *testing.T) {
 		}
 	}
 	var logs logBuffer
-	s := open(t, nd.lib, driverConfig(c, &logs))
+	cfg := driverConfig(c, &logs)
+	cfg.Interval = time.Second // the tick whose read hangs waits 3/4 of it
+	s := open(t, nd.lib, cfg)
 	step(t, s, c, 0)
 
 	g.close()
-	c.advance(250 * time.Millisecond)
-	s.Tick()
+	step(t, s, c, 250*time.Millisecond, 0)
 	testutil.Eventually(t, 5*time.Second, "GPU 0's read to hang", func() bool { return s.workers[0].busy() })
 	nd.reload()
 	for range 8 { // attempts after 0, 1, 3 and 7 s
@@ -389,9 +391,14 @@ func TestCloseDuringRecovery(t *testing.T) {
 		g.close()
 		nd.gateInit(&g)
 		nd.reload()
-		c.advance(250 * time.Millisecond)
-		s.Tick()
-		testutil.Eventually(t, 5*time.Second, "nvmlInit called again", func() bool { return len(nd.lib.InitCalls()) == 2 })
+		testutil.Eventually(t, 5*time.Second, "nvmlInit called again", func() bool {
+			if len(nd.lib.InitCalls()) == 2 {
+				return true
+			}
+			c.advance(250 * time.Millisecond)
+			s.Tick() // asks no worker once NVML is down, waits on nothing
+			return false
+		})
 		within(t, 2*time.Second, "Close with nvmlInit in flight", func() { _ = s.Close() })
 		if n := len(nd.lib.ShutdownCalls()); n != 1 {
 			t.Errorf("nvmlShutdown called %d times, want once (the re-initialisation's, before nvmlInit)", n)
