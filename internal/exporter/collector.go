@@ -92,7 +92,7 @@ type Collector struct {
 	deviceUp, fieldSupported, readErrors, xidTotal *prometheus.Desc
 	deviceStalled, migReadErrors                   *prometheus.Desc
 	window, interval, ticks, missed, lastSample    *prometheus.Desc
-	sampleRate                                     *prometheus.Desc
+	sampleRate, nvmlUp, nvmlReinits                *prometheus.Desc
 	buildInfo                                      *prometheus.Desc
 	unattributed, unattributedLoad                 *prometheus.Desc
 }
@@ -142,7 +142,7 @@ func NewCollector(views *attribution.Attributor, opts Options) *Collector {
 		windowN: newFamily(name("utilization_window_samples"),
 			"Hardware utilization samples of the engine within the window.", prometheus.GaugeValue, "engine"),
 
-		deviceUp:       prometheus.NewDesc(name("device_up"), "1 while the GPU answers NVML, 0 once NVML reported it lost.", id, nil),
+		deviceUp:       prometheus.NewDesc(name("device_up"), "1 while the GPU answers NVML, 0 while NVML reports it lost or the driver unavailable.", id, nil),
 		fieldSupported: prometheus.NewDesc(name("field_supported"), "1 if the GPU answers the field; unsupported fields are probed once and left out.", append(id[:2:2], "field"), nil),
 		readErrors:     prometheus.NewDesc(name("read_errors_total"), "Failed NVML reads of the field (unsupported fields excluded).", append(id[:2:2], "field"), nil),
 		xidTotal:       prometheus.NewDesc(name("xid_errors_total"), "XID critical errors seen since the agent started, by XID.", append(id[:2:2], "xid"), nil),
@@ -155,6 +155,10 @@ func NewCollector(views *attribution.Attributor, opts Options) *Collector {
 		ticks:         prometheus.NewDesc(name("samples_total"), "Sampling ticks taken.", nil, nil),
 		missed:        prometheus.NewDesc(name("missed_samples_total"), "Sampling intervals since the first tick that produced no snapshot.", nil, nil),
 		lastSample:    prometheus.NewDesc(name("last_sample_timestamp_seconds"), "When the latest sample started, as a Unix time.", nil, nil),
+		nvmlUp: prometheus.NewDesc(name("nvml_up"),
+			"1 while NVML answers; 0 while it answers that the driver is unavailable and the agent initialises it again (every GPU is then lost).", nil, nil),
+		nvmlReinits: prometheus.NewDesc(name("nvml_reinits_total"),
+			"Times NVML was shut down and initialised again after the driver went away and came back.", nil, nil),
 
 		unattributed: prometheus.NewDesc(name("unattributed_processes"),
 			"Processes on the GPU that are in none of the pods holding it (host processes, other pods, PIDs gone before their pod was read); left out of the per-pod shares.", id, nil),
@@ -324,6 +328,8 @@ func (c *Collector) collectAgent(e *emitter, view *attribution.View) {
 	ch <- prometheus.MustNewConstMetric(c.missed, prometheus.CounterValue, float64(snap.MissedTicks))
 	ch <- prometheus.MustNewConstMetric(c.sampleRate, prometheus.GaugeValue, snap.Rate)
 	ch <- prometheus.MustNewConstMetric(c.lastSample, prometheus.GaugeValue, float64(snap.Time.UnixNano())/1e9)
+	ch <- prometheus.MustNewConstMetric(c.nvmlUp, prometheus.GaugeValue, boolValue(!snap.NVMLDown))
+	ch <- prometheus.MustNewConstMetric(c.nvmlReinits, prometheus.CounterValue, float64(snap.NVMLReinits))
 	for i := range snap.Devices {
 		c.collectHealth(e, &snap.Devices[i], &snap.States[i])
 	}

@@ -152,7 +152,7 @@ func TestUnsupportedAndLostAreLeftOut(t *testing.T) {
 	snap.States[0].Lost = true
 	c := newTestCollector(t, snap)
 	const want = `
-# HELP gpu_agent_device_up 1 while the GPU answers NVML, 0 once NVML reported it lost.
+# HELP gpu_agent_device_up 1 while the GPU answers NVML, 0 while NVML reports it lost or the driver unavailable.
 # TYPE gpu_agent_device_up gauge
 gpu_agent_device_up{UUID="GPU-00000000-0000-0000-0000-000000000000",gpu="0"} 0
 gpu_agent_device_up{UUID="GPU-11111111-1111-1111-1111-111111111111",gpu="1"} 1
@@ -163,6 +163,37 @@ gpu_agent_device_up{UUID="GPU-22222222-2222-2222-2222-222222222222",gpu="2"} 1
 	// GPU 0 is lost (its energy reading must not be served as current)
 	// and GPU 1 does not support energy: no energy series at all.
 	if err := testutil.CollectAndCompare(c.Latest(), strings.NewReader(want), "gpu_agent_device_up", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"); err != nil {
+		t.Error(err)
+	}
+}
+
+// While NVML answers that the driver is unavailable, every GPU is lost
+// and so reported, with no device series; the re-initialisations are
+// counted.
+func TestNVMLDownIsReported(t *testing.T) {
+	snap := testSnapshot()
+	snap.NVMLDown, snap.NVMLReinits = true, 2
+	for i := range snap.States {
+		snap.States[i].Lost = true
+	}
+	c := newTestCollector(t, snap)
+	const want = `
+# HELP gpu_agent_device_up 1 while the GPU answers NVML, 0 while NVML reports it lost or the driver unavailable.
+# TYPE gpu_agent_device_up gauge
+gpu_agent_device_up{UUID="GPU-00000000-0000-0000-0000-000000000000",gpu="0"} 0
+gpu_agent_device_up{UUID="GPU-11111111-1111-1111-1111-111111111111",gpu="1"} 0
+gpu_agent_device_up{UUID="GPU-22222222-2222-2222-2222-222222222222",gpu="2"} 0
+# HELP gpu_agent_nvml_up 1 while NVML answers; 0 while it answers that the driver is unavailable and the agent initialises it again (every GPU is then lost).
+# TYPE gpu_agent_nvml_up gauge
+gpu_agent_nvml_up 0
+# HELP gpu_agent_nvml_reinits_total Times NVML was shut down and initialised again after the driver went away and came back.
+# TYPE gpu_agent_nvml_reinits_total counter
+gpu_agent_nvml_reinits_total 2
+# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).
+# TYPE DCGM_FI_DEV_GPU_UTIL gauge
+`
+	if err := testutil.CollectAndCompare(c.Latest(), strings.NewReader(want),
+		"gpu_agent_device_up", "gpu_agent_nvml_up", "gpu_agent_nvml_reinits_total", "DCGM_FI_DEV_GPU_UTIL"); err != nil {
 		t.Error(err)
 	}
 }
@@ -621,7 +652,7 @@ DCGM_FI_DEV_GPU_UTIL{container_name="sfu",device="nvidia1",gpu="1",modelName="Te
 DCGM_FI_DEV_XID_ERRORS{container_name="server",device="nvidia0",err_code="999",err_msg="Unknown Error",gpu="0",modelName="Tesla T4",pci_bus_id="00000000:3B:00.0",pod_name="inference-0",pod_namespace="ml",uuid="GPU-00000000-0000-0000-0000-000000000000"} 999
 DCGM_FI_DEV_XID_ERRORS{device="nvidia1",err_code="0",err_msg="No Error",gpu="1",modelName="Tesla T4",pci_bus_id="00000000:3C:00.0",uuid="GPU-11111111-1111-1111-1111-111111111111"} 0
 DCGM_FI_DEV_XID_ERRORS{device="nvidia2",err_code="0",err_msg="No Error",gpu="2",modelName="NVIDIA A100-SXM4-40GB",pci_bus_id="00000000:3D:00.0",uuid="GPU-22222222-2222-2222-2222-222222222222"} 0
-# HELP gpu_agent_device_up 1 while the GPU answers NVML, 0 once NVML reported it lost.
+# HELP gpu_agent_device_up 1 while the GPU answers NVML, 0 while NVML reports it lost or the driver unavailable.
 # TYPE gpu_agent_device_up gauge
 gpu_agent_device_up{gpu="0",uuid="GPU-00000000-0000-0000-0000-000000000000"} 1
 gpu_agent_device_up{gpu="1",uuid="GPU-11111111-1111-1111-1111-111111111111"} 1

@@ -3,6 +3,7 @@ package nvml
 import (
 	"log/slog"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -10,15 +11,25 @@ import (
 	"github.com/gpu-telemetry/agent/internal/telemetry"
 )
 
-// device is one GPU's handles and the per-device state of the sampler. It
-// is touched only by its worker's goroutine, except xid (atomic) and
-// pcie's fallback (its own goroutine, through an atomic).
+// device is one GPU's handles, as opened in one NVML session, and the
+// per-device state of the sampler. It is touched only by its worker's
+// goroutine, except what its off-tick goroutines (slow fields, the PCIe
+// fallback, slow per-process calls) read through atomics. A GPU found
+// again after it was lost, or after NVML was initialised again, gets a new
+// device: the old one is retired, and its goroutines end at their next
+// call.
 type device struct {
 	telemetry.Device
 	handle Device
 	migs   []migInstance // aligned with Device.MIG
 	log    *slog.Logger
 	worker *worker
+	// session is the NVML session handle was opened in (Sampler.session);
+	// set before the device's goroutines start, read-only after.
+	session uint64
+	// retired is set once the device is lost: its goroutines stop
+	// calling NVML (see call).
+	retired atomic.Bool
 
 	supported FieldSupport
 	engines   [telemetry.NumEngines]engineState
@@ -26,7 +37,7 @@ type device struct {
 	failing   telemetry.FieldSet // fields whose last read failed, for once-per-change logs
 	errors    [telemetry.NumFields]uint64
 	lost      bool
-	xid       xidState
+	lostRet   nvml.Return // what said it was lost
 	pcie      pcieState
 	slow      slowState
 
@@ -53,8 +64,14 @@ func openDevice(lib Library, index int, log *slog.Logger) (*device, error) {
 	if ret != nvml.SUCCESS {
 		return nil, nvmlError("DeviceGetHandleByIndex", ret)
 	}
+	return newDevice(h, index, log)
+}
+
+// newDevice reads the identity of the GPU behind h, NVML's GPU index.
+func newDevice(h Device, index int, log *slog.Logger) (*device, error) {
 	d := &device{handle: h, supported: nvmlFields}
 	d.Index = index
+	var ret nvml.Return
 	if d.UUID, ret = h.GetUUID(); ret != nvml.SUCCESS {
 		return nil, nvmlError("GetUUID", ret)
 	}
@@ -134,15 +151,25 @@ func (d *device) rescanMIG() bool {
 	if current, _, ret := d.handle.GetMigMode(); ret == nvml.SUCCESS && current == nvml.DEVICE_MIG_ENABLE {
 		infos, handles = openMIGDevices(d.handle)
 	}
-	if slices.EqualFunc(infos, d.MIG, func(a, b telemetry.MIGDevice) bool {
-		return a.UUID == b.UUID && a.GI == b.GI && a.CI == b.CI && a.Profile == b.Profile &&
-			slices.Equal(a.ComputeInstances, b.ComputeInstances)
-	}) {
+	if sameMIG(infos, d.MIG) {
 		return false
 	}
 	d.log.Info("MIG instances changed", "before", len(d.MIG), "after", len(infos))
 	d.MIG, d.migs = infos, handles
 	return true
+}
+
+func sameMIG(a, b []telemetry.MIGDevice) bool {
+	return slices.EqualFunc(a, b, func(a, b telemetry.MIGDevice) bool {
+		return a.UUID == b.UUID && a.GI == b.GI && a.CI == b.CI && a.Profile == b.Profile &&
+			slices.Equal(a.ComputeInstances, b.ComputeInstances)
+	})
+}
+
+// sameDevice reports whether two identities of a GPU are the same.
+func sameDevice(a, b telemetry.Device) bool {
+	return a.Index == b.Index && a.UUID == b.UUID && a.Name == b.Name && a.PCIBusID == b.PCIBusID &&
+		a.Minor == b.Minor && a.MemoryTotal == b.MemoryTotal && a.MIGEnabled == b.MIGEnabled && sameMIG(a.MIG, b.MIG)
 }
 
 // probe asks each field once and records those the device does not
@@ -162,8 +189,14 @@ func (s *Sampler) probe(d *device) {
 		if d.supported&r.fields == 0 {
 			continue
 		}
-		if ret := r.read(d, &scratch); isNotSupported(ret) {
+		switch ret := r.read(d, &scratch); {
+		case isNotSupported(ret):
 			d.supported &^= r.fields
+		case gone(ret):
+			// Lost while probed (at start, or found again too soon):
+			// what it supports is asked again when it is back.
+			d.retire(ret)
+			return
 		}
 	}
 	// Reserved memory exists only in v2; say so rather than report 0.
@@ -182,7 +215,8 @@ func (s *Sampler) probe(d *device) {
 }
 
 // sample reads one device into st. A lost GPU is reported as such and
-// never asked again; the other GPUs are unaffected.
+// not asked again (its worker looks for it again, see reacquire); the
+// other GPUs are unaffected.
 func (d *device) sample(now time.Time, mono, window time.Duration, st *telemetry.DeviceState) {
 	defer func() {
 		st.Supported = d.supported
@@ -216,12 +250,12 @@ func (d *device) sample(now time.Time, mono, window time.Duration, st *telemetry
 			}
 		}
 	}
-	if ret := d.drainSamples(now, mono, window, st); ret == nvml.ERROR_GPU_IS_LOST {
-		d.markLost(ret)
+	if ret := d.drainSamples(now, mono, window, st); gone(ret) {
+		d.retire(ret)
 		return
 	}
-	if ret := d.sampleProcesses(now, d.clockStep, st); ret == nvml.ERROR_GPU_IS_LOST {
-		d.markLost(ret)
+	if ret := d.sampleProcesses(now, d.clockStep, st); gone(ret) {
+		d.retire(ret)
 	}
 }
 
@@ -235,10 +269,13 @@ func (d *device) handleMIGReturn(ret nvml.Return) bool {
 			d.log.Info("MIG reads recovered")
 		}
 		return true
-	case nvml.ERROR_GPU_IS_LOST:
-		d.markLost(ret)
+	case nvml.ERROR_GPU_IS_LOST, nvml.ERROR_DRIVER_NOT_LOADED:
+		d.retire(ret)
 		return false
 	case nvml.ERROR_INVALID_ARGUMENT, nvml.ERROR_NOT_FOUND, nvml.ERROR_UNINITIALIZED:
+		// UNINITIALIZED from a MIG handle whose GPU answers is a
+		// destroyed instance's; a driver gone fails the GPU's own reads
+		// first.
 		d.migStale = true
 	}
 	d.migErrors++
@@ -263,8 +300,8 @@ func (d *device) handleReturn(r reader, ret nvml.Return) bool {
 		// (a MIG mode change, say): believe it and stop asking.
 		d.supported &^= r.fields
 		d.log.Info("field no longer supported; left out", "call", r.call)
-	case ret == nvml.ERROR_GPU_IS_LOST:
-		d.markLost(ret)
+	case gone(ret):
+		d.retire(ret)
 		return false
 	default:
 		for f := telemetry.Field(0); f < telemetry.NumFields; f++ {
@@ -280,7 +317,52 @@ func (d *device) handleReturn(r reader, ret nvml.Return) bool {
 	return true
 }
 
-func (d *device) markLost(ret nvml.Return) {
-	d.lost = true
-	d.log.Error("GPU lost; no longer sampled", "err", ret)
+// gone reports whether ret means the device can no longer be read through
+// its handle: the GPU lost (fell off the bus, unbound), or NVML answering
+// that the driver is gone (unloaded, reloaded, so NVML is no longer
+// initialised).
+func gone(ret nvml.Return) bool {
+	return ret == nvml.ERROR_GPU_IS_LOST || driverGone(ret)
+}
+
+// driverGone reports whether ret is NVML saying that the driver, not one
+// GPU, is gone: every GPU answers so, until NVML is initialised again.
+func driverGone(ret nvml.Return) bool {
+	return ret == nvml.ERROR_UNINITIALIZED || ret == nvml.ERROR_DRIVER_NOT_LOADED
+}
+
+// retire marks the device lost, ret the answer that said so: it is not
+// read again, and its goroutines stop calling NVML. Its worker logs the
+// loss and looks for the GPU again (see worker.lost).
+func (d *device) retire(ret nvml.Return) {
+	d.lost, d.lostRet = true, ret
+	d.retired.Store(true)
+}
+
+// lostState is what a lost device reports: that it is lost, what it
+// supports and the counts since start, and no reading.
+func (d *device) lostState() telemetry.DeviceState {
+	return telemetry.DeviceState{
+		Supported: d.supported, Errors: d.errors, Lost: true, MIGReadErrors: d.migErrors,
+		ProcessSupport: d.proc.support(), ProcessErrors: d.proc.errors,
+	}
+}
+
+// call makes f, an NVML call on the device's handles off its worker (the
+// slow fields, the PCIe fallback, a slow per-process call), unless NVML is
+// being shut down or initialised again, or the device is retired or of an
+// NVML session since shut down: it reports whether it did. The goroutine
+// that asked ends when it did not. Either the re-initialisation sees the
+// call in flight (and waits for it), or the call sees the session changed.
+func (d *device) call(f func()) bool {
+	s := d.worker.s
+	if !s.enter() {
+		return false
+	}
+	defer s.exit()
+	if d.retired.Load() || d.session != s.session.Load() {
+		return false
+	}
+	f()
+	return true
 }

@@ -42,6 +42,14 @@ func (l library) DeviceGetHandleByIndex(i int) (Device, nvml.Return) {
 	return d, ret
 }
 
+func (l library) DeviceGetHandleByUUID(uuid string) (Device, nvml.Return) {
+	d, ret := l.Interface.DeviceGetHandleByUUID(uuid)
+	if d == nil {
+		return nil, ret
+	}
+	return d, ret
+}
+
 func (l library) EventSetCreate() (EventSet, nvml.Return) {
 	set, ret := l.Interface.EventSetCreate()
 	if set == nil {

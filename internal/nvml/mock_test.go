@@ -22,8 +22,11 @@ type gpuSpec struct {
 }
 
 func newFullGPU(index int) *mock.Device {
-	return newGPU(gpuSpec{index: index, uuid: fmt.Sprintf("GPU-00000000-0000-0000-0000-%012d", index), util: 40, enc: 20})
+	return newGPU(gpuSpec{index: index, uuid: gpuUUID(index), util: 40, enc: 20})
 }
+
+// gpuUUID is the UUID of newFullGPU(index).
+func gpuUUID(index int) string { return fmt.Sprintf("GPU-00000000-0000-0000-0000-%012d", index) }
 
 // The PCIe byte counters of newGPU advance by 100 ms of traffic per read:
 // 1000 KB/s transmitted, 2000 KB/s received.
@@ -214,6 +217,14 @@ func newLib(devs ...*mock.Device) (*mock.Interface, chan nvml.EventData) {
 				return nil, nvml.ERROR_INVALID_ARGUMENT
 			}
 			return devs[i], nvml.SUCCESS
+		},
+		DeviceGetHandleByUUIDFunc: func(uuid string) (nvml.Device, nvml.Return) {
+			for _, d := range devs {
+				if u, ret := d.GetUUID(); ret == nvml.SUCCESS && u == uuid {
+					return d, nvml.SUCCESS
+				}
+			}
+			return nil, nvml.ERROR_NOT_FOUND
 		},
 		EventSetCreateFunc: func() (nvml.EventSet, nvml.Return) {
 			return &mock.EventSet{

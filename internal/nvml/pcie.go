@@ -91,7 +91,7 @@ func (d *device) probePCIe(s *Sampler) {
 }
 
 // pcieFallbackLoop calls GetPcieThroughput every period until the sampler
-// closes, never on the tick.
+// closes or the device is lost, never on the tick.
 func (d *device) pcieFallbackLoop(s *Sampler, period time.Duration) {
 	t := time.NewTicker(period)
 	defer t.Stop()
@@ -102,16 +102,16 @@ func (d *device) pcieFallbackLoop(s *Sampler, period time.Duration) {
 		case <-t.C:
 		}
 		var r pcieReading
-		if !s.call(func() {
+		if !d.call(func() {
 			r.tx, r.ret = d.handle.GetPcieThroughput(nvml.PCIE_UTIL_TX_BYTES)
 			if r.ret == nvml.SUCCESS {
 				r.rx, r.ret = d.handle.GetPcieThroughput(nvml.PCIE_UTIL_RX_BYTES)
 			}
 		}) {
-			return // NVML is being shut down
+			return // NVML is being shut down, or the device is lost
 		}
 		d.pcie.fallback.Store(&r)
-		if isNotSupported(r.ret) || r.ret == nvml.ERROR_GPU_IS_LOST {
+		if isNotSupported(r.ret) || gone(r.ret) {
 			return
 		}
 	}

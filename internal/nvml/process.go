@@ -178,7 +178,8 @@ func (p *processState) support() telemetry.ProcessDataSet {
 }
 
 // sampleProcesses reads the per-process calls into st.Processes, copied
-// once from the worker's scratch. It returns GPU_IS_LOST if a call did.
+// once from the worker's scratch. It returns a call's answer that the
+// device is gone (see gone), if one did.
 // step is the wall clock's step since the last reading, in µs (see
 // clockState), which the driver's timestamps follow.
 func (d *device) sampleProcesses(now time.Time, step int64, st *telemetry.DeviceState) nvml.Return {
@@ -224,7 +225,7 @@ func (d *device) sampleProcesses(now time.Time, step int64, st *telemetry.Device
 			cs.unsupported = true
 			d.log.Info("per-process call no longer supported; left out", "call", procCallNames[c])
 			continue
-		case a.ret == nvml.ERROR_GPU_IS_LOST:
+		case gone(a.ret):
 			return a.ret
 		default:
 			p.errors++
@@ -391,8 +392,8 @@ func (d *device) timeProcCall(c procCall, took time.Duration) {
 	go d.procLoop(s, c, cs.off, cs.period)
 }
 
-// procLoop makes call c every period until the sampler closes, never on
-// the tick; the worker reads its latest answer. It keeps its own lastSeen:
+// procLoop makes call c every period until the sampler closes or the
+// device is lost, never on the tick; the worker reads its latest answer. It keeps its own lastSeen:
 // the worker's de-duplication by timestamp makes an answer read twice
 // harmless.
 func (d *device) procLoop(s *Sampler, c procCall, out *atomic.Pointer[procAnswer], period time.Duration) {
@@ -406,14 +407,14 @@ func (d *device) procLoop(s *Sampler, c procCall, out *atomic.Pointer[procAnswer
 		case <-t.C:
 		}
 		var a procAnswer
-		if !s.call(func() { a = d.callProc(c, lastSeen) }) {
-			return // NVML is being shut down
+		if !d.call(func() { a = d.callProc(c, lastSeen) }) {
+			return // NVML is being shut down, or the device is lost
 		}
 		for _, u := range a.util {
 			lastSeen = max(lastSeen, u.TimeStamp)
 		}
 		out.Store(&a)
-		if isNotSupported(a.ret) || a.ret == nvml.ERROR_GPU_IS_LOST {
+		if isNotSupported(a.ret) || gone(a.ret) {
 			return
 		}
 	}

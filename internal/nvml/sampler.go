@@ -39,6 +39,13 @@ const (
 	// DefaultMIGRescan is how often MIG instances are listed again; a MIG
 	// read that answers that its handle is gone triggers a rescan at once.
 	DefaultMIGRescan = 10 * time.Second
+	// DefaultReinitBackoff and DefaultReinitBackoffMax bound the waits
+	// between attempts to bring NVML back after the driver went away
+	// (nvmlShutdown, nvmlInit), and between looks for a lost GPU
+	// (DeviceGetHandleByUUID): the first wait, doubled after each failed
+	// attempt up to the most.
+	DefaultReinitBackoff    = time.Second
+	DefaultReinitBackoffMax = time.Minute
 )
 
 // Config configures a Sampler.
@@ -62,6 +69,10 @@ type Config struct {
 	ProbeTimeout time.Duration // see DefaultProbeTimeout
 	ShutdownWait time.Duration // see DefaultShutdownWait
 	MIGRescan    time.Duration // see DefaultMIGRescan
+	// ReinitBackoff and ReinitBackoffMax: see DefaultReinitBackoff. The
+	// waits are measured on the ticks' Monotonic clock, so attempts are
+	// made on ticks, never between them.
+	ReinitBackoff, ReinitBackoffMax time.Duration
 	// XIDRetention is how long each GPU's recent XIDs are kept for counts
 	// over a window (telemetry.XIDCounts.Recent): at least
 	// telemetry.XIDRetention, longer for a longer window.
@@ -119,15 +130,26 @@ type Sampler struct {
 	// closing is set before NVML is shut down: no call starts after it
 	// (see enter), so inflight can only fall from then on.
 	closing atomic.Bool
+	// paused is set while NVML is shut down and initialised again after
+	// the driver went away (see reinit): no call starts meanwhile but the
+	// re-initialisation's own.
+	paused atomic.Bool
+	// session counts the times NVML was shut down to be initialised
+	// again. Every handle belongs to the session it was opened in, and is
+	// never used in another (see device.call).
+	session atomic.Uint64
+	// life ends when the sampler closes; it bounds the calls made off
+	// start-up (the re-initialisation's).
+	life       context.Context
+	cancelLife context.CancelFunc
 
-	// xidSet is the event set every GPU registers with for XID errors,
-	// nil where NVML has none; xidArmed is closed by the first GPU that
-	// registers, so the wait loop runs only where there is something to
-	// wait for.
-	xidSet      EventSet
-	xidArmed    chan struct{}
-	xidArmOnce  sync.Once
-	initialised bool // nvmlInit returned SUCCESS: Shutdown is owed
+	// xid is the event set every GPU registers with for XID errors, nil
+	// where NVML has none (or while it is being re-initialised).
+	xid         atomic.Pointer[xidSet]
+	initialised atomic.Bool // nvmlInit returned SUCCESS: Shutdown is owed
+
+	// rec is the recovery from a driver-wide failure (see recover.go).
+	rec recovery
 
 	// driver is the driver's version, "" if NVML did not say; set in Open,
 	// read-only after.
@@ -137,7 +159,7 @@ type Sampler struct {
 	seq, ticks, missed uint64
 	firstTick          time.Time
 	recent             [16]time.Time // start of the latest ticks, a ring
-	migGen             []uint64      // MIG inventory generation per worker, as published
+	invGen             []uint64      // inventory generation per worker, as published
 
 	closeOnce sync.Once
 }
@@ -197,14 +219,23 @@ func Open(ctx context.Context, lib Library, cfg Config) (*Sampler, error) {
 	if cfg.MIGRescan <= 0 {
 		cfg.MIGRescan = DefaultMIGRescan
 	}
+	if cfg.ReinitBackoff <= 0 {
+		cfg.ReinitBackoff = DefaultReinitBackoff
+	}
+	if cfg.ReinitBackoffMax <= 0 {
+		cfg.ReinitBackoffMax = DefaultReinitBackoffMax
+	}
+	cfg.ReinitBackoffMax = max(cfg.ReinitBackoffMax, cfg.ReinitBackoff)
 	if cfg.Store == nil {
 		cfg.Store = &telemetry.Store{}
 	}
 	s := &Sampler{lib: lib, cfg: cfg, log: cfg.Logger, store: cfg.Store, epoch: time.Now(),
-		quit: make(chan struct{}), xidArmed: make(chan struct{})}
+		quit: make(chan struct{})}
+	s.life, s.cancelLife = context.WithCancel(context.Background())
+	s.rec = recovery{kick: make(chan time.Duration, 1), backoff: cfg.ReinitBackoff}
 	if err := s.open(ctx); err != nil {
 		s.closeOnce.Do(func() {
-			if s.initialised {
+			if s.initialised.Load() {
 				_ = s.shutdown()
 			} else {
 				s.closeWorkers()
@@ -212,6 +243,7 @@ func Open(ctx context.Context, lib Library, cfg Config) (*Sampler, error) {
 		})
 		return nil, err
 	}
+	go s.recoverLoop()
 	return s, nil
 }
 
@@ -229,7 +261,7 @@ func (s *Sampler) open(ctx context.Context) error {
 		}
 		return fmt.Errorf("initialising NVML: %w", ret)
 	}
-	s.initialised = true
+	s.initialised.Store(true)
 	var n int
 	var countRet nvml.Return
 	if err := s.await(ctx, "DeviceGetCount", s.cfg.InitTimeout, func() { n, countRet = s.lib.DeviceGetCount() }); err != nil {
@@ -250,7 +282,7 @@ func (s *Sampler) open(ctx context.Context) error {
 	case setRet != nvml.SUCCESS:
 		s.log.Warn("XID events unavailable", "err", setRet)
 	default:
-		s.xidSet = set
+		s.xid.Store(newXIDSet(set, 0))
 	}
 	s.done = make(chan doneMsg, n)
 	ws, err := s.startWorkers(ctx, n)
@@ -262,7 +294,7 @@ func (s *Sampler) open(ctx context.Context) error {
 		return ErrNoDevices
 	}
 	inv := make([]telemetry.Device, len(s.workers))
-	s.migGen = make([]uint64, len(s.workers))
+	s.invGen = make([]uint64, len(s.workers))
 	for i, w := range s.workers {
 		inv[i] = w.d.Device
 	}
@@ -288,10 +320,20 @@ func (s *Sampler) open(ctx context.Context) error {
 // (ErrInterrupted) or timeout passes (ErrNotReturning). A call given up
 // on stays counted in flight, so NVML is not shut down under it.
 func (s *Sampler) await(ctx context.Context, call string, timeout time.Duration, f func()) error {
+	return s.awaitWith(s.enter, ctx, call, timeout, f)
+}
+
+// awaitHeld is await for the re-initialisation, which holds NVML paused:
+// its calls are refused only once the sampler closes, and end with it.
+func (s *Sampler) awaitHeld(call string, timeout time.Duration, f func()) error {
+	return s.awaitWith(s.enterHeld, s.life, call, timeout, f)
+}
+
+func (s *Sampler) awaitWith(enter func() bool, ctx context.Context, call string, timeout time.Duration, f func()) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%w before %s: %w", ErrInterrupted, call, err)
 	}
-	if !s.enter() {
+	if !enter() {
 		return fmt.Errorf("%w before %s: closing", ErrInterrupted, call)
 	}
 	done := make(chan struct{})
@@ -365,7 +407,9 @@ func (s *Sampler) startWorkers(ctx context.Context, n int) ([]*worker, error) {
 }
 
 // Devices returns the current inventory. It changes only when MIG
-// instances appear or disappear.
+// instances appear or disappear, or a GPU found again (after it was lost,
+// or NVML re-initialised) comes back with another identity (its minor
+// number, its MIG instances).
 func (s *Sampler) Devices() []telemetry.Device { return *s.inventory.Load() }
 
 // DriverVersion returns the driver's version ("550.54.15"), read once at
@@ -382,9 +426,7 @@ func (s *Sampler) Interval() time.Duration { return s.cfg.Interval }
 // without waiting for NVML calls, which may not return: Close waits for
 // them, within its bound.
 func (s *Sampler) Run(ctx context.Context) error {
-	if s.xidSet != nil {
-		go s.watchXID(ctx)
-	}
+	go s.watchXID(ctx)
 	t := time.NewTicker(s.cfg.Interval)
 	defer t.Stop()
 	s.Tick()
@@ -400,17 +442,20 @@ func (s *Sampler) Run(ctx context.Context) error {
 
 // Tick asks every idle worker for a reading, waits for them until most of
 // the interval has passed, and publishes a snapshot of what is ready. It
-// never waits on a busy worker. It must not be called concurrently with
-// itself; Run calls it.
+// never waits on a busy worker, nor on a recovery from a driver-wide
+// failure, which it only starts (see recover.go); while the driver is
+// unavailable it asks no worker and reports every GPU lost. It must not be
+// called concurrently with itself; Run calls it.
 func (s *Sampler) Tick() {
 	start, mono := s.cfg.Now(), s.cfg.Monotonic()
 	s.countTick(start)
 	s.seq++
 	s.ticks++
 
+	down := s.rec.down.Load()
 	pending := 0
 	for _, w := range s.workers {
-		if w.busy() {
+		if down || w.busy() {
 			continue
 		}
 		select {
@@ -442,20 +487,23 @@ wait:
 		Window:  s.cfg.Window,
 	}
 	var changed []telemetry.Device
+	up := false
 	for i, w := range s.workers {
-		gen, migs := w.collect(&snap.States[i])
-		if st := &snap.States[i]; s.cfg.Extra != nil && !st.Lost && !st.Stalled {
-			s.cfg.Extra.Fill(inv[i].UUID, &st.Reading, &st.Supported)
-			for j := range min(len(st.MIG), len(migs)) { // aligned: both the worker's
-				s.cfg.Extra.FillInstance(inv[i].UUID, migs[j].GI, &st.MIG[j])
+		gen, dev := w.collect(&snap.States[i], down)
+		st := &snap.States[i]
+		up = up || !st.Lost
+		if s.cfg.Extra != nil && !st.Lost && !st.Stalled {
+			s.cfg.Extra.Fill(dev.UUID, &st.Reading, &st.Supported)
+			for j := range min(len(st.MIG), len(dev.MIG)) { // aligned: both the worker's
+				s.cfg.Extra.FillInstance(dev.UUID, dev.MIG[j].GI, &st.MIG[j])
 			}
 		}
-		if gen != s.migGen[i] {
+		if gen != s.invGen[i] {
 			if changed == nil {
 				changed = append([]telemetry.Device(nil), inv...)
 			}
-			changed[i].MIG = migs
-			s.migGen[i] = gen
+			changed[i] = dev
+			s.invGen[i] = gen
 		}
 	}
 	if changed != nil {
@@ -464,6 +512,8 @@ wait:
 		s.inventory.Store(&changed)
 		snap.Devices = changed
 	}
+	s.superviseRecovery(mono, up)
+	snap.NVMLDown, snap.NVMLReinits = down, s.rec.reinits.Load()
 	snap.Duration = s.cfg.Now().Sub(start)
 	snap.Ticks, snap.MissedTicks, snap.Rate = s.ticks, s.missed, s.rate()
 	s.store.Publish(snap)
@@ -512,10 +562,22 @@ func (s *Sampler) rate() float64 {
 // enter and exit bracket every NVML call made off the tick (start-up,
 // XID events, the PCIe fallback) and every worker's stretch of reads, so
 // Close knows whether any is in flight. enter refuses once NVML is being
-// shut down. The count goes up before closing is read, and closing is set
-// before the count is read (both sequentially consistent), so either the
-// caller sees closing or shutdown sees the call.
+// shut down, for good or to be initialised again. The count goes up
+// before closing and paused are read, and they are set before the count
+// is read (all sequentially consistent), so either the caller sees them
+// or shutdown (and reinit) sees the call.
 func (s *Sampler) enter() bool {
+	s.inflight.Add(1)
+	if s.closing.Load() || s.paused.Load() {
+		s.inflight.Add(-1)
+		return false
+	}
+	return true
+}
+
+// enterHeld is enter for the re-initialisation, which makes its calls
+// while it holds NVML paused.
+func (s *Sampler) enterHeld() bool {
 	s.inflight.Add(1)
 	if s.closing.Load() {
 		s.inflight.Add(-1)
@@ -526,13 +588,17 @@ func (s *Sampler) enter() bool {
 
 func (s *Sampler) exit() { s.inflight.Add(-1) }
 
-// call makes f, an NVML call off the tick, unless NVML is being shut
-// down; it reports whether it did.
-func (s *Sampler) call(f func()) bool {
+// callIn makes f, an NVML call off the tick on something of NVML
+// session session (the XID event set), unless NVML is being shut down or
+// initialised again, or has been since; it reports whether it did.
+func (s *Sampler) callIn(session uint64, f func()) bool {
 	if !s.enter() {
 		return false
 	}
 	defer s.exit()
+	if s.session.Load() != session {
+		return false
+	}
 	f()
 	return true
 }
@@ -561,8 +627,12 @@ func (s *Sampler) shutdown() error {
 		s.log.Warn("NVML calls still in flight; skipping NVML shutdown", "calls", n, "waited", s.cfg.ShutdownWait)
 		return nil
 	}
-	if s.xidSet != nil {
-		s.xidSet.Free()
+	// A re-initialisation that gave up left no set, and NVML shut down.
+	if x := s.xid.Swap(nil); x != nil {
+		x.set.Free()
+	}
+	if !s.initialised.Swap(false) {
+		return nil
 	}
 	if ret := s.lib.Shutdown(); ret != nvml.SUCCESS {
 		return fmt.Errorf("shutting NVML down: %w", ret)
@@ -576,6 +646,7 @@ func (s *Sampler) closeWorkers() {
 	default:
 		close(s.quit)
 	}
+	s.cancelLife()
 }
 
 // IsLibraryNotFound reports whether err means NVML could not be loaded.

@@ -309,11 +309,13 @@ func TestNoBufferedSamplesIsNotAnError(t *testing.T) {
 	}
 }
 
+// A lost GPU is not asked again before its backoff (an hour here: see
+// driver_test.go for what happens after it), and the others go on.
 func TestLostGPUDoesNotStopTheOthers(t *testing.T) {
 	devs := []*mock.Device{newFullGPU(0), newFullGPU(1), newFullGPU(2)}
 	lib, _ := newLib(devs...)
 	var logs bytes.Buffer
-	s := open(t, lib, Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	s := open(t, lib, Config{ReinitBackoff: time.Hour, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if snap := tick(s); snap.States[1].Lost {
 		t.Fatal("GPU 1 lost before it was")
 	}

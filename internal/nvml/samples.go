@@ -125,7 +125,8 @@ func sampleValue(t nvml.ValueType, raw [8]byte) float64 {
 
 // drainSamples reads every sample the driver buffered since the last call,
 // for each engine, into the rings and into st.NewSamples. It returns the
-// first GPU_IS_LOST it sees, so the caller can stop sampling the device.
+// first answer that the device is gone (see gone), so the caller can stop
+// sampling it.
 func (d *device) drainSamples(now time.Time, mono, window time.Duration, st *telemetry.DeviceState) nvml.Return {
 	step := d.clock.step(now, mono)
 	d.clockStep = step
@@ -159,7 +160,7 @@ func (d *device) drainSamples(now time.Time, mono, window time.Duration, st *tel
 			es.unsupported = true
 			d.log.Debug("buffered samples not supported; not asking again", "engine", telemetry.Engine(e).String())
 			continue
-		case ret == nvml.ERROR_GPU_IS_LOST:
+		case gone(ret):
 			return ret
 		default:
 			if !es.failing {

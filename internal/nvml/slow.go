@@ -251,13 +251,13 @@ func (d *device) slowLoop(s *Sampler) {
 		case <-t.C:
 		}
 		var r *slowReading
-		if !s.call(func() { r = d.readSlow(seq) }) {
-			return // NVML is being shut down
+		if !d.call(func() { r = d.readSlow(seq) }) {
+			return // NVML is being shut down, or the device is lost
 		}
 		d.slow.p.Store(r)
 		for i, rd := range slowReaders {
 			switch ret := r.rets[i]; {
-			case ret == nvml.ERROR_GPU_IS_LOST:
+			case gone(ret):
 				return
 			case isNotSupported(ret):
 				d.slow.active &^= rd.fields

@@ -3,6 +3,7 @@ package nvml
 import (
 	"context"
 	"maps"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -51,6 +52,21 @@ func appendRecentXID(prev *telemetry.XIDCounts, ev telemetry.XIDEvent, retention
 // cleanly; one that never returns is left behind (see watchXID).
 const xidWaitTimeout = 500 * time.Millisecond
 
+// xidSet is an event set every GPU of one NVML session registers with;
+// armed is closed by the first GPU that registers, so the wait loop waits
+// only where there is something to wait for. A re-initialisation of NVML
+// frees the set and creates another.
+type xidSet struct {
+	set     EventSet
+	session uint64
+	armed   chan struct{}
+	armOnce sync.Once
+}
+
+func newXIDSet(set EventSet, session uint64) *xidSet {
+	return &xidSet{set: set, session: session, armed: make(chan struct{})}
+}
+
 // registerXID registers d with the sampler's event set for XID critical
 // errors. It runs on d's worker after the probe, so a registration that
 // does not return holds up that GPU only: its XID errors go unreported
@@ -58,13 +74,14 @@ const xidWaitTimeout = 500 * time.Millisecond
 // register concurrently with each other and, for a GPU whose probe came
 // back late, with the wait loop.
 func (s *Sampler) registerXID(d *device) {
-	if s.xidSet == nil {
-		return
+	x := s.xid.Load()
+	if x == nil || x.session != d.session {
+		return // none, or NVML is being initialised again
 	}
-	ret := s.xidSet.Register(d.handle, nvml.EventTypeXidCriticalError)
+	ret := x.set.Register(d.handle, nvml.EventTypeXidCriticalError)
 	switch {
 	case ret == nvml.SUCCESS:
-		s.xidArmOnce.Do(func() { close(s.xidArmed) })
+		x.armOnce.Do(func() { close(x.armed) })
 	case isNotSupported(ret):
 		d.log.Debug("XID events not supported")
 	default:
@@ -73,24 +90,59 @@ func (s *Sampler) registerXID(d *device) {
 }
 
 // watchXID waits for XID critical errors, on its own goroutine, until ctx
-// is done, once a GPU has registered for them. NVML delivers them through
-// an event set rather than a value to poll, so they never slow a tick.
-// Nothing waits for this goroutine: a Wait that never returns keeps it
-// (and NVML, which Close then leaves initialised) but nothing else.
+// is done, on the current event set once a GPU has registered with it.
+// NVML delivers them through an event set rather than a value to poll, so
+// they never slow a tick. Nothing waits for this goroutine: a Wait that
+// never returns keeps it (and NVML, which Close then leaves initialised)
+// but nothing else.
 func (s *Sampler) watchXID(ctx context.Context) {
-	select {
-	case <-s.xidArmed:
-	case <-ctx.Done():
-		return
-	case <-s.quit:
-		return
+	// pause waits for d, or for armed to be closed; false once the loop
+	// is to end.
+	pause := func(d time.Duration, armed <-chan struct{}) bool {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return false
+		case <-s.quit:
+			return false
+		case <-armed:
+		case <-t.C:
+		}
+		return true
 	}
 	failing := false
 	for ctx.Err() == nil {
+		x := s.xid.Load()
+		if x == nil {
+			// None, or NVML is being initialised again: look again.
+			if !pause(xidWaitTimeout, nil) {
+				return
+			}
+			continue
+		}
+		select {
+		case <-x.armed:
+		default:
+			// Not armed yet: wait for it, looking again now and then,
+			// as NVML may be initialised again meanwhile, with a set
+			// of its own.
+			if !pause(xidWaitTimeout, x.armed) {
+				return
+			}
+			continue
+		}
 		var data nvml.EventData
 		var ret nvml.Return
-		if !s.call(func() { data, ret = s.xidSet.Wait(uint32(xidWaitTimeout / time.Millisecond)) }) {
-			return // NVML is being shut down
+		if !s.callIn(x.session, func() { data, ret = x.set.Wait(uint32(xidWaitTimeout / time.Millisecond)) }) {
+			if s.closing.Load() {
+				return // NVML is being shut down
+			}
+			// Being initialised again: wait for its new set.
+			if !pause(xidWaitTimeout, nil) {
+				return
+			}
+			continue
 		}
 		switch ret {
 		case nvml.SUCCESS:
@@ -104,11 +156,8 @@ func (s *Sampler) watchXID(ctx context.Context) {
 				s.log.Warn("waiting for XID events failed", "err", ret)
 			}
 			// Never spin on a broken event set.
-			select {
-			case <-ctx.Done():
-			case <-s.quit:
+			if !pause(time.Second, nil) {
 				return
-			case <-time.After(time.Second):
 			}
 		}
 	}
@@ -119,9 +168,9 @@ func (s *Sampler) recordXID(data nvml.EventData) {
 		return
 	}
 	for _, w := range s.workers {
-		if d := w.d; d.handle == data.Device {
-			d.xid.record(data.EventData, s.cfg.XIDRetention)
-			d.log.Warn("XID error", "xid", data.EventData)
+		if d := w.cur.Load(); d != nil && d.handle == data.Device {
+			w.xid.record(data.EventData, s.cfg.XIDRetention)
+			w.log.Warn("XID error", "xid", data.EventData)
 			return
 		}
 	}

@@ -273,7 +273,8 @@ type MIGComputeInstance struct {
 	CI   int
 }
 
-// Device is the static identity of a GPU, read once at start.
+// Device is the static identity of a GPU, read at start, and again when
+// the GPU is found again after it was lost or NVML was re-initialised.
 type Device struct {
 	Index       int
 	UUID        string // "GPU-..."
@@ -305,7 +306,11 @@ type DeviceState struct {
 	// Errors counts failed reads per field since start (NOT_SUPPORTED
 	// excluded).
 	Errors [NumFields]uint64
-	// Lost is set once NVML reported the GPU lost; it is not sampled again.
+	// Lost is set while NVML reports the GPU lost (ERROR_GPU_IS_LOST), or
+	// the driver unavailable (see Snapshot.NVMLDown): the reading is then
+	// empty, never stale; Supported, Errors and XID still hold. The
+	// sampler looks for the GPU again with backoff and clears it once the
+	// GPU answers again.
 	Lost bool
 	// Stalled is set while a read of this GPU has not returned for more
 	// than StallIntervals intervals (a GPU falling off the bus can hang
@@ -383,6 +388,12 @@ type Snapshot struct {
 	// Rate is the achieved sampling rate, in snapshots per second over the
 	// latest ticks (at most the last 16); 0 until two ticks exist.
 	Rate float64
+	// NVMLDown is set while NVML answers that the driver is unavailable
+	// (unloaded, or reloaded under the agent) and the sampler initialises
+	// it again with backoff; every GPU is then Lost. NVMLReinits counts
+	// the times it did so since start.
+	NVMLDown    bool
+	NVMLReinits uint64
 }
 
 // Store holds the latest snapshot and a bounded history of the recent

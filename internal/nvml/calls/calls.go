@@ -13,6 +13,10 @@ type Library interface {
 	Shutdown() nvml.Return
 	DeviceGetCount() (int, nvml.Return)
 	DeviceGetHandleByIndex(int) (Device, nvml.Return)
+	// DeviceGetHandleByUUID finds a GPU again after NVML was
+	// re-initialised or the GPU came back (unbind, bind): NVML's indexes
+	// may then differ, its UUID does not.
+	DeviceGetHandleByUUID(string) (Device, nvml.Return)
 	EventSetCreate() (EventSet, nvml.Return)
 	SystemGetDriverVersion() (string, nvml.Return)
 }

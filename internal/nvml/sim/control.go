@@ -49,6 +49,16 @@ func (c *Control) DeviceGetHandleByIndex(i int) (calls.Device, nvml.Return) {
 	return c.devices[i], nvml.SUCCESS
 }
 
+// DeviceGetHandleByUUID implements calls.Library.
+func (c *Control) DeviceGetHandleByUUID(uuid string) (calls.Device, nvml.Return) {
+	for _, d := range c.devices {
+		if d.uuid == uuid {
+			return d, nvml.SUCCESS
+		}
+	}
+	return c.Library.DeviceGetHandleByUUID(uuid)
+}
+
 // SetLoad steps GPU gpu's load to l from now on, replacing any earlier
 // step; a zero Load returns the GPU to its curves.
 func (c *Control) SetLoad(gpu int, l Load) error {

@@ -101,6 +101,16 @@ func (l *Library) DeviceGetHandleByIndex(i int) (calls.Device, nvml.Return) {
 	return l.devices[i], nvml.SUCCESS
 }
 
+// DeviceGetHandleByUUID implements calls.Library.
+func (l *Library) DeviceGetHandleByUUID(uuid string) (calls.Device, nvml.Return) {
+	for _, d := range l.devices {
+		if d.uuid == uuid {
+			return d, nvml.SUCCESS
+		}
+	}
+	return nil, nvml.ERROR_NOT_FOUND
+}
+
 // EventSetCreate implements calls.Library. The simulated GPUs never raise
 // XID errors: Wait sleeps for its timeout and says so.
 func (l *Library) EventSetCreate() (calls.EventSet, nvml.Return) { return eventSet{}, nvml.SUCCESS }
@@ -232,6 +242,10 @@ func newDevice(l *Library, seed int64, index int, static bool) *Device {
 // Lose makes the GPU answer ERROR_GPU_IS_LOST from now on, as a GPU that
 // fell off the bus does.
 func (d *Device) Lose() { d.lost.Store(true) }
+
+// Restore brings a lost GPU back, as unbinding and binding it again does:
+// it answers from now on, under the same UUID.
+func (d *Device) Restore() { d.lost.Store(false) }
 
 // UUID returns the GPU's UUID.
 func (d *Device) UUID() string { return d.uuid }

@@ -112,6 +112,18 @@ func TestLostDevice(t *testing.T) {
 	if _, ret := l.Devices()[1].GetUtilizationRates(); ret != nvml.SUCCESS {
 		t.Errorf("other GPU answered %v", ret)
 	}
+	// Bound again: found by its UUID, and answering.
+	l.Devices()[0].Restore()
+	h, ret := l.DeviceGetHandleByUUID(l.Devices()[0].UUID())
+	if ret != nvml.SUCCESS || h != l.Devices()[0] {
+		t.Fatalf("DeviceGetHandleByUUID: %v, %v", h, ret)
+	}
+	if _, ret := h.GetUtilizationRates(); ret != nvml.SUCCESS {
+		t.Errorf("restored GPU answered %v", ret)
+	}
+	if _, ret := l.DeviceGetHandleByUUID("GPU-nope"); ret != nvml.ERROR_NOT_FOUND {
+		t.Errorf("an unknown UUID answered %v, want NOT_FOUND", ret)
+	}
 }
 
 // The health fields answer as a T4's: ECC on with a few corrected errors
