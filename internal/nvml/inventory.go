@@ -117,7 +117,7 @@ func busID(raw [32]int8) string {
 		if c == 0 {
 			break
 		}
-		b.WriteByte(byte(c))
+		b.WriteByte(byte(c)) // #nosec G115 -- a C char of NVML's, copied as is
 	}
 	return b.String()
 }

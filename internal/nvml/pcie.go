@@ -63,15 +63,15 @@ var batchFieldIDs = [3]uint32{nvml.FI_DEV_PCIE_COUNT_TX_BYTES, nvml.FI_DEV_PCIE_
 func (d *device) probePCIe(s *Sampler) {
 	p := &d.pcie
 	if p.ret = d.getFieldValues(); p.ret == nvml.SUCCESS {
-		p.energy = nvml.Return(p.req[2].NvmlReturn) == nvml.SUCCESS
-		p.counters = nvml.Return(p.req[0].NvmlReturn) == nvml.SUCCESS && nvml.Return(p.req[1].NvmlReturn) == nvml.SUCCESS
+		p.energy = nvml.Return(p.req[2].NvmlReturn) == nvml.SUCCESS                                                       // #nosec G115 -- NVML's nvmlReturn_t, a C enum
+		p.counters = nvml.Return(p.req[0].NvmlReturn) == nvml.SUCCESS && nvml.Return(p.req[1].NvmlReturn) == nvml.SUCCESS // #nosec G115 -- NVML's nvmlReturn_t, a C enum
 	}
 	if p.counters {
 		return
 	}
 	ret := p.ret
 	if ret == nvml.SUCCESS {
-		ret = nvml.Return(p.req[0].NvmlReturn)
+		ret = nvml.Return(p.req[0].NvmlReturn) // #nosec G115 -- NVML's nvmlReturn_t, a C enum
 	}
 	d.log.Debug("PCIe byte counters unavailable; falling back to GetPcieThroughput off the tick", "err", ret)
 	// One blocking call (20 ms) at start tells whether the fallback
@@ -167,7 +167,7 @@ func (d *device) energyFromBatch(r *telemetry.Reading) nvml.Return {
 		return p.ret
 	}
 	v := p.req[2]
-	if ret := nvml.Return(v.NvmlReturn); ret != nvml.SUCCESS {
+	if ret := nvml.Return(v.NvmlReturn); ret != nvml.SUCCESS { // #nosec G115 -- NVML's nvmlReturn_t, a C enum
 		return ret
 	}
 	r.Set(telemetry.Energy, float64(counterValue(v)))
@@ -181,7 +181,7 @@ func (d *device) pcieRates(r *telemetry.Reading) nvml.Return {
 	p := &d.pcie
 	var cur [2]uint64
 	for i, v := range p.req[:2] {
-		if ret := nvml.Return(v.NvmlReturn); ret != nvml.SUCCESS {
+		if ret := nvml.Return(v.NvmlReturn); ret != nvml.SUCCESS { // #nosec G115 -- NVML's nvmlReturn_t, a C enum
 			return ret
 		}
 		cur[i] = counterValue(v)
@@ -203,7 +203,7 @@ func (d *device) pcieRates(r *telemetry.Reading) nvml.Return {
 }
 
 func counterValue(v nvml.FieldValue) uint64 {
-	if nvml.ValueType(v.ValueType) == nvml.VALUE_TYPE_UNSIGNED_INT {
+	if nvml.ValueType(v.ValueType) == nvml.VALUE_TYPE_UNSIGNED_INT { // #nosec G115 -- NVML's C enum
 		return uint64(binary.LittleEndian.Uint32(v.Value[:]))
 	}
 	return binary.LittleEndian.Uint64(v.Value[:])
@@ -211,8 +211,8 @@ func counterValue(v nvml.FieldValue) uint64 {
 
 // counterDelta is cur - prev across one wrap of a 32- or 64-bit counter.
 func counterDelta(prev, cur uint64, vt uint32) uint64 {
-	if nvml.ValueType(vt) == nvml.VALUE_TYPE_UNSIGNED_INT {
-		return uint64(uint32(cur) - uint32(prev))
+	if nvml.ValueType(vt) == nvml.VALUE_TYPE_UNSIGNED_INT { // #nosec G115 -- NVML's C enum
+		return uint64(uint32(cur) - uint32(prev)) // #nosec G115 -- a 32-bit counter's wraparound, on purpose
 	}
 	return cur - prev
 }

@@ -307,7 +307,7 @@ func (p *processState) listUtil(from uint64) {
 		}
 		e := p.entry(pid)
 		e.SMUtil, e.MemUtil, e.EncUtil, e.DecUtil = float64(u.sm), float64(u.mem), float64(u.enc), float64(u.dec)
-		e.UtilAt = time.UnixMicro(int64(u.ts))
+		e.UtilAt = time.UnixMicro(int64(u.ts)) // #nosec G115 -- NVML's microsecond timestamps, far below 2^63
 	}
 }
 
@@ -362,7 +362,7 @@ func (p *processState) finish(st *telemetry.DeviceState) {
 
 // codec maps NVML's encoder type to the telemetry codec.
 func codec(t uint32) telemetry.Codec {
-	switch nvml.EncoderType(t) {
+	switch nvml.EncoderType(t) { // #nosec G115 -- NVML's C enum
 	case nvml.ENCODER_QUERY_H264:
 		return telemetry.CodecH264
 	case nvml.ENCODER_QUERY_HEVC:

@@ -538,7 +538,7 @@ func (s *Sampler) countTick(start time.Time) {
 	if elapsed < 0 {
 		return
 	}
-	expected := uint64(elapsed/s.cfg.Interval) + 1
+	expected := uint64(elapsed/s.cfg.Interval) + 1 // #nosec G115 -- elapsed is not negative, checked above
 	if taken := s.ticks + 1; expected > taken+s.missed {
 		s.missed = expected - taken
 	}

@@ -72,7 +72,7 @@ func shiftTs(ts uint64, delta int64) uint64 {
 	if delta < 0 && uint64(-delta) > ts {
 		return 0
 	}
-	return uint64(int64(ts) + delta)
+	return uint64(int64(ts) + delta) // #nosec G115 -- NVML's microsecond timestamps, far below 2^63
 }
 
 // evictBefore drops samples older than ts.
@@ -114,9 +114,9 @@ func sampleValue(t nvml.ValueType, raw [8]byte) float64 {
 	case nvml.VALUE_TYPE_UNSIGNED_LONG, nvml.VALUE_TYPE_UNSIGNED_LONG_LONG:
 		return float64(binary.LittleEndian.Uint64(raw[:]))
 	case nvml.VALUE_TYPE_SIGNED_LONG_LONG:
-		return float64(int64(binary.LittleEndian.Uint64(raw[:])))
+		return float64(int64(binary.LittleEndian.Uint64(raw[:]))) // #nosec G115 -- the value's bits, read as the type NVML gave
 	case nvml.VALUE_TYPE_SIGNED_INT:
-		return float64(int32(binary.LittleEndian.Uint32(raw[:])))
+		return float64(int32(binary.LittleEndian.Uint32(raw[:]))) // #nosec G115 -- the value's bits, read as the type NVML gave
 	case nvml.VALUE_TYPE_UNSIGNED_SHORT:
 		return float64(binary.LittleEndian.Uint16(raw[:]))
 	}
@@ -205,7 +205,7 @@ func (es *engineState) absorb(vt nvml.ValueType, samples []nvml.Sample, notAfter
 		if out == nil {
 			out = make([]telemetry.UtilSample, 0, len(samples))
 		}
-		out = append(out, telemetry.UtilSample{At: time.UnixMicro(int64(s.TimeStamp)), Value: v})
+		out = append(out, telemetry.UtilSample{At: time.UnixMicro(int64(s.TimeStamp)), Value: v}) // #nosec G115 -- NVML's microsecond timestamps, far below 2^63
 		newest = max(newest, s.TimeStamp)
 	}
 	es.lastSeen = newest

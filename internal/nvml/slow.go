@@ -219,7 +219,7 @@ func (d *device) getFieldValue(id uint32, scope uint32) (uint64, nvml.Return) {
 	if ret := d.handle.GetFieldValues(v); ret != nvml.SUCCESS {
 		return 0, ret
 	}
-	if ret := nvml.Return(v[0].NvmlReturn); ret != nvml.SUCCESS {
+	if ret := nvml.Return(v[0].NvmlReturn); ret != nvml.SUCCESS { // #nosec G115 -- NVML's nvmlReturn_t, a C enum
 		return 0, ret
 	}
 	return counterValue(v[0]), nvml.SUCCESS
@@ -330,7 +330,7 @@ func readSlowFieldValues(d *device, r *slowReading) nvml.Return {
 		}
 	}
 	if sl.active.Has(telemetry.MemoryTemp) {
-		if e := nvml.Return(req[0].NvmlReturn); e == nvml.SUCCESS {
+		if e := nvml.Return(req[0].NvmlReturn); e == nvml.SUCCESS { // #nosec G115 -- NVML's nvmlReturn_t, a C enum
 			r.vals.Set(telemetry.MemoryTemp, float64(counterValue(req[0])))
 		} else {
 			note(telemetry.MemoryTemp, e)
@@ -341,7 +341,7 @@ func readSlowFieldValues(d *device, r *slowReading) nvml.Return {
 		var us int64
 		e := nvml.SUCCESS
 		for _, v := range req[1:] {
-			if e = nvml.Return(v.NvmlReturn); e != nvml.SUCCESS {
+			if e = nvml.Return(v.NvmlReturn); e != nvml.SUCCESS { // #nosec G115 -- NVML's nvmlReturn_t, a C enum
 				break
 			}
 			kib += counterValue(v)

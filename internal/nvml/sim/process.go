@@ -52,7 +52,7 @@ func (l *Library) Processes() []Process {
 func (l *Library) addProcesses(seed int64) {
 	n := len(l.devices)
 	for i, d := range l.devices {
-		s := mix(uint64(seed)) ^ mix(uint64(i)+1) ^ 0x9c0de
+		s := mix(uint64(seed)) ^ mix(uint64(i)+1) ^ 0x9c0de // #nosec G115 -- bits of a hash, truncated on purpose
 		if n >= 2 && i == n-1 {
 			// Seeded shares of a quarter to two fifths for the first
 			// pod: two media servers with different loads.
@@ -69,13 +69,13 @@ func (l *Library) addProcesses(seed int64) {
 }
 
 func newProcess(seed uint64, k, gpu int, ns, pod, container string, smShare, encShare float64) Process {
-	s := mix(seed ^ uint64(k+1)*0x51ed)
+	s := mix(seed ^ uint64(k+1)*0x51ed) // #nosec G115 -- bits of a hash, truncated on purpose
 	a, b := mix(s^1), mix(s^2)
-	uid := fmt.Sprintf("%08x-%04x-4%03x-%04x-%012x", uint32(a>>32), uint16(a>>16), uint16(a)&0xfff,
+	uid := fmt.Sprintf("%08x-%04x-4%03x-%04x-%012x", uint32(a>>32), uint16(a>>16), uint16(a)&0xfff, // #nosec G115 -- bits of a hash, truncated on purpose
 		0x8000|uint16(b>>48)&0x3fff, b&0xffffffffffff)
 	cid := fmt.Sprintf("%016x%016x%016x%016x", mix(s^3), mix(s^4), mix(s^5), mix(s^6))
 	return Process{
-		PID:         uint32(20000 + gpu*100 + k*7 + int(s%5)),
+		PID:         uint32(20000 + gpu*100 + k*7 + int(s%5)), // #nosec G115 -- a small simulated value
 		GPU:         gpu,
 		Namespace:   ns,
 		Pod:         pod,
@@ -233,7 +233,7 @@ func (d *Device) encoderSessions(u float64) ([]nvml.EncoderSessionInfo, nvml.Ret
 	// keeps the sum at total×lat (positive: dLat is at most lat/2).
 	var dLat uint32
 	if n > 1 {
-		dLat = lat * uint32(total-counts[n-1]) / uint32(2*total)
+		dLat = lat * uint32(total-counts[n-1]) / uint32(2*total) // #nosec G115 -- a small simulated value
 	}
 	restLat := total*int(lat) - counts[n-1]*int(lat+dLat)
 	restN := total - counts[n-1]
@@ -255,7 +255,7 @@ func (d *Device) encoderSessions(u float64) ([]nvml.EncoderSessionInfo, nvml.Ret
 			} else if n > 1 {
 				// Spread the remainder over the other sessions, whole
 				// numbers that add up exactly.
-				s.AverageLatency = uint32(restLat / restN)
+				s.AverageLatency = uint32(restLat / restN) // #nosec G115 -- a small simulated value
 				if k < restLat%restN {
 					s.AverageLatency++
 				}

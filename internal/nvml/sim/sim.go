@@ -204,7 +204,7 @@ func unit(seed, k uint64) float64 {
 func uuidFor(seed uint64) string {
 	a, b := mix(seed^0xa5a5), mix(seed^0x5a5a)
 	return fmt.Sprintf("GPU-%08x-%04x-%04x-%04x-%012x",
-		uint32(a>>32), uint16(a>>16), uint16(a), uint16(b>>48), b&0xffffffffffff)
+		uint32(a>>32), uint16(a>>16), uint16(a), uint16(b>>48), b&0xffffffffffff) // #nosec G115 -- bits of a hash, truncated on purpose
 }
 
 // Device is a simulated GPU.
@@ -226,7 +226,7 @@ type Device struct {
 var _ calls.Device = (*Device)(nil)
 
 func newDevice(l *Library, seed int64, index int, static bool) *Device {
-	s := mix(uint64(seed)) ^ mix(uint64(index)+1)
+	s := mix(uint64(seed)) ^ mix(uint64(index)+1) // #nosec G115 -- bits of a hash, truncated on purpose
 	return &Device{
 		lib:   l,
 		index: index,
