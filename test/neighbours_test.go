@@ -2,15 +2,19 @@ package test
 
 import (
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 
 	"github.com/gpu-telemetry/agent/internal/nvml/sim"
 	fk "github.com/gpu-telemetry/agent/internal/podresources/fakekubelet"
+	"github.com/gpu-telemetry/agent/internal/testutil"
+	"github.com/gpu-telemetry/agent/test/internal/fakeapi"
 )
 
 // Hostile neighbours: what other software on the node (the kubelet, the
@@ -87,4 +91,86 @@ func TestCrowdedKubelet(t *testing.T) {
 
 	kubelet.SetPods(crowdedPods(devs, 10_000))
 	a.waitMetrics(t, 30*time.Second, "the agent back on a 4.3 MB answer", state(1, 0))
+}
+
+// An API server that ends every watch after 1 s and answers a watch that
+// resumes with 410 Gone: the agent lists again (client-go's backoff, not a
+// loop), the pods' labels on their series stay right and follow a change
+// made while the watch was down, a 410 is not counted as a failure, and
+// nothing is logged for it above debug: in particular none of client-go's
+// klog lines reaches stderr in klog's own format.
+func TestFlakyAPIServer(t *testing.T) {
+	devs := sim.New(sim.Options{Devices: 2, Seed: 3, Static: true}).Devices()
+	kubelet := startKubelet(t, crowdedPods(devs, 0))
+	labelled := func(name, uid, app string) corev1.Pod {
+		ns := "media"
+		if strings.HasPrefix(name, "inference") {
+			ns = "default"
+		}
+		p := fakeapi.Pod("golden-node", ns, name, uid)
+		p.Labels = map[string]string{"app": app, "pod-template-hash": "7c9d8f6b5"}
+		return p
+	}
+	pods := func(inferenceApp string) []corev1.Pod {
+		return []corev1.Pod{
+			labelled("inference-0", "6f1c2a3b-4d5e-4f60-8a71-b2c3d4e5f601", inferenceApp),
+			labelled("webrtc-sfu-0", "0e5d7c1a-9b3f-4c2e-a8d6-3f1b2c4d5e60", "sfu"),
+			labelled("webrtc-sfu-1", "7b2e9f4c-1d8a-4e3b-9c5f-6a0d2e8b4c71", "sfu"),
+		}
+	}
+	api := fakeapi.Start(pods("inference")...)
+	t.Cleanup(api.Close)
+	api.SetFaults(fakeapi.Faults{DropWatchesAfter: time.Second, Gone: fakeapi.GoneStatus})
+	kubeconfig, err := api.Kubeconfig(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	a := startAgent(t, "--simulate=2", "--simulate.seed=3", "--simulate.static",
+		"--kubelet.pod-resources-socket="+kubelet.Path(), "--kubeconfig="+kubeconfig,
+		"--kubernetes-enable-pod-labels", "--kubernetes-pod-label-allowlist-regex=^app$")
+
+	labels := func(inferenceApp string) func(samples) error {
+		return func(s samples) error {
+			for _, c := range []struct{ uuid, pod, app string }{
+				{devs[0].UUID(), "inference-0", inferenceApp},
+				{devs[1].UUID(), "webrtc-sfu-0", "sfu"},
+				{devs[1].UUID(), "webrtc-sfu-1", "sfu"},
+			} {
+				if _, ok := s.podSeries("DCGM_FI_DEV_GPU_UTIL", c.uuid, c.pod, "app", c.app); !ok {
+					return fmt.Errorf("no DCGM_FI_DEV_GPU_UTIL of %s with app=%q", c.pod, c.app)
+				}
+			}
+			return nil
+		}
+	}
+	a.waitMetrics(t, 30*time.Second, "the pods' labels", labels("inference"))
+	if err := testutil.Poll(t.Context(), 30*time.Second, func() (bool, error) { return api.GoneAnswers() > 0, nil }); err != nil {
+		t.Fatalf("no watch resumed: %v; requests %+v", err, api.Requests())
+	}
+	// While the watches are down, inference-0 is relabelled: the next
+	// list brings it (client-go's backoff has grown to a few seconds).
+	api.SetPods(pods("inference-v2")...)
+	s := a.waitMetrics(t, 90*time.Second, "the label changed while the watch was down", labels("inference-v2"))
+	elapsed := time.Since(start)
+
+	lists, _ := s.value("gpu_agent_pod_watch_lists_total")
+	t.Logf("%v: %v lists counted by the agent, %d by the server, %d watches answered Gone", elapsed.Round(time.Millisecond), lists, api.Lists(), api.GoneAnswers())
+	if limit := 2 + 2*elapsed.Seconds(); lists < 2 || lists > limit {
+		t.Errorf("gpu_agent_pod_watch_lists_total %v after %v, want from 2 to %.0f", lists, elapsed, limit)
+	}
+	for metric, want := range map[string]float64{"gpu_agent_pod_watch_errors_total": 0, "gpu_agent_pod_watch_synced": 1, "gpu_agent_pod_watch_pods": 3} {
+		if err := s.expect(metric, want); err != nil {
+			t.Error(err)
+		}
+	}
+	out := a.Output()
+	if klogLine := regexp.MustCompile(`(?m)^[IWEF]\d{4} \d\d:\d\d:\d\d`); klogLine.MatchString(out) {
+		t.Errorf("client-go logged through klog to stderr:\n%s", klogLine.FindString(out))
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, "component=podwatch") && !strings.Contains(line, `msg="pod watch synced"`) && !strings.Contains(line, "level=DEBUG") {
+			t.Errorf("logged: %s", line)
+		}
+	}
 }
