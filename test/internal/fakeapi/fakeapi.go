@@ -58,8 +58,8 @@ const (
 
 // Faults are the ways the server misbehaves; the zero value is none.
 type Faults struct {
-	// DropWatchesAfter ends every watch this long after it began; 0
-	// keeps them open.
+	// DropWatchesAfter ends every watch this long after it began, with a
+	// bookmark where the client allows them; 0 keeps them open.
 	DropWatchesAfter time.Duration
 	// Gone answers a watch that resumes from a resource version: not a
 	// watch-list (sendInitialEvents), and from a version other than ""
@@ -272,6 +272,14 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	case <-r.Context().Done():
 	case <-s.quit:
 	case <-drop:
+		// As the API server does before it ends a watch on its
+		// timeout: a bookmark of the version the watch is at, so that
+		// the client resumes from it (and is not told of a "very short
+		// watch" that had no event, which client-go lists again for).
+		if q.Get("allowWatchBookmarks") == "true" {
+			send("BOOKMARK", corev1.Pod{TypeMeta: metav1.TypeMeta{Kind: "Pod", APIVersion: "v1"},
+				ObjectMeta: metav1.ObjectMeta{ResourceVersion: resourceVersion}})
+		}
 	}
 }
 

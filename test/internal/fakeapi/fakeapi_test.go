@@ -196,6 +196,22 @@ func testDroppedWatches(t *testing.T, gone Gone) {
 	if s.Lists() <= lists {
 		t.Errorf("the change was seen without a list: %d lists before, %d after", lists, s.Lists())
 	}
+	// Two more rounds of drop, refused resume and list, to count lists
+	// over several seconds: client-go's backoff doubles each round.
+	gones := s.GoneAnswers()
+	poll("two more watches answered Gone", func() error {
+		if s.GoneAnswers() < gones+2 {
+			return fmt.Errorf("%d watches answered Gone, want %d", s.GoneAnswers(), gones+2)
+		}
+		return nil
+	})
+	poll("a list after each", func() error {
+		if s.Lists() <= s.GoneAnswers() {
+			return fmt.Errorf("%d lists after %d watches answered Gone, want one more", s.Lists(), s.GoneAnswers())
+		}
+		return nil
+	})
+
 	elapsed := time.Since(start)
 	st := w.Stats()
 	n := s.Lists()
