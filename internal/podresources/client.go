@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,8 +21,14 @@ import (
 	"github.com/gpu-telemetry/agent/internal/attribution"
 )
 
-// maxRecvMsgSize leaves room for nodes with hundreds of pods; gRPC's 4 MiB
-// default is reachable with many containers and topology hints.
+// maxRecvMsgSize bounds the kubelet's List answer, which carries every pod
+// of the node, GPU or not, with its CPUs, memory and devices. gRPC's 4 MiB
+// default is reachable: 10,000 pods of a kubelet with the static CPU and
+// memory managers make 4.3 MB (fakekubelet.Crowd), and dcgm-exporter failed
+// on such nodes (NVIDIA/dcgm-exporter#509). 16 MiB, what the kubelet's own
+// pod-resources client allows, holds about 39,000 such pods. An answer over
+// it fails that List (the last good map is kept, see Status), and is
+// received no further than its length prefix.
 const maxRecvMsgSize = 16 << 20
 
 // maxReconnectBackoff caps gRPC's reconnect backoff (120 s by default) so a
@@ -274,7 +281,7 @@ func (c *Client) Refresh(ctx context.Context) error {
 		if cerr := callerGaveUp(ctx, c.lastCall.Add(c.opts.Timeout), err); cerr != nil {
 			return cerr
 		}
-		err = fmt.Errorf("list pod resources: %w", err)
+		err = listError(err)
 		c.fail(err)
 		return err
 	}
@@ -282,6 +289,16 @@ func (c *Client) Refresh(ctx context.Context) error {
 	c.current.Store(a)
 	c.succeed(a)
 	return nil
+}
+
+// listError names a failed List; an answer over maxRecvMsgSize, which gRPC
+// reports as ResourceExhausted (as the kubelet's rate limiter also does),
+// says which limit it passed.
+func listError(err error) error {
+	if st, ok := status.FromError(err); ok && st.Code() == codes.ResourceExhausted && strings.Contains(st.Message(), "larger than max") {
+		return fmt.Errorf("list pod resources: the kubelet's answer is over the agent's %d MiB limit (some 39,000 pods): %w", maxRecvMsgSize>>20, err)
+	}
+	return fmt.Errorf("list pod resources: %w", err)
 }
 
 // callerGaveUp tells the caller's cancellation (shutdown) from a kubelet

@@ -26,5 +26,9 @@ func (w *Watcher) Metrics() []prometheus.Collector {
 			Name: "gpu_agent_pod_watch_errors_total",
 			Help: "Failed lists and watches of this node's pods (a forbidden list, say); the watch retries.",
 		}, func() float64 { return float64(w.Stats().Errors) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "gpu_agent_pod_watch_lists_total",
+			Help: "Lists of this node's pods: the first, and one each time the watch cannot resume (its resource version expired, 410).",
+		}, func() float64 { return float64(w.Stats().Lists) }),
 	}
 }

@@ -16,7 +16,9 @@
 // node by the kubelet's default limit), then one long-lived WATCH. While the API server is
 // unreachable the index keeps what it had and the reflector retries with
 // backoff; pods created meanwhile are not found until it comes back, and
-// callers fall back to the pod UID.
+// callers fall back to the pod UID. A watch the server ends, and a resume
+// it answers 410 Gone, cost a LIST after the same backoff (0.8 s doubling
+// to 30 s): never a loop, whatever the server does.
 package podwatch
 
 import (
@@ -29,13 +31,16 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
 
 	"github.com/gpu-telemetry/agent/internal/app"
 	"github.com/gpu-telemetry/agent/internal/attribution"
@@ -123,15 +128,17 @@ type Watcher struct {
 
 	running chan struct{}
 	errMu   sync.Mutex
-	lastErr string
+	lastErr string // the failure last logged; "" once a list succeeds
 	errors  uint64 // failed lists and watches, under errMu
+	lists   uint64 // lists begun, watch-lists included, under errMu
 }
 
 // Stats is what the watch has done so far, for the agent's metrics.
 type Stats struct {
 	Synced bool   // the first list of the node's pods has been indexed
 	Pods   int    // pods indexed now
-	Errors uint64 // failed lists and watches (a closed watch is not one)
+	Errors uint64 // failed lists and watches (a closed or expired watch is not one)
+	Lists  uint64 // lists of the node's pods: the first, and one each time the watch cannot resume
 }
 
 // Stats returns the watch's state; safe for concurrent use.
@@ -140,9 +147,9 @@ func (w *Watcher) Stats() Stats {
 	pods := len(w.pods)
 	w.mu.RUnlock()
 	w.errMu.Lock()
-	errs := w.errors
+	errs, lists := w.errors, w.lists
 	w.errMu.Unlock()
-	return Stats{Synced: w.HasSynced(), Pods: pods, Errors: errs}
+	return Stats{Synced: w.HasSynced(), Pods: pods, Errors: errs, Lists: lists}
 }
 
 type entry struct {
@@ -188,7 +195,7 @@ func New(client PodsClient, node string, opts Options) (*Watcher, error) {
 	w.informer = cache.NewSharedIndexInformerWithOptions(
 		// The wrapper lets the reflector ask the client whether it
 		// supports watch-list streaming (the fake clientset does not).
-		cache.ToListWatcherWithWatchListSemantics(listWatch(client, node), client),
+		cache.ToListWatcherWithWatchListSemantics(w.listWatch(client), client),
 		&corev1.Pod{},
 		cache.SharedIndexInformerOptions{ResyncPeriod: opts.ResyncPeriod, ObjectDescription: "pods on " + node},
 	)
@@ -219,17 +226,51 @@ func fieldSelector(node string) string {
 	return fields.OneTermEqualSelector("spec.nodeName", node).String()
 }
 
-func listWatch(pods PodsClient, node string) *cache.ListWatch {
-	sel := fieldSelector(node)
+// listWatch lists and watches the node's pods, counting lists: a list
+// (or a watch-list, which begins with every pod) comes once at start and
+// again whenever the watch cannot resume. One that succeeds after a
+// logged failure is logged once.
+func (w *Watcher) listWatch(pods PodsClient) *cache.ListWatch {
+	sel := fieldSelector(w.node)
 	return &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			o.FieldSelector = sel
-			return pods.List(ctx, o)
+			w.listed()
+			list, err := pods.List(ctx, o)
+			if err == nil {
+				w.recovered()
+			}
+			return list, err
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			o.FieldSelector = sel
-			return pods.Watch(ctx, o)
+			initial := o.SendInitialEvents != nil && *o.SendInitialEvents
+			if initial {
+				w.listed()
+			}
+			wi, err := pods.Watch(ctx, o)
+			if err == nil && initial {
+				w.recovered()
+			}
+			return wi, err
 		},
+	}
+}
+
+func (w *Watcher) listed() {
+	w.errMu.Lock()
+	w.lists++
+	w.errMu.Unlock()
+}
+
+// recovered logs the end of a logged failure, once.
+func (w *Watcher) recovered() {
+	w.errMu.Lock()
+	was := w.lastErr
+	w.lastErr = ""
+	w.errMu.Unlock()
+	if was != "" {
+		w.log.Info("pod watch works again", "node", w.node)
 	}
 }
 
@@ -241,6 +282,11 @@ func (w *Watcher) Run(ctx context.Context) error {
 	default:
 		return errors.New("podwatch: run called twice")
 	}
+	// client-go's reflector logs through klog, to stderr in klog's
+	// format, a line each time a watch ends early: the context carries
+	// the agent's logger instead, at debug level (quiet), since
+	// watchError reports what matters once.
+	ctx = klog.NewContext(ctx, logr.FromSlogHandler(quiet{w.log.Handler()}))
 	go func() {
 		if cache.WaitForCacheSync(ctx.Done(), w.HasSynced) {
 			w.mu.RLock()
@@ -385,11 +431,20 @@ func (w *Watcher) dropLocked(uid types.UID) {
 }
 
 // watchError replaces client-go's default handler, which logs through klog,
-// so that failures reach the agent's logger, each distinct one once: a
-// missing RBAC rule fails every retry with the same message.
+// so that failures reach the agent's logger, each distinct one once until
+// a list succeeds: a missing RBAC rule fails every retry with the same
+// message.
 func (w *Watcher) watchError(_ context.Context, _ *cache.Reflector, err error) {
 	if errors.Is(err, io.EOF) {
 		return // the server closed the watch; the reflector reopens it
+	}
+	if apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
+		// 410: the watch could not resume from its resource version
+		// (etcd compacted past it), and the reflector lists again.
+		// The protocol working, not a failure; and the message names
+		// resource versions, so it would differ every time.
+		w.log.Debug("pod watch expired; listing the node's pods again", "node", w.node, "err", err)
+		return
 	}
 	msg := err.Error()
 	w.errMu.Lock()
@@ -582,3 +637,22 @@ func (w *Watcher) Name(o cgroup.Owner) (attribution.Pod, bool) {
 	}
 	return attribution.Pod{}, false
 }
+
+// quiet is a slog.Handler that passes client-go's log lines on at debug
+// level, errors included: they repeat on every retry, and watchError
+// reports each failure once. klog's verbosity 5 and up (logr's V(5) is
+// slog's level -5), such as the REST client's request and response
+// bodies, is dropped.
+type quiet struct{ h slog.Handler }
+
+func (q quiet) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelDebug && q.h.Enabled(ctx, slog.LevelDebug)
+}
+
+func (q quiet) Handle(ctx context.Context, r slog.Record) error {
+	r.Level = slog.LevelDebug
+	return q.h.Handle(ctx, r)
+}
+
+func (q quiet) WithAttrs(as []slog.Attr) slog.Handler { return quiet{q.h.WithAttrs(as)} }
+func (q quiet) WithGroup(name string) slog.Handler    { return quiet{q.h.WithGroup(name)} }

@@ -1,7 +1,9 @@
 package podwatch
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"reflect"
 	"strings"
 	"sync"
@@ -403,11 +405,12 @@ func TestHasSyncedWaitsForTheFirstList(t *testing.T) {
 }
 
 // Stats counts a forbidden list (a missing RBAC rule), is not synced
-// until a list succeeds, and then holds the node's pods.
+// until a list succeeds, and then holds the node's pods. The failure is
+// logged once, and so is the list that ends it.
 func TestStatsCountFailedListsUntilSynced(t *testing.T) {
 	client := fake.NewClientset(webrtcPod())
 	var calls sync.Mutex
-	failures := 1
+	failures := 2
 	client.PrependReactor("list", "pods", func(clienttesting.Action) (bool, runtime.Object, error) {
 		calls.Lock()
 		defer calls.Unlock()
@@ -417,7 +420,8 @@ func TestStatsCountFailedListsUntilSynced(t *testing.T) {
 		}
 		return false, nil, nil
 	})
-	w, err := New(fakePods(client), node, Options{})
+	var logs syncBuffer
+	w, err := New(fakePods(client), node, Options{Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -430,8 +434,15 @@ func TestStatsCountFailedListsUntilSynced(t *testing.T) {
 	if !cache.WaitForCacheSync(timeout(t), w.HasSynced) {
 		t.Fatal("not synced after the list that succeeded")
 	}
-	if st := w.Stats(); st != (Stats{Synced: true, Pods: 1, Errors: 1}) {
-		t.Errorf("after a forbidden list and a good one: %+v, want synced, 1 pod, 1 error", st)
+	if st := w.Stats(); st != (Stats{Synced: true, Pods: 1, Errors: 2, Lists: 3}) {
+		t.Errorf("after two forbidden lists and a good one: %+v, want synced, 1 pod, 2 errors, 3 lists", st)
+	}
+	out := logs.String()
+	if n := strings.Count(out, `level=WARN msg="pod watch failed`); n != 1 {
+		t.Errorf("two forbidden lists logged %d warnings, want 1:\n%s", n, out)
+	}
+	if n := strings.Count(out, `level=INFO msg="pod watch works again"`); n != 1 {
+		t.Errorf("the list that ended the failure logged %d lines saying so, want 1:\n%s", n, out)
 	}
 }
 
@@ -557,4 +568,23 @@ func BenchmarkLookup(b *testing.B) {
 		w.Lookup(uidWebRTC)
 		w.Container(cidMain)
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the watcher's goroutines to write
+// and the test to read.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -20,6 +20,9 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	protoenc "google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
@@ -33,12 +36,14 @@ type Server struct {
 	path  string
 	calls atomic.Int64
 
-	mu    sync.Mutex
-	pods  []*podresourcesv1.PodResources // never mutated once stored
-	err   error
-	delay time.Duration
-	srv   *grpc.Server
-	done  chan struct{} // closed when the current Serve returns
+	mu     sync.Mutex
+	pods   []*podresourcesv1.PodResources // never mutated once stored
+	answer *podresourcesv1.ListPodResourcesResponse
+	wire   []byte // answer encoded, for wireCodec
+	err    error
+	delay  time.Duration
+	srv    *grpc.Server
+	done   chan struct{} // closed when the current Serve returns
 }
 
 var _ podresourcesv1.PodResourcesListerServer = (*Server)(nil)
@@ -61,7 +66,7 @@ func (s *Server) serve() error {
 	if err != nil {
 		return fmt.Errorf("fakekubelet: listen: %w", err)
 	}
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(grpc.ForceServerCodecV2(wireCodec{s: s, CodecV2: encoding.GetCodecV2(protoenc.Name)}))
 	podresourcesv1.RegisterPodResourcesListerServer(srv, s)
 	done := make(chan struct{})
 	s.mu.Lock()
@@ -78,7 +83,10 @@ func (s *Server) serve() error {
 func (s *Server) Path() string { return s.path }
 
 // SetPods sets the answer to List from now on. The pods are deep-copied, so
-// the caller may reuse them.
+// the caller may reuse them. The answer is encoded here, once, and sent as
+// it is by every List: a crowded node's 17 MB answer takes seconds to
+// encode under the race detector, which would otherwise stand for a
+// kubelet slower than any (a real one encodes it in some 100 ms).
 func (s *Server) SetPods(pods []*podresourcesv1.PodResources) {
 	cp := make([]*podresourcesv1.PodResources, len(pods))
 	for i, p := range pods {
@@ -86,9 +94,33 @@ func (s *Server) SetPods(pods []*podresourcesv1.PodResources) {
 			cp[i] = proto.Clone(p).(*podresourcesv1.PodResources)
 		}
 	}
+	answer := &podresourcesv1.ListPodResourcesResponse{PodResources: cp}
+	// A nil pod (a test of garbage) does not encode: such an answer is
+	// encoded by gRPC on each List, and fails there as it should.
+	wire, err := proto.Marshal(answer)
+	if err != nil {
+		wire = nil
+	}
 	s.mu.Lock()
-	s.pods = cp
+	s.pods, s.answer, s.wire = cp, answer, wire
 	s.mu.Unlock()
+}
+
+// wireCodec is gRPC's proto codec, except that the answer of SetPods goes
+// out as encoded there.
+type wireCodec struct {
+	encoding.CodecV2
+	s *Server
+}
+
+func (c wireCodec) Marshal(v any) (mem.BufferSlice, error) {
+	c.s.mu.Lock()
+	answer, wire := c.s.answer, c.s.wire
+	c.s.mu.Unlock()
+	if v == any(answer) && wire != nil {
+		return mem.BufferSlice{mem.SliceBuffer(wire)}, nil
+	}
+	return c.CodecV2.Marshal(v)
 }
 
 // SetError makes List (and Get) fail with err until cleared with nil. A
@@ -137,7 +169,7 @@ func (s *Server) Restart() error {
 func (s *Server) List(ctx context.Context, _ *podresourcesv1.ListPodResourcesRequest) (*podresourcesv1.ListPodResourcesResponse, error) {
 	s.calls.Add(1)
 	s.mu.Lock()
-	pods, err, delay := s.pods, s.err, s.delay
+	answer, err, delay := s.answer, s.err, s.delay
 	s.mu.Unlock()
 	if delay > 0 {
 		t := time.NewTimer(delay)
@@ -151,7 +183,11 @@ func (s *Server) List(ctx context.Context, _ *podresourcesv1.ListPodResourcesReq
 	if err != nil {
 		return nil, err
 	}
-	return &podresourcesv1.ListPodResourcesResponse{PodResources: pods}, nil
+	if answer == nil {
+		return &podresourcesv1.ListPodResourcesResponse{}, nil
+	}
+	// Shared and never modified: SetPods replaces it whole.
+	return answer, nil
 }
 
 // GetAllocatableResources answers an empty inventory: the agent takes its
@@ -236,4 +272,54 @@ func TempSocketPath(tb TB) string {
 	}
 	tb.Cleanup(func() { _ = os.RemoveAll(dir) })
 	return filepath.Join(dir, "kubelet.sock")
+}
+
+// Crowd returns n pods that hold no GPU, spelled as a kubelet with the
+// static CPU and memory managers reports a busy node's pods: two init
+// containers (a service mesh's, a config renderer), the workload (sixteen
+// exclusive CPUs, NUMA-pinned memory and hugepages, two SR-IOV NICs and a
+// Network Operator RDMA device, nvidia.com/hostdev, which is no GPU), a
+// mesh proxy and a log shipper, under the generated names of a
+// Deployment's pods. Such a pod is about 430 bytes of the List answer:
+// 10,000 of them (4.3 MB) pass gRPC's default 4 MiB receive limit, as
+// crowded nodes did for dcgm-exporter (NVIDIA/dcgm-exporter#509, 4.7 MB),
+// and 40,000 (17 MB) the client's 16 MiB.
+func Crowd(n int) []*podresourcesv1.PodResources {
+	pods := make([]*podresourcesv1.PodResources, n)
+	numa := func(id int64) *podresourcesv1.TopologyInfo {
+		return &podresourcesv1.TopologyInfo{Nodes: []*podresourcesv1.NUMANode{{ID: id}}}
+	}
+	for i := range pods {
+		node := int64(i % 2)
+		cpus := make([]int64, 16)
+		for c := range cpus {
+			cpus[c] = int64(64*node) + int64(16*(i%4)+c)
+		}
+		nic := func(port int) string { return fmt.Sprintf("0000:%02x:%02x.%d", 0x3b+2*node+int64(port), i%32, i%8) }
+		pods[i] = &podresourcesv1.PodResources{
+			Namespace: fmt.Sprintf("tenant-%04d-live-media-production", i/50),
+			Name:      fmt.Sprintf("live-stream-transcoder-worker-%010x-%05d", uint64(i)*2654435761, i),
+			Containers: []*podresourcesv1.ContainerResources{
+				{Name: "istio-init"},
+				{Name: "config-renderer"},
+				{
+					Name:   "transcoder-worker",
+					CpuIds: cpus,
+					Memory: []*podresourcesv1.ContainerMemory{
+						{MemoryType: "memory", Size: 32 << 30, Topology: numa(node)},
+						{MemoryType: "hugepages-2Mi", Size: 2 << 30, Topology: numa(node)},
+						{MemoryType: "hugepages-1Gi", Size: 4 << 30, Topology: numa(node)},
+					},
+					Devices: []*podresourcesv1.ContainerDevices{
+						{ResourceName: "intel.com/sriov_netdevice_left", DeviceIds: []string{nic(0)}, Topology: numa(node)},
+						{ResourceName: "intel.com/sriov_netdevice_right", DeviceIds: []string{nic(1)}, Topology: numa(node)},
+						{ResourceName: "nvidia.com/hostdev", DeviceIds: []string{nic(2)}, Topology: numa(node)},
+					},
+				},
+				{Name: "istio-proxy"},
+				{Name: "fluent-bit-log-shipper"},
+			},
+		}
+	}
+	return pods
 }
