@@ -114,6 +114,11 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return abort(err)
 	}
+	// Until the stages run, their connections are closed here.
+	abortStages := func(err error) error {
+		st.close()
+		return abort(err)
+	}
 	var processes attribution.Processes // nil, not a nil *ProcessStage
 	if st.processes != nil {
 		processes = st.processes
@@ -125,7 +130,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	views := attribution.NewAttributor(store, st.pods, processes, viewOpts...)
 	collector, err := newCollector(cfg, views, sampler.DriverVersion(), log)
 	if err != nil {
-		return abort(err)
+		return abortStages(err)
 	}
 	metrics := append([]prometheus.Collector{tick}, st.metrics...)
 	if profiling != nil {
@@ -134,7 +139,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	var push *pushServer
 	if grpcLn != nil {
 		if push, err = newPushServer(cfg, store, views, st.apps, log.With("component", "grpc")); err != nil {
-			return abort(err)
+			return abortStages(err)
 		}
 		push.ln = grpcLn
 		metrics = append(metrics, push.stream, push.tls)
@@ -144,7 +149,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		ExporterMetrics: cfg.ExporterMetrics, MaxRequests: cfg.WebLimits.MaxRequests, Pprof: cfg.Pprof,
 	})
 	if err != nil {
-		return abort(err)
+		return abortStages(err)
 	}
 	web.starting.Ready(handler)
 

@@ -60,6 +60,7 @@ func TestPodMetaNeedsTheAPIServer(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
+				defer st.close() // its stages never run
 				if wantMetas := cfg.podMetaFlags() != ""; (st.metas != nil) != wantMetas {
 					t.Fatalf("start: metas %v, want some: %v", st.metas, wantMetas)
 				}

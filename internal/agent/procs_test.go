@@ -25,6 +25,7 @@ func TestNodeSourceWithoutCluster(t *testing.T) {
 	if err != nil || st.processes != nil {
 		t.Fatalf("start = %+v, %v; want no process stage and no error", st, err)
 	}
+	defer st.close() // its stages never run
 	if _, ok := st.pods.(*podresources.Client); !ok || len(st.run) != 1 {
 		t.Errorf("pods from %T, %d runners; want the kubelet client, running alone", st.pods, len(st.run))
 	}

@@ -49,8 +49,13 @@ func (s *simSource) library() nvml.Library {
 	return s.lib
 }
 
-func (s *simSource) start(store *telemetry.Store) (*stages, error) {
+func (s *simSource) start(store *telemetry.Store) (_ *stages, err error) {
 	st := &stages{}
+	defer func() {
+		if err != nil {
+			st.close()
+		}
+	}()
 	kubelet := exists(s.cfg.PodResourcesSocket)
 	if kubelet {
 		if err := st.addKubelet(s.cfg, store, s.log); err != nil {

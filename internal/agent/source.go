@@ -36,6 +36,17 @@ type stages struct {
 	apps      *app.Manager              // nil: no app scraping
 	metrics   []prometheus.Collector    // the stages' own metrics
 	run       []func(context.Context) error
+	// closers release what the stages hold before they run (the kubelet
+	// client's connection), which each run func releases on return: a
+	// start that fails once they exist, before they run, calls close.
+	closers []func() error
+}
+
+// close releases what the stages hold, when their run funcs never ran.
+func (st *stages) close() {
+	for _, c := range st.closers {
+		_ = c()
+	}
 }
 
 // addApps scrapes the pods the watch finds opted in, with --app.*.
@@ -67,8 +78,13 @@ type nodeSource struct {
 
 func (s *nodeSource) library() nvml.Library { return nvml.NewLibrary(s.cfg.NVMLLibraryPath) }
 
-func (s *nodeSource) start(store *telemetry.Store) (*stages, error) {
+func (s *nodeSource) start(store *telemetry.Store) (_ *stages, err error) {
 	st := &stages{}
+	defer func() {
+		if err != nil {
+			st.close()
+		}
+	}()
 	if err := st.addKubelet(s.cfg, store, s.log); err != nil {
 		return nil, err
 	}
@@ -119,6 +135,7 @@ func (st *stages) addKubelet(cfg *Config, store *telemetry.Store, log *slog.Logg
 	st.pods = client
 	st.metrics = append(st.metrics, podresources.NewMetrics(client))
 	st.run = append(st.run, client.Run)
+	st.closers = append(st.closers, client.Close)
 	return nil
 }
 

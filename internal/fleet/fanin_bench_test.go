@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/kedacore/keda/v2/pkg/scalers/externalscaler"
+	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -32,12 +33,15 @@ import (
 // alone. Its knobs come from the environment.
 const fleetEnv = "GPU_SCALER_BENCH_FLEET"
 
+// TestMain runs the fleet in its child process, else the package's
+// tests, failing them if a goroutine they started is still running when
+// they end.
 func TestMain(m *testing.M) {
 	if os.Getenv(fleetEnv) != "" {
 		runFleet()
 		return
 	}
-	os.Exit(m.Run())
+	goleak.VerifyTestMain(m)
 }
 
 func envInt(name string, def int) int {

@@ -231,14 +231,10 @@ func TestEndToEnd(t *testing.T) {
 	waitMetric(t, h, inference, 62) // the scaler has n3's last snapshot
 	fleet[2].Stop()
 	stopAt := time.Now()
-	keepAlive := time.NewTicker(100 * time.Millisecond) // n1 and n2 keep reporting
-	defer keepAlive.Stop()
-	go func() {
-		for range keepAlive.C {
-			publish(fleet[0])
-			publish(fleet[1])
-		}
-	}()
+	every(t, 100*time.Millisecond, func() { // n1 and n2 keep reporting
+		publish(fleet[0])
+		publish(fleet[1])
+	})
 	waitMetric(t, h, inference, 50)
 	if d := time.Since(stopAt); d < 500*time.Millisecond {
 		t.Errorf("n3 left the aggregate %s after its last snapshot, before --stale-after (600ms)", d)
@@ -259,13 +255,7 @@ func TestEndToEnd(t *testing.T) {
 	loadMu.Unlock()
 	publish(n3)
 	restarted := time.Now()
-	keepAlive3 := time.NewTicker(100 * time.Millisecond)
-	defer keepAlive3.Stop()
-	go func() {
-		for range keepAlive3.C {
-			publish(n3)
-		}
-	}()
+	every(t, 100*time.Millisecond, func() { publish(n3) })
 	waitMetric(t, h, inference, 65)
 	t.Logf("n3 back in the aggregate %s after its restart", time.Since(restarted))
 
@@ -410,4 +400,27 @@ func TestDNSDiscovery(t *testing.T) {
 	}); err != nil {
 		t.Errorf("no agent left: GetMetrics never Unavailable: %v", err)
 	}
+}
+
+// every calls f every period until the test ends, and waits for the last
+// call to return.
+func every(t *testing.T, period time.Duration, f func()) {
+	tick := time.NewTicker(period)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				f()
+			}
+		}
+	})
+	t.Cleanup(func() {
+		tick.Stop()
+		close(done)
+		wg.Wait()
+	})
 }

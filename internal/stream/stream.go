@@ -194,11 +194,13 @@ func (s *Server) Run(ctx context.Context) error {
 		go s.runApps(ctx)
 	}
 	var seq uint64
+	var missed []*telemetry.Snapshot
 	for {
 		snap, err := s.store.Wait(ctx, seq)
 		if err != nil {
 			return nil // ctx ended or Close: a normal stop
 		}
+		prev := seq
 		seq = snap.Seq
 		s.mu.Lock()
 		n := len(s.subs)
@@ -206,12 +208,30 @@ func (s *Server) Run(ctx context.Context) error {
 		if n == 0 {
 			continue // nobody to join it for
 		}
-		it := s.newItem(snap) // outside the lock: Watch calls subscribe meanwhile
-		s.mu.Lock()
-		for sub := range s.subs {
-			s.offer(sub, it)
+		// Wait gives the latest: the snapshots published while this
+		// goroutine was not scheduled (a loaded node) come from the
+		// history, in order, so that a subscriber that keeps up gets
+		// every one. Beyond a buffer's worth they would only push each
+		// other out of every buffer: those count as dropped at once.
+		snaps := []*telemetry.Snapshot{snap}
+		if prev > 0 && snap.Seq > prev+1 {
+			var lost uint64
+			missed, lost = s.store.Since(missed[:0], prev, snap)
+			if extra := len(missed) - s.opts.Buffer; extra > 0 {
+				lost += uint64(extra)
+				missed = missed[extra:]
+			}
+			s.dropped.Add(float64(lost) * float64(n))
+			snaps = missed
 		}
-		s.mu.Unlock()
+		for _, snap := range snaps {
+			it := s.newItem(snap) // outside the lock: Watch calls subscribe meanwhile
+			s.mu.Lock()
+			for sub := range s.subs {
+				s.offer(sub, it)
+			}
+			s.mu.Unlock()
+		}
 	}
 }
 

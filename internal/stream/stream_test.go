@@ -203,6 +203,61 @@ func TestSkippedSnapshotsKeepTheirSamples(t *testing.T) {
 	}
 }
 
+// The broadcaster held up (on a loaded node, descheduled) while the
+// sampler publishes: a subscriber that reads promptly still gets every
+// snapshot, in order, none skipped, from the history (found by
+// test/soak: under load every subscriber lost the same sequences).
+func TestBroadcasterCatchesUp(t *testing.T) {
+	h := newHarness(t, Options{}, newTestPods())
+	h.store.Publish(snapshot(1))
+	w := h.watch(t, &telemetryv1.WatchRequest{})
+	if m := recv(t, w); m.GetSequence() != 1 {
+		t.Fatalf("first message %d", m.GetSequence())
+	}
+	testutil.Eventually(t, 10*time.Second, "the subscriber", func() bool { return promtest.ToFloat64(h.srv.subscribers) == 1 })
+	h.srv.mu.Lock() // the broadcaster wakes, then waits here
+	for seq := uint64(2); seq <= 2+DefaultBuffer-1; seq++ {
+		h.store.Publish(snapshot(seq))
+		time.Sleep(10 * time.Millisecond)
+	}
+	h.srv.mu.Unlock()
+	for seq := uint64(2); seq <= 2+DefaultBuffer-1; seq++ {
+		if m := recv(t, w); m.GetSequence() != seq || m.GetSkipped() != 0 {
+			t.Fatalf("got %d (skipped %d), want %d: every snapshot", m.GetSequence(), m.GetSkipped(), seq)
+		}
+	}
+	if d := promtest.ToFloat64(h.srv.dropped); d != 0 {
+		t.Errorf("%v snapshots counted dropped, want none", d)
+	}
+
+	// Held up for more than a buffer's worth: the newest buffer's worth
+	// comes, the older ones count as dropped.
+	const behind = 3 * DefaultBuffer
+	first := uint64(2 + DefaultBuffer)
+	h.srv.mu.Lock()
+	for seq := first; seq < first+behind; seq++ {
+		h.store.Publish(snapshot(seq))
+	}
+	time.Sleep(20 * time.Millisecond)
+	h.srv.mu.Unlock()
+	m := recv(t, w)
+	for m.GetSequence() < first+behind-DefaultBuffer {
+		m = recv(t, w) // the one the broadcaster took before it waited
+	}
+	for seq := first + behind - DefaultBuffer; ; seq++ {
+		if m.GetSequence() != seq {
+			t.Fatalf("got %d, want %d", m.GetSequence(), seq)
+		}
+		if seq == first+behind-1 {
+			break
+		}
+		m = recv(t, w)
+	}
+	if d := promtest.ToFloat64(h.srv.dropped); d < behind-DefaultBuffer-1 {
+		t.Errorf("%v snapshots counted dropped, want at least %d", d, behind-DefaultBuffer-1)
+	}
+}
+
 // A stalled subscriber (never reads) next to one reading at full rate:
 // the fast one gets every snapshot, in order, none skipped; Publish never
 // waits; the stalled one's buffer stays bounded while its dropped
