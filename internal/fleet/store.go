@@ -33,8 +33,9 @@ var (
 // Options configure a Store.
 type Options struct {
 	// StaleAfter is how long a node may be silent before its pods leave
-	// the aggregate. Zero: four of the node's own sampling intervals, at
-	// least MinStaleAfter.
+	// the aggregate, at least two of the node's message periods. Zero:
+	// four of them (NodeSnapshot.period: its sampling interval, the
+	// slower min_period asked, or its heartbeat), at least MinStaleAfter.
 	StaleAfter time.Duration
 	// ForgetAfter is how long a silent node is kept at all. Until then its
 	// matching pods make an answer Unavailable rather than 0; after, it is
