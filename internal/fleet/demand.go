@@ -143,21 +143,30 @@ func (d *demand) use(q *Query, now int64, watch int) *liveTrigger {
 	if known && !newlyPushed {
 		return lt
 	}
-	// Served already when the union of the live triggers is what the
-	// agents are asked for (or about to be): a pattern the subscription
-	// has, a field it sends, as often as it is sent.
-	same := !d.dirty && proto.Equal(d.derive(), d.target)
+	// Served already when the union of the live triggers asks the agents
+	// for nothing the subscription does not send (or is about to): a
+	// pattern it has, fields it sends. More messages (a pushed trigger's
+	// min_period 0) make the data fresher, not right: no wait for them.
+	next := d.derive()
 	if !known {
 		lt.need = d.gen
-		if !same {
+		if d.dirty || !sameData(next, d.target) {
 			lt.need++
 		}
 	}
-	if !same {
+	if d.dirty || !proto.Equal(next, d.target) {
 		d.dirty = true
 		d.signal()
 	}
 	return lt
+}
+
+// sameData reports whether a and b ask for the same pods, fields and
+// families, whatever their periods.
+func sameData(a, b *telemetryv1.WatchRequest) bool {
+	a, b = proto.CloneOf(a), proto.CloneOf(b)
+	a.MinPeriod, b.MinPeriod = nil, nil
+	return proto.Equal(a, b)
 }
 
 // ready reports whether lt is served: every connected agent has answered

@@ -169,6 +169,27 @@ func TestDemandDerivesTheUnionOfLiveTriggers(t *testing.T) {
 	}
 }
 
+// A pushed trigger whose pods and fields the subscription has is served
+// at once, while the agents are re-subscribed for every snapshot.
+func TestPushedTriggerServedIsNotPending(t *testing.T) {
+	s, _ := newTestStore(t)
+	r := newResubscriber(t, s)
+	ingest(t, s, snap("n1", 1, epoch, dev("GPU-1", 40, "default/inference-0")))
+	polled := mustQuery(t, "metric", "gpu_util", "podPattern", "inference-.*", "target", "1")
+	_, _ = s.Answer(polled)
+	r.fire(t)
+	r.answered.Store(2)
+	pushed := mustQuery(t, "metric", "gpu_util", "podPattern", "inference-.*", "aggregation", "max", "activationTarget", "90", "target", "1")
+	_, _, stop := s.Watch(pushed)
+	defer stop()
+	if res, err := s.Answer(pushed); err != nil || res.Value != 40 {
+		t.Errorf("a pushed trigger on data the agents send: %v, %v; want 40 at once", res, err)
+	}
+	if a := r.fire(t); a.gen != 3 || a.req.MinPeriod != nil {
+		t.Errorf("generation %d, min_period %v; want every snapshot for the pushed trigger", a.gen, a.req.GetMinPeriod().AsDuration())
+	}
+}
+
 // A trigger that comes and goes within the gathering delay changes
 // nothing; whoever waited on it is served by the current generation.
 func TestDemandNoChangeNoResubscription(t *testing.T) {
