@@ -170,18 +170,29 @@ func (as *aggregateSet) acquire(s *Store, q *Query, bounded bool) *aggregate {
 
 // Answer is Evaluate's answer, read from q's aggregate (made on the first
 // call). Staleness is judged now, as Evaluate judges it.
+//
+// Every call keeps q's trigger live (demand.go): a trigger new to the
+// agents' subscription fails with ErrPending until they have answered
+// the one that serves it.
 func (s *Store) Answer(q *Query) (Result, error) {
+	now := s.nanos(s.now())
+	lt := s.demand.use(q, now, 0)
 	if q.App != nil {
+		if !s.demand.ready(lt) {
+			return Result{}, ErrPending
+		}
 		return s.evalApp(q)
 	}
 	as := &s.aggs
 	as.mu.Lock()
-	a := as.acquire(s, q, true)
+	a := as.acquire(s, q, true) // kept from now, pending or not
 	as.mu.Unlock()
+	if !s.demand.ready(lt) {
+		return Result{}, ErrPending
+	}
 	if a == nil {
 		return s.Evaluate(q)
 	}
-	now := s.nanos(s.now())
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.polled, a.lastPolled = true, now
@@ -457,7 +468,18 @@ func (a *aggregate) active(now int64, w *watch) bool {
 // Watch subscribes to q's activity: active is its state now, and ch gets
 // every later transition, latest first (a reader that falls behind gets
 // the newest state, never a stale one). Call cancel when done.
+//
+// While it is open, q's trigger is live, and pushed: the agents are asked
+// for every snapshot.
 func (s *Store) Watch(q *Query) (active bool, ch <-chan bool, cancel func()) {
+	s.demand.use(q, s.nanos(s.now()), 1)
+	var once sync.Once
+	done := func() { once.Do(func() { s.demand.use(q, s.nanos(s.now()), -1) }) }
+	active, ch, stop := s.watch(q)
+	return active, ch, func() { stop(); done() }
+}
+
+func (s *Store) watch(q *Query) (active bool, ch <-chan bool, cancel func()) {
 	if q.App != nil {
 		return s.watchApp(q)
 	}

@@ -189,7 +189,10 @@ func seriesKey(family string, labels []*telemetryv1.Label) string {
 // the window, as a PromQL range over a gone target's series does. It
 // reports whether a scrape was new: every message repeats the whole set,
 // and one that brings nothing new changes no answer.
-func (n *node) ingestApps(snap *telemetryv1.NodeSnapshot, retention int64) bool {
+//
+// first is the first message of a stream: a scrape already seen may then
+// bring series it did not (a re-subscription that names a new family).
+func (n *node) ingestApps(snap *telemetryv1.NodeSnapshot, retention int64, first bool) bool {
 	if n.apps == nil {
 		n.apps = &nodeApps{pods: make(map[string]*podApps)}
 	}
@@ -208,10 +211,12 @@ func (n *node) ingestApps(snap *telemetryv1.NodeSnapshot, retention int64) bool 
 		}
 		t := sc.GetScrapeTime().AsTime().UnixMilli()
 		newest = max(newest, t)
-		if t <= p.last {
+		if t < p.last || t == p.last && !first {
 			continue // seen: the whole set comes with every message
 		}
-		p.last, fresh = t, true
+		if t > p.last {
+			p.last, fresh = t, true
+		}
 		for _, f := range sc.GetFamilies() {
 			for _, s := range f.GetSeries() {
 				k := seriesKey(f.GetName(), s.GetLabels())
@@ -220,7 +225,11 @@ func (n *node) ingestApps(snap *telemetryv1.NodeSnapshot, retention int64) bool 
 					as = &appSeries{family: f.GetName(), typ: f.GetType(), labels: s.GetLabels()}
 					p.series[k] = as
 				}
+				if as.last >= t && len(as.points)+len(as.count) > 0 {
+					continue // this scrape's value is in (a scrape sent again)
+				}
 				as.record(t, f.GetType(), s)
+				fresh = true
 			}
 		}
 	}

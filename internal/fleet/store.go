@@ -33,8 +33,9 @@ var (
 // Options configure a Store.
 type Options struct {
 	// StaleAfter is how long a node may be silent before its pods leave
-	// the aggregate. Zero: four of the node's own sampling intervals, at
-	// least MinStaleAfter.
+	// the aggregate, at least two of the node's message periods. Zero:
+	// four of them (NodeSnapshot.period: its sampling interval, the
+	// slower min_period asked, or its heartbeat), at least MinStaleAfter.
 	StaleAfter time.Duration
 	// ForgetAfter is how long a silent node is kept at all. Until then its
 	// matching pods make an answer Unavailable rather than 0; after, it is
@@ -95,8 +96,9 @@ type Store struct {
 	// window an app trigger has asked for; 0 until one does, when the
 	// scaler keeps no app data.
 	appRetention atomic.Int64
-	appFamilies  sync.Map // family name -> true: what the agents are asked for
 	appWatch     appWatches
+
+	demand demand // the live triggers, and what the agents are asked for
 }
 
 // NewStore returns an empty store.
@@ -117,6 +119,7 @@ func NewStore(o Options) *Store {
 	s.base = s.now()
 	s.nodes.Store(&[]*node{})
 	s.aggs.init()
+	s.demand.init()
 	return s
 }
 
@@ -124,7 +127,6 @@ func NewStore(o Options) *Store {
 // MaxWindow). The query cache calls it for every new query.
 func (s *Store) Retain(q *Query) {
 	if q.App != nil {
-		s.appFamilies.Store(q.App.Family, true)
 		w := int64(min(q.Window, s.opts.MaxWindow))
 		for {
 			cur := s.appRetention.Load()
@@ -173,6 +175,10 @@ type view struct {
 	agentStart time.Time
 	sequence   uint64
 	interval   time.Duration
+	// period is the longest the agent leaves between two messages: the
+	// interval, the min_period asked, or the heartbeat after a message in
+	// which nothing passed the scaler's filter (NodeSnapshot.period).
+	period     time.Duration
 	sampleTime int64     // µs, the agent's clock: the reference of windows
 	received   time.Time // the scaler's clock: the reference of staleness
 	devices    []device
@@ -269,7 +275,17 @@ func engineMetric(e telemetryv1.Engine) (Metric, bool) {
 
 // Ingest records one snapshot. It is called by one goroutine per agent
 // connection; snapshots of different nodes do not contend.
-func (s *Store) Ingest(snap *telemetryv1.NodeSnapshot) error {
+func (s *Store) Ingest(snap *telemetryv1.NodeSnapshot) error { return s.ingest(snap, false) }
+
+// IngestFirst records the first snapshot of a stream. Unlike Ingest it
+// takes a snapshot whose sequence the node's view already has: an agent
+// answers a new subscription with its latest tick again, now with what
+// the new request asks (more pods, other fields), and that answer must
+// replace the view. History is not doubled: points no newer than a
+// series' last are not appended again.
+func (s *Store) IngestFirst(snap *telemetryv1.NodeSnapshot) error { return s.ingest(snap, true) }
+
+func (s *Store) ingest(snap *telemetryv1.NodeSnapshot, first bool) error {
 	if snap.GetNode() == "" {
 		return errors.New("snapshot without a node name")
 	}
@@ -278,8 +294,8 @@ func (s *Store) Ingest(snap *telemetryv1.NodeSnapshot) error {
 	// App scrapes are deduplicated by their own time, not the snapshot's
 	// sequence: an apps_only message repeats the latest tick's.
 	apps := (len(snap.GetApps()) > 0 || snap.GetAppsOnly()) &&
-		n.ingestApps(snap, max(s.appRetention.Load(), int64(DefaultAppWindow)))
-	changed := !snap.GetAppsOnly() && n.ingest(snap, s.now(), s.retention.Load(), metricSet(s.windowed.Load()), s.opts.MaxUnattributedLoad, s.log)
+		n.ingestApps(snap, max(s.appRetention.Load(), int64(DefaultAppWindow)), first)
+	changed := !snap.GetAppsOnly() && n.ingest(snap, first, s.now(), s.retention.Load(), metricSet(s.windowed.Load()), s.opts.MaxUnattributedLoad, s.log)
 	n.mu.Unlock()
 	if apps {
 		s.notifyApps(snap)
@@ -315,8 +331,8 @@ func (s *Store) publishNodes() {
 
 // ingest publishes snap as the node's new view and reports whether it
 // did: a snapshot of a replaced agent, or a duplicate, changes nothing.
-func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention int64, windowed metricSet, maxUnattributed float64, log *slog.Logger) bool {
-	if !n.accept(snap, log) {
+func (n *node) ingest(snap *telemetryv1.NodeSnapshot, first bool, now time.Time, retention int64, windowed metricSet, maxUnattributed float64, log *slog.Logger) bool {
+	if !n.accept(snap, first, log) {
 		return false
 	}
 	v := newView(snap, now)
@@ -336,9 +352,10 @@ func (n *node) ingest(snap *telemetryv1.NodeSnapshot, now time.Time, retention i
 	return true
 }
 
-// accept reports whether snap is newer than the node's view. A snapshot
-// of a newer agent is, and clears the history of the one it replaced.
-func (n *node) accept(snap *telemetryv1.NodeSnapshot, log *slog.Logger) bool {
+// accept reports whether snap is newer than the node's view (or, first
+// of a stream, as new). A snapshot of a newer agent is, and clears the
+// history of the one it replaced.
+func (n *node) accept(snap *telemetryv1.NodeSnapshot, first bool, log *slog.Logger) bool {
 	old := n.view.Load()
 	if old == nil {
 		return true
@@ -354,16 +371,20 @@ func (n *node) accept(snap *telemetryv1.NodeSnapshot, log *slog.Logger) bool {
 		clear(n.hist)
 		return true
 	}
-	return snap.GetSequence() > old.sequence // else a duplicate from a second address
+	// Else a duplicate from a second address; or, first of a stream, the
+	// latest tick again as the new subscription asks it.
+	return snap.GetSequence() > old.sequence || first && snap.GetSequence() == old.sequence
 }
 
 // newView is snap's view, its devices not yet read and its pods not yet
 // attached.
 func newView(snap *telemetryv1.NodeSnapshot, now time.Time) *view {
+	interval := snap.GetInterval().AsDuration()
 	return &view{
 		agentStart: snap.GetAgentStart().AsTime(),
 		sequence:   snap.GetSequence(),
-		interval:   snap.GetInterval().AsDuration(),
+		interval:   interval,
+		period:     max(interval, snap.GetPeriod().AsDuration()),
 		sampleTime: snap.GetSampleTime().AsTime().UnixMicro(),
 		received:   now,
 		devices:    make([]device, len(snap.GetDevices())),
@@ -453,7 +474,7 @@ func (n *node) recordHistory(v *view, i int, d *telemetryv1.Device, horizon int6
 		}
 		sampled |= 1 << m
 		for _, smp := range es.GetSamples() {
-			h.series[m] = append(h.series[m], point{smp.GetTimeUnixMicro(), smp.GetValue()})
+			h.series[m] = appendPoint(h.series[m], point{smp.GetTimeUnixMicro(), smp.GetValue()})
 		}
 	}
 	for m := range numMetrics {
@@ -462,7 +483,7 @@ func (n *node) recordHistory(v *view, i int, d *telemetryv1.Device, horizon int6
 		// utilization.
 		keep := !deviceWide.has(m) || windowed.has(m)
 		if keep && !sampled.has(m) && dv.has.has(m) {
-			h.series[m] = append(h.series[m], point{v.sampleTime, dv.values[m]})
+			h.series[m] = appendPoint(h.series[m], point{v.sampleTime, dv.values[m]})
 		}
 		h.series[m] = trim(h.series[m], horizon)
 		dv.series[m] = h.series[m]
@@ -512,9 +533,9 @@ func (n *node) shareHistory(v *view, h *devHist, i int, horizon int64, windowed 
 			}
 			switch {
 			case s.has&(1<<m) != 0:
-				ph.series[m] = append(ph.series[m], point{v.sampleTime, s.values[m]})
+				ph.series[m] = appendPoint(ph.series[m], point{v.sampleTime, s.values[m]})
 			case dv.has&(1<<m) != 0:
-				ph.series[m] = append(ph.series[m], point{v.sampleTime, dv.values[m]})
+				ph.series[m] = appendPoint(ph.series[m], point{v.sampleTime, dv.values[m]})
 			}
 			ph.series[m] = trim(ph.series[m], horizon)
 			s.series[m] = ph.series[m]
@@ -658,6 +679,16 @@ func readDevice(dv *device, d *telemetryv1.Device) {
 	}
 }
 
+// appendPoint appends p unless the series already reaches its time: a
+// series stays sorted, for window's binary search, and a tick sent again
+// (a re-subscription's answer) is not counted twice.
+func appendPoint(ps []point, p point) []point {
+	if n := len(ps); n > 0 && ps[n-1].t >= p.t {
+		return ps
+	}
+	return append(ps, p)
+}
+
 // trim drops the points older than horizon by moving the start; when most
 // of the backing array is dead it copies the live part to a new one, so
 // memory stays proportional to the window.
@@ -676,24 +707,16 @@ func trim(ps []point, horizon int64) []point {
 	return ps
 }
 
-// staleAfter is the node's stale timeout.
+// staleAfter is the node's stale timeout: four of the agent's message
+// periods (its interval, unless the scaler asked for fewer messages, or
+// the heartbeat of a node nothing of whose passes the filter), or the
+// configured one, but never under two periods: a node is not stale
+// between two messages it was asked to space so.
 func (s *Store) staleAfter(v *view) time.Duration {
 	if s.opts.StaleAfter > 0 {
-		return s.opts.StaleAfter
+		return max(s.opts.StaleAfter, 2*v.period)
 	}
-	return max(4*v.interval, MinStaleAfter)
-}
-
-// AppFamilies lists the app families the triggers seen so far name: what
-// the scaler asks the agents to stream.
-func (s *Store) AppFamilies() []string {
-	var out []string
-	s.appFamilies.Range(func(k, _ any) bool {
-		out = append(out, k.(string))
-		return true
-	})
-	slices.Sort(out)
-	return out
+	return max(4*v.period, MinStaleAfter)
 }
 
 // Sweep forgets the nodes silent for longer than ForgetAfter, drops the
@@ -718,6 +741,7 @@ func (s *Store) Sweep() {
 	s.mu.Unlock()
 	s.aggs.sweep(s, forgotten, now)
 	s.notifyApps(nil) // windows and staleness move with time alone
+	s.demand.expire(s.nanos(now))
 }
 
 // NodeCounts returns how many nodes are fresh and how many are stale but

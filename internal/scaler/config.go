@@ -77,7 +77,7 @@ func ParseFlags(args []string, stderr io.Writer) (*Config, error) {
 	fs.StringVar(&c.GRPCTLSClientCA, "grpc.tls-client-ca-file", "", "CA of the client certificates KEDA must present (mutual TLS).")
 	fs.StringVar(&c.WebListenAddress, "web.listen-address", ":9501", "Address of the scaler's own /metrics and /healthz.")
 	c.WebLimits.Register(fs)
-	fs.DurationVar(&c.StaleAfter, "stale-after", 0, "Silence after which a node's pods leave the aggregate; 0: four of the node's sampling intervals, at least 1s.")
+	fs.DurationVar(&c.StaleAfter, "stale-after", 0, "Silence after which a node's pods leave the aggregate, at least two of its message periods; 0: four of its message periods (interval, the slower period asked, or heartbeat), at least 1s.")
 	fs.DurationVar(&c.ForgetAfter, "forget-after", 5*time.Minute, "Silence after which a node is forgotten: until then, a trigger whose pods are all on silent nodes is Unavailable, not 0.")
 	fs.DurationVar(&c.WindowMax, "window.max", 15*time.Second, "Longest `window` a trigger may ask for; bounds the history kept per device.")
 	fs.Float64Var(&c.MaxUnattributedLoad, "pod-share.max-unattributed", fleet.DefaultMaxUnattributedLoad,

@@ -41,8 +41,11 @@ var (
 	descWatchers   = desc("stream_watchers", "Distinct triggers StreamIsActive streams wait on.")
 	descTriggers   = desc("triggers_cached", "Distinct triggers parsed and cached.")
 	descAggregates = desc("aggregates", "Distinct triggers kept answered on ingest, polled or streamed; past 128 polled ones, GetMetrics and IsActive evaluate on every call.")
+	descLive       = desc("triggers_live", "Triggers KEDA has used within 10 minutes or streams now: what the agents are asked for.")
+	descPending    = desc("triggers_pending", "Live triggers answering Unavailable until every connected agent has answered the subscription that serves them.")
+	descResubs     = desc("agent_resubscriptions_total", "Times the agents were re-subscribed because the live triggers need other pods, fields, families or periods.")
 	descBuild      = desc("build_info", "Build of the scaler; always 1.", "version", "revision", "goversion")
-	collectorDescs = []*prometheus.Desc{descAgents, descConnected, descSnapshots, descFailures, descRejected, descThrottled, descNodes, descWatchers, descTriggers, descAggregates, descBuild}
+	collectorDescs = []*prometheus.Desc{descAgents, descConnected, descSnapshots, descFailures, descRejected, descThrottled, descNodes, descWatchers, descTriggers, descAggregates, descLive, descPending, descResubs, descBuild}
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
@@ -66,5 +69,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descWatchers, prometheus.GaugeValue, float64(c.store.Watchers()))
 	ch <- prometheus.MustNewConstMetric(descTriggers, prometheus.GaugeValue, float64(c.queries.Len()))
 	ch <- prometheus.MustNewConstMetric(descAggregates, prometheus.GaugeValue, float64(c.store.Aggregates()))
+	live, pending := c.store.LiveTriggers()
+	ch <- prometheus.MustNewConstMetric(descLive, prometheus.GaugeValue, float64(live))
+	ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(pending))
+	ch <- prometheus.MustNewConstMetric(descResubs, prometheus.CounterValue, float64(st.Resubscriptions))
 	ch <- prometheus.MustNewConstMetric(descBuild, prometheus.GaugeValue, 1, Version, Revision, runtime.Version())
 }

@@ -39,7 +39,8 @@ func TestMetricsDocumented(t *testing.T) {
 	}
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(newCollector(store, pool, fleet.NewQueryCache(0, 1, nil)), files,
-		prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: Namespace, Name: "get_metrics_duration_seconds", Help: "h"}))
+		prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: Namespace, Name: "get_metrics_duration_seconds", Help: "h"}),
+		prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: Namespace, Name: "agent_subscription_answer_duration_seconds", Help: "h"}))
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -51,8 +52,8 @@ func TestMetricsDocumented(t *testing.T) {
 	for _, mf := range mfs {
 		served[mf.GetName()] = true
 	}
-	if len(served) != len(collectorDescs)+4 {
-		t.Errorf("gathered %d families, want %d", len(served), len(collectorDescs)+4)
+	if len(served) != len(collectorDescs)+5 {
+		t.Errorf("gathered %d families, want %d", len(served), len(collectorDescs)+5)
 	}
 	for m := range served {
 		if !documented[m] {

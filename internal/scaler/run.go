@@ -84,16 +84,14 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger, l Listeners) error 
 
 		MaxUnattributedLoad: cfg.MaxUnattributedLoad,
 	})
-	var pool *agents.Pool
-	queries := fleet.NewQueryCache(cfg.WindowMax, QueryCacheSize, func(q *fleet.Query) {
-		store.Retain(q)
-		if q.App != nil {
-			// Ask the agents for the family the trigger names: streams
-			// reopen with it (demand-driven, never all of an app's).
-			pool.SetAppFamilies(store.AppFamilies())
-		}
+	queries := fleet.NewQueryCache(cfg.WindowMax, QueryCacheSize, store.Retain)
+	answerDuration := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: Namespace,
+		Name:      "agent_subscription_answer_duration_seconds",
+		Help:      "Time from a re-subscription of the agents to the last connected agent's answer: how long a trigger new to the subscription answers Unavailable, after the resubscribe delay.",
+		Buckets:   []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 	})
-	pool, err = agents.New(store, agents.Options{
+	pool, err := agents.New(store, agents.Options{
 		Static:      cfg.Agents,
 		DNS:         cfg.AgentsDNS,
 		DNSRefresh:  cfg.DNSRefresh,
@@ -102,10 +100,16 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger, l Listeners) error 
 		IdleTimeout: cfg.IdleTimeout,
 		BackoffMax:  cfg.BackoffMax,
 		Logger:      log.With("component", "agents"),
+
+		AnswerDuration: answerDuration,
 	})
 	if err != nil {
 		return err
 	}
+	// The agents are asked for what the live triggers need: nothing until
+	// KEDA's first call, then re-subscribed as triggers come and go.
+	store.SetAnswered(pool.Answered)
+	pool.SetRequest(store.Subscription())
 	getMetrics := prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: Namespace,
 		Name:      "get_metrics_duration_seconds",
@@ -118,6 +122,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger, l Listeners) error 
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		getMetrics,
+		answerDuration,
 		newCollector(store, pool, queries),
 		tlsFiles,
 	)
@@ -152,6 +157,10 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger, l Listeners) error 
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return pool.Run(gctx) })
+	g.Go(func() error {
+		store.RunDemand(gctx, fleet.DemandOptions{}, pool.SetRequest)
+		return nil
+	})
 	g.Go(func() error {
 		t := time.NewTicker(time.Second)
 		defer t.Stop()

@@ -89,7 +89,7 @@ func (s *Server) apps(f *filter, c *appCache) ([]*telemetryv1.AppScrape, bool) {
 	c.seq = set.Seq
 	c.msgs = c.msgs[:0:0]
 	for _, sc := range set.Scrapes {
-		if (f.namespace != "" && sc.Namespace != f.namespace) || (f.pod != nil && !f.pod.MatchString(sc.Name)) {
+		if !f.matchPod(sc.Namespace, sc.Name) {
 			continue
 		}
 		c.msgs = append(c.msgs, appScrape(sc, f.families))

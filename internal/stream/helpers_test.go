@@ -76,18 +76,28 @@ func pod(ns, name, container, resource string, ids ...string) *podresourcesv1.Po
 	}}}
 }
 
-func newTestPods() testPods {
+func newTestPods() testPods { return testPods{a: podresourcesWithout("")} }
+
+// podresourcesWithout is the test node's pods but the one named name.
+func podresourcesWithout(name string) *podresources.Assignments {
 	r := podresources.NewResolver([]podresources.GPU{
 		{UUID: uuid0}, {UUID: uuid1, Minor: 1}, {UUID: uuid2, Minor: 2},
 		{UUID: uuid3, Minor: 3, MIG: []podresources.MIGDevice{{UUID: migA, GI: 7}}}, {UUID: uuid4, Minor: 4},
 	})
-	return testPods{a: podresources.BuildAssignments(&podresourcesv1.ListPodResourcesResponse{PodResources: []*podresourcesv1.PodResources{
+	all := []*podresourcesv1.PodResources{
 		pod("ml", "inference-0", "server", "nvidia.com/gpu", uuid0),
 		pod("media", "sfu-0", "sfu", "nvidia.com/gpu.shared", uuid1+"::0"),
 		pod("media", "sfu-1", "sfu", "nvidia.com/gpu.shared", uuid1+"::1"),
 		pod("ml", "small", "worker", "nvidia.com/mig-1g.5gb", migA),
 		pod("ml", "trainer", "main", "nvidia.com/gpu", uuid4),
-	}}, r)}
+	}
+	var pods []*podresourcesv1.PodResources
+	for _, p := range all {
+		if p.GetName() != name {
+			pods = append(pods, p)
+		}
+	}
+	return podresources.BuildAssignments(&podresourcesv1.ListPodResourcesResponse{PodResources: pods}, r)
 }
 
 // harness is a stream Server on a real gRPC server over an in-memory

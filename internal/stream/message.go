@@ -38,11 +38,16 @@ func (s *Server) message(it *item, last *telemetry.Snapshot, f *filter, scratch 
 		if !f.match(d) {
 			continue
 		}
+		var m *telemetryv1.Device
 		if devices != nil {
-			msg.Devices = append(msg.Devices, devices[i])
+			m = devices[i]
 		} else {
-			msg.Devices = append(msg.Devices, deviceMessage(d, scratch))
+			m = deviceMessage(d, scratch)
 		}
+		if f.mask != nil {
+			m = f.mask.project(m)
+		}
+		msg.Devices = append(msg.Devices, m)
 	}
 	return msg, scratch
 }

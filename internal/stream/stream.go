@@ -17,7 +17,6 @@ package stream
 import (
 	"context"
 	"log/slog"
-	"regexp"
 	"sync"
 	"time"
 
@@ -252,74 +251,13 @@ func (s *Server) offer(sub *subscriber, it *item) {
 	sub.buf <- it
 }
 
-// filter is a WatchRequest, validated.
-type filter struct {
-	namespace    string
-	pod          *regexp.Regexp // matched against the whole name; nil: any
-	unattributed bool
-	minPeriod    time.Duration
-	families     map[string]bool // app families; nil: none
-}
-
-func newFilter(req *telemetryv1.WatchRequest) (*filter, error) {
-	f := &filter{namespace: req.GetNamespace(), unattributed: req.GetIncludeUnattributed()}
-	if p := req.GetPodPattern(); p != "" {
-		re, err := regexp.Compile(`^(?:` + p + `)$`)
-		if err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "pod_pattern %q: %v", p, err)
-		}
-		f.pod = re
-	}
-	if mp := req.GetMinPeriod(); mp != nil {
-		if err := mp.CheckValid(); err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "min_period: %v", err)
-		}
-		if f.minPeriod = mp.AsDuration(); f.minPeriod < 0 {
-			return nil, status.Errorf(codes.InvalidArgument, "min_period %s: must not be negative", f.minPeriod)
-		}
-	}
-	if f.namespace != "" || f.pod != nil {
-		f.unattributed = false // the proto: ignored when filtering by pod
-	}
-	var err error
-	if f.families, err = appFamilies(req.GetAppFamilies()); err != nil {
-		return nil, err
-	}
-	return f, nil
-}
-
-// match reports whether the subscriber wants device d: one of its pods
-// passes the filter, or no pod holds it and the subscriber asked for such
-// devices.
-func (f *filter) match(d *attribution.Device) bool {
-	if len(d.Pods) == 0 {
-		return f.unattributed
-	}
-	if f.namespace == "" && f.pod == nil {
-		return true
-	}
-	for _, p := range d.Pods {
-		if (f.namespace == "" || p.Namespace == f.namespace) && (f.pod == nil || f.pod.MatchString(p.Name)) {
-			return true
-		}
-	}
-	return false
-}
-
 // Watch implements telemetryv1.TelemetryServer.
 func (s *Server) Watch(req *telemetryv1.WatchRequest, stream grpc.ServerStreamingServer[telemetryv1.NodeSnapshot]) (err error) {
 	f, err := newFilter(req)
 	if err != nil {
 		return err
 	}
-	// Snapshots come one per interval, so a shorter period means every
-	// snapshot; it would still let an apps_only message through on every
-	// app scrape, many a second on a node of many targets. The interval
-	// is the floor; 0 keeps its meaning (every snapshot, and every app
-	// scrape at once).
-	if f.minPeriod > 0 && f.minPeriod < s.opts.Interval {
-		f.minPeriod = s.opts.Interval
-	}
+	f.settle(s.opts.Interval)
 	select {
 	case <-s.done:
 		return status.Error(codes.Unavailable, "the agent is shutting down")
@@ -329,7 +267,9 @@ func (s *Server) Watch(req *telemetryv1.WatchRequest, stream grpc.ServerStreamin
 	// between is missed; what both give is sent once (by sequence).
 	sub := s.subscribe(f.families != nil && s.opts.Apps != nil)
 	ctx := stream.Context()
-	log := s.log.With("namespace", f.namespace, "pod_pattern", req.GetPodPattern(), "min_period", f.minPeriod)
+	log := s.log.With("namespace", req.GetNamespace(), "pod_pattern", req.GetPodPattern(),
+		"selectors", len(req.GetPodFilter().GetSelectors()), "pod_filter", req.GetPodFilter() != nil,
+		"device_fields", len(req.GetDeviceFields().GetPaths()), "min_period", f.minPeriod, "heartbeat", f.heartbeat)
 	if p, ok := peer.FromContext(ctx); ok {
 		log = log.With("peer", p.Addr.String())
 	}
@@ -344,16 +284,26 @@ func (s *Server) Watch(req *telemetryv1.WatchRequest, stream grpc.ServerStreamin
 	var lastSent time.Time
 	var scratch []*telemetry.Snapshot
 	var apps appCache
+	// What the latest messages passed: with a heartbeat, a message in
+	// which nothing passes follows one in which something did at once (the
+	// subscriber learns it is gone), then comes once per heartbeat.
+	var lastDevices, lastApps bool
 	send := func(it *item) error {
 		var msg *telemetryv1.NodeSnapshot
 		msg, scratch = s.message(it, last, f, scratch[:0])
 		msg.Apps, _ = s.apps(f, &apps)
+		empty := len(msg.Devices) == 0 && len(msg.Apps) == 0
+		if last != nil && empty && !lastDevices && !lastApps && f.heartbeat > 0 && !s.due(last, it.view.Snapshot, f.heartbeat) {
+			return nil // an idle node: the next heartbeat tells it
+		}
+		msg.Period = durationpb.New(f.period(s.opts.Interval, empty))
 		if err := stream.Send(msg); err != nil {
 			return err
 		}
 		s.sent.Inc()
 		sent++
 		last, lastSent = it.view.Snapshot, time.Now()
+		lastDevices, lastApps = len(msg.Devices) > 0, len(msg.Apps) > 0
 		return nil
 	}
 	// sendApps sends a new app set between two ticks, as an apps_only
@@ -375,6 +325,7 @@ func (s *Server) Watch(req *telemetryv1.WatchRequest, stream grpc.ServerStreamin
 			AgentStart: timestamppb.New(s.opts.Start),
 			Apps:       msgs,
 			AppsOnly:   true,
+			Period:     durationpb.New(f.period(s.opts.Interval, false)),
 		}
 		if err := stream.Send(msg); err != nil {
 			return err
@@ -382,6 +333,7 @@ func (s *Server) Watch(req *telemetryv1.WatchRequest, stream grpc.ServerStreamin
 		s.sent.Inc()
 		sent++
 		lastSent = time.Now()
+		lastApps = len(msgs) > 0
 		return nil
 	}
 	if snap := s.store.Latest(); snap != nil {

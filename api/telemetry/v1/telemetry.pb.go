@@ -17,6 +17,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -143,22 +144,49 @@ func (Engine) EnumDescriptor() ([]byte, []int) {
 type WatchRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only devices held by a pod of this namespace. Empty: every namespace.
+	// Not read when pod_filter is set.
 	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	// Only devices held by a pod whose name matches this RE2 expression,
 	// matched against the whole name. Empty: every pod. An invalid
-	// expression fails the call with INVALID_ARGUMENT.
+	// expression fails the call with INVALID_ARGUMENT. Not read when
+	// pod_filter is set.
 	PodPattern string `protobuf:"bytes,2,opt,name=pod_pattern,json=podPattern,proto3" json:"pod_pattern,omitempty"`
 	// Minimum time between two messages; snapshots in between are merged
 	// (their samples kept). Zero: every snapshot.
 	MinPeriod *durationpb.Duration `protobuf:"bytes,3,opt,name=min_period,json=minPeriod,proto3" json:"min_period,omitempty"`
-	// Also send devices no pod holds. Ignored when namespace or pod_pattern
-	// is set.
+	// Also send devices no pod holds. Ignored when namespace, pod_pattern or
+	// pod_filter is set.
 	IncludeUnattributed bool `protobuf:"varint,4,opt,name=include_unattributed,json=includeUnattributed,proto3" json:"include_unattributed,omitempty"`
 	// The app metric families to receive (exact names, e.g.
 	// "livekit_jitter_us"), from the node's pods that opted in to app
 	// scraping and pass namespace and pod_pattern. Empty: no app data, and
 	// no apps_only messages.
-	AppFamilies   []string `protobuf:"bytes,5,rep,name=app_families,json=appFamilies,proto3" json:"app_families,omitempty"`
+	AppFamilies []string `protobuf:"bytes,5,rep,name=app_families,json=appFamilies,proto3" json:"app_families,omitempty"`
+	// Several pod selectors, OR-ed: a device passes when one of its pods
+	// matches one of them, an app target when it does. When set, namespace
+	// and pod_pattern are not read (a subscriber may set them to a
+	// superset of the selectors for agents older than this field, which
+	// ignore it). Set with no selector: no device passes, so the
+	// subscriber gets only heartbeats.
+	// Unset: as namespace and pod_pattern say. At most 256 selectors.
+	PodFilter *PodFilter `protobuf:"bytes,6,opt,name=pod_filter,json=podFilter,proto3" json:"pod_filter,omitempty"`
+	// The Device fields to send, by their names in this file
+	// ("gpu_util", "temperature_celsius", "samples"). Unset: every field.
+	// Set: the device's identity (fields 1-7), its pods' names, stalled
+	// and lost, and only the named fields besides. A Pod's own share of a
+	// field follows the Device field of the same name
+	// (encoder_latency_max_seconds follows encoder_latency_seconds);
+	// "samples" sends the hardware samples of the engines whose
+	// utilization (gpu_util, mem_copy_util, enc_util, dec_util) is named
+	// too. A name this agent does not know is ignored: a newer subscriber
+	// may ask for a field added after it.
+	DeviceFields *fieldmaskpb.FieldMask `protobuf:"bytes,7,opt,name=device_fields,json=deviceFields,proto3" json:"device_fields,omitempty"`
+	// While nothing passes the filter (no device, no app target), send a
+	// message with no devices this often instead of one per snapshot, so
+	// that the subscriber still tells an idle node from a dead one. The
+	// agent uses at least the effective min_period and at most one minute.
+	// Zero or unset: one message per snapshot (or min_period), as before.
+	Heartbeat     *durationpb.Duration `protobuf:"bytes,8,opt,name=heartbeat,proto3" json:"heartbeat,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -228,6 +256,128 @@ func (x *WatchRequest) GetAppFamilies() []string {
 	return nil
 }
 
+func (x *WatchRequest) GetPodFilter() *PodFilter {
+	if x != nil {
+		return x.PodFilter
+	}
+	return nil
+}
+
+func (x *WatchRequest) GetDeviceFields() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.DeviceFields
+	}
+	return nil
+}
+
+func (x *WatchRequest) GetHeartbeat() *durationpb.Duration {
+	if x != nil {
+		return x.Heartbeat
+	}
+	return nil
+}
+
+// PodFilter is a set of pod selectors, OR-ed.
+type PodFilter struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Selectors     []*PodSelector         `protobuf:"bytes,1,rep,name=selectors,proto3" json:"selectors,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PodFilter) Reset() {
+	*x = PodFilter{}
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PodFilter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PodFilter) ProtoMessage() {}
+
+func (x *PodFilter) ProtoReflect() protoreflect.Message {
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PodFilter.ProtoReflect.Descriptor instead.
+func (*PodFilter) Descriptor() ([]byte, []int) {
+	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *PodFilter) GetSelectors() []*PodSelector {
+	if x != nil {
+		return x.Selectors
+	}
+	return nil
+}
+
+// PodSelector selects pods by namespace and name.
+type PodSelector struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The pods' namespace. Empty: every namespace.
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// RE2 expression matched against the whole pod name. Empty: every pod.
+	// An invalid expression fails the call with INVALID_ARGUMENT.
+	PodPattern    string `protobuf:"bytes,2,opt,name=pod_pattern,json=podPattern,proto3" json:"pod_pattern,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PodSelector) Reset() {
+	*x = PodSelector{}
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PodSelector) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PodSelector) ProtoMessage() {}
+
+func (x *PodSelector) ProtoReflect() protoreflect.Message {
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PodSelector.ProtoReflect.Descriptor instead.
+func (*PodSelector) Descriptor() ([]byte, []int) {
+	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PodSelector) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *PodSelector) GetPodPattern() string {
+	if x != nil {
+		return x.PodPattern
+	}
+	return ""
+}
+
 // NodeSnapshot is one sampling tick of one node, joined with the pods
 // that hold each device.
 type NodeSnapshot struct {
@@ -262,14 +412,21 @@ type NodeSnapshot struct {
 	// so that it reaches the subscriber without waiting for the next tick.
 	// It carries apps only: no devices (keep the previous message's), the
 	// latest tick's sequence and sample_time, skipped 0.
-	AppsOnly      bool `protobuf:"varint,10,opt,name=apps_only,json=appsOnly,proto3" json:"apps_only,omitempty"`
+	AppsOnly bool `protobuf:"varint,10,opt,name=apps_only,json=appsOnly,proto3" json:"apps_only,omitempty"`
+	// The longest this subscriber waits for its next message while the
+	// agent runs: the interval or the request's min_period while something
+	// passes the filter, the heartbeat after a message in which nothing
+	// did. A subscriber judges the node's silence against it. Absent from
+	// agents older than this field (their next message comes within the
+	// interval, or the min_period asked).
+	Period        *durationpb.Duration `protobuf:"bytes,11,opt,name=period,proto3" json:"period,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeSnapshot) Reset() {
 	*x = NodeSnapshot{}
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[1]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -281,7 +438,7 @@ func (x *NodeSnapshot) String() string {
 func (*NodeSnapshot) ProtoMessage() {}
 
 func (x *NodeSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[1]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -294,7 +451,7 @@ func (x *NodeSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeSnapshot.ProtoReflect.Descriptor instead.
 func (*NodeSnapshot) Descriptor() ([]byte, []int) {
-	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{1}
+	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *NodeSnapshot) GetNode() string {
@@ -367,6 +524,13 @@ func (x *NodeSnapshot) GetAppsOnly() bool {
 	return false
 }
 
+func (x *NodeSnapshot) GetPeriod() *durationpb.Duration {
+	if x != nil {
+		return x.Period
+	}
+	return nil
+}
+
 // AppScrape is one pod's latest scrape of its own metrics endpoint.
 type AppScrape struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -387,7 +551,7 @@ type AppScrape struct {
 
 func (x *AppScrape) Reset() {
 	*x = AppScrape{}
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[2]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -399,7 +563,7 @@ func (x *AppScrape) String() string {
 func (*AppScrape) ProtoMessage() {}
 
 func (x *AppScrape) ProtoReflect() protoreflect.Message {
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[2]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -412,7 +576,7 @@ func (x *AppScrape) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppScrape.ProtoReflect.Descriptor instead.
 func (*AppScrape) Descriptor() ([]byte, []int) {
-	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{2}
+	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AppScrape) GetNamespace() string {
@@ -462,7 +626,7 @@ type AppFamily struct {
 
 func (x *AppFamily) Reset() {
 	*x = AppFamily{}
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[3]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -474,7 +638,7 @@ func (x *AppFamily) String() string {
 func (*AppFamily) ProtoMessage() {}
 
 func (x *AppFamily) ProtoReflect() protoreflect.Message {
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[3]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -487,7 +651,7 @@ func (x *AppFamily) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppFamily.ProtoReflect.Descriptor instead.
 func (*AppFamily) Descriptor() ([]byte, []int) {
-	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{3}
+	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AppFamily) GetName() string {
@@ -525,7 +689,7 @@ type AppSeries struct {
 
 func (x *AppSeries) Reset() {
 	*x = AppSeries{}
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[4]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -537,7 +701,7 @@ func (x *AppSeries) String() string {
 func (*AppSeries) ProtoMessage() {}
 
 func (x *AppSeries) ProtoReflect() protoreflect.Message {
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[4]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -550,7 +714,7 @@ func (x *AppSeries) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppSeries.ProtoReflect.Descriptor instead.
 func (*AppSeries) Descriptor() ([]byte, []int) {
-	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{4}
+	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AppSeries) GetLabels() []*Label {
@@ -589,7 +753,7 @@ type AppHistogram struct {
 
 func (x *AppHistogram) Reset() {
 	*x = AppHistogram{}
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[5]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -601,7 +765,7 @@ func (x *AppHistogram) String() string {
 func (*AppHistogram) ProtoMessage() {}
 
 func (x *AppHistogram) ProtoReflect() protoreflect.Message {
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[5]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -614,7 +778,7 @@ func (x *AppHistogram) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppHistogram.ProtoReflect.Descriptor instead.
 func (*AppHistogram) Descriptor() ([]byte, []int) {
-	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{5}
+	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AppHistogram) GetUpperBounds() []float64 {
@@ -655,7 +819,7 @@ type Label struct {
 
 func (x *Label) Reset() {
 	*x = Label{}
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[6]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -667,7 +831,7 @@ func (x *Label) String() string {
 func (*Label) ProtoMessage() {}
 
 func (x *Label) ProtoReflect() protoreflect.Message {
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[6]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -680,7 +844,7 @@ func (x *Label) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Label.ProtoReflect.Descriptor instead.
 func (*Label) Descriptor() ([]byte, []int) {
-	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{6}
+	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Label) GetName() string {
@@ -829,7 +993,7 @@ type Device struct {
 
 func (x *Device) Reset() {
 	*x = Device{}
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[7]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -841,7 +1005,7 @@ func (x *Device) String() string {
 func (*Device) ProtoMessage() {}
 
 func (x *Device) ProtoReflect() protoreflect.Message {
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[7]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -854,7 +1018,7 @@ func (x *Device) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Device.ProtoReflect.Descriptor instead.
 func (*Device) Descriptor() ([]byte, []int) {
-	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{7}
+	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Device) GetUuid() string {
@@ -1328,7 +1492,7 @@ type Pod struct {
 
 func (x *Pod) Reset() {
 	*x = Pod{}
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[8]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1340,7 +1504,7 @@ func (x *Pod) String() string {
 func (*Pod) ProtoMessage() {}
 
 func (x *Pod) ProtoReflect() protoreflect.Message {
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[8]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1353,7 +1517,7 @@ func (x *Pod) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pod.ProtoReflect.Descriptor instead.
 func (*Pod) Descriptor() ([]byte, []int) {
-	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{8}
+	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Pod) GetNamespace() string {
@@ -1451,7 +1615,7 @@ type EngineSamples struct {
 
 func (x *EngineSamples) Reset() {
 	*x = EngineSamples{}
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[9]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1463,7 +1627,7 @@ func (x *EngineSamples) String() string {
 func (*EngineSamples) ProtoMessage() {}
 
 func (x *EngineSamples) ProtoReflect() protoreflect.Message {
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[9]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1476,7 +1640,7 @@ func (x *EngineSamples) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EngineSamples.ProtoReflect.Descriptor instead.
 func (*EngineSamples) Descriptor() ([]byte, []int) {
-	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{9}
+	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *EngineSamples) GetEngine() Engine {
@@ -1505,7 +1669,7 @@ type Sample struct {
 
 func (x *Sample) Reset() {
 	*x = Sample{}
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[10]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1517,7 +1681,7 @@ func (x *Sample) String() string {
 func (*Sample) ProtoMessage() {}
 
 func (x *Sample) ProtoReflect() protoreflect.Message {
-	mi := &file_telemetry_v1_telemetry_proto_msgTypes[10]
+	mi := &file_telemetry_v1_telemetry_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1530,7 +1694,7 @@ func (x *Sample) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sample.ProtoReflect.Descriptor instead.
 func (*Sample) Descriptor() ([]byte, []int) {
-	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{10}
+	return file_telemetry_v1_telemetry_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Sample) GetTimeUnixMicro() int64 {
@@ -1551,7 +1715,7 @@ var File_telemetry_v1_telemetry_proto protoreflect.FileDescriptor
 
 const file_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\n" +
-	"\x1ctelemetry/v1/telemetry.proto\x12\x19gputelemetry.telemetry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdd\x01\n" +
+	"\x1ctelemetry/v1/telemetry.proto\x12\x19gputelemetry.telemetry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9c\x03\n" +
 	"\fWatchRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x1f\n" +
 	"\vpod_pattern\x18\x02 \x01(\tR\n" +
@@ -1559,7 +1723,17 @@ const file_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\n" +
 	"min_period\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\tminPeriod\x121\n" +
 	"\x14include_unattributed\x18\x04 \x01(\bR\x13includeUnattributed\x12!\n" +
-	"\fapp_families\x18\x05 \x03(\tR\vappFamilies\"\xbc\x03\n" +
+	"\fapp_families\x18\x05 \x03(\tR\vappFamilies\x12C\n" +
+	"\n" +
+	"pod_filter\x18\x06 \x01(\v2$.gputelemetry.telemetry.v1.PodFilterR\tpodFilter\x12?\n" +
+	"\rdevice_fields\x18\a \x01(\v2\x1a.google.protobuf.FieldMaskR\fdeviceFields\x127\n" +
+	"\theartbeat\x18\b \x01(\v2\x19.google.protobuf.DurationR\theartbeat\"Q\n" +
+	"\tPodFilter\x12D\n" +
+	"\tselectors\x18\x01 \x03(\v2&.gputelemetry.telemetry.v1.PodSelectorR\tselectors\"L\n" +
+	"\vPodSelector\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x1f\n" +
+	"\vpod_pattern\x18\x02 \x01(\tR\n" +
+	"podPattern\"\xef\x03\n" +
 	"\fNodeSnapshot\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1a\n" +
 	"\bsequence\x18\x02 \x01(\x04R\bsequence\x12;\n" +
@@ -1574,7 +1748,8 @@ const file_telemetry_v1_telemetry_proto_rawDesc = "" +
 	"\adevices\x18\b \x03(\v2!.gputelemetry.telemetry.v1.DeviceR\adevices\x128\n" +
 	"\x04apps\x18\t \x03(\v2$.gputelemetry.telemetry.v1.AppScrapeR\x04apps\x12\x1b\n" +
 	"\tapps_only\x18\n" +
-	" \x01(\bR\bappsOnly\"\xd0\x01\n" +
+	" \x01(\bR\bappsOnly\x121\n" +
+	"\x06period\x18\v \x01(\v2\x19.google.protobuf.DurationR\x06period\"\xd0\x01\n" +
 	"\tAppScrape\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x10\n" +
 	"\x03pod\x18\x02 \x01(\tR\x03pod\x12;\n" +
@@ -1781,48 +1956,56 @@ func file_telemetry_v1_telemetry_proto_rawDescGZIP() []byte {
 }
 
 var file_telemetry_v1_telemetry_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_telemetry_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_telemetry_v1_telemetry_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_telemetry_v1_telemetry_proto_goTypes = []any{
 	(AppMetricType)(0),            // 0: gputelemetry.telemetry.v1.AppMetricType
 	(Engine)(0),                   // 1: gputelemetry.telemetry.v1.Engine
 	(*WatchRequest)(nil),          // 2: gputelemetry.telemetry.v1.WatchRequest
-	(*NodeSnapshot)(nil),          // 3: gputelemetry.telemetry.v1.NodeSnapshot
-	(*AppScrape)(nil),             // 4: gputelemetry.telemetry.v1.AppScrape
-	(*AppFamily)(nil),             // 5: gputelemetry.telemetry.v1.AppFamily
-	(*AppSeries)(nil),             // 6: gputelemetry.telemetry.v1.AppSeries
-	(*AppHistogram)(nil),          // 7: gputelemetry.telemetry.v1.AppHistogram
-	(*Label)(nil),                 // 8: gputelemetry.telemetry.v1.Label
-	(*Device)(nil),                // 9: gputelemetry.telemetry.v1.Device
-	(*Pod)(nil),                   // 10: gputelemetry.telemetry.v1.Pod
-	(*EngineSamples)(nil),         // 11: gputelemetry.telemetry.v1.EngineSamples
-	(*Sample)(nil),                // 12: gputelemetry.telemetry.v1.Sample
-	(*durationpb.Duration)(nil),   // 13: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
+	(*PodFilter)(nil),             // 3: gputelemetry.telemetry.v1.PodFilter
+	(*PodSelector)(nil),           // 4: gputelemetry.telemetry.v1.PodSelector
+	(*NodeSnapshot)(nil),          // 5: gputelemetry.telemetry.v1.NodeSnapshot
+	(*AppScrape)(nil),             // 6: gputelemetry.telemetry.v1.AppScrape
+	(*AppFamily)(nil),             // 7: gputelemetry.telemetry.v1.AppFamily
+	(*AppSeries)(nil),             // 8: gputelemetry.telemetry.v1.AppSeries
+	(*AppHistogram)(nil),          // 9: gputelemetry.telemetry.v1.AppHistogram
+	(*Label)(nil),                 // 10: gputelemetry.telemetry.v1.Label
+	(*Device)(nil),                // 11: gputelemetry.telemetry.v1.Device
+	(*Pod)(nil),                   // 12: gputelemetry.telemetry.v1.Pod
+	(*EngineSamples)(nil),         // 13: gputelemetry.telemetry.v1.EngineSamples
+	(*Sample)(nil),                // 14: gputelemetry.telemetry.v1.Sample
+	(*durationpb.Duration)(nil),   // 15: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil), // 16: google.protobuf.FieldMask
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
 }
 var file_telemetry_v1_telemetry_proto_depIdxs = []int32{
-	13, // 0: gputelemetry.telemetry.v1.WatchRequest.min_period:type_name -> google.protobuf.Duration
-	14, // 1: gputelemetry.telemetry.v1.NodeSnapshot.sample_time:type_name -> google.protobuf.Timestamp
-	13, // 2: gputelemetry.telemetry.v1.NodeSnapshot.interval:type_name -> google.protobuf.Duration
-	14, // 3: gputelemetry.telemetry.v1.NodeSnapshot.agent_start:type_name -> google.protobuf.Timestamp
-	9,  // 4: gputelemetry.telemetry.v1.NodeSnapshot.devices:type_name -> gputelemetry.telemetry.v1.Device
-	4,  // 5: gputelemetry.telemetry.v1.NodeSnapshot.apps:type_name -> gputelemetry.telemetry.v1.AppScrape
-	14, // 6: gputelemetry.telemetry.v1.AppScrape.scrape_time:type_name -> google.protobuf.Timestamp
-	5,  // 7: gputelemetry.telemetry.v1.AppScrape.families:type_name -> gputelemetry.telemetry.v1.AppFamily
-	0,  // 8: gputelemetry.telemetry.v1.AppFamily.type:type_name -> gputelemetry.telemetry.v1.AppMetricType
-	6,  // 9: gputelemetry.telemetry.v1.AppFamily.series:type_name -> gputelemetry.telemetry.v1.AppSeries
-	8,  // 10: gputelemetry.telemetry.v1.AppSeries.labels:type_name -> gputelemetry.telemetry.v1.Label
-	7,  // 11: gputelemetry.telemetry.v1.AppSeries.histogram:type_name -> gputelemetry.telemetry.v1.AppHistogram
-	10, // 12: gputelemetry.telemetry.v1.Device.pods:type_name -> gputelemetry.telemetry.v1.Pod
-	11, // 13: gputelemetry.telemetry.v1.Device.samples:type_name -> gputelemetry.telemetry.v1.EngineSamples
-	1,  // 14: gputelemetry.telemetry.v1.EngineSamples.engine:type_name -> gputelemetry.telemetry.v1.Engine
-	12, // 15: gputelemetry.telemetry.v1.EngineSamples.samples:type_name -> gputelemetry.telemetry.v1.Sample
-	2,  // 16: gputelemetry.telemetry.v1.Telemetry.Watch:input_type -> gputelemetry.telemetry.v1.WatchRequest
-	3,  // 17: gputelemetry.telemetry.v1.Telemetry.Watch:output_type -> gputelemetry.telemetry.v1.NodeSnapshot
-	17, // [17:18] is the sub-list for method output_type
-	16, // [16:17] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	15, // 0: gputelemetry.telemetry.v1.WatchRequest.min_period:type_name -> google.protobuf.Duration
+	3,  // 1: gputelemetry.telemetry.v1.WatchRequest.pod_filter:type_name -> gputelemetry.telemetry.v1.PodFilter
+	16, // 2: gputelemetry.telemetry.v1.WatchRequest.device_fields:type_name -> google.protobuf.FieldMask
+	15, // 3: gputelemetry.telemetry.v1.WatchRequest.heartbeat:type_name -> google.protobuf.Duration
+	4,  // 4: gputelemetry.telemetry.v1.PodFilter.selectors:type_name -> gputelemetry.telemetry.v1.PodSelector
+	17, // 5: gputelemetry.telemetry.v1.NodeSnapshot.sample_time:type_name -> google.protobuf.Timestamp
+	15, // 6: gputelemetry.telemetry.v1.NodeSnapshot.interval:type_name -> google.protobuf.Duration
+	17, // 7: gputelemetry.telemetry.v1.NodeSnapshot.agent_start:type_name -> google.protobuf.Timestamp
+	11, // 8: gputelemetry.telemetry.v1.NodeSnapshot.devices:type_name -> gputelemetry.telemetry.v1.Device
+	6,  // 9: gputelemetry.telemetry.v1.NodeSnapshot.apps:type_name -> gputelemetry.telemetry.v1.AppScrape
+	15, // 10: gputelemetry.telemetry.v1.NodeSnapshot.period:type_name -> google.protobuf.Duration
+	17, // 11: gputelemetry.telemetry.v1.AppScrape.scrape_time:type_name -> google.protobuf.Timestamp
+	7,  // 12: gputelemetry.telemetry.v1.AppScrape.families:type_name -> gputelemetry.telemetry.v1.AppFamily
+	0,  // 13: gputelemetry.telemetry.v1.AppFamily.type:type_name -> gputelemetry.telemetry.v1.AppMetricType
+	8,  // 14: gputelemetry.telemetry.v1.AppFamily.series:type_name -> gputelemetry.telemetry.v1.AppSeries
+	10, // 15: gputelemetry.telemetry.v1.AppSeries.labels:type_name -> gputelemetry.telemetry.v1.Label
+	9,  // 16: gputelemetry.telemetry.v1.AppSeries.histogram:type_name -> gputelemetry.telemetry.v1.AppHistogram
+	12, // 17: gputelemetry.telemetry.v1.Device.pods:type_name -> gputelemetry.telemetry.v1.Pod
+	13, // 18: gputelemetry.telemetry.v1.Device.samples:type_name -> gputelemetry.telemetry.v1.EngineSamples
+	1,  // 19: gputelemetry.telemetry.v1.EngineSamples.engine:type_name -> gputelemetry.telemetry.v1.Engine
+	14, // 20: gputelemetry.telemetry.v1.EngineSamples.samples:type_name -> gputelemetry.telemetry.v1.Sample
+	2,  // 21: gputelemetry.telemetry.v1.Telemetry.Watch:input_type -> gputelemetry.telemetry.v1.WatchRequest
+	5,  // 22: gputelemetry.telemetry.v1.Telemetry.Watch:output_type -> gputelemetry.telemetry.v1.NodeSnapshot
+	22, // [22:23] is the sub-list for method output_type
+	21, // [21:22] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_telemetry_v1_telemetry_proto_init() }
@@ -1830,15 +2013,15 @@ func file_telemetry_v1_telemetry_proto_init() {
 	if File_telemetry_v1_telemetry_proto != nil {
 		return
 	}
-	file_telemetry_v1_telemetry_proto_msgTypes[7].OneofWrappers = []any{}
-	file_telemetry_v1_telemetry_proto_msgTypes[8].OneofWrappers = []any{}
+	file_telemetry_v1_telemetry_proto_msgTypes[9].OneofWrappers = []any{}
+	file_telemetry_v1_telemetry_proto_msgTypes[10].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_telemetry_v1_telemetry_proto_rawDesc), len(file_telemetry_v1_telemetry_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
 )
@@ -53,10 +54,16 @@ const (
 	RejectMalformed = "malformed" // not a NodeSnapshot, or one the store refuses
 )
 
-// Ingester receives the snapshots (scaler.Store).
+// Ingester receives the snapshots (fleet.Store).
 type Ingester interface {
 	Ingest(*telemetryv1.NodeSnapshot) error
+	// IngestFirst receives a stream's first snapshot, which may repeat the
+	// latest tick with what a new request asks.
+	IngestFirst(*telemetryv1.NodeSnapshot) error
 }
+
+// Observer records a duration in seconds (a Prometheus histogram).
+type Observer interface{ Observe(float64) }
 
 // Resolver is the part of net.Resolver discovery needs; tests pass a fake,
 // so nothing process-wide is touched.
@@ -85,6 +92,9 @@ type Options struct {
 	// MaxMessageRate caps the messages read a second from one agent;
 	// 0: DefaultMaxMessageRate.
 	MaxMessageRate float64
+	// AnswerDuration, if not nil, observes how long each re-subscription
+	// took to be answered by every connected agent.
+	AnswerDuration Observer
 
 	Logger *slog.Logger
 }
@@ -99,9 +109,23 @@ type Pool struct {
 	subs map[string]context.CancelFunc
 	wg   sync.WaitGroup
 
-	famMu      sync.Mutex
-	families   []string      // app families every stream asks for
-	famChanged chan struct{} // closed and replaced when families change
+	reqMu      sync.Mutex
+	req        *telemetryv1.WatchRequest // what every stream asks for
+	reqGen     uint64                    // its generation
+	reqChanged chan struct{}             // closed and replaced when req changes
+
+	// Which agents have answered which request: an agent answers a
+	// request with its stream's first message. An agent is live from a
+	// message until its stream fails (a stream reopened for a new request
+	// keeps it live: it owes that request an answer).
+	ansMu    sync.Mutex
+	agents   map[string]*agentState
+	cur      uint64    // the generation asked now
+	behind   int       // live agents that have not answered cur
+	settled  uint64    // the latest generation every live agent answered
+	setAt    time.Time // when cur was asked
+	waitedOn bool      // some agent was behind when cur was asked
+	resubs   atomic.Uint64
 
 	connected atomic.Int64
 	targets   atomic.Int64
@@ -122,6 +146,13 @@ type Stats struct {
 	TooLarge, Malformed uint64
 	// Throttled counts the reads that waited for MaxMessageRate.
 	Throttled uint64
+	// Resubscriptions counts the requests set after the first.
+	Resubscriptions uint64
+}
+
+type agentState struct {
+	live bool
+	gen  uint64 // the latest request generation it answered
 }
 
 // New returns a pool; Run starts it.
@@ -154,32 +185,86 @@ func New(store Ingester, o Options) (*Pool, error) {
 			return nil, fmt.Errorf("agents DNS name %q: %w", o.DNS, err)
 		}
 	}
-	return &Pool{opts: o, store: store, log: o.Logger, subs: make(map[string]context.CancelFunc), famChanged: make(chan struct{})}, nil
+	return &Pool{opts: o, store: store, log: o.Logger, subs: make(map[string]context.CancelFunc),
+		req: &telemetryv1.WatchRequest{}, reqChanged: make(chan struct{}), agents: make(map[string]*agentState)}, nil
 }
 
-// errFamiliesChanged ends a stream whose request no longer names every
-// app family a trigger wants; it is reopened at once with the new set.
-var errFamiliesChanged = errors.New("app families changed")
+// errRequestChanged ends a stream whose request is no longer what the
+// triggers need; it is reopened at once with the new one.
+var errRequestChanged = errors.New("the request changed")
 
-// SetAppFamilies sets the app families every stream asks the agents for
-// (WatchRequest.app_families); streams open with another set are
-// reopened with this one.
-func (p *Pool) SetAppFamilies(families []string) {
-	p.famMu.Lock()
-	defer p.famMu.Unlock()
-	if slices.Equal(p.families, families) {
+// SetRequest sets what every stream asks the agents for, and its
+// generation (increasing); streams open with another request are
+// reopened with this one. Until it is first called the pool asks for
+// everything (an empty WatchRequest) as generation 0.
+func (p *Pool) SetRequest(req *telemetryv1.WatchRequest, gen uint64) {
+	p.reqMu.Lock()
+	if p.reqGen != 0 && gen <= p.reqGen {
+		p.reqMu.Unlock()
 		return
 	}
-	p.families = slices.Clone(families)
-	close(p.famChanged)
-	p.famChanged = make(chan struct{})
-	p.log.Info("app families asked of the agents", "families", strings.Join(families, ","))
+	first := p.reqGen == 0
+	p.req, p.reqGen = req, gen
+	close(p.reqChanged)
+	p.reqChanged = make(chan struct{})
+	p.reqMu.Unlock()
+	if !first {
+		p.resubs.Add(1)
+	}
+
+	p.ansMu.Lock()
+	p.cur, p.setAt, p.behind = gen, time.Now(), 0
+	for _, a := range p.agents {
+		if a.live && a.gen < gen {
+			p.behind++
+		}
+	}
+	p.waitedOn = p.behind > 0
+	p.settle()
+	p.ansMu.Unlock()
 }
 
-func (p *Pool) appFamilies() ([]string, <-chan struct{}) {
-	p.famMu.Lock()
-	defer p.famMu.Unlock()
-	return p.families, p.famChanged
+func (p *Pool) request() (*telemetryv1.WatchRequest, uint64, <-chan struct{}) {
+	p.reqMu.Lock()
+	defer p.reqMu.Unlock()
+	return p.req, p.reqGen, p.reqChanged
+}
+
+// Answered is the latest request generation every live agent has
+// answered: what a trigger new to that request waits for.
+func (p *Pool) Answered() uint64 {
+	p.ansMu.Lock()
+	defer p.ansMu.Unlock()
+	return p.settled
+}
+
+// answered records that a's stream, opened with request gen, delivered
+// its first message (or, with live false, that it failed).
+func (p *Pool) answered(a *agentState, gen uint64, live bool) {
+	p.ansMu.Lock()
+	defer p.ansMu.Unlock()
+	if a.live && a.gen < p.cur {
+		p.behind--
+	}
+	a.live = live
+	if live {
+		a.gen = gen
+	}
+	if a.live && a.gen < p.cur {
+		p.behind++
+	}
+	p.settle()
+}
+
+// settle marks cur answered once no live agent is behind; p.ansMu held.
+func (p *Pool) settle() {
+	if p.behind > 0 || p.settled >= p.cur {
+		return
+	}
+	p.settled = p.cur
+	if p.waitedOn && p.opts.AnswerDuration != nil {
+		p.opts.AnswerDuration.Observe(time.Since(p.setAt).Seconds())
+	}
 }
 
 // Stats returns the counters now.
@@ -192,6 +277,8 @@ func (p *Pool) Stats() Stats {
 		TooLarge:  p.tooLarge.Load(),
 		Malformed: p.malformed.Load(),
 		Throttled: p.throttled.Load(),
+
+		Resubscriptions: p.resubs.Load(),
 	}
 }
 
@@ -301,17 +388,28 @@ func (p *Pool) subscribe(ctx context.Context, addr string) {
 	}
 	defer conn.Close()
 	client := telemetryv1.NewTelemetryClient(conn)
-	st := &subState{log: log}
+	st := &subState{log: log, agent: &agentState{}}
+	p.ansMu.Lock()
+	p.agents[addr] = st.agent
+	p.ansMu.Unlock()
+	defer func() {
+		p.answered(st.agent, 0, false)
+		p.ansMu.Lock()
+		delete(p.agents, addr)
+		p.ansMu.Unlock()
+	}()
 	attempt := 0
 	for {
 		got, err := p.watch(ctx, client, st)
 		if ctx.Err() != nil {
 			return
 		}
-		if errors.Is(err, errFamiliesChanged) {
+		if errors.Is(err, errRequestChanged) {
 			attempt = 0
 			continue
 		}
+		// Failed: not waited on until it answers again.
+		p.answered(st.agent, 0, false)
 		p.failures.Add(1)
 		reason := p.rejected(err)
 		// Log the state change once: a stream that worked and ended, the
@@ -353,6 +451,7 @@ type subState struct {
 	log       *slog.Logger
 	rejecting string // the reason the last stream's message was refused; "" if it was not
 	throttled bool   // the rate cap was logged
+	agent     *agentState
 }
 
 // errMalformed wraps a snapshot the store refuses.
@@ -383,18 +482,18 @@ func (p *Pool) watch(ctx context.Context, client telemetryv1.TelemetryClient, st
 	defer cancel(nil)
 	timeout := p.opts.IdleTimeout
 	idle := time.AfterFunc(timeout, func() {
-		cancel(errors.New("no snapshot within the idle timeout (--agents.idle-timeout, or three of the agent's intervals)"))
+		cancel(errors.New("no message within the idle timeout (--agents.idle-timeout, or three of the agent's message periods)"))
 	})
 	defer idle.Stop()
-	families, changed := p.appFamilies()
+	req, gen, changed := p.request()
 	go func() {
 		select {
 		case <-changed:
-			cancel(errFamiliesChanged)
+			cancel(errRequestChanged)
 		case <-ctx.Done():
 		}
 	}()
-	stream, err := client.Watch(ctx, &telemetryv1.WatchRequest{AppFamilies: families})
+	stream, err := client.Watch(ctx, req)
 	if err != nil {
 		return 0, err
 	}
@@ -423,18 +522,31 @@ func (p *Pool) watch(ctx context.Context, client telemetryv1.TelemetryClient, st
 			}
 			return n, err
 		}
+		if snap.Period == nil {
+			// An agent older than NodeSnapshot.period: it sends every
+			// interval, or every min_period asked.
+			snap.Period = durationpb.New(max(snap.GetInterval().AsDuration(), req.GetMinPeriod().AsDuration()))
+		}
+		// An agent sampling, or asked to send, slower than the timeout is
+		// not idle: give it three of its periods.
+		timeout = max(p.opts.IdleTimeout, 3*snap.GetPeriod().AsDuration())
 		if n == 0 {
-			// An agent sampling slower than the timeout is not idle: give
-			// it three of its intervals.
-			timeout = max(p.opts.IdleTimeout, 3*snap.GetInterval().AsDuration())
 			p.connected.Add(1)
 			log.Info("agent connected", "node", snap.GetNode())
 		}
 		idle.Reset(timeout)
 		n++
 		p.snapshots.Add(1)
-		if err := p.store.Ingest(snap); err != nil {
+		ingest := p.store.Ingest
+		if n == 1 {
+			ingest = p.store.IngestFirst
+		}
+		if err := ingest(snap); err != nil {
 			return n, fmt.Errorf("%w: %w", errMalformed, err)
+		}
+		if n == 1 {
+			// Ingested: what the request asks is in the store.
+			p.answered(st.agent, gen, true)
 		}
 	}
 }

@@ -35,7 +35,8 @@ type Agent struct {
 	seq      uint64
 	latest   *telemetryv1.NodeSnapshot
 	subs     map[chan *telemetryv1.NodeSnapshot]struct{}
-	families [][]string // each Watch's app_families, in order
+	requests []*telemetryv1.WatchRequest // every Watch's, in order
+	hold     chan struct{}               // while not nil, a new Watch sends nothing until it is closed
 }
 
 // StartAgent serves a fake agent of node on addr ("127.0.0.1:0" for any
@@ -62,9 +63,41 @@ func (a *Agent) Stop() { a.srv.Stop() }
 
 // AppFamilies returns the app_families of every Watch so far, in order.
 func (a *Agent) AppFamilies() [][]string {
+	var out [][]string
+	for _, r := range a.Requests() {
+		out = append(out, r.GetAppFamilies())
+	}
+	return out
+}
+
+// Requests returns the request of every Watch so far, in order. The
+// fake ignores all of them but app_families' presence: it is an agent
+// older than every filter, sending every pod and field at every tick.
+func (a *Agent) Requests() []*telemetryv1.WatchRequest {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return append([][]string(nil), a.families...)
+	return append([]*telemetryv1.WatchRequest(nil), a.requests...)
+}
+
+// Hold makes the Watch streams opened from now on send nothing, not even
+// their first message, until the returned function is called: an agent
+// slow to answer a new subscription.
+func (a *Agent) Hold() (release func()) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	h := make(chan struct{})
+	a.hold = h
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			a.mu.Lock()
+			if a.hold == h {
+				a.hold = nil
+			}
+			a.mu.Unlock()
+			close(h)
+		})
+	}
 }
 
 // Subscribers is the number of open Watch streams.
@@ -111,7 +144,17 @@ func (a *Agent) PublishApps(devs []*telemetryv1.Device, apps []*telemetryv1.AppS
 func (a *Agent) Watch(req *telemetryv1.WatchRequest, stream grpc.ServerStreamingServer[telemetryv1.NodeSnapshot]) error {
 	c := make(chan *telemetryv1.NodeSnapshot, 4)
 	a.mu.Lock()
-	a.families = append(a.families, req.GetAppFamilies())
+	a.requests = append(a.requests, req)
+	hold := a.hold
+	a.mu.Unlock()
+	if hold != nil {
+		select {
+		case <-hold:
+		case <-stream.Context().Done():
+			return nil
+		}
+	}
+	a.mu.Lock()
 	if a.latest != nil {
 		c <- a.latest
 	}
