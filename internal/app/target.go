@@ -117,7 +117,11 @@ func ParseTarget(p PodInfo, floor, defInterval time.Duration) (*Target, error) {
 	if !ok || strings.TrimSpace(fam) == "" {
 		return nil, bad(AnnotationFamilies, "missing: name the families to keep (an RE2 matched against the whole family name); nothing is kept until one is named")
 	}
-	if t.Families, err = regexp.Compile(`^(?:` + fam + `)$`); err != nil {
+	// On its own first: wrapped unchecked, "a)|(b" would escape the anchors.
+	if _, err = regexp.Compile(fam); err == nil {
+		t.Families, err = regexp.Compile(`^(?:` + fam + `)$`)
+	}
+	if err != nil {
 		return nil, bad(AnnotationFamilies, "not an RE2 regular expression: "+err.Error())
 	}
 	if v, ok := a[AnnotationInterval]; ok {

@@ -46,6 +46,8 @@ func TestParseTarget(t *testing.T) {
 		{name: "relative path", p: pod(map[string]string{AnnotationPath: "metrics"}, metrics), err: "must start with /"},
 		{name: "no families", p: pod(map[string]string{AnnotationFamilies: "-"}, metrics), err: "nothing is kept until one is named"},
 		{name: "bad families", p: pod(map[string]string{AnnotationFamilies: "livekit_("}, metrics), err: "not an RE2"},
+		// Valid once wrapped in ^(?:...)$, but it would escape the anchors.
+		{name: "families escaping the anchors", p: pod(map[string]string{AnnotationFamilies: "x)|(.*"}, metrics), err: "not an RE2"},
 		{name: "interval below floor", p: pod(map[string]string{AnnotationInterval: "50ms"}, metrics), err: "below the floor"},
 		{name: "bad interval", p: pod(map[string]string{AnnotationInterval: "1"}, metrics), err: "not a Go duration"},
 	}

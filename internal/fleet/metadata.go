@@ -272,7 +272,13 @@ func ParseMetadata(md map[string]string, defaultNamespace string, maxWindow time
 		}
 		q.PodPattern = v
 	}
-	re, err := regexp.Compile(`^(?:` + q.PodPattern + `)$`)
+	// The pattern must compile on its own first: wrapped unchecked, one
+	// such as "a)|(b" would close the group and escape the anchors.
+	_, err := regexp.Compile(q.PodPattern)
+	var re *regexp.Regexp
+	if err == nil {
+		re, err = regexp.Compile(`^(?:` + q.PodPattern + `)$`)
+	}
 	if err != nil {
 		return nil, bad(KeyPodPattern, "not an RE2 regular expression: "+unwrapRegexp(err))
 	}

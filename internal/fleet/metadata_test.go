@@ -215,3 +215,15 @@ func FuzzParseMetadataMap(f *testing.F) {
 		}
 	})
 }
+
+// A pattern that compiles only once wrapped in ^(?:...)$ would escape the
+// anchors ("x)|(.*" would match every pod): refused, naming the key.
+func TestPodPatternCannotEscapeTheAnchors(t *testing.T) {
+	for _, p := range []string{"x)|(.*", "inference-0)|(?:sfu-.*"} {
+		_, err := ParseMetadata(map[string]string{"metric": "gpu_util", "target": "70", "podPattern": p}, "default", time.Minute)
+		var me *MetadataError
+		if !errors.As(err, &me) || me.Key != "podPattern" {
+			t.Errorf("podPattern %q: %v, want an error naming podPattern", p, err)
+		}
+	}
+}

@@ -152,7 +152,7 @@ func legacyMatcher(namespace, pattern string) (*podMatcher, error) {
 	}
 	m := &podMatcher{byNamespace: map[string]*regexp.Regexp{namespace: nil}}
 	if pattern != "" {
-		re, err := regexp.Compile(`^(?:` + pattern + `)$`)
+		re, err := anchored(pattern)
 		if err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "pod_pattern %q: %v", pattern, err)
 		}
@@ -170,7 +170,7 @@ func selectorMatcher(sels []*telemetryv1.PodSelector) (*podMatcher, error) {
 	for i, s := range sels {
 		p := s.GetPodPattern()
 		if p != "" {
-			if _, err := regexp.Compile(`^(?:` + p + `)$`); err != nil {
+			if _, err := anchored(p); err != nil {
 				return nil, status.Errorf(codes.InvalidArgument, "pod_filter.selectors[%d].pod_pattern %q: %v", i, p, err)
 			}
 		}
@@ -297,4 +297,14 @@ func copyFields(dst, src protoreflect.Message, fields []protoreflect.FieldDescri
 			dst.Set(fd, src.Get(fd))
 		}
 	}
+}
+
+// anchored compiles p to match whole names. p must compile on its own
+// first: wrapped unchecked, a pattern such as "a)|(b" would close the
+// group and escape the anchors (matching any name that starts with a).
+func anchored(p string) (*regexp.Regexp, error) {
+	if _, err := regexp.Compile(p); err != nil {
+		return nil, err
+	}
+	return regexp.Compile(`^(?:` + p + `)$`)
 }

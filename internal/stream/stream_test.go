@@ -135,6 +135,9 @@ func TestBadRequests(t *testing.T) {
 		want string
 	}{
 		{&telemetryv1.WatchRequest{PodPattern: "inference-("}, "pod_pattern"},
+		// Valid once wrapped in ^(?:...)$, but it would escape the anchors.
+		{&telemetryv1.WatchRequest{PodPattern: "x)|(.*"}, "pod_pattern"},
+		{&telemetryv1.WatchRequest{PodFilter: selectors("ml", "x)|(?:.*")}, "pod_filter.selectors[0]"},
 		{&telemetryv1.WatchRequest{MinPeriod: durationpb.New(-time.Second)}, "min_period"},
 		{&telemetryv1.WatchRequest{AppFamilies: []string{"livekit_jitter_us", "not a name"}}, "app_families"},
 	} {
