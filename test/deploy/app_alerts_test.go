@@ -17,21 +17,6 @@ import (
 // GPUAgentAppScrapeFailing (one that recovers does not), and an opted-in
 // pod left unscraped for 10 minutes fires GPUAgentAppTargetNotScraped.
 func TestAppAlertsFire(t *testing.T) {
-	promtool := testutil.RequireTool(t, "promtool", "prometheus")
-	var groups []monitoringv1.RuleGroup
-	for _, o := range kustomized(t, "deploy") {
-		if pr, ok := o.Obj.(*monitoringv1.PrometheusRule); ok {
-			groups = append(groups, pr.Spec.Groups...)
-		}
-	}
-	dir := t.TempDir()
-	y, err := sigsyaml.Marshal(map[string]any{"groups": groups})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "rules.yaml"), y, 0o644); err != nil {
-		t.Fatal(err)
-	}
 	tests := `rule_files: [rules.yaml]
 evaluation_interval: 15s
 tests:
@@ -66,8 +51,31 @@ tests:
               summary: GPU agent on n1 does not scrape an opted-in pod (invalid)
               description: "1 pods on node n1 ask to be scraped (gpu-agent.io/scrape) but are not: a bad gpu-agent.io/ annotation (invalid; the agent logs which) or past --app.max-targets (over_limit)."
 `
-	f := filepath.Join(dir, "app-alerts.test.yaml")
-	if err := os.WriteFile(f, []byte(tests), 0o644); err != nil {
+	promtoolTestRules(t, tests)
+}
+
+// promtoolTestRules runs promtool's rule unit tests (tests, a test file
+// naming rule_files: [rules.yaml]) on the PrometheusRule groups of
+// deploy/'s kustomize build.
+func promtoolTestRules(t *testing.T, tests string) {
+	t.Helper()
+	promtool := testutil.RequireTool(t, "promtool", "prometheus")
+	var groups []monitoringv1.RuleGroup
+	for _, o := range kustomized(t, "deploy") {
+		if pr, ok := o.Obj.(*monitoringv1.PrometheusRule); ok {
+			groups = append(groups, pr.Spec.Groups...)
+		}
+	}
+	dir := t.TempDir()
+	y, err := sigsyaml.Marshal(map[string]any{"groups": groups})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "rules.yaml"), y, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(dir, "rules.test.yaml")
+	if err := os.WriteFile(f, []byte(tests), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := exec.Command(promtool, "test", "rules", f).CombinedOutput(); err != nil {

@@ -1,37 +1,12 @@
 package deploy
 
-import (
-	"os"
-	"os/exec"
-	"path/filepath"
-	"testing"
-
-	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
-	sigsyaml "sigs.k8s.io/yaml"
-
-	"github.com/gpu-telemetry/agent/internal/testutil"
-)
+import "testing"
 
 // A driver reload, evaluated by promtool on deploy/'s own rules: NVML
-// down for a minute with every GPU reported lost, then back, pages
-// nobody (n1 is in neither answer below); a GPU lost for good fires GPULost after 3 minutes, and NVML
-// down for good fires GPUAgentNVMLDown after 2.
+// down for a minute with every GPU reported lost, then back, pages nobody
+// (n1 is in neither answer below); a GPU lost for good fires GPULost
+// after 3 minutes, and NVML down for good fires GPUAgentNVMLDown after 2.
 func TestDriverAlerts(t *testing.T) {
-	promtool := testutil.RequireTool(t, "promtool", "prometheus")
-	var groups []monitoringv1.RuleGroup
-	for _, o := range kustomized(t, "deploy") {
-		if pr, ok := o.Obj.(*monitoringv1.PrometheusRule); ok {
-			groups = append(groups, pr.Spec.Groups...)
-		}
-	}
-	dir := t.TempDir()
-	y, err := sigsyaml.Marshal(map[string]any{"groups": groups})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "rules.yaml"), y, 0o600); err != nil {
-		t.Fatal(err)
-	}
 	// 15 s steps. n1: a reload of one minute (steps 4-7), every GPU lost
 	// meanwhile. n2: GPU 1 lost from step 4 on, for good. n3: the driver
 	// unloaded from step 4 on.
@@ -72,11 +47,5 @@ tests:
               summary: GPU 1 on n2 is lost
               description: NVML has reported GPU 1 (GPU-b) on node n2 lost for 3 minutes and the agent has not found it again; the node needs draining and a reset.
 `
-	f := filepath.Join(dir, "driver-alerts.test.yaml")
-	if err := os.WriteFile(f, []byte(tests), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command(promtool, "test", "rules", f).CombinedOutput(); err != nil {
-		t.Errorf("promtool test rules: %v\n%s", err, out)
-	}
+	promtoolTestRules(t, tests)
 }
