@@ -162,17 +162,22 @@ func TestDriverReloadIsRecovered(t *testing.T) {
 	}
 
 	// XID errors come through the new event set, from the new handles.
+	// The test ticks itself: Run's ticker (at this test's 10 s interval)
+	// could publish its one tick before the XID arrives.
 	ctx, cancel := context.WithCancel(t.Context())
-	ran := make(chan error, 1)
-	go func() { ran <- s.Run(ctx) }()
+	watched := make(chan struct{})
+	go func() { s.watchXID(ctx); close(watched) }()
 	nd.events <- nvml.EventData{Device: nd.handle(1), EventType: nvml.EventTypeXidCriticalError, EventData: 79}
 	testutil.Eventually(t, 5*time.Second, "GPU 1's XID through the new event set", func() bool {
+		s.Tick()
 		x := s.Latest().States[1].XID
 		return x != nil && x.Counts[79] == 1
 	})
 	cancel()
-	if err := <-ran; err != nil {
-		t.Errorf("Run: %v", err)
+	select {
+	case <-watched:
+	case <-time.After(10 * time.Second):
+		t.Error("the XID loop did not end with its context")
 	}
 }
 
