@@ -74,6 +74,7 @@ func main() {
 	flag.StringVar(&cfg.DCGM, "dcgm", "off", `with -nvml=mock: "off", "fake" (--dcgm=embedded over the fake libdcgm.so.4), or "both" (each run with DCGM off, then on)`)
 	flag.BoolVar(&cfg.Peer, "peer", false, "with -nvml=mock: also run utkuozdemir/nvidia_gpu_exporter (NVML backend, --collect.interval = -interval) on the same mock library, built from ../shared/third_party/nvidia_gpu_exporter")
 	peerBin := flag.String("peer-bin", "", "the peer's binary; empty builds it")
+	flag.StringVar(&profileDir, "profile", "", "folder for each agent run's CPU profile over the measured window and its allocation profile at the end (runs the agent with --web.enable-pprof)")
 	flag.Float64Var(&maxMissedPercent, "max-missed-percent", maxMissedPercent, "fail a run that misses more than this percentage of its ticks (CI's short run, on a shared machine, allows more)")
 	flag.Parse()
 	switch {
@@ -171,7 +172,9 @@ func run(cfg config, bin string) (*report, error) {
 	for _, n := range cfg.Scrapers {
 		for _, v := range variants {
 			log.Printf("run: %s, %d scraper(s) at 1 Hz, %s warm-up, %s measured", v, n, cfg.Warmup, cfg.Duration)
-			r, err := measure(cfg, bin, kubelet.Path(), n, b.forVariant(cfg, v))
+			vv := b.forVariant(cfg, v)
+			vv.name = v
+			r, err := measure(cfg, bin, kubelet.Path(), n, vv)
 			if err != nil {
 				return rep, fmt.Errorf("run %s with %d scraper(s): %w", v, n, err)
 			}
@@ -232,6 +235,7 @@ func mockBackend(dir string) (backend, error) {
 
 // variant is one run's agent flags and environment.
 type variant struct {
+	name string
 	args []string
 	env  []string
 	dcgm bool
@@ -240,6 +244,9 @@ type variant struct {
 
 // peerBinary is -peer-bin.
 var peerBinary string
+
+// profileDir is -profile.
+var profileDir string
 
 // maxMissedPercent is -max-missed-percent.
 var maxMissedPercent = 1.0
@@ -323,9 +330,13 @@ func measure(cfg config, bin, socket string, n int, v variant) (result, error) {
 	if v.peer != "" {
 		a, err = startPeer(v.peer, v.env, v.args...)
 	} else {
-		a, err = startAgent(bin, v.env, append(slices.Clone(v.args),
+		args := append(slices.Clone(v.args),
 			"--interval="+cfg.Interval.String(), "--kubelet.pod-resources-socket="+socket,
-			"--node-name=bench-node", "--log.level=warn")...)
+			"--node-name=bench-node", "--log.level=warn")
+		if profileDir != "" {
+			args = append(args, "--web.enable-pprof")
+		}
+		a, err = startAgent(bin, v.env, args...)
 	}
 	if err != nil {
 		return r, err
@@ -385,6 +396,10 @@ func measure(cfg config, bin, socket string, n int, v variant) (result, error) {
 		return r, err
 	}
 	t0 := time.Now()
+	var prof *profiler
+	if profileDir != "" && v.peer == "" {
+		prof = startProfile(a.addr, cfg.Duration, filepath.Join(profileDir, fmt.Sprintf("%s-%d", v.name, n)))
+	}
 	var rss, anon, file []uint64
 	var peak uint64
 	for time.Since(t0) < cfg.Duration {
@@ -412,6 +427,11 @@ func measure(cfg config, bin, socket string, n int, v variant) (result, error) {
 		return r, err
 	}
 	cancel()
+	if prof != nil {
+		if err := prof.finish(); err != nil {
+			return r, err
+		}
+	}
 	lats, ages, wire, failures := lat.results()
 	if len(failures) > 0 {
 		return r, fmt.Errorf("%d scrapes failed, the first: %v", len(failures), failures[0])
