@@ -203,6 +203,25 @@ func utilSamples(at time.Time, values ...uint32) []nvml.Sample {
 	return out
 }
 
+// waitEvent is nvmlEventSetWait over a queue of events: the next one, or
+// ERROR_TIMEOUT after ms; with ms 0, a poll that never blocks.
+func waitEvent(events <-chan nvml.EventData, ms uint32) (nvml.EventData, nvml.Return) {
+	if ms == 0 {
+		select {
+		case e := <-events:
+			return e, nvml.SUCCESS
+		default:
+			return nvml.EventData{}, nvml.ERROR_TIMEOUT
+		}
+	}
+	select {
+	case e := <-events:
+		return e, nvml.SUCCESS
+	case <-time.After(time.Duration(ms) * time.Millisecond):
+		return nvml.EventData{}, nvml.ERROR_TIMEOUT
+	}
+}
+
 // newLib is a mock NVML over devs, with an event set whose Wait returns
 // the queued events, then times out.
 func newLib(devs ...*mock.Device) (*mock.Interface, chan nvml.EventData) {
@@ -228,14 +247,7 @@ func newLib(devs ...*mock.Device) (*mock.Interface, chan nvml.EventData) {
 		},
 		EventSetCreateFunc: func() (nvml.EventSet, nvml.Return) {
 			return &mock.EventSet{
-				WaitFunc: func(ms uint32) (nvml.EventData, nvml.Return) {
-					select {
-					case e := <-events:
-						return e, nvml.SUCCESS
-					case <-time.After(time.Duration(ms) * time.Millisecond):
-						return nvml.EventData{}, nvml.ERROR_TIMEOUT
-					}
-				},
+				WaitFunc: func(ms uint32) (nvml.EventData, nvml.Return) { return waitEvent(events, ms) },
 				FreeFunc: func() nvml.Return { return nvml.SUCCESS },
 			}, nvml.SUCCESS
 		},

@@ -107,12 +107,7 @@ func newNode(n int) *node {
 						time.Sleep(time.Duration(ms) * time.Millisecond)
 						return nvml.EventData{}, nd.sessionState(session)
 					}
-					select {
-					case e := <-nd.events:
-						return e, nvml.SUCCESS
-					case <-time.After(time.Duration(ms) * time.Millisecond):
-						return nvml.EventData{}, nvml.ERROR_TIMEOUT
-					}
+					return waitEvent(nd.events, ms)
 				},
 				FreeFunc: func() nvml.Return { return nvml.SUCCESS },
 			}, nvml.SUCCESS

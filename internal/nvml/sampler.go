@@ -145,7 +145,10 @@ type Sampler struct {
 
 	// xid is the event set every GPU registers with for XID errors, nil
 	// where NVML has none (or while it is being re-initialised).
-	xid         atomic.Pointer[xidSet]
+	xid atomic.Pointer[xidSet]
+	// xidPoll is the tick's signal to the XID goroutine to drain the
+	// event set (see watchXID); never blocks the tick.
+	xidPoll     chan struct{}
 	initialised atomic.Bool // nvmlInit returned SUCCESS: Shutdown is owed
 
 	// rec is the recovery from a driver-wide failure (see recover.go).
@@ -230,7 +233,7 @@ func Open(ctx context.Context, lib Library, cfg Config) (*Sampler, error) {
 		cfg.Store = &telemetry.Store{}
 	}
 	s := &Sampler{lib: lib, cfg: cfg, log: cfg.Logger, store: cfg.Store, epoch: time.Now(),
-		quit: make(chan struct{})}
+		quit: make(chan struct{}), xidPoll: make(chan struct{}, 1)}
 	s.life, s.cancelLife = context.WithCancel(context.Background())
 	s.rec = recovery{kick: make(chan time.Duration, 1), backoff: cfg.ReinitBackoff}
 	if err := s.open(ctx); err != nil {
@@ -462,6 +465,12 @@ func (s *Sampler) Tick() {
 		case w.req <- request{seq: s.seq, now: start, mono: mono}:
 			pending++
 		default: // a request is still queued: the worker has not taken it
+		}
+	}
+	if !down {
+		select {
+		case s.xidPoll <- struct{}{}:
+		default: // the last drain is still going
 		}
 	}
 	s.deadline.Reset(s.tickBudget())

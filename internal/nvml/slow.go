@@ -150,7 +150,11 @@ type slowReading struct {
 type slowState struct {
 	p      atomic.Pointer[slowReading]
 	period time.Duration
-	seen   uint64 // seq of the last answer the worker took errors from
+	// kick is the worker's signal to make a pass (see kickSlow); next is
+	// when the worker signals next (Config.Monotonic), the worker's.
+	kick chan struct{}
+	next time.Duration
+	seen uint64 // seq of the last answer the worker took errors from
 	// The GetFieldValues batch: memory temperature, then TX and RX of each
 	// link. Used by the probe, then by the slow goroutine only.
 	req    []nvml.FieldValue
@@ -210,7 +214,34 @@ func (d *device) probeSlow(s *Sampler) {
 		return
 	}
 	sl.p.Store(r)
+	sl.kick = make(chan struct{}, 1)
 	go d.slowLoop(s)
+}
+
+// kickSlow asks the slow goroutine for a pass once a period has passed
+// since the last, on the worker as it starts a reading: the slow calls
+// then overlap the reading's, one burst of NVML calls per interval rather
+// than a wake-up of their own. A pass still running is not asked again.
+func (d *device) kickSlow(mono time.Duration) {
+	sl := &d.slow
+	if sl.kick == nil {
+		return
+	}
+	if sl.next == 0 {
+		sl.next = mono + sl.period // the probe's pass was the first
+		return
+	}
+	if mono < sl.next {
+		return
+	}
+	// Keep to the period's grid, not to when the kick happened to land.
+	for sl.next <= mono {
+		sl.next += sl.period
+	}
+	select {
+	case sl.kick <- struct{}{}:
+	default:
+	}
 }
 
 // getFieldValue reads one field value of scope 0 as an integer.
@@ -239,16 +270,14 @@ func (d *device) readSlow(seq uint64) *slowReading {
 	return r
 }
 
-// slowLoop reads the slow fields every period until the sampler closes
-// or the GPU is lost.
+// slowLoop reads the slow fields when the worker asks (every period, see
+// kickSlow) until the sampler closes or the GPU is lost.
 func (d *device) slowLoop(s *Sampler) {
-	t := time.NewTicker(d.slow.period)
-	defer t.Stop()
 	for seq := uint64(1); ; seq++ {
 		select {
 		case <-s.quit:
 			return
-		case <-t.C:
+		case <-d.slow.kick:
 		}
 		var r *slowReading
 		if !d.call(func() { r = d.readSlow(seq) }) {

@@ -203,8 +203,9 @@ func TestNVLinkRateWithoutTimestamps(t *testing.T) {
 	}
 }
 
-// The slow calls are made every SlowPeriod on their own goroutine: a
-// call that does not return holds up no tick nor the GPU's fast reads,
+// The slow calls are made every SlowPeriod on their own goroutine, asked
+// for by the worker's readings: a call that does not return holds up no
+// tick nor the GPU's fast reads,
 // the tick keeps serving the last answer meanwhile, and never makes the
 // call itself.
 func TestSlowFieldsNeverDelayTheTick(t *testing.T) {
@@ -223,7 +224,7 @@ func TestSlowFieldsNeverDelayTheTick(t *testing.T) {
 		t.Fatalf("GetRemappedRows called %d times by the probe, want 1", n)
 	}
 	g.close()
-	testutil.Eventually(t, 5*time.Second, "the slow goroutine's call", func() bool { return calls.Load() == 2 })
+	testutil.Eventually(t, 5*time.Second, "the slow goroutine's call", func() bool { tick(s); return calls.Load() == 2 })
 
 	// Ticks driven while that call hangs: each reads the fast fields,
 	// and serves the probe's answer for the slow ones. (Few enough that
@@ -542,5 +543,26 @@ func TestSlowPeriod(t *testing.T) {
 		if got := SlowPeriod(c.interval); got != c.want {
 			t.Errorf("SlowPeriod(%v) = %v, want %v", c.interval, got, c.want)
 		}
+	}
+}
+
+// The worker asks for a slow pass once per SlowPeriod of its clock, not
+// once per reading: 25 readings 100 ms apart (2.5 s) make the probe's
+// pass and two more, at 1 s and 2 s; a pass asked for is made.
+func TestSlowPassesFollowThePeriod(t *testing.T) {
+	dev := newFullGPU(0)
+	var calls atomic.Int32
+	dev.GetPcieReplayCounterFunc = func() (int, nvml.Return) { calls.Add(1); return replays, nvml.SUCCESS }
+	lib, _ := newLib(dev)
+	c := newFakeClock()
+	s := open(t, lib, Config{Interval: MinInterval, Now: c.now})
+	reads := func() int { return len(dev.GetUtilizationRatesCalls()) }
+	for range 25 {
+		c.advance(MinInterval)
+		readOnTick(t, s, 0, reads)
+	}
+	testutil.Eventually(t, 5*time.Second, "the passes asked for", func() bool { return calls.Load() >= 3 })
+	if n := calls.Load(); n != 3 {
+		t.Errorf("GetPcieReplayCounter called %d times over 2.5 s of readings, want 3 (the probe's, at 1 s and at 2 s)", n)
 	}
 }

@@ -215,6 +215,7 @@ func (w *worker) handle(r request) {
 	if d.migStale || time.Since(d.lastMIGScan) >= w.s.cfg.MIGRescan {
 		migChanged = d.rescanMIG()
 	}
+	d.kickSlow(r.mono)
 	d.sample(r.now, r.mono, w.s.cfg.Window, st)
 	w.end()
 	if d.lost {

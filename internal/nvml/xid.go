@@ -47,10 +47,10 @@ func appendRecentXID(prev *telemetry.XIDCounts, ev telemetry.XIDEvent, retention
 	return append(old[i:len(old):cap(old)], ev)
 }
 
-// xidWaitTimeout is how long one EventSet.Wait waits for an event. A Wait
-// that returns keeps within Close's ShutdownWait, so NVML is shut down
-// cleanly; one that never returns is left behind (see watchXID).
-const xidWaitTimeout = 500 * time.Millisecond
+// xidDrainMax bounds the events one drain reads, so an XID storm cannot
+// keep the event goroutine in NVML for ever: the rest wait for the next
+// tick's drain.
+const xidDrainMax = 64
 
 // xidSet is an event set every GPU of one NVML session registers with;
 // armed is closed by the first GPU that registers, so the wait loop waits
@@ -89,76 +89,58 @@ func (s *Sampler) registerXID(d *device) {
 	}
 }
 
-// watchXID waits for XID critical errors, on its own goroutine, until ctx
-// is done, on the current event set once a GPU has registered with it.
-// NVML delivers them through an event set rather than a value to poll, so
-// they never slow a tick. Nothing waits for this goroutine: a Wait that
-// never returns keeps it (and NVML, which Close then leaves initialised)
-// but nothing else.
+// watchXID reads XID critical errors, on its own goroutine, until ctx is
+// done: on each tick's signal (see Tick) it drains the current event set
+// with zero-timeout waits, a non-blocking poll of the driver's event
+// queue, once a GPU has registered with it. Draining on the tick, rather
+// than blocking in nvmlEventSetWait between ticks, keeps every NVML call of
+// an interval in one burst: the process sleeps between ticks instead of
+// waking for a wait loop of its own (and NVIDIA's mock library, which
+// polls inside a blocking wait every 100 ms, makes no wake-ups of its own).
+// An XID is reported in the snapshot after the tick that drained it, as
+// before: one interval at most. Nothing waits for this goroutine: a Wait
+// that never returns keeps it (and NVML, which Close then leaves
+// initialised) but nothing else, and the ticks go on.
 func (s *Sampler) watchXID(ctx context.Context) {
-	// pause waits for d, or for armed to be closed; false once the loop
-	// is to end.
-	pause := func(d time.Duration, armed <-chan struct{}) bool {
-		t := time.NewTimer(d)
-		defer t.Stop()
+	failing := false
+	for {
 		select {
 		case <-ctx.Done():
-			return false
+			return
 		case <-s.quit:
-			return false
-		case <-armed:
-		case <-t.C:
+			return
+		case <-s.xidPoll:
 		}
-		return true
-	}
-	failing := false
-	for ctx.Err() == nil {
 		x := s.xid.Load()
 		if x == nil {
-			// None, or NVML is being initialised again: look again.
-			if !pause(xidWaitTimeout, nil) {
-				return
-			}
-			continue
+			continue // none, or NVML is being initialised again
 		}
 		select {
 		case <-x.armed:
 		default:
-			// Not armed yet: wait for it, looking again now and then,
-			// as NVML may be initialised again meanwhile, with a set
-			// of its own.
-			if !pause(xidWaitTimeout, x.armed) {
-				return
-			}
-			continue
+			continue // no GPU registered yet
 		}
-		var data nvml.EventData
-		var ret nvml.Return
-		if !s.callIn(x.session, func() { data, ret = x.set.Wait(uint32(xidWaitTimeout / time.Millisecond)) }) {
-			if s.closing.Load() {
-				return // NVML is being shut down
+		for range xidDrainMax {
+			var data nvml.EventData
+			var ret nvml.Return
+			if !s.callIn(x.session, func() { data, ret = x.set.Wait(0) }) {
+				if s.closing.Load() {
+					return // NVML is being shut down
+				}
+				break // being initialised again: the next tick's set
 			}
-			// Being initialised again: wait for its new set.
-			if !pause(xidWaitTimeout, nil) {
-				return
+			if ret == nvml.SUCCESS {
+				failing = false
+				s.recordXID(data)
+				continue
 			}
-			continue
-		}
-		switch ret {
-		case nvml.SUCCESS:
-			failing = false
-			s.recordXID(data)
-		case nvml.ERROR_TIMEOUT:
-			failing = false
-		default:
-			if !failing {
+			if ret == nvml.ERROR_TIMEOUT {
+				failing = false // nothing (more) queued
+			} else if !failing {
 				failing = true
 				s.log.Warn("waiting for XID events failed", "err", ret)
 			}
-			// Never spin on a broken event set.
-			if !pause(time.Second, nil) {
-				return
-			}
+			break
 		}
 	}
 }
