@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -55,6 +56,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	log := cfg.NewLogger(stderr)
 	cfg.LogNotices(log)
+	if cfg.MaxProcs > 0 {
+		runtime.GOMAXPROCS(cfg.MaxProcs)
+	}
+	log.Info("Go runtime", "GOMAXPROCS", runtime.GOMAXPROCS(0))
 	if err := Run(ctx, cfg, log); err != nil {
 		log.Error("agent failed", "err", err)
 		return 1

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -27,6 +28,9 @@ import (
 // DefaultPodResourcesSocket is where the kubelet serves the pod-resources API.
 const DefaultPodResourcesSocket = "/var/lib/kubelet/pod-resources/kubelet.sock"
 
+// DefaultMaxProcs is --runtime.gomaxprocs's default.
+const DefaultMaxProcs = 1
+
 // MaxSimulatedGPUs bounds --simulate; no node has more.
 const MaxSimulatedGPUs = 64
 
@@ -40,6 +44,9 @@ type Config struct {
 	ExporterMetrics bool
 	// Pprof serves Go's profiles under /debug/pprof/ (--web.enable-pprof).
 	Pprof bool
+	// MaxProcs is GOMAXPROCS (--runtime.gomaxprocs, $GOMAXPROCS); 0 leaves
+	// Go's own (the CPUs, or the container's CPU limit).
+	MaxProcs int
 	// WebLimits caps the HTTP server's connections and concurrent
 	// scrapes (--web.max-connections, --web.max-requests).
 	WebLimits webserver.Flags
@@ -138,6 +145,13 @@ func ParseFlags(args []string, getenv func(string) string, stderr io.Writer) (*C
 	fs.BoolVar(&c.Pprof, "web.enable-pprof", false, "Serve Go's runtime profiles (CPU, heap, allocations, goroutines) under /debug/pprof/ on the web port, behind --web.config.file's TLS and authentication.")
 	fs.BoolVar(&c.ExporterMetrics, "web.enable-exporter-metrics", false, "Also serve the agent process's Go runtime, process and HTTP handler metrics (go_*, process_*, promhttp_*); the gpu_agent_* families are always served.")
 	c.WebLimits.Register(fs)
+	c.MaxProcs = DefaultMaxProcs
+	if v := getenv("GOMAXPROCS"); v != "" {
+		if n, err := strconv.Atoi(v); err == nil {
+			c.MaxProcs = n
+		}
+	}
+	fs.IntVar(&c.MaxProcs, "runtime.gomaxprocs", c.MaxProcs, "The most CPUs that run the agent's Go code at once (GOMAXPROCS; defaults to $GOMAXPROCS when set); 0: Go's own, the node's CPUs or the container's CPU limit. One, as node_exporter's default: the agent's work is small and mostly waits on NVML, and fewer threads handing work to each other cost less CPU.")
 	fs.StringVar(&c.GRPCListenAddress, "grpc.listen-address", ":9401", "Address of the gRPC push API (Watch) and gRPC health; empty disables it.")
 	fs.StringVar(&c.GRPCTLSCertFile, "grpc.tls-cert-file", "", "Serve gRPC over TLS with this certificate (PEM); needs --grpc.tls-key-file.")
 	fs.StringVar(&c.GRPCTLSKeyFile, "grpc.tls-key-file", "", "Private key (PEM) of --grpc.tls-cert-file.")
@@ -234,6 +248,9 @@ func (c *Config) Validate() error {
 		bad("web.listen-address", `""`, "must not be empty")
 	}
 	errs = append(errs, c.WebLimits.Validate()...)
+	if c.MaxProcs < 0 {
+		bad("runtime.gomaxprocs", c.MaxProcs, "must be 0 (Go's own) or more")
+	}
 	if c.GRPCListenAddress != "" && c.GRPCListenAddress == c.ListenAddress && !strings.HasSuffix(c.ListenAddress, ":0") {
 		bad("grpc.listen-address", c.GRPCListenAddress, "must differ from --web.listen-address")
 	}

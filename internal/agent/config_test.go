@@ -92,6 +92,35 @@ func TestNodeNameFromEnvironment(t *testing.T) {
 	}
 }
 
+// GOMAXPROCS is one by default, as node_exporter's; $GOMAXPROCS sets the
+// default, and the flag wins over both.
+func TestMaxProcs(t *testing.T) {
+	env := func(v string) func(string) string {
+		return func(k string) string {
+			if k == "GOMAXPROCS" {
+				return v
+			}
+			return ""
+		}
+	}
+	for _, tc := range []struct {
+		env  string
+		args []string
+		want int
+	}{
+		{"", nil, 1},
+		{"4", nil, 4},
+		{"4", []string{"--runtime.gomaxprocs=2"}, 2},
+		{"", []string{"--runtime.gomaxprocs=0"}, 0},
+		{"lots", nil, 1}, // Go ignores a $GOMAXPROCS it cannot read; so does the default
+	} {
+		c, err := ParseFlags(tc.args, env(tc.env), &bytes.Buffer{})
+		if err != nil || c.MaxProcs != tc.want {
+			t.Errorf("$GOMAXPROCS=%q %v: %d, %v; want %d", tc.env, tc.args, c.MaxProcs, err, tc.want)
+		}
+	}
+}
+
 func TestValidateNamesTheFlag(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
@@ -121,6 +150,7 @@ func TestValidateNamesTheFlag(t *testing.T) {
 		{[]string{"--app.max-targets=0"}, "--app.max-targets=0"},
 		{[]string{"--app.concurrency=0"}, "--app.concurrency=0"},
 		{[]string{"--app.concurrency=65"}, "--app.concurrency=65"},
+		{[]string{"--runtime.gomaxprocs=-1"}, "--runtime.gomaxprocs=-1: must be 0"},
 	} {
 		err := parse(t, tc.args...).Validate()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -151,7 +181,7 @@ func TestMainExitCodes(t *testing.T) {
 		t.Errorf("--version: exit %d, %q", code, stdout.String())
 	}
 	stderr.Reset()
-	if code := Main(ctx, []string{"--nvml.library-path=/nonexistent/libnvidia-ml.so.1", "--web.listen-address=127.0.0.1:0"}, &stdout, &stderr); code != 1 ||
+	if code := Main(ctx, []string{"--nvml.library-path=/nonexistent/libnvidia-ml.so.1", "--web.listen-address=127.0.0.1:0", "--runtime.gomaxprocs=0"}, &stdout, &stderr); code != 1 ||
 		!strings.Contains(stderr.String(), "NVML library") || !strings.Contains(stderr.String(), "--simulate") {
 		t.Errorf("no NVML: exit %d, stderr %q", code, stderr.String())
 	}

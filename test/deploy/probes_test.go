@@ -68,7 +68,8 @@ func TestProbesHitEndpoints(t *testing.T) {
 	go func() {
 		agentDone <- agent.Main(ctx, []string{"--simulate=2", "--simulate.call-latency=false",
 			fmt.Sprintf("--web.listen-address=127.0.0.1:%d", web), fmt.Sprintf("--grpc.listen-address=127.0.0.1:%d", grpcPort),
-			"--kubelet.pod-resources-socket=" + t.TempDir() + "/none.sock", "--log.level=warn"}, io.Discard, io.Discard)
+			"--kubelet.pod-resources-socket=" + t.TempDir() + "/none.sock", "--log.level=warn",
+			"--runtime.gomaxprocs=0"}, io.Discard, io.Discard) // the test's own GOMAXPROCS, shared with the scaler
 	}()
 	sweb, sgrpc := freePort(t), freePort(t)
 	scalerDone := make(chan int, 1)
