@@ -1,6 +1,7 @@
 package exporter
 
 import (
+	"compress/gzip"
 	"context"
 	"io"
 	"log/slog"
@@ -19,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
 
 	"github.com/gpu-telemetry/agent/internal/attribution"
 	"github.com/gpu-telemetry/agent/internal/dcgmcsv"
@@ -822,5 +824,71 @@ func TestPprof(t *testing.T) {
 				t.Errorf("pprof %v: GET %s = %d, served %v", on, path, rec.Code, served)
 			}
 		}
+	}
+}
+
+// Compressed scrapes of one view that arrive while it is being rendered
+// share that rendering: one gather for all of them, each answered the
+// whole body. A scrape after it renders again, and an uncompressed one
+// renders its own.
+func TestConcurrentScrapesShareARendering(t *testing.T) {
+	block := &blockingCollector{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	var gathers atomic.Int32
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(block, prometheus.CollectorFunc(func(chan<- prometheus.Metric) { gathers.Add(1) }))
+	gathers.Store(0) // CollectorFunc's Describe collects once
+	c := NewCollector(attribution.NewAttributor(&snapshots{snap: testSnapshot()}, nil, nil), Options{Hostname: "n", Interval: time.Second})
+	h := &metricsHandler{reg: reg, c: c, log: discardLogger()}
+	get := func(gzipped bool) string {
+		req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+		if gzipped {
+			req.Header.Set("Accept-Encoding", "gzip")
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if !gzipped {
+			return rec.Body.String()
+		}
+		if got := rec.Header().Get("Content-Length"); got != strconv.Itoa(rec.Body.Len()) {
+			t.Errorf("Content-Length %s for %d bytes", got, rec.Body.Len())
+		}
+		zr, err := gzip.NewReader(rec.Body)
+		if err != nil {
+			t.Error(err)
+			return ""
+		}
+		b, err := io.ReadAll(zr)
+		if err != nil {
+			t.Error(err)
+		}
+		return string(b)
+	}
+	const n = 8
+	bodies := make(chan string, n)
+	go func() { bodies <- get(true) }()
+	<-block.entered
+	key := renderKey{view: c.views.Latest(), format: expfmt.NegotiateAccept(http.Header{}, textFormats...)}
+	for range n - 1 {
+		go func() { bodies <- get(true) }()
+	}
+	agenttest.Eventually(t, 5*time.Second, "the other scrapes waiting on the first's rendering", func() bool { return h.renders.waiting(key) == n-1 })
+	close(block.release)
+	first := <-bodies
+	if !strings.Contains(first, "DCGM_FI_DEV_GPU_UTIL{") || !strings.Contains(first, "gpu_agent_samples_total") {
+		t.Fatalf("the shared body lacks the device or agent families:\n%s", first)
+	}
+	for range n - 1 {
+		if b := <-bodies; b != first {
+			t.Error("a scrape sharing the rendering got another body")
+		}
+	}
+	if g := gathers.Load(); g != 1 {
+		t.Errorf("%d gathers for %d concurrent scrapes of one view, want 1", g, n)
+	}
+	if get(true) != first || gathers.Load() != 2 {
+		t.Errorf("a later scrape: %d gathers, want its own (2)", gathers.Load())
+	}
+	if plain := get(false); plain != first || gathers.Load() != 3 {
+		t.Errorf("an uncompressed scrape: %d gathers, want its own (3), same text", gathers.Load())
 	}
 }

@@ -2,6 +2,7 @@ package exporter
 
 import (
 	"bufio"
+	"bytes"
 	"compress/gzip"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"net/http/pprof" // #nosec G108 -- mounted on the agent's own mux only with --web.enable-pprof; http.DefaultServeMux is never served
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -145,6 +147,11 @@ type metricsHandler struct {
 	reg prometheus.Gatherer
 	c   *Collector
 	log *slog.Logger
+
+	renders renders
+	// lastGzip is the size of the last compressed body, the next one's
+	// first guess.
+	lastGzip atomic.Int64
 }
 
 // textFormats are the formats /metrics offers, by preference: the text
@@ -165,21 +172,41 @@ var bufWriters = newFreeList(2, func() *bufio.Writer { return bufio.NewWriterSiz
 func (h *metricsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	format := expfmt.NegotiateAccept(r.Header, textFormats...)
 	view := h.c.views.Latest()
+	w.Header().Set("Content-Type", string(format))
+	if !acceptsGzip(r.Header.Get("Accept-Encoding")) {
+		h.write(w, view, format)
+		return
+	}
+	// Scrapes of one view in one format that arrive while it is being
+	// rendered share that rendering (see renders): 20 Prometheus servers
+	// scraping at the same instant cost one rendering, not 20 in turn.
+	body := h.renders.do(renderKey{view: view, format: format}, func() []byte {
+		var buf bytes.Buffer
+		buf.Grow(int(h.lastGzip.Load()))
+		gz := gzipWriters.get()
+		gz.Reset(&buf)
+		h.write(gz, view, format)
+		_ = gz.Close()
+		gz.Reset(nil)
+		gzipWriters.put(gz)
+		h.lastGzip.Store(int64(buf.Len()))
+		return buf.Bytes()
+	})
+	w.Header().Set("Content-Encoding", "gzip")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	if _, err := w.Write(body); err != nil {
+		h.log.Debug("writing metrics", "err", err) // the client went away
+	}
+}
+
+// write writes the scrape of view in format to out: the registry's
+// families and the agent's own, then the device families.
+func (h *metricsHandler) write(out io.Writer, view *attribution.View, format expfmt.Format) {
 	mfs, err := prometheus.Gatherers{h.reg, h.c.gatherer(view)}.Gather()
 	if err != nil {
 		// A failing collector leaves the rest served (promhttp's
 		// ContinueOnError).
 		h.log.Error("gathering metrics", "err", err)
-	}
-
-	w.Header().Set("Content-Type", string(format))
-	var out io.Writer = w
-	if acceptsGzip(r.Header.Get("Accept-Encoding")) {
-		w.Header().Set("Content-Encoding", "gzip")
-		gz := gzipWriters.get()
-		gz.Reset(w)
-		defer func() { _ = gz.Close(); gzipWriters.put(gz) }()
-		out = gz
 	}
 	bw := bufWriters.get()
 	bw.Reset(out)
@@ -200,6 +227,62 @@ func (h *metricsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_ = closer.Close() // OpenMetrics' "# EOF"
 	}
 	_ = bw.Flush()
+}
+
+// renderKey is what a compressed scrape depends on: the view (one
+// snapshot joined with the pods) and the format.
+type renderKey struct {
+	view   *attribution.View
+	format expfmt.Format
+}
+
+// renders lets concurrent scrapes of one key share one rendering: the
+// first renders, those that arrive meanwhile wait for its body. A body is
+// never kept past its rendering: a scrape that arrives after it gets its
+// own, with the registry's counters as they are then.
+type renders struct {
+	mu       sync.Mutex
+	inFlight map[renderKey]*rendering
+}
+
+type rendering struct {
+	done    chan struct{}
+	body    []byte
+	waiters int // scrapes sharing it, beyond the first; for tests
+}
+
+func (r *renders) do(key renderKey, render func() []byte) []byte {
+	r.mu.Lock()
+	if c, ok := r.inFlight[key]; ok {
+		c.waiters++
+		r.mu.Unlock()
+		<-c.done
+		return c.body
+	}
+	if r.inFlight == nil {
+		r.inFlight = map[renderKey]*rendering{}
+	}
+	c := &rendering{done: make(chan struct{})}
+	r.inFlight[key] = c
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.inFlight, key)
+		r.mu.Unlock()
+		close(c.done)
+	}()
+	c.body = render()
+	return c.body
+}
+
+// waiting is how many scrapes wait on key's rendering in flight.
+func (r *renders) waiting(key renderKey) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c, ok := r.inFlight[key]; ok {
+		return c.waiters
+	}
+	return 0
 }
 
 // acceptsGzip reports whether an Accept-Encoding header allows gzip.
