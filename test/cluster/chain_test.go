@@ -42,6 +42,9 @@ type chainStep struct {
 	// Reads is the median interval between the HPA's reads through the
 	// tap during the round (1 -> N only): its effective sync period.
 	Reads time.Duration `json:"hpa_read_interval_ns,omitempty"`
+	// Phase is the HPA's last read before the step -> t0 (1 -> N only):
+	// the wait is about one read interval less this.
+	Phase time.Duration `json:"hpa_phase_ns,omitempty"`
 }
 
 // chainOrder fails the test unless t0 <= tS <= tR <= tW: the scaler
@@ -97,6 +100,11 @@ func (e *env) outChain(t *testing.T, so string, value float64, t0, stepped, tW t
 		gaps = append(gaps, reads[i].Asked.Sub(reads[i-1].Asked))
 	}
 	c.Reads = medianOf(gaps)
+	for _, r := range reads {
+		if r.Asked.Before(t0) {
+			c.Phase = t0.Sub(r.Asked)
+		}
+	}
 	return c
 }
 
@@ -168,7 +176,7 @@ func (c chainStep) String() string {
 	ms := func(d time.Duration) string { return d.Round(time.Millisecond).String() }
 	s := fmt.Sprintf("total %s = push path %s + wait %s + act %s", ms(c.Total), ms(c.Push), ms(c.Wait), ms(c.Act))
 	if c.Reads > 0 {
-		s += fmt.Sprintf(" (the HPA read every %s)", ms(c.Reads))
+		s += fmt.Sprintf(" (the HPA read every %s; its last read before the step %s before it)", ms(c.Reads), ms(c.Phase))
 	}
 	return s
 }
