@@ -198,6 +198,9 @@ func chainTable(b *strings.Builder, rows []struct {
 			for i, c := range r.steps {
 				ds[i] = f(c)
 			}
+			if slices.Max(ds) == 0 {
+				return "none: pushed" // 0 -> 1: the scaler's message is KEDA's read
+			}
 			return fmt.Sprintf("%s (%s)", medianOf(ds).Round(time.Millisecond), slices.Max(ds).Round(time.Millisecond))
 		}
 		var all []string
@@ -209,5 +212,26 @@ func chainTable(b *strings.Builder, rows []struct {
 			col(func(c chainStep) time.Duration { return c.Total }), col(func(c chainStep) time.Duration { return c.Push }),
 			col(func(c chainStep) time.Duration { return c.Wait }), col(func(c chainStep) time.Duration { return c.Act }),
 			strings.Join(all, "; "))
+	}
+}
+
+// awaitPhase sleeps until about offset after one of the HPA's reads of
+// so through the tap (its last, plus whole sync periods). scaleOut gets
+// here just after a read, as it polls the HPA's status for one; stepping
+// at once would step every round at the same moment of the HPA's cycle
+// and measure one sync wait, not the spread a step at any moment sees.
+func (e *env) awaitPhase(ctx context.Context, t *testing.T, so string, offset time.Duration) {
+	t.Helper()
+	reads := e.tap.Events(so, "GetMetrics")
+	if len(reads) == 0 {
+		t.Fatalf("the HPA of %s never read through the tap", so)
+	}
+	at := reads[len(reads)-1].Asked.Add(offset)
+	for !at.After(time.Now()) {
+		at = at.Add(HPASyncPeriod)
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(time.Until(at)):
 	}
 }

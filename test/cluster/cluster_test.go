@@ -325,6 +325,9 @@ func (e *env) scaleOut(ctx context.Context, t *testing.T) {
 		// only the full sum activates (the sum is the largest value on
 		// the way: one node's step first gives 165).
 		stepped := e.watchActive(ctx, t, outMetadata, sum-0.5)
+		// Round r writes its step (r + 1/2) / rounds of a sync period
+		// after one of the HPA's reads: the phases spread over the cycle.
+		e.awaitPhase(ctx, t, push, (2*time.Duration(r)+1)*HPASyncPeriod/time.Duration(2*rounds(t)))
 		t0 := e.step(ctx, t, map[int]Load{0: high, 1: high})
 		var pushValue, promValue float64
 		if err := testutil.Poll(ctx, 30*time.Second, func() (bool, error) {
