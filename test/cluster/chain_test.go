@@ -45,6 +45,11 @@ type chainStep struct {
 	// Phase is the HPA's last read before the step -> t0 (1 -> N only):
 	// the wait is about one read interval less this.
 	Phase time.Duration `json:"hpa_phase_ns,omitempty"`
+	// KEDADone is tR -> the IsActive KEDA's operator asks right after
+	// its GetMetrics (GetMetricsAndActivity) through the tap (1 -> N
+	// only): how much of Act is KEDA's before its answer leaves for the
+	// adapter, the aggregator and the HPA.
+	KEDADone time.Duration `json:"keda_done_ns,omitempty"`
 }
 
 // chainOrder fails the test unless t0 <= tS <= tR <= tW: the scaler
@@ -104,6 +109,9 @@ func (e *env) outChain(t *testing.T, so string, value float64, t0, stepped, tW t
 		if r.Asked.Before(t0) {
 			c.Phase = t0.Sub(r.Asked)
 		}
+	}
+	if done, ok := e.tap.First(so, "IsActive", read.At, func(tapEvent) bool { return true }); ok {
+		c.KEDADone = done.At.Sub(read.At)
 	}
 	return c
 }
@@ -176,7 +184,8 @@ func (c chainStep) String() string {
 	ms := func(d time.Duration) string { return d.Round(time.Millisecond).String() }
 	s := fmt.Sprintf("total %s = push path %s + wait %s + act %s", ms(c.Total), ms(c.Push), ms(c.Wait), ms(c.Act))
 	if c.Reads > 0 {
-		s += fmt.Sprintf(" (the HPA read every %s; its last read before the step %s before it)", ms(c.Reads), ms(c.Phase))
+		s += fmt.Sprintf(" (the HPA read every %s; its last read before the step %s before it; KEDA's IsActive after the read answered %s after it)",
+			ms(c.Reads), ms(c.Phase), ms(c.KEDADone))
 	}
 	return s
 }
