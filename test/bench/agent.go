@@ -96,8 +96,9 @@ func timedScrape(ctx context.Context, client *http.Client, url string) scrapeRes
 			return r
 		}
 	}
-	if !bytes.Contains(plain, []byte("\ngpu_agent_last_sample_timestamp_seconds ")) && bytes.Contains(plain, []byte("\nnvidia_smi_")) {
-		return r // the peer: it serves no sample time, so no age
+	if !bytes.Contains(plain, []byte("\ngpu_agent_last_sample_timestamp_seconds ")) &&
+		(bytes.Contains(plain, []byte("\nnvidia_smi_")) || bytes.HasPrefix(plain, []byte("floor_"))) {
+		return r // the peer or the floor: they serve no sample time, so no age
 	}
 	ts, err := lastSampleTime(plain)
 	if err != nil {

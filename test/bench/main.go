@@ -48,7 +48,10 @@ type config struct {
 	// then on); not with NVML "sim", which has no DCGM.
 	DCGM string `json:"dcgm"`
 	// Peer adds a run of nvidia_gpu_exporter per scraper count.
-	Peer       bool          `json:"peer"`
+	Peer bool `json:"peer"`
+	// Floor adds a run of test/bench/floor, one NVML call per GPU per
+	// interval: the mock library's own cost.
+	Floor      bool          `json:"floor"`
 	GPUs       int           `json:"gpus"`
 	Pods       int           `json:"pods"`
 	Interval   time.Duration `json:"interval_ns"`
@@ -73,6 +76,7 @@ func main() {
 	flag.StringVar(&cfg.NVML, "nvml", "sim", `"sim": the simulated node; "mock": NVIDIA's mock NVML library (T4 profile, no pods)`)
 	flag.StringVar(&cfg.DCGM, "dcgm", "off", `with -nvml=mock: "off", "fake" (--dcgm=embedded over the fake libdcgm.so.4), or "both" (each run with DCGM off, then on)`)
 	flag.BoolVar(&cfg.Peer, "peer", false, "with -nvml=mock: also run utkuozdemir/nvidia_gpu_exporter (NVML backend, --collect.interval = -interval) on the same mock library, built from ../shared/third_party/nvidia_gpu_exporter")
+	flag.BoolVar(&cfg.Floor, "floor", false, "with -nvml=mock: also run test/bench/floor (one nvmlDeviceGetUtilizationRates per GPU per -interval, a one-line /metrics) on the same mock library: what any exporter pays the library per interval")
 	peerBin := flag.String("peer-bin", "", "the peer's binary; empty builds it")
 	flag.StringVar(&profileDir, "profile", "", "folder for each agent run's CPU profile over the measured window and its allocation profile at the end (runs the agent with --web.enable-pprof)")
 	flag.Float64Var(&maxMissedPercent, "max-missed-percent", maxMissedPercent, "fail a run that misses more than this percentage of its ticks (CI's short run, on a shared machine, allows more)")
@@ -86,6 +90,8 @@ func main() {
 		log.Fatalf("-dcgm %s: needs -nvml=mock (the simulated node has no DCGM)", cfg.DCGM)
 	case cfg.NVML == "sim" && cfg.Peer:
 		log.Fatal("-peer: needs -nvml=mock (the peer reads NVML only)")
+	case cfg.Floor && cfg.NVML != "mock":
+		log.Fatal("-floor: needs -nvml=mock")
 	}
 	peerBinary = *peerBin
 	for _, s := range strings.Split(*scrapers, ",") {
@@ -168,6 +174,12 @@ func run(cfg config, bin string) (*report, error) {
 		}
 		variants = append(variants, "peer")
 	}
+	if cfg.Floor {
+		if b.floorBin, err = buildFloor(dir); err != nil {
+			return nil, err
+		}
+		variants = append(variants, "floor")
+	}
 	rep := &report{Machine: describeMachine(), Config: cfg, Command: "go run ./test/bench " + strings.Join(os.Args[1:], " ")}
 	for _, n := range cfg.Scrapers {
 		for _, v := range variants {
@@ -193,6 +205,7 @@ type backend struct {
 	mockEnv  []string // MOCK_NVML_CONFIG=...
 	mockDir  string   // the mock library's folder, for the peer's LD_LIBRARY_PATH
 	peerBin  string
+	floorBin string
 	fakeDCGM string // the fake libdcgm.so.4's folder
 	dcgmCtl  string // its control file
 }
@@ -240,6 +253,8 @@ type variant struct {
 	env  []string
 	dcgm bool
 	peer string // the peer's binary: the run is the peer's, not the agent's
+	// floor: the peer is test/bench/floor.
+	floor bool
 }
 
 // peerBinary is -peer-bin.
@@ -250,6 +265,17 @@ var profileDir string
 
 // maxMissedPercent is -max-missed-percent.
 var maxMissedPercent = 1.0
+
+// buildFloor builds test/bench/floor.
+func buildFloor(dir string) (string, error) {
+	out := filepath.Join(dir, "floor")
+	cmd := exec.Command("go", "build", "-o", out, "./test/bench/floor")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building test/bench/floor: %v\n%s", err, b)
+	}
+	return out, nil
+}
 
 // buildPeer builds nvidia_gpu_exporter from its source beside this
 // repository (MIT; the module proxy does not serve it), unless bin is set.
@@ -277,6 +303,10 @@ func buildPeer(dir, bin string) (string, error) {
 }
 
 func (b backend) forVariant(cfg config, v string) variant {
+	if v == "floor" {
+		return variant{peer: b.floorBin, floor: true, args: []string{"--library=" + strings.TrimPrefix(b.mockArgs[0], "--nvml.library-path="),
+			"--interval=" + cfg.Interval.String()}, env: b.mockEnv}
+	}
 	if v == "peer" {
 		return variant{peer: b.peerBin, env: append(slices.Clone(b.mockEnv), "LD_LIBRARY_PATH="+b.mockDir),
 			args: []string{"--collect.backend=nvml", "--collect.interval=" + cfg.Interval.String(), "--log.level=warn"}}
@@ -360,6 +390,12 @@ func measure(cfg config, bin, socket string, n int, v variant) (result, error) {
 		_, vals, err := textScrape(client, url)
 		if err != nil {
 			return false, err
+		}
+		if v.floor {
+			if vals["floor_gpus"] != float64(cfg.GPUs) || vals["floor_reads_total"] == 0 {
+				return false, fmt.Errorf("the floor reads %v GPUs, %v reads", vals["floor_gpus"], vals["floor_reads_total"])
+			}
+			return true, nil
 		}
 		if v.peer != "" {
 			if got := vals["count:nvidia_smi_count"]; got != float64(cfg.GPUs) {

@@ -56,7 +56,7 @@ const (
 func (r *report) missedTargets() []string {
 	var out []string
 	for _, run := range r.Runs {
-		if run.Scrapers != 1 || run.Variant == "peer" {
+		if run.Scrapers != 1 || !isAgent(run.Variant) {
 			continue
 		}
 		if run.CPUPercent >= targetCPUPercent {
@@ -116,13 +116,19 @@ func (r *report) table() string {
 	row("/metrics bytes (text / gzip)", "", func(x result) string { return fmt.Sprintf("%d / %d", x.MetricsBytes, x.MetricsGzipBytes) })
 	row("/metrics series", "", func(x result) string { return fmt.Sprint(x.Series) })
 	b.WriteString("\n")
+	// The floor: what any exporter pays the library per interval.
+	for _, f := range r.Runs {
+		if f.Variant == "floor" {
+			fmt.Fprintf(&b, "floor (one NVML call per GPU per interval, %d scraper(s)): CPU %.2f%%, RSS %.1f MiB\n", f.Scrapers, f.CPUPercent, f.RSSSteadyMiB)
+		}
+	}
 	// The agent beside the peer, run for run.
 	for _, p := range r.Runs {
 		if p.Variant != "peer" || p.CPUPercent <= 0 {
 			continue
 		}
 		for _, a := range r.Runs {
-			if a.Variant != "peer" && a.Scrapers == p.Scrapers {
+			if isAgent(a.Variant) && a.Scrapers == p.Scrapers {
 				fmt.Fprintf(&b, "%s beside nvidia_gpu_exporter, %d scraper(s): CPU %.2fx (%.2f%% / %.2f%%), RSS %.2fx (%.1f / %.1f MiB), anonymous RSS %.2fx\n",
 					a.Variant, a.Scrapers, a.CPUPercent/p.CPUPercent, a.CPUPercent, p.CPUPercent,
 					a.RSSSteadyMiB/p.RSSSteadyMiB, a.RSSSteadyMiB, p.RSSSteadyMiB, a.RSSAnonMiB/p.RSSAnonMiB)
@@ -131,6 +137,10 @@ func (r *report) table() string {
 	}
 	return b.String()
 }
+
+// isAgent says whether a run's variant is the agent's, not the peer's
+// nor the floor's.
+func isAgent(variant string) bool { return variant != "peer" && variant != "floor" }
 
 func (r *report) writeJSON(path string) error {
 	b, err := json.MarshalIndent(r, "", "  ")
