@@ -198,6 +198,16 @@ func appendValue(b []byte, v float64, om bool) []byte {
 	case v == 0: // and -0, which AppendFloat would print as such
 		v = 0
 	}
+	if v == math.Trunc(v) && v > -1e6 && v < 1e6 {
+		// Most values are whole and small (clocks, temperatures, MiB,
+		// counts): AppendFloat's shortest 'g' writes them as plain
+		// digits, as AppendInt does, only slower.
+		b = strconv.AppendInt(b, int64(v), 10)
+		if om {
+			b = append(b, ".0"...)
+		}
+		return b
+	}
 	start := len(b)
 	b = strconv.AppendFloat(b, v, 'g', -1, 64)
 	if om && !bytes.ContainsAny(b[start:], "e.") {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -233,6 +234,34 @@ func TestMetricsNegotiation(t *testing.T) {
 		}
 		if !bytes.Contains(body, []byte("\nDCGM_FI_DEV_GPU_UTIL{")) || !bytes.Contains(body, []byte("\ngpu_agent_samples_total ")) {
 			t.Errorf("Accept %q, %q: body lacks device or agent metrics:\n%.300s", tt.accept, tt.encoding, body)
+		}
+	}
+}
+
+// appendValue writes every value as expfmt does: AppendFloat's shortest
+// 'g', ".0" after a whole number in OpenMetrics; its fast path for whole
+// numbers changes no byte, on either side of its bound.
+func TestAppendValueAsExpfmt(t *testing.T) {
+	ref := func(v float64, om bool) string {
+		if v == 0 {
+			v = 0
+		}
+		s := strconv.FormatFloat(v, 'g', -1, 64)
+		if om && !strings.ContainsAny(s, "e.") {
+			s += ".0"
+		}
+		return s
+	}
+	vals := []float64{0, math.Copysign(0, -1), 1, -1, 7, 42, 1305, 15360, 99999, 999999, -999999, 1e6, -1e6, 1e6 + 1,
+		1500000, 2.5, -0.25, 0.1, 1e-7, 123456.5, 1e21, 9.007199254740993e15, float64(1 << 53)}
+	for i := range 2000 {
+		vals = append(vals, float64(i*997%1_100_000-50_000), float64(i)*0.37)
+	}
+	for _, v := range vals {
+		for _, om := range []bool{false, true} {
+			if got, want := string(appendValue(nil, v, om)), ref(v, om); got != want {
+				t.Errorf("appendValue(%v, om %v) = %q, want %q", v, om, got, want)
+			}
 		}
 	}
 }
