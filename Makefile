@@ -8,7 +8,7 @@ VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 REVISION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -X $(PKG)/internal/agent.Version=$(VERSION) -X $(PKG)/internal/agent.Revision=$(REVISION)
 
-.PHONY: build build-scaler run test test-deploy lint gosec install-gosec fuzz e2e e2e-cluster e2e-livekit e2e-keda-tls golden bench bench-peer bench-go bench-fanin bench-push-fake bench-push bench-chain soak soak-load generate
+.PHONY: build build-scaler run test test-deploy lint gosec install-gosec fuzz e2e e2e-cluster e2e-livekit e2e-keda-tls golden bench bench-peer bench-mem bench-go bench-fanin bench-push-fake bench-push bench-chain soak soak-load generate
 
 build: build-scaler
 	go build -ldflags '$(LDFLAGS)' -o bin/gpu-agent ./cmd/agent
@@ -114,6 +114,11 @@ bench:
 bench-peer:
 	go run ./test/bench -nvml=mock -peer -scrapers 1 -interval 100ms -json bench-peer-100ms.json
 	go run ./test/bench -nvml=mock -peer -scrapers 1 -interval 250ms -json bench-peer-250ms.json
+
+# Memory with the pod watch on: the mock's 4 T4s shared by 64 pods through
+# the kubelet, 500 realistic pods of the node in a fake API server.
+bench-mem:
+	go run ./test/bench -nvml=mock -podwatch 500 -scrapers 1 -interval 100ms -json bench-mem.json
 
 # The Go benchmarks of the hot paths.
 bench-go:

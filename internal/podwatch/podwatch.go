@@ -461,8 +461,8 @@ func (w *Watcher) watchError(_ context.Context, _ *cache.Reflector, err error) {
 
 // strip keeps what the index reads: names, UID, the config hash, the node,
 // and each container's name and ID; and what app discovery reads: the
-// phase, the pod IP, the gpu-agent.io/ annotations and the containers'
-// ports. No labels: see stripper.
+// phase, the pod IP, the gpu-agent.io/ annotations and, of a pod that has
+// one, the containers' ports. No labels: see stripper.
 func strip(obj any) (any, error) { return stripper(nil)(obj) }
 
 // stripper is strip that also keeps the labels that labels allows, when
@@ -487,7 +487,7 @@ func stripPod(obj any, labels *attribution.LabelAllowlist) (any, error) {
 			// resource version.
 			ResourceVersion: p.ResourceVersion,
 		},
-		Spec: corev1.PodSpec{NodeName: p.Spec.NodeName, Containers: stripContainers(p.Spec.Containers)},
+		Spec: corev1.PodSpec{NodeName: p.Spec.NodeName},
 		Status: corev1.PodStatus{
 			Phase:                      p.Status.Phase,
 			PodIP:                      p.Status.PodIP,
@@ -496,13 +496,20 @@ func stripPod(obj any, labels *attribution.LabelAllowlist) (any, error) {
 			EphemeralContainerStatuses: stripStatuses(p.Status.EphemeralContainerStatuses),
 		},
 	}
+	opted := false // a gpu-agent.io/ annotation: app discovery reads the ports
 	for k, v := range p.Annotations {
 		if k == ConfigHashAnnotation || strings.HasPrefix(k, app.AnnotationPrefix) {
 			if out.Annotations == nil {
 				out.Annotations = make(map[string]string)
 			}
 			out.Annotations[k] = v
+			opted = opted || k != ConfigHashAnnotation
 		}
+	}
+	if opted {
+		// Most pods have ports and few opt in: a kept container is
+		// 400 bytes before its ports, three a pod.
+		out.Spec.Containers = stripContainers(p.Spec.Containers)
 	}
 	if labels != nil {
 		out.Labels = labels.Filter(p.Labels)
@@ -565,7 +572,8 @@ func stripContainers(in []corev1.Container) []corev1.Container {
 	return out
 }
 
-// appInfo is what app discovery reads of a (stripped) pod.
+// appInfo is what app discovery reads of a (stripped) pod: the ports of a
+// pod with gpu-agent.io/ annotations only, as strip keeps them.
 func appInfo(p *corev1.Pod) app.PodInfo {
 	info := app.PodInfo{
 		Namespace: p.Namespace,
@@ -583,6 +591,9 @@ func appInfo(p *corev1.Pod) app.PodInfo {
 		}
 	}
 	for _, c := range p.Spec.Containers {
+		if info.Annotations == nil {
+			break
+		}
 		for _, pt := range c.Ports {
 			info.Ports = append(info.Ports, app.Port{Container: c.Name, Name: pt.Name, Number: pt.ContainerPort, Protocol: string(pt.Protocol)})
 		}

@@ -504,6 +504,19 @@ func TestStripKeepsOnlyWhatTheIndexReads(t *testing.T) {
 	if !reflect.DeepEqual(again, want) {
 		t.Errorf("strip is not idempotent:\n%+v", again)
 	}
+	// A pod that does not opt in to app discovery keeps no containers:
+	// their ports are all strip would keep of them.
+	delete(full.Annotations, app.AnnotationScrape)
+	delete(full.Annotations, app.AnnotationPort)
+	got, _ = strip(full)
+	want.Annotations = map[string]string{ConfigHashAnnotation: staticHash}
+	want.Spec.Containers = nil
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("strip of a pod without gpu-agent.io/ annotations =\n%+v\nwant\n%+v", got, want)
+	}
+	if info := appInfo(full); info.Ports != nil {
+		t.Errorf("appInfo of a pod without gpu-agent.io/ annotations has ports %+v", info.Ports)
+	}
 	tomb := cache.DeletedFinalStateUnknown{Key: "a/b"}
 	if out, _ := strip(tomb); out != tomb {
 		t.Errorf("strip changed a tombstone: %+v", out)

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bufio"
+	"bytes"
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -76,4 +78,37 @@ func TestLastSampleTime(t *testing.T) {
 	if _, err := lastSampleTime([]byte("x 1\n")); err == nil {
 		t.Error("lastSampleTime without the series succeeded")
 	}
+}
+
+// The pods of -podwatch are the size of real ones, the same every run, and
+// the first of them are the kubelet's.
+func TestAPIPods(t *testing.T) {
+	pods := apiPods(benchNode, 500, mockGPUPods)
+	again := apiPods(benchNode, 500, mockGPUPods)
+	kubelet := sharedPods([]string{"GPU-a", "GPU-b", "GPU-c", "GPU-d"}, mockGPUPods)
+	uids := map[string]bool{}
+	for i, p := range pods {
+		raw, err := json.Marshal(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if again, _ := json.Marshal(again[i]); !bytes.Equal(raw, again) {
+			t.Fatalf("pod %d differs between calls", i)
+		}
+		if n := len(raw); n < 10<<10 || n > 20<<10 {
+			t.Errorf("pod %d is %d bytes of JSON, want 10-20 KiB", i, n)
+		}
+		if len(p.Spec.Containers) != 3 || len(p.Labels) != 10 || len(p.Annotations) != 5 || p.Spec.NodeName != benchNode {
+			t.Errorf("pod %d: %d containers, %d labels, %d annotations, node %q", i, len(p.Spec.Containers), len(p.Labels), len(p.Annotations), p.Spec.NodeName)
+		}
+		if uids[string(p.UID)] {
+			t.Errorf("pod %d: UID %s twice", i, p.UID)
+		}
+		uids[string(p.UID)] = true
+		if i < len(kubelet) && (p.Namespace != kubelet[i].Namespace || p.Name != kubelet[i].Name) {
+			t.Errorf("pod %d is %s/%s, the kubelet's %s/%s", i, p.Namespace, p.Name, kubelet[i].Namespace, kubelet[i].Name)
+		}
+	}
+	raw, _ := json.Marshal(pods[0])
+	t.Logf("a pod: %d bytes of JSON, %d of them last-applied-configuration", len(raw), len(pods[0].Annotations["kubectl.kubernetes.io/last-applied-configuration"]))
 }

@@ -6,6 +6,7 @@
 //
 //	go run ./test/bench                     # what `make bench` runs
 //	go run ./test/bench -duration 10s       # a quick look
+//	go run ./test/bench -nvml=mock -podwatch 500 -scrapers 1   # `make bench-mem`: memory with the pod watch on
 //
 // It exits non-zero if the agent crashes, fails to shut down cleanly, a
 // scrape fails, or more than 1% of ticks are missed (-max-missed-percent). Targets it misses are
@@ -33,6 +34,7 @@ import (
 	"github.com/gpu-telemetry/agent/internal/nvml/sim"
 	fk "github.com/gpu-telemetry/agent/internal/podresources/fakekubelet"
 	"github.com/gpu-telemetry/agent/internal/testutil"
+	"github.com/gpu-telemetry/agent/test/internal/fakeapi"
 	"github.com/gpu-telemetry/agent/test/internal/fakedcgm"
 	"github.com/gpu-telemetry/agent/test/internal/nvmlmock"
 )
@@ -51,7 +53,14 @@ type config struct {
 	Peer bool `json:"peer"`
 	// Floor adds a run of test/bench/floor, one NVML call per GPU per
 	// interval: the mock library's own cost.
-	Floor      bool          `json:"floor"`
+	Floor bool `json:"floor"`
+	// PodWatch, with NVML "mock", is the number of pods on the node in a
+	// fake API server the agent's pod watch lists (--kubeconfig), 64 of
+	// them the kubelet's pods sharing the mock's GPUs; 0 runs without
+	// the watch and without pods.
+	PodWatch int `json:"pod_watch_pods"`
+	// AgentEnv is added to the agent's environment (GOGC=50, say).
+	AgentEnv   []string      `json:"agent_env,omitempty"`
 	GPUs       int           `json:"gpus"`
 	Pods       int           `json:"pods"`
 	Interval   time.Duration `json:"interval_ns"`
@@ -73,8 +82,10 @@ func main() {
 	jsonOut := flag.String("json", "bench-result.json", "where to write the JSON report")
 	bin := flag.String("agent", "", "agent binary to run; empty builds ./cmd/agent")
 	strict := flag.Bool("strict", false, "exit non-zero when a target is missed, too")
-	flag.StringVar(&cfg.NVML, "nvml", "sim", `"sim": the simulated node; "mock": NVIDIA's mock NVML library (T4 profile, no pods)`)
+	flag.StringVar(&cfg.NVML, "nvml", "sim", `"sim": the simulated node; "mock": NVIDIA's mock NVML library (T4 profile, no pods unless -podwatch)`)
 	flag.StringVar(&cfg.DCGM, "dcgm", "off", `with -nvml=mock: "off", "fake" (--dcgm=embedded over the fake libdcgm.so.4), or "both" (each run with DCGM off, then on)`)
+	flag.IntVar(&cfg.PodWatch, "podwatch", 0, "with -nvml=mock: the kubelet serves 64 pods sharing the mock's GPUs, and a fake API server serves this many realistic pods of the node (the 64 among them) to the agent's pod watch; 0: no pods, no watch")
+	agentEnv := flag.String("agent-env", "", "comma-separated KEY=VALUE pairs added to the agent's environment (GOGC=50,GOMAXPROCS=1)")
 	flag.BoolVar(&cfg.Peer, "peer", false, "with -nvml=mock: also run utkuozdemir/nvidia_gpu_exporter (NVML backend, --collect.interval = -interval) on the same mock library, built from ../shared/third_party/nvidia_gpu_exporter")
 	flag.BoolVar(&cfg.Floor, "floor", false, "with -nvml=mock: also run test/bench/floor (one nvmlDeviceGetUtilizationRates per GPU per -interval, a one-line /metrics) on the same mock library: what any exporter pays the library per interval")
 	peerBin := flag.String("peer-bin", "", "the peer's binary; empty builds it")
@@ -92,6 +103,19 @@ func main() {
 		log.Fatal("-peer: needs -nvml=mock (the peer reads NVML only)")
 	case cfg.Floor && cfg.NVML != "mock":
 		log.Fatal("-floor: needs -nvml=mock")
+	case cfg.PodWatch < 0 || cfg.PodWatch > 0 && cfg.PodWatch < mockGPUPods:
+		log.Fatalf("-podwatch %d: 0, or at least the %d pods of the GPUs", cfg.PodWatch, mockGPUPods)
+	case cfg.NVML == "sim" && cfg.PodWatch > 0:
+		log.Fatal("-podwatch: needs -nvml=mock (the simulated node names its own pods)")
+	}
+	for kv := range strings.SplitSeq(*agentEnv, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			log.Fatalf("-agent-env: %q is not KEY=VALUE", kv)
+		}
+		cfg.AgentEnv = append(cfg.AgentEnv, kv)
 	}
 	peerBinary = *peerBin
 	for _, s := range strings.Split(*scrapers, ",") {
@@ -149,7 +173,10 @@ func run(cfg config, bin string) (*report, error) {
 		if b, err = mockBackend(dir); err != nil {
 			return nil, err
 		}
-		cfg.GPUs, cfg.Pods = b.gpus, 0
+		cfg.GPUs, cfg.Pods = len(b.uuids), 0
+		if cfg.PodWatch > 0 {
+			cfg.Pods = mockGPUPods
+		}
 	}
 
 	kubelet, err := fk.Start(filepath.Join(dir, "kubelet.sock"))
@@ -157,8 +184,18 @@ func run(cfg config, bin string) (*report, error) {
 		return nil, err
 	}
 	defer kubelet.Stop()
-	if cfg.NVML == "sim" {
+	switch {
+	case cfg.NVML == "sim":
 		kubelet.SetPods(benchPods(cfg))
+	case cfg.PodWatch > 0:
+		kubelet.SetPods(sharedPods(b.uuids, cfg.Pods))
+		api := fakeapi.Start(apiPods(benchNode, cfg.PodWatch, cfg.Pods)...)
+		defer api.Close()
+		kc, err := api.Kubeconfig(dir)
+		if err != nil {
+			return nil, err
+		}
+		b.kubeconfig = kc
 	}
 
 	variants := []string{cfg.NVML}
@@ -200,7 +237,7 @@ func run(cfg config, bin string) (*report, error) {
 // backend is how the agent reaches its GPUs: the simulated node's flags,
 // or the mock library's, with the fake DCGM's where a variant has it.
 type backend struct {
-	gpus     int
+	uuids    []string // the mock's GPUs
 	mockArgs []string // --nvml.library-path=...
 	mockEnv  []string // MOCK_NVML_CONFIG=...
 	mockDir  string   // the mock library's folder, for the peer's LD_LIBRARY_PATH
@@ -208,6 +245,8 @@ type backend struct {
 	floorBin string
 	fakeDCGM string // the fake libdcgm.so.4's folder
 	dcgmCtl  string // its control file
+
+	kubeconfig string // the fake API server's, with -podwatch
 }
 
 // mockBackend builds NVIDIA's mock NVML library and the fake DCGM, which
@@ -242,7 +281,7 @@ func mockBackend(dir string) (backend, error) {
 	if err := ctl.Set("gpus=" + strings.Join(uuids, ",")); err != nil {
 		return backend{}, err
 	}
-	return backend{gpus: len(uuids), mockArgs: []string{"--nvml.library-path=" + lib}, mockDir: filepath.Dir(lib),
+	return backend{uuids: uuids, mockArgs: []string{"--nvml.library-path=" + lib}, mockDir: filepath.Dir(lib),
 		mockEnv: []string{"MOCK_NVML_CONFIG=" + profile}, fakeDCGM: fake, dcgmCtl: ctl.Path}, nil
 }
 
@@ -252,7 +291,10 @@ type variant struct {
 	args []string
 	env  []string
 	dcgm bool
-	peer string // the peer's binary: the run is the peer's, not the agent's
+	// podWatch is the pods the agent's watch must hold before the run
+	// begins; 0 without the watch.
+	podWatch int
+	peer     string // the peer's binary: the run is the peer's, not the agent's
 	// floor: the peer is test/bench/floor.
 	floor bool
 }
@@ -315,6 +357,10 @@ func (b backend) forVariant(cfg config, v string) variant {
 		return variant{args: []string{fmt.Sprintf("--simulate=%d", cfg.GPUs), fmt.Sprintf("--simulate.seed=%d", cfg.Seed)}}
 	}
 	out := variant{args: b.mockArgs, env: b.mockEnv}
+	if b.kubeconfig != "" {
+		out.args = append(slices.Clone(out.args), "--kubeconfig="+b.kubeconfig)
+		out.podWatch = cfg.PodWatch
+	}
 	if strings.HasSuffix(v, "+dcgm") {
 		out.args = append(slices.Clone(out.args), "--dcgm=embedded")
 		out.env = append(slices.Clone(out.env), "LD_LIBRARY_PATH="+b.fakeDCGM, fakedcgm.ControlEnv+"="+b.dcgmCtl)
@@ -323,17 +369,18 @@ func (b backend) forVariant(cfg config, v string) variant {
 	return out
 }
 
+// mockGPUPods is how many pods share the mock's GPUs with -podwatch, as
+// many as the simulated node's.
+const mockGPUPods = 64
+
 // benchPods time-slices every simulated GPU between pods/gpus pods, as the
 // NVIDIA device plugin's replicas (<uuid>::<n>) spell it.
 func benchPods(cfg config) []*podresourcesv1.PodResources {
-	devs := sim.New(sim.Options{Devices: cfg.GPUs, Seed: cfg.Seed}).Devices()
-	pods := make([]*podresourcesv1.PodResources, cfg.Pods)
-	for p := range pods {
-		d := devs[p%len(devs)]
-		pods[p] = fk.Pod("media", fmt.Sprintf("webrtc-sfu-%02d", p), fk.Container("sfu",
-			fk.Devices("nvidia.com/gpu.shared", fmt.Sprintf("%s::%d", d.UUID(), p/len(devs)))))
+	var uuids []string
+	for _, d := range sim.New(sim.Options{Devices: cfg.GPUs, Seed: cfg.Seed}).Devices() {
+		uuids = append(uuids, d.UUID())
 	}
-	return pods
+	return sharedPods(uuids, cfg.Pods)
 }
 
 func describeMachine() machine {
@@ -362,11 +409,11 @@ func measure(cfg config, bin, socket string, n int, v variant) (result, error) {
 	} else {
 		args := append(slices.Clone(v.args),
 			"--interval="+cfg.Interval.String(), "--kubelet.pod-resources-socket="+socket,
-			"--node-name=bench-node", "--log.level=warn")
+			"--node-name="+benchNode, "--log.level=warn")
 		if profileDir != "" {
 			args = append(args, "--web.enable-pprof")
 		}
-		a, err = startAgent(bin, v.env, args...)
+		a, err = startAgent(bin, append(slices.Clone(v.env), cfg.AgentEnv...), args...)
 	}
 	if err != nil {
 		return r, err
@@ -405,6 +452,9 @@ func measure(cfg config, bin, socket string, n int, v variant) (result, error) {
 		}
 		if got := vals["count:DCGM_FI_DEV_GPU_UTIL"]; got != float64(cfg.Pods+cfg.GPUs) || vals["gpu_agent_kubelet_up"] != 1 {
 			return false, fmt.Errorf("%v GPU-utilization series, kubelet_up %v", got, vals["gpu_agent_kubelet_up"])
+		}
+		if v.podWatch > 0 && (vals["gpu_agent_pod_watch_synced"] != 1 || vals["gpu_agent_pod_watch_pods"] != float64(v.podWatch)) {
+			return false, fmt.Errorf("pod watch synced %v, %v pods of %d", vals["gpu_agent_pod_watch_synced"], vals["gpu_agent_pod_watch_pods"], v.podWatch)
 		}
 		if v.dcgm && (vals["gpu_agent_dcgm_up"] != 1 || vals["count:DCGM_FI_PROF_GR_ENGINE_ACTIVE"] != float64(cfg.GPUs)) {
 			return false, fmt.Errorf("DCGM up %v, %v GR_ENGINE_ACTIVE series", vals["gpu_agent_dcgm_up"], vals["count:DCGM_FI_PROF_GR_ENGINE_ACTIVE"])

@@ -10,7 +10,8 @@ import (
 )
 
 // profiler fetches the agent's CPU profile over the measured window
-// (-profile), then its allocation profile.
+// (-profile), then its allocation profile and its heap (after a
+// collection: what is live).
 type profiler struct {
 	client *http.Client
 	base   string // http://addr/debug/pprof/
@@ -29,12 +30,16 @@ func startProfile(addr string, window time.Duration, prefix string) *profiler {
 	return p
 }
 
-// finish waits for the CPU profile and fetches the allocations.
+// finish waits for the CPU profile and fetches the allocations and the
+// heap.
 func (p *profiler) finish() error {
 	if err := <-p.done; err != nil {
 		return err
 	}
-	return p.fetch("allocs", "-allocs.pprof")
+	if err := p.fetch("allocs", "-allocs.pprof"); err != nil {
+		return err
+	}
+	return p.fetch("heap?gc=1", "-heap.pprof")
 }
 
 func (p *profiler) fetch(what, suffix string) error {
