@@ -14,6 +14,7 @@ import (
 )
 
 func main() {
+	agent.DropMemProfile = true
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := agent.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()

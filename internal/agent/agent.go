@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"runtime/debug"
+	"strconv"
 	"strings"
 	"time"
 
@@ -59,13 +61,34 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if cfg.MaxProcs > 0 {
 		runtime.GOMAXPROCS(cfg.MaxProcs)
 	}
-	log.Info("Go runtime", "GOMAXPROCS", runtime.GOMAXPROCS(0))
+	gcPercent := "$GOGC"
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(DefaultGCPercent)
+		gcPercent = strconv.Itoa(DefaultGCPercent)
+	}
+	if !cfg.Pprof && DropMemProfile {
+		// Nobody can fetch it: the sampled allocation sites' table
+		// (over a MiB after a while) would only be kept.
+		runtime.MemProfileRate = 0
+	}
+	log.Info("Go runtime", "GOMAXPROCS", runtime.GOMAXPROCS(0), "GOGC", gcPercent)
 	if err := Run(ctx, cfg, log); err != nil {
 		log.Error("agent failed", "err", err)
 		return 1
 	}
 	return 0
 }
+
+// DefaultGCPercent is the agent's GOGC unless $GOGC is set: the heap may
+// grow by half of what is live between two collections, not by all of it
+// (Go's 100). The agent allocates little once warm, so collecting twice as
+// often costs next to no CPU, and every node pays for its memory.
+const DefaultGCPercent = 50
+
+// DropMemProfile, set by the agent's main, stops Go's sampling of
+// allocations unless --web.enable-pprof serves it. It is off for tests
+// that call Main in their own process.
+var DropMemProfile bool
 
 // Run runs the agent with a validated config until ctx is done: it serves
 // HTTP from the start, opens NVML, builds the source's stages, then runs

@@ -162,7 +162,9 @@ var textFormats = []expfmt.Format{expfmt.FmtOpenMetrics_1_0_0, expfmt.FmtOpenMet
 // gzipWriters compress at BestSpeed: /metrics is long and repetitive (a
 // 500 kB scrape compresses to 20 kB at any level), so the default level
 // would only spend more CPU per scrape for a few kB.
-var gzipWriters = newFreeList(2, func() *gzip.Writer {
+// One is kept: concurrent scrapes of a view share one rendering, and a
+// compressor at BestSpeed still holds over half a MiB.
+var gzipWriters = newFreeList(1, func() *gzip.Writer {
 	w, _ := gzip.NewWriterLevel(nil, gzip.BestSpeed)
 	return w
 })
