@@ -8,11 +8,13 @@
 package exporter
 
 import (
+	"fmt"
 	"maps"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -62,7 +64,10 @@ type Options struct {
 // prometheus.Collector: a scrape pins one view and writes it (Handler).
 type Collector struct {
 	views *attribution.Attributor // the snapshot joined with the pods
-	opts  Options
+	// descs caches each Desc's name and help (see descNames); health
+	// each GPU's health label sets (see healthLabelsOf).
+	descs, health sync.Map
+	opts          Options
 
 	layout layout
 	// extra are the values of the label fields after layout.device's
@@ -295,14 +300,117 @@ func (vc viewCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// gatherer gathers the agent's own families of view, for a scrape that
-// writes the device families of the same view.
-func (c *Collector) gatherer(view *attribution.View) prometheus.Gatherer {
-	return prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
-		r := prometheus.NewRegistry()
-		r.MustRegister(viewCollector{c: c, view: view})
-		return r.Gather()
-	})
+// gatherAgent gathers the agent's own families of view, for a scrape that
+// writes the device families of the same view. It builds them as a
+// registry would (families by name, each one's series by label values)
+// but without one: a registry checks every series of every scrape for
+// consistency, and the per-GPU health series (a gpu_agent_field_supported
+// per field) made that most of a scrape's allocations. Every series is
+// the Collector's own, and TestGatherAsRegistry holds the result to a
+// registry's.
+func (c *Collector) gatherAgent(view *attribution.View) ([]*dto.MetricFamily, error) {
+	var fams []*dto.MetricFamily
+	var slab []dto.Metric
+	byDesc := map[*prometheus.Desc]*dto.MetricFamily{}
+	var err error
+	put := func(m prometheus.Metric) {
+		desc := m.Desc()
+		mf := byDesc[desc]
+		if mf == nil {
+			name, help, derr := c.descNames(desc)
+			if derr != nil {
+				err = derr
+				return
+			}
+			mf = &dto.MetricFamily{Name: &name, Help: &help}
+			byDesc[desc] = mf
+			fams = append(fams, mf)
+		}
+		if len(slab) == cap(slab) {
+			slab = make([]dto.Metric, 0, slabSize)
+		}
+		slab = append(slab, dto.Metric{})
+		dm := &slab[len(slab)-1]
+		if werr := m.Write(dm); werr != nil {
+			err = werr
+			return
+		}
+		if mf.Type == nil {
+			switch {
+			case dm.Counter != nil:
+				mf.Type = &counterType
+			case dm.Gauge != nil:
+				mf.Type = &gaugeType
+			default:
+				mf.Type = &untypedType
+			}
+		}
+		mf.Metric = append(mf.Metric, dm)
+	}
+	c.collectAgent(&emitter{fn: put}, view)
+	// Descs of one name (one family under several label sets) merge.
+	slices.SortStableFunc(fams, func(a, b *dto.MetricFamily) int { return strings.Compare(a.GetName(), b.GetName()) })
+	out := fams[:0]
+	for _, mf := range fams {
+		if n := len(out); n > 0 && out[n-1].GetName() == mf.GetName() {
+			out[n-1].Metric = append(out[n-1].Metric, mf.Metric...)
+			continue
+		}
+		out = append(out, mf)
+	}
+	for _, mf := range out {
+		slices.SortStableFunc(mf.Metric, compareLabelValues)
+	}
+	return out, err
+}
+
+// The families' types, shared: never modified.
+var (
+	counterType = dto.MetricType_COUNTER
+	gaugeType   = dto.MetricType_GAUGE
+	untypedType = dto.MetricType_UNTYPED
+)
+
+// compareLabelValues orders series as a registry does: fewer labels
+// first, then by each label's value in turn.
+func compareLabelValues(a, b *dto.Metric) int {
+	if len(a.Label) != len(b.Label) {
+		return len(a.Label) - len(b.Label)
+	}
+	for i := range a.Label {
+		if c := strings.Compare(a.Label[i].GetValue(), b.Label[i].GetValue()); c != 0 {
+			return c
+		}
+	}
+	return 0
+}
+
+// descNames reads a Desc's name and help, which client_golang keeps to
+// itself but for its String form; each Desc is read once.
+func (c *Collector) descNames(d *prometheus.Desc) (name, help string, err error) {
+	if v, ok := c.descs.Load(d); ok {
+		n := v.([2]string)
+		return n[0], n[1], nil
+	}
+	s := d.String()
+	rest, ok := strings.CutPrefix(s, "Desc{fqName: ")
+	if ok {
+		var q string
+		if q, err = strconv.QuotedPrefix(rest); err == nil {
+			name, _ = strconv.Unquote(q)
+			rest, ok = strings.CutPrefix(rest[len(q):], ", help: ")
+			if ok {
+				if q, err = strconv.QuotedPrefix(rest); err == nil {
+					help, _ = strconv.Unquote(q)
+				}
+			}
+		}
+	}
+	if !ok || err != nil || name == "" {
+		return "", "", fmt.Errorf("reading the name and help of %s", s)
+	}
+	c.descs.Store(d, [2]string{name, help})
+	return name, help, nil
 }
 
 // Latest is a prometheus.Collector of the latest view, every family
@@ -315,21 +423,20 @@ func (c *Collector) Latest() prometheus.Collector {
 // collectAgent emits the agent's own metrics and, from view, the
 // sampler's health and what per-process attribution found.
 func (c *Collector) collectAgent(e *emitter, view *attribution.View) {
-	ch := e.ch
-	ch <- prometheus.MustNewConstMetric(c.buildInfo, prometheus.GaugeValue, 1,
-		c.opts.Build.Version, c.opts.Build.Revision, runtime.Version())
-	ch <- prometheus.MustNewConstMetric(c.interval, prometheus.GaugeValue, c.opts.Interval.Seconds())
+	e.put(prometheus.MustNewConstMetric(c.buildInfo, prometheus.GaugeValue, 1,
+		c.opts.Build.Version, c.opts.Build.Revision, runtime.Version()))
+	e.put(prometheus.MustNewConstMetric(c.interval, prometheus.GaugeValue, c.opts.Interval.Seconds()))
 	if view == nil {
 		return
 	}
 	snap := view.Snapshot
-	ch <- prometheus.MustNewConstMetric(c.window, prometheus.GaugeValue, snap.Window.Seconds())
-	ch <- prometheus.MustNewConstMetric(c.ticks, prometheus.CounterValue, float64(snap.Ticks))
-	ch <- prometheus.MustNewConstMetric(c.missed, prometheus.CounterValue, float64(snap.MissedTicks))
-	ch <- prometheus.MustNewConstMetric(c.sampleRate, prometheus.GaugeValue, snap.Rate)
-	ch <- prometheus.MustNewConstMetric(c.lastSample, prometheus.GaugeValue, float64(snap.Time.UnixNano())/1e9)
-	ch <- prometheus.MustNewConstMetric(c.nvmlUp, prometheus.GaugeValue, boolValue(!snap.NVMLDown))
-	ch <- prometheus.MustNewConstMetric(c.nvmlReinits, prometheus.CounterValue, float64(snap.NVMLReinits))
+	e.put(prometheus.MustNewConstMetric(c.window, prometheus.GaugeValue, snap.Window.Seconds()))
+	e.put(prometheus.MustNewConstMetric(c.ticks, prometheus.CounterValue, float64(snap.Ticks)))
+	e.put(prometheus.MustNewConstMetric(c.missed, prometheus.CounterValue, float64(snap.MissedTicks)))
+	e.put(prometheus.MustNewConstMetric(c.sampleRate, prometheus.GaugeValue, snap.Rate))
+	e.put(prometheus.MustNewConstMetric(c.lastSample, prometheus.GaugeValue, float64(snap.Time.UnixNano())/1e9))
+	e.put(prometheus.MustNewConstMetric(c.nvmlUp, prometheus.GaugeValue, boolValue(!snap.NVMLDown)))
+	e.put(prometheus.MustNewConstMetric(c.nvmlReinits, prometheus.CounterValue, float64(snap.NVMLReinits)))
 	for i := range snap.Devices {
 		c.collectHealth(e, &snap.Devices[i], &snap.States[i])
 	}
@@ -360,27 +467,59 @@ func (c *Collector) collectTargets(s sink, view *attribution.View) {
 // collectHealth emits whether the GPU answers and which fields it
 // supports, by GPU only (never by pod).
 func (c *Collector) collectHealth(e *emitter, d *telemetry.Device, st *telemetry.DeviceState) {
-	id := newLabelSet(c.layout.id, []string{strconv.Itoa(d.Index), d.UUID})
+	hl := c.healthLabelsOf(d)
+	id := hl.id
 	e.send(c.deviceUp, prometheus.GaugeValue, id, boolValue(!st.Lost))
 	e.send(c.deviceStalled, prometheus.GaugeValue, id, boolValue(st.Stalled))
 	if len(d.MIG) > 0 || st.MIGReadErrors > 0 {
 		e.send(c.migReadErrors, prometheus.CounterValue, id, float64(st.MIGReadErrors))
 	}
 	for f := telemetry.Field(0); f < telemetry.NumFields; f++ {
-		withField := id.with(fieldPairs[f])
+		withField := hl.fields[f]
 		e.send(c.fieldSupported, prometheus.GaugeValue, withField, boolValue(st.Supported.Has(f)))
 		if st.Errors[f] > 0 {
 			e.send(c.readErrors, prometheus.CounterValue, withField, float64(st.Errors[f]))
 		}
 	}
-	for _, p := range c.unproduced {
-		e.send(c.fieldSupported, prometheus.GaugeValue, id.with(p), 0)
+	for _, ls := range hl.unproduced {
+		e.send(c.fieldSupported, prometheus.GaugeValue, ls, 0)
 	}
 	if st.XID != nil {
 		for xid, n := range st.XID.Counts {
 			e.send(c.xidTotal, prometheus.CounterValue, id.with(&dto.LabelPair{Name: new("xid"), Value: new(strconv.FormatUint(xid, 10))}), float64(n))
 		}
 	}
+}
+
+// healthLabels are a GPU's label sets of its health series, built once
+// (label sets are never modified): the GPU's own, and with each field.
+type healthLabels struct {
+	id         labelSet
+	fields     [telemetry.NumFields]labelSet
+	unproduced []labelSet // with c.unproduced's pairs
+}
+
+type healthKey struct {
+	index int
+	uuid  string
+}
+
+// healthLabelsOf returns d's health label sets, built on its first scrape.
+// A node's GPUs are few and fixed; a GPU replaced adds one entry.
+func (c *Collector) healthLabelsOf(d *telemetry.Device) *healthLabels {
+	key := healthKey{d.Index, d.UUID}
+	if v, ok := c.health.Load(key); ok {
+		return v.(*healthLabels)
+	}
+	hl := &healthLabels{id: newLabelSet(c.layout.id, []string{strconv.Itoa(d.Index), d.UUID})}
+	for f := range telemetry.NumFields {
+		hl.fields[f] = hl.id.with(fieldPairs[f])
+	}
+	for _, p := range c.unproduced {
+		hl.unproduced = append(hl.unproduced, hl.id.with(p))
+	}
+	v, _ := c.health.LoadOrStore(key, hl)
+	return v.(*healthLabels)
 }
 
 // collectDevice emits the device families of one GPU or MIG instance,

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/gpu-telemetry/agent/internal/attribution"
 	"github.com/gpu-telemetry/agent/internal/dcgmcsv"
@@ -890,5 +891,43 @@ func TestConcurrentScrapesShareARendering(t *testing.T) {
 	}
 	if plain := get(false); plain != first || gathers.Load() != 3 {
 		t.Errorf("an uncompressed scrape: %d gathers, want its own (3), same text", gathers.Load())
+	}
+}
+
+// The agent's own families of a scrape, built without a registry, are
+// what a registry gathers of the same view: the same families, in the
+// same order, each with the same series in the same order.
+func TestGatherAsRegistry(t *testing.T) {
+	lost := testSnapshot()
+	lost.States[1].Lost, lost.States[2].Stalled, lost.NVMLDown = true, true, true
+	lost.States[0].Errors[telemetry.Power], lost.States[0].MIGReadErrors = 3, 2
+	withProcs, procs := withProcesses(testSnapshot())
+	fields := []dcgmcsv.Field{{Name: "DCGM_FI_DEV_GPU_UTIL", Type: dcgmcsv.TypeGauge}, {Name: "DCGM_FI_PROF_SM_ACTIVE", Type: dcgmcsv.TypeGauge}}
+	for name, c := range map[string]*Collector{
+		"healthy":          newTestCollector(t, testSnapshot()),
+		"lost and failing": newTestCollector(t, lost),
+		"per-process":      NewCollector(attribution.NewAttributor(snapshots{withProcs}, testPods(t), procs), Options{Hostname: "node-a", Interval: time.Second}),
+		"field list":       NewCollector(attribution.NewAttributor(snapshots{testSnapshot()}, testPods(t), nil), Options{Interval: time.Second, Counters: fields}),
+		"no snapshot yet":  NewCollector(attribution.NewAttributor(snapshots{}, nil, nil), Options{Interval: time.Second}),
+	} {
+		view := c.views.Latest()
+		reg := prometheus.NewPedanticRegistry()
+		reg.MustRegister(viewCollector{c: c, view: view})
+		want, err := reg.Gather()
+		if err != nil {
+			t.Fatalf("%s: registry: %v", name, err)
+		}
+		got, err := c.gatherAgent(view)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if len(got) != len(want) {
+			t.Errorf("%s: %d families, the registry %d", name, len(got), len(want))
+		}
+		for i := range min(len(got), len(want)) {
+			if !proto.Equal(got[i], want[i]) {
+				t.Errorf("%s: family %d:\n%v\nthe registry's:\n%v", name, i, got[i], want[i])
+			}
+		}
 	}
 }

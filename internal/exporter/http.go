@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/pprof" // #nosec G108 -- mounted on the agent's own mux only with --web.enable-pprof; http.DefaultServeMux is never served
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/exporter-toolkit/web"
 
@@ -204,12 +206,20 @@ func (h *metricsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // write writes the scrape of view in format to out: the registry's
 // families and the agent's own, then the device families.
 func (h *metricsHandler) write(out io.Writer, view *attribution.View, format expfmt.Format) {
-	mfs, err := prometheus.Gatherers{h.reg, h.c.gatherer(view)}.Gather()
+	// The registry's families and the view's have names of their own,
+	// so they are merged by name here rather than by prometheus.Gatherers,
+	// which would check every series of both again.
+	mfs, err := h.reg.Gather()
 	if err != nil {
 		// A failing collector leaves the rest served (promhttp's
 		// ContinueOnError).
 		h.log.Error("gathering metrics", "err", err)
 	}
+	own, err := h.c.gatherAgent(view)
+	if err != nil {
+		h.log.Error("gathering metrics", "err", err)
+	}
+	mfs = mergeFamilies(mfs, own)
 	bw := bufWriters.get()
 	bw.Reset(out)
 	defer func() { bw.Reset(nil); bufWriters.put(bw) }()
@@ -285,6 +295,25 @@ func (r *renders) waiting(key renderKey) int {
 		return c.waiters
 	}
 	return 0
+}
+
+// mergeFamilies merges two lists of families sorted by name into one; a
+// name in both (none is) keeps both families' series.
+func mergeFamilies(a, b []*dto.MetricFamily) []*dto.MetricFamily {
+	out := make([]*dto.MetricFamily, 0, len(a)+len(b))
+	for len(a) > 0 && len(b) > 0 {
+		switch c := strings.Compare(a[0].GetName(), b[0].GetName()); {
+		case c < 0:
+			out, a = append(out, a[0]), a[1:]
+		case c > 0:
+			out, b = append(out, b[0]), b[1:]
+		default:
+			mf := &dto.MetricFamily{Name: a[0].Name, Help: a[0].Help, Type: a[0].Type, Unit: a[0].Unit,
+				Metric: append(slices.Clip(a[0].Metric), b[0].Metric...)}
+			out, a, b = append(out, mf), a[1:], b[1:]
+		}
+	}
+	return append(append(out, a...), b...)
 }
 
 // acceptsGzip reports whether an Accept-Encoding header allows gzip.
