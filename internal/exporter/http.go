@@ -171,7 +171,7 @@ var gzipWriters = newFreeList(1, func() *gzip.Writer {
 	return w
 })
 
-var bufWriters = newFreeList(2, func() *bufio.Writer { return bufio.NewWriterSize(nil, 64<<10) })
+var bufWriters = newFreeList(1, func() *bufio.Writer { return bufio.NewWriterSize(nil, 64<<10) })
 
 func (h *metricsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	format := expfmt.NegotiateAccept(r.Header, textFormats...)

@@ -30,7 +30,9 @@ type textSink struct {
 	buf    []byte
 }
 
-var textSinks = newFreeList(2, func() *textSink { return &textSink{labels: map[**dto.LabelPair][]byte{}} })
+// One is kept, as one gzip writer is (see gzipWriters): concurrent
+// scrapes of a view share one rendering.
+var textSinks = newFreeList(1, func() *textSink { return &textSink{labels: map[**dto.LabelPair][]byte{}} })
 
 // freeList keeps up to cap(items) idle items for reuse. Unlike a
 // sync.Pool, which the garbage collector empties, it keeps them across
