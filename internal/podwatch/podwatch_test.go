@@ -524,13 +524,18 @@ func TestStripKeepsOnlyWhatTheIndexReads(t *testing.T) {
 }
 
 // App discovery reads the watch's index: a pod's IP, phase, gpu-agent.io/
-// annotations and ports, as updates change them, and nothing once gone.
+// annotations and ports, as updates change them, and nothing once gone;
+// a pod without gpu-agent.io/ annotations is never listed.
 func TestAppPods(t *testing.T) {
 	p := webrtcPod()
 	p.Annotations = map[string]string{app.AnnotationScrape: "true", app.AnnotationFamilies: "livekit_.*", "other.io/x": "y"}
 	p.Spec.Containers = []corev1.Container{{Name: "sfu", Ports: []corev1.ContainerPort{{Name: "metrics", ContainerPort: 6789}}}}
 	p.Status.Phase = corev1.PodPending
-	w, client := started(t, p)
+	// A pod without gpu-agent.io/ annotations is no target: not listed.
+	other := pod("media", "plain-0", "uid-plain", node, status("web", "containerd://plain"))
+	other.Annotations = map[string]string{"other.io/x": "y"}
+	other.Spec.Containers = []corev1.Container{{Name: "web", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 80}}}}
+	w, client := started(t, p, other)
 	pods := w.AppPods()
 	want := app.PodInfo{Namespace: "media", Name: "webrtc-0", UID: uidWebRTC, Phase: "Pending",
 		Annotations: map[string]string{app.AnnotationScrape: "true", app.AnnotationFamilies: "livekit_.*"},
