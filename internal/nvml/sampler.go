@@ -467,7 +467,7 @@ func (s *Sampler) Tick() {
 		default: // a request is still queued: the worker has not taken it
 		}
 	}
-	if !down {
+	if !down && (s.seq-1)%xidDrainEvery(s.cfg.Interval) == 0 {
 		select {
 		case s.xidPoll <- struct{}{}:
 		default: // the last drain is still going

@@ -47,6 +47,19 @@ func appendRecentXID(prev *telemetry.XIDCounts, ev telemetry.XIDEvent, retention
 	return append(old[i:len(old):cap(old)], ev)
 }
 
+// XIDDrainPeriod is about how often the XID events are drained: on the
+// first tick of each such stretch (every tick at an interval this long or
+// longer). An XID is reported up to this much later than it happened,
+// against dcgm-exporter's collect interval (30 s by default); draining
+// on every 100 ms tick was a wake-up of NVML's event machinery ten times
+// a second for events that come a few times a year.
+const XIDDrainPeriod = time.Second
+
+// xidDrainEvery is how many ticks apart the drains are.
+func xidDrainEvery(interval time.Duration) uint64 {
+	return uint64(max(1, (XIDDrainPeriod+interval-1)/interval))
+}
+
 // xidDrainMax bounds the events one drain reads, so an XID storm cannot
 // keep the event goroutine in NVML for ever: the rest wait for the next
 // tick's drain.
@@ -90,15 +103,15 @@ func (s *Sampler) registerXID(d *device) {
 }
 
 // watchXID reads XID critical errors, on its own goroutine, until ctx is
-// done: on each tick's signal (see Tick) it drains the current event set
+// done: on the signal of a tick every XIDDrainPeriod (see Tick) it drains the current event set
 // with zero-timeout waits, a non-blocking poll of the driver's event
 // queue, once a GPU has registered with it. Draining on the tick, rather
 // than blocking in nvmlEventSetWait between ticks, keeps every NVML call of
 // an interval in one burst: the process sleeps between ticks instead of
 // waking for a wait loop of its own (and NVIDIA's mock library, which
 // polls inside a blocking wait every 100 ms, makes no wake-ups of its own).
-// An XID is reported in the snapshot after the tick that drained it, as
-// before: one interval at most. Nothing waits for this goroutine: a Wait
+// An XID is reported in the snapshot after the tick that drained it: up
+// to XIDDrainPeriod after it happened. Nothing waits for this goroutine: a Wait
 // that never returns keeps it (and NVML, which Close then leaves
 // initialised) but nothing else, and the ticks go on.
 func (s *Sampler) watchXID(ctx context.Context) {

@@ -1,8 +1,12 @@
 package nvml
 
 import (
+	"context"
 	"testing"
 	"time"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
 
 	"github.com/gpu-telemetry/agent/internal/telemetry"
 )
@@ -41,5 +45,52 @@ func TestAppendRecentXID(t *testing.T) {
 	x := &telemetry.XIDCounts{Recent: got}
 	if n := x.CountSince(t0)[99999]; n != 1 {
 		t.Errorf("CountSince: %d", n)
+	}
+}
+
+// The event set is drained on the first tick of each XIDDrainPeriod: every
+// tenth tick at 100 ms, every fourth at 250 or 300 ms, every tick from a
+// second up.
+func TestXIDDrainCadence(t *testing.T) {
+	for interval, want := range map[time.Duration]uint64{
+		100 * time.Millisecond: 10, 250 * time.Millisecond: 4, 300 * time.Millisecond: 4,
+		time.Second: 1, 10 * time.Second: 1,
+	} {
+		if got := xidDrainEvery(interval); got != want {
+			t.Errorf("xidDrainEvery(%v) = %d, want %d", interval, got, want)
+		}
+	}
+	lib, _ := newLib(newFullGPU(0))
+	waits := make(chan struct{}, 64)
+	lib.EventSetCreateFunc = func() (nvml.EventSet, nvml.Return) {
+		return &mock.EventSet{
+			WaitFunc: func(ms uint32) (nvml.EventData, nvml.Return) {
+				if ms != 0 {
+					t.Errorf("Wait(%d): a drain waits for nothing", ms)
+				}
+				waits <- struct{}{}
+				return nvml.EventData{}, nvml.ERROR_TIMEOUT
+			},
+			FreeFunc: func() nvml.Return { return nvml.SUCCESS },
+		}, nvml.SUCCESS
+	}
+	s := open(t, lib, Config{Interval: MinInterval})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go s.watchXID(ctx)
+	// 21 ticks at 100 ms: drains on the 1st, the 11th and the 21st.
+	for n := 1; n <= 21; n++ {
+		tick(s)
+		if n%10 == 1 {
+			select {
+			case <-waits:
+			case <-time.After(5 * time.Second):
+				t.Fatalf("tick %d: no drain", n)
+			}
+		}
+	}
+	cancel()
+	if n := len(waits); n != 0 {
+		t.Errorf("%d more drains over 21 ticks at 100 ms, want 3 in all", n)
 	}
 }
