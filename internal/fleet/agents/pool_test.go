@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
@@ -316,5 +317,33 @@ func TestSnapshotStorm(t *testing.T) {
 	t.Logf("the storm agent sent %d messages; the scaler took %d", sent.Load(), got)
 	if n := logs.count("agent sends faster than the scaler reads"); n != 1 {
 		t.Errorf("throttling logged %d times, want once", n)
+	}
+}
+
+// A new request reopens the stream on the same connection: answered
+// under it, the old stream closed, no failure counted, and the agent
+// logged as connected once, not once per request.
+func TestResubscriptionReopensTheStreamOnly(t *testing.T) {
+	a, err := scalertest.StartAgent("n", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Stop()
+	a.Publish(scalertest.Device("GPU-1", 1, "default/p"))
+	var logs logBuffer
+	p := runPool(t, &sink{nodes: map[string]int{}}, &logs, Options{Static: []string{a.Addr()}})
+	for gen := uint64(1); gen <= 3; gen++ {
+		p.SetRequest(&telemetryv1.WatchRequest{Namespace: fmt.Sprint("ns", gen)}, gen)
+		testutil.Eventually(t, 10*time.Second, fmt.Sprint("the answer to request ", gen), func() bool { return p.Answered() == gen })
+	}
+	testutil.Eventually(t, 10*time.Second, "the old streams closed", func() bool { return a.Subscribers() == 1 })
+	if reqs := a.Requests(); reqs[len(reqs)-1].GetNamespace() != "ns3" {
+		t.Errorf("the open stream asks %v, want the latest request", reqs[len(reqs)-1])
+	}
+	if st := p.Stats(); st.Failures != 0 || st.Resubscriptions != 2 || st.Connected != 1 {
+		t.Errorf("stats %+v, want no failure, 2 re-subscriptions, 1 connected", st)
+	}
+	if n := logs.count("agent connected"); n != 1 {
+		t.Errorf("%q logged %d times, want once:\n%s", "agent connected", n, logs.b.String())
 	}
 }
