@@ -51,6 +51,11 @@ const DefaultMaxMessageRate = 50
 // pings) is a few hundred bytes at a time.
 const WriteBufferBytes = 4 << 10
 
+// WindowBytes is each agent stream's flow-control window: what an agent
+// may send ahead of what the scaler read. A node's devices are at most
+// about 1.4 MB; a message of MaxMessageBytes takes 16 round trips.
+const WindowBytes = 1 << 20
+
 // Why an agent's message was refused, the reason label of
 // gpu_scaler_agent_messages_rejected_total.
 const (
@@ -191,7 +196,14 @@ func New(store Ingester, o Options) (*Pool, error) {
 	// writes an agent little but a request, window updates and pings:
 	// a write buffer of WriteBufferBytes, not gRPC's 32 KiB, per
 	// connection (the caller's options may still set another).
-	o.DialOptions = append([]grpc.DialOption{grpc.WithWriteBufferSize(WriteBufferBytes)}, o.DialOptions...)
+	// A fixed flow-control window, not gRPC's estimate of the bandwidth-
+	// delay product: the estimator pings the agent after every message
+	// that finds no ping outstanding (an agent's message every 250 ms is
+	// a ping and its answer each), a write and a read on both sides per
+	// message; and it may grow the window to 16 MiB per agent, all of
+	// which a slow scaler would hold.
+	o.DialOptions = append([]grpc.DialOption{grpc.WithWriteBufferSize(WriteBufferBytes),
+		grpc.WithStaticStreamWindowSize(WindowBytes), grpc.WithStaticConnWindowSize(WindowBytes)}, o.DialOptions...)
 	o.DialOptions = append(o.DialOptions, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes)))
 	if o.DNS != "" {
 		if _, _, err := net.SplitHostPort(o.DNS); err != nil {
