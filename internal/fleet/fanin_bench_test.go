@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -253,7 +254,10 @@ func untilAnswered(ctx context.Context, client externalscaler.ExternalScalerClie
 // FANIN_SECONDS (20) after every agent has reported and the triggers
 // are answered; and the Unavailable window of the first triggers and of
 // one more trigger added after the measurement (from its first GetMetrics
-// to its first answer). Run it alone:
+// to its first answer). FANIN_MEMLIMIT_MIB sets the scaler's soft memory
+// limit, as GOMEMLIMIT would (not the fleet's); FANIN_PROFILE_DIR keeps
+// the measurement's CPU profile and the heap and goroutines at its end.
+// Run it alone:
 //
 //	go test -run '^$' -bench FanIn -benchtime 1x ./internal/fleet/
 func BenchmarkFanIn(b *testing.B) {
@@ -265,6 +269,10 @@ func BenchmarkFanIn(b *testing.B) {
 
 func fanIn(b *testing.B, nAgents int, span time.Duration) {
 	raiseFileLimit()
+	if mib := envInt("FANIN_MEMLIMIT_MIB", 0); mib > 0 {
+		// The scaler's soft memory limit (GOMEMLIMIT), not the fleet's.
+		defer debug.SetMemoryLimit(debug.SetMemoryLimit(int64(mib) << 20))
+	}
 	load0 := loadavg()
 	child := exec.Command(os.Args[0], "-test.run=^$")
 	child.Env = append(os.Environ(), fleetEnv+"=1")
@@ -385,14 +393,30 @@ func fanIn(b *testing.B, nAgents int, span time.Duration) {
 	runtime.GC()
 
 	load1 := loadavg()
+	dir := os.Getenv("FANIN_PROFILE_DIR")
+	if dir != "" {
+		// The measurement's CPU, not the connections' set-up.
+		if f, err := os.Create(filepath.Join(dir, "cpu.pprof")); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				defer f.Close()
+			}
+		}
+	}
 	snaps0, cpu0, fleet0, m0 := pool.Stats().Snapshots, cpuTime(), procCPU(child.Process.Pid), time.Now()
 	srv0 := len(serverSide.since(0))
 	var lat []time.Duration
+	unavailable := 0 // answers Unavailable: a scaler too loaded to keep its nodes fresh
+	var lastUnavailable error
 	tick := time.NewTicker(20 * time.Millisecond)
 	for i := 0; time.Since(m0) < span; i++ {
 		<-tick.C
 		start := time.Now()
-		if _, err := client.GetMetrics(ctx, &externalscaler.GetMetricsRequest{ScaledObjectRef: refs[i%len(refs)]}); err != nil {
+		_, err := client.GetMetrics(ctx, &externalscaler.GetMetricsRequest{ScaledObjectRef: refs[i%len(refs)]})
+		switch {
+		case status.Code(err) == codes.Unavailable:
+			unavailable++
+			lastUnavailable = err
+		case err != nil:
 			b.Fatal(err)
 		}
 		lat = append(lat, time.Since(start))
@@ -407,7 +431,8 @@ func fanIn(b *testing.B, nAgents int, span time.Duration) {
 	runtime.ReadMemStats(&mem)
 	goroutines := runtime.NumGoroutine()
 	load2 := loadavg()
-	if dir := os.Getenv("FANIN_PROFILE_DIR"); dir != "" {
+	if dir != "" {
+		pprof.StopCPUProfile()
 		// What the scaler holds while it serves, not after it stopped.
 		for _, name := range []string{"heap", "goroutine"} {
 			if f, err := os.Create(filepath.Join(dir, name+".pprof")); err == nil {
@@ -417,6 +442,12 @@ func fanIn(b *testing.B, nAgents int, span time.Duration) {
 		}
 	}
 	srv := serverSide.since(srv0)
+
+	// What stays of the heap after a collection: what the scaler needs,
+	// RSS being that plus the garbage GOGC lets it keep, and the stacks.
+	runtime.GC()
+	var live runtime.MemStats
+	runtime.ReadMemStats(&live)
 
 	// One more trigger, on fields the subscription does not send yet: the
 	// agents are re-subscribed, and it is Unavailable until all answered.
@@ -439,12 +470,17 @@ func fanIn(b *testing.B, nAgents int, span time.Duration) {
 	b.ReportMetric(ms(scalertest.Percentile(srv, 50)), "getmetrics-server-p50-ms")
 	b.ReportMetric(ms(scalertest.Percentile(srv, 99)), "getmetrics-server-p99-ms")
 	b.ReportMetric(fleetCPU.Seconds()/wall.Seconds(), "fleet-cpu-cores")
+	b.ReportMetric(float64(live.HeapAlloc)/(1<<20), "live-heap-MiB")
+	b.ReportMetric(float64(unavailable), "getmetrics-unavailable")
+	if unavailable > 0 {
+		b.Logf("%d of %d GetMetrics answered Unavailable, the last: %v", unavailable, len(lat), lastUnavailable)
+	}
 	b.ReportMetric(ms(firstWindow), "unavailable-first-ms")
 	b.ReportMetric(ms(newWindow), "unavailable-new-ms")
 	b.ReportMetric(ms(lastAnswer), "resub-answer-ms")
-	b.Logf("filters=%s match=%d%%: %d agents x 8 GPUs: %.0f snapshots/s (%.0f at full rate) over %s, scaler CPU %.2f cores (fleet %.2f), RSS %.0f MiB (peak %.0f), Go heap in use %.0f MiB, stacks %.0f MiB, %d goroutines",
+	b.Logf("filters=%s match=%d%%: %d agents x 8 GPUs: %.0f snapshots/s (%.0f at full rate) over %s, scaler CPU %.2f cores (fleet %.2f), RSS %.0f MiB (peak %.0f), Go heap in use %.0f MiB (live after a GC %.0f MiB), stacks %.0f MiB, %d goroutines",
 		os.Getenv("FANIN_FILTERS"), envInt("FANIN_MATCH", 10), nAgents, float64(snaps)/wall.Seconds(), float64(nAgents*envInt("FANIN_HZ", 4)), wall.Round(time.Millisecond),
-		cpu.Seconds()/wall.Seconds(), fleetCPU.Seconds()/wall.Seconds(), rss, hwm, float64(mem.HeapInuse)/(1<<20), float64(mem.StackInuse)/(1<<20), goroutines)
+		cpu.Seconds()/wall.Seconds(), fleetCPU.Seconds()/wall.Seconds(), rss, hwm, float64(mem.HeapInuse)/(1<<20), float64(live.HeapAlloc)/(1<<20), float64(mem.StackInuse)/(1<<20), goroutines)
 	b.Logf("GetMetrics in the server: p50 %s p99 %s; at the client: p50 %s p99 %s max %s (%d calls)",
 		scalertest.Percentile(srv, 50), scalertest.Percentile(srv, 99),
 		scalertest.Percentile(lat, 50), scalertest.Percentile(lat, 99), scalertest.Percentile(lat, 100), len(lat))
