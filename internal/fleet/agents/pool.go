@@ -52,9 +52,11 @@ const DefaultMaxMessageRate = 50
 const WriteBufferBytes = 4 << 10
 
 // WindowBytes is each agent stream's flow-control window: what an agent
-// may send ahead of what the scaler read. A node's devices are at most
-// about 1.4 MB; a message of MaxMessageBytes takes 16 round trips.
-const WindowBytes = 1 << 20
+// may send ahead of what the scaler read, and so what a scaler that
+// falls behind holds per agent (1.25 GiB at 5,000 agents). A node's
+// message is a few KiB; its devices at most about 1.4 MB (6 round
+// trips), a message of MaxMessageBytes 64.
+const WindowBytes = 256 << 10
 
 // Why an agent's message was refused, the reason label of
 // gpu_scaler_agent_messages_rejected_total.
