@@ -520,6 +520,11 @@ func (p *Pool) watch(ctx context.Context, client telemetryv1.TelemetryClient, st
 	defer context.AfterFunc(changed, func() { cancel(errRequestChanged) })()
 	stream, err := client.Watch(ctx, req)
 	if err != nil {
+		// A request changed while the stream was opening (the agent's
+		// connection still being made) is no failure: reopened at once.
+		if c := context.Cause(ctx); c != nil && ctx.Err() != nil {
+			err = c
+		}
 		return 0, err
 	}
 	n := 0
