@@ -124,11 +124,21 @@ bench-mem:
 bench-go:
 	go test -run '^$$' -bench . -benchmem ./...
 
-# The scaler fed by 1,000 fake agents of 8 GPUs at 4 Hz over gRPC on
-# loopback (the agents in a child process): the scaler's CPU, RSS and
-# GetMetrics p50/p99. FANIN_AGENTS, FANIN_SECONDS change the size.
+# The scaler fed by fake agents of 8 GPUs at 4 Hz over gRPC on loopback
+# (the agents in a child process), its triggers matching 10% of the pods:
+# the scaler's CPU, RSS, GetMetrics p50/p99 and a new trigger's
+# Unavailable window, at 2,000 and 5,000 agents, the agents honouring the
+# scaler's request (filters=1) and sending everything (filters=0, full
+# subscriptions). One size and mode: FANIN_AGENTS, FANIN_FILTERS,
+# FANIN_SECONDS, FANIN_MATCH with `go test -run '^$$' -bench FanIn
+# -benchtime 1x ./internal/fleet/`.
+FANIN_SIZES ?= 2000 5000
 bench-fanin:
-	go test -run '^$$' -bench FanIn -benchtime 1x ./internal/fleet/
+	go test -c -o bin/fleet.test ./internal/fleet/
+	cd internal/fleet && for n in $(FANIN_SIZES); do for f in 1 0; do \
+		echo "== $$n agents, filters=$$f; $$(uptime)"; \
+		FANIN_AGENTS=$$n FANIN_FILTERS=$$f ../../bin/fleet.test -test.run '^$$' -test.bench FanIn -test.benchtime 1x -test.timeout 20m || exit 1; \
+	done; done
 
 # Load step at a fake agent -> GetMetrics / StreamIsActive at KEDA's
 # client, through the real scaler: p50/p99 over PUSH_STEPS (1,000) steps.

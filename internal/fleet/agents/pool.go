@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -46,6 +45,18 @@ const MaxMessageBytes = 16 << 20
 // samples). So an agent that storms costs the scaler a bounded share and
 // delays no other agent's snapshots.
 const DefaultMaxMessageRate = 50
+
+// WriteBufferBytes is each agent connection's write buffer: what the
+// scaler sends an agent (a WatchRequest, HTTP/2 window updates and
+// pings) is a few hundred bytes at a time.
+const WriteBufferBytes = 4 << 10
+
+// WindowBytes is each agent stream's flow-control window: what an agent
+// may send ahead of what the scaler read, and so what a scaler that
+// falls behind holds per agent (1.25 GiB at 5,000 agents). A node's
+// message is a few KiB; its devices at most about 1.4 MB (6 round
+// trips), a message of MaxMessageBytes 64.
+const WindowBytes = 256 << 10
 
 // Why an agent's message was refused, the reason label of
 // gpu_scaler_agent_messages_rejected_total.
@@ -109,10 +120,15 @@ type Pool struct {
 	subs map[string]context.CancelFunc
 	wg   sync.WaitGroup
 
-	reqMu      sync.Mutex
-	req        *telemetryv1.WatchRequest // what every stream asks for
-	reqGen     uint64                    // its generation
-	reqChanged chan struct{}             // closed and replaced when req changes
+	reqMu  sync.Mutex
+	req    *telemetryv1.WatchRequest // what every stream asks for
+	reqGen uint64                    // its generation
+	// reqChanged is cancelled and replaced when req changes: a context,
+	// not a channel, so that each stream is told by a callback
+	// (context.AfterFunc) rather than a goroutine of its own, 8 KiB of
+	// stack per agent.
+	reqChanged       context.Context
+	cancelReqChanged context.CancelFunc
 
 	// Which agents have answered which request: an agent answers a
 	// request with its stream's first message. An agent is live from a
@@ -178,15 +194,28 @@ func New(store Ingester, o Options) (*Pool, error) {
 	if o.MaxMessageRate <= 0 {
 		o.MaxMessageRate = DefaultMaxMessageRate
 	}
-	// The agents' snapshots may exceed gRPC's default 4 MiB.
-	o.DialOptions = append(slices.Clip(o.DialOptions), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes)))
+	// The agents' snapshots may exceed gRPC's default 4 MiB. The scaler
+	// writes an agent little but a request, window updates and pings:
+	// a write buffer of WriteBufferBytes, not gRPC's 32 KiB, per
+	// connection (the caller's options may still set another).
+	// A fixed flow-control window, not gRPC's estimate of the bandwidth-
+	// delay product: the estimator pings the agent after every message
+	// that finds no ping outstanding (an agent's message every 250 ms is
+	// a ping and its answer each), a write and a read on both sides per
+	// message; and it may grow the window to 16 MiB per agent, all of
+	// which a slow scaler would hold.
+	o.DialOptions = append([]grpc.DialOption{grpc.WithWriteBufferSize(WriteBufferBytes),
+		grpc.WithStaticStreamWindowSize(WindowBytes), grpc.WithStaticConnWindowSize(WindowBytes)}, o.DialOptions...)
+	o.DialOptions = append(o.DialOptions, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes)))
 	if o.DNS != "" {
 		if _, _, err := net.SplitHostPort(o.DNS); err != nil {
 			return nil, fmt.Errorf("agents DNS name %q: %w", o.DNS, err)
 		}
 	}
-	return &Pool{opts: o, store: store, log: o.Logger, subs: make(map[string]context.CancelFunc),
-		req: &telemetryv1.WatchRequest{}, reqChanged: make(chan struct{}), agents: make(map[string]*agentState)}, nil
+	p := &Pool{opts: o, store: store, log: o.Logger, subs: make(map[string]context.CancelFunc),
+		req: &telemetryv1.WatchRequest{}, agents: make(map[string]*agentState)}
+	p.reqChanged, p.cancelReqChanged = context.WithCancel(context.Background())
+	return p, nil
 }
 
 // errRequestChanged ends a stream whose request is no longer what the
@@ -205,8 +234,8 @@ func (p *Pool) SetRequest(req *telemetryv1.WatchRequest, gen uint64) {
 	}
 	first := p.reqGen == 0
 	p.req, p.reqGen = req, gen
-	close(p.reqChanged)
-	p.reqChanged = make(chan struct{})
+	p.cancelReqChanged()
+	p.reqChanged, p.cancelReqChanged = context.WithCancel(context.Background())
 	p.reqMu.Unlock()
 	if !first {
 		p.resubs.Add(1)
@@ -224,7 +253,7 @@ func (p *Pool) SetRequest(req *telemetryv1.WatchRequest, gen uint64) {
 	p.ansMu.Unlock()
 }
 
-func (p *Pool) request() (*telemetryv1.WatchRequest, uint64, <-chan struct{}) {
+func (p *Pool) request() (*telemetryv1.WatchRequest, uint64, context.Context) {
 	p.reqMu.Lock()
 	defer p.reqMu.Unlock()
 	return p.req, p.reqGen, p.reqChanged
@@ -409,6 +438,7 @@ func (p *Pool) subscribe(ctx context.Context, addr string) {
 			continue
 		}
 		// Failed: not waited on until it answers again.
+		st.up = false
 		p.answered(st.agent, 0, false)
 		p.failures.Add(1)
 		reason := p.rejected(err)
@@ -451,6 +481,7 @@ type subState struct {
 	log       *slog.Logger
 	rejecting string // the reason the last stream's message was refused; "" if it was not
 	throttled bool   // the rate cap was logged
+	up        bool   // "agent connected" was logged, and no stream failed since
 	agent     *agentState
 }
 
@@ -486,15 +517,14 @@ func (p *Pool) watch(ctx context.Context, client telemetryv1.TelemetryClient, st
 	})
 	defer idle.Stop()
 	req, gen, changed := p.request()
-	go func() {
-		select {
-		case <-changed:
-			cancel(errRequestChanged)
-		case <-ctx.Done():
-		}
-	}()
+	defer context.AfterFunc(changed, func() { cancel(errRequestChanged) })()
 	stream, err := client.Watch(ctx, req)
 	if err != nil {
+		// A request changed while the stream was opening (the agent's
+		// connection still being made) is no failure: reopened at once.
+		if c := context.Cause(ctx); c != nil && ctx.Err() != nil {
+			err = c
+		}
 		return 0, err
 	}
 	n := 0
@@ -532,7 +562,12 @@ func (p *Pool) watch(ctx context.Context, client telemetryv1.TelemetryClient, st
 		timeout = max(p.opts.IdleTimeout, 3*snap.GetPeriod().AsDuration())
 		if n == 0 {
 			p.connected.Add(1)
-			log.Info("agent connected", "node", snap.GetNode())
+			if !st.up {
+				// Once per connection, not per re-subscription: a new
+				// request reopens every agent's stream.
+				st.up = true
+				log.Info("agent connected", "node", snap.GetNode())
+			}
 		}
 		idle.Reset(timeout)
 		n++

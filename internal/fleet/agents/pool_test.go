@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
@@ -316,5 +317,74 @@ func TestSnapshotStorm(t *testing.T) {
 	t.Logf("the storm agent sent %d messages; the scaler took %d", sent.Load(), got)
 	if n := logs.count("agent sends faster than the scaler reads"); n != 1 {
 		t.Errorf("throttling logged %d times, want once", n)
+	}
+}
+
+// A new request reopens the stream on the same connection: answered
+// under it, the old stream closed, no failure counted, and the agent
+// logged as connected once, not once per request.
+func TestResubscriptionReopensTheStreamOnly(t *testing.T) {
+	a, err := scalertest.StartAgent("n", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Stop()
+	a.Publish(scalertest.Device("GPU-1", 1, "default/p"))
+	var logs logBuffer
+	p := runPool(t, &sink{nodes: map[string]int{}}, &logs, Options{Static: []string{a.Addr()}})
+	p.SetRequest(&telemetryv1.WatchRequest{Namespace: "ns1"}, 1)
+	// Connected: from now on a request is answered only when the agent
+	// answers it (with no agent live, at once).
+	testutil.Eventually(t, 10*time.Second, "the connection", func() bool { return p.Stats().Connected == 1 })
+	for gen := uint64(2); gen <= 3; gen++ {
+		p.SetRequest(&telemetryv1.WatchRequest{Namespace: fmt.Sprint("ns", gen)}, gen)
+		testutil.Eventually(t, 10*time.Second, fmt.Sprint("the answer to request ", gen), func() bool { return p.Answered() == gen })
+	}
+	if n := len(a.Requests()); n != 3 {
+		t.Errorf("%d Watch calls, want one per request", n)
+	}
+	testutil.Eventually(t, 10*time.Second, "the old streams closed", func() bool { return a.Subscribers() == 1 })
+	if reqs := a.Requests(); reqs[len(reqs)-1].GetNamespace() != "ns3" {
+		t.Errorf("the open stream asks %v, want the latest request", reqs[len(reqs)-1])
+	}
+	if st := p.Stats(); st.Failures != 0 || st.Resubscriptions != 2 || st.Connected != 1 {
+		t.Errorf("stats %+v, want no failure, 2 re-subscriptions, 1 connected; logs:\n%s", st, logs.b.String())
+	}
+	if n := logs.count("agent connected"); n != 1 {
+		t.Errorf("%q logged %d times, want once:\n%s", "agent connected", n, logs.b.String())
+	}
+}
+
+// openingClient is an agent whose Watch never opens: it returns when its
+// context ends, as gRPC's does while the connection is still being made.
+type openingClient struct {
+	telemetryv1.TelemetryClient
+	called chan struct{}
+}
+
+func (c *openingClient) Watch(ctx context.Context, _ *telemetryv1.WatchRequest, _ ...grpc.CallOption) (grpc.ServerStreamingClient[telemetryv1.NodeSnapshot], error) {
+	close(c.called)
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// A request changed while a stream is opening ends it as changed, to be
+// reopened at once, not as a failure to back off from.
+func TestRequestChangedWhileOpening(t *testing.T) {
+	p, err := New(&sink{nodes: map[string]int{}}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.SetRequest(&telemetryv1.WatchRequest{Namespace: "a"}, 1)
+	c := &openingClient{called: make(chan struct{})}
+	done := make(chan error)
+	go func() {
+		_, err := p.watch(context.Background(), c, &subState{log: p.log, agent: &agentState{}})
+		done <- err
+	}()
+	<-c.called
+	p.SetRequest(&telemetryv1.WatchRequest{Namespace: "b"}, 2)
+	if err := <-done; !errors.Is(err, errRequestChanged) {
+		t.Errorf("watch ended with %v, want %v", err, errRequestChanged)
 	}
 }

@@ -37,6 +37,7 @@ type Agent struct {
 	subs     map[chan *telemetryv1.NodeSnapshot]struct{}
 	requests []*telemetryv1.WatchRequest // every Watch's, in order
 	hold     chan struct{}               // while not nil, a new Watch sends nothing until it is closed
+	filters  bool                        // Watch streams opened now honour their request
 }
 
 // StartAgent serves a fake agent of node on addr ("127.0.0.1:0" for any
@@ -70,13 +71,26 @@ func (a *Agent) AppFamilies() [][]string {
 	return out
 }
 
-// Requests returns the request of every Watch so far, in order. The
-// fake ignores all of them but app_families' presence: it is an agent
+// Requests returns the request of every Watch so far, in order. Unless
+// HonourFilters was called the fake ignores all of them: it is an agent
 // older than every filter, sending every pod and field at every tick.
 func (a *Agent) Requests() []*telemetryv1.WatchRequest {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return append([]*telemetryv1.WatchRequest(nil), a.requests...)
+}
+
+// HonourFilters makes the Watch streams opened from now on honour their
+// request as the real agent does (on), or ignore it as an agent older
+// than every filter does (off, the default): pod_filter or namespace and
+// pod_pattern, include_unattributed, device_fields, min_period,
+// heartbeat and app_families, each message carrying its period. The
+// snapshot's Interval is the sampling interval the periods are settled
+// against.
+func (a *Agent) HonourFilters(on bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.filters = on
 }
 
 // Hold makes the Watch streams opened from now on send nothing, not even
@@ -145,8 +159,16 @@ func (a *Agent) Watch(req *telemetryv1.WatchRequest, stream grpc.ServerStreaming
 	c := make(chan *telemetryv1.NodeSnapshot, 4)
 	a.mu.Lock()
 	a.requests = append(a.requests, req)
-	hold := a.hold
+	hold, filters := a.hold, a.filters
 	a.mu.Unlock()
+	var f *filter
+	if filters {
+		var err error
+		if f, err = newFilter(req); err != nil {
+			return err
+		}
+		f.settle(a.Interval)
+	}
 	if hold != nil {
 		select {
 		case <-hold:
@@ -165,6 +187,9 @@ func (a *Agent) Watch(req *telemetryv1.WatchRequest, stream grpc.ServerStreaming
 		delete(a.subs, c)
 		a.mu.Unlock()
 	}()
+	if f != nil {
+		return a.watchFiltered(f, c, stream)
+	}
 	for {
 		select {
 		case <-stream.Context().Done():
@@ -175,6 +200,51 @@ func (a *Agent) Watch(req *telemetryv1.WatchRequest, stream grpc.ServerStreaming
 			}
 		}
 	}
+}
+
+// watchFiltered sends what f passes of the snapshots offered on c, as the
+// real agent's Watch does: with min_period, not sooner than that after
+// the previous message (the snapshots in between merged, their samples
+// kept); with a heartbeat, while nothing passes, one message per
+// heartbeat, except the first empty one after one that carried
+// something, sent at once.
+func (a *Agent) watchFiltered(f *filter, c <-chan *telemetryv1.NodeSnapshot, stream grpc.ServerStreamingServer[telemetryv1.NodeSnapshot]) error {
+	var last *telemetryv1.NodeSnapshot
+	var since []*telemetryv1.NodeSnapshot // offered since last, not sent
+	var lastPassed bool                   // the last message carried a device or an app
+	for {
+		var s *telemetryv1.NodeSnapshot
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case s = <-c:
+		}
+		interval := s.GetInterval().AsDuration()
+		if last != nil && s.Sequence <= last.Sequence {
+			continue // sent already
+		}
+		if last != nil && !due(last, s, f.minPeriod, interval) {
+			since = appendSince(since, s)
+			continue // merged into a later message
+		}
+		msg := f.message(s, last, since, interval)
+		empty := len(msg.Devices) == 0 && len(msg.Apps) == 0
+		if last != nil && empty && !lastPassed && f.heartbeat > 0 && !due(last, s, f.heartbeat, interval) {
+			since = appendSince(since, s)
+			continue // an idle node: the next heartbeat tells it
+		}
+		if err := stream.Send(msg); err != nil {
+			return err
+		}
+		last, since, lastPassed = s, since[:0], !empty
+	}
+}
+
+func appendSince(since []*telemetryv1.NodeSnapshot, s *telemetryv1.NodeSnapshot) []*telemetryv1.NodeSnapshot {
+	if len(since) == maxSinceWindow {
+		since = append(since[:0], since[1:]...)
+	}
+	return append(since, s)
 }
 
 // Device is a GPU at util percent (GPU, memory copy, encoder and decoder
