@@ -25,7 +25,8 @@ import (
 // of it is open. As triggers come and go the agents are re-subscribed,
 // debounced so that a burst of new triggers (KEDA's first poll after
 // the scaler starts, a release creating several ScaledObjects) is one
-// re-subscription.
+// re-subscription: the first change after a quiet spell is gathered for
+// DefaultFirstResubscribeDelay, later ones for DefaultResubscribeDelay.
 //
 // A new trigger that the current subscription does not serve answers
 // Unavailable (ErrPending), never 0, until every connected agent has
@@ -40,6 +41,13 @@ var ErrPending = errors.New("the agents are being re-subscribed for this trigger
 // every agent's stream, so a burst of new triggers should cost one. A new
 // trigger answers Unavailable for this long plus the agents' answer.
 const DefaultResubscribeDelay = 500 * time.Millisecond
+
+// DefaultFirstResubscribeDelay is the gathering delay of the first change
+// after a quiet spell (DefaultResubscribeDelay since the last
+// re-subscription, or none yet): long enough for the burst of KEDA's
+// first calls after a scaler or operator start, short enough that a
+// restarted scaler answers within a tick or two of the agents'.
+const DefaultFirstResubscribeDelay = 50 * time.Millisecond
 
 // PolledPeriod is the min_period asked while no live trigger is pushed
 // (StreamIsActive) or windowed: the HPA polls every 15 s by default, and
@@ -295,8 +303,9 @@ func sortedKeys[V any](m map[string]V) []string {
 // DemandOptions configure RunDemand.
 type DemandOptions struct {
 	// Delay gathers trigger changes into one re-subscription; 0:
-	// DefaultResubscribeDelay.
-	Delay time.Duration
+	// DefaultResubscribeDelay. FirstDelay is the gathering of the first
+	// change after a quiet spell of Delay; 0: DefaultFirstResubscribeDelay.
+	Delay, FirstDelay time.Duration
 	// After is the timer (tests); nil: time.After.
 	After func(time.Duration) <-chan time.Time
 }
@@ -332,21 +341,32 @@ func (s *Store) RunDemand(ctx context.Context, o DemandOptions, apply func(*tele
 	if o.Delay <= 0 {
 		o.Delay = DefaultResubscribeDelay
 	}
+	if o.FirstDelay <= 0 {
+		o.FirstDelay = min(DefaultFirstResubscribeDelay, o.Delay)
+	}
 	if o.After == nil {
 		o.After = time.After
 	}
 	d := &s.demand
+	var last time.Time // the last re-subscription; zero: none yet
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-d.changed:
 		}
-		// Gather: whatever changes during the delay rides along.
+		// Gather: whatever changes during the delay rides along. After a
+		// quiet spell the first change waits only FirstDelay: a scaler
+		// that starts (or restarts) with KEDA already calling answers as
+		// soon as the agents do, not a whole Delay later.
+		delay := o.Delay
+		if last.IsZero() || time.Since(last) >= o.Delay {
+			delay = o.FirstDelay
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-o.After(o.Delay):
+		case <-o.After(delay):
 		}
 		d.mu.Lock()
 		if d.gen == 0 {
@@ -364,6 +384,7 @@ func (s *Store) RunDemand(ctx context.Context, o DemandOptions, apply func(*tele
 				"selectors", len(req.GetPodFilter().GetSelectors()), "fields", strings.Join(req.GetDeviceFields().GetPaths(), ","),
 				"app_families", strings.Join(req.GetAppFamilies(), ","), "min_period", req.GetMinPeriod().AsDuration())
 			apply(req, gen)
+			last = time.Now()
 		}
 	}
 }

@@ -424,3 +424,51 @@ func projectAll(devs []*telemetryv1.Device, fields []string) []*telemetryv1.Devi
 	}
 	return out
 }
+
+// The first change after a quiet spell is gathered for FirstDelay only, a
+// change soon after a re-subscription for the whole Delay, and a change
+// after Delay of quiet for FirstDelay again: a restarted scaler answers
+// KEDA's first calls within the agents' answer, not half a second later.
+func TestFirstChangeAfterQuietIsGatheredBriefly(t *testing.T) {
+	s, _ := newTestStore(t)
+	_, gen := s.Subscription()
+	s.SetAnswered(func() uint64 { return gen })
+	const delay, first = 200 * time.Millisecond, 10 * time.Millisecond
+	asked := make(chan time.Duration, 8)
+	timer := make(chan time.Time)
+	applied := make(chan uint64, 8)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.RunDemand(ctx, DemandOptions{Delay: delay, FirstDelay: first, After: func(d time.Duration) <-chan time.Time {
+			asked <- d
+			return timer
+		}}, func(_ *telemetryv1.WatchRequest, g uint64) { applied <- g })
+	}()
+	defer func() { cancel(); <-done }()
+	step := func(metric, want string, wantDelay time.Duration) {
+		t.Helper()
+		if _, err := s.Answer(mustQuery(t, "metric", metric, "target", "1")); !errors.Is(err, ErrPending) {
+			t.Fatalf("%s: %v, want ErrPending", metric, err)
+		}
+		select {
+		case d := <-asked:
+			if d != wantDelay {
+				t.Errorf("%s: gathered for %v, want %v (%s)", metric, d, wantDelay, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: no gathering", metric)
+		}
+		timer <- time.Time{}
+		select {
+		case <-applied:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: no re-subscription", metric)
+		}
+	}
+	step("gpu_util", "the first change", first)
+	step("temperature", "a change right after a re-subscription", delay)
+	time.Sleep(delay + 50*time.Millisecond) // a quiet spell of more than Delay
+	step("enc_util", "the first change after a quiet spell", first)
+}
