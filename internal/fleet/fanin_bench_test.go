@@ -269,6 +269,10 @@ func BenchmarkFanIn(b *testing.B) {
 
 func fanIn(b *testing.B, nAgents int, span time.Duration) {
 	raiseFileLimit()
+	if os.Getenv("GOGC") == "" {
+		// As cmd/scaler sets it (the fleet, a child, keeps Go's own).
+		defer debug.SetGCPercent(debug.SetGCPercent(fleet.DefaultGCPercent))
+	}
 	if mib := envInt("FANIN_MEMLIMIT_MIB", 0); mib > 0 {
 		// The scaler's soft memory limit (GOMEMLIMIT), not the fleet's.
 		defer debug.SetMemoryLimit(debug.SetMemoryLimit(int64(mib) << 20))
@@ -335,15 +339,21 @@ func fanIn(b *testing.B, nAgents int, span time.Duration) {
 	deadline := t0.Add(3 * time.Minute)
 	for {
 		if fresh, _ := store.NodeCounts(); fresh == nAgents {
+			b.Logf("%d agents connected and fresh in %s", nAgents, time.Since(t0).Round(time.Millisecond))
 			break
 		}
 		if time.Now().After(deadline) {
 			fresh, stale := store.NodeCounts()
-			b.Fatalf("after 3 min, %d fresh and %d stale nodes of %d", fresh, stale, nAgents)
+			if os.Getenv("FANIN_FILTERS") != "0" {
+				b.Fatalf("after 3 min, %d fresh and %d stale nodes of %d", fresh, stale, nAgents)
+			}
+			// Full subscriptions can be more than the machine can take:
+			// that is what the comparison shows. Measure what it gets.
+			b.Logf("saturated: after 3 min, %d fresh and %d stale nodes of %d; measuring what the scaler takes", fresh, stale, nAgents)
+			break
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	b.Logf("%d agents connected and fresh in %s", nAgents, time.Since(t0).Round(time.Millisecond))
 	ref := func(kv ...string) *externalscaler.ScaledObjectRef {
 		md := map[string]string{"metric": "gpu_util", "podPattern": "inference-.*", "target": "70", "activationTarget": "50"}
 		for i := 0; i < len(kv); i += 2 {

@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -54,6 +56,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	log := cfg.NewLogger(stderr)
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(fleet.DefaultGCPercent)
+		log.Info("Go runtime", "GOGC", fleet.DefaultGCPercent)
+	}
 	if err := Run(ctx, cfg, log, Listeners{}); err != nil {
 		log.Error("scaler failed", "err", err)
 		return 1
