@@ -337,6 +337,15 @@ func driverGone(ret nvml.Return) bool {
 func (d *device) retire(ret nvml.Return) {
 	d.lost, d.lostRet = true, ret
 	d.retired.Store(true)
+	// The slow goroutine waits for the worker's kicks, which a retired
+	// device gets no more: wake it, so it finds the device retired and
+	// ends rather than wait for the sampler's close.
+	if k := d.slow.kick; k != nil {
+		select {
+		case k <- struct{}{}:
+		default: // a kick is pending: it wakes anyway
+		}
+	}
 }
 
 // lostState is what a lost device reports: that it is lost, what it

@@ -2,7 +2,9 @@ package nvml
 
 import (
 	"encoding/binary"
+	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -565,4 +567,32 @@ func TestSlowPassesFollowThePeriod(t *testing.T) {
 	if n := calls.Load(); n != 3 {
 		t.Errorf("GetPcieReplayCounter called %d times over 2.5 s of readings, want 3 (the probe's, at 1 s and at 2 s)", n)
 	}
+}
+
+// A lost GPU's slow goroutine ends: it waits for the worker's kicks, which
+// a retired device gets no more, so the retirement wakes it.
+func TestSlowGoroutineEndsWithItsDevice(t *testing.T) {
+	slowLoops := func() int {
+		buf := make([]byte, 1<<20)
+		return strings.Count(string(buf[:runtime.Stack(buf, true)]), "(*device).slowLoop")
+	}
+	// Earlier tests' samplers are closed; their goroutines end shortly.
+	testutil.Eventually(t, 5*time.Second, "no slow goroutine of an earlier test", func() bool { return slowLoops() == 0 })
+	dev := newFullGPU(0)
+	var lost atomic.Bool
+	util := dev.GetUtilizationRatesFunc
+	dev.GetUtilizationRatesFunc = func() (nvml.Utilization, nvml.Return) {
+		if lost.Load() {
+			return nvml.Utilization{}, nvml.ERROR_GPU_IS_LOST
+		}
+		return util()
+	}
+	lib, _ := newLib(dev)
+	s := open(t, lib, Config{})
+	testutil.Eventually(t, 5*time.Second, "the GPU's slow goroutine", func() bool { return slowLoops() == 1 })
+	lost.Store(true)
+	if !tick(s).States[0].Lost {
+		t.Fatal("GPU not reported lost")
+	}
+	testutil.Eventually(t, 5*time.Second, "the lost GPU's slow goroutine to end", func() bool { return slowLoops() == 0 })
 }
