@@ -112,8 +112,8 @@ bench:
 # NVML, 4 T4s, one scraper at 1 Hz, at 100 ms and at 250 ms: both CPUs,
 # both RSS and the ratios.
 bench-peer:
-	go run ./test/bench -nvml=mock -peer -scrapers 1 -interval 100ms -json bench-peer-100ms.json
-	go run ./test/bench -nvml=mock -peer -scrapers 1 -interval 250ms -json bench-peer-250ms.json
+	go run ./test/bench -nvml=mock -peer -floor -scrapers 1 -interval 100ms -json bench-peer-100ms.json
+	go run ./test/bench -nvml=mock -peer -floor -scrapers 1 -interval 250ms -json bench-peer-250ms.json
 
 # Memory with the pod watch on: the mock's 4 T4s shared by 64 pods through
 # the kubelet, 500 realistic pods of the node in a fake API server.
