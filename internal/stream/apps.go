@@ -3,10 +3,7 @@ package stream
 import (
 	"context"
 	"fmt"
-	"regexp"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
@@ -18,30 +15,6 @@ import (
 type AppSource interface {
 	Latest() *app.Set
 	Wait(ctx context.Context, seq uint64) (*app.Set, error)
-}
-
-// maxAppFamilies bounds a request's app_families.
-const maxAppFamilies = 256
-
-// familyName is what a Prometheus metric family may be called (the
-// legacy character set; apps that use UTF-8 names are not matched).
-var familyName = regexp.MustCompile(`^[a-zA-Z_:][a-zA-Z0-9_:]*$`)
-
-func appFamilies(names []string) (map[string]bool, error) {
-	if len(names) == 0 {
-		return nil, nil
-	}
-	if len(names) > maxAppFamilies {
-		return nil, status.Errorf(codes.InvalidArgument, "app_families: %d names, at most %d", len(names), maxAppFamilies)
-	}
-	out := make(map[string]bool, len(names))
-	for _, n := range names {
-		if !familyName.MatchString(n) {
-			return nil, status.Errorf(codes.InvalidArgument, "app_families: %q is not a metric family name", n)
-		}
-		out[n] = true
-	}
-	return out, nil
 }
 
 // runApps wakes the subscribers that asked for app families on every new
@@ -79,7 +52,7 @@ type appCache struct {
 // apps returns the subscriber's app messages of the latest set, and
 // whether the set is newer than the one it last got.
 func (s *Server) apps(f *filter, c *appCache) ([]*telemetryv1.AppScrape, bool) {
-	if f.families == nil || s.opts.Apps == nil {
+	if f.Families == nil || s.opts.Apps == nil {
 		return nil, false
 	}
 	set := s.opts.Apps.Latest()
@@ -89,10 +62,10 @@ func (s *Server) apps(f *filter, c *appCache) ([]*telemetryv1.AppScrape, bool) {
 	c.seq = set.Seq
 	c.msgs = c.msgs[:0:0]
 	for _, sc := range set.Scrapes {
-		if !f.matchPod(sc.Namespace, sc.Name) {
+		if !f.MatchPod(sc.Namespace, sc.Name) {
 			continue
 		}
-		c.msgs = append(c.msgs, appScrape(sc, f.families))
+		c.msgs = append(c.msgs, appScrape(sc, f.Families))
 	}
 	return c.msgs, true
 }

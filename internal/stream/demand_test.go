@@ -15,6 +15,7 @@ import (
 	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
 	"github.com/gpu-telemetry/agent/internal/app"
 	"github.com/gpu-telemetry/agent/internal/attribution"
+	"github.com/gpu-telemetry/agent/internal/stream/watchreq"
 	"github.com/gpu-telemetry/agent/internal/telemetry"
 )
 
@@ -132,11 +133,11 @@ func TestDeviceFieldMaskPodShares(t *testing.T) {
 	pp := &attribution.ProcessPods{Seq: 1, Pods: map[uint32]attribution.Pod{10: {Namespace: "media", Name: "sfu-0", Container: "sfu"}}}
 	v := attribution.Attribute(snap, newTestPods().a.DevicePods(), pp)
 	full := deviceMessage(&v.Devices[1], []*telemetry.Snapshot{snap})
-	fm, err := newFieldMask([]string{"enc_util", "encoder_latency_seconds", "unattributed_enc_util"})
+	fm, err := watchreq.NewFieldMask([]string{"enc_util", "encoder_latency_seconds", "unattributed_enc_util"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := fm.project(full)
+	m := fm.Project(full)
 	p := m.GetPods()[0]
 	if p.GetName() != "sfu-0" || p.GetContainer() != "sfu" || p.GetEncUtil() != 20 || p.GetEncoderLatencyMaxSeconds() != 0.003 || p.EncoderLatencySeconds == nil {
 		t.Errorf("sfu-0's shares of the named fields: %v", p)
@@ -218,10 +219,10 @@ func TestHeartbeatBounds(t *testing.T) {
 		{0, time.Hour, MaxHeartbeat},
 		{0, 0, 0},
 	} {
-		f := &filter{minPeriod: tt.minPeriod, heartbeat: tt.heartbeat}
-		f.settle(testInterval)
-		if f.heartbeat != tt.want {
-			t.Errorf("min_period %s, heartbeat %s: %s, want %s", tt.minPeriod, tt.heartbeat, f.heartbeat, tt.want)
+		f := &watchreq.Filter{MinPeriod: tt.minPeriod, Heartbeat: tt.heartbeat}
+		f.Settle(testInterval)
+		if f.Heartbeat != tt.want {
+			t.Errorf("min_period %s, heartbeat %s: %s, want %s", tt.minPeriod, tt.heartbeat, f.Heartbeat, tt.want)
 		}
 	}
 }

@@ -1,106 +1,26 @@
 package stream
 
 import (
-	"regexp"
-	"strings"
-	"time"
-
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/reflect/protoreflect"
-
 	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
 	"github.com/gpu-telemetry/agent/internal/attribution"
+	"github.com/gpu-telemetry/agent/internal/stream/watchreq"
 )
 
-// maxSelectors bounds a request's pod selectors, and maxMaskPaths its
-// device field names: each costs the agent work on every snapshot.
-const (
-	maxSelectors = 256
-	maxMaskPaths = 256
-)
+// MaxHeartbeat is the longest heartbeat the agent keeps to (see
+// watchreq.MaxHeartbeat).
+const MaxHeartbeat = watchreq.MaxHeartbeat
 
-// MaxHeartbeat is the longest heartbeat the agent keeps to: a subscriber
-// asking for a longer one still hears from an idle node every minute.
-const MaxHeartbeat = time.Minute
-
-// filter is a WatchRequest, validated.
+// filter is a WatchRequest, validated, and what it matches of a view.
 type filter struct {
-	pods         *podMatcher // nil: every pod
-	unattributed bool
-	minPeriod    time.Duration
-	heartbeat    time.Duration   // 0: a message per snapshot whatever passes
-	families     map[string]bool // app families; nil: none
-	mask         *fieldMask      // nil: every field
+	watchreq.Filter
 }
 
 func newFilter(req *telemetryv1.WatchRequest) (*filter, error) {
-	f := &filter{unattributed: req.GetIncludeUnattributed()}
-	var err error
-	if pf := req.GetPodFilter(); pf != nil {
-		f.pods, err = selectorMatcher(pf.GetSelectors())
-	} else {
-		f.pods, err = legacyMatcher(req.GetNamespace(), req.GetPodPattern())
-	}
+	f, err := watchreq.Parse(req)
 	if err != nil {
 		return nil, err
 	}
-	if mp := req.GetMinPeriod(); mp != nil {
-		if err := mp.CheckValid(); err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "min_period: %v", err)
-		}
-		if f.minPeriod = mp.AsDuration(); f.minPeriod < 0 {
-			return nil, status.Errorf(codes.InvalidArgument, "min_period %s: must not be negative", f.minPeriod)
-		}
-	}
-	if hb := req.GetHeartbeat(); hb != nil {
-		if err := hb.CheckValid(); err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "heartbeat: %v", err)
-		}
-		if f.heartbeat = hb.AsDuration(); f.heartbeat < 0 {
-			return nil, status.Errorf(codes.InvalidArgument, "heartbeat %s: must not be negative", f.heartbeat)
-		}
-	}
-	if f.pods != nil {
-		f.unattributed = false // the proto: ignored when filtering by pod
-	}
-	if f.families, err = appFamilies(req.GetAppFamilies()); err != nil {
-		return nil, err
-	}
-	if m := req.GetDeviceFields(); m != nil {
-		if f.mask, err = newFieldMask(m.GetPaths()); err != nil {
-			return nil, err
-		}
-	}
-	return f, nil
-}
-
-// settle fixes the periods against the agent's sampling interval: a
-// positive min_period is at least the interval, and a heartbeat at least
-// the effective min_period (never more often than data) and at most
-// MaxHeartbeat.
-func (f *filter) settle(interval time.Duration) {
-	// Snapshots come one per interval, so a shorter period means every
-	// snapshot; it would still let an apps_only message through on every
-	// app scrape, many a second on a node of many targets. The interval
-	// is the floor; 0 keeps its meaning (every snapshot, and every app
-	// scrape at once).
-	if f.minPeriod > 0 && f.minPeriod < interval {
-		f.minPeriod = interval
-	}
-	if f.heartbeat > 0 {
-		f.heartbeat = min(max(f.heartbeat, f.minPeriod, interval), MaxHeartbeat)
-	}
-}
-
-// period is what a message tells the subscriber of the next one's
-// latest arrival: the heartbeat after a message in which nothing passed,
-// the data period otherwise.
-func (f *filter) period(interval time.Duration, empty bool) time.Duration {
-	if empty && f.heartbeat > 0 {
-		return f.heartbeat
-	}
-	return max(f.minPeriod, interval)
+	return &filter{Filter: *f}, nil
 }
 
 // match reports whether the subscriber wants device d: one of its pods
@@ -108,203 +28,15 @@ func (f *filter) period(interval time.Duration, empty bool) time.Duration {
 // devices.
 func (f *filter) match(d *attribution.Device) bool {
 	if len(d.Pods) == 0 {
-		return f.unattributed
+		return f.Unattributed
 	}
-	if f.pods == nil {
+	if f.Pods == nil {
 		return true
 	}
 	for _, p := range d.Pods {
-		if f.pods.match(p.Namespace, p.Name) {
+		if f.Pods.Match(p.Namespace, p.Name) {
 			return true
 		}
 	}
 	return false
-}
-
-// matchPod reports whether a pod (an app target) passes the filter.
-func (f *filter) matchPod(namespace, name string) bool {
-	return f.pods == nil || f.pods.match(namespace, name)
-}
-
-// podMatcher is a set of selectors OR-ed, one expression per namespace:
-// the patterns of a namespace are joined into one alternation, so a pod
-// costs one match however many selectors name its namespace.
-type podMatcher struct {
-	byNamespace map[string]*regexp.Regexp // "": any namespace; a nil expression: any pod
-}
-
-func (m *podMatcher) match(namespace, name string) bool {
-	for _, ns := range [2]string{namespace, ""} {
-		if re, ok := m.byNamespace[ns]; ok && (re == nil || re.MatchString(name)) {
-			return true
-		}
-		if namespace == "" {
-			break // both keys are ""
-		}
-	}
-	return false
-}
-
-// legacyMatcher is namespace and pod_pattern: nil when neither is set.
-func legacyMatcher(namespace, pattern string) (*podMatcher, error) {
-	if namespace == "" && pattern == "" {
-		return nil, nil
-	}
-	m := &podMatcher{byNamespace: map[string]*regexp.Regexp{namespace: nil}}
-	if pattern != "" {
-		re, err := anchored(pattern)
-		if err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "pod_pattern %q: %v", pattern, err)
-		}
-		m.byNamespace[namespace] = re
-	}
-	return m, nil
-}
-
-// selectorMatcher is pod_filter's selectors; none matches no pod.
-func selectorMatcher(sels []*telemetryv1.PodSelector) (*podMatcher, error) {
-	if len(sels) > maxSelectors {
-		return nil, status.Errorf(codes.InvalidArgument, "pod_filter: %d selectors, at most %d", len(sels), maxSelectors)
-	}
-	patterns := map[string][]string{} // namespace -> patterns; a nil slice: any pod
-	for i, s := range sels {
-		p := s.GetPodPattern()
-		if p != "" {
-			if _, err := anchored(p); err != nil {
-				return nil, status.Errorf(codes.InvalidArgument, "pod_filter.selectors[%d].pod_pattern %q: %v", i, p, err)
-			}
-		}
-		ps, seen := patterns[s.GetNamespace()]
-		switch {
-		case seen && ps == nil: // already any pod
-		case p == "":
-			patterns[s.GetNamespace()] = nil
-		default:
-			patterns[s.GetNamespace()] = append(ps, p)
-		}
-	}
-	m := &podMatcher{byNamespace: make(map[string]*regexp.Regexp, len(patterns))}
-	for ns, ps := range patterns {
-		if ps == nil {
-			m.byNamespace[ns] = nil
-			continue
-		}
-		re, err := regexp.Compile(`^(?:(?:` + strings.Join(ps, `)|(?:`) + `))$`)
-		if err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "pod_filter: the patterns of namespace %q: %v", ns, err)
-		}
-		m.byNamespace[ns] = re
-	}
-	return m, nil
-}
-
-// fieldMask is device_fields: what a masked subscriber gets of each
-// device besides its identity, pods and state.
-type fieldMask struct {
-	device  []protoreflect.FieldDescriptor // Device fields to copy
-	pod     []protoreflect.FieldDescriptor // Pod share fields to copy
-	engines map[telemetryv1.Engine]bool    // samples of these engines; nil: no samples
-	allPods bool                           // every Pod share field: the pods are shared as they are
-}
-
-var (
-	deviceDesc = (&telemetryv1.Device{}).ProtoReflect().Descriptor()
-	podDesc    = (&telemetryv1.Pod{}).ProtoReflect().Descriptor()
-)
-
-// Device fields every masked subscriber gets: what the device is and
-// whether it reads at all.
-var alwaysSent = map[protoreflect.Name]bool{
-	"uuid": true, "gpu_index": true, "model_name": true, "pci_bus_id": true, "parent_uuid": true,
-	"mig_profile": true, "gpu_instance_id": true, "pods": true, "stalled": true, "lost": true,
-}
-
-// utilEngines are the engines whose samples a utilization field brings.
-var utilEngines = map[protoreflect.Name]telemetryv1.Engine{
-	"gpu_util": telemetryv1.Engine_ENGINE_GPU, "mem_copy_util": telemetryv1.Engine_ENGINE_MEMORY,
-	"enc_util": telemetryv1.Engine_ENGINE_ENCODER, "dec_util": telemetryv1.Engine_ENGINE_DECODER,
-}
-
-func newFieldMask(paths []string) (*fieldMask, error) {
-	if len(paths) > maxMaskPaths {
-		return nil, status.Errorf(codes.InvalidArgument, "device_fields: %d paths, at most %d", len(paths), maxMaskPaths)
-	}
-	m := &fieldMask{}
-	named := map[protoreflect.Name]bool{}
-	for _, p := range paths {
-		named[protoreflect.Name(p)] = true
-	}
-	for name := range named {
-		fd := deviceDesc.Fields().ByName(name)
-		if fd == nil || alwaysSent[name] || name == "samples" {
-			continue // unknown here (a newer subscriber's), or sent anyway
-		}
-		m.device = append(m.device, fd)
-		pn := name
-		if pn == "encoder_latency_seconds" {
-			if pd := podDesc.Fields().ByName("encoder_latency_max_seconds"); pd != nil {
-				m.pod = append(m.pod, pd)
-			}
-		}
-		if pd := podDesc.Fields().ByName(pn); pd != nil && !alwaysSentPod[pn] {
-			m.pod = append(m.pod, pd)
-		}
-	}
-	if named["samples"] {
-		m.engines = map[telemetryv1.Engine]bool{}
-		for name, e := range utilEngines {
-			if named[name] {
-				m.engines[e] = true
-			}
-		}
-	}
-	m.allPods = len(m.pod) == podDesc.Fields().Len()-len(alwaysSentPod)
-	return m, nil
-}
-
-var alwaysSentPod = map[protoreflect.Name]bool{"namespace": true, "name": true, "container": true}
-
-// project is src with the mask's fields only. src is shared between
-// subscribers and left untouched; the result shares its field values.
-func (m *fieldMask) project(src *telemetryv1.Device) *telemetryv1.Device {
-	dst := &telemetryv1.Device{
-		Uuid: src.Uuid, GpuIndex: src.GpuIndex, ModelName: src.ModelName, PciBusId: src.PciBusId,
-		ParentUuid: src.ParentUuid, MigProfile: src.MigProfile, GpuInstanceId: src.GpuInstanceId,
-		Stalled: src.Stalled, Lost: src.Lost,
-	}
-	if m.allPods {
-		dst.Pods = src.Pods
-	} else if len(src.Pods) > 0 {
-		dst.Pods = make([]*telemetryv1.Pod, len(src.Pods))
-		for i, p := range src.Pods {
-			q := &telemetryv1.Pod{Namespace: p.Namespace, Name: p.Name, Container: p.Container}
-			copyFields(q.ProtoReflect(), p.ProtoReflect(), m.pod)
-			dst.Pods[i] = q
-		}
-	}
-	copyFields(dst.ProtoReflect(), src.ProtoReflect(), m.device)
-	for _, es := range src.Samples {
-		if m.engines[es.GetEngine()] {
-			dst.Samples = append(dst.Samples, es)
-		}
-	}
-	return dst
-}
-
-func copyFields(dst, src protoreflect.Message, fields []protoreflect.FieldDescriptor) {
-	for _, fd := range fields {
-		if src.Has(fd) {
-			dst.Set(fd, src.Get(fd))
-		}
-	}
-}
-
-// anchored compiles p to match whole names. p must compile on its own
-// first: wrapped unchecked, a pattern such as "a)|(b" would close the
-// group and escape the anchors (matching any name that starts with a).
-func anchored(p string) (*regexp.Regexp, error) {
-	if _, err := regexp.Compile(p); err != nil {
-		return nil, err
-	}
-	return regexp.Compile(`^(?:` + p + `)$`)
 }

@@ -44,8 +44,8 @@ func (s *Server) message(it *item, last *telemetry.Snapshot, f *filter, scratch 
 		} else {
 			m = deviceMessage(d, scratch)
 		}
-		if f.mask != nil {
-			m = f.mask.project(m)
+		if f.Mask != nil {
+			m = f.Mask.Project(m)
 		}
 		msg.Devices = append(msg.Devices, m)
 	}

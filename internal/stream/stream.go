@@ -257,7 +257,7 @@ func (s *Server) Watch(req *telemetryv1.WatchRequest, stream grpc.ServerStreamin
 	if err != nil {
 		return err
 	}
-	f.settle(s.opts.Interval)
+	f.Settle(s.opts.Interval)
 	select {
 	case <-s.done:
 		return status.Error(codes.Unavailable, "the agent is shutting down")
@@ -265,11 +265,11 @@ func (s *Server) Watch(req *telemetryv1.WatchRequest, stream grpc.ServerStreamin
 	}
 	// Subscribe before reading the latest, so that nothing published in
 	// between is missed; what both give is sent once (by sequence).
-	sub := s.subscribe(f.families != nil && s.opts.Apps != nil)
+	sub := s.subscribe(f.Families != nil && s.opts.Apps != nil)
 	ctx := stream.Context()
 	log := s.log.With("namespace", req.GetNamespace(), "pod_pattern", req.GetPodPattern(),
 		"selectors", len(req.GetPodFilter().GetSelectors()), "pod_filter", req.GetPodFilter() != nil,
-		"device_fields", len(req.GetDeviceFields().GetPaths()), "min_period", f.minPeriod, "heartbeat", f.heartbeat)
+		"device_fields", len(req.GetDeviceFields().GetPaths()), "min_period", f.MinPeriod, "heartbeat", f.Heartbeat)
 	if p, ok := peer.FromContext(ctx); ok {
 		log = log.With("peer", p.Addr.String())
 	}
@@ -293,10 +293,10 @@ func (s *Server) Watch(req *telemetryv1.WatchRequest, stream grpc.ServerStreamin
 		msg, scratch = s.message(it, last, f, scratch[:0])
 		msg.Apps, _ = s.apps(f, &apps)
 		empty := len(msg.Devices) == 0 && len(msg.Apps) == 0
-		if last != nil && empty && !lastDevices && !lastApps && f.heartbeat > 0 && !s.due(last, it.view.Snapshot, f.heartbeat) {
+		if last != nil && empty && !lastDevices && !lastApps && f.Heartbeat > 0 && !s.due(last, it.view.Snapshot, f.Heartbeat) {
 			return nil // an idle node: the next heartbeat tells it
 		}
-		msg.Period = durationpb.New(f.period(s.opts.Interval, empty))
+		msg.Period = durationpb.New(f.Period(s.opts.Interval, empty))
 		if err := stream.Send(msg); err != nil {
 			return err
 		}
@@ -310,7 +310,7 @@ func (s *Server) Watch(req *telemetryv1.WatchRequest, stream grpc.ServerStreamin
 	// message; with min_period, not sooner than that after the previous
 	// message (the next tick's message carries the set anyway).
 	sendApps := func() error {
-		if last == nil || time.Since(lastSent) < f.minPeriod {
+		if last == nil || time.Since(lastSent) < f.MinPeriod {
 			return nil
 		}
 		msgs, fresh := s.apps(f, &apps)
@@ -325,7 +325,7 @@ func (s *Server) Watch(req *telemetryv1.WatchRequest, stream grpc.ServerStreamin
 			AgentStart: timestamppb.New(s.opts.Start),
 			Apps:       msgs,
 			AppsOnly:   true,
-			Period:     durationpb.New(f.period(s.opts.Interval, false)),
+			Period:     durationpb.New(f.Period(s.opts.Interval, false)),
 		}
 		if err := stream.Send(msg); err != nil {
 			return err
@@ -356,7 +356,7 @@ func (s *Server) Watch(req *telemetryv1.WatchRequest, stream grpc.ServerStreamin
 			return nil
 		}
 		snap := it.view.Snapshot
-		if last != nil && (snap.Seq <= last.Seq || !s.due(last, snap, f.minPeriod)) {
+		if last != nil && (snap.Seq <= last.Seq || !s.due(last, snap, f.MinPeriod)) {
 			continue // sent already, or merged into a later message
 		}
 		if err := send(it); err != nil {

@@ -167,7 +167,7 @@ func (a *Agent) Watch(req *telemetryv1.WatchRequest, stream grpc.ServerStreaming
 		if f, err = newFilter(req); err != nil {
 			return err
 		}
-		f.settle(a.Interval)
+		f.Settle(a.Interval)
 	}
 	if hold != nil {
 		select {
@@ -223,13 +223,13 @@ func (a *Agent) watchFiltered(f *filter, c <-chan *telemetryv1.NodeSnapshot, str
 		if last != nil && s.Sequence <= last.Sequence {
 			continue // sent already
 		}
-		if last != nil && !due(last, s, f.minPeriod, interval) {
+		if last != nil && !due(last, s, f.MinPeriod, interval) {
 			since = appendSince(since, s)
 			continue // merged into a later message
 		}
 		msg := f.message(s, last, since, interval)
 		empty := len(msg.Devices) == 0 && len(msg.Apps) == 0
-		if last != nil && empty && !lastPassed && f.heartbeat > 0 && !due(last, s, f.heartbeat, interval) {
+		if last != nil && empty && !lastPassed && f.Heartbeat > 0 && !due(last, s, f.Heartbeat, interval) {
 			since = appendSince(since, s)
 			continue // an idle node: the next heartbeat tells it
 		}

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	telemetryv1 "github.com/gpu-telemetry/agent/api/telemetry/v1"
+	"github.com/gpu-telemetry/agent/internal/stream/watchreq"
 )
 
 func uuids(m *telemetryv1.NodeSnapshot) []string {
@@ -123,10 +124,10 @@ func TestFilterSettle(t *testing.T) {
 		{2 * time.Second, time.Second, 2 * time.Second, 2 * time.Second},
 		{0, time.Hour, 0, time.Minute},
 	} {
-		f := &filter{minPeriod: tc.minPeriod, heartbeat: tc.heartbeat}
-		f.settle(250 * time.Millisecond)
-		if f.minPeriod != tc.wantMin || f.heartbeat != tc.wantHB {
-			t.Errorf("min_period %s heartbeat %s: settled to %s, %s, want %s, %s", tc.minPeriod, tc.heartbeat, f.minPeriod, f.heartbeat, tc.wantMin, tc.wantHB)
+		f := &filter{Filter: watchreq.Filter{MinPeriod: tc.minPeriod, Heartbeat: tc.heartbeat}}
+		f.Settle(250 * time.Millisecond)
+		if f.MinPeriod != tc.wantMin || f.Heartbeat != tc.wantHB {
+			t.Errorf("min_period %s heartbeat %s: settled to %s, %s, want %s, %s", tc.minPeriod, tc.heartbeat, f.MinPeriod, f.Heartbeat, tc.wantMin, tc.wantHB)
 		}
 	}
 }
@@ -150,7 +151,7 @@ func watchTicks(t *testing.T, req *telemetryv1.WatchRequest, n int, devs func(i 
 		t.Fatal(err)
 	}
 	const interval = 250 * time.Millisecond
-	f.settle(interval)
+	f.Settle(interval)
 	ctx, cancel := context.WithCancel(context.Background())
 	st := &sink{ctx: ctx}
 	c := make(chan *telemetryv1.NodeSnapshot) // unbuffered: each is taken before the next
