@@ -43,22 +43,8 @@ func TestNewTriggerUnavailableUntilEveryAgentAnswers(t *testing.T) {
 	publish()
 
 	store := fleet.NewStore(fleet.Options{MaxWindow: time.Minute})
-	pool, err := agents.New(store, agents.Options{Static: addrs, IdleTimeout: time.Minute,
-		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	store.SetAnswered(pool.Answered)
-	pool.SetRequest(store.Subscription())
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); _ = pool.Run(ctx) }()
-	go func() {
-		defer wg.Done()
-		store.RunDemand(ctx, fleet.DemandOptions{Delay: 10 * time.Millisecond}, pool.SetRequest)
-	}()
-	t.Cleanup(func() { cancel(); wg.Wait() })
+	pool := runDemandPool(t, store, agents.Options{Static: addrs, IdleTimeout: time.Minute})
+	ctx := t.Context()
 	testutil.Eventually(t, 10*time.Second, "both agents' first snapshots", func() bool {
 		fresh, _ := store.NodeCounts()
 		return fresh == 2 && pool.Answered() == 1
@@ -91,7 +77,7 @@ func TestNewTriggerUnavailableUntilEveryAgentAnswers(t *testing.T) {
 	}
 	release()
 	var value float64
-	err = testutil.Poll(ctx, 10*time.Second, func() (bool, error) {
+	err := testutil.Poll(ctx, 10*time.Second, func() (bool, error) {
 		m, err := ks.GetMetrics(ctx, req)
 		if status.Code(err) == codes.Unavailable {
 			return false, nil
@@ -128,22 +114,8 @@ func TestDeadAgentIsNotWaitedOn(t *testing.T) {
 	a.Publish(scalertest.Device("GPU-1", 30, "default/inference-0"))
 	b.Publish(scalertest.Device("GPU-2", 50, "default/inference-1"))
 	store := fleet.NewStore(fleet.Options{MaxWindow: time.Minute})
-	pool, err := agents.New(store, agents.Options{Static: []string{a.Addr(), b.Addr()}, BackoffBase: time.Minute, BackoffMax: time.Minute,
-		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	store.SetAnswered(pool.Answered)
-	pool.SetRequest(store.Subscription())
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); _ = pool.Run(ctx) }()
-	go func() {
-		defer wg.Done()
-		store.RunDemand(ctx, fleet.DemandOptions{Delay: 10 * time.Millisecond}, pool.SetRequest)
-	}()
-	t.Cleanup(func() { cancel(); wg.Wait() })
+	pool := runDemandPool(t, store, agents.Options{Static: []string{a.Addr(), b.Addr()}, BackoffBase: time.Minute, BackoffMax: time.Minute})
+	ctx := t.Context()
 	testutil.Eventually(t, 10*time.Second, "both agents", func() bool { return pool.Stats().Connected == 2 })
 	b.Stop()
 	testutil.Eventually(t, 10*time.Second, "n2's failure", func() bool { return pool.Stats().Connected == 1 })
@@ -158,4 +130,28 @@ func TestDeadAgentIsNotWaitedOn(t *testing.T) {
 	if err != nil {
 		t.Fatalf("still pending with the live agent answered: %v", err)
 	}
+}
+
+// runDemandPool runs an agent pool over opts (insecure dialling) feeding
+// store, re-subscribed by the store's demand as cmd/scaler wires them,
+// until the test ends.
+func runDemandPool(t *testing.T, store *fleet.Store, opts agents.Options) *agents.Pool {
+	t.Helper()
+	opts.DialOptions = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	pool, err := agents.New(store, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store.SetAnswered(pool.Answered)
+	pool.SetRequest(store.Subscription())
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = pool.Run(ctx) }()
+	go func() {
+		defer wg.Done()
+		store.RunDemand(ctx, fleet.DemandOptions{Delay: 10 * time.Millisecond}, pool.SetRequest)
+	}()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return pool
 }
