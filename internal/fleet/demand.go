@@ -315,6 +315,8 @@ type DemandOptions struct {
 	Delay, FirstDelay time.Duration
 	// After is the timer (tests); nil: time.After.
 	After func(time.Duration) <-chan time.Time
+	// Now is the clock that tells a quiet spell (tests); nil: time.Now.
+	Now func() time.Time
 }
 
 // SetAnswered hooks the agents' side in: answered returns the latest
@@ -354,6 +356,9 @@ func (s *Store) RunDemand(ctx context.Context, o DemandOptions, apply func(*tele
 	if o.After == nil {
 		o.After = time.After
 	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
 	d := &s.demand
 	var last time.Time // the last re-subscription; zero: none yet
 	for {
@@ -367,7 +372,7 @@ func (s *Store) RunDemand(ctx context.Context, o DemandOptions, apply func(*tele
 		// that starts (or restarts) with KEDA already calling answers as
 		// soon as the agents do, not a whole Delay later.
 		delay := o.Delay
-		if last.IsZero() || time.Since(last) >= o.Delay {
+		if last.IsZero() || o.Now().Sub(last) >= o.Delay {
 			delay = o.FirstDelay
 		}
 		select {
@@ -391,7 +396,7 @@ func (s *Store) RunDemand(ctx context.Context, o DemandOptions, apply func(*tele
 				"selectors", len(req.GetPodFilter().GetSelectors()), "fields", strings.Join(req.GetDeviceFields().GetPaths(), ","),
 				"app_families", strings.Join(req.GetAppFamilies(), ","), "min_period", req.GetMinPeriod().AsDuration())
 			apply(req, gen)
-			last = time.Now()
+			last = o.Now()
 		}
 	}
 }

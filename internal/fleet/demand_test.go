@@ -434,6 +434,7 @@ func TestFirstChangeAfterQuietIsGatheredBriefly(t *testing.T) {
 	_, gen := s.Subscription()
 	s.SetAnswered(func() uint64 { return gen })
 	const delay, first = 200 * time.Millisecond, 10 * time.Millisecond
+	var clock quietClock
 	asked := make(chan time.Duration, 8)
 	timer := make(chan time.Time)
 	applied := make(chan uint64, 8)
@@ -441,7 +442,7 @@ func TestFirstChangeAfterQuietIsGatheredBriefly(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		s.RunDemand(ctx, DemandOptions{Delay: delay, FirstDelay: first, After: func(d time.Duration) <-chan time.Time {
+		s.RunDemand(ctx, DemandOptions{Delay: delay, FirstDelay: first, Now: clock.now, After: func(d time.Duration) <-chan time.Time {
 			asked <- d
 			return timer
 		}}, func(_ *telemetryv1.WatchRequest, g uint64) { applied <- g })
@@ -469,6 +470,12 @@ func TestFirstChangeAfterQuietIsGatheredBriefly(t *testing.T) {
 	}
 	step("gpu_util", "the first change", first)
 	step("temperature", "a change right after a re-subscription", delay)
-	time.Sleep(delay + 50*time.Millisecond) // a quiet spell of more than Delay
+	clock.advance(delay) // a quiet spell of Delay
 	step("enc_util", "the first change after a quiet spell", first)
 }
+
+// quietClock is a clock that moves only when told.
+type quietClock struct{ d atomic.Int64 }
+
+func (c *quietClock) now() time.Time           { return time.Unix(1_800_000_000, c.d.Load()) }
+func (c *quietClock) advance(by time.Duration) { c.d.Add(int64(by)) }
